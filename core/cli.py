@@ -1,0 +1,274 @@
+"""The ``adf`` command line.
+
+``adf run SPEC`` runs a flow (a ``.yaml``/``.json`` spec or ``module:FlowClass``) with a
+progress bar on a terminal and a summary at the end; ``--json`` makes the last line of
+stdout one JSON object. Exit codes: 0 success (or a stopped unbounded run), 1 the run
+failed, 2 the spec or the command line is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from core.attributes import describe_attributes
+from core.config import parse_set_args
+from core.errors import AdfError, ConfigError
+from core.logs import configure
+from core.redact import redact
+
+__all__ = ["main"]
+
+#: Extra sub-commands registered by other parts of the project: name -> (help, add_arguments, handler).
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(reason: str, code: int, as_json: bool, **extra: Any) -> int:
+    if as_json:
+        _print_json({"status": "invalid" if code == 2 else "failed", "error": reason, **extra})
+    print(f"adf: {reason}", file=sys.stderr)
+    return code
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from core.loader import load_flow
+
+    payload = parse_set_args(args.set or [])
+    return load_flow(args.spec, payload=payload or None, payload_origin="--set")
+
+
+# --------------------------------------------------------------------------- run
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr (bytes when the source knows its size, else records)."""
+
+    def __init__(self, flow: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+            console=Console(stderr=True),
+        )
+        self.task = self.progress.add_task(flow, total=None, counts="")
+
+    def __enter__(self) -> _ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, p: Any) -> None:
+        counts = f"in {p.records_in:,} out {p.records_out:,} dead {p.dead_letters:,}"
+        if p.bytes_total:
+            self.progress.update(self.task, total=p.bytes_total, completed=p.bytes_done, counts=counts)
+        else:
+            self.progress.update(self.task, counts=counts)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from core.engine import run_flow
+
+    try:
+        loaded = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), 2, args.json, problems=exc.problems)
+    except AdfError as exc:
+        return _fail(str(exc), 2, args.json)
+    spec = loaded.spec
+    if args.parallelism:
+        spec.runtime["parallelism"] = args.parallelism
+    show_bar = not args.no_progress and sys.stderr.isatty()
+    kwargs: dict[str, Any] = {"resume": not args.fresh, "store": loaded.store, "state_dir": args.state_dir}
+    if show_bar:
+        with _ProgressBar(spec.name) as bar:
+            summary = run_flow(spec, on_progress=bar.update, **kwargs)
+    else:
+        summary = run_flow(spec, **kwargs)
+    if loaded.store is not None:
+        loaded.store.close()
+    data = summary.to_dict()
+    if args.json:
+        _print_json(data)
+    else:
+        _print_summary(data)
+    if not summary.ok:
+        print(f"adf: run failed: {summary.error_type}: {summary.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    mark = "ok" if s["status"] in ("success", "stopped") else "FAILED"
+    rate = s["records_in"] / s["duration_s"] if s["duration_s"] else 0.0
+    lines = [
+        f"{mark}: flow {s['flow']} {s['status']} (run {s['run_id']}{', resumed' if s['resumed'] else ''})",
+        f"  records in {s['records_in']:,}, out {s['records_out']:,}, dead letters {s['dead_letters']:,}",
+        f"  duration {s['duration_s']:.2f} s ({rate:,.0f} records/s), parallelism {s['parallelism']}",
+        f"  sink: {s['sink']}",
+    ]
+    if s["dead_letters"]:
+        lines.append(f"  dead letters went to: {s['dead_letter_destination']}")
+    if s["error"]:
+        lines.append(f"  error: {s['error_type']}: {s['error']}")
+    print("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- validate / explain / connectors
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        loaded = _load(args)
+    except ConfigError as exc:
+        if args.json:
+            _print_json({"valid": False, "problems": exc.problems})
+        else:
+            print(f"invalid: {len(exc.problems)} problem(s)")
+            for p in exc.problems:
+                print(f"  - {p}")
+        return 2
+    except AdfError as exc:
+        return _fail(str(exc), 2, args.json)
+    spec = loaded.spec
+    if args.json:
+        _print_json({"valid": True, "name": spec.name})
+    else:
+        print(f"valid: flow {spec.name} ({spec.source['type']} -> {len(spec.steps)} step(s) -> {spec.sink['type']})")
+    return 0
+
+
+def _cmd_config_explain(args: argparse.Namespace) -> int:
+    try:
+        loaded = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc), 2, args.json, problems=exc.problems)
+    except AdfError as exc:
+        return _fail(str(exc), 2, args.json)
+    cfg = loaded.config
+    if args.json:
+        _print_json(
+            {
+                "values": cfg.as_dict_redacted(),
+                "explain": [
+                    {"path": e.path, "value": e.value, "layer": e.layer, "origin": e.origin,
+                     "overridden": [list(o) for o in e.overridden]}
+                    for e in cfg.explain()
+                ],
+            }
+        )
+    else:
+        print(cfg.explain_text())
+    return 0
+
+
+def _cmd_connectors(args: argparse.Namespace) -> int:
+    from core.registry import KINDS, registry
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in KINDS:
+        rows = []
+        for name in registry.names(kind):
+            row: dict[str, Any] = {"type": name, "origin": registry.origin(kind, name)}
+            try:
+                cls = registry.resolve(kind, name)
+                row["attributes"] = describe_attributes(getattr(cls, "attributes", ()))
+                doc = (cls.__doc__ or "").strip().splitlines()
+                row["summary"] = doc[0] if doc else ""
+            except AdfError as exc:
+                row["unavailable"] = str(exc)
+            rows.append(row)
+        out[kind + "s"] = rows
+    if args.json:
+        _print_json(redact(out))
+        return 0
+    for kind, rows in out.items():
+        print(f"{kind}:")
+        for row in rows:
+            status = f"  (unavailable: {row['unavailable']})" if "unavailable" in row else ""
+            print(f"  {row['type']:<10} {row.get('summary', '')}{status}")
+            for a in row.get("attributes", []):
+                req = "required" if a["required"] else f"default {a['default']!r}" if "default" in a else "optional"
+                flags = ", secret" if a.get("secret") else ""
+                print(f"      {a['name']:<20} {a['type']:<10} {req}{flags}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="flow spec (.yaml/.json) or module:FlowClass")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a value (payload layer), e.g. source.path=x.csv")
+    p.add_argument("--json", action="store_true", help="machine-readable output: the last stdout line is a JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adf", description="ActiveDataFlow: run data flows (source -> steps -> sink).")
+    parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default: info, warning on a terminal)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a flow")
+    _add_spec_args(run)
+    run.add_argument("--parallelism", type=int, help="parallel readers (overrides runtime.parallelism)")
+    run.add_argument("--fresh", action="store_true", help="ignore an unfinished checkpoint and start over")
+    run.add_argument("--state-dir", help="checkpoints and dead letters (default $ADF_STATE_DIR or ./.adf)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="check a flow spec and report every problem")
+    _add_spec_args(val)
+    val.set_defaults(func=_cmd_validate)
+
+    con = sub.add_parser("connectors", help="list installed sources, sinks, steps and runtimes")
+    con.add_argument("--json", action="store_true")
+    con.set_defaults(func=_cmd_connectors)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    exp = cfg_sub.add_parser("explain", help="show every resolved value and the layer it came from")
+    _add_spec_args(exp)
+    exp.set_defaults(func=_cmd_config_explain)
+
+    for name, (help_text, add_args, handler) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        add_args(p)
+        p.set_defaults(func=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level or ("warning" if sys.stderr.isatty() else "info")
+    configure(os.environ.get("ADF_LOG_LEVEL", level))
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        return _fail(str(exc), 2, getattr(args, "json", False), problems=exc.problems)
+    except AdfError as exc:
+        return _fail(str(exc), 2, getattr(args, "json", False))
+    except KeyboardInterrupt:
+        print("adf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1022 @@
+"""The local runner: one enumerator, N readers, checkpoints, dead letters and resume.
+
+How a run goes:
+
+1. The coordinator (the calling process) validates the spec, opens the checkpoint
+   directory ``<state_dir>/<flow>/checkpoint`` and either resumes the unfinished run found
+   there (same source, same flow) or starts a new one (then ``sink.setup()`` runs once).
+2. It creates the source's enumerator and N readers — in this process when
+   ``parallelism`` is 1, otherwise one process each. A reader asks for a split, reads
+   it in batches; each batch goes through the steps into the sink; when the sink has
+   flushed, the dead letters of the batch are written and the reader's checkpoint (its
+   unfinished splits with their positions) is replaced atomically.
+3. A reader process that dies is noticed; its unfinished splits go back to the
+   enumerator *from its last checkpoint* and a new reader process takes its place (up to
+   ``runtime.max_reader_restarts``). If the coordinator itself dies, running the flow
+   again resumes from the checkpoint files.
+
+Hence at-least-once: a record is lost only if its batch was never committed, and a batch
+that was written but not yet checkpointed is written again — at most one batch per reader;
+with an idempotent (upsert) sink that duplicate collapses, so the result is exactly-once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.codec import codec
+from core.connectors.base import RunContext, Sink
+from core.errors import AdfError
+from core.logs import get_logger, log_event, run_id_var
+from core.records import Record
+from core.redact import redact_text
+from core.registry import Registry, registry
+from core.splits import (
+    DeadLetter,
+    ReaderBatch,
+    ReaderStatus,
+    SourceReader,
+    SourceReaderContext,
+    Split,
+    SplitEnumerator,
+    SplitEnumeratorContext,
+)
+from core.steps import Step, build_steps
+
+if TYPE_CHECKING:
+    from core.connectors.base import Source
+    from core.spec import FlowSpec
+
+__all__ = [
+    "DeadLetterWriter",
+    "InlineContexts",
+    "LocalRuntime",
+    "Progress",
+    "RunSummary",
+    "default_state_root",
+    "run_flow",
+    "single_reader",
+]
+
+_log = get_logger("engine")
+
+
+def default_state_root() -> str:
+    """``$ADF_STATE_DIR`` or ``./.adf`` (absolute)."""
+    return os.path.abspath(os.environ.get("ADF_STATE_DIR") or ".adf")
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Progress:
+    """Counts so far; ``bytes_total`` is None when the source cannot tell."""
+
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    splits_done: int = 0
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``status`` is ``success``, ``failed`` or ``stopped`` (an unbounded run
+    that was stopped; its checkpoint is kept so the next run continues)."""
+
+    flow: str
+    run_id: str
+    status: str
+    records_in: int = 0
+    records_out: int = 0
+    dead_letters: int = 0
+    duration_s: float = 0.0
+    started_at: str = ""
+    ended_at: str = ""
+    resumed: bool = False
+    parallelism: int = 1
+    splits: int = 0
+    reader_restarts: int = 0
+    sink: str = ""
+    dead_letter_destination: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    backtrace: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("success", "stopped")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+class DeadLetterWriter:
+    """Writes dead letters with the flow, run id and time.
+
+    Default destination: ``<run dir>/dead_letters.jsonl`` (opened with ``O_APPEND``; each
+    batch is one ``write`` so several readers can share the file). With a sink spec, every
+    dead letter becomes a record ``{flow, run_id, ts, stage, reason, error_type, record,
+    origin, step}`` written to that sink.
+    """
+
+    def __init__(self, spec: Mapping[str, Any] | None, run_ctx: RunContext, run_dir: str, reg: Registry) -> None:
+        self.run_ctx = run_ctx
+        self.count = 0
+        self._fd: int | None = None
+        self._sink: Sink | None = None
+        if spec:
+            cls = reg.resolve("sink", spec.get("type", ""))
+            self._sink = cls({k: v for k, v in spec.items() if k != "type"})
+            self._sink.run_context = run_ctx
+            self.destination = f"sink {self._sink.describe()}"
+            self.path: str | None = None
+        else:
+            self.path = os.path.join(run_dir, "dead_letters.jsonl")
+            self.destination = self.path
+
+    def setup(self) -> None:
+        if self._sink is not None:
+            self._sink.setup()
+
+    def open(self) -> None:
+        if self._sink is not None:
+            self._sink.open()
+
+    def write(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        ts = _now_iso()
+        rows = []
+        for letter in letters:
+            row = {"flow": self.run_ctx.flow_name, "run_id": self.run_ctx.run_id, "ts": ts}
+            row.update(letter.to_dict())
+            rows.append(row)
+        if self._sink is not None:
+            self._sink.write_batch(rows)
+            self._sink.flush()
+        else:
+            assert self.path is not None
+            if self._fd is None:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            dumps = codec().dumps
+            os.write(self._fd, b"".join(dumps(r) + b"\n" for r in rows))
+        self.count += len(rows)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._sink is not None:
+            self._sink.close()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """The checkpoint files of one flow: ``run.json``, ``enumerator.json``, ``reader-N.json``.
+
+    Every file is replaced atomically (write a temp file, ``os.replace``), so a process
+    killed at any instant leaves either the old or the new version.
+    """
+
+    def __init__(self, flow_dir: str, *, fsync: bool = False) -> None:
+        self.dir = os.path.join(flow_dir, "checkpoint")
+        self.fsync = fsync
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def write(self, name: str, data: Any) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        path = self._path(name)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, default=str)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read(self, name: str) -> Any:
+        try:
+            with open(self._path(name), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._path(name))
+
+    def reader_names(self) -> list[str]:
+        if not os.path.isdir(self.dir):
+            return []
+        return sorted(n for n in os.listdir(self.dir) if n.startswith("reader-") and n.endswith(".json"))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the pipeline of one reader
+
+
+class _Pipeline:
+    """Steps + sink + dead letters of one reader; commits one batch at a time."""
+
+    def __init__(self, spec: FlowSpec, run_ctx: RunContext, run_dir: str, reg: Registry) -> None:
+        self.spec = spec
+        self.runtime = spec.runtime
+        self.steps: list[Step] = _build_steps(spec, reg)
+        sink_cls = reg.resolve("sink", spec.sink["type"])
+        self.sink: Sink = sink_cls({k: v for k, v in spec.sink.items() if k != "type"})
+        self.sink.run_context = run_ctx
+        self.dead = DeadLetterWriter(spec.dead_letter, run_ctx, run_dir, reg)
+        self.records_in = 0
+        self.records_out = 0
+        self.bytes_done = 0
+
+    def open(self) -> None:
+        self.sink.open()
+        self.dead.open()
+        for step in self.steps:
+            step.open()
+
+    def close(self) -> None:
+        for step in self.steps:
+            with contextlib.suppress(Exception):
+                step.close()
+        try:
+            self.sink.close()
+        finally:
+            self.dead.close()
+
+    def commit(self, batch: ReaderBatch) -> tuple[int, int, int]:
+        """Run one batch through steps and sink; returns (in, out, dead) for this batch."""
+        letters = list(batch.dead_letters)
+        records = batch.records
+        if records:
+
+            def on_error(record: Any, exc: BaseException, step: str) -> None:
+                letters.append(
+                    DeadLetter(record, redact_text(f"{type(exc).__name__}: {exc}"), "step", type(exc).__name__, step=step)
+                )
+
+            for step in self.steps:
+                records = step.process_batch(records, on_error)
+                if not records:
+                    break
+        written = self._write(records, letters) if records else 0
+        self.dead.write(letters)
+        max_dead = self.runtime.get("max_dead_letters")
+        if max_dead is not None and self.dead.count > max_dead:
+            raise AdfError(
+                f"more than {max_dead} records dead-lettered (runtime.max_dead_letters); "
+                f"see {self.dead.destination}"
+            )
+        n_in = len(batch.records) + len(batch.dead_letters)
+        self.records_in += n_in
+        self.records_out += written
+        self.bytes_done += batch.input_bytes
+        return n_in, written, len(letters)
+
+    def _write(self, records: list[Record], letters: list[DeadLetter]) -> int:
+        sink = self.sink
+        retries = int(self.runtime.get("retries", 3))
+        delay = float(self.runtime.get("retry_backoff_s", 0.1))
+        error: BaseException | None = None
+        for attempt in range(retries + 1):
+            try:
+                sink.write_batch(records)
+                sink.flush()
+                return len(records)
+            except Exception as exc:
+                error = exc
+                if attempt < retries:
+                    log_event(
+                        _log, "sink write failed; retrying", logging.WARNING,
+                        attempt=attempt + 1, retries=retries, error=f"{type(exc).__name__}: {exc}",
+                    )
+                    time.sleep(delay * (2**attempt))
+        assert error is not None
+        if self.runtime.get("sink_error_policy") == "fail":
+            raise error
+        # Write the records one by one so only the ones the sink refuses are dead-lettered.
+        written = 0
+        for record in records:
+            try:
+                sink.write_batch([record])
+                sink.flush()
+                written += 1
+            except Exception as exc:
+                letters.append(
+                    DeadLetter(record, redact_text(f"{type(exc).__name__}: {exc}"), "sink", type(exc).__name__)
+                )
+        return written
+
+
+def _build_steps(spec: FlowSpec, reg: Registry) -> list[Step]:
+    steps: list[Step] = []
+    if spec.schema is not None:
+        from core.records import Schema
+
+        steps.append(_SchemaStep(Schema.from_spec(spec.schema)))
+    steps.extend(build_steps(spec.steps, reg.resolve))
+    if spec.flow_class is not None:
+        flow = spec.flow_class(spec.config)
+        steps.extend(flow.build_steps())
+    return steps
+
+
+class _SchemaStep(Step):
+    """Validates (and coerces) each record against the spec's ``schema``."""
+
+    def __init__(self, schema: Any) -> None:
+        super().__init__({})
+        self.schema = schema
+        self.name = "schema"
+
+    def process_batch(self, records: list[Record], on_error: Any) -> list[Record]:
+        validate = self.schema.validate
+        out: list[Record] = []
+        for record in records:
+            try:
+                out.append(validate(record))
+            except Exception as exc:
+                on_error(record, exc, self.name)
+        return out
+
+
+# --------------------------------------------------------------------------- contexts
+
+
+class InlineContexts(SplitEnumeratorContext, SourceReaderContext):
+    """Both contexts for one enumerator and one reader in the same process."""
+
+    def __init__(self) -> None:
+        self.enumerator: SplitEnumerator | None = None
+        self.reader: SourceReader | None = None
+        self.assigned: dict[str, dict[str, Any]] = {}
+        self.version = 0
+
+    @property
+    def parallelism(self) -> int:
+        return 1
+
+    def registered_readers(self) -> list[int]:
+        return [0] if self.reader is not None else []
+
+    def assign_split(self, split: Split, reader_id: int) -> None:
+        assert self.reader is not None
+        self.assigned[split.split_id] = split.to_dict()
+        self.version += 1
+        self.reader.add_splits([split])
+
+    def signal_no_more_splits(self, reader_id: int) -> None:
+        assert self.reader is not None
+        self.reader.notify_no_more_splits()
+
+    @property
+    def reader_id(self) -> int:
+        return 0
+
+    def send_split_request(self) -> None:
+        assert self.enumerator is not None
+        self.enumerator.handle_split_request(0)
+
+
+def single_reader(source: Source, batch_size: int = 500) -> Iterator[ReaderBatch]:
+    """Run ``source`` with one reader in this process, yielding its batches (no checkpoints)."""
+    ctx = InlineContexts()
+    enumerator = source.create_enumerator(ctx)
+    ctx.enumerator = enumerator
+    enumerator.start()
+    reader = source.create_reader(ctx)
+    ctx.reader = reader
+    reader.start()
+    try:
+        while True:
+            batch = reader.poll_batch(batch_size)
+            yield batch
+            if batch.status is ReaderStatus.END_OF_INPUT:
+                return
+            if batch.status is ReaderStatus.NOTHING_AVAILABLE and not batch.records:
+                return
+    finally:
+        reader.close()
+        enumerator.close()
+
+
+class _ProcessEnumeratorContext(SplitEnumeratorContext):
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+
+    @property
+    def parallelism(self) -> int:
+        return self.run.parallelism
+
+    def registered_readers(self) -> list[int]:
+        return sorted(self.run.alive_readers())
+
+    def assign_split(self, split: Split, reader_id: int) -> None:
+        self.run.assign(split, reader_id)
+
+    def signal_no_more_splits(self, reader_id: int) -> None:
+        self.run.send(reader_id, ("no_more",))
+
+
+class _ProcessReaderContext(SourceReaderContext):
+    def __init__(self, reader_id: int, outbox: Any) -> None:
+        self._reader_id = reader_id
+        self.outbox = outbox
+
+    @property
+    def reader_id(self) -> int:
+        return self._reader_id
+
+    def send_split_request(self) -> None:
+        self.outbox.put(("request", self._reader_id))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Run:
+    """State of one run in the coordinator."""
+
+    def __init__(
+        self,
+        spec: FlowSpec,
+        *,
+        state_root: str | None,
+        reg: Registry,
+        resume: bool,
+        on_progress: ProgressCallback | None,
+        run_id: str | None,
+        store: Any,
+    ) -> None:
+        self.spec = spec
+        self.reg = reg
+        self.runtime = spec.runtime
+        self.parallelism = int(self.runtime.get("parallelism") or 1)
+        self.batch_size = int(self.runtime.get("batch_size") or 500)
+        root = self.runtime.get("state_dir") or state_root or default_state_root()
+        self.flow_dir = os.path.join(os.path.abspath(root), spec.name)
+        self.checkpoints = Checkpoints(self.flow_dir, fsync=bool(self.runtime.get("checkpoint_fsync")))
+        self.use_checkpoints = bool(self.runtime.get("checkpoint", True))
+        self.resume = resume
+        self.on_progress = on_progress
+        self.requested_run_id = run_id
+        self.store = store
+        self.progress = Progress()
+        self.assignments: dict[int, dict[str, dict[str, Any]]] = {}
+        self.processes: dict[int, Any] = {}
+        self.inboxes: dict[int, Any] = {}
+        self.done: set[int] = set()
+        self.restarts = 0
+        self.stopping = False
+        self.ended_by_input = False
+        self.summary: RunSummary
+
+    # -- set-up ------------------------------------------------------------------
+
+    def _source(self) -> Source:
+        cls = self.reg.resolve("source", self.spec.source["type"])
+        source: Source = cls({k: v for k, v in self.spec.source.items() if k != "type"})
+        source.run_context = self.run_ctx
+        return source
+
+    def prepare(self) -> None:
+        fingerprint = self.spec.fingerprint()
+        prior = self.checkpoints.read("run.json") if self.use_checkpoints else None
+        self.resumed = bool(prior and self.resume and prior.get("fingerprint") == fingerprint)
+        if prior and not self.resumed:
+            reason = "resume disabled" if not self.resume else "the flow's source changed"
+            log_event(_log, "discarding an unfinished checkpoint", logging.WARNING, reason=reason, run_id=prior.get("run_id"))
+            self.checkpoints.clear()
+        self.run_id = prior["run_id"] if self.resumed and prior else (self.requested_run_id or _new_run_id())
+        self.run_dir = os.path.join(self.flow_dir, "runs", self.run_id)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.started_at = prior["started_at"] if self.resumed and prior else _now_iso()
+        self.run_ctx = RunContext(
+            flow_name=self.spec.name,
+            run_id=self.run_id,
+            state_dir=self.run_dir,
+            resuming=self.resumed,
+            parallelism=self.parallelism,
+            store=self.store,
+        )
+        self.source = self._source()
+        self.unbounded = self.source.boundedness.value == "unbounded"
+
+    def restore_enumerator(self, ctx: SplitEnumeratorContext) -> SplitEnumerator:
+        """A started enumerator: fresh, or from the checkpoint with unfinished splits handed back."""
+        if not self.resumed:
+            enumerator = self.source.create_enumerator(ctx)
+            enumerator.start()
+            if self.use_checkpoints:
+                self.checkpoints.write(
+                    "run.json",
+                    {"run_id": self.run_id, "fingerprint": self.spec.fingerprint(), "started_at": self.started_at},
+                )
+            return enumerator
+        saved = self.checkpoints.read("enumerator.json") or {}
+        enumerator = self.source.create_enumerator(ctx, saved.get("state"))
+        enumerator.start()
+        returned: list[Split] = []
+        for reader_key, assigned in (saved.get("assignments") or {}).items():
+            returned.extend(self._unfinished(int(reader_key), assigned))
+        # readers that checkpointed splits the enumerator file does not know as assigned
+        for name in self.checkpoints.reader_names():
+            reader_id = int(name[len("reader-") : -len(".json")])
+            if str(reader_id) not in (saved.get("assignments") or {}):
+                returned.extend(self._unfinished(reader_id, {}))
+        if returned:
+            enumerator.add_splits_back(returned, -1)
+        self._save_enumerator(enumerator)
+        for name in self.checkpoints.reader_names():
+            self.checkpoints.remove(name)
+        log_event(_log, "resuming from checkpoint", returned_splits=len(returned))
+        return enumerator
+
+    def _unfinished(self, reader_id: int, assigned: Mapping[str, Any]) -> list[Split]:
+        state = self.checkpoints.read(f"reader-{reader_id}.json") or {}
+        finished = set(state.get("finished", []))
+        positions = {s["split_id"]: s for s in state.get("splits", [])}
+        out = []
+        ids = list(assigned) + [sid for sid in positions if sid not in assigned]
+        for sid in ids:
+            if sid in finished:
+                continue
+            data = positions.get(sid) or assigned.get(sid)
+            if data is not None:
+                out.append(self.source.split_from_dict(data))
+        return out
+
+    def _save_enumerator(self, enumerator: SplitEnumerator) -> None:
+        if self.use_checkpoints:
+            self.checkpoints.write(
+                "enumerator.json",
+                {
+                    "state": enumerator.snapshot_state(),
+                    "assignments": {str(k): v for k, v in self.assignments.items()},
+                },
+            )
+
+    def setup_sinks(self, pipeline_sink: Sink | None = None) -> None:
+        if self.resumed:
+            return
+        cls = self.reg.resolve("sink", self.spec.sink["type"])
+        sink: Sink = pipeline_sink or cls({k: v for k, v in self.spec.sink.items() if k != "type"})
+        sink.run_context = self.run_ctx
+        sink.setup()
+        DeadLetterWriter(self.spec.dead_letter, self.run_ctx, self.run_dir, self.reg).setup()
+
+    def report(self, d_in: int, d_out: int, d_dead: int, d_bytes: int, finished: int) -> None:
+        p = self.progress
+        p.records_in += d_in
+        p.records_out += d_out
+        p.dead_letters += d_dead
+        p.bytes_done += d_bytes
+        p.splits_done += finished
+        if self.on_progress is not None:
+            self.on_progress(p)
+
+    # -- inline (parallelism 1) ----------------------------------------------------
+
+    def run_inline(self) -> None:
+        ctx = InlineContexts()
+        enumerator = self.restore_enumerator(ctx)
+        ctx.enumerator = enumerator
+        pipeline = _Pipeline(self.spec, self.run_ctx, self.run_dir, self.reg)
+        self.setup_sinks(pipeline.sink)
+        self.dead_letter_destination = pipeline.dead.destination
+        self.progress.bytes_total = self.source.total_work(_pending_splits(enumerator))
+        reader = self.source.create_reader(ctx)
+        ctx.reader = reader
+        ctx.assigned = {}
+        finished_ids: list[str] = []
+        saved_version = 0
+        deadline = self._deadline()
+        next_discovery = time.monotonic() + float(self.runtime.get("discovery_interval_s", 5.0))
+        pipeline.open()
+        try:
+            reader.start()
+            while True:
+                batch = reader.poll_batch(self.batch_size)
+                if batch.records or batch.dead_letters or batch.finished_splits:
+                    d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
+                    finished_ids.extend(batch.finished_splits)
+                    if self.use_checkpoints:
+                        if ctx.version != saved_version:
+                            self.assignments = {0: ctx.assigned}
+                            self._save_enumerator(enumerator)
+                            saved_version = ctx.version
+                        self._save_reader(0, reader, finished_ids, pipeline)
+                    self.report(d_in, d_out, d_dead, batch.input_bytes, len(batch.finished_splits))
+                if batch.status is ReaderStatus.END_OF_INPUT:
+                    self.ended_by_input = True
+                    break
+                if self.stopping or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                if batch.status is ReaderStatus.NOTHING_AVAILABLE:
+                    if time.monotonic() >= next_discovery:
+                        enumerator.discover()
+                        next_discovery = time.monotonic() + float(self.runtime.get("discovery_interval_s", 5.0))
+                        if not reader.snapshot_state():
+                            enumerator.handle_split_request(0)
+                    time.sleep(float(self.runtime.get("idle_sleep_s", 0.2)))
+        finally:
+            reader.close()
+            enumerator.close()
+            pipeline.close()
+
+    def _save_reader(self, reader_id: int, reader: SourceReader, finished: list[str], pipeline: _Pipeline) -> None:
+        self.checkpoints.write(
+            f"reader-{reader_id}.json",
+            {
+                "splits": [s.to_dict() for s in reader.snapshot_state()],
+                "finished": finished,
+                "records_in": pipeline.records_in,
+                "records_out": pipeline.records_out,
+            },
+        )
+
+    def _deadline(self) -> float | None:
+        stop_after = self.runtime.get("stop_after_s")
+        return time.monotonic() + float(stop_after) if stop_after else None
+
+    # -- processes (parallelism > 1) -----------------------------------------------
+
+    def alive_readers(self) -> set[int]:
+        return {i for i, p in self.processes.items() if p.is_alive()}
+
+    def send(self, reader_id: int, message: tuple[Any, ...]) -> None:
+        self.inboxes[reader_id].put(message)
+
+    def assign(self, split: Split, reader_id: int) -> None:
+        self.assignments.setdefault(reader_id, {})[split.split_id] = split.to_dict()
+        # The assignment is on disk before the reader hears of it, so it is never lost.
+        self._save_enumerator(self.enumerator)
+        self.send(reader_id, ("splits", [split.to_dict()]))
+
+    def _start_reader(self, reader_id: int) -> None:
+        mp = _mp_context()
+        inbox = mp.Queue()
+        self.inboxes[reader_id] = inbox
+        proc = mp.Process(
+            target=_reader_main,
+            name=f"adf-reader-{self.spec.name}-{reader_id}",
+            args=(self.spec, self.run_ctx, self.run_dir, self.checkpoints, reader_id, inbox, self.outbox, self.batch_size),
+            daemon=True,
+        )
+        proc.start()
+        self.processes[reader_id] = proc
+
+    def run_processes(self) -> None:
+        mp = _mp_context()
+        self.outbox = mp.Queue()
+        ctx = _ProcessEnumeratorContext(self)
+        self.enumerator = self.restore_enumerator(ctx)
+        self.setup_sinks()
+        self.dead_letter_destination = DeadLetterWriter(
+            self.spec.dead_letter, self.run_ctx, self.run_dir, self.reg
+        ).destination
+        self.progress.bytes_total = self.source.total_work(_pending_splits(self.enumerator))
+        for i in range(self.parallelism):
+            self._start_reader(i)
+            self.enumerator.add_reader(i)
+        deadline = self._deadline()
+        discovery_every = float(self.runtime.get("discovery_interval_s", 5.0))
+        next_discovery = time.monotonic() + discovery_every
+        stop_sent = False
+        try:
+            while len(self.done) < self.parallelism:
+                try:
+                    msg = self.outbox.get(timeout=0.2)
+                except queue.Empty:
+                    msg = None
+                if msg is not None:
+                    self._handle(msg)
+                now = time.monotonic()
+                if self.unbounded and now >= next_discovery:
+                    self.enumerator.discover()
+                    next_discovery = now + discovery_every
+                if (self.stopping or (deadline is not None and now >= deadline)) and not stop_sent:
+                    for i in self.inboxes:
+                        if i not in self.done:
+                            self.send(i, ("stop",))
+                    stop_sent = True
+                if msg is None:
+                    self._check_readers()
+        finally:
+            for proc in self.processes.values():
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+            self.enumerator.close()
+        self.ended_by_input = not stop_sent
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind, reader_id = msg[0], msg[1]
+        if kind == "request":
+            if reader_id in self.processes and reader_id not in self.done:
+                self.enumerator.handle_split_request(reader_id)
+        elif kind == "progress":
+            _, _, d_in, d_out, d_dead, d_bytes, finished = msg
+            self.report(d_in, d_out, d_dead, d_bytes, len(finished))
+        elif kind == "done":
+            self.done.add(reader_id)
+        elif kind == "error":
+            raise _ReaderFailed(msg[2], msg[3], msg[4])
+
+    def _check_readers(self) -> None:
+        for reader_id, proc in list(self.processes.items()):
+            if reader_id in self.done or proc.is_alive():
+                continue
+            # Drain what it said before it died (a late "done" means it finished cleanly).
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._handle(self.outbox.get_nowait())
+            if reader_id in self.done:
+                continue
+            self.restarts += 1
+            log_event(
+                _log, "reader process died; handing its splits back", logging.WARNING,
+                reader=reader_id, exitcode=proc.exitcode, restarts=self.restarts,
+            )
+            if self.restarts > int(self.runtime.get("max_reader_restarts", 3)):
+                raise AdfError(
+                    f"reader {reader_id} died (exit code {proc.exitcode}) and the restart limit "
+                    f"runtime.max_reader_restarts={self.runtime.get('max_reader_restarts')} is reached; "
+                    "run the flow again to resume from the checkpoint"
+                )
+            splits = self._unfinished(reader_id, self.assignments.get(reader_id, {}))
+            self.assignments[reader_id] = {}
+            self.enumerator.add_splits_back(splits, reader_id)
+            self._save_enumerator(self.enumerator)
+            self.checkpoints.remove(f"reader-{reader_id}.json")
+            self._start_reader(reader_id)
+
+    # -- finish --------------------------------------------------------------------
+
+    def finish(self, status: str, error: BaseException | None, t0: float) -> RunSummary:
+        summary = RunSummary(
+            flow=self.spec.name,
+            run_id=getattr(self, "run_id", self.requested_run_id or ""),
+            status=status,
+            records_in=self.progress.records_in,
+            records_out=self.progress.records_out,
+            dead_letters=self.progress.dead_letters,
+            duration_s=round(time.monotonic() - t0, 3),
+            started_at=getattr(self, "started_at", _now_iso()),
+            ended_at=_now_iso(),
+            resumed=getattr(self, "resumed", False),
+            parallelism=self.parallelism,
+            splits=self.progress.splits_done,
+            reader_restarts=self.restarts,
+            sink=self._describe_sink(),
+            dead_letter_destination=getattr(self, "dead_letter_destination", None),
+        )
+        if error is not None:
+            if isinstance(error, _ReaderFailed):
+                summary.error, summary.error_type, summary.backtrace = error.args
+            else:
+                summary.error = redact_text(f"{error}")
+                summary.error_type = type(error).__name__
+                summary.backtrace = redact_text("".join(traceback.format_exception(error)))
+        if summary.dead_letters == 0 and summary.dead_letter_destination and summary.dead_letter_destination.endswith(".jsonl"):
+            summary.dead_letter_destination = None if not os.path.exists(summary.dead_letter_destination) else summary.dead_letter_destination
+        if getattr(self, "run_dir", None):
+            with contextlib.suppress(OSError):
+                with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as f:
+                    json.dump(summary.to_dict(), f, indent=2)
+        return summary
+
+    def _describe_sink(self) -> str:
+        try:
+            cls = self.reg.resolve("sink", self.spec.sink["type"])
+            sink: Sink = cls({k: v for k, v in self.spec.sink.items() if k != "type"})
+            return redact_text(sink.describe())
+        except Exception:
+            return str(self.spec.sink.get("type"))
+
+
+class _ReaderFailed(AdfError):
+    """A reader process reported an error: (message, error type, backtrace)."""
+
+
+def _pending_splits(enumerator: SplitEnumerator) -> list[Split]:
+    pending = getattr(enumerator, "pending", None)
+    return list(pending) if pending is not None else []
+
+
+def _new_run_id() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def _mp_context() -> Any:
+    # fork keeps class-form flows and functions defined in __main__ usable in readers.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def _reader_main(
+    spec: FlowSpec,
+    run_ctx: RunContext,
+    run_dir: str,
+    checkpoints: Checkpoints,
+    reader_id: int,
+    inbox: Any,
+    outbox: Any,
+    batch_size: int,
+) -> None:
+    """Body of a reader process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_id_var.set(run_ctx.run_id)
+    ctx = RunContext(**{**run_ctx.__dict__, "reader_id": reader_id})
+    pipeline = None
+    try:
+        cls = registry.resolve("source", spec.source["type"])
+        source: Source = cls({k: v for k, v in spec.source.items() if k != "type"})
+        source.run_context = ctx
+        pipeline = _Pipeline(spec, ctx, run_dir, registry)
+        pipeline.open()
+        reader = source.create_reader(_ProcessReaderContext(reader_id, outbox))
+        reader.start()
+        finished: list[str] = []
+        stop = False
+        idle = float(spec.runtime.get("idle_sleep_s", 0.2))
+        while True:
+            # messages from the coordinator
+            while True:
+                try:
+                    msg = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                stop = stop or _apply(msg, reader, source)
+            batch = reader.poll_batch(batch_size)
+            if batch.records or batch.dead_letters or batch.finished_splits:
+                d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
+                finished.extend(batch.finished_splits)
+                checkpoints.write(
+                    f"reader-{reader_id}.json",
+                    {
+                        "splits": [s.to_dict() for s in reader.snapshot_state()],
+                        "finished": finished,
+                        "records_in": pipeline.records_in,
+                        "records_out": pipeline.records_out,
+                    },
+                )
+                outbox.put(("progress", reader_id, d_in, d_out, d_dead, batch.input_bytes, batch.finished_splits))
+            if batch.status is ReaderStatus.END_OF_INPUT or stop:
+                break
+            if batch.status is ReaderStatus.NOTHING_AVAILABLE:
+                try:
+                    msg = inbox.get(timeout=idle)
+                except queue.Empty:
+                    continue
+                stop = stop or _apply(msg, reader, source)
+        reader.close()
+        pipeline.close()
+        outbox.put(("done", reader_id))
+    except BaseException as exc:
+        outbox.put(
+            (
+                "error",
+                reader_id,
+                redact_text(f"reader {reader_id}: {type(exc).__name__}: {exc}"),
+                type(exc).__name__,
+                redact_text("".join(traceback.format_exception(exc))),
+            )
+        )
+        if pipeline is not None:
+            with contextlib.suppress(Exception):
+                pipeline.close()
+    finally:
+        outbox.close()
+        outbox.join_thread()
+
+
+def _apply(msg: tuple[Any, ...], reader: SourceReader, source: Source) -> bool:
+    kind = msg[0]
+    if kind == "splits":
+        reader.add_splits([source.split_from_dict(d) for d in msg[1]])
+    elif kind == "no_more":
+        reader.notify_no_more_splits()
+    elif kind == "stop":
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_flow(
+    flow: Any,
+    *,
+    state_dir: str | None = None,
+    resume: bool = True,
+    on_progress: ProgressCallback | None = None,
+    run_id: str | None = None,
+    store: Any = None,
+    reg: Registry | None = None,
+) -> RunSummary:
+    """Run a flow to the end (or until stopped) and return its summary.
+
+    ``flow`` is a :class:`~core.spec.FlowSpec`, a spec mapping, or a
+    :class:`~core.flow.DataFlow` subclass or instance. Never raises for a failing flow:
+    the summary has ``status="failed"`` with the error and its backtrace, and the
+    checkpoint is kept so the next run resumes. An invalid spec raises ``SpecError``.
+    """
+    from core.flow import as_spec
+
+    spec = as_spec(flow, reg=reg)
+    reg = reg or registry
+    t0 = time.monotonic()
+    run = _Run(spec, state_root=state_dir, reg=reg, resume=resume, on_progress=on_progress, run_id=run_id, store=store)
+    status: str = "success"
+    error: BaseException | None = None
+    old_handler = None
+    token = None
+    try:
+        run.prepare()
+        token = run_id_var.set(run.run_id)
+        log_event(_log, "run started", flow=spec.name, parallelism=run.parallelism, resumed=run.resumed)
+        if run.unbounded:
+            old_handler = _install_stop_handler(run)
+        if run.parallelism == 1:
+            run.run_inline()
+        else:
+            run.run_processes()
+        if run.ended_by_input:
+            run.source.on_run_success()
+            if run.use_checkpoints:
+                run.checkpoints.clear()
+        else:
+            status = "stopped"
+    except KeyboardInterrupt as exc:
+        status, error = "failed", AdfError("interrupted; run the flow again to resume from its checkpoint")
+        error.__cause__ = exc
+    except Exception as exc:
+        status, error = "failed", exc
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    summary = run.finish(status, error, t0)
+    log_event(
+        _log, "run finished", logging.INFO if summary.ok else logging.ERROR,
+        **{k: v for k, v in summary.to_dict().items() if k != "backtrace"},
+    )
+    if token is not None:
+        run_id_var.reset(token)
+    return summary
+
+
+def _install_stop_handler(run: _Run) -> Any:
+    def stop(signum: int, frame: Any) -> None:
+        run.stopping = True
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        return None
+
+
+@dataclass
+class LocalRuntime:
+    """The ``local`` runtime: :func:`run_flow` in this process (and reader processes)."""
+
+    type_name: str = "local"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, flow: Any, **kwargs: Any) -> RunSummary:
+        return run_flow(flow, **{**self.options, **kwargs})

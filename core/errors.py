@@ -1,0 +1,93 @@
+"""Exception classes of the engine.
+
+Every error says what went wrong *and* what to do about it. Errors that collect several
+problems (a config checked against declared attributes, a spec) carry them all in
+``problems`` so that a user fixes everything in one go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "AdfError",
+    "ConfigError",
+    "MissingExtraError",
+    "RecordValidationError",
+    "RegistryError",
+    "SinkWriteError",
+    "SpecError",
+    "StepError",
+]
+
+
+class AdfError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class ConfigError(AdfError):
+    """A configuration mapping does not match what a component declares.
+
+    ``problems`` lists every problem found, each a one-line message that names the key.
+    """
+
+    def __init__(self, where: str, problems: Sequence[str]) -> None:
+        self.where = where
+        self.problems = list(problems)
+        lines = "; ".join(self.problems)
+        super().__init__(f"invalid configuration for {where}: {lines}")
+
+
+class SpecError(ConfigError):
+    """A flow spec is malformed: every reason is in ``problems``."""
+
+    def __init__(self, problems: Sequence[str], where: str = "flow spec") -> None:
+        super().__init__(where, problems)
+
+
+class RegistryError(AdfError):
+    """A type name does not resolve to an installed component."""
+
+    def __init__(self, kind: str, name: str, installed: Iterable[str], extra: str | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.installed = sorted(installed)
+        self.extra = extra
+        msg = f"unknown {kind} type {name!r}; installed {kind} types: {', '.join(self.installed) or '(none)'}"
+        if extra:
+            msg += f"; install `active-data-flow[{extra}]` to add {name!r}"
+        super().__init__(msg)
+
+
+class MissingExtraError(AdfError, ImportError):
+    """A connector needs a third-party package that is not installed."""
+
+    def __init__(self, package: str, extra: str, what: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{what} needs the Python package {package!r}, which is not installed; "
+            f"install it with `pip install 'active-data-flow[{extra}]'`"
+        )
+
+
+class RecordValidationError(AdfError, ValueError):
+    """A record does not match its schema; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"field {field!r}: {reason}")
+
+
+class StepError(AdfError):
+    """A step failed on one record (the record goes to the dead-letter destination)."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.step = step
+        self.cause = cause
+        super().__init__(f"step {step!r} failed: {type(cause).__name__}: {cause}")
+
+
+class SinkWriteError(AdfError):
+    """A sink could not write a record after all retries."""

@@ -1,0 +1,162 @@
+"""Resolve sources, sinks, steps and runtimes by type name.
+
+Built-in types are listed here by import path (imported only when used, so a connector's
+third-party client is never imported unless that connector is asked for). Other packages
+add types through entry points:
+
+=========================  =====================================
+entry-point group          what it registers
+=========================  =====================================
+``active_data_flow.sources``   ``name = "pkg.module:SourceClass"``
+``active_data_flow.sinks``     ``name = "pkg.module:SinkClass"``
+``active_data_flow.steps``     ``name = "pkg.module:StepClass"``
+``active_data_flow.runtimes``  ``name = "pkg.module:RuntimeClass"``
+=========================  =====================================
+
+or at run time with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any, TypeVar
+
+from core.errors import MissingExtraError, RegistryError
+
+__all__ = ["ENTRY_POINT_GROUPS", "KINDS", "Registry", "import_path", "register", "registry"]
+
+KINDS = ("source", "sink", "step", "runtime")
+ENTRY_POINT_GROUPS = {kind: f"active_data_flow.{kind}s" for kind in KINDS}
+
+_BUILTINS: dict[str, dict[str, str]] = {
+    "source": {
+        "file": "core.connectors.file:FileSource",
+        "sql": "core.connectors.sql:SqlSource",
+        "memory": "core.connectors.memory:MemorySource",
+    },
+    "sink": {
+        "file": "core.connectors.file:FileSink",
+        "sql": "core.connectors.sql:SqlSink",
+        "cache": "core.connectors.cache:CacheSink",
+        "stdout": "core.connectors.stdout:StdoutSink",
+        "memory": "core.connectors.memory:MemorySink",
+    },
+    "step": {
+        "python": "core.steps:PythonStep",
+        "filter": "core.steps:FilterStep",
+    },
+    "runtime": {
+        "local": "core.engine:LocalRuntime",
+    },
+}
+
+# Types that exist as an optional part of this distribution (or a planned one): the
+# unknown-type error names the extra that adds them.
+_EXTRA_HINTS: dict[str, str] = {
+    "rafka": "redis",
+    "kafka": "kafka",
+    "iceberg": "iceberg",
+    "wasm": "wasm",
+    "http": "http",
+    "sftp": "sftp",
+    "flink": "flink",
+    "lambda": "lambda",
+    "spin": "spin",
+    "heartbeat": "web",
+    "s3": "s3",
+    "postgres": "postgres",
+}
+
+T = TypeVar("T")
+_OWN_PACKAGES = {"core", "handlers", "spin_app", "lambda_app", "flink_job"}
+
+
+def import_path(path: str) -> Any:
+    """Import ``"package.module:Name"`` (dots after the colon walk attributes)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected 'module:name', got {path!r}")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry:
+    """A registry of component types by kind and name."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Any]] = {k: dict(v) for k, v in _BUILTINS.items()}
+        self._origins: dict[str, dict[str, str]] = {k: dict.fromkeys(v, "builtin") for k, v in _BUILTINS.items()}
+        self._entry_points_loaded = False
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+    def register(self, kind: str, name: str, target: Any, origin: str = "registered") -> None:
+        """Register ``target`` (a class or an ``"module:Class"`` path) as ``name``."""
+        self._check_kind(kind)
+        self._entries[kind][name] = target
+        self._origins[kind][name] = origin
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for kind, group in ENTRY_POINT_GROUPS.items():
+            for ep in metadata.entry_points(group=group):
+                if ep.name not in self._entries[kind] or self._origins[kind][ep.name] != "builtin":
+                    self._entries[kind][ep.name] = ep
+                    dist = getattr(ep, "dist", None)
+                    self._origins[kind][ep.name] = f"entry point {group} ({dist.name if dist else ep.value})"
+
+    def names(self, kind: str) -> list[str]:
+        self._check_kind(kind)
+        self._load_entry_points()
+        return sorted(self._entries[kind])
+
+    def origin(self, kind: str, name: str) -> str:
+        self._load_entry_points()
+        return self._origins[kind].get(name, "?")
+
+    def resolve(self, kind: str, name: str) -> Any:
+        """The class registered as ``name``; :class:`RegistryError` when unknown."""
+        self._check_kind(kind)
+        self._load_entry_points()
+        if not isinstance(name, str) or name not in self._entries[kind]:
+            raise RegistryError(kind, str(name), self._entries[kind], _EXTRA_HINTS.get(str(name)))
+        target = self._entries[kind][name]
+        if isinstance(target, str) or isinstance(target, metadata.EntryPoint):
+            try:
+                cls = import_path(target) if isinstance(target, str) else target.load()
+            except MissingExtraError:
+                raise
+            except ImportError as exc:
+                if (exc.name or "").split(".")[0] in _OWN_PACKAGES:
+                    raise
+                extra = _EXTRA_HINTS.get(name, name)
+                raise MissingExtraError(exc.name or str(exc), extra, f"the {kind} type {name!r}") from exc
+            if not getattr(cls, "type_name", ""):
+                cls.type_name = name
+            self._entries[kind][name] = cls
+            return cls
+        return target
+
+
+registry = Registry()
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Class decorator: ``@register("sink", "mysink")``."""
+
+    def deco(cls: T) -> T:
+        registry.register(kind, name, cls)
+        if not getattr(cls, "type_name", ""):
+            cls.type_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return deco

@@ -1,0 +1,376 @@
+"""Flink FLIP-27 style source interfaces: splits, the enumerator, readers and their contexts.
+
+The pieces and who owns what:
+
+* a :class:`Split` is a plain serialisable value with a ``split_id`` (a file, a byte range
+  of a file, a range of ids, a stream partition); a split may carry a *position* so that a
+  checkpointed split resumes where it stopped;
+* the :class:`SplitEnumerator` owns discovery and assignment: it runs once per flow run
+  (in the coordinator), hands splits to readers when they ask, takes back the splits of a
+  reader that failed, and snapshots its state;
+* a :class:`SourceReader` owns reading: it runs once per parallel reader, reads the splits
+  it was given in batches, and snapshots its unfinished splits *with their positions*;
+* the two contexts are the only way they talk, so each piece is testable with a fake
+  context.
+
+A ``Source`` (see :mod:`core.connectors.base`) is the factory of both.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.records import Record
+
+__all__ = [
+    "Boundedness",
+    "DeadLetter",
+    "ReaderBatch",
+    "ReaderStatus",
+    "SourceReader",
+    "SourceReaderContext",
+    "Split",
+    "SplitEnumerator",
+    "SplitEnumeratorContext",
+    "SplitReader",
+    "StaticSplitEnumerator",
+]
+
+
+class Boundedness(enum.Enum):
+    """Whether a source ends (a batch job) or runs until stopped (a stream)."""
+
+    BOUNDED = "bounded"
+    CONTINUOUS_UNBOUNDED = "unbounded"
+
+
+@dataclass
+class Split:
+    """A unit of work a reader can process on its own.
+
+    Subclasses add their own fields; every field must be JSON-serialisable because splits
+    travel between processes and into checkpoints through :meth:`to_dict` / :meth:`from_dict`.
+    ``position`` is the reader's progress inside the split (``None`` = from the start);
+    its meaning belongs to the source (a byte offset, a stream id, a cursor value).
+    """
+
+    split_id: str
+    position: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Split:
+        return cls(**dict(data))
+
+
+@dataclass
+class DeadLetter:
+    """A record (or raw input) that could not go through, and why.
+
+    ``origin`` says where it came from (``{"file": …, "line": …}``), ``stage`` is
+    ``source``, ``step`` or ``sink``.
+    """
+
+    record: Any
+    reason: str
+    stage: str
+    error_type: str = ""
+    origin: dict[str, Any] = field(default_factory=dict)
+    step: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "stage": self.stage,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "record": self.record,
+        }
+        if self.origin:
+            out["origin"] = self.origin
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+class ReaderStatus(enum.Enum):
+    """What a reader can say after a poll (Flink's ``InputStatus``)."""
+
+    MORE_AVAILABLE = "more"
+    NOTHING_AVAILABLE = "nothing"
+    END_OF_INPUT = "end"
+
+
+@dataclass
+class ReaderBatch:
+    """The result of one :meth:`SourceReader.poll_batch`.
+
+    ``dead_letters`` holds input that could not be parsed (it is committed with the batch),
+    ``finished_splits`` the ids of splits this poll completed, ``input_bytes`` how many
+    bytes of input the batch covered (for progress).
+    """
+
+    records: list[Record]
+    status: ReaderStatus
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    finished_splits: list[str] = field(default_factory=list)
+    input_bytes: int = 0
+
+
+class SplitEnumeratorContext(abc.ABC):
+    """What an enumerator may do: see the readers and assign splits to them."""
+
+    @property
+    @abc.abstractmethod
+    def parallelism(self) -> int:
+        """How many readers the run has."""
+
+    @abc.abstractmethod
+    def registered_readers(self) -> list[int]:
+        """Ids of the readers currently alive."""
+
+    @abc.abstractmethod
+    def assign_split(self, split: Split, reader_id: int) -> None:
+        """Give ``split`` to reader ``reader_id``."""
+
+    @abc.abstractmethod
+    def signal_no_more_splits(self, reader_id: int) -> None:
+        """Tell reader ``reader_id`` it will get no more splits (a bounded source is done)."""
+
+
+class SourceReaderContext(abc.ABC):
+    """What a reader may do: know who it is and ask for work."""
+
+    @property
+    @abc.abstractmethod
+    def reader_id(self) -> int:
+        """Index of this reader, ``0 … parallelism-1``."""
+
+    @abc.abstractmethod
+    def send_split_request(self) -> None:
+        """Ask the enumerator for another split (answered by ``add_splits`` or ``notify_no_more_splits``)."""
+
+
+class SplitEnumerator(abc.ABC):
+    """Discovers splits and assigns them to readers on request.
+
+    Contract:
+
+    * :meth:`start` discovers the initial splits (or restores them from ``checkpoint``);
+    * :meth:`handle_split_request` answers one request from ``reader_id``: assign a split,
+      or signal no more splits when a bounded source has none left, or do nothing for now
+      (an unbounded source; the reader will ask again);
+    * :meth:`add_splits_back` takes back splits (possibly with positions) of a reader
+      that failed; they must be handed out again;
+    * :meth:`snapshot_state` returns JSON-serialisable state from which :meth:`start`
+      can resume; it must include the splits not yet assigned.
+    """
+
+    def __init__(self, context: SplitEnumeratorContext) -> None:
+        self.context = context
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def handle_split_request(self, reader_id: int) -> None: ...
+
+    @abc.abstractmethod
+    def add_splits_back(self, splits: Sequence[Split], reader_id: int) -> None: ...
+
+    def add_reader(self, reader_id: int) -> None:
+        """A reader registered; most enumerators wait for its request instead."""
+
+    @abc.abstractmethod
+    def snapshot_state(self) -> dict[str, Any]: ...
+
+    def discover(self) -> None:
+        """Look for new splits (called periodically for unbounded sources)."""
+
+    def close(self) -> None:
+        """Release resources; not guaranteed to be called when a run is killed."""
+
+
+class StaticSplitEnumerator(SplitEnumerator):
+    """An enumerator over a list of splits computed once (files, id ranges…).
+
+    Subclasses implement :meth:`discover_splits`; the pending list, assignment on request,
+    taking back, and snapshot/restore are done here. With ``unbounded=True`` it never
+    signals the end and :meth:`discover` adds splits whose ids it has not seen yet.
+    """
+
+    def __init__(
+        self,
+        context: SplitEnumeratorContext,
+        checkpoint: Mapping[str, Any] | None = None,
+        *,
+        unbounded: bool = False,
+    ) -> None:
+        super().__init__(context)
+        self._checkpoint = checkpoint
+        self._pending: list[Split] = []
+        self._seen: set[str] = set()
+        self.unbounded = unbounded
+
+    @abc.abstractmethod
+    def discover_splits(self) -> list[Split]:
+        """Every split the source has now (called at start and, if unbounded, periodically)."""
+
+    @abc.abstractmethod
+    def split_from_dict(self, data: Mapping[str, Any]) -> Split: ...
+
+    def start(self) -> None:
+        if self._checkpoint is not None:
+            self._pending = [self.split_from_dict(d) for d in self._checkpoint.get("pending", [])]
+            self._seen = set(self._checkpoint.get("seen", []))
+            return
+        for split in self.discover_splits():
+            self._pending.append(split)
+            self._seen.add(split.split_id)
+
+    def discover(self) -> None:
+        if not self.unbounded:
+            return
+        for split in self.discover_splits():
+            if split.split_id not in self._seen:
+                self._pending.append(split)
+                self._seen.add(split.split_id)
+
+    def handle_split_request(self, reader_id: int) -> None:
+        if self._pending:
+            self.context.assign_split(self._pending.pop(0), reader_id)
+        elif not self.unbounded:
+            self.context.signal_no_more_splits(reader_id)
+
+    def add_splits_back(self, splits: Sequence[Split], reader_id: int) -> None:
+        # Returned splits go first: they are the oldest work.
+        self._pending[:0] = list(splits)
+
+    @property
+    def pending(self) -> list[Split]:
+        return list(self._pending)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        return {"pending": [s.to_dict() for s in self._pending], "seen": sorted(self._seen)}
+
+
+class SourceReader(abc.ABC):
+    """Reads the splits assigned to it, one batch per :meth:`poll_batch`.
+
+    Contract:
+
+    * :meth:`poll_batch` must not block for long; with nothing to read it returns an empty
+      batch with ``NOTHING_AVAILABLE`` (the runner then asks for splits or waits), and
+      ``END_OF_INPUT`` once it holds no split and was told there are no more;
+    * after a poll, :meth:`snapshot_state` must describe the unfinished splits so that
+      reading resumes *after* the last record returned — beware off-by-one;
+    * a split finished by a poll is listed in ``finished_splits`` of that batch and is no
+      longer in the snapshot;
+    * :meth:`close` is not guaranteed to be called when a process is killed.
+    """
+
+    def __init__(self, context: SourceReaderContext) -> None:
+        self.context = context
+
+    def start(self) -> None:
+        """Called once before the first poll."""
+
+    @abc.abstractmethod
+    def add_splits(self, splits: Sequence[Split]) -> None: ...
+
+    @abc.abstractmethod
+    def notify_no_more_splits(self) -> None: ...
+
+    @abc.abstractmethod
+    def poll_batch(self, max_records: int) -> ReaderBatch: ...
+
+    @abc.abstractmethod
+    def snapshot_state(self) -> list[Split]: ...
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+class SplitReader(SourceReader):
+    """A reader that works through its splits one at a time.
+
+    Subclasses implement :meth:`read_split` (one batch from the open split, updating
+    ``split.position``) and may override :meth:`open_split` / :meth:`close_split`. Split
+    requests are sent here: at start and whenever the reader runs out of splits, at most
+    one outstanding request at a time.
+    """
+
+    def __init__(self, context: SourceReaderContext) -> None:
+        super().__init__(context)
+        self._queue: list[Split] = []
+        self._current: Split | None = None
+        self._no_more = False
+        self._requested = False
+
+    def start(self) -> None:
+        self._request()
+
+    def _request(self) -> None:
+        if not self._requested and not self._no_more:
+            self._requested = True
+            self.context.send_split_request()
+
+    def add_splits(self, splits: Sequence[Split]) -> None:
+        self._queue.extend(splits)
+        self._requested = False
+
+    def notify_no_more_splits(self) -> None:
+        self._no_more = True
+        self._requested = False
+
+    def open_split(self, split: Split) -> None:
+        """Prepare to read ``split`` from ``split.position``."""
+
+    def close_split(self, split: Split) -> None:
+        """The split is finished or the reader closes."""
+
+    @abc.abstractmethod
+    def read_split(self, split: Split, max_records: int) -> tuple[ReaderBatch, bool]:
+        """Read up to ``max_records`` from the open split; return the batch and whether the split is done."""
+
+    def poll_batch(self, max_records: int) -> ReaderBatch:
+        finished: list[str] = []
+        while True:
+            if self._current is None:
+                if not self._queue:
+                    if not self._no_more:
+                        self._request()
+                    status = ReaderStatus.END_OF_INPUT if self._no_more else ReaderStatus.NOTHING_AVAILABLE
+                    return ReaderBatch([], status, finished_splits=finished)
+                self._current = self._queue.pop(0)
+                self.open_split(self._current)
+            split = self._current
+            batch, done = self.read_split(split, max_records)
+            if done:
+                self.close_split(split)
+                self._current = None
+                finished.append(split.split_id)
+                if not self._queue:
+                    self._request()
+            batch.finished_splits[:0] = finished
+            if batch.records or batch.dead_letters:
+                end = done and not self._queue and self._no_more
+                batch.status = ReaderStatus.END_OF_INPUT if end else ReaderStatus.MORE_AVAILABLE
+                return batch
+            if not done:
+                return batch  # an open split with nothing new: the subclass chose the status
+            finished = batch.finished_splits
+
+    def snapshot_state(self) -> list[Split]:
+        held = [self._current] if self._current is not None else []
+        return held + list(self._queue)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self.close_split(self._current)
+            self._current = None
