@@ -19,7 +19,6 @@ from core.attributes import describe_attributes
 from core.config import parse_set_args
 from core.errors import AdfError, ConfigError
 from core.logs import configure
-from core.redact import redact
 
 __all__ = ["main"]
 
@@ -196,7 +195,7 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
             rows.append(row)
         out[kind + "s"] = rows
     if args.json:
-        _print_json(redact(out))
+        _print_json(out)
         return 0
     for kind, rows in out.items():
         print(f"{kind}:")

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.codec import codec
 from core.connectors.base import RunContext, Sink
-from core.errors import AdfError
+from core.errors import AdfError, ConfigError, RecordValidationError
 from core.logs import get_logger, log_event, run_id_var
 from core.records import Record
 from core.redact import redact_text
@@ -315,8 +315,12 @@ class _Pipeline:
                 sink.write_batch(records)
                 sink.flush()
                 return len(records)
+            except ConfigError:
+                raise  # the sink is misconfigured: no record can succeed
             except Exception as exc:
                 error = exc
+                if isinstance(exc, RecordValidationError):
+                    break  # a record the sink will never take: retrying cannot help
                 if attempt < retries:
                     log_event(
                         _log, "sink write failed; retrying", logging.WARNING,

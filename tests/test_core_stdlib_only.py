@@ -21,7 +21,7 @@ names = ["core"] + [m.name for m in pkgutil.walk_packages(core.__path__, "core."
 for name in names:
     importlib.import_module(name)
 stdlib = set(sys.stdlib_module_names)
-third_party = sorted({{m.split(".")[0] for m in sys.modules}} - stdlib - {{"core"}} - {{m.split(".")[0] for m in before}})
+third_party = sorted({{m.split(".")[0] for m in sys.modules if not m.startswith("__")}} - stdlib - {{"core"}} - {{m.split(".")[0] for m in before}})
 # ... and a flow runs: memory source -> python step -> file sink, dead letters included
 import tempfile, os
 from core.engine import run_flow

@@ -102,8 +102,12 @@ class MemorySource(Source):
 
     type_name = "memory"
     attributes = (
-        Attribute("records", list, required=True, help="the records (a list of mappings)", check=_check_records),
-        Attribute("splits", int, default=1, help="how many splits to deal the records into", check=_check_positive),
+        Attribute(
+            "records", list, required=True, help="the records (a list of mappings)", check=_check_records
+        ),
+        Attribute(
+            "splits", int, default=1, help="how many splits to deal the records into", check=_check_positive
+        ),
     )
 
     def create_enumerator(
@@ -130,7 +134,9 @@ class MemorySink(Sink):
     """
 
     type_name = "memory"
-    attributes = (Attribute("name", str, default="default", help="the name of the list in MemorySink.stores"),)
+    attributes = (
+        Attribute("name", str, default="default", help="the name of the list in MemorySink.stores"),
+    )
 
     #: Every named list of records written in this process.
     stores: ClassVar[dict[str, list[dict[str, Any]]]] = {}

@@ -1,0 +1,1 @@
+"""Step functions and connectors used by the tests' flows (importable by reader processes)."""

@@ -1,0 +1,41 @@
+"""Step functions the test flows refer to as ``flowlib.steps:NAME``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def double(record: dict[str, Any]) -> dict[str, Any]:
+    record["doubled"] = record["n"] * 2
+    return record
+
+
+def explode_on_sevens(record: dict[str, Any]) -> dict[str, Any]:
+    if record["n"] % 7 == 0:
+        raise ValueError(f"seven divides {record['n']}")
+    return record
+
+
+def fan_out(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(record, copy=i) for i in range(record["n"] % 3)]
+
+
+def batch_upper(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for r in records:
+        if r.get("name") == "boom":
+            raise RuntimeError("boom in batch")
+        r["name"] = str(r.get("name", "")).upper()
+    return records
+
+
+def slow(record: dict[str, Any], delay: float = 0.001) -> dict[str, Any]:
+    """Slow enough that a test can kill a process mid-run."""
+    time.sleep(delay)
+    record["pid"] = os.getpid()
+    return record
+
+
+def is_even(record: dict[str, Any]) -> bool:
+    return record["n"] % 2 == 0

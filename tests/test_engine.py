@@ -1,0 +1,208 @@
+"""The engine on real files: steps, dead letters, sink retries, the class form, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.attributes import Attribute
+from core.engine import run_flow
+from core.errors import RegistryError, SpecError
+from core.flow import DataFlow
+from core.registry import registry
+
+registry.register("sink", "flaky", "flowlib.sinks:FlakySink")
+registry.register("sink", "picky", "flowlib.sinks:PickySink")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_a_failing_step_dead_letters_the_record_and_the_run_goes_on(tmp_path: Path, state_dir: Path, parallelism: int) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(100)])
+    out = tmp_path / "out.jsonl"
+    summary = run_flow(
+        {
+            "name": "sevens",
+            "source": {"type": "file", "path": str(src), "split_bytes": 200},
+            "steps": [{"type": "python", "function": "flowlib.steps:explode_on_sevens"},
+                      {"type": "python", "function": "flowlib.steps:double"}],
+            "sink": {"type": "file", "path": str(out)},
+            "runtime": {"batch_size": 9, "parallelism": parallelism},
+        },
+        state_dir=str(state_dir),
+    )
+    assert summary.status == "success", summary.error
+    sevens = [i for i in range(100) if i % 7 == 0]
+    assert summary.records_in == 100
+    assert summary.records_out == 100 - len(sevens)
+    assert summary.dead_letters == len(sevens)
+    assert sorted(r["n"] for r in read_jsonl(out)) == [i for i in range(100) if i % 7]
+    assert all(r["doubled"] == r["n"] * 2 for r in read_jsonl(out))
+    letters = read_jsonl(Path(summary.dead_letter_destination or ""))
+    assert sorted(d["record"]["n"] for d in letters) == sevens
+    first = letters[0]
+    assert first["stage"] == "step" and first["error_type"] == "ValueError"
+    assert "seven divides" in first["reason"] and first["step"].startswith("python:flowlib.steps:explode_on_sevens")
+    assert first["flow"] == "sevens" and first["run_id"] == summary.run_id
+    assert Path(summary.dead_letter_destination or "").is_relative_to(state_dir / "sevens")
+
+
+def test_fan_out_filter_and_batch_steps(tmp_path: Path, state_dir: Path) -> None:
+    rows = [{"n": i, "name": "boom" if i == 4 else f"x{i}"} for i in range(12)]
+    out = tmp_path / "out.jsonl"
+    summary = run_flow(
+        {
+            "name": "shapes",
+            "source": {"type": "memory", "records": rows},
+            "steps": [
+                {"type": "filter", "function": "flowlib.steps:is_even"},
+                {"type": "python", "function": "flowlib.steps:batch_upper", "batch": True},
+                {"type": "python", "function": "flowlib.steps:fan_out"},
+            ],
+            "sink": {"type": "file", "path": str(out)},
+            "runtime": {"batch_size": 5},
+        },
+        state_dir=str(state_dir),
+    )
+    assert summary.status == "success"
+    got = read_jsonl(out)
+    # even n except 4 (batch step refused it) fan out into n % 3 copies, names upper-cased
+    expected = sorted((n, c) for n in range(0, 12, 2) if n != 4 for c in range(n % 3))
+    assert sorted((r["n"], r["copy"]) for r in got) == expected
+    assert all(r["name"] == f"X{r['n']}" for r in got)
+    assert summary.dead_letters == 1
+
+
+def test_sink_errors_are_retried_with_backoff_then_only_refused_records_are_dead_lettered(tmp_path: Path, state_dir: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    flaky = run_flow(
+        {
+            "name": "flaky",
+            "source": {"type": "memory", "records": [{"n": i} for i in range(30)]},
+            "sink": {"type": "flaky", "path": str(out), "fail_first": 2},
+            "runtime": {"batch_size": 10, "retries": 3, "retry_backoff_s": 0.01},
+        },
+        state_dir=str(state_dir),
+    )
+    assert flaky.status == "success" and flaky.dead_letters == 0
+    assert sorted(r["n"] for r in read_jsonl(out)) == list(range(30))
+
+    out2 = tmp_path / "out2.jsonl"
+    picky = run_flow(
+        {
+            "name": "picky",
+            "source": {"type": "memory", "records": [{"n": i} for i in range(30)]},
+            "sink": {"type": "picky", "path": str(out2)},
+            "dead_letter": {"type": "file", "path": str(tmp_path / "rejected.jsonl")},
+            "runtime": {"batch_size": 10, "retries": 1, "retry_backoff_s": 0.01},
+        },
+        state_dir=str(state_dir),
+    )
+    assert picky.status == "success"
+    assert sorted(r["n"] for r in read_jsonl(out2)) == [i for i in range(30) if i % 10]
+    rejected = read_jsonl(tmp_path / "rejected.jsonl")
+    assert sorted(r["record"]["n"] for r in rejected) == [0, 10, 20]
+    assert all(r["stage"] == "sink" and "check constraint" in r["reason"] for r in rejected)
+    assert picky.dead_letter_destination is not None and "rejected.jsonl" in picky.dead_letter_destination
+
+
+def test_sink_error_policy_fail_fails_the_run_and_keeps_the_checkpoint(tmp_path: Path, state_dir: Path) -> None:
+    summary = run_flow(
+        {
+            "name": "strict",
+            "source": {"type": "memory", "records": [{"n": i} for i in range(30)]},
+            "sink": {"type": "picky", "path": str(tmp_path / "o.jsonl")},
+            "runtime": {"batch_size": 10, "retries": 0, "sink_error_policy": "fail"},
+        },
+        state_dir=str(state_dir),
+    )
+    assert summary.status == "failed"
+    assert summary.error_type == "ValueError" and "check constraint" in (summary.error or "")
+    assert summary.backtrace and "flowlib/sinks.py" in summary.backtrace
+    assert (state_dir / "strict" / "checkpoint" / "run.json").exists()
+    record = json.loads((state_dir / "strict" / "runs" / summary.run_id / "summary.json").read_text())
+    assert record["status"] == "failed" and record["error_type"] == "ValueError"
+
+
+class Enrich(DataFlow):
+    name = "enrich_class"
+    source = {"type": "memory", "records": [{"n": i} for i in range(20)]}
+    steps = ({"type": "filter", "field": "n", "op": "ge", "value": 5},)
+    configuration_attributes = (Attribute("factor", int, default=3),)
+
+    def transform(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        if record["n"] == 13:
+            raise KeyError("unlucky")
+        record["scaled"] = record["n"] * self.config["factor"]
+        return record
+
+
+def test_the_class_form_and_the_spec_form_run_on_the_same_engine(tmp_path: Path, state_dir: Path) -> None:
+    out_class = tmp_path / "class.jsonl"
+
+    class ToFile(Enrich):
+        sink = {"type": "file", "path": str(out_class)}
+
+    summary = ToFile.run_now({"factor": 10}, state_dir=str(state_dir))
+    assert summary.status == "success" and summary.dead_letters == 1
+    assert {r["n"]: r["scaled"] for r in read_jsonl(out_class)} == {n: n * 10 for n in range(5, 20) if n != 13}
+
+    with pytest.raises(Exception, match="factor"):
+        ToFile.run_now({"factor": "lots"}, state_dir=str(state_dir))
+
+
+def test_a_bad_spec_reports_every_problem_at_once() -> None:
+    with pytest.raises(SpecError) as err:
+        run_flow(
+            {
+                "name": "bad name!",
+                "source": {"type": "file"},
+                "steps": [{"type": "python", "function": "nope.missing:fn"}, {"type": "filter"}],
+                "sink": {"type": "kafka", "topic": "x"},
+                "runtime": {"parallelism": 0, "batch_size": "many"},
+                "extra_key": 1,
+            }
+        )
+    text = str(err.value)
+    problems = err.value.problems
+    assert len(problems) >= 7, problems
+    for fragment in ("'name'", "source: 'path' is required", "steps[0]: cannot load function 'nope.missing:fn'",
+                     "steps[1]", "unknown sink type 'kafka'", "active-data-flow[kafka]",
+                     "runtime: 'parallelism': must be greater than 0", "runtime: 'batch_size'", "unknown key 'extra_key'"):
+        assert fragment in text, fragment
+
+
+def test_unknown_types_list_what_is_installed_and_the_extra() -> None:
+    with pytest.raises(RegistryError) as err:
+        registry.resolve("source", "rafka")
+    msg = str(err.value)
+    assert "unknown source type 'rafka'" in msg
+    assert "file" in msg and "sql" in msg and "memory" in msg
+    assert "active-data-flow[redis]" in msg
+
+
+def test_entry_point_plugins_are_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real installed distribution (dist-info with entry_points.txt) adds a sink type.
+    site = tmp_path / "site"
+    dist = site / "adf_plugin_demo-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: adf-plugin-demo\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[active_data_flow.sinks]\ndemo = flowlib.sinks:FlakySink\n")
+    monkeypatch.syspath_prepend(str(site))
+    from core.registry import Registry
+
+    reg = Registry()
+    assert "demo" in reg.names("sink")
+    assert "adf-plugin-demo" in reg.origin("sink", "demo")
+    assert reg.resolve("sink", "demo").__name__ == "FlakySink"
