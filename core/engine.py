@@ -9,7 +9,7 @@ How a run goes:
    ``parallelism`` is 1, otherwise one process each. A reader asks for a split, reads
    it in batches; each batch goes through the steps into the sink; when the sink has
    flushed, the dead letters of the batch are written and the reader's checkpoint (its
-   unfinished splits with their positions) is replaced atomically.
+   unfinished splits with their positions) is appended to its checkpoint log.
 3. A reader process that dies is noticed; its unfinished splits go back to the
    enumerator *from its last checkpoint* and a new reader process takes its place (up to
    ``runtime.max_reader_restarts``). If the coordinator itself dies, running the flow
@@ -199,15 +199,21 @@ class DeadLetterWriter:
 
 
 class Checkpoints:
-    """The checkpoint files of one flow: ``run.json``, ``enumerator.json``, ``reader-N.json``.
+    """The checkpoint files of one flow, under ``<flow dir>/checkpoint/``.
 
-    Every file is replaced atomically (write a temp file, ``os.replace``), so a process
-    killed at any instant leaves either the old or the new version.
+    ``run.json`` and ``enumerator.json`` are replaced atomically (temp file + ``os.replace``).
+    A reader's checkpoint is an append-only log ``reader-N.log``: one JSON line per committed
+    batch with the reader's unfinished splits (with positions) and the splits it finished in
+    that batch. Appending a line costs far less than a rename per batch, and a process killed
+    mid-write leaves at most a torn last line, which :meth:`load_reader` ignores. The log is
+    compacted into one line when it grows past ``compact_bytes``.
     """
 
-    def __init__(self, flow_dir: str, *, fsync: bool = False) -> None:
+    def __init__(self, flow_dir: str, *, fsync: bool = False, compact_bytes: int = 1 << 20) -> None:
         self.dir = os.path.join(flow_dir, "checkpoint")
         self.fsync = fsync
+        self.compact_bytes = compact_bytes
+        self._logs: dict[int, tuple[int, int, set[str]]] = {}  # reader -> (fd, size, finished)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -230,16 +236,73 @@ class Checkpoints:
         except FileNotFoundError:
             return None
 
-    def remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self._path(name))
+    # -- reader logs -------------------------------------------------------------
 
-    def reader_names(self) -> list[str]:
+    def _reader_path(self, reader_id: int) -> str:
+        return self._path(f"reader-{reader_id}.log")
+
+    def save_reader(self, reader_id: int, splits: list[dict[str, Any]], finished: list[str]) -> None:
+        """Append the reader's state after a committed batch (``finished``: splits done in it)."""
+        entry = self._logs.get(reader_id)
+        if entry is None:
+            os.makedirs(self.dir, exist_ok=True)
+            fd = os.open(self._reader_path(reader_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            entry = (fd, os.fstat(fd).st_size, set())
+        fd, size, done = entry
+        done.update(finished)
+        line = json.dumps({"splits": splits, "finished": finished}, default=str).encode() + b"\n"
+        if size + len(line) > self.compact_bytes:
+            os.close(fd)
+            compact = json.dumps({"splits": splits, "finished": sorted(done)}, default=str).encode() + b"\n"
+            tmp = f"{self._reader_path(reader_id)}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(compact)
+            os.replace(tmp, self._reader_path(reader_id))
+            fd = os.open(self._reader_path(reader_id), os.O_WRONLY | os.O_APPEND)
+            size = len(compact)
+        else:
+            os.write(fd, line)
+            size += len(line)
+        if self.fsync:
+            os.fsync(fd)
+        self._logs[reader_id] = (fd, size, done)
+
+    def load_reader(self, reader_id: int) -> dict[str, Any]:
+        """``{"splits": [...last snapshot...], "finished": [...all finished...]}`` (empty when none)."""
+        splits: list[dict[str, Any]] = []
+        finished: set[str] = set()
+        try:
+            with open(self._reader_path(reader_id), "rb") as f:
+                for raw in f:
+                    try:
+                        entry = json.loads(raw)
+                    except ValueError:
+                        break  # a torn last line: the process died while appending
+                    splits = entry.get("splits", [])
+                    finished.update(entry.get("finished", []))
+        except FileNotFoundError:
+            pass
+        return {"splits": splits, "finished": sorted(finished)}
+
+    def reader_ids(self) -> list[int]:
         if not os.path.isdir(self.dir):
             return []
-        return sorted(n for n in os.listdir(self.dir) if n.startswith("reader-") and n.endswith(".json"))
+        return sorted(int(n[7:-4]) for n in os.listdir(self.dir) if n.startswith("reader-") and n.endswith(".log"))
+
+    def remove_reader(self, reader_id: int) -> None:
+        entry = self._logs.pop(reader_id, None)
+        if entry is not None:
+            os.close(entry[0])
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._reader_path(reader_id))
+
+    def close(self) -> None:
+        for fd, _, _ in self._logs.values():
+            os.close(fd)
+        self._logs.clear()
 
     def clear(self) -> None:
+        self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -556,24 +619,24 @@ class _Run:
         enumerator = self.source.create_enumerator(ctx, saved.get("state"))
         enumerator.start()
         returned: list[Split] = []
-        for reader_key, assigned in (saved.get("assignments") or {}).items():
+        assignments = saved.get("assignments") or {}
+        for reader_key, assigned in assignments.items():
             returned.extend(self._unfinished(int(reader_key), assigned))
         # readers that checkpointed splits the enumerator file does not know as assigned
-        for name in self.checkpoints.reader_names():
-            reader_id = int(name[len("reader-") : -len(".json")])
-            if str(reader_id) not in (saved.get("assignments") or {}):
+        for reader_id in self.checkpoints.reader_ids():
+            if str(reader_id) not in assignments:
                 returned.extend(self._unfinished(reader_id, {}))
         if returned:
             enumerator.add_splits_back(returned, -1)
         self._save_enumerator(enumerator)
-        for name in self.checkpoints.reader_names():
-            self.checkpoints.remove(name)
+        for reader_id in self.checkpoints.reader_ids():
+            self.checkpoints.remove_reader(reader_id)
         log_event(_log, "resuming from checkpoint", returned_splits=len(returned))
         return enumerator
 
     def _unfinished(self, reader_id: int, assigned: Mapping[str, Any]) -> list[Split]:
-        state = self.checkpoints.read(f"reader-{reader_id}.json") or {}
-        finished = set(state.get("finished", []))
+        state = self.checkpoints.load_reader(reader_id)
+        finished = set(state["finished"])
         positions = {s["split_id"]: s for s in state.get("splits", [])}
         out = []
         ids = list(assigned) + [sid for sid in positions if sid not in assigned]
@@ -627,7 +690,6 @@ class _Run:
         reader = self.source.create_reader(ctx)
         ctx.reader = reader
         ctx.assigned = {}
-        finished_ids: list[str] = []
         saved_version = 0
         deadline = self._deadline()
         next_discovery = time.monotonic() + float(self.runtime.get("discovery_interval_s", 5.0))
@@ -638,13 +700,12 @@ class _Run:
                 batch = reader.poll_batch(self.batch_size)
                 if batch.records or batch.dead_letters or batch.finished_splits:
                     d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
-                    finished_ids.extend(batch.finished_splits)
                     if self.use_checkpoints:
                         if ctx.version != saved_version:
                             self.assignments = {0: ctx.assigned}
                             self._save_enumerator(enumerator)
                             saved_version = ctx.version
-                        self._save_reader(0, reader, finished_ids, pipeline)
+                        self.checkpoints.save_reader(0, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
                     self.report(d_in, d_out, d_dead, batch.input_bytes, len(batch.finished_splits))
                 if batch.status is ReaderStatus.END_OF_INPUT:
                     self.ended_by_input = True
@@ -662,17 +723,6 @@ class _Run:
             reader.close()
             enumerator.close()
             pipeline.close()
-
-    def _save_reader(self, reader_id: int, reader: SourceReader, finished: list[str], pipeline: _Pipeline) -> None:
-        self.checkpoints.write(
-            f"reader-{reader_id}.json",
-            {
-                "splits": [s.to_dict() for s in reader.snapshot_state()],
-                "finished": finished,
-                "records_in": pipeline.records_in,
-                "records_out": pipeline.records_out,
-            },
-        )
 
     def _deadline(self) -> float | None:
         stop_after = self.runtime.get("stop_after_s")
@@ -787,7 +837,7 @@ class _Run:
             self.assignments[reader_id] = {}
             self.enumerator.add_splits_back(splits, reader_id)
             self._save_enumerator(self.enumerator)
-            self.checkpoints.remove(f"reader-{reader_id}.json")
+            self.checkpoints.remove_reader(reader_id)
             self._start_reader(reader_id)
 
     # -- finish --------------------------------------------------------------------
@@ -876,7 +926,6 @@ def _reader_main(
         pipeline.open()
         reader = source.create_reader(_ProcessReaderContext(reader_id, outbox))
         reader.start()
-        finished: list[str] = []
         stop = False
         idle = float(spec.runtime.get("idle_sleep_s", 0.2))
         while True:
@@ -890,16 +939,7 @@ def _reader_main(
             batch = reader.poll_batch(batch_size)
             if batch.records or batch.dead_letters or batch.finished_splits:
                 d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
-                finished.extend(batch.finished_splits)
-                checkpoints.write(
-                    f"reader-{reader_id}.json",
-                    {
-                        "splits": [s.to_dict() for s in reader.snapshot_state()],
-                        "finished": finished,
-                        "records_in": pipeline.records_in,
-                        "records_out": pipeline.records_out,
-                    },
-                )
+                checkpoints.save_reader(reader_id, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
                 outbox.put(("progress", reader_id, d_in, d_out, d_dead, batch.input_bytes, batch.finished_splits))
             if batch.status is ReaderStatus.END_OF_INPUT or stop:
                 break
@@ -993,6 +1033,7 @@ def run_flow(
     except Exception as exc:
         status, error = "failed", exc
     finally:
+        run.checkpoints.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     summary = run.finish(status, error, t0)

@@ -647,7 +647,7 @@ def _split_ext(path: str) -> tuple[str, str]:
     return path[:dot], path[dot:]
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     """One ``os.write`` of the whole buffer (a regular file takes it whole; the loop is for the odd short write)."""
     view = memoryview(data)
     while view:

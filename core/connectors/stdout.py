@@ -43,14 +43,14 @@ class StdoutSink(Sink):
     def describe(self) -> str:
         return f"stdout ({self.config['format']})"
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         out = sys.stdout
         buffer = getattr(out, "buffer", None)
         if buffer is not None:
             out.flush()  # keep order with text already written through sys.stdout
             buffer.write(data)
         else:
-            out.write(data.decode("utf-8"))
+            out.write(bytes(data).decode("utf-8"))
 
     def write_batch(self, records: Sequence[Record]) -> None:
         if not records:
