@@ -568,6 +568,7 @@ class _Run:
         self.processes: dict[int, Any] = {}
         self.inboxes: dict[int, Any] = {}
         self.done: set[int] = set()
+        self.waiting: set[int] = set()
         self.restarts = 0
         self.stopping = False
         self.ended_by_input = False
@@ -737,6 +738,7 @@ class _Run:
         self.inboxes[reader_id].put(message)
 
     def assign(self, split: Split, reader_id: int) -> None:
+        self.waiting.discard(reader_id)
         self.assignments.setdefault(reader_id, {})[split.split_id] = split.to_dict()
         # The assignment is on disk before the reader hears of it, so it is never lost.
         self._save_enumerator(self.enumerator)
@@ -784,6 +786,8 @@ class _Run:
                 if self.unbounded and now >= next_discovery:
                     self.enumerator.discover()
                     next_discovery = now + discovery_every
+                    for reader_id in sorted(self.waiting):  # readers still waiting for work
+                        self.enumerator.handle_split_request(reader_id)
                 if (self.stopping or (deadline is not None and now >= deadline)) and not stop_sent:
                     for i in self.inboxes:
                         if i not in self.done:
@@ -803,6 +807,7 @@ class _Run:
         kind, reader_id = msg[0], msg[1]
         if kind == "request":
             if reader_id in self.processes and reader_id not in self.done:
+                self.waiting.add(reader_id)
                 self.enumerator.handle_split_request(reader_id)
         elif kind == "progress":
             _, _, d_in, d_out, d_dead, d_bytes, finished = msg

@@ -206,3 +206,34 @@ def test_entry_point_plugins_are_discovered(tmp_path: Path, monkeypatch: pytest.
     assert "demo" in reg.names("sink")
     assert "adf-plugin-demo" in reg.origin("sink", "demo")
     assert reg.resolve("sink", "demo").__name__ == "FlakySink"
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_an_unbounded_source_picks_up_new_files_and_a_stopped_run_continues_later(
+    tmp_path: Path, state_dir: Path, parallelism: int
+) -> None:
+    import threading
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_jsonl(inbox / "a.jsonl", [{"n": i} for i in range(10)])
+    out = tmp_path / "out.jsonl"
+    spec = {
+        "name": "watcher",
+        "source": {"type": "file", "path": str(inbox / "*.jsonl"), "watch": True},
+        "sink": {"type": "file", "path": str(out), "mode": "append"},
+        "runtime": {"parallelism": parallelism, "stop_after_s": 2.5, "discovery_interval_s": 0.2, "idle_sleep_s": 0.05},
+    }
+    timer = threading.Timer(0.8, lambda: write_jsonl(inbox / "b.jsonl", [{"n": i} for i in range(10, 25)]))
+    timer.start()
+    first = run_flow(spec, state_dir=str(state_dir))
+    timer.join()
+    assert first.status == "stopped", first.error
+    assert sorted(r["n"] for r in read_jsonl(out)) == list(range(25))
+    assert (state_dir / "watcher" / "checkpoint" / "run.json").exists(), "a stopped stream keeps its checkpoint"
+
+    write_jsonl(inbox / "c.jsonl", [{"n": i} for i in range(25, 30)])
+    second = run_flow(spec, state_dir=str(state_dir))
+    assert second.status == "stopped" and second.resumed
+    assert second.records_in == 5, "only the new file is read"
+    assert sorted(r["n"] for r in read_jsonl(out)) == list(range(30))
