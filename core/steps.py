@@ -20,6 +20,7 @@ Built-in step types:
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -70,6 +71,18 @@ def _load_callable(path: Any, what: str) -> Callable[..., Any]:
     if not callable(fn):
         raise ConfigError(what, [f"{path!r} is not callable"])
     return fn  # type: ignore[no-any-return]
+
+
+def _check_signature(fn: Callable[..., Any], options: Mapping[str, Any], where: str) -> None:
+    """Refuse a function that cannot take a record plus ``options`` before any record fails on it."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: find out at run time
+    try:
+        signature.bind({}, **options)
+    except TypeError as exc:
+        raise ConfigError(where, [f"the function cannot be called as fn(record, **options): {exc}"]) from exc
 
 
 class FunctionStep(Step):
@@ -144,6 +157,7 @@ class PythonStep(FunctionStep):
         Configurable.__init__(self, config, **kwargs)
         where = f"step {self.option('name') or self.option('function')!r}"
         fn = _load_callable(self.option("function"), where)
+        _check_signature(fn, self.option("options") or {}, where)
         if self.option("options"):
             fn = functools.partial(fn, **self.option("options"))
         self.fn = fn

@@ -156,7 +156,7 @@ def test_resume_an_s3_split_from_its_position(endpoint: str, s3: Any) -> None:
 
 
 def test_no_object_matching(endpoint: str) -> None:
-    with pytest.raises(NoFilesError, match="no files match 's3://adf-test/none/\\*.csv'"):
+    with pytest.raises(NoFilesError, match=r"no files match 's3://adf-test/none/\*\.csv'"):
         list(FileSource(path=f"s3://{BUCKET}/none/*.csv", endpoint_url=endpoint).each())
 
 

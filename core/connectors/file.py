@@ -265,7 +265,7 @@ class FileSource(Source):
             base = pattern.rsplit("/", 1)[-1]
             ext = os.path.splitext(base)[1]
             # "data/*" or "data/*.j*": the files found will tell; "data.txt", "x*.txt": they cannot
-            if fmt is None and (ext and not _s3.has_magic(ext) or not _s3.has_magic(base)):
+            if fmt is None and ((ext and not _s3.has_magic(ext)) or not _s3.has_magic(base)):
                 problems.append(
                     f"cannot tell the format of {pattern!r} from its extension; set 'format' to one of "
                     + ", ".join(FORMATS)
