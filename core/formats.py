@@ -378,6 +378,8 @@ def split_json_elements(
 
 
 def _csv_lines(stream: io.BufferedReader, encoding: str) -> Iterator[str]:
+    if encoding == "utf-8":
+        return map(bytes.decode, stream)  # strict UTF-8 is bytes.decode's default
     return map(partial(bytes.decode, encoding=encoding), stream)
 
 

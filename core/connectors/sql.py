@@ -135,7 +135,27 @@ def _create_engine(url: str, what: str) -> Engine:
         raise MissingExtraError(package, extra, f"{what} ({backend})") from exc
     except sa.exc.ArgumentError as exc:
         raise ConfigError(what, [f"'url': {redact_text(str(exc))}"]) from None
+    if backend == "sqlite":
+        _begin_immediate(sa, engine)
     return engine
+
+
+def _begin_immediate(sa: Any, engine: Engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins.
+
+    With SQLite's default deferred transactions, two processes that both read and then
+    write can each hold a read lock and wait for the other: SQLite answers "database is
+    locked" at once instead of waiting. ``BEGIN IMMEDIATE`` waits (busy timeout) instead.
+    """
+
+    def _no_implicit_begin(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    sa.event.listen(engine, "connect", _no_implicit_begin)
+    sa.event.listen(engine, "begin", _begin)
 
 
 def _check_names(value: Any) -> str | None:

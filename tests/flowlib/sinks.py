@@ -15,7 +15,7 @@ class _JsonlSink(Sink):
     attributes = (Attribute("path", str, required=True), Attribute("fail_first", int, default=0))
 
     def open(self) -> None:
-        self._f = open(self.option("path"), "a", encoding="utf-8")  # noqa: SIM115
+        self._f = open(self.option("path"), "a", encoding="utf-8")
         self._failures_left = self.option("fail_first")
 
     def _append(self, records: Sequence[dict[str, Any]]) -> None:
