@@ -101,7 +101,7 @@ def make_input(path: Path, records: int) -> int:
                 "price": round(rnd.uniform(1, 500), 2),
                 "quantity": rnd.randint(1, 20),
                 "tags": rnd.sample(words, 8),
-                "note": " ".join(rnd.choices(words, k=80)),
+                "note": " ".join(rnd.choices(words, k=92)),
             }
             line = json.dumps(rec, separators=(",", ":")) + "\n"
             size += len(line)

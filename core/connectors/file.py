@@ -166,7 +166,8 @@ def _check_paths(value: Any) -> str | None:
 class FileSplit(Split):
     """A whole file (``end=None``) or the byte range ``[start, end)`` of one.
 
-    ``start_line`` is the 1-based line number at ``start``; ``size`` is the file size seen
+    ``start_line`` is the 1-based line number at ``start``, or 0 when not counted yet (JSON
+    Lines ranges: the reader counts it only for a dead letter); ``size`` is the file size seen
     at discovery. ``position`` is None (from ``start``), ``{"offset", "line"}`` (CSV, JSONL)
     or ``{"index"}`` (JSON array).
     """
@@ -338,12 +339,15 @@ class FileSource(Source):
         fmt = self.format_of(path)
         if self.split_bytes is None or fmt == "json" or size <= self.split_bytes:
             return [FileSplit(path, None, path, 0, None, 1, fmt, size)]
-        quote = self.csv_options(path).quotechar if fmt == "csv" else None
-        stream = self.open_stream(path, 0, size, buffer_size=1 << 16)
-        try:
-            starts = aligned_boundaries(stream, size, self.split_bytes, quotechar=quote)
-        finally:
-            stream.close()
+        if fmt == "jsonl":
+            starts = self._jsonl_boundaries(path, size)
+        else:
+            quote = self.csv_options(path).quotechar
+            stream = self.open_stream(path, 0, size, buffer_size=1 << 16)
+            try:
+                starts = aligned_boundaries(stream, size, self.split_bytes, quotechar=quote)
+            finally:
+                stream.close()
         if len(starts) == 1:
             return [FileSplit(path, None, path, 0, None, 1, fmt, size)]
         splits = []
@@ -351,6 +355,30 @@ class FileSource(Source):
             end = starts[i + 1][0] if i + 1 < len(starts) else size
             splits.append(FileSplit(f"{path}{_RANGE_MARK}{start}-{end}", None, path, start, end, line, fmt, size))
         return splits
+
+    def _jsonl_boundaries(self, path: str, size: int) -> list[tuple[int, int]]:
+        """Split starts of a JSON Lines file without reading it whole.
+
+        A JSON line cannot contain a raw newline, so the first line start at or after each
+        target offset is a safe boundary: one short read per boundary. The line number of
+        a boundary is left unknown (0) and counted only if a dead letter needs it.
+        """
+        assert self.split_bytes is not None
+        starts = [(0, 1)]
+        target = self.split_bytes
+        while target < size:
+            stream = self.open_stream(path, target - 1, size, buffer_size=1 << 16)
+            try:
+                stream.readline()
+                start = stream.tell()
+            finally:
+                stream.close()
+            if start >= size:
+                break
+            if start > starts[-1][0]:
+                starts.append((start, 0))
+            target = start + self.split_bytes
+        return starts
 
     # -- Source ------------------------------------------------------------------
 
@@ -389,6 +417,7 @@ class FileSourceReader(SplitReader):
         self._index = 0
         self._pending: list[Any] = []
         self._json_bytes = 0
+        self._line_bases: dict[str, int] = {}
 
     def _header(self, path: str, options: CsvOptions) -> list[str]:
         names = self._headers.get(path)
@@ -418,7 +447,9 @@ class FileSourceReader(SplitReader):
             self._json_bytes = len(data)
             return
         offset = int(pos["offset"]) if pos else split.start
-        line = int(pos["line"]) if pos else split.start_line
+        # start_line 0: the split's first line number is not known yet; count lines relative
+        # to the split (1 = its first line) and make them absolute only for dead letters.
+        line = int(pos["line"]) if pos else max(split.start_line, 1)
         stream = self.source.open_stream(split.path, offset, split.end)
         try:
             self._offset = offset
@@ -439,6 +470,21 @@ class FileSourceReader(SplitReader):
         self._stream = stream
         self._line = line
 
+    def _lines_before(self, split: FileSplit) -> int:
+        """Newlines in the file before ``split.start`` (counted once per split, on first need)."""
+        key = f"{split.path}@{split.start}"
+        count = self._line_bases.get(key)
+        if count is None:
+            count = 0
+            stream = self.source.open_stream(split.path, 0, split.start, buffer_size=1 << 20)
+            try:
+                while chunk := stream.read(1 << 20):
+                    count += chunk.count(b"\n")
+            finally:
+                stream.close()
+            self._line_bases[key] = count
+        return count
+
     def close_split(self, split: Split) -> None:
         if self._stream is not None:
             stream, self._stream = self._stream, None
@@ -458,6 +504,11 @@ class FileSourceReader(SplitReader):
             res = read_csv(
                 self._stream, max_records, path=split.path, line=self._line, fieldnames=self._fieldnames, options=self._csv
             )
+        if res.dead_letters and split.start_line == 0:
+            base = self._lines_before(split)
+            for letter in res.dead_letters:
+                if isinstance(letter.origin.get("line"), int):
+                    letter.origin["line"] += base
         done_bytes = res.offset - self._offset
         self._offset = res.offset
         self._line = res.line
