@@ -84,12 +84,7 @@ class _ProgressBar:
 def _cmd_run(args: argparse.Namespace) -> int:
     from core.engine import run_flow
 
-    try:
-        loaded = _load(args)
-    except ConfigError as exc:
-        return _fail(str(exc), 2, args.json, problems=exc.problems)
-    except AdfError as exc:
-        return _fail(str(exc), 2, args.json)
+    loaded = _load(args)  # invalid specs: main() reports them with exit code 2
     spec = loaded.spec
     if args.parallelism:
         spec.runtime["parallelism"] = args.parallelism
@@ -154,12 +149,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_explain(args: argparse.Namespace) -> int:
-    try:
-        loaded = _load(args)
-    except ConfigError as exc:
-        return _fail(str(exc), 2, args.json, problems=exc.problems)
-    except AdfError as exc:
-        return _fail(str(exc), 2, args.json)
+    loaded = _load(args)  # invalid specs: main() reports them with exit code 2
     cfg = loaded.config
     if args.json:
         _print_json(
