@@ -582,7 +582,34 @@ class _Run:
         source.run_context = self.run_ctx
         return source
 
+    def lock(self) -> None:
+        """Hold ``<flow dir>/run.lock`` for the run: two runs of one flow would share checkpoints."""
+        self.lock_fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # no file locks here (a WebAssembly host): one runner per state dir
+            return
+        os.makedirs(self.flow_dir, exist_ok=True)
+        path = os.path.join(self.flow_dir, "run.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AdfError(
+                f"flow {self.spec.name!r} is already running with state directory {os.path.dirname(self.flow_dir)} "
+                f"(lock {path}); wait for that run, or give this one another --state-dir"
+            ) from None
+        self.lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = getattr(self, "lock_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self.lock_fd = None
+
     def prepare(self) -> None:
+        self.lock()
         fingerprint = self.spec.fingerprint()
         prior = self.checkpoints.read("run.json") if self.use_checkpoints else None
         self.resumed = bool(prior and self.resume and prior.get("fingerprint") == fingerprint)
@@ -751,7 +778,10 @@ class _Run:
         proc = mp.Process(
             target=_reader_main,
             name=f"adf-reader-{self.spec.name}-{reader_id}",
-            args=(self.spec, self.run_ctx, self.run_dir, self.checkpoints, reader_id, inbox, self.outbox, self.batch_size),
+            args=(
+                self.spec, self.run_ctx, self.run_dir, self.checkpoints, reader_id, inbox, self.outbox,
+                self.batch_size, self.lock_fd if _mp_context().get_start_method() == "fork" else None,
+            ),
             daemon=True,
         )
         proc.start()
@@ -917,9 +947,13 @@ def _reader_main(
     inbox: Any,
     outbox: Any,
     batch_size: int,
+    lock_fd: int | None,
 ) -> None:
     """Body of a reader process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    coordinator = os.getppid()
+    if lock_fd is not None:
+        os.close(lock_fd)  # only the coordinator holds the flow's run lock
     run_id_var.set(run_ctx.run_id)
     ctx = RunContext(**{**run_ctx.__dict__, "reader_id": reader_id})
     pipeline = None
@@ -941,6 +975,8 @@ def _reader_main(
                 except queue.Empty:
                     break
                 stop = stop or _apply(msg, reader, source)
+            if os.getppid() != coordinator:
+                return  # the coordinator died: stop; the next run resumes from the checkpoints
             batch = reader.poll_batch(batch_size)
             if batch.records or batch.dead_letters or batch.finished_splits:
                 d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
@@ -1039,6 +1075,7 @@ def run_flow(
         status, error = "failed", exc
     finally:
         run.checkpoints.close()
+        run.unlock()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     summary = run.finish(status, error, t0)

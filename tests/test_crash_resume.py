@@ -143,3 +143,38 @@ def test_with_an_upsert_sink_a_resumed_run_is_exactly_once(tmp_path: Path) -> No
     with sqlite3.connect(db) as conn:
         total, distinct = conn.execute("select count(*), count(distinct n) from t").fetchone()
     assert total == distinct == N
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_readers_stop_when_the_coordinator_is_killed_and_a_second_run_is_refused_meanwhile(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    state = tmp_path / "state"
+    spec = spec_file(tmp_path, make_input(tmp_path), {"type": "file", "path": str(out)}, parallelism=2)
+    proc = start(spec, state)
+    wait_for_lines(out, 1500)
+
+    second = start(spec, state)
+    stdout, _ = second.communicate(timeout=60)
+    assert second.returncode == 1
+    assert "already running" in json.loads(stdout.strip().splitlines()[-1])["error"]
+
+    readers = children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the coordinator only: its readers are orphaned
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(r) for r in readers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(r) for r in readers), "orphaned readers kept running"
+
+    summary = finish(start(spec, state))
+    assert summary["resumed"] is True
+    counts = output_counts(out)
+    assert set(counts) == set(range(N))
+    assert sum(c - 1 for c in counts.values()) <= 2 * BATCH
