@@ -19,6 +19,7 @@ Built-in step types:
 
 from __future__ import annotations
 
+import abc
 import functools
 import inspect
 import operator
@@ -36,7 +37,7 @@ __all__ = ["ErrorHandler", "FilterStep", "FunctionStep", "PythonStep", "Step", "
 ErrorHandler = Callable[[Any, BaseException, str], None]
 
 
-class Step(Configurable):
+class Step(Configurable, abc.ABC):
     """Base of steps. Subclasses implement :meth:`process_batch`.
 
     ``name`` identifies the step in dead letters and logs (``steps[1]:python`` unless the
@@ -52,8 +53,9 @@ class Step(Configurable):
     def open(self) -> None:
         """Called once per reader before the first batch."""
 
+    @abc.abstractmethod
     def process_batch(self, records: list[Record], on_error: ErrorHandler) -> list[Record]:
-        raise NotImplementedError(f"{type(self).__name__} must implement process_batch()")
+        """Return the records to pass on; report each record that fails through ``on_error``."""
 
     def close(self) -> None:
         """Called once per reader at the end."""
