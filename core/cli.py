@@ -82,7 +82,7 @@ class _ProgressBar:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from core.engine import run_flow
+    from core.runtime import run
 
     loaded = _load(args)  # invalid specs: main() reports them with exit code 2
     spec = loaded.spec
@@ -92,9 +92,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"resume": not args.fresh, "store": loaded.store, "state_dir": args.state_dir}
     if show_bar:
         with _ProgressBar(spec.name) as bar:
-            summary = run_flow(spec, on_progress=bar.update, **kwargs)
+            summary = run(spec, on_progress=bar.update, **kwargs)
     else:
-        summary = run_flow(spec, **kwargs)
+        summary = run(spec, **kwargs)
     if loaded.store is not None:
         loaded.store.close()
     data = summary.to_dict()

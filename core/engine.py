@@ -35,7 +35,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.codec import codec
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DeadLetterWriter",
     "InlineContexts",
-    "LocalRuntime",
     "Progress",
     "RunSummary",
     "default_state_root",
@@ -1096,14 +1095,3 @@ def _install_stop_handler(run: _Run) -> Any:
         return signal.signal(signal.SIGTERM, stop)
     except ValueError:  # not the main thread
         return None
-
-
-@dataclass
-class LocalRuntime:
-    """The ``local`` runtime: :func:`run_flow` in this process (and reader processes)."""
-
-    type_name: str = "local"
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def run(self, flow: Any, **kwargs: Any) -> RunSummary:
-        return run_flow(flow, **{**self.options, **kwargs})

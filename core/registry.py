@@ -48,7 +48,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "filter": "core.steps:FilterStep",
     },
     "runtime": {
-        "local": "core.engine:LocalRuntime",
+        "local": "core.runtime:LocalRuntime",
     },
 }
 

@@ -129,3 +129,30 @@ def test_config_explain_shows_each_layer_and_redacts_secrets(tmp_path: Path) -> 
     assert "hunter2" not in res.stdout and rows["sink.url"]["value"] == "***"
     text = adf("config", "explain", "examples/orders/flow.yaml", env=env)
     assert text.returncode == 0 and "hunter2" not in text.stdout and "from_env" in text.stdout
+
+
+def test_a_runtime_from_another_distribution_runs_the_flow_its_spec_names(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "adf_dry_runtime-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: adf-dry-runtime\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[active_data_flow.runtimes]\ndry = flowlib.runtimes:DryRun\n")
+    spec = tmp_path / "f.json"
+    out = tmp_path / "never.jsonl"
+    spec.write_text(json.dumps({
+        "name": "dry_flow",
+        "source": {"type": "memory", "records": [{"n": i} for i in range(10)]},
+        "steps": [{"type": "python", "function": "flowlib.steps:explode_on_sevens"}],
+        "sink": {"type": "file", "path": str(out)},
+        "runtime": {"type": "dry"},
+    }))
+    pythonpath = os.pathsep.join([str(ROOT), str(ROOT / "tests"), str(site)])
+    res = adf("run", str(spec), "--json", "--state-dir", str(tmp_path / "s"), env={"PYTHONPATH": pythonpath})
+    assert res.returncode == 0, res.stderr
+    summary = last_json(res.stdout)
+    assert summary["sink"] == "(dry run: nothing written)"
+    assert (summary["records_in"], summary["records_out"], summary["dead_letters"]) == (10, 8, 2)
+    assert not out.exists()
+    # without the plugin the same spec is refused, naming the installed runtimes
+    res = adf("validate", str(spec))
+    assert res.returncode == 2 and "unknown runtime type 'dry'" in res.stdout + res.stderr and "local" in res.stdout + res.stderr
