@@ -34,6 +34,7 @@ import signal
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -201,6 +202,8 @@ class Checkpoints:
     """The checkpoint files of one flow, under ``<flow dir>/checkpoint/``.
 
     ``run.json`` and ``enumerator.json`` are replaced atomically (temp file + ``os.replace``).
+    Between two enumerator snapshots, each assignment is appended to ``assignments.log``, so
+    a snapshot (whose size grows with the pending splits) is not rewritten per assignment.
     A reader's checkpoint is an append-only log ``reader-N.log``: one JSON line per committed
     batch with the reader's unfinished splits (with positions) and the splits it finished in
     that batch. Appending a line costs far less than a rename per batch, and a process killed
@@ -213,6 +216,7 @@ class Checkpoints:
         self.fsync = fsync
         self.compact_bytes = compact_bytes
         self._logs: dict[int, tuple[int, int, set[str]]] = {}  # reader -> (fd, size, finished)
+        self._assign_fd: int | None = None
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -234,6 +238,38 @@ class Checkpoints:
                 return json.load(f)
         except FileNotFoundError:
             return None
+
+    # -- the coordinator's assignment log ------------------------------------------
+
+    def log_assignment(self, entry: dict[str, Any]) -> None:
+        """Append one assignment (before the reader hears of it)."""
+        if self._assign_fd is None:
+            os.makedirs(self.dir, exist_ok=True)
+            self._assign_fd = os.open(self._path("assignments.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(self._assign_fd, json.dumps(entry, default=str).encode() + b"\n")
+        if self.fsync:
+            os.fsync(self._assign_fd)
+
+    def read_assignments(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        try:
+            with open(self._path("assignments.log"), "rb") as f:
+                for raw in f:
+                    try:
+                        out.append(json.loads(raw))
+                    except ValueError:
+                        break  # torn last line
+        except FileNotFoundError:
+            pass
+        return out
+
+    def truncate_assignments(self) -> None:
+        """Drop the log (the enumerator snapshot just written covers it)."""
+        if self._assign_fd is not None:
+            os.close(self._assign_fd)
+            self._assign_fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._path("assignments.log"))
 
     # -- reader logs -------------------------------------------------------------
 
@@ -299,6 +335,9 @@ class Checkpoints:
         for fd, _, _ in self._logs.values():
             os.close(fd)
         self._logs.clear()
+        if self._assign_fd is not None:
+            os.close(self._assign_fd)
+            self._assign_fd = None
 
     def clear(self) -> None:
         self.close()
@@ -444,11 +483,12 @@ class _SchemaStep(Step):
 class InlineContexts(SplitEnumeratorContext, SourceReaderContext):
     """Both contexts for one enumerator and one reader in the same process."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: Callable[[Split, int], bool] | None = None) -> None:
+        # ``record(split, reader_id)`` checkpoints an assignment; False: a stale copy, skip it
         self.enumerator: SplitEnumerator | None = None
         self.reader: SourceReader | None = None
-        self.assigned: dict[str, dict[str, Any]] = {}
-        self.version = 0
+        self._record = record
+        self._again = False
 
     @property
     def parallelism(self) -> int:
@@ -459,8 +499,9 @@ class InlineContexts(SplitEnumeratorContext, SourceReaderContext):
 
     def assign_split(self, split: Split, reader_id: int) -> None:
         assert self.reader is not None
-        self.assigned[split.split_id] = split.to_dict()
-        self.version += 1
+        if self._record is not None and not self._record(split, reader_id):
+            self._again = True
+            return
         self.reader.add_splits([split])
 
     def signal_no_more_splits(self, reader_id: int) -> None:
@@ -474,6 +515,9 @@ class InlineContexts(SplitEnumeratorContext, SourceReaderContext):
     def send_split_request(self) -> None:
         assert self.enumerator is not None
         self.enumerator.handle_split_request(0)
+        while self._again:  # a stale copy was skipped: ask again
+            self._again = False
+            self.enumerator.handle_split_request(0)
 
 
 def single_reader(source: Source, batch_size: int = 500) -> Iterator[ReaderBatch]:
@@ -568,6 +612,12 @@ class _Run:
         self.inboxes: dict[int, Any] = {}
         self.done: set[int] = set()
         self.waiting: set[int] = set()
+        self.again: set[int] = set()
+        self.allow: Counter[str] = Counter()  # copies of a split id to hand out despite stale ones
+        self.skip: Counter[str] = Counter()  # stale copies of a split id still in the enumerator
+        self.seq = 0
+        self.since_snapshot = 0
+        self.snapshot_at = time.monotonic()
         self.restarts = 0
         self.stopping = False
         self.ended_by_input = False
@@ -646,7 +696,18 @@ class _Run:
         enumerator = self.source.create_enumerator(ctx, saved.get("state"))
         enumerator.start()
         returned: list[Split] = []
-        assignments = saved.get("assignments") or {}
+        assignments: dict[str, dict[str, Any]] = saved.get("assignments") or {}
+        self.allow.update(saved.get("allow", {}))
+        self.skip.update(saved.get("skip", {}))
+        # A split assigned after the snapshot is still pending in it: that copy is now stale
+        # and is skipped when the enumerator hands it out again (see assign()).
+        for entry in self.checkpoints.read_assignments():
+            if entry.get("seq", 0) > saved.get("seq", 0):
+                sid = entry["split"]["split_id"]
+                assignments.setdefault(str(entry["reader"]), {})[sid] = entry["split"]
+                if self.allow[sid] > 0:
+                    self.allow[sid] -= 1  # the copy it consumed was an allowed one
+                self.skip[sid] += 1
         for reader_key, assigned in assignments.items():
             returned.extend(self._unfinished(int(reader_key), assigned))
         # readers that checkpointed splits the enumerator file does not know as assigned
@@ -654,6 +715,7 @@ class _Run:
             if str(reader_id) not in assignments:
                 returned.extend(self._unfinished(reader_id, {}))
         if returned:
+            self.allow.update(s.split_id for s in returned)
             enumerator.add_splits_back(returned, -1)
         self._save_enumerator(enumerator)
         for reader_id in self.checkpoints.reader_ids():
@@ -676,14 +738,21 @@ class _Run:
         return out
 
     def _save_enumerator(self, enumerator: SplitEnumerator) -> None:
+        """Snapshot the enumerator, the assignments and the stale split ids; restart the assignment log."""
         if self.use_checkpoints:
             self.checkpoints.write(
                 "enumerator.json",
                 {
                     "state": enumerator.snapshot_state(),
                     "assignments": {str(k): v for k, v in self.assignments.items()},
+                    "seq": self.seq,
+                    "allow": {k: v for k, v in self.allow.items() if v > 0},
+                    "skip": {k: v for k, v in self.skip.items() if v > 0},
                 },
             )
+            self.checkpoints.truncate_assignments()
+            self.since_snapshot = 0
+            self.snapshot_at = time.monotonic()
 
     def setup_sinks(self, pipeline_sink: Sink | None = None) -> None:
         if self.resumed:
@@ -707,8 +776,8 @@ class _Run:
     # -- inline (parallelism 1) ----------------------------------------------------
 
     def run_inline(self) -> None:
-        ctx = InlineContexts()
-        enumerator = self.restore_enumerator(ctx)
+        ctx = InlineContexts(self.record_assignment)
+        enumerator = self.enumerator = self.restore_enumerator(ctx)
         ctx.enumerator = enumerator
         pipeline = _Pipeline(self.spec, self.run_ctx, self.run_dir, self.reg)
         self.setup_sinks(pipeline.sink)
@@ -716,8 +785,6 @@ class _Run:
         self.progress.bytes_total = self.source.total_work(_pending_splits(enumerator))
         reader = self.source.create_reader(ctx)
         ctx.reader = reader
-        ctx.assigned = {}
-        saved_version = 0
         deadline = self._deadline()
         next_discovery = time.monotonic() + float(self.runtime.get("discovery_interval_s", 5.0))
         pipeline.open()
@@ -728,11 +795,8 @@ class _Run:
                 if batch.records or batch.dead_letters or batch.finished_splits:
                     d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
                     if self.use_checkpoints:
-                        if ctx.version != saved_version:
-                            self.assignments = {0: ctx.assigned}
-                            self._save_enumerator(enumerator)
-                            saved_version = ctx.version
                         self.checkpoints.save_reader(0, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
+                    self._forget(0, batch.finished_splits)
                     self.report(d_in, d_out, d_dead, batch.input_bytes, len(batch.finished_splits))
                 if batch.status is ReaderStatus.END_OF_INPUT:
                     self.ended_by_input = True
@@ -763,12 +827,54 @@ class _Run:
     def send(self, reader_id: int, message: tuple[Any, ...]) -> None:
         self.inboxes[reader_id].put(message)
 
+    def record_assignment(self, split: Split, reader_id: int) -> bool:
+        """Checkpoint that ``split`` goes to ``reader_id`` — before the reader hears of it, so
+        an assignment is never lost. False when this copy is stale and must be skipped."""
+        if not self.accept(split.split_id):
+            return False
+        data = split.to_dict()
+        self.assignments.setdefault(reader_id, {})[split.split_id] = data
+        if self.use_checkpoints:
+            self.seq += 1
+            self.checkpoints.log_assignment({"seq": self.seq, "reader": reader_id, "split": data})
+            self.since_snapshot += 1
+            if self.since_snapshot >= 64 or time.monotonic() - self.snapshot_at >= 2.0:
+                self._save_enumerator(self.enumerator)
+        return True
+
     def assign(self, split: Split, reader_id: int) -> None:
+        if not self.record_assignment(split, reader_id):
+            self.again.add(reader_id)
+            return
         self.waiting.discard(reader_id)
-        self.assignments.setdefault(reader_id, {})[split.split_id] = split.to_dict()
-        # The assignment is on disk before the reader hears of it, so it is never lost.
-        self._save_enumerator(self.enumerator)
         self.send(reader_id, ("splits", [split.to_dict()]))
+
+    def accept(self, split_id: str) -> bool:
+        """Whether to hand out this copy of a split (False: a stale copy, ask again).
+
+        Handed-back splits go to the front of the enumerator's queue, so the first copies of
+        an id that come out are the allowed (positioned) ones, and later copies are stale
+        leftovers of a snapshot taken before the split was assigned.
+        """
+        if self.allow[split_id] > 0:
+            self.allow[split_id] -= 1
+        elif self.skip[split_id] > 0:
+            self.skip[split_id] -= 1
+            return False
+        return True
+
+    def _forget(self, reader_id: int, finished: list[str]) -> None:
+        """Finished splits (recorded in the reader's log) no longer need their assignment."""
+        assigned = self.assignments.get(reader_id)
+        if assigned:
+            for sid in finished:
+                assigned.pop(sid, None)
+
+    def _request(self, reader_id: int) -> None:
+        self.enumerator.handle_split_request(reader_id)
+        while reader_id in self.again:  # stale copies were skipped: ask again
+            self.again.discard(reader_id)
+            self.enumerator.handle_split_request(reader_id)
 
     def _start_reader(self, reader_id: int) -> None:
         mp = _mp_context()
@@ -816,7 +922,7 @@ class _Run:
                     self.enumerator.discover()
                     next_discovery = now + discovery_every
                     for reader_id in sorted(self.waiting):  # readers still waiting for work
-                        self.enumerator.handle_split_request(reader_id)
+                        self._request(reader_id)
                 if (self.stopping or (deadline is not None and now >= deadline)) and not stop_sent:
                     for i in self.inboxes:
                         if i not in self.done:
@@ -837,9 +943,10 @@ class _Run:
         if kind == "request":
             if reader_id in self.processes and reader_id not in self.done:
                 self.waiting.add(reader_id)
-                self.enumerator.handle_split_request(reader_id)
+                self._request(reader_id)
         elif kind == "progress":
             _, _, d_in, d_out, d_dead, d_bytes, finished = msg
+            self._forget(reader_id, finished)
             self.report(d_in, d_out, d_dead, d_bytes, len(finished))
         elif kind == "done":
             self.done.add(reader_id)
@@ -869,6 +976,7 @@ class _Run:
                 )
             splits = self._unfinished(reader_id, self.assignments.get(reader_id, {}))
             self.assignments[reader_id] = {}
+            self.allow.update(s.split_id for s in splits)
             self.enumerator.add_splits_back(splits, reader_id)
             self._save_enumerator(self.enumerator)
             self.checkpoints.remove_reader(reader_id)

@@ -339,32 +339,47 @@ class SplitReader(SourceReader):
         """Read up to ``max_records`` from the open split; return the batch and whether the split is done."""
 
     def poll_batch(self, max_records: int) -> ReaderBatch:
+        """Read up to ``max_records`` from the held splits, continuing into the next split
+        when one ends (many small files still make full batches)."""
+        records: list[Record] = []
+        dead: list[DeadLetter] = []
         finished: list[str] = []
-        while True:
+        nbytes = 0
+        idle_status: ReaderStatus | None = None
+        while len(records) < max_records:
             if self._current is None:
                 if not self._queue:
-                    if not self._no_more:
-                        self._request()
-                    status = ReaderStatus.END_OF_INPUT if self._no_more else ReaderStatus.NOTHING_AVAILABLE
-                    return ReaderBatch([], status, finished_splits=finished)
+                    self._request()  # may be answered at once (one reader in-process)
+                if not self._queue:
+                    break
                 self._current = self._queue.pop(0)
                 self.open_split(self._current)
             split = self._current
-            batch, done = self.read_split(split, max_records)
+            batch, done = self.read_split(split, max_records - len(records))
+            if records:
+                records.extend(batch.records)
+            else:
+                records = batch.records
+            dead.extend(batch.dead_letters)
+            finished.extend(batch.finished_splits)
+            nbytes += batch.input_bytes
             if done:
                 self.close_split(split)
                 self._current = None
                 finished.append(split.split_id)
-                if not self._queue:
-                    self._request()
-            batch.finished_splits[:0] = finished
-            if batch.records or batch.dead_letters:
-                end = done and not self._queue and self._no_more
-                batch.status = ReaderStatus.END_OF_INPUT if end else ReaderStatus.MORE_AVAILABLE
-                return batch
-            if not done:
-                return batch  # an open split with nothing new: the subclass chose the status
-            finished = batch.finished_splits
+            elif not batch.records and not batch.dead_letters:
+                idle_status = batch.status  # an open split with nothing new: the subclass decides
+                break
+        exhausted = self._current is None and not self._queue
+        if exhausted and not self._no_more:
+            self._request()
+        if records or dead:
+            status = ReaderStatus.END_OF_INPUT if exhausted and self._no_more else ReaderStatus.MORE_AVAILABLE
+        elif exhausted:
+            status = ReaderStatus.END_OF_INPUT if self._no_more else ReaderStatus.NOTHING_AVAILABLE
+        else:
+            status = idle_status or ReaderStatus.NOTHING_AVAILABLE
+        return ReaderBatch(records, status, dead, finished, nbytes)
 
     def snapshot_state(self) -> list[Split]:
         held = [self._current] if self._current is not None else []
