@@ -621,7 +621,6 @@ class _Run:
         self.restarts = 0
         self.stopping = False
         self.ended_by_input = False
-        self.summary: RunSummary
 
     # -- set-up ------------------------------------------------------------------
 

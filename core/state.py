@@ -177,25 +177,32 @@ class SqliteStateStore(StateStore):
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
         # imported here: some Python builds (WASI) ship without the _sqlite3 extension
         import sqlite3
 
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        if path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute(
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self._TABLE} "
             "(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL, expires_at REAL NULL)"
         )
+        self._pid = os.getpid()
+        return conn
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError(f"the state store {self.path!r} is closed")
+        if self._pid != os.getpid() and self.path != ":memory:":
+            # A forked reader process: a SQLite connection must not cross fork(); open its own.
+            self._conn = self._connect()
         return self._conn
 
     def get(self, key: str, default: Any = None) -> Any:

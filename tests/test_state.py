@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,22 @@ def test_core_state_imports_only_stdlib() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def _child_writes(store: Any, key: str) -> None:
+    store.set(key, {"from": "child"})
+
+
+def test_a_sqlite_store_inherited_by_a_forked_process_opens_its_own_connection(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from core.state import SqliteStateStore
+
+    store = SqliteStateStore(str(tmp_path / "s.db"))
+    store.set("parent", 1)
+    proc = multiprocessing.get_context("fork").Process(target=_child_writes, args=(store, "child"))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 0
+    assert store.get("child") == {"from": "child"} and store.get("parent") == 1
+    store.close()
