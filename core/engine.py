@@ -929,6 +929,12 @@ class _Run:
                     stop_sent = True
                 if msg is None:
                     self._check_readers()
+        except BaseException:
+            # The run failed: its checkpoint stays for the next run; stop the other readers now.
+            for proc in self.processes.values():
+                if proc.is_alive():
+                    proc.kill()
+            raise
         finally:
             for proc in self.processes.values():
                 proc.join(timeout=5)

@@ -237,3 +237,21 @@ def test_an_unbounded_source_picks_up_new_files_and_a_stopped_run_continues_late
     assert second.status == "stopped" and second.resumed
     assert second.records_in == 5, "only the new file is read"
     assert sorted(r["n"] for r in read_jsonl(out)) == list(range(30))
+
+
+def test_a_reader_process_error_fails_the_run_with_the_reader_backtrace(tmp_path: Path, state_dir: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"n": i} for i in range(4000)])
+    summary = run_flow(
+        {
+            "name": "sinkdown",
+            "source": {"type": "file", "path": str(src), "split_bytes": 4000},
+            "steps": [{"type": "python", "function": "flowlib.steps:slow", "options": {"delay": 0.001}}],
+            "sink": {"type": "picky", "path": str(tmp_path / "out.jsonl")},
+            "runtime": {"parallelism": 2, "batch_size": 50, "retries": 0, "sink_error_policy": "fail"},
+        },
+        state_dir=str(state_dir),
+    )
+    assert summary.status == "failed"
+    assert "check constraint" in (summary.error or "") and summary.error_type == "ValueError"
+    assert summary.backtrace and "flowlib/sinks.py" in summary.backtrace
+    assert (state_dir / "sinkdown" / "checkpoint" / "run.json").exists()
