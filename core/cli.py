@@ -22,8 +22,10 @@ from core.logs import configure
 
 __all__ = ["main"]
 
-#: Extra sub-commands registered by other parts of the project: name -> (help, add_arguments, handler).
-SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+#: Entry-point group of sub-commands contributed by other layers or packages. Each entry
+#: point is a callable ``register(subparsers)`` adding its parsers, each with ``func`` set
+#: to a handler ``(args) -> exit code``.
+COMMANDS_GROUP = "active_data_flow.commands"
 
 
 def _print_json(obj: Any) -> None:
@@ -235,11 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(exp)
     exp.set_defaults(func=_cmd_config_explain)
 
-    for name, (help_text, add_args, handler) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        add_args(p)
-        p.set_defaults(func=handler)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    from importlib import metadata
+
+    for ep in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            register: Callable[[Any], None] = ep.load()
+        except ImportError as exc:
+            reason = f"`adf {ep.name}` is unavailable: {exc}"
+
+            def unavailable(args: argparse.Namespace, reason: str = reason) -> int:
+                print(f"adf: {reason}", file=sys.stderr)
+                return 2
+
+            sub.add_parser(ep.name, help="(unavailable)").set_defaults(func=unavailable)
+            continue
+        register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
