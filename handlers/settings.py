@@ -13,7 +13,7 @@ name                           meaning                                        de
 ``ADF_TRUSTED_PROXIES``        proxies whose ``X-Forwarded-For`` is honoured   empty: none
 ``ADF_HEARTBEAT_MODE``         ``sync`` (run in the request) or ``async``      ``sync``
 ``ADF_HEARTBEAT_PATH``         path of the heartbeat endpoint                  ``/heartbeat``
-``ADF_API_TOKEN``              bearer token of the management API              none: loopback only
+``ADF_API_TOKEN``              bearer token of the management API              none: 127.0.0.1 / ::1 only
 ``ADF_LEASE_SECONDS``          run lease of a worker                           ``300``
 ``ADF_MAX_ATTEMPTS``           attempts of a run whose worker died             ``3``
 ``ADF_RETRY_BACKOFF_SECONDS``  delay before such a retry (doubles)             ``0``

@@ -1,4 +1,6 @@
-"""core/ must import and run with nothing but the standard library (it runs inside Spin)."""
+"""core/ and handlers/ must import and run with nothing but the standard library (they run
+inside Spin). The one exception is ``handlers.web.api``: the FastAPI edge of ``adf serve``,
+imported only by ``handlers.web.app.create_app`` and never inside a component."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from pathlib import Path
 
 import core
+import handlers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,12 +19,14 @@ PROBE = r"""
 import importlib, json, pkgutil, sys
 sys.path[:0] = [{root!r}]
 before = set(sys.modules)
-import core
-names = ["core"] + [m.name for m in pkgutil.walk_packages(core.__path__, "core.")]
+import core, handlers
+EDGE = {{"handlers.web.api"}}
+names = ["core", "handlers"] + [m.name for m in pkgutil.walk_packages(core.__path__, "core.")]
+names += [m.name for m in pkgutil.walk_packages(handlers.__path__, "handlers.") if m.name not in EDGE]
 for name in names:
     importlib.import_module(name)
 stdlib = set(sys.stdlib_module_names)
-third_party = sorted({{m.split(".")[0] for m in sys.modules if not m.startswith("__")}} - stdlib - {{"core"}} - {{m.split(".")[0] for m in before}})
+third_party = sorted({{m.split(".")[0] for m in sys.modules if not m.startswith("__")}} - stdlib - {{"core", "handlers"}} - {{m.split(".")[0] for m in before}})
 # ... and a flow runs: memory source -> python step -> file sink, dead letters included
 import tempfile, os
 from core.engine import run_flow
@@ -39,7 +44,7 @@ print(json.dumps({{"modules": names, "third_party": third_party, "status": summa
 """
 
 
-def test_every_core_module_imports_and_a_flow_runs_with_only_the_standard_library() -> None:
+def test_every_core_and_handlers_module_imports_and_a_flow_runs_with_only_the_standard_library() -> None:
     # -S: no site-packages at all; -E: ignore PYTHON* variables. Only stdlib + the project.
     out = subprocess.run(
         [sys.executable, "-S", "-E", "-c", PROBE.format(root=str(ROOT))],
@@ -47,7 +52,8 @@ def test_every_core_module_imports_and_a_flow_runs_with_only_the_standard_librar
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    expected = {"core"} | {m.name for m in pkgutil.walk_packages(core.__path__, "core.")}
+    expected = {"core", "handlers"} | {m.name for m in pkgutil.walk_packages(core.__path__, "core.")}
+    expected |= {m.name for m in pkgutil.walk_packages(handlers.__path__, "handlers.")} - {"handlers.web.api"}
     assert set(result["modules"]) == expected
     assert result["third_party"] == []
     assert result["status"] == "success"

@@ -5,10 +5,11 @@ Everything here is standard library only. Times are timezone-aware UTC ``datetim
 Life of a scheduled run::
 
     create_flow ──▶ flow due at once (next_run_at = now)
-    claim_due (heartbeat) ──▶ run rows, next_run_at = now + interval (one catch-up, no backfill)
+    claim_due (heartbeat) ──▶ run rows, next_run_at = now + interval (one catch-up, no backfill;
+                              a flow whose previous run is still pending/in progress is skipped)
         mode=sync : runs created in_progress with the heartbeat's worker id and a lease
         mode=async: runs created pending ──▶ claim_pending_run (worker) ──▶ in_progress + lease
-    renew_lease … finish_run ──▶ success | failed (error + backtrace), flow.last_run_status
+    start_run, renew_lease … finish_run ──▶ success | failed (error + backtrace), flow.last_run_status
     expire_leases ──▶ in_progress past its lease: failed ("lease expired"), retried per policy
 """
 
@@ -16,12 +17,20 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "ACTIVE_RUN_STATUSES",
+    "FINAL_RUN_STATUSES",
+    "FLOW_NAME_RE",
+    "MAX_RUN_INTERVAL",
     "RUN_STATUSES",
+    "Claim",
+    "DuplicateFlowError",
     "FlowRecord",
     "FlowValidationError",
     "HeartbeatRecord",
@@ -30,14 +39,29 @@ __all__ = [
     "RunOutcome",
     "RunRecord",
     "ScheduleStore",
+    "as_utc",
+    "flow_problems",
     "utcnow",
 ]
 
 RUN_STATUSES = ("pending", "in_progress", "success", "failed", "cancelled")
+#: A flow with a run in one of these states is busy: the heartbeat skips it (no overlapping runs).
+ACTIVE_RUN_STATUSES = ("pending", "in_progress")
+#: What :meth:`ScheduleStore.finish_run` accepts.
+FINAL_RUN_STATUSES = ("success", "failed", "cancelled")
+#: Flow names (the same rule as a spec's ``name``).
+FLOW_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: The largest run interval (a 32-bit integer column): about 68 years.
+MAX_RUN_INTERVAL = 2**31 - 1
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` as an aware UTC datetime (a naive one is taken to be UTC already)."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _iso(value: Any) -> Any:
@@ -50,6 +74,10 @@ class FlowValidationError(ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class DuplicateFlowError(FlowValidationError):
+    """The flow is valid but its name is taken (a conflict rather than a bad request)."""
 
 
 class NotFoundError(LookupError):
@@ -96,6 +124,7 @@ class RunRecord:
     worker_id: str | None = None
     lease_expires_at: dt.datetime | None = None
     engine_run_id: str | None = None  # the core engine's run id (checkpoints, dead letters)
+    not_before: dt.datetime | None = None  # a pending retry waits until then (backoff)
 
     @property
     def duration(self) -> float | None:
@@ -138,6 +167,17 @@ class RunOutcome:
     engine_run_id: str | None = None
 
 
+@dataclass
+class Claim:
+    """What one claim of due flows did: ``runs`` created, and ``flows_due`` — the due flows
+    it locked, including those ``skipped`` because a run of theirs is still pending or in
+    progress (their next_run_at moves on one interval: no overlapping runs, no pile-up)."""
+
+    runs: list[RunRecord] = field(default_factory=list)
+    flows_due: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """A run whose worker died (lease expired) is retried until ``max_attempts`` attempts,
@@ -145,6 +185,91 @@ class RetryPolicy:
 
     max_attempts: int = 3
     backoff_seconds: float = 0.0
+
+    def delay(self, failed_attempt: int) -> float:
+        """Seconds to wait before the attempt after ``failed_attempt``."""
+        return float(self.backoff_seconds) * 2.0 ** max(failed_attempt - 1, 0)
+
+
+def _json_problem(value: Any) -> str | None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"configuration: must be plain JSON data ({exc})"
+    return None
+
+
+def flow_problems(
+    name: Any = None,
+    configuration: Any = None,
+    run_interval: Any = None,
+    *,
+    description: Any = None,
+    enabled: Any = None,
+    check: Iterable[str] = ("name", "configuration", "run_interval"),
+) -> list[str]:
+    """Every problem of a flow's fields (those named in ``check``, plus ``description`` and
+    ``enabled`` when not None); uniqueness of the name is the store's job.
+
+    The configuration is validated with :func:`core.spec.parse_spec`; its own ``name``
+    defaults to the flow's name and must match it when given.
+    """
+    checks = set(check)
+    problems: list[str] = []
+    name_ok = isinstance(name, str) and bool(FLOW_NAME_RE.match(name))
+    if "name" in checks:
+        if name is None or (isinstance(name, str) and not name.strip()):
+            problems.append("name: is required")
+        elif not isinstance(name, str):
+            problems.append(f"name: must be a string, got {type(name).__name__}")
+        elif not name_ok:
+            problems.append(f"name: {name!r} may contain only letters, digits, '_', '-' and '.' and must start with a letter or digit")
+        elif len(name) > 200:
+            problems.append("name: must be at most 200 characters")
+    if "run_interval" in checks:
+        if run_interval is None:
+            problems.append("run_interval: is required (seconds, a positive integer)")
+        elif isinstance(run_interval, bool) or not isinstance(run_interval, int):
+            problems.append(f"run_interval: must be a positive integer (seconds), got {run_interval!r}")
+        elif run_interval <= 0:
+            problems.append(f"run_interval: must be a positive integer (seconds), got {run_interval}")
+        elif run_interval > MAX_RUN_INTERVAL:
+            problems.append(f"run_interval: must be at most {MAX_RUN_INTERVAL} seconds")
+    if description is not None and not isinstance(description, str):
+        problems.append(f"description: must be a string, got {type(description).__name__}")
+    if enabled is not None and not isinstance(enabled, bool):
+        problems.append(f"enabled: must be true or false, got {enabled!r}")
+    if "configuration" in checks:
+        problems.extend(_configuration_problems(name if name_ok else None, configuration))
+    return list(dict.fromkeys(problems))
+
+
+def _configuration_problems(name: str | None, configuration: Any) -> list[str]:
+    from core.errors import SpecError
+    from core.spec import parse_spec
+
+    if configuration is None:
+        return ["configuration: is required (the flow spec)"]
+    if not isinstance(configuration, Mapping):
+        return [f"configuration: must be a mapping (the flow spec), got {type(configuration).__name__}"]
+    problems: list[str] = []
+    json_problem = _json_problem(configuration)
+    if json_problem:
+        problems.append(json_problem)
+    spec = dict(configuration)
+    own = spec.get("name")
+    if own is None:
+        # An invalid flow name is reported once, above; check the rest with a stand-in.
+        spec["name"] = name or "flow"
+    elif name is not None and own != name:
+        problems.append(f"configuration: its name {own!r} does not match the flow name {name!r} (leave it out or make them equal)")
+    try:
+        parse_spec(spec)
+    except SpecError as exc:
+        problems.extend(f"configuration: {p}" for p in exc.problems)
+    except Exception as exc:  # a step module that fails to import in an unexpected way
+        problems.append(f"configuration: {type(exc).__name__}: {exc}")
+    return problems
 
 
 class ScheduleStore(abc.ABC):
@@ -208,7 +333,24 @@ class ScheduleStore(abc.ABC):
         """Claim up to ``limit`` due flows in one transaction (PostgreSQL: ``FOR UPDATE SKIP
         LOCKED``): set next_run_at = now + interval (missed intervals give one run),
         last_run_at = now, and create one run each — ``in_progress`` leased to ``worker_id``
-        when given (sync mode), else ``pending`` (async mode)."""
+        when given (sync mode), else ``pending`` (async mode). A due flow that still has a
+        pending or in-progress run gets no second one (its next_run_at moves on all the same:
+        runs of one flow never overlap and never pile up)."""
+
+    def claim(
+        self,
+        now: dt.datetime | None = None,
+        *,
+        limit: int = 100,
+        trigger: str = "heartbeat",
+        worker_id: str | None = None,
+        lease_seconds: float = 300.0,
+    ) -> Claim:
+        """:meth:`claim_due` that also tells how many flows were due (see :class:`Claim`).
+
+        Backends override it; this fallback counts only the flows that got a run."""
+        runs = self.claim_due(now, limit=limit, trigger=trigger, worker_id=worker_id, lease_seconds=lease_seconds)
+        return Claim(runs=runs, flows_due=len(runs))
 
     @abc.abstractmethod
     def create_run(
@@ -223,6 +365,19 @@ class ScheduleStore(abc.ABC):
     @abc.abstractmethod
     def renew_lease(self, run_id: int, worker_id: str, *, lease_seconds: float = 300.0) -> bool:
         """Extend the lease; False when the run is no longer this worker's."""
+
+    def renew_leases(self, run_ids: Iterable[int], worker_id: str, *, lease_seconds: float = 300.0) -> set[int]:
+        """Extend several leases at once; returns the ids still held by ``worker_id``."""
+        return {run_id for run_id in run_ids if self.renew_lease(run_id, worker_id, lease_seconds=lease_seconds)}
+
+    def start_run(
+        self, run_id: int, worker_id: str, *, lease_seconds: float = 300.0, now: dt.datetime | None = None
+    ) -> RunRecord | None:
+        """Mark the start of execution (started_at = now, lease renewed) of a run leased to
+        ``worker_id``; None when the run is no longer this worker's (its lease expired)."""
+        if not self.renew_lease(run_id, worker_id, lease_seconds=lease_seconds):
+            return None
+        return self.get_run(run_id)
 
     @abc.abstractmethod
     def finish_run(self, run_id: int, outcome: RunOutcome) -> RunRecord:

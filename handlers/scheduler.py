@@ -1,0 +1,439 @@
+"""Transport-neutral scheduling: what every trigger of the heartbeat runtime calls.
+
+The HTTP heartbeat (:mod:`handlers.http`), ``adf heartbeat`` from cron, and later Lambda's
+EventBridge schedule and Spin's cron trigger all call :func:`tick`; ``adf worker`` runs a
+:class:`Worker`; "trigger now" (API, CLI) calls :func:`trigger_run`. They share one path
+to the engine, :func:`execute_run`.
+
+A tick::
+
+    expire_leases  ─▶ runs whose worker stopped renewing: failed, retried per the policy
+    claim          ─▶ due flows locked (SKIP LOCKED), next_run_at moved on, one run each
+    mode=sync      ─▶ each run executed here, one after another (a failure never stops the rest),
+                      then pending runs (retries, "trigger now" without waiting) within the claim limit
+    mode=async     ─▶ runs left pending for ``adf worker`` processes
+
+While runs execute, a background thread renews their leases every ``lease_seconds / 3``;
+a process that dies stops renewing, and the next tick or worker poll finds the expired
+lease, marks the run failed ("lease expired at …: worker … stopped renewing") and creates
+the retry, which resumes from the flow's checkpoint (nothing lost).
+
+Standard library only at module level (this runs inside a Spin component).
+
+Example::
+
+    result = tick(store, settings, mode="async")     # HeartbeatResult
+    result.to_dict()   # {"flows_due": 3, "flows_triggered": 3, "run_ids": [7, 8, 9], "timestamp": "…Z"}
+    Worker(store, settings).run_forever()            # until SIGTERM / SIGINT
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from core.logs import get_logger, log_event
+from core.redact import redact_text
+from handlers.schedule.store import (
+    RetryPolicy,
+    RunOutcome,
+    RunRecord,
+    ScheduleStore,
+    as_utc,
+    utcnow,
+)
+from handlers.settings import Settings
+
+__all__ = [
+    "MODES",
+    "Executor",
+    "HeartbeatResult",
+    "StopEvent",
+    "Worker",
+    "default_worker_id",
+    "execute_run",
+    "retry_policy",
+    "tick",
+    "trigger_run",
+]
+
+MODES = ("sync", "async")
+
+_log = get_logger("scheduler")
+
+#: Runs one claimed run to its end: ``executor(store, run, settings, worker_id=...)``.
+Executor = Callable[..., RunRecord]
+
+
+class StopEvent(Protocol):
+    """``threading.Event`` or ``multiprocessing.Event``."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def _iso(value: dt.datetime) -> str:
+    return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def default_worker_id(role: str | None = None) -> str:
+    """``<hostname>:<pid>``, with ``/<role>-<random>`` for a heartbeat or a manual run."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base}/{role}-{uuid.uuid4().hex[:8]}" if role else base
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The retry policy of runs whose worker died (ADF_MAX_ATTEMPTS, ADF_RETRY_BACKOFF_SECONDS)."""
+    return RetryPolicy(max_attempts=settings.max_attempts, backoff_seconds=settings.retry_backoff_seconds)
+
+
+@dataclass
+class HeartbeatResult:
+    """What one tick did. ``flows_due``: due flows it found (including those skipped because
+    their previous run is still going); ``flows_triggered``: runs it created."""
+
+    flows_due: int
+    flows_triggered: int
+    run_ids: list[int]
+    timestamp: str
+    mode: str = "sync"
+    #: the runs created (sync mode: as they finished, then the pending runs it also ran)
+    runs: list[RunRecord] = field(default_factory=list)
+    #: runs this tick found with an expired lease and marked failed
+    expired_run_ids: list[int] = field(default_factory=list)
+    #: sync mode: pending runs (retries, "trigger now" without waiting) this tick also ran
+    pending_run_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The heartbeat response body."""
+        return {
+            "flows_due": self.flows_due,
+            "flows_triggered": self.flows_triggered,
+            "run_ids": list(self.run_ids),
+            "timestamp": self.timestamp,
+        }
+
+
+# --------------------------------------------------------------------------- leases
+
+
+class _LeaseKeeper:
+    """Renews the leases of ``run_ids`` every ``lease_seconds / 3`` in a daemon thread."""
+
+    def __init__(self, store: ScheduleStore, worker_id: str, lease_seconds: float, run_ids: Iterable[int]) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.lost: set[int] = set()
+        self._ids = set(run_ids)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"adf-lease-{worker_id}", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        if self._ids:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def discard(self, run_id: int) -> None:
+        with self._lock:
+            self._ids.discard(run_id)
+
+    def _loop(self) -> None:
+        interval = max(self.lease_seconds / 3.0, 0.05)
+        while not self._stop.wait(interval):
+            with self._lock:
+                ids = set(self._ids)
+            if not ids:
+                continue
+            try:
+                held = self.store.renew_leases(ids, self.worker_id, lease_seconds=self.lease_seconds)
+            except Exception as exc:  # a database hiccup: try again at the next interval
+                log_event(_log, "lease renewal failed", logging.WARNING, worker_id=self.worker_id,
+                          error=redact_text(f"{type(exc).__name__}: {exc}"))
+                continue
+            lost = ids - held
+            if lost:
+                with self._lock:
+                    self._ids -= lost
+                self.lost |= lost
+                log_event(_log, "lease lost: the run was expired and handed to another attempt", logging.WARNING,
+                          worker_id=self.worker_id, run_ids=sorted(lost))
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _outcome_from_exception(exc: BaseException) -> RunOutcome:
+    return RunOutcome(
+        status="failed",
+        error_message=redact_text(f"{type(exc).__name__}: {exc}"),
+        error_backtrace=redact_text("".join(traceback.format_exception(exc))),
+    )
+
+
+def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings) -> RunOutcome:
+    """Load the flow's latest configuration, run it on its runtime, and say how it went."""
+    from core.loader import load_flow
+    from core.runtime import run as run_on_runtime
+
+    loaded = None
+    try:
+        flow = store.get_flow(run.flow_name)
+        spec = dict(flow.configuration)
+        spec.setdefault("name", flow.name)
+        # Checkpoints, dead letters and the key-value store live in the runtime's state
+        # directory unless the flow's own configuration names another one.
+        state_layer = ("default", {"runtime": {"state_dir": settings.state_dir}}, "heartbeat settings (ADF_STATE_DIR)")
+        loaded = load_flow(spec, extra=[state_layer])
+        summary = run_on_runtime(loaded.spec, state_dir=settings.state_dir, run_id=f"run-{run.id}", store=loaded.store)
+    except Exception as exc:  # an invalid spec, a missing flow, a runtime that raised
+        return _outcome_from_exception(exc)
+    finally:
+        if loaded is not None and loaded.store is not None:
+            try:
+                loaded.store.close()
+            except Exception as exc:
+                log_event(_log, "closing the flow's state store failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+    if summary.ok:
+        return RunOutcome(
+            status="success", records_in=summary.records_in, records_out=summary.records_out,
+            dead_letters=summary.dead_letters, engine_run_id=summary.run_id,
+        )
+    message = summary.error or "the flow failed"
+    if summary.error_type and not message.startswith(summary.error_type):
+        message = f"{summary.error_type}: {message}"
+    return RunOutcome(
+        status="failed", records_in=summary.records_in, records_out=summary.records_out,
+        dead_letters=summary.dead_letters, engine_run_id=summary.run_id,
+        error_message=redact_text(message),
+        error_backtrace=redact_text(summary.backtrace) if summary.backtrace else None,
+    )
+
+
+def execute_run(store: ScheduleStore, run: RunRecord, settings: Settings, *, worker_id: str) -> RunRecord:
+    """Execute a run leased to ``worker_id`` and record how it ended.
+
+    The flow's configuration is read from the store now (an update is applied on the next
+    run), resolved through :func:`core.loader.load_flow` and run with
+    :func:`core.runtime.run` (engine run id ``run-<id>``, or the id of the flow's unfinished
+    checkpoint, which the engine resumes). The lease is renewed in the background while it
+    runs. A failure — a failed summary, or an exception while loading — is recorded as
+    ``failed`` with its error and backtrace (secrets redacted); it is never raised.
+    Returns the finished run (or the run as it stands when its lease was lost before it started).
+    """
+    started = store.start_run(run.id, worker_id, lease_seconds=settings.lease_seconds)
+    if started is None:
+        log_event(_log, "run not started: its lease is no longer ours", logging.WARNING, run=run.id, worker_id=worker_id)
+        return store.get_run(run.id)
+    log_event(_log, "run started", run=run.id, flow=run.flow_name, attempt=run.attempt, worker_id=worker_id)
+    with _LeaseKeeper(store, worker_id, settings.lease_seconds, [run.id]):
+        outcome = _run_flow(store, started, settings)
+    finished = store.finish_run(run.id, outcome)
+    log_event(
+        _log, "run finished", logging.INFO if finished.status == "success" else logging.ERROR,
+        run=run.id, flow=run.flow_name, status=finished.status, duration_s=finished.duration,
+        error=finished.error_message,
+    )
+    return finished
+
+
+def _record_crash(store: ScheduleStore, run: RunRecord, exc: BaseException) -> RunRecord:
+    """An executor raised instead of recording the run: record it failed here."""
+    log_event(_log, "executor raised", logging.ERROR, run=run.id, error=redact_text(f"{type(exc).__name__}: {exc}"))
+    try:
+        return store.finish_run(run.id, _outcome_from_exception(exc))
+    except Exception as again:
+        log_event(_log, "could not record the failed run; its lease will expire", logging.ERROR, run=run.id,
+                  error=redact_text(f"{type(again).__name__}: {again}"))
+        return run
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def tick(
+    store: ScheduleStore,
+    settings: Settings,
+    *,
+    trigger: str = "heartbeat",
+    mode: str | None = None,
+    now: dt.datetime | None = None,
+    executor: Executor | None = None,
+) -> HeartbeatResult:
+    """One heartbeat: expire dead workers' leases, claim due flows (at most
+    ``settings.claim_limit``), then run them here (``sync``, the default from
+    ``settings.heartbeat_mode``) or leave them pending for workers (``async``). In sync
+    mode the heartbeat is the worker, so it then also runs pending runs (retries, runs
+    triggered without waiting) up to the rest of the claim limit.
+
+    ``now`` (default: the clock) is the time the schedule is judged at; ``executor``
+    (default :func:`execute_run`) runs each claimed run in sync mode.
+    """
+    mode = mode or settings.heartbeat_mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+    now = utcnow() if now is None else as_utc(now)
+    expired = store.expire_leases(retry_policy(settings), now)
+    worker_id = default_worker_id(trigger) if mode == "sync" else None
+    claim = store.claim(
+        now, limit=settings.claim_limit, trigger=trigger, worker_id=worker_id, lease_seconds=settings.lease_seconds
+    )
+    result = HeartbeatResult(
+        flows_due=claim.flows_due,
+        flows_triggered=len(claim.runs),
+        run_ids=[r.id for r in claim.runs],
+        timestamp=_iso(now),
+        mode=mode,
+        runs=list(claim.runs),
+        expired_run_ids=[r.id for r in expired],
+    )
+    log_event(_log, "heartbeat tick", trigger=trigger, mode=mode, flows_due=claim.flows_due,
+              flows_triggered=len(claim.runs), skipped_busy=claim.skipped, expired=result.expired_run_ids)
+    if mode == "sync":
+        assert worker_id is not None
+        execute = executor or execute_run
+        finished: list[RunRecord] = []
+
+        def run_one(run: RunRecord) -> None:
+            try:
+                finished.append(execute(store, run, settings, worker_id=worker_id))
+            except Exception as exc:
+                finished.append(_record_crash(store, run, exc))
+
+        # Runs waiting their turn keep their leases, or another heartbeat would retry them.
+        with _LeaseKeeper(store, worker_id, settings.lease_seconds, result.run_ids) as keeper:
+            for run in claim.runs:
+                keeper.discard(run.id)  # execute_run renews its own run's lease
+                run_one(run)
+        # With no workers around, the heartbeat is the worker: it also runs pending runs
+        # (retries of runs whose process died, "trigger now" without waiting), within the
+        # same claim limit. A flow with a pending run is skipped by the claim until then.
+        budget = settings.claim_limit - len(claim.runs)
+        while budget > 0:
+            pending = store.claim_pending_run(worker_id, lease_seconds=settings.lease_seconds, now=now)
+            if pending is None:
+                break
+            budget -= 1
+            result.pending_run_ids.append(pending.id)
+            run_one(pending)
+        result.runs = finished
+    return result
+
+
+def trigger_run(
+    store: ScheduleStore, settings: Settings, flow_name: str, *, trigger: str = "manual", wait: bool = True
+) -> RunRecord:
+    """Run a flow now, whatever its schedule. ``wait=True``: execute it in this process and
+    return the finished run; ``wait=False``: leave it pending for a worker.
+    Raises :class:`~handlers.schedule.store.NotFoundError` for an unknown flow."""
+    if not wait:
+        return store.create_run(flow_name, trigger=trigger)
+    worker_id = default_worker_id(trigger)
+    run = store.create_run(flow_name, trigger=trigger, worker_id=worker_id, lease_seconds=settings.lease_seconds)
+    return execute_run(store, run, settings, worker_id=worker_id)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class Worker:
+    """Executes pending runs (async mode): expire dead leases, claim the oldest pending run
+    (SKIP LOCKED), run it, repeat. Any number of workers may run at once, on any machines
+    sharing the schedule database."""
+
+    def __init__(
+        self,
+        store: ScheduleStore,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        poll_seconds: float = 1.0,
+        executor: Executor | None = None,
+    ) -> None:
+        if poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be positive, got {poll_seconds!r}")
+        self.store = store
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id()
+        self.poll_seconds = poll_seconds
+        self.policy = retry_policy(settings)
+        self.executed = 0
+        self._execute = executor or execute_run
+
+    def run_once(self) -> RunRecord | None:
+        """Execute one pending run; None when there was none to take."""
+        self.store.expire_leases(self.policy)
+        run = self.store.claim_pending_run(self.worker_id, lease_seconds=self.settings.lease_seconds)
+        if run is None:
+            return None
+        try:
+            finished = self._execute(self.store, run, self.settings, worker_id=self.worker_id)
+        except Exception as exc:
+            finished = _record_crash(self.store, run, exc)
+        self.executed += 1
+        return finished
+
+    def run_forever(self, stop_event: StopEvent | None = None) -> int:
+        """Work until ``stop_event`` is set, or SIGTERM / SIGINT (when called in the main
+        thread): the run in hand is finished first; a second signal stops at once (the run's
+        lease then expires and it is retried). Returns how many runs this call executed."""
+        stop: StopEvent = stop_event if stop_event is not None else threading.Event()
+        restore = self._install_signal_handlers(stop)
+        before = self.executed
+        log_event(_log, "worker started", worker_id=self.worker_id, poll_seconds=self.poll_seconds)
+        try:
+            while not stop.is_set():
+                try:
+                    record = self.run_once()
+                except Exception as exc:  # the database is unreachable: wait and try again
+                    log_event(_log, "worker poll failed", logging.ERROR, worker_id=self.worker_id,
+                              error=redact_text(f"{type(exc).__name__}: {exc}"))
+                    record = None
+                if record is None:
+                    stop.wait(self.poll_seconds)
+        finally:
+            restore()
+        log_event(_log, "worker stopped", worker_id=self.worker_id, runs=self.executed - before)
+        return self.executed - before
+
+    def _install_signal_handlers(self, stop: StopEvent) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if stop.is_set():  # second signal: stop now
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise SystemExit(128 + signum)
+            log_event(_log, "stopping after the current run", worker_id=self.worker_id, signal=signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore

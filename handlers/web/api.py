@@ -1,0 +1,447 @@
+"""The FastAPI application: heartbeat route, management API under ``/api``, ``/healthz``.
+
+Imported only by :func:`handlers.web.app.create_app` (FastAPI and pydantic load here and
+nowhere else in ``handlers/``). Every route is a thin translation to the schedule store,
+the scheduler or :func:`handlers.http.handle_heartbeat`; every error body is
+``{"error": message, ...}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import typing
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.responses import Response as HttpResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.logs import get_logger
+from handlers import scheduler
+from handlers.http import Request, handle_heartbeat
+from handlers.schedule.store import (
+    DuplicateFlowError,
+    FlowRecord,
+    FlowValidationError,
+    HeartbeatRecord,
+    NotFoundError,
+    RunRecord,
+    ScheduleStore,
+)
+from handlers.security import TOKEN_HEADER, client_ip, is_localhost, token_ok
+from handlers.settings import Settings
+
+__all__ = ["build_app"]
+
+_log = get_logger("web")
+
+# --------------------------------------------------------------------------- models
+
+
+class FlowCreate(BaseModel):
+    """A new flow. The spec is validated by the store before anything is saved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="unique flow name")
+    configuration: dict[str, Any] = Field(description="the flow spec: source, steps, sink, runtime")
+    run_interval: int = Field(strict=True, description="seconds between runs (> 0)")
+    description: str = ""
+    enabled: bool = Field(True, strict=True, description="a new enabled flow is due at once")
+
+
+class FlowUpdate(BaseModel):
+    """Fields to change; the rest stay. Applied on the flow's next run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    configuration: dict[str, Any] | None = None
+    run_interval: int | None = Field(None, strict=True)
+    description: str | None = None
+    enabled: bool | None = Field(None, strict=True)
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class HeartbeatResponse(BaseModel):
+    """The heartbeat answer (handlers.scheduler.HeartbeatResult.to_dict())."""
+
+    flows_due: int
+    flows_triggered: int
+    run_ids: list[int]
+    timestamp: str
+
+
+def _model_of(record: type, name: str, **extra: Any) -> type[BaseModel]:
+    """A response model with the fields of a store record dataclass (documentation only:
+    routes answer ``record.to_dict()``)."""
+    hints = typing.get_type_hints(record)
+    fields: dict[str, Any] = {f: (hints[f], ...) for f in record.__dataclass_fields__}  # type: ignore[attr-defined]
+    fields.update(extra)
+    model: type[BaseModel] = create_model(name, **fields)
+    return model
+
+
+FlowOut = _model_of(FlowRecord, "Flow")
+RunOut = _model_of(RunRecord, "Run", duration=(float | None, None))
+HeartbeatOut = _model_of(HeartbeatRecord, "Heartbeat")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "ADF_API_TOKEN is set and the bearer token is missing or wrong"},
+    403: {"model": ErrorBody, "description": "no ADF_API_TOKEN and the client is not 127.0.0.1 or ::1"},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such flow or run"}}
+_INVALID: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed JSON"},
+    415: {"model": ErrorBody, "description": "the body is not sent as application/json"},
+    422: {"description": "invalid request or flow spec: `{error, problems | details}`"},
+}
+
+_bearer = HTTPBearer(auto_error=False, description="ADF_API_TOKEN; without it only 127.0.0.1 and ::1 may call /api")
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _where(loc: Any) -> str:
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+def _validation_error(request: HttpRequest, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "not JSON")
+            pos = err["loc"][1] if len(err.get("loc", ())) > 1 else None
+            at = f" at position {pos}" if isinstance(pos, int) else ""
+            return _error(400, f"malformed JSON: {reason}{at}")
+        if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):
+            # FastAPI hands over the raw bytes when the Content-Type is not JSON.
+            content_type = request.headers.get("content-type") or "none"
+            return _error(
+                415, f"the request body must be JSON sent with Content-Type: application/json (got {content_type})"
+            )
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    message = "; ".join(f"{_where(d['loc'])}: {d['msg']}" for d in details)
+    return _error(422, f"invalid request: {message}", details=details)
+
+
+def _http_error(request: HttpRequest, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.url.path}"
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        message = f"method {request.method} not allowed on {request.url.path}"
+    return _error(exc.status_code, message, dict(exc.headers or {}))
+
+
+def _not_found(request: HttpRequest, exc: Exception) -> JSONResponse:
+    message = exc.args[0] if isinstance(exc, NotFoundError) and exc.args else str(exc)
+    return _error(404, str(message))
+
+
+def _invalid_flow(request: HttpRequest, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FlowValidationError)
+    if isinstance(exc, DuplicateFlowError):  # valid, but the name is taken: a conflict
+        return _error(409, "; ".join(exc.problems), problems=exc.problems)
+    count = len(exc.problems)
+    return _error(422, f"invalid flow ({count} problem{'s' if count != 1 else ''}): " + "; ".join(exc.problems),
+                  problems=exc.problems)
+
+
+class _InternalErrors:
+    """Any other exception: 500 ``{error, error_id}``, the traceback only in the log (once:
+    handled here, below Starlette's ServerErrorMiddleware, which would log it again)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            error_id = uuid.uuid4().hex[:12]
+            _log.error(
+                "request failed",
+                exc_info=exc,
+                extra={"fields": {"error_id": error_id, "method": scope.get("method"), "path": scope.get("path")}},
+            )
+            response = _error(500, f"internal error (error_id {error_id}; details in the server log)", error_id=error_id)
+            await response(scope, receive, send)
+
+
+# --------------------------------------------------------------------------- app
+
+
+def _headers(request: HttpRequest) -> dict[str, str]:
+    """Lower-cased headers, repeated ones joined with ", " (X-Forwarded-For may be split)."""
+    out: dict[str, str] = {}
+    for raw_key, raw_value in request.headers.raw:
+        key, value = raw_key.decode("latin-1").lower(), raw_value.decode("latin-1")
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def _peer(request: HttpRequest) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("active-data-flow")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_app(settings: Settings, store: ScheduleStore, *, owns_store: bool) -> FastAPI:
+    """The ASGI app over ``store``; closes the store at shutdown when ``owns_store``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_store:
+                store.close()
+
+    app = FastAPI(
+        title="ActiveDataFlow",
+        version=_version(),
+        description=(
+            "Heartbeat runtime of ActiveDataFlow: `POST "
+            f"{settings.heartbeat_path}` runs the flows that are due; `/api` manages flows and runs. "
+            "Errors are JSON `{\"error\": message, ...}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(FlowValidationError, _invalid_flow)
+    app.add_middleware(_InternalErrors)
+
+    # -- heartbeat ---------------------------------------------------------------------
+
+    async def heartbeat(request: HttpRequest) -> HttpResponse:
+        req = Request(
+            method=request.method,
+            path=request.url.path,
+            headers=_headers(request),
+            query=dict(request.query_params),
+            # The heartbeat reads no body; not buffering one keeps an unauthorised caller
+            # from making the server hold a large upload in memory.
+            body=b"",
+            peer=_peer(request),
+        )
+        # The handler blocks (database, and the flows themselves in sync mode).
+        resp = await run_in_threadpool(handle_heartbeat, req, settings, store)
+        return HttpResponse(resp.encoded(), status_code=resp.status, headers=resp.headers)
+
+    hb_errors = {
+        400: "`mode` is neither `sync` nor `async`",
+        401: f"`{TOKEN_HEADER}` missing or wrong",
+        403: "client not in ADF_HEARTBEAT_ALLOWLIST",
+        405: "method other than POST",
+        500: "internal error: `{error, error_id}`, details in the server log",
+        503: "no ADF_HEARTBEAT_TOKEN configured (and ADF_HEARTBEAT_OPEN not set), or a malformed address setting",
+    }
+    app.add_api_route(
+        settings.heartbeat_path,
+        heartbeat,
+        methods=["POST"],
+        tags=["heartbeat"],
+        summary="Run the flows that are due",
+        description=(
+            "Claims the due flows and runs them in the request (`sync`) or enqueues them for "
+            "`adf worker` (`async`). Every request, allowed or not, is recorded in the heartbeat log."
+        ),
+        response_model=HeartbeatResponse,
+        responses={code: {"model": ErrorBody, "description": text} for code, text in hb_errors.items()},
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": TOKEN_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": "the secret of ADF_HEARTBEAT_TOKEN (required unless ADF_HEARTBEAT_OPEN=true)",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "mode",
+                    "in": "query",
+                    "required": False,
+                    "description": "override ADF_HEARTBEAT_MODE for this request",
+                    "schema": {"type": "string", "enum": ["sync", "async"]},
+                },
+            ]
+        },
+    )
+    # Other methods reach the same handler so that they get its 405 and are logged too.
+    app.add_api_route(
+        settings.heartbeat_path,
+        heartbeat,
+        methods=["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+    )
+
+    # -- management API ------------------------------------------------------------------
+
+    def api_access(
+        request: HttpRequest, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> None:
+        if settings.api_token:
+            if credentials is None or not token_ok(credentials.credentials, settings.api_token):
+                raise HTTPException(
+                    401,
+                    "missing or invalid bearer token (Authorization: Bearer <ADF_API_TOKEN>)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return
+        headers = _headers(request)
+        client = client_ip(_peer(request), headers, settings.trusted_proxies)
+        # A local peer that forwards for someone else is a reverse proxy: the real caller is
+        # elsewhere, so local-only access must not extend to it.
+        proxied = client == _peer(request) and ("x-forwarded-for" in headers or "forwarded" in headers)
+        if not is_localhost(client) or proxied:
+            raise HTTPException(
+                403,
+                f"the management API accepts only local clients (127.0.0.1, ::1) when ADF_API_TOKEN is not set "
+                f"(client {client}{', via a proxy' if proxied else ''}); set ADF_API_TOKEN to use it remotely",
+            )
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(api_access)], responses=_ERRORS)
+
+    def _json(data: Any, status: int = 200) -> JSONResponse:
+        return JSONResponse(data, status_code=status)
+
+    @api.get("/flows", response_model=list[FlowOut], tags=["flows"], summary="List flows")  # type: ignore[valid-type]
+    def list_flows() -> JSONResponse:
+        return _json([f.to_dict() for f in store.list_flows()])
+
+    @api.post(
+        "/flows",
+        status_code=201,
+        response_model=FlowOut,
+        tags=["flows"],
+        summary="Create a flow (due at once when enabled)",
+        responses={**_INVALID, 409: {"model": ErrorBody, "description": "a flow with that name exists"}},
+    )
+    def create_flow(body: FlowCreate) -> JSONResponse:
+        flow = store.create_flow(
+            body.name, body.configuration, body.run_interval, description=body.description, enabled=body.enabled
+        )
+        return _json(flow.to_dict(), 201)
+
+    @api.get("/flows/{name}", response_model=FlowOut, tags=["flows"], summary="Show a flow", responses=_NOT_FOUND)
+    def get_flow(name: str) -> JSONResponse:
+        return _json(store.get_flow(name).to_dict())
+
+    @api.patch(
+        "/flows/{name}",
+        response_model=FlowOut,
+        tags=["flows"],
+        summary="Change a flow (applied on its next run)",
+        responses={**_NOT_FOUND, **_INVALID},
+    )
+    def update_flow(name: str, body: FlowUpdate) -> JSONResponse:
+        changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
+        return _json(store.update_flow(name, **changes).to_dict())
+
+    @api.post("/flows/{name}/enable", response_model=FlowOut, tags=["flows"], summary="Enable a flow",
+              responses=_NOT_FOUND)
+    def enable_flow(name: str) -> JSONResponse:
+        return _json(store.update_flow(name, enabled=True).to_dict())
+
+    @api.post("/flows/{name}/disable", response_model=FlowOut, tags=["flows"], summary="Disable a flow",
+              responses=_NOT_FOUND)
+    def disable_flow(name: str) -> JSONResponse:
+        return _json(store.update_flow(name, enabled=False).to_dict())
+
+    @api.post(
+        "/flows/{name}/trigger",
+        response_model=RunOut,
+        tags=["flows"],
+        summary="Run a flow now",
+        description=(
+            "`wait=true` runs the flow in the request and answers 200 with the finished run; "
+            "`wait=false` (default) enqueues a pending run for `adf worker` and answers 202."
+        ),
+        responses={202: {"model": RunOut, "description": "run enqueued"}, **_NOT_FOUND},
+    )
+    def trigger_flow(name: str, wait: bool = False) -> JSONResponse:
+        run = scheduler.trigger_run(store, settings, name, trigger="manual", wait=wait)
+        return _json(run.to_dict(), 200 if wait else 202)
+
+    @api.delete("/flows/{name}", status_code=204, tags=["flows"], summary="Delete a flow", responses=_NOT_FOUND)
+    def delete_flow(name: str) -> HttpResponse:
+        store.delete_flow(name)
+        return HttpResponse(status_code=204)
+
+    @api.get("/runs", response_model=list[RunOut], tags=["runs"], summary="List runs, newest first")  # type: ignore[valid-type]
+    def list_runs(
+        flow: str | None = None,
+        status: Literal["pending", "in_progress", "success", "failed", "cancelled"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JSONResponse:
+        runs = store.list_runs(flow=flow, status=status, limit=limit, offset=offset)
+        return _json([r.to_dict() for r in runs])
+
+    @api.get("/runs/{run_id}", response_model=RunOut, tags=["runs"], summary="Show a run", responses=_NOT_FOUND)
+    def get_run(run_id: int) -> JSONResponse:
+        return _json(store.get_run(run_id).to_dict())
+
+    @api.get("/heartbeats", response_model=list[HeartbeatOut], tags=["heartbeat"],  # type: ignore[valid-type]
+             summary="The heartbeat request log, newest first")
+    def list_heartbeats(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> JSONResponse:
+        return _json([h.to_dict() for h in store.list_heartbeats(limit=limit)])
+
+    app.include_router(api)
+
+    # -- health ----------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"], summary="Liveness and database reachability",
+             responses={503: {"model": ErrorBody, "description": "the schedule database is unreachable"}})
+    def healthz() -> JSONResponse:
+        try:
+            store.list_heartbeats(limit=1)
+        except Exception as exc:
+            # /healthz needs no credentials: the database's error stays in the server log.
+            _log.log(logging.ERROR, "health check failed", exc_info=exc)
+            return _error(503, "schedule database unavailable (details in the server log)")
+        return _json({"status": "ok", "version": app.version})
+
+    return app

@@ -1,0 +1,406 @@
+"""The management API over real HTTP: flows, runs, triggers, errors, auth and OpenAPI.
+
+Runs the web app under uvicorn on 127.0.0.1 with a SQLite schedule (one smoke test on
+PostgreSQL); requests from 127.0.0.1 are local, from 127.0.0.2 remote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from live_server import LogCapture, client_from, live_server
+
+from handlers.schedule.sql import SqlScheduleStore
+from handlers.settings import Settings
+
+HB_TOKEN = "hb-token-1"
+API_TOKEN = "api-token-2"
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class Api:
+    url: str
+    client: httpx.Client
+    store: SqlScheduleStore
+    dir: Path
+
+    def heartbeat(self, mode: str = "sync") -> dict[str, Any]:
+        resp = self.client.post(f"{self.url}/heartbeat", params={"mode": mode}, headers={"X-Heartbeat-Token": HB_TOKEN})
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    def flows(self) -> list[dict[str, Any]]:
+        resp = self.client.get(f"{self.url}/api/flows")
+        assert resp.status_code == 200, resp.text
+        return list(resp.json())
+
+    def spec(self, name: str, records: int = 3, out: str | None = None) -> dict[str, Any]:
+        return {
+            "name": name,
+            "source": {"type": "memory", "records": [{"id": i, "flow": name} for i in range(records)]},
+            "sink": {"type": "file", "path": str(self.dir / (out or f"{name}.jsonl")), "mode": "append"},
+        }
+
+    def create(self, name: str, interval: int = 60, **extra: Any) -> dict[str, Any]:
+        body = {"name": name, "configuration": self.spec(name), "run_interval": interval, **extra}
+        resp = self.client.post(f"{self.url}/api/flows", json=body)
+        assert resp.status_code == 201, resp.text
+        return dict(resp.json())
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, database_url: str, **settings: Any) -> Iterator[Api]:
+    config = Settings(
+        state_dir=str(tmp_path / "state"), database_url=database_url, heartbeat_token=HB_TOKEN, **settings
+    )
+    store = SqlScheduleStore(database_url)
+    try:
+        with live_server(config, store) as url, client_from() as client:
+            yield Api(url, client, store, tmp_path)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    with _running(tmp_path, f"sqlite:///{tmp_path / 'adf.db'}") as running:
+        yield running
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _error(resp: httpx.Response, status: int, *fragments: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    body = dict(resp.json())
+    assert isinstance(body["error"], str) and body["error"]
+    for fragment in fragments:
+        assert fragment in body["error"], body
+    return body
+
+
+# --------------------------------------------------------------------------- flows and runs
+
+
+def _smoke(api: Api) -> None:
+    created = api.create("orders", description="orders to a file")
+    assert (created["name"], created["run_interval"], created["enabled"]) == ("orders", 60, True)
+    assert created["configuration"] == api.spec("orders")
+    assert [f["name"] for f in api.flows()] == ["orders"]
+    # due at once
+    next_run = dt.datetime.fromisoformat(created["next_run_at"].replace("Z", "+00:00"))
+    assert next_run <= dt.datetime.now(dt.UTC)
+
+    beat = api.heartbeat("sync")
+    assert (beat["flows_due"], beat["flows_triggered"]) == (1, 1)
+
+    runs = api.client.get(f"{api.url}/api/runs").json()
+    assert [r["id"] for r in runs] == beat["run_ids"]
+    [run] = runs
+    assert (run["flow_name"], run["status"], run["trigger"]) == ("orders", "success", "heartbeat")
+    assert (run["records_in"], run["records_out"], run["dead_letters"]) == (3, 3, 0)
+    assert isinstance(run["duration"], float) and run["duration"] >= 0
+    assert run["error_message"] is None
+    shown = api.client.get(f"{api.url}/api/runs/{run['id']}").json()
+    assert shown == run
+    assert [r["id"] for r in _lines(api.dir / "orders.jsonl")] == [0, 1, 2]
+    flow = api.client.get(f"{api.url}/api/flows/orders").json()
+    assert flow["last_run_status"] == "success" and flow["last_run_at"] is not None
+    # not due again before its interval
+    assert api.heartbeat("sync")["flows_due"] == 0
+
+
+def test_a_created_flow_is_due_at_once_and_a_sync_heartbeat_runs_it(api: Api) -> None:
+    _smoke(api)
+
+
+@pytest.mark.postgres
+def test_the_api_smoke_test_on_postgresql(tmp_path: Path) -> None:
+    import psycopg
+
+    db = f"adf_web_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+    try:
+        with _running(tmp_path, f"postgresql://postgres@127.0.0.1:5432/{db}") as running:
+            assert running.store.dialect == "postgresql"
+            _smoke(running)
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def test_a_patched_configuration_is_applied_on_the_next_run(api: Api) -> None:
+    api.create("f", interval=1)
+    api.heartbeat()
+    assert len(_lines(api.dir / "f.jsonl")) == 3
+
+    new_spec = api.spec("f", records=5, out="f2.jsonl")
+    resp = api.client.patch(f"{api.url}/api/flows/f", json={"configuration": new_spec, "description": "now five"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["configuration"] == new_spec and resp.json()["description"] == "now five"
+    assert not (api.dir / "f2.jsonl").exists()  # nothing runs on update
+
+    deadline = time.monotonic() + 10
+    while True:
+        beat = api.heartbeat()
+        if beat["flows_triggered"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert beat["flows_triggered"] == 1
+    assert [r["id"] for r in _lines(api.dir / "f2.jsonl")] == [0, 1, 2, 3, 4]
+    assert len(_lines(api.dir / "f.jsonl")) == 3
+    newest = api.client.get(f"{api.url}/api/runs", params={"flow": "f", "limit": 1}).json()[0]
+    assert (newest["status"], newest["records_out"]) == ("success", 5)
+
+    resp = api.client.patch(f"{api.url}/api/flows/f", json={"run_interval": 3600, "enabled": False})
+    assert (resp.json()["run_interval"], resp.json()["enabled"]) == (3600, False)
+
+
+def test_disable_and_enable(api: Api) -> None:
+    api.create("f")
+    resp = api.client.post(f"{api.url}/api/flows/f/disable")
+    assert resp.status_code == 200 and resp.json()["enabled"] is False
+    beat = api.heartbeat()
+    assert (beat["flows_due"], beat["flows_triggered"]) == (0, 0)
+    assert api.client.get(f"{api.url}/api/runs").json() == []
+
+    resp = api.client.post(f"{api.url}/api/flows/f/enable")
+    assert resp.status_code == 200 and resp.json()["enabled"] is True
+    assert api.heartbeat()["flows_triggered"] == 1
+    assert len(_lines(api.dir / "f.jsonl")) == 3
+
+    created = api.create("off", enabled=False)
+    assert created["enabled"] is False
+    assert api.heartbeat()["flows_due"] == 0
+
+
+def test_trigger_now_without_and_with_waiting(api: Api) -> None:
+    api.create("f", interval=3600)
+    api.heartbeat()  # its scheduled run; the next one is an hour away
+
+    queued = api.client.post(f"{api.url}/api/flows/f/trigger", params={"wait": "false"})
+    assert queued.status_code == 202, queued.text
+    assert (queued.json()["status"], queued.json()["trigger"]) == ("pending", "manual")
+
+    done = api.client.post(f"{api.url}/api/flows/f/trigger", params={"wait": "true"})
+    assert done.status_code == 200, done.text
+    assert (done.json()["status"], done.json()["records_out"]) == ("success", 3)
+    assert done.json()["ended_at"] is not None
+
+    statuses = {r["id"]: r["status"] for r in api.client.get(f"{api.url}/api/runs", params={"flow": "f"}).json()}
+    assert statuses[queued.json()["id"]] == "pending" and statuses[done.json()["id"]] == "success"
+    assert len(_lines(api.dir / "f.jsonl")) == 6  # the scheduled run and the waited one
+
+
+def test_run_filters_and_paging(api: Api) -> None:
+    api.create("a")
+    api.create("b")
+    api.heartbeat()  # one success each
+    pending = api.client.post(f"{api.url}/api/flows/a/trigger").json()
+
+    def ids(**params: Any) -> list[int]:
+        resp = api.client.get(f"{api.url}/api/runs", params=params)
+        assert resp.status_code == 200, resp.text
+        return [r["id"] for r in resp.json()]
+
+    every = ids()
+    assert len(every) == 3 and every == sorted(every, reverse=True)  # newest first
+    assert {r["flow_name"] for r in api.client.get(f"{api.url}/api/runs", params={"flow": "b"}).json()} == {"b"}
+    assert len(ids(flow="a")) == 2
+    assert ids(status="pending") == [pending["id"]]
+    assert len(ids(status="success")) == 2
+    assert ids(flow="b", status="pending") == []
+    assert ids(flow="nobody") == []
+    assert ids(limit=2) == every[:2]
+    assert ids(limit=2, offset=2) == every[2:]
+    bad = _error(api.client.get(f"{api.url}/api/runs", params={"status": "done", "limit": 0}), 422,
+                 "status", "limit")
+    assert {tuple(d["loc"]) for d in bad["details"]} == {("query", "status"), ("query", "limit")}
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_bad_requests_answer_4xx_with_a_message_and_save_nothing(api: Api) -> None:
+    api.create("keep")
+    before = api.flows()
+    flows_url = f"{api.url}/api/flows"
+    json_headers = {"content-type": "application/json"}
+
+    checks: list[tuple[httpx.Response, int, tuple[str, ...]]] = [
+        (api.client.post(flows_url, content=b'{"name": "x", "configuration": {', headers=json_headers),
+         400, ("malformed JSON",)),
+        (api.client.post(flows_url, content=b"\xff\xfe", headers=json_headers), 400, ("malformed JSON",)),
+        (api.client.patch(f"{flows_url}/keep", content=b'{"run_interval": }', headers=json_headers),
+         400, ("malformed JSON",)),
+        (api.client.post(flows_url, content=json.dumps({"name": "x", "configuration": {}, "run_interval": 5}),
+                         headers={"content-type": "text/plain"}), 415, ("Content-Type: application/json",)),
+        (api.client.post(flows_url, json=[1, 2]), 422, ("invalid request",)),
+        (api.client.post(flows_url, json={"name": "x", "configuration": api.spec("x"), "run_interval": "often"}),
+         422, ("run_interval",)),
+        (api.client.post(flows_url, json={"name": "x", "configuration": api.spec("x"), "interval": 5}),
+         422, ("run_interval: Field required", "interval: Extra inputs are not permitted")),
+        (api.client.post(flows_url, json={"name": "keep", "configuration": api.spec("keep"), "run_interval": 30}),
+         409, ("already exists",)),
+        (api.client.patch(f"{flows_url}/keep", json={"configuration": {"source": {"type": "memory"}}}),
+         422, ("'sink' is required",)),
+        (api.client.patch(f"{flows_url}/keep", json={"run_interval": -5}), 422, ("run_interval",)),
+        (api.client.patch(f"{flows_url}/keep", json={"enabled": "yes"}), 422, ("enabled",)),
+        (api.client.get(f"{flows_url}/ghost"), 404, ("ghost",)),
+        (api.client.patch(f"{flows_url}/ghost", json={"description": "x"}), 404, ("ghost",)),
+        (api.client.post(f"{flows_url}/ghost/enable"), 404, ("ghost",)),
+        (api.client.post(f"{flows_url}/ghost/disable"), 404, ("ghost",)),
+        (api.client.post(f"{flows_url}/ghost/trigger", params={"wait": "true"}), 404, ("ghost",)),
+        (api.client.delete(f"{flows_url}/ghost"), 404, ("ghost",)),
+        (api.client.get(f"{api.url}/api/runs/999999"), 404, ("999999",)),
+        (api.client.get(f"{api.url}/api/runs/abc"), 422, ("run_id",)),
+        (api.client.get(f"{api.url}/api/nothing-here"), 404, ("no route GET /api/nothing-here",)),
+        (api.client.put(f"{flows_url}/keep", json={}), 405, ("method PUT not allowed",)),
+    ]
+    for resp, status, fragments in checks:
+        _error(resp, status, *fragments)
+        assert api.flows() == before, resp.request.url
+    assert api.client.get(f"{api.url}/api/runs").json() == []
+
+
+def test_an_invalid_spec_is_refused_with_every_problem(api: Api) -> None:
+    body = {
+        "name": "broken",
+        "configuration": {"source": {"type": "no-such-source"}, "steps": "not a list"},
+        "run_interval": 0,
+    }
+    resp = api.client.post(f"{api.url}/api/flows", json=body)
+    err = _error(resp, 422, "invalid flow")
+    problems = err["problems"]
+    assert len(problems) >= 4, problems
+    joined = " | ".join(problems)
+    for fragment in ("run_interval", "no-such-source", "'sink' is required", "steps"):
+        assert fragment in joined
+    for problem in problems:
+        assert problem in err["error"]
+    assert api.flows() == []
+
+
+def test_delete_a_flow(api: Api) -> None:
+    api.create("gone")
+    resp = api.client.delete(f"{api.url}/api/flows/gone")
+    assert resp.status_code == 204 and resp.content == b""
+    _error(api.client.get(f"{api.url}/api/flows/gone"), 404, "gone")
+    assert api.flows() == []
+
+
+# --------------------------------------------------------------------------- auth, health, OpenAPI
+
+
+def test_without_an_api_token_only_local_clients_may_use_the_api(api: Api) -> None:
+    with client_from("127.0.0.2") as remote:
+        for resp in (remote.get(f"{api.url}/api/flows"),
+                     remote.post(f"{api.url}/api/flows", json={"name": "x", "configuration": {}, "run_interval": 1})):
+            _error(resp, 403, "only local clients", "client 127.0.0.2", "ADF_API_TOKEN")
+        assert remote.get(f"{api.url}/healthz").status_code == 200
+    assert api.flows() == []
+    # a local reverse proxy forwarding someone else's request is not a local client
+    proxied = api.client.get(f"{api.url}/api/flows", headers={"X-Forwarded-For": "203.0.113.5"})
+    _error(proxied, 403, "via a proxy")
+
+
+def test_with_an_api_token_a_bearer_token_is_required_from_everywhere(tmp_path: Path) -> None:
+    with _running(tmp_path, f"sqlite:///{tmp_path / 'adf.db'}", api_token=API_TOKEN) as running:
+        with client_from("127.0.0.2") as remote:
+            missing = remote.get(f"{running.url}/api/flows")
+            wrong = remote.get(f"{running.url}/api/flows", headers={"Authorization": f"Bearer {API_TOKEN}x"})
+            basic = remote.get(f"{running.url}/api/flows", headers={"Authorization": f"Basic {API_TOKEN}"})
+            right = remote.get(f"{running.url}/api/flows", headers={"Authorization": f"Bearer {API_TOKEN}"})
+            created = remote.post(
+                f"{running.url}/api/flows",
+                json={"name": "r", "configuration": running.spec("r"), "run_interval": 60},
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+            )
+        local_without = running.client.get(f"{running.url}/api/flows")
+        # the heartbeat keeps its own token
+        beat = running.client.post(f"{running.url}/heartbeat", headers={"Authorization": f"Bearer {API_TOKEN}"})
+    for resp in (missing, wrong, basic, local_without):
+        _error(resp, 401, "bearer token")
+        assert resp.headers["www-authenticate"] == "Bearer"
+    assert right.status_code == 200 and right.json() == []
+    assert created.status_code == 201, created.text
+    _error(beat, 401, "X-Heartbeat-Token")
+
+
+def test_healthz(api: Api) -> None:
+    resp = api.client.get(f"{api.url}/healthz")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok", "version": version("active-data-flow")}
+
+
+def test_openapi_document_lists_the_routes(api: Api) -> None:
+    doc = api.client.get(f"{api.url}/openapi.json").json()
+    assert doc["info"]["title"] == "ActiveDataFlow"
+    assert doc["info"]["version"] == version("active-data-flow")
+    paths = doc["paths"]
+    expected = {
+        "/heartbeat": {"post"},
+        "/api/flows": {"get", "post"},
+        "/api/flows/{name}": {"get", "patch", "delete"},
+        "/api/flows/{name}/enable": {"post"},
+        "/api/flows/{name}/disable": {"post"},
+        "/api/flows/{name}/trigger": {"post"},
+        "/api/runs": {"get"},
+        "/api/runs/{run_id}": {"get"},
+        "/api/heartbeats": {"get"},
+        "/healthz": {"get"},
+    }
+    assert {p: set(ops) for p, ops in paths.items()} == expected
+    heartbeat = paths["/heartbeat"]["post"]
+    assert {p["name"] for p in heartbeat["parameters"]} == {"X-Heartbeat-Token", "mode"}
+    assert {"200", "401", "403", "405", "503"} <= set(heartbeat["responses"])
+    create = paths["/api/flows"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/FlowCreate")
+    assert {"201", "400", "409", "422"} <= set(create["responses"])
+    assert "duration" in doc["components"]["schemas"]["Run"]["properties"]
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+
+class _DatabaseGone(SqlScheduleStore):
+    """A schedule whose reads fail, as when the database server goes away."""
+
+    def list_flows(self) -> list[Any]:
+        raise RuntimeError("server closed the connection unexpectedly")
+
+    def list_heartbeats(self, *, limit: int = 100) -> list[Any]:
+        raise RuntimeError("server closed the connection unexpectedly (password=hunter2)")
+
+
+def test_an_unexpected_error_is_a_500_with_an_error_id_and_the_traceback_only_in_the_log(tmp_path: Path) -> None:
+    settings = Settings(state_dir=str(tmp_path / "state"), database_url=f"sqlite:///{tmp_path / 'adf.db'}")
+    store = _DatabaseGone(settings.database_url)
+    try:
+        with LogCapture("adf.web") as log, live_server(settings, store) as url, client_from() as client:
+            flows = client.get(f"{url}/api/flows")
+            health = client.get(f"{url}/healthz")
+    finally:
+        store.close()
+    body = _error(flows, 500, "internal error", "error_id")
+    assert set(body) == {"error", "error_id"} and "Traceback" not in flows.text
+    assert "server closed" not in flows.text
+    [line] = [line for line in log.lines if line.get("error_id") == body["error_id"]]
+    assert line["path"] == "/api/flows" and "Traceback" in line["backtrace"]
+    assert "RuntimeError: server closed the connection unexpectedly" in line["error"]
+    _error(health, 503, "schedule database unavailable")
+    assert "hunter2" not in health.text
