@@ -11,6 +11,7 @@ Shape::
     dead_letter: {type: file, path: rejected.jsonl}     # optional; default: the run's state dir
     schema:  {id: integer, amount: number}               # optional typed records
     state:   "sqlite:///.adf/state.db"                    # optional state store URL
+    python_path: [/srv/flows/lib]                          # optional: where step modules import from
 
 :func:`parse_spec` reports every problem of a spec at once.
 """
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +60,10 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("state_dir", str, help="checkpoints and dead letters (default $ADF_STATE_DIR or ./.adf)"),
 )
 
-SPEC_KEYS = ("name", "description", "source", "steps", "sink", "runtime", "dead_letter", "schema", "state", "config")
+SPEC_KEYS = (
+    "name", "description", "source", "steps", "sink", "runtime", "dead_letter", "schema", "state", "config",
+    "python_path",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -163,6 +168,16 @@ def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_com
         problems.append("'name' is required (letters, digits, '_', '-', '.')")
     elif not _NAME_RE.match(name):
         problems.append(f"'name' {name!r} may contain only letters, digits, '_', '-' and '.'")
+    python_path = raw.get("python_path") or []
+    if not isinstance(python_path, list) or not all(isinstance(p, str) for p in python_path):
+        problems.append("'python_path' must be a list of directories")
+        python_path = []
+    for entry in python_path:
+        # Step modules of a stored flow (heartbeat, Lambda…) import from here, as they did
+        # next to the spec file.
+        path = os.path.abspath(entry)
+        if path not in sys.path:
+            sys.path.append(path)
     for section, kind in (("source", "source"), ("sink", "sink")):
         if section not in raw:
             problems.append(f"'{section}' is required")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -157,7 +158,14 @@ def _flows_add(args: argparse.Namespace, store: ScheduleStore) -> int:
         configuration = load_spec_file(args.spec)
     except AdfError as exc:
         raise FlowValidationError([str(exc)]) from exc
-    configuration.setdefault("name", args.name)
+    # NAME is the scheduled flow's identity (its checkpoints and run lock follow it), so one
+    # spec file can be scheduled under several names.
+    configuration["name"] = args.name
+    # Step modules beside the spec file stay importable when the heartbeat runs it later.
+    spec_dir = os.path.dirname(os.path.abspath(args.spec))
+    python_path = list(configuration.get("python_path") or [])
+    if spec_dir not in python_path:
+        configuration["python_path"] = [*python_path, spec_dir]
     flow = store.create_flow(
         args.name, configuration, args.interval, description=args.description or "", enabled=not args.disabled
     )

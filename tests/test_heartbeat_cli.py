@@ -85,3 +85,24 @@ def test_an_invalid_flow_is_refused_with_every_problem_and_nothing_is_saved(tmp_
     text = " ".join(problems)
     assert "name" in text and "interval" in text and "path" in text and "nosuch" in text
     assert last_json(adf("flows", "list", "--json", env=env).stdout) == []
+
+
+def test_step_modules_beside_the_spec_stay_importable_when_the_heartbeat_runs_it(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "local_steps_for_hb.py").write_text("def tag(record):\n    record['tagged'] = True\n    return record\n")
+    out = tmp_path / "out.jsonl"
+    (flows / "flow.yaml").write_text(
+        "name: something_else\n"
+        "source: {type: memory, records: [{n: 1}]}\n"
+        "steps: [{type: python, function: 'local_steps_for_hb:tag'}]\n"
+        f"sink: {{type: file, path: '{out}'}}\n"
+    )
+    env = {"ADF_STATE_DIR": str(tmp_path / "state")}
+    res = adf("flows", "add", "tagger", "--spec", str(flows / "flow.yaml"), "--interval", "60", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    stored = last_json(res.stdout)["configuration"]
+    assert stored["name"] == "tagger" and stored["python_path"] == [str(flows)]
+    tick = last_json(adf("heartbeat", "--json", env=env).stdout)  # runs from the repository root
+    assert tick["flows_triggered"] == 1
+    assert json.loads(out.read_text()) == {"n": 1, "tagged": True}
