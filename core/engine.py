@@ -122,6 +122,8 @@ class RunSummary:
     error: str | None = None
     error_type: str | None = None
     backtrace: str | None = None
+    #: dead letters themselves, for runs that may not write files (``persist=False``)
+    dead_letter_sample: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -140,12 +142,17 @@ class DeadLetterWriter:
     Default destination: ``<run dir>/dead_letters.jsonl`` (opened with ``O_APPEND``; each
     batch is one ``write`` so several readers can share the file). With a sink spec, every
     dead letter becomes a record ``{flow, run_id, ts, stage, reason, error_type, record,
-    origin, step}`` written to that sink.
+    origin, step}`` written to that sink. Without a run directory (a run that may not write
+    files, such as inside a WebAssembly component) the first ``KEEP`` dead letters are kept
+    in ``kept`` and returned in the run summary.
     """
 
-    def __init__(self, spec: Mapping[str, Any] | None, run_ctx: RunContext, run_dir: str, reg: Registry) -> None:
+    KEEP = 1000
+
+    def __init__(self, spec: Mapping[str, Any] | None, run_ctx: RunContext, run_dir: str | None, reg: Registry) -> None:
         self.run_ctx = run_ctx
         self.count = 0
+        self.kept: list[dict[str, Any]] | None = None
         self._fd: int | None = None
         self._sink: Sink | None = None
         if spec:
@@ -154,6 +161,10 @@ class DeadLetterWriter:
             self._sink.run_context = run_ctx
             self.destination = f"sink {self._sink.describe()}"
             self.path: str | None = None
+        elif run_dir is None:
+            self.kept = []
+            self.path = None
+            self.destination = "the run summary (dead_letter_sample)"
         else:
             self.path = os.path.join(run_dir, "dead_letters.jsonl")
             self.destination = self.path
@@ -178,6 +189,8 @@ class DeadLetterWriter:
         if self._sink is not None:
             self._sink.write_batch(rows)
             self._sink.flush()
+        elif self.kept is not None:
+            self.kept.extend(rows[: max(self.KEEP - len(self.kept), 0)])
         else:
             assert self.path is not None
             if self._fd is None:
@@ -350,7 +363,7 @@ class Checkpoints:
 class _Pipeline:
     """Steps + sink + dead letters of one reader; commits one batch at a time."""
 
-    def __init__(self, spec: FlowSpec, run_ctx: RunContext, run_dir: str, reg: Registry) -> None:
+    def __init__(self, spec: FlowSpec, run_ctx: RunContext, run_dir: str | None, reg: Registry) -> None:
         self.spec = spec
         self.runtime = spec.runtime
         self.steps: list[Step] = _build_steps(spec, reg)
@@ -592,16 +605,19 @@ class _Run:
         on_progress: ProgressCallback | None,
         run_id: str | None,
         store: Any,
+        persist: bool = True,
     ) -> None:
         self.spec = spec
+        self.persist = persist
         self.reg = reg
         self.runtime = spec.runtime
-        self.parallelism = int(self.runtime.get("parallelism") or 1)
+        # A run that may not write files has no checkpoints and no reader processes.
+        self.parallelism = int(self.runtime.get("parallelism") or 1) if persist else 1
         self.batch_size = int(self.runtime.get("batch_size") or 500)
         root = self.runtime.get("state_dir") or state_root or default_state_root()
         self.flow_dir = os.path.join(os.path.abspath(root), spec.name)
         self.checkpoints = Checkpoints(self.flow_dir, fsync=bool(self.runtime.get("checkpoint_fsync")))
-        self.use_checkpoints = bool(self.runtime.get("checkpoint", True))
+        self.use_checkpoints = persist and bool(self.runtime.get("checkpoint", True))
         self.resume = resume
         self.on_progress = on_progress
         self.requested_run_id = run_id
@@ -633,6 +649,8 @@ class _Run:
     def lock(self) -> None:
         """Hold ``<flow dir>/run.lock`` for the run: two runs of one flow would share checkpoints."""
         self.lock_fd: int | None = None
+        if not self.persist:
+            return
         try:
             import fcntl
         except ImportError:  # no file locks here (a WebAssembly host): one runner per state dir
@@ -667,7 +685,8 @@ class _Run:
             self.checkpoints.clear()
         self.run_id = prior["run_id"] if self.resumed and prior else (self.requested_run_id or _new_run_id())
         self.run_dir = os.path.join(self.flow_dir, "runs", self.run_id)
-        os.makedirs(self.run_dir, exist_ok=True)
+        if self.persist:
+            os.makedirs(self.run_dir, exist_ok=True)
         self.started_at = prior["started_at"] if self.resumed and prior else _now_iso()
         self.run_ctx = RunContext(
             flow_name=self.spec.name,
@@ -760,7 +779,7 @@ class _Run:
         sink: Sink = pipeline_sink or cls({k: v for k, v in self.spec.sink.items() if k != "type"})
         sink.run_context = self.run_ctx
         sink.setup()
-        DeadLetterWriter(self.spec.dead_letter, self.run_ctx, self.run_dir, self.reg).setup()
+        DeadLetterWriter(self.spec.dead_letter, self.run_ctx, self.run_dir if self.persist else None, self.reg).setup()
 
     def report(self, d_in: int, d_out: int, d_dead: int, d_bytes: int, finished: int) -> None:
         p = self.progress
@@ -778,7 +797,8 @@ class _Run:
         ctx = InlineContexts(self.record_assignment)
         enumerator = self.enumerator = self.restore_enumerator(ctx)
         ctx.enumerator = enumerator
-        pipeline = _Pipeline(self.spec, self.run_ctx, self.run_dir, self.reg)
+        pipeline = _Pipeline(self.spec, self.run_ctx, self.run_dir if self.persist else None, self.reg)
+        self.dead_kept = pipeline.dead.kept
         self.setup_sinks(pipeline.sink)
         self.dead_letter_destination = pipeline.dead.destination
         self.progress.bytes_total = self.source.total_work(_pending_splits(enumerator))
@@ -1016,7 +1036,8 @@ class _Run:
                 summary.backtrace = redact_text("".join(traceback.format_exception(error)))
         if summary.dead_letters == 0 and summary.dead_letter_destination and summary.dead_letter_destination.endswith(".jsonl"):
             summary.dead_letter_destination = None if not os.path.exists(summary.dead_letter_destination) else summary.dead_letter_destination
-        if getattr(self, "run_dir", None):
+        summary.dead_letter_sample = getattr(self, "dead_kept", None)
+        if getattr(self, "run_dir", None) and self.persist:
             with contextlib.suppress(OSError):
                 with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as f:
                     json.dump(summary.to_dict(), f, indent=2)
@@ -1146,11 +1167,15 @@ def run_flow(
     run_id: str | None = None,
     store: Any = None,
     reg: Registry | None = None,
+    persist: bool = True,
 ) -> RunSummary:
     """Run a flow to the end (or until stopped) and return its summary.
 
     ``flow`` is a :class:`~core.spec.FlowSpec`, a spec mapping, or a
-    :class:`~core.flow.DataFlow` subclass or instance. Never raises for a failing flow:
+    :class:`~core.flow.DataFlow` subclass or instance. With ``persist=False`` the run writes
+    no files (no checkpoints, no run record, one reader in this process, dead letters returned
+    in ``summary.dead_letter_sample`` unless the spec names a dead-letter sink) — for hosts
+    without a writable filesystem such as a Spin component. Never raises for a failing flow:
     the summary has ``status="failed"`` with the error and its backtrace, and the
     checkpoint is kept so the next run resumes. An invalid spec raises ``SpecError``.
     """
@@ -1159,7 +1184,10 @@ def run_flow(
     spec = as_spec(flow, reg=reg)
     reg = reg or registry
     t0 = time.monotonic()
-    run = _Run(spec, state_root=state_dir, reg=reg, resume=resume, on_progress=on_progress, run_id=run_id, store=store)
+    run = _Run(
+        spec, state_root=state_dir, reg=reg, resume=resume, on_progress=on_progress, run_id=run_id, store=store,
+        persist=persist,
+    )
     status: str = "success"
     error: BaseException | None = None
     old_handler = None

@@ -255,3 +255,22 @@ def test_a_reader_process_error_fails_the_run_with_the_reader_backtrace(tmp_path
     assert "check constraint" in (summary.error or "") and summary.error_type == "ValueError"
     assert summary.backtrace and "flowlib/sinks.py" in summary.backtrace
     assert (state_dir / "sinkdown" / "checkpoint" / "run.json").exists()
+
+
+def test_a_run_that_may_not_write_files_returns_its_dead_letters_in_the_summary(tmp_path: Path) -> None:
+    # Any attempt to create a directory under a regular file fails: nothing may be written.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    spec = {
+        "name": "no_files",
+        "source": {"type": "memory", "records": [{"n": i} for i in range(20)]},
+        "steps": [{"type": "python", "function": "flowlib.steps:explode_on_sevens"}],
+        "sink": {"type": "memory", "name": "no_files"},
+        "runtime": {"parallelism": 2},
+    }
+    summary = run_flow(spec, state_dir=str(blocker / "state"), persist=False)
+    assert summary.status == "success", summary.error
+    assert summary.records_out == 17 and summary.dead_letters == 3 and summary.parallelism == 1
+    assert [d["record"]["n"] for d in summary.dead_letter_sample or []] == [0, 7, 14]
+    assert summary.dead_letter_destination == "the run summary (dead_letter_sample)"
+    assert run_flow(spec, state_dir=str(blocker / "state")).status == "failed"  # the default does write
