@@ -67,6 +67,15 @@ def _add_import_path(path: str) -> None:
         sys.path.append(path)
 
 
+def _typed_sections(raw: Mapping[str, Any], payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The spec with the payload's sections merged in, keeping each section's type (for defaults)."""
+    out = dict(raw)
+    for key, value in (payload or {}).items():
+        base = raw.get(key)
+        out[key] = {**base, **value} if isinstance(base, Mapping) and isinstance(value, Mapping) else value
+    return out
+
+
 def load_flow(
     ref: Any,
     *,
@@ -77,16 +86,19 @@ def load_flow(
     use_store: bool = True,
     extra: Iterable[tuple[str, Mapping[str, Any], str]] = (),
     reg: Registry | None = None,
+    origin: str | None = None,
 ) -> LoadedFlow:
     """Resolve all configuration layers of a flow and validate the result.
 
     The state store is the one the spec names (``state: URL``, itself layered), else the
     embedded SQLite file under the state directory; pass ``store`` to use another one, or
-    ``use_store=False`` to skip the key-value layer.
+    ``use_store=False`` to skip the key-value layer. ``origin`` names where a spec mapping
+    came from in ``adf config explain`` (a bundled file, a database row…).
     """
     reg = reg or registry
-    raw, flow_class, origin = read_flow_ref(ref)
-    defaults = spec_defaults({**raw, **(payload or {})}, reg)
+    raw, flow_class, ref_origin = read_flow_ref(ref)
+    origin = origin or ref_origin
+    defaults = spec_defaults(_typed_sections(raw, payload), reg)
     # First pass without the store: the store's own URL may come from any other layer.
     first = resolve_flow_config(
         raw, defaults=defaults, environ=environ, payload=payload, spec_origin=origin,

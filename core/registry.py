@@ -35,6 +35,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "file": "core.connectors.file:FileSource",
         "sql": "core.connectors.sql:SqlSource",
         "memory": "core.connectors.memory:MemorySource",
+        "payload": "core.connectors.memory:PayloadSource",
     },
     "sink": {
         "file": "core.connectors.file:FileSink",
@@ -42,6 +43,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "cache": "core.connectors.cache:CacheSink",
         "stdout": "core.connectors.stdout:StdoutSink",
         "memory": "core.connectors.memory:MemorySink",
+        "response": "core.connectors.memory:ResponseSink",
     },
     "step": {
         "python": "core.steps:PythonStep",

@@ -90,7 +90,8 @@ def _iso(value: dt.datetime) -> str:
 
 def default_worker_id(role: str | None = None) -> str:
     """``<hostname>:<pid>``, with ``/<role>-<random>`` for a heartbeat or a manual run."""
-    base = f"{socket.gethostname()}:{os.getpid()}"
+    hostname = getattr(socket, "gethostname", None)  # absent on WASI (inside a Spin component)
+    base = f"{hostname() if hostname else 'wasm'}:{os.getpid()}"
     return f"{base}/{role}-{uuid.uuid4().hex[:8]}" if role else base
 
 
@@ -144,7 +145,10 @@ class _LeaseKeeper:
 
     def __enter__(self) -> _LeaseKeeper:
         if self._ids:
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError:  # no threads (a WebAssembly component): runs finish within one lease
+                pass
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,6 @@
-"""The FastAPI application: heartbeat route, management API under ``/api``, ``/healthz``.
+"""The FastAPI application: heartbeat route, management API under ``/api``, ``/healthz``,
+and — when a :class:`~handlers.invoke.FlowHost` is given — the flow-run routes of
+:func:`handlers.invoke.handle_http` under ``/invoke`` (same access rule as ``/api``).
 
 Imported only by :func:`handlers.web.app.create_app` (FastAPI and pydantic load here and
 nowhere else in ``handlers/``). Every route is a thin translation to the schedule store,
@@ -20,6 +22,7 @@ from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.responses import Response as HttpResponse
+from fastapi.responses import StreamingResponse as HttpStreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.logs import get_logger
 from handlers import scheduler
 from handlers.http import Request, handle_heartbeat
+from handlers.invoke import FlowHost, StreamingResponse, handle_http
 from handlers.schedule.store import (
     DuplicateFlowError,
     FlowRecord,
@@ -224,8 +228,18 @@ def _version() -> str:
         return "0+unknown"
 
 
-def build_app(settings: Settings, store: ScheduleStore, *, owns_store: bool) -> FastAPI:
-    """The ASGI app over ``store``; closes the store at shutdown when ``owns_store``."""
+#: where the flow-run routes of a FlowHost are mounted
+INVOKE_PREFIX = "/invoke"
+
+
+def build_app(
+    settings: Settings, store: ScheduleStore, *, owns_store: bool, flow_host: FlowHost | None = None
+) -> FastAPI:
+    """The ASGI app over ``store``; closes the store at shutdown when ``owns_store``.
+
+    With ``flow_host``, ``GET /invoke/flows``, ``GET /invoke/flows/{name}`` and
+    ``GET|POST /invoke/flows/{name}/run`` answer through :func:`handlers.invoke.handle_http`.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -430,6 +444,39 @@ def build_app(settings: Settings, store: ScheduleStore, *, owns_store: bool) -> 
         return _json([h.to_dict() for h in store.list_heartbeats(limit=limit)])
 
     app.include_router(api)
+
+    # -- flow runs (handlers.invoke) -------------------------------------------------------
+
+    if flow_host is not None:
+        invoke_host = flow_host
+
+        async def invoke(request: HttpRequest) -> HttpResponse:
+            req = Request(
+                method=request.method,
+                path=request.url.path,
+                headers=_headers(request),
+                query=dict(request.query_params),
+                body=await request.body(),
+                peer=_peer(request),
+            )
+            resp = await run_in_threadpool(handle_http, req, invoke_host, base_path=INVOKE_PREFIX)
+            if isinstance(resp, StreamingResponse):
+                # Starlette iterates a plain iterator in its thread pool; chunks arrive while the flow runs.
+                return HttpStreamingResponse(resp.chunks, status_code=resp.status, headers=resp.headers)
+            return HttpResponse(resp.encoded(), status_code=resp.status, headers=resp.headers)
+
+        app.add_api_route(
+            INVOKE_PREFIX + "/{path:path}",
+            invoke,
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            dependencies=[Depends(api_access)],
+            tags=["invoke"],
+            summary="Run a flow of the flow host (see handlers.invoke)",
+            description=(
+                "`GET /invoke/flows`, `GET /invoke/flows/{name}`, `GET|POST /invoke/flows/{name}/run` "
+                "(`?stream=true` or `Accept: application/x-ndjson` for NDJSON progress events)."
+            ),
+        )
 
     # -- health ----------------------------------------------------------------------------
 

@@ -1,0 +1,113 @@
+"""Spin components: size (raw / stripped), time to first response, per-request latency.
+
+    .venv/bin/python bench/spin.py [--requests 200] [--out build/bench-spin]
+
+Builds the HTTP and MQTT components for one small flow (payload → filter → response), serves
+HTTP under the local Node host (a fresh instance per request, as Spin does; and with
+``--reuse-instance`` for comparison), delivers MQTT messages with the wasmtime host, and runs
+the same flow natively (``run_flow(persist=False)`` in this process) as the baseline.
+Targets: stripped size ≤ 20 MB, HTTP p50 ≤ 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FLOW = {"name": "small", "source": {"type": "payload"},
+        "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 50}], "sink": {"type": "response"}}
+BODY = json.dumps({"records": [{"n": i, "s": "x" * 20} for i in range(20)]}).encode()
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def http_latencies(url: str, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        req = urllib.request.Request(url + "/flows/small/run", data=BODY, method="POST")
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--out", default=str(ROOT / "build" / "bench-spin"))
+    args = parser.parse_args()
+    from core.connectors.memory import ResponseSink
+    from core.engine import run_flow
+    from spin_app.build import build
+    from spin_app.host import ComponentHost, HttpHost, SpinState
+    from spin_app.strip import strip_file
+
+    out = Path(args.out)
+    report: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    paths = build(out, triggers=("http", "mqtt"), flows=[FLOW], routes={"mqtt": {"bench/in": "small"}}, strip=False,
+                  report=report)
+    build_s = time.perf_counter() - t0
+    sizes = {}
+    for kind, path in paths.items():
+        raw, stripped = strip_file(path)
+        sizes[kind] = (raw, stripped)
+    print(f"build (2 components, 2 at a time): {build_s:.1f} s")
+    for kind, (raw, stripped) in sizes.items():
+        print(f"{kind}.wasm: {raw / 1e6:.1f} MB raw, {stripped / 1e6:.1f} MB stripped (target <= 20 MB)")
+
+    # native baseline: the same flow, same records, in this process
+    records = json.loads(BODY)["records"]
+    native = []
+    for _ in range(args.requests):
+        spec = dict(FLOW, source={"type": "memory", "records": records})
+        t = time.perf_counter()
+        s = run_flow(spec, persist=False)
+        ResponseSink.pop(s.run_id)
+        native.append((time.perf_counter() - t) * 1000)
+    print(f"native run_flow: p50 {pct(native, 50):.2f} ms, p95 {pct(native, 95):.2f} ms")
+
+    state = out / "state"
+    shutil.rmtree(state, ignore_errors=True)
+    for reuse in (False, True):
+        t = time.perf_counter()
+        with HttpHost(paths["http"], state_dir=str(state), reuse_instance=reuse) as host:
+            first = http_latencies(host.url, 1)[0]
+            ttfr = (time.perf_counter() - t) * 1000
+            lat = http_latencies(host.url, args.requests)
+        mode = "one instance for all requests" if reuse else "fresh instance per request (Spin)"
+        print(f"HTTP under the Node host, {mode}: time to first response {ttfr:.0f} ms (first request {first:.1f} ms), "
+              f"p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, p50 / native p50 = "
+              f"{pct(lat, 50) / pct(native, 50):.1f}x (target p50 <= 10 ms)")
+
+    t = time.perf_counter()
+    mqtt = ComponentHost(paths["mqtt"], state=SpinState(str(state)))
+    mqtt.mqtt(BODY, "bench/in")
+    ttfr = (time.perf_counter() - t) * 1000
+    lat = []
+    for _ in range(args.requests):
+        t = time.perf_counter()
+        mqtt.mqtt(BODY, "bench/in")
+        lat.append((time.perf_counter() - t) * 1000)
+    print(f"MQTT under the wasmtime host (fresh instance per message): first message {ttfr:.0f} ms "
+          f"(incl. compile or cache load), p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, "
+          f"p50 / native p50 = {pct(lat, 50) / pct(native, 50):.1f}x")
+    print(f"mean native {statistics.mean(native):.2f} ms over {args.requests} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Transport-neutral flow invocation: what the Spin components (and the Lambda handlers) call.
+
+A target adapter turns its event into one call here and turns the result back into its own
+reply; everything else — which flow, which configuration, how it runs, what the answer and
+the errors look like, what is logged — is decided once, in this module:
+
+* :func:`handle_http` — ``GET /flows``, ``GET /flows/{name}``, ``GET|POST /flows/{name}/run``
+  (JSON, or NDJSON progress events with ``?stream=true`` / ``Accept: application/x-ndjson``);
+* :func:`handle_message` — a Redis message or an MQTT message: route → run → publish the result;
+* :func:`handle_cron` — one heartbeat tick (:func:`handlers.scheduler.tick`, sync mode);
+* :func:`run_named_flow` / :func:`invoke_flow` — the run itself, for any other trigger.
+
+The environment of a run comes from a :class:`FlowHost` (the Spin host implementation lives
+in ``spin_app/``; :class:`LocalHost` is the native one, for tests and ``adf serve``).
+
+Configuration layers (lowest first, as everywhere — :mod:`core.loader`)::
+
+    defaults < manifest: the spec, then host.variables() (spin.toml variables / SAM parameters)
+             < kv: config/<flow> in host.store()
+             < env: host.environ() (ADF__SINK__TABLE, ADF_<FLOW>__SINK__TABLE)
+             < payload: X-ADF-Config < X-ADF-<path> headers < query string < body "config"
+
+How variable and header *names* map to config paths: :mod:`handlers.confignames`. Records
+given with the trigger (``{"records": [...]}`` or a bare JSON array) become the run's
+``source.records`` when the flow's source is ``payload``; they are set after the layers are
+resolved (records are data: running a thousand of them through the layer bookkeeping costs
+~30 ms natively) and a flow with another source refuses them (422).
+
+HTTP routes, status codes and streaming: :mod:`handlers.invoke_http`. Redis / MQTT
+messages: :mod:`handlers.invoke_messages`. Cron ticks: :mod:`handlers.invoke_cron`. All of
+their public names are importable from here.
+
+Logging: one JSON line per request/message/tick on the ``adf.invoke`` logger with
+``request_id``, ``trigger``, ``status``, ``duration_ms``, ``flow``, ``run_id``, counts and
+``memory_bytes`` when the host reports it; errors carry the backtrace (log only). The
+engine's own lines carry the ``run_id``. Call :func:`core.logs.configure` once at start-up
+(``stream=sys.stdout`` inside Spin) to get them as JSON lines.
+
+Standard library only at module level (this runs inside a Spin component).
+"""
+
+from __future__ import annotations
+
+from handlers.invoke_base import (
+    KV_FLOW_PREFIX,
+    BadRequest,
+    ErrorContext,
+    ErrorHandler,
+    FlowFailed,
+    FlowHost,
+    Forbidden,
+    Invocation,
+    InvokeError,
+    LocalHost,
+    MethodNotAllowed,
+    NotFound,
+    PreparedRun,
+    PublishUnsupported,
+    TriggerPayload,
+    describe_flow,
+    execute_flow,
+    flow_names,
+    invoke_flow,
+    list_flows,
+    lookup_spec,
+    parse_trigger_payload,
+    prepare_flow,
+    run_named_flow,
+    status_for,
+)
+from handlers.invoke_cron import handle_cron, host_executor
+from handlers.invoke_http import NDJSON, RESERVED_QUERY, handle_http
+from handlers.invoke_messages import (
+    KINDS,
+    default_reply_channel,
+    handle_message,
+    mqtt_topic_matches,
+    parse_routes,
+    route_for,
+)
+from handlers.streaming import StreamingResponse
+
+__all__ = [
+    "KINDS",
+    "KV_FLOW_PREFIX",
+    "NDJSON",
+    "RESERVED_QUERY",
+    "BadRequest",
+    "ErrorContext",
+    "ErrorHandler",
+    "FlowFailed",
+    "FlowHost",
+    "Forbidden",
+    "Invocation",
+    "InvokeError",
+    "LocalHost",
+    "MethodNotAllowed",
+    "NotFound",
+    "PreparedRun",
+    "PublishUnsupported",
+    "StreamingResponse",
+    "TriggerPayload",
+    "default_reply_channel",
+    "describe_flow",
+    "execute_flow",
+    "flow_names",
+    "handle_cron",
+    "handle_http",
+    "handle_message",
+    "host_executor",
+    "invoke_flow",
+    "list_flows",
+    "lookup_spec",
+    "mqtt_topic_matches",
+    "parse_routes",
+    "parse_trigger_payload",
+    "prepare_flow",
+    "route_for",
+    "run_named_flow",
+    "status_for",
+]

@@ -1,0 +1,774 @@
+"""The transport-neutral core of flow invocation: hosts, errors, preparing and running a flow.
+
+See :mod:`handlers.invoke` (the public face: every name is importable from there) for the
+whole picture; the triggers are in :mod:`handlers.invoke_http`, :mod:`handlers.invoke_messages`
+and :mod:`handlers.invoke_cron`.
+
+Standard library only at module level (this runs inside a Spin component).
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.connectors.memory import ResponseRecords, ResponseSink
+from core.errors import AdfError, ConfigError
+from core.loader import LoadedFlow, load_flow
+from core.logs import get_logger
+from core.redact import redact_text
+from core.state import MemoryStateStore, SqliteStateStore, StateStore
+from handlers.confignames import deep_merge, expand_dotted, headers_config, variables_config
+from handlers.http import Request, Response
+from handlers.streaming import StreamingResponse
+
+if TYPE_CHECKING:
+    from core.engine import Progress, RunSummary
+
+__all__ = [
+    "KV_FLOW_PREFIX",
+    "BadRequest",
+    "ErrorContext",
+    "ErrorHandler",
+    "FlowFailed",
+    "FlowHost",
+    "Forbidden",
+    "Invocation",
+    "InvokeError",
+    "LocalHost",
+    "MethodNotAllowed",
+    "NotFound",
+    "PreparedRun",
+    "PublishUnsupported",
+    "TriggerPayload",
+    "describe_flow",
+    "execute_flow",
+    "flow_names",
+    "invoke_flow",
+    "list_flows",
+    "lookup_spec",
+    "parse_trigger_payload",
+    "prepare_flow",
+    "run_named_flow",
+    "status_for",
+]
+
+_log = get_logger("invoke")
+
+#: flows kept in the host's key-value store: ``flows/<name>`` holds a spec object
+KV_FLOW_PREFIX = "flows/"
+_PAYLOAD_KEYS = ("records", "config", "spec")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class InvokeError(AdfError):
+    """An error with an HTTP status; ``problems`` lists details when there are several."""
+
+    status = 500
+
+    def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = list(problems)
+
+
+class BadRequest(InvokeError):
+    """Malformed input: JSON, the body's shape, a query parameter or a header (400)."""
+
+    status = 400
+
+
+class Forbidden(InvokeError):
+    """The request asks for something this host does not allow (403)."""
+
+    status = 403
+
+
+class NotFound(InvokeError):
+    """Unknown flow or route (404); ``flows`` lists the known flows when it is about a flow."""
+
+    status = 404
+
+    def __init__(self, message: str, flows: Iterable[str] | None = None) -> None:
+        super().__init__(message)
+        self.flows = None if flows is None else list(flows)
+
+
+class MethodNotAllowed(InvokeError):
+    """The route exists but not for this method (405); ``allow`` lists the methods."""
+
+    status = 405
+
+    def __init__(self, message: str, allow: Iterable[str]) -> None:
+        super().__init__(message)
+        self.allow = list(allow)
+
+
+class FlowFailed(InvokeError):
+    """A run ended with ``status: failed`` (raised by the handlers, never by :func:`invoke_flow`)."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        summary = invocation.summary
+        self.invocation = invocation
+        self.out_of_memory = invocation.out_of_memory
+        self.status = 507 if self.out_of_memory else 500
+        super().__init__(_failure_message(invocation.flow, summary))
+
+
+class PublishUnsupported(AdfError):
+    """The host cannot publish results (no outbound Redis / MQTT configured)."""
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status an error maps to (also reported as ``code`` in message results)."""
+    if isinstance(exc, InvokeError):
+        return exc.status
+    if isinstance(exc, ConfigError):
+        return 422
+    if isinstance(exc, MemoryError):
+        return 507
+    return 500
+
+
+def _failure_message(flow: str, summary: RunSummary) -> str:
+    if summary.error_type == "MemoryError":
+        return (
+            f"out of memory while running flow {flow!r} ({summary.error or 'MemoryError'}); "
+            "send fewer records per request or lower runtime.batch_size"
+        )
+    return summary.error or f"flow {flow!r} failed"
+
+
+def _error_message(exc: BaseException, error_id: str) -> str:
+    if isinstance(exc, InvokeError):
+        return exc.message
+    if isinstance(exc, ConfigError):
+        return redact_text(str(exc))
+    if isinstance(exc, MemoryError):
+        return f"out of memory while handling the request (error_id {error_id}); send a smaller request"
+    return f"internal error (error_id {error_id}; details in the log)"
+
+
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    """Extra fields of an error body/result besides ``error`` and ``error_id``."""
+    if isinstance(exc, FlowFailed):
+        return exc.invocation.body()
+    out: dict[str, Any] = {}
+    problems = getattr(exc, "problems", None)
+    if isinstance(exc, InvokeError | ConfigError) and problems:
+        out["problems"] = [redact_text(str(p)) for p in problems]
+    if isinstance(exc, NotFound) and exc.flows is not None:
+        out["flows"] = exc.flows
+    return out
+
+
+def _new_error_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+@dataclass
+class ErrorContext:
+    """What an error handler knows besides the exception."""
+
+    request_id: str
+    error_id: str
+    trigger: str
+    status: int
+    flow: str | None = None
+    request: Request | None = None
+
+
+#: ``handler(exc, context) -> Response | None``; None: the handler of a base class, else the default answer
+ErrorHandler = Callable[[BaseException, ErrorContext], "Response | StreamingResponse | None"]
+
+
+class FlowHost(abc.ABC):
+    """What a target provides to the handlers.
+
+    Subclasses implement :meth:`specs` and override what they have. Class attributes:
+    ``persist`` (may runs write files: checkpoints, run records, dead-letter files? False
+    inside Spin), ``allow_payload_spec`` (may a request carry a whole flow spec?),
+    ``state_dir`` (where persisting runs keep their files; None: ``$ADF_STATE_DIR``).
+    """
+
+    persist: bool = False
+    allow_payload_spec: bool = False
+    state_dir: str | None = None
+
+    @abc.abstractmethod
+    def specs(self) -> Mapping[str, Mapping[str, Any]]:
+        """The flows this host knows, by name: bundled at build time, or given. A flow may
+        also be stored in :meth:`store` under ``flows/<name>`` (see :func:`lookup_spec`)."""
+
+    def store(self) -> StateStore | None:
+        """The key-value store: the ``kv`` config layer (``config/<flow>``) and the flows' state.
+        None: no kv layer (and no default SQLite file is opened either)."""
+        return None
+
+    def variables(self) -> Mapping[str, str]:
+        """Manifest-level settings (spin.toml variables, SAM parameters), name → value.
+
+        Spin has no call that lists variables: return every variable the component declares
+        (bundle the names at build time) that has a value. Mapping: :mod:`handlers.confignames`.
+        """
+        return {}
+
+    def environ(self) -> Mapping[str, str]:
+        """Environment variables for the ``env`` layer (``ADF__SINK__TABLE``...)."""
+        return {}
+
+    def publish(self, channel: str, message: bytes) -> None:
+        """Publish a result (outbound Redis; an MQTT host may publish to a topic). Raises
+        :class:`PublishUnsupported` when the host cannot; other errors are reported by the
+        caller, never raised into the host."""
+        raise PublishUnsupported(
+            f"this host cannot publish results (to {channel!r}): configure outbound Redis for it"
+        )
+
+    def memory_bytes(self) -> int | None:
+        """The memory in use to report in logs (a component's linear memory size), or None."""
+        return None
+
+    @property
+    def error_handlers(self) -> dict[type[BaseException], ErrorHandler]:
+        """Custom error answers of :func:`handle_http`: exception type → handler."""
+        handlers: dict[type[BaseException], ErrorHandler] | None = self.__dict__.get("_error_handlers")
+        if handlers is None:
+            handlers = self.__dict__["_error_handlers"] = {}
+        return handlers
+
+    def register_error_handler(self, exc_type: type[BaseException], handler: ErrorHandler) -> None:
+        """``host.error_handlers[exc_type] = handler``."""
+        self.error_handlers[exc_type] = handler
+
+
+def lookup_spec(host: FlowHost, name: str) -> dict[str, Any] | None:
+    """The spec of flow ``name``: :meth:`FlowHost.specs`, else ``flows/<name>`` in the store."""
+    raw = host.specs().get(name)
+    if raw is None:
+        store = host.store()
+        stored = store.get(KV_FLOW_PREFIX + name) if store is not None else None
+        raw = stored if isinstance(stored, Mapping) else None
+    if raw is None:
+        return None
+    spec = dict(raw)
+    spec.setdefault("name", name)
+    return spec
+
+
+def flow_names(host: FlowHost) -> list[str]:
+    """Every flow the host knows (specs and ``flows/*`` in the store)."""
+    names = set(host.specs())
+    store = host.store()
+    if store is not None:
+        names.update(k[len(KV_FLOW_PREFIX) :] for k in store.keys(KV_FLOW_PREFIX))
+    return sorted(n for n in names if n)
+
+
+def _memory(host: FlowHost) -> int | None:
+    try:
+        return host.memory_bytes()
+    except Exception:
+        return None
+
+
+class LocalHost(FlowHost):
+    """The native host: for tests, ``adf serve`` and anything that is not a component.
+
+    ``specs``: a mapping name → spec, a directory of ``*.yaml``/``*.yml``/``*.json`` spec
+    files (re-read when they change; the directory is put on ``sys.path`` for step modules),
+    or None. ``store``: default a :class:`~core.state.SqliteStateStore` in ``state_dir``
+    when ``persist``, else a :class:`~core.state.MemoryStateStore`. ``environ``: default
+    ``os.environ``. ``publisher(channel, message)``, or ``redis_url`` (redis-py, imported
+    when first used), publish results; with neither, :meth:`publish` raises
+    :class:`PublishUnsupported`.
+    """
+
+    def __init__(
+        self,
+        specs: Mapping[str, Mapping[str, Any]] | str | os.PathLike[str] | None = None,
+        *,
+        store: StateStore | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        variables: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        persist: bool = True,
+        allow_payload_spec: bool = False,
+        publisher: Callable[[str, bytes], None] | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        self.persist = persist
+        self.allow_payload_spec = allow_payload_spec
+        from core.engine import default_state_root
+
+        self.state_dir = os.path.abspath(os.fspath(state_dir)) if state_dir is not None else default_state_root()
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._dir: str | None = None
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        if isinstance(specs, str | os.PathLike):
+            self._dir = os.path.abspath(os.fspath(specs))
+            if self._dir not in sys.path:
+                sys.path.append(self._dir)
+        elif specs is not None:
+            self._specs = {name: {"name": name, **dict(spec)} for name, spec in specs.items()}
+        self._store = store
+        self._own_store = store is None
+        self._variables: Mapping[str, str] = variables if variables is not None else {}
+        self._environ = environ
+        self._publisher = publisher
+        self._redis_url = redis_url
+        self._redis: Any = None
+        #: every (channel, message) published, in order (for inspection)
+        self.published: list[tuple[str, bytes]] = []
+
+    def specs(self) -> Mapping[str, Mapping[str, Any]]:
+        if self._dir is None:
+            return self._specs
+        with self._lock:
+            self._reload()
+            return dict(self._specs)
+
+    def _reload(self) -> None:
+        assert self._dir is not None
+        from core.spec import load_spec_file
+
+        try:
+            files = sorted(f for f in os.listdir(self._dir) if f.endswith((".yaml", ".yml", ".json")))
+        except OSError as exc:
+            _log.warning("cannot list the flow directory", extra={"fields": {"dir": self._dir, "error": str(exc)}})
+            return
+        mtimes = {}
+        for f in files:
+            path = os.path.join(self._dir, f)
+            try:
+                mtimes[path] = os.stat(path).st_mtime
+            except OSError:
+                continue
+        if mtimes == self._seen:
+            return
+        specs: dict[str, dict[str, Any]] = {}
+        for path in mtimes:
+            try:
+                raw = load_spec_file(path)
+            except Exception as exc:
+                _log.warning("flow spec not loaded", extra={"fields": {"file": path, "error": redact_text(str(exc))}})
+                continue
+            if isinstance(raw, Mapping):
+                name = str(raw.get("name") or os.path.splitext(os.path.basename(path))[0])
+                specs[name] = {**raw, "name": name}
+        self._specs, self._seen = specs, mtimes
+
+    def store(self) -> StateStore | None:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    if self.persist:
+                        assert self.state_dir is not None
+                        os.makedirs(self.state_dir, exist_ok=True)
+                        self._store = SqliteStateStore(os.path.join(self.state_dir, "state.db"))
+                    else:
+                        self._store = MemoryStateStore()
+        return self._store
+
+    def variables(self) -> Mapping[str, str]:
+        return self._variables
+
+    def environ(self) -> Mapping[str, str]:
+        return os.environ if self._environ is None else self._environ
+
+    def publish(self, channel: str, message: bytes) -> None:
+        if self._publisher is not None:
+            self._publisher(channel, message)
+        elif self._redis_url:
+            if self._redis is None:
+                try:
+                    import redis
+                except ImportError as exc:
+                    from core.errors import MissingExtraError
+
+                    raise MissingExtraError("redis", "redis", "publishing results to Redis") from exc
+                self._redis = redis.Redis.from_url(self._redis_url, socket_timeout=5)
+            self._redis.publish(channel, message)
+        else:
+            super().publish(channel, message)
+        self.published.append((channel, message))
+
+    def memory_bytes(self) -> int | None:
+        try:
+            import resource
+        except ImportError:
+            return None
+        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        return peak if sys.platform == "darwin" else peak * 1024
+
+    def close(self) -> None:
+        """Close the store this host opened, and the Redis client."""
+        if self._own_store and self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+
+# --------------------------------------------------------------------------- running a flow
+
+
+@dataclass
+class PreparedRun:
+    """A flow resolved and validated, ready to run (:func:`prepare_flow`)."""
+
+    flow: str
+    loaded: LoadedFlow
+    run_id: str
+    request_id: str
+    #: ``adf_*`` variables that mapped to no configuration path of this flow
+    ignored_variables: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Invocation:
+    """A finished run: its summary and what its ``response`` sink kept."""
+
+    flow: str
+    request_id: str
+    summary: RunSummary
+    response: ResponseRecords | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.summary.ok
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.summary.error_type == "MemoryError"
+
+    def body(self) -> dict[str, Any]:
+        """The JSON answer: the summary (no backtrace), ``request_id``, and ``records``,
+        ``records_total``, ``records_truncated`` when the sink is ``response``."""
+        body = self.summary.to_dict()
+        body.pop("backtrace", None)
+        body["request_id"] = self.request_id
+        if self.out_of_memory:
+            body["error"] = _failure_message(self.flow, self.summary)
+        if self.response is not None:
+            body["records"] = self.response.records
+            body["records_total"] = self.response.total
+            body["records_truncated"] = self.response.truncated
+        return body
+
+
+def _new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def _config_mapping(config: Any, where: str) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise BadRequest(f"{where} must be a JSON object, got {type(config).__name__}")
+    try:
+        return expand_dotted(config)
+    except ValueError as exc:
+        raise BadRequest(f"{where}: {exc}") from None
+
+
+def prepare_flow(
+    host: FlowHost,
+    name: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    records: Any = None,
+    headers: Mapping[str, str] | None = None,
+    spec: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
+    run_id: str | None = None,
+) -> PreparedRun:
+    """Resolve flow ``name`` with every layer and validate it (nothing runs yet).
+
+    ``config``: payload-layer overrides (nested or dotted keys; a ``spec`` key is taken as
+    ``spec``); ``headers``: request headers (the ``X-ADF-*`` ones are used); ``records``:
+    the trigger's records (a list) for a ``payload`` source; ``spec``: a whole spec, when
+    ``host.allow_payload_spec``. Raises :class:`NotFound`, :class:`Forbidden`,
+    :class:`BadRequest` or :class:`~core.errors.ConfigError` (422: every problem).
+    """
+    overrides = dict(config or {})
+    if "spec" in overrides:
+        spec = spec if spec is not None else overrides["spec"]
+        del overrides["spec"]
+    if spec is not None:
+        if not host.allow_payload_spec:
+            raise Forbidden("this host does not accept a flow spec in the request (allow_payload_spec is off)")
+        if not isinstance(spec, Mapping):
+            raise BadRequest(f"'spec' must be a JSON object, got {type(spec).__name__}")
+        raw = dict(spec)
+        raw.setdefault("name", name)
+        if raw["name"] != name:
+            raise BadRequest(f"the spec is named {raw['name']!r} but the request is for flow {name!r}")
+    else:
+        found = lookup_spec(host, name)
+        if found is None:
+            raise NotFound(f"no flow named {name!r}", flows=flow_names(host))
+        raw = found
+    return _prepare(host, name, raw, overrides, records, headers, request_id, run_id)
+
+
+def _prepare(
+    host: FlowHost,
+    name: str,
+    raw: dict[str, Any],
+    overrides: Mapping[str, Any],
+    records: Any,
+    headers: Mapping[str, str] | None,
+    request_id: str | None,
+    run_id: str | None,
+) -> PreparedRun:
+    payload, problems = headers_config(headers or {}, raw)
+    if problems:
+        raise BadRequest("unusable X-ADF-* headers", problems)
+    deep_merge(payload, _config_mapping(overrides, "config"))
+    if "name" in payload and payload["name"] != raw.get("name"):
+        raise ConfigError(f"flow {name!r}", ["the flow name cannot be changed by the request"])
+    if records is not None and not isinstance(records, list):
+        raise BadRequest(f"'records' must be a JSON array, got {type(records).__name__}")
+    additions, ignored = variables_config(host.variables(), str(raw.get("name") or name), raw)
+    store = host.store()
+    loaded = load_flow(
+        raw,
+        payload=payload or None,
+        payload_origin="request",
+        environ=dict(host.environ()),
+        store=store,
+        use_store=store is not None,
+        extra=[("manifest", values, origin) for values, origin in additions],
+    )
+    if records is not None:
+        source_type = loaded.spec.source.get("type")
+        if source_type != "payload":
+            raise ConfigError(
+                f"flow {name!r}",
+                [f"records were given but the flow's source is {source_type!r}; only a 'payload' source takes records"],
+            )
+        loaded.spec.source["records"] = records
+    return PreparedRun(
+        flow=loaded.spec.name,
+        loaded=loaded,
+        run_id=run_id or _new_run_id(),
+        request_id=request_id or uuid.uuid4().hex,
+        ignored_variables=ignored,
+    )
+
+
+ProgressCallback = Callable[["Progress"], None]
+
+
+def execute_flow(host: FlowHost, prepared: PreparedRun, *, on_progress: ProgressCallback | None = None) -> Invocation:
+    """Run a prepared flow on its runtime (``core.runtime.run``) and collect its response records.
+
+    ``persist=host.persist``; parallelism is 1 when the host does not persist or the sink is
+    ``response`` (its records live in this process). A failing flow is a summary with
+    ``status: failed`` (a ``MemoryError`` included), not an exception.
+    """
+    from core.runtime import run as run_on_runtime
+
+    spec = prepared.loaded.spec
+    responds = spec.sink.get("type") == "response"
+    if not host.persist or responds:
+        spec.runtime["parallelism"] = 1
+    try:
+        summary = run_on_runtime(
+            spec,
+            state_dir=host.state_dir,
+            on_progress=on_progress,
+            run_id=prepared.run_id,
+            store=prepared.loaded.store,
+            persist=host.persist,
+        )
+    except BaseException:
+        if responds:
+            ResponseSink.pop(prepared.run_id)
+        raise
+    response: ResponseRecords | None = None
+    if responds:
+        # A persisting host may have resumed an earlier run: its records are under that run id.
+        response = ResponseSink.pop(summary.run_id)
+        if summary.run_id != prepared.run_id:
+            ResponseSink.pop(prepared.run_id)
+        if response is None:
+            response = ResponseRecords(limit=int(spec.sink.get("limit") or 0))
+    return Invocation(flow=prepared.flow, request_id=prepared.request_id, summary=summary, response=response)
+
+
+def invoke_flow(
+    host: FlowHost,
+    name: str,
+    *,
+    payload: Mapping[str, Any] | None = None,
+    records: Any = None,
+    headers: Mapping[str, str] | None = None,
+    on_progress: ProgressCallback | None = None,
+    spec: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
+) -> Invocation:
+    """:func:`prepare_flow` then :func:`execute_flow`; ``payload`` is the ``config`` of the former."""
+    prepared = prepare_flow(
+        host, name, config=payload, records=records, headers=headers, spec=spec, request_id=request_id
+    )
+    return execute_flow(host, prepared, on_progress=on_progress)
+
+
+def run_named_flow(
+    host: FlowHost,
+    name: str,
+    *,
+    payload: Mapping[str, Any] | None = None,
+    records: Any = None,
+    headers: Mapping[str, str] | None = None,
+    on_progress: ProgressCallback | None = None,
+    spec: Mapping[str, Any] | None = None,
+) -> RunSummary:
+    """Run flow ``name`` and return its summary (records of a ``response`` sink are dropped:
+    use :func:`invoke_flow` to get them). Raises as :func:`prepare_flow` does; a failing
+    flow is ``summary.status == "failed"``."""
+    return invoke_flow(
+        host, name, payload=payload, records=records, headers=headers, on_progress=on_progress, spec=spec
+    ).summary
+
+
+def describe_flow(
+    host: FlowHost, name: str, *, config: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The resolved configuration of a flow (secrets redacted) and where each value comes from."""
+    prepared = prepare_flow(host, name, config=config, headers=headers)
+    resolved = prepared.loaded.config
+    return {
+        "name": prepared.flow,
+        "description": prepared.loaded.spec.description,
+        "config": resolved.as_dict_redacted(),
+        "explain": [
+            {
+                "path": e.path,
+                "value": e.value,
+                "layer": e.layer,
+                "origin": e.origin,
+                "overridden": [{"layer": layer, "origin": origin} for layer, origin in e.overridden],
+            }
+            for e in resolved.explain()
+        ],
+        "ignored_variables": prepared.ignored_variables,
+    }
+
+
+def list_flows(host: FlowHost) -> list[dict[str, Any]]:
+    """``[{name, description, source, sink}]`` of every flow the host knows."""
+    out = []
+    for name in flow_names(host):
+        raw = lookup_spec(host, name) or {}
+        source, sink = raw.get("source"), raw.get("sink")
+        out.append(
+            {
+                "name": name,
+                "description": str(raw.get("description") or ""),
+                "source": source.get("type") if isinstance(source, Mapping) else None,
+                "sink": sink.get("type") if isinstance(sink, Mapping) else None,
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+@dataclass
+class TriggerPayload:
+    """A parsed trigger payload: ``{"records", "config", "spec", "reply_to"}`` or an array of records."""
+
+    records: list[Any] | None = None
+    config: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None
+    reply_to: str | None = None
+    #: whether the payload said ``reply_to`` (``null`` or ``""``: do not publish)
+    reply_to_given: bool = False
+
+
+def parse_trigger_payload(data: bytes | str, *, allowed: Iterable[str] = _PAYLOAD_KEYS) -> TriggerPayload:
+    """Parse a JSON payload; empty means ``{}``. Raises :class:`BadRequest` saying what is wrong."""
+    keys = tuple(allowed)
+    text = data.strip() if isinstance(data, bytes | str) else data
+    if not text:
+        return TriggerPayload()
+    try:
+        value = json.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if isinstance(value, list):
+        return TriggerPayload(records=value)
+    if not isinstance(value, dict):
+        raise BadRequest(
+            f"the payload must be a JSON object {{{', '.join(keys)}}} or an array of records, "
+            f"got {type(value).__name__}"
+        )
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise BadRequest(f"unknown keys {', '.join(map(repr, unknown))} in the payload (accepted: {', '.join(keys)})")
+    records = value.get("records")
+    if records is not None and not isinstance(records, list):
+        raise BadRequest(f"'records' must be a JSON array, got {type(records).__name__}")
+    config = value.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise BadRequest(f"'config' must be a JSON object, got {type(config).__name__}")
+    spec = value.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise BadRequest(f"'spec' must be a JSON object, got {type(spec).__name__}")
+    reply_to = value.get("reply_to")
+    if reply_to is not None and not isinstance(reply_to, str):
+        raise BadRequest(f"'reply_to' must be a channel name (string), got {type(reply_to).__name__}")
+    return TriggerPayload(
+        records=records, config=config, spec=spec, reply_to=reply_to or None, reply_to_given="reply_to" in value
+    )
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def _log_line(level: int, msg: str, fields: dict[str, Any], exc: BaseException | None = None) -> None:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    _log.log(level, msg, exc_info=exc_info, extra={"fields": {k: v for k, v in fields.items() if v is not None}})
+
+
+def _level(status: int) -> int:
+    return logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+
+
+def _summary_fields(inv: Invocation) -> dict[str, Any]:
+    s = inv.summary
+    fields: dict[str, Any] = {
+        "run_id": s.run_id,
+        "run_status": s.status,
+        "records_in": s.records_in,
+        "records_out": s.records_out,
+        "dead_letters": s.dead_letters,
+    }
+    if not s.ok:
+        fields.update(error=s.error, error_type=s.error_type, backtrace=s.backtrace)
+    return fields
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

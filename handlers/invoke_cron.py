@@ -1,0 +1,141 @@
+"""Cron ticks: :func:`handle_cron` runs the heartbeat logic (:func:`handlers.scheduler.tick`,
+sync mode) with the host's configuration layers, store and ``persist``.
+
+Standard library only at module level (this runs inside a Spin component).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from core.redact import redact_text
+from handlers.invoke_base import (
+    FlowHost,
+    _error_message,
+    _log_line,
+    _memory,
+    _ms,
+    _new_error_id,
+    _prepare,
+    execute_flow,
+)
+
+if TYPE_CHECKING:
+    from core.engine import RunSummary
+    from handlers.schedule.store import RunOutcome, RunRecord, ScheduleStore
+    from handlers.settings import Settings
+
+__all__ = ["handle_cron", "host_executor"]
+
+
+
+def _outcome(summary: RunSummary | None, exc: BaseException | None = None) -> RunOutcome:
+    from handlers.schedule.store import RunOutcome
+
+    if exc is not None:
+        return RunOutcome(
+            status="failed",
+            error_message=redact_text(f"{type(exc).__name__}: {exc}"),
+            error_backtrace=redact_text("".join(traceback.format_exception(exc))),
+        )
+    assert summary is not None
+    outcome = RunOutcome(
+        status="success", records_in=summary.records_in, records_out=summary.records_out,
+        dead_letters=summary.dead_letters, engine_run_id=summary.run_id,
+    )
+    if not summary.ok:
+        message = summary.error or "the flow failed"
+        if summary.error_type and not message.startswith(summary.error_type):
+            message = f"{summary.error_type}: {message}"
+        outcome.status = "failed"
+        outcome.error_message = redact_text(message)
+        outcome.error_backtrace = redact_text(summary.backtrace) if summary.backtrace else None
+    return outcome
+
+
+def host_executor(host: FlowHost) -> Callable[..., RunRecord]:
+    """A :data:`handlers.scheduler.Executor` that runs claimed runs with the host's layers,
+    store and ``persist`` (the flow's spec is the one in the schedule store; engine run id
+    ``run-<id>``). It starts no threads, so it runs inside a component."""
+
+    def execute(store: ScheduleStore, run: RunRecord, settings: Settings, *, worker_id: str) -> RunRecord:
+        started = store.start_run(run.id, worker_id, lease_seconds=settings.lease_seconds)
+        if started is None:
+            return store.get_run(run.id)
+        summary = None
+        try:
+            flow = store.get_flow(run.flow_name)
+            raw = dict(flow.configuration)
+            raw.setdefault("name", flow.name)
+            prepared = _prepare(host, flow.name, raw, {}, None, None, None, f"run-{run.id}")
+            summary = execute_flow(host, prepared).summary
+            outcome = _outcome(summary)
+        except Exception as exc:
+            outcome = _outcome(None, exc)
+        return store.finish_run(run.id, outcome)
+
+    return execute
+
+
+def _cron_time(timestamp: int | float | None) -> dt.datetime | None:
+    if timestamp is None:
+        return None
+    seconds = float(timestamp)
+    if seconds > 1e11:  # milliseconds
+        seconds /= 1000.0
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def handle_cron(
+    host: FlowHost,
+    schedule_store: ScheduleStore,
+    settings: Settings,
+    *,
+    timestamp: int | float | None = None,
+) -> dict[str, Any]:
+    """One cron tick: :func:`handlers.scheduler.tick` in sync mode over ``schedule_store``,
+    claimed runs executed by :func:`host_executor`. ``timestamp`` (the cron event's, Unix
+    seconds or milliseconds; None: now) is the time the schedule is judged at.
+
+    Returns the heartbeat result (``flows_due``, ``flows_triggered``, ``run_ids``,
+    ``timestamp``) with ``status: "ok"``, ``trigger``, ``request_id``, ``runs`` (id, flow,
+    status, counts, error), ``expired_run_ids``, ``pending_run_ids``, ``duration_ms``; or
+    ``status: "error"`` with ``error`` and ``error_id``. Never raises into the host.
+    """
+    from handlers import scheduler
+
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    out: dict[str, Any] = {"trigger": "cron", "request_id": request_id}
+    error: BaseException | None = None
+    try:
+        result = scheduler.tick(
+            schedule_store, settings, trigger="cron", mode="sync", now=_cron_time(timestamp),
+            executor=host_executor(host),
+        )
+        out.update(result.to_dict())
+        out.update(
+            status="ok",
+            runs=[
+                {"id": r.id, "flow": r.flow_name, "status": r.status, "records_in": r.records_in,
+                 "records_out": r.records_out, "dead_letters": r.dead_letters, "error": r.error_message}
+                for r in result.runs
+            ],
+            expired_run_ids=result.expired_run_ids,
+            pending_run_ids=result.pending_run_ids,
+        )
+    except Exception as exc:
+        error = exc
+        error_id = _new_error_id()
+        out.update(status="error", error=_error_message(exc, error_id), error_id=error_id)
+    out["duration_ms"] = _ms(started)
+    fields = {k: v for k, v in out.items() if k != "runs"}
+    fields["memory_bytes"] = _memory(host)
+    _log_line(logging.ERROR if error is not None else logging.INFO, f"cron tick {out['status']}", fields, error)
+    return out

@@ -1,0 +1,269 @@
+"""Build the Spin components: one ``.wasm`` per trigger kind, flows bundled in.
+
+:func:`build` stages the sources (``core``, ``handlers``, ``spin_app``, the installed
+``spin_sdk``) with a generated ``spin_app/_bundle.py`` — the specs of the given flow files
+and the routes — and runs componentize-py once per trigger kind (two at a time):
+
+==========  ============================  ================================================
+kind        world                         entry module
+==========  ============================  ================================================
+``http``    ``spin-http`` (spin-sdk)      :mod:`spin_app.http_component`
+``redis``   ``spin-redis`` (spin-sdk)     :mod:`spin_app.redis_component`
+``cron``    ``cron-component`` (own WIT)  :mod:`spin_app.cron_component`
+``mqtt``    ``mqtt-component`` (own WIT)  :mod:`spin_app.mqtt_component`
+==========  ============================  ================================================
+
+The cron and MQTT worlds (``spin_app/wit``) export the trigger plugins' functions and take
+their imports from spin-sdk's ``spin-imports`` world (``-m spin_sdk=spin-imports``), so all
+four components have the same imports. With ``strip`` the debug sections are removed
+(:mod:`spin_app.strip`: ~36 MB → ~17 MB).
+
+Routes (``routes``; each kind defaults as shown):
+
+* ``http``: every bundled flow is served at ``/flows/<name>`` (see :mod:`handlers.invoke_http`);
+* ``redis``: ``{channel: flow}``, default ``{"adf:<flow>": flow}`` for each flow;
+* ``mqtt``: ``{topic filter: flow}``, default ``{"adf/<flow>": flow}``;
+* ``cron``: ``{flow: interval seconds}``, default the flows with ``runtime.interval_seconds``.
+
+Component variables override all of this at run time (``adf_routes``, ``adf_channel`` ...:
+:mod:`spin_app.runtime`).
+
+    python -m spin_app.build --out build/spin flows/orders.yaml [--trigger http ...] [--no-strip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TRIGGERS", "BuildError", "build", "bundle_source", "source_digest"]
+
+ROOT = Path(__file__).resolve().parent.parent
+TRIGGERS = ("http", "redis", "cron", "mqtt")
+_ENTRY = {
+    "http": ("spin_app.http_component", ["-w", "spin-http"], []),
+    "redis": ("spin_app.redis_component", ["-w", "spin-redis"], []),
+    "cron": ("spin_app.cron_component", ["-d", "{wit}", "-w", "cron-component", "--world-module", "cron_world"],
+             ["-m", "spin_sdk=spin-imports"]),
+    "mqtt": ("spin_app.mqtt_component", ["-d", "{wit}", "-w", "mqtt-component", "--world-module", "mqtt_world"],
+             ["-m", "spin_sdk=spin-imports"]),
+}
+# Component variables whose values feed the manifest layer of a flow's configuration.
+_BASE_VARIABLES = ("adf_json", "adf_config", "adf_secrets")
+
+
+class BuildError(RuntimeError):
+    """A component could not be built (the message has componentize-py's output)."""
+
+
+def _spin_sdk_dir() -> Path:
+    try:
+        import spin_sdk
+    except ImportError as exc:
+        raise BuildError("spin-sdk is not installed: pip install 'active-data-flow[spin]' (or run scripts/spin-setup)") from exc
+    return Path(spin_sdk.__file__).resolve().parent
+
+
+def _componentize_py() -> str:
+    exe = Path(sys.executable).parent / "componentize-py"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("componentize-py")
+    if not found:
+        raise BuildError("componentize-py is not installed: pip install 'componentize-py==0.17.2' (or run scripts/spin-setup)")
+    return found
+
+
+def _read_spec(path: str) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise BuildError(f"{path}: a flow spec must be a mapping")
+    data.setdefault("name", Path(path).stem)
+    return data
+
+
+def bundle_source(
+    flows: Sequence[str | Mapping[str, Any]],
+    routes: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    redis_address: str | None = None,
+    variables: Iterable[str] = (),
+) -> str:
+    """The text of ``spin_app/_bundle.py`` for these flows (spec paths or mappings) and routes."""
+    specs: dict[str, dict[str, Any]] = {}
+    for flow in flows:
+        spec = dict(flow) if isinstance(flow, Mapping) else _read_spec(str(flow))
+        name = str(spec.get("name") or "")
+        if not name:
+            raise BuildError(f"a bundled flow needs a name: {flow!r}")
+        json.dumps(spec)  # must be plain JSON data
+        specs[name] = spec
+    routes = dict(routes or {})
+    table: dict[str, dict[str, Any]] = {
+        "http": dict(routes.get("http", {})),
+        "redis": dict(routes.get("redis", {f"adf:{n}": n for n in specs})),
+        "mqtt": dict(routes.get("mqtt", {f"adf/{n}": n for n in specs})),
+        "cron": dict(routes.get("cron", {
+            n: int(s.get("runtime", {}).get("interval_seconds"))
+            for n, s in specs.items() if (s.get("runtime") or {}).get("interval_seconds")
+        })),
+    }
+    from handlers.confignames import flow_slug
+
+    names = list(_BASE_VARIABLES) + [f"adf_flow_{flow_slug(n)}_json" for n in specs] + list(variables)
+    return _python_literal(specs, table, sorted(set(names)), redis_address)
+
+
+def _python_literal(specs: Any, table: Any, names: Any, redis_address: Any) -> str:
+    return (
+        '"""Generated by spin_app.build: the flows and routes bundled into the components."""\n\n'
+        "import json\n\n"
+        f"SPECS = json.loads({json.dumps(json.dumps(specs, sort_keys=True))})\n"
+        f"ROUTES = json.loads({json.dumps(json.dumps(table, sort_keys=True))})\n"
+        f"VARIABLES = {names!r}\n"
+        f"REDIS_ADDRESS = {redis_address!r}\n"
+        'SQLITE_DATABASE = "default"\n'
+    )
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "node_modules", "wit"),
+                    dirs_exist_ok=True)
+
+
+def source_digest(extra: str = "") -> str:
+    """A hash of everything that goes into a component (sources, WIT, tool versions, bundle)."""
+    h = hashlib.sha256(extra.encode())
+    for base in ("core", "handlers", "spin_app"):
+        for path in sorted((ROOT / base).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".wit") and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(ROOT)).encode())
+                h.update(path.read_bytes())
+    for pkg in ("spin-sdk", "componentize-py"):
+        try:
+            from importlib.metadata import version
+
+            h.update(f"{pkg}={version(pkg)}".encode())
+        except Exception:
+            h.update(pkg.encode())
+    return h.hexdigest()[:24]
+
+
+def _stage(stage: Path, bundle: str) -> Path:
+    _copy_tree(ROOT / "core", stage / "core")
+    _copy_tree(ROOT / "handlers", stage / "handlers")
+    _copy_tree(ROOT / "spin_app", stage / "spin_app")
+    for name in ("host.py", "build.py", "strip.py"):  # host-side modules, never in a component
+        (stage / "spin_app" / name).unlink(missing_ok=True)
+    (stage / "spin_app" / "_bundle.py").write_text(bundle, encoding="utf-8")
+    shutil.copytree(_spin_sdk_dir(), stage / "spin_sdk", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    wit = stage.parent / "wit"
+    shutil.rmtree(wit, ignore_errors=True)
+    shutil.copytree(ROOT / "spin_app" / "wit", wit)
+    return wit
+
+
+def _componentize(kind: str, stage: Path, wit: Path, out: Path) -> tuple[str, float]:
+    module, before, after = _ENTRY[kind]
+    # componentize-py 0.17 names fermyon:spin/sqlite@2.0.0 ``fermyon_spin_sqlite`` (it clashes
+    # with spin:sqlite@3.0.0), while spin-sdk 3.4.1's modules import ``spin_sdk.wit.imports.sqlite``.
+    names = ["--import-interface-name", "fermyon:spin/sqlite@2.0.0=sqlite"]
+    cmd = [_componentize_py(), *names, *[a.replace("{wit}", str(wit)) for a in before], "componentize", *after,
+           "-p", str(stage), module, "-o", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=str(stage), env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        text = (proc.stderr or proc.stdout or "").strip()
+        # componentize-py prints a Python traceback first, then a Rust backtrace: keep the first
+        message = text.split("Stack backtrace:")[0].strip()
+        raise BuildError(f"building {kind}.wasm failed:\n{message[-4000:]}")
+    return kind, time.monotonic() - t0
+
+
+def build(
+    out_dir: str | os.PathLike[str],
+    *,
+    triggers: Sequence[str] = TRIGGERS,
+    flows: Sequence[str | Mapping[str, Any]] = (),
+    strip: bool = True,
+    routes: Mapping[str, Mapping[str, Any]] | None = None,
+    redis_address: str | None = None,
+    variables: Iterable[str] = (),
+    jobs: int = 2,
+    report: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Build ``<out_dir>/<kind>.wasm`` for each trigger kind; returns ``{kind: path}``.
+
+    ``flows``: spec files (YAML/JSON) or spec mappings to bundle. ``routes``: see the module
+    doc. ``variables``: extra component variable names read into the manifest config layer.
+    ``report`` (a dict) receives sizes (raw and stripped) and build seconds per kind.
+    """
+    unknown = [t for t in triggers if t not in _ENTRY]
+    if unknown:
+        raise BuildError(f"unknown trigger kinds {unknown}; choose from {', '.join(TRIGGERS)}")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = bundle_source(flows, routes, redis_address=redis_address, variables=variables)
+    results: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="adf-spin-build-") as tmp:
+        stage = Path(tmp) / "src"
+        wit = _stage(stage, bundle)
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [pool.submit(_componentize, kind, stage, wit, out / f"{kind}.wasm") for kind in triggers]
+            timings = dict(f.result() for f in futures)
+    for kind in triggers:
+        path = out / f"{kind}.wasm"
+        raw = path.stat().st_size
+        stripped = raw
+        if strip:
+            from spin_app.strip import strip_file
+
+            raw, stripped = strip_file(str(path))
+        results[kind] = str(path)
+        if report is not None:
+            report[kind] = {"path": str(path), "raw_bytes": raw, "stripped_bytes": stripped,
+                            "build_seconds": round(timings[kind], 2)}
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spin_app.build", description="Build the Spin components.")
+    parser.add_argument("flows", nargs="*", help="flow spec files to bundle")
+    parser.add_argument("--out", default="build/spin")
+    parser.add_argument("--trigger", action="append", choices=TRIGGERS, help="build only these kinds (repeatable)")
+    parser.add_argument("--no-strip", action="store_true")
+    parser.add_argument("--routes", help="JSON {kind: {key: flow}}")
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {}
+    try:
+        build(args.out, triggers=tuple(args.trigger or TRIGGERS), flows=args.flows, strip=not args.no_strip,
+              routes=json.loads(args.routes) if args.routes else None, report=report)
+    except BuildError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for _kind, info in report.items():
+        print(f"{info['path']}: {info['raw_bytes'] / 1e6:.1f} MB raw, {info['stripped_bytes'] / 1e6:.1f} MB stripped "
+              f"({info['build_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

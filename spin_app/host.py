@@ -1,0 +1,863 @@
+"""A local Spin 3 host for the built components, for tests and for machines without ``spin``.
+
+Non-HTTP triggers run the component with the PyPI ``wasmtime`` package's component API
+(``wasmtime.component``, ``Linker.add_wasip2()``, Python host functions); HTTP components
+are served by the Node host in ``scripts/spin_host/serve.mjs`` (jco + preview2-shim), which
+this module starts for ``serve``. Both hosts provide the same Spin imports over the same
+files, so they can share a state directory:
+
+==============================  =====================================================
+``fermyon:spin/key-value``      ``<state>/key_value.json`` (``{label: {key: base64}}``)
+``fermyon:spin/sqlite``         ``<state>/sqlite_db.db`` (``default``), ``<state>/<name>.db``
+``fermyon:spin/redis``          a real Redis server (redis-py)
+``fermyon:spin/variables``      ``variables=`` / ``--var``, ``SPIN_VARIABLE_<NAME>`` env
+``wasi:config/store``           the same variables
+``wasi:http/outgoing-handler``  wasmtime's WASI HTTP (real outbound requests)
+anything else                   traps when called
+==============================  =====================================================
+
+Like Spin, every event gets a fresh instance of the component.
+
+Command line::
+
+    python -m spin_app.host serve build/spin/http.wasm --port 3000 [--var name=value ...]
+    python -m spin_app.host cron  build/spin/cron.wasm [--every 10] [--count N]
+    python -m spin_app.host redis build/spin/redis.wasm --channel orders-in [--address redis://127.0.0.1:6379]
+    python -m spin_app.host mqtt  build/spin/mqtt.wasm --topic 'sensors/#' [--address mqtt://127.0.0.1:1883]
+    python -m spin_app.host message build/spin/mqtt.wasm --topic sensors/a --payload '{"records": []}'
+
+``wasmtime``, ``redis`` and ``paho-mqtt`` are imported lazily (``scripts/spin-setup`` installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ComponentHost", "GuestError", "HttpHost", "SpinState", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE_JS = ROOT / "scripts" / "spin_host" / "serve.mjs"
+
+_KV, _REDIS, _SQLITE = 1, 2, 3  # host resource type ids
+
+
+class GuestError(RuntimeError):
+    """The component returned an error (``err`` of its export) or trapped."""
+
+    def __init__(self, message: str, *, trapped: bool = False, stdout: str = "") -> None:
+        super().__init__(message)
+        self.trapped = trapped
+        self.stdout = stdout
+
+
+def _import_wasmtime() -> Any:
+    try:
+        import wasmtime
+        import wasmtime.component
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError("the local Spin host needs the 'wasmtime' package: run scripts/spin-setup") from exc
+    return wasmtime
+
+
+# --------------------------------------------------------------------------- host state
+
+
+def load_variables(variables: Mapping[str, str] | None = None, vars_file: str | None = None,
+                   env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Spin variables: ``SPIN_VARIABLE_<NAME>`` environment, then a JSON file, then ``variables``."""
+    env = os.environ if env is None else env
+    out = {k[len("SPIN_VARIABLE_"):].lower(): v for k, v in env.items() if k.startswith("SPIN_VARIABLE_")}
+    if vars_file and os.path.exists(vars_file):
+        with open(vars_file, encoding="utf-8") as f:
+            out.update({str(k): str(v) for k, v in json.load(f).items()})
+    out.update({str(k): str(v) for k, v in (variables or {}).items()})
+    return out
+
+
+@dataclass
+class SpinState:
+    """What the Spin imports work on: files under ``state_dir``, variables, Redis."""
+
+    state_dir: str = ".spin"
+    variables: dict[str, str] = field(default_factory=dict)
+    kv_labels: Sequence[str] | None = None  # None: any label
+    sqlite_databases: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.state_dir = os.path.abspath(self.state_dir)
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._lock = threading.RLock()
+        self._redis: dict[str, Any] = {}
+
+    # -- key-value (same JSON file as the Node host) ----------------------------------
+
+    @property
+    def kv_file(self) -> str:
+        return os.path.join(self.state_dir, "key_value.json")
+
+    def kv_load(self) -> dict[str, dict[str, str]]:
+        try:
+            with open(self.kv_file, encoding="utf-8") as f:
+                return json.loads(f.read() or "{}")  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return {}
+
+    def kv_save(self, data: Mapping[str, Any]) -> None:
+        tmp = f"{self.kv_file}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.kv_file)
+
+    def kv_get(self, label: str, key: str) -> bytes | None:
+        value = self.kv_load().get(label, {}).get(key)
+        return None if value is None else base64.b64decode(value)
+
+    def kv_set(self, label: str, key: str, value: bytes) -> None:
+        with self._lock:
+            data = self.kv_load()
+            data.setdefault(label, {})[key] = base64.b64encode(bytes(value)).decode()
+            self.kv_save(data)
+
+    def kv_delete(self, label: str, key: str) -> None:
+        with self._lock:
+            data = self.kv_load()
+            if data.get(label, {}).pop(key, None) is not None:
+                self.kv_save(data)
+
+    def kv_keys(self, label: str) -> list[str]:
+        return list(self.kv_load().get(label, {}))
+
+    # -- sqlite ---------------------------------------------------------------------
+
+    def sqlite_path(self, name: str) -> str:
+        return os.path.join(self.state_dir, "sqlite_db.db" if name == "default" else f"{name}.db")
+
+    def sqlite_connect(self, name: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.sqlite_path(name), timeout=30, isolation_level=None, check_same_thread=False)
+        return conn
+
+    # -- redis ----------------------------------------------------------------------
+
+    def redis(self, address: str) -> Any:
+        with self._lock:
+            client = self._redis.get(address)
+            if client is None:
+                import redis
+
+                client = redis.Redis.from_url(address, socket_connect_timeout=5)
+                client.ping()
+                self._redis[address] = client
+            return client
+
+    def close(self) -> None:
+        for client in self._redis.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self._redis.clear()
+
+
+# --------------------------------------------------------------------------- the wasmtime host
+
+
+class _Table:
+    """Host resources by rep (an int handed to the guest)."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, Any] = {}
+        self.next = 1
+
+    def add(self, item: Any) -> int:
+        rep = self.next
+        self.next += 1
+        self.items[rep] = item
+        return rep
+
+    def get(self, rep: int) -> Any:
+        return self.items[rep]
+
+    def drop(self, rep: int) -> None:
+        item = self.items.pop(rep, None)
+        close = getattr(item, "close", None)
+        if close is not None and not isinstance(item, str):
+            with contextlib.suppress(Exception):
+                close()
+
+
+class ComponentHost:
+    """Runs a cron, Redis or MQTT component (or any non-HTTP Spin component) with wasmtime.
+
+    The compiled component is cached next to ``cache_dir`` (by content hash), so only the
+    first host on a machine pays for compiling the ~40 MB of WebAssembly.
+    """
+
+    def __init__(
+        self,
+        wasm: str | os.PathLike[str],
+        *,
+        state: SpinState | None = None,
+        env: Mapping[str, str] | None = None,
+        dirs: Mapping[str, str] | None = None,
+        cache_dir: str | None = None,
+        echo_stdout: bool = False,
+        memory_limit: int | None = None,
+    ) -> None:
+        wt = _import_wasmtime()
+        self._wt = wt
+        self.wasm = str(wasm)
+        self.state = state or SpinState()
+        self.env = dict(env or {})
+        self.dirs = dict(dirs or {})
+        self.echo_stdout = echo_stdout
+        self.memory_limit = memory_limit
+        self.stdout_lines: list[str] = []
+        config = wt.Config()
+        config.wasm_component_model = True
+        self.engine = wt.Engine(config)
+        self.component = self._load(cache_dir or os.path.join(self.state.state_dir, "wasmtime-cache"))
+        self.linker = wt.component.Linker(self.engine)
+        self.linker.add_wasip2()
+        self.linker.add_wasi_http()
+        self._tables = {_KV: _Table(), _REDIS: _Table(), _SQLITE: _Table()}
+        self._define_spin_imports()
+        self._define_stubs()
+
+    def _load(self, cache_dir: str) -> Any:
+        wt = self._wt
+        data = Path(self.wasm).read_bytes()
+        version = getattr(wt, "__version__", "") or _wasmtime_version()
+        key = hashlib.sha256(data + version.encode()).hexdigest()[:24]
+        cached = os.path.join(cache_dir, f"{key}.cwasm")
+        if os.path.exists(cached):
+            with contextlib.suppress(Exception):
+                return wt.component.Component.deserialize_file(self.engine, cached)
+        component = wt.component.Component(self.engine, data)
+        with contextlib.suppress(OSError):
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{cached}.{os.getpid()}.tmp"
+            Path(tmp).write_bytes(bytes(component.serialize()))
+            os.replace(tmp, cached)
+        return component
+
+    # -- the Spin imports ----------------------------------------------------------------
+
+    def _define_spin_imports(self) -> None:
+        wt = self._wt
+        Variant, ResourceHost, ResourceType = wt.component.Variant, wt.component.ResourceHost, wt.component.ResourceType
+        state = self.state
+        tables = self._tables
+        root = self.linker.root()
+
+        def rep(store: Any, res: Any) -> int:
+            return int(res.to_host(store).rep)
+
+        def drop(kind: int) -> Callable[[Any, int], None]:
+            return lambda store, r: tables[kind].drop(r)
+
+        def record(**kw: Any) -> Any:
+            r = wt.component.Record()
+            for k, v in kw.items():
+                setattr(r, k, v)
+            return r
+
+        with root:
+            # fermyon:spin/key-value@2.0.0
+            with root.add_instance("fermyon:spin/key-value@2.0.0") as kv:
+                kv.add_resource("store", ResourceType.host(_KV), drop(_KV))
+
+                def kv_open(store: Any, label: str) -> Any:
+                    if state.kv_labels is not None and label not in state.kv_labels:
+                        return Variant("no-such-store")
+                    return ResourceHost.own(tables[_KV].add(label), _KV)
+
+                kv.add_func("[static]store.open", kv_open)
+                kv.add_func("[method]store.get", lambda s, r, k: state.kv_get(tables[_KV].get(rep(s, r)), k))
+                kv.add_func("[method]store.set", lambda s, r, k, v: state.kv_set(tables[_KV].get(rep(s, r)), k, bytes(v)))
+                kv.add_func("[method]store.delete", lambda s, r, k: state.kv_delete(tables[_KV].get(rep(s, r)), k))
+                kv.add_func("[method]store.exists",
+                            lambda s, r, k: state.kv_get(tables[_KV].get(rep(s, r)), k) is not None)
+                kv.add_func("[method]store.get-keys", lambda s, r: state.kv_keys(tables[_KV].get(rep(s, r))))
+
+            # fermyon:spin/variables@2.0.0
+            with root.add_instance("fermyon:spin/variables@2.0.0") as var:
+
+                def var_get(store: Any, name: str) -> Any:
+                    if not name or not all(c.islower() or c.isdigit() or c == "_" for c in name):
+                        return Variant("invalid-name", f"invalid variable name {name!r}")
+                    if name not in state.variables:
+                        return Variant("undefined", f"no variable for {name!r}")
+                    return state.variables[name]
+
+                var.add_func("get", var_get)
+
+            with root.add_instance("wasi:config/store@0.2.0-draft-2024-09-27") as cfg:
+                cfg.add_func("get", lambda s, key: state.variables.get(key))
+                cfg.add_func("get-all", lambda s: [(k, v) for k, v in state.variables.items()])
+
+            # fermyon:spin/redis@2.0.0
+            with root.add_instance("fermyon:spin/redis@2.0.0") as rd:
+                rd.add_resource("connection", ResourceType.host(_REDIS), drop(_REDIS))
+
+                def rd_open(store: Any, address: str) -> Any:
+                    if not address.startswith(("redis://", "rediss://")):
+                        return Variant("invalid-address")
+                    try:
+                        state.redis(address)
+                    except Exception as exc:
+                        return Variant("other", f"{type(exc).__name__}: {exc}")
+                    return ResourceHost.own(tables[_REDIS].add(address), _REDIS)
+
+                def rd_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+                    def call(store: Any, res: Any, *args: Any) -> Any:
+                        client = state.redis(tables[_REDIS].get(rep(store, res)))
+                        try:
+                            return fn(client, *args)
+                        except Exception as exc:
+                            return Variant("other", f"{type(exc).__name__}: {exc}")
+
+                    return call
+
+                def flatten(value: Any, out: list[Any]) -> list[Any]:
+                    if value is None:
+                        out.append(None)
+                    elif isinstance(value, bool):
+                        out.append(int(value))
+                    elif isinstance(value, int):
+                        out.append(value)
+                    elif isinstance(value, bytes):
+                        out.append(value)
+                    elif isinstance(value, str):
+                        out.append(value)
+                    elif isinstance(value, list | tuple):
+                        for v in value:
+                            flatten(v, out)
+                    else:
+                        out.append(str(value))
+                    return out
+
+                rd.add_func("[static]connection.open", rd_open)
+                rd.add_func("[method]connection.publish", rd_call(lambda c, ch, p: (c.publish(ch, bytes(p)), None)[1]))
+                rd.add_func("[method]connection.get", lambda s, r, k: state.redis(tables[_REDIS].get(rep(s, r))).get(k))
+                rd.add_func("[method]connection.set", rd_call(lambda c, k, v: (c.set(k, bytes(v)), None)[1]))
+                rd.add_func("[method]connection.incr", rd_call(lambda c, k: int(c.incr(k))))
+                rd.add_func("[method]connection.del", rd_call(lambda c, keys: int(c.delete(*keys)) if keys else 0))
+                rd.add_func("[method]connection.sadd", rd_call(lambda c, k, vs: int(c.sadd(k, *vs)) if vs else 0))
+                rd.add_func("[method]connection.smembers",
+                            rd_call(lambda c, k: sorted(m.decode() if isinstance(m, bytes) else str(m) for m in c.smembers(k))))
+                rd.add_func("[method]connection.srem", rd_call(lambda c, k, vs: int(c.srem(k, *vs)) if vs else 0))
+                rd.add_func("[method]connection.execute",
+                            rd_call(lambda c, cmd, args: flatten(c.execute_command(cmd, *[a if isinstance(a, bytes) else str(a) for a in args]), [])))
+
+            # fermyon:spin/sqlite@2.0.0
+            with root.add_instance("fermyon:spin/sqlite@2.0.0") as sq:
+                sq.add_resource("connection", ResourceType.host(_SQLITE), drop(_SQLITE))
+
+                def sq_open(store: Any, name: str) -> Any:
+                    if state.sqlite_databases is not None and name not in state.sqlite_databases:
+                        return Variant("no-such-database")
+                    try:
+                        conn = state.sqlite_connect(name)
+                    except Exception as exc:
+                        return Variant("io", str(exc))
+                    return ResourceHost.own(tables[_SQLITE].add(conn), _SQLITE)
+
+                def sq_execute(store: Any, res: Any, statement: str, params: list[Any]) -> Any:
+                    conn = tables[_SQLITE].get(rep(store, res))
+                    try:
+                        cur = conn.execute(statement, [bytes(p) if isinstance(p, bytes | bytearray) else p for p in params])
+                        columns = [d[0] for d in cur.description or []]
+                        rows = [record(values=[_sql_value(v) for v in row]) for row in cur.fetchall()]
+                    except Exception as exc:
+                        return Variant("io", str(exc))
+                    return record(columns=columns, rows=rows)
+
+                sq.add_func("[static]connection.open", sq_open)
+                sq.add_func("[method]connection.execute", sq_execute)
+
+    _PROVIDED = (
+        "wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/",
+        "wasi:http/", "fermyon:spin/key-value@", "fermyon:spin/variables@", "fermyon:spin/redis@",
+        "fermyon:spin/sqlite@", "wasi:config/store@",
+    )
+
+    def _define_stubs(self) -> None:
+        """Every other import (LLM, PostgreSQL, MySQL, MQTT outbound...) fails when called.
+
+        (``Linker.define_unknown_imports_as_traps`` would also shadow the WASI imports the
+        linker matches by semver, so the stubs are defined from the component's own types.)
+        """
+        wt = self._wt
+        comp = wt.component
+        seen: list[tuple[Any, int]] = []  # (the component's resource type, our host type id)
+
+        def host_type(rty: Any) -> int:
+            for other, tid in seen:
+                if other == rty:  # a resource `use`d from another interface: the same type
+                    return tid
+            seen.append((rty, 100 + len(seen)))
+            return seen[-1][1]
+
+        with self.linker.root() as root:
+            for name, item in self.component.type.imports(self.engine).items():
+                if name.startswith(self._PROVIDED):
+                    continue
+                ty = item.ty
+                if not isinstance(ty, comp.ComponentInstanceType):
+                    continue
+                with root.add_instance(name) as inst:
+                    for export, ext in ty.exports(self.engine).items():
+                        ety = ext.ty
+                        if isinstance(ety, comp.ResourceType):
+                            inst.add_resource(export, comp.ResourceType.host(host_type(ety)), lambda store, rep: None)
+                        elif isinstance(ety, comp.FuncType):
+                            inst.add_func(export, _trap(f"{name}#{export}"))
+
+    # -- running ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def instance(self) -> Iterator[tuple[Any, Any]]:
+        """A fresh store and instance (one per event, as in Spin)."""
+        wt = self._wt
+        store = wt.Store(self.engine)
+        if self.memory_limit:
+            store.set_limits(memory_size=self.memory_limit)
+        wasi = wt.WasiConfig()
+        wasi.env = list(self.env.items())
+        wasi.argv = ["spin-component"]
+        lines = self.stdout_lines
+        pending = [""]
+
+        def out(data: bytes) -> None:
+            text = bytes(data).decode("utf-8", "replace")
+            *done, pending[0] = (pending[0] + text).split("\n")
+            lines.extend(line for line in done if line)
+            if self.echo_stdout:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+        wasi.stdout_custom = out
+        wasi.stderr_custom = out
+        for host_dir, guest_dir in self.dirs.items():
+            wasi.preopen_dir(host_dir, guest_dir, False)
+        store.set_wasi(wasi)
+        store.set_wasi_http()
+        instance = self.linker.instantiate(store, self.component)
+        try:
+            yield store, instance
+        finally:
+            for table in self._tables.values():
+                for r in list(table.items):
+                    table.drop(r)
+
+    def _call(self, names: Sequence[str], *args: Any) -> None:
+        wt = self._wt
+        start = len(self.stdout_lines)
+        with self.instance() as (store, instance):
+            func = None
+            for name in names:
+                if "#" in name:
+                    iface, fname = name.split("#", 1)
+                    idx = instance.get_export_index(store, iface)
+                    if idx is not None:
+                        fidx = instance.get_export_index(store, fname, idx)
+                        func = instance.get_func(store, fidx) if fidx is not None else None
+                else:
+                    func = instance.get_func(store, name)
+                if func is not None:
+                    break
+            if func is None:
+                raise GuestError(f"{self.wasm} exports none of {', '.join(names)}")
+            try:
+                result = func(store, *args)
+                func.post_return(store)
+            except wt.WasmtimeError as exc:
+                raise GuestError(f"the component trapped: {exc}", trapped=True,
+                                 stdout="\n".join(self.stdout_lines[start:])) from exc
+        if result is not None:
+            payload = getattr(result, "payload", result)
+            tag = getattr(result, "tag", None)
+            message = payload if isinstance(payload, str) else (tag or str(payload))
+            raise GuestError(str(message), stdout="\n".join(self.stdout_lines[start:]))
+
+    def cron(self, timestamp: int | None = None) -> None:
+        """Deliver a cron tick (``handle-cron-event``)."""
+        ts = int(time.time()) if timestamp is None else int(timestamp)
+        meta = self._wt.component.Record()
+        meta.timestamp = ts
+        self._call(["handle-cron-event"], meta)
+
+    def mqtt(self, payload: bytes, topic: str) -> None:
+        """Deliver an MQTT message (``handle-message(payload, {topic})``)."""
+        meta = self._wt.component.Record()
+        meta.topic = topic
+        self._call(["handle-message"], bytes(payload), meta)
+
+    def redis(self, payload: bytes) -> None:
+        """Deliver a Redis message (``fermyon:spin/inbound-redis#handle-message``)."""
+        self._call(["fermyon:spin/inbound-redis#handle-message", "fermyon:spin/inbound-redis@2.0.0#handle-message"],
+                   bytes(payload))
+
+    def close(self) -> None:
+        self.state.close()
+
+
+def _trap(what: str) -> Callable[..., Any]:
+    def fail(*args: Any) -> Any:
+        raise RuntimeError(f"{what} is not provided by the local Spin host")
+
+    return fail
+
+
+def _sql_value(v: Any) -> Any:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, memoryview):
+        return bytes(v)
+    return v
+
+
+def _wasmtime_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("wasmtime")
+    except Exception:
+        return "?"
+
+
+# --------------------------------------------------------------------------- the HTTP host (Node)
+
+
+class HttpHost:
+    """``scripts/spin_host/serve.mjs`` as a subprocess: start, wait until it listens, stop.
+
+    ::
+
+        with HttpHost("build/spin/http.wasm", state_dir=tmp, variables={"x": "1"}) as host:
+            urllib.request.urlopen(host.url + "/flows/orders")
+    """
+
+    def __init__(
+        self,
+        wasm: str | os.PathLike[str],
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        state_dir: str = ".spin",
+        variables: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        dirs: Mapping[str, str] | None = None,
+        reuse_instance: bool = False,
+        node: str | None = None,
+        log: str | None = None,
+    ) -> None:
+        self.wasm = str(wasm)
+        self.port = port
+        self.host = host
+        self.state_dir = state_dir
+        self.variables = dict(variables or {})
+        self.env = dict(env or {})
+        self.dirs = dict(dirs or {})
+        self.reuse_instance = reuse_instance
+        self.node = node or shutil.which("node") or "node"
+        self.log = log
+        self.url = ""
+        self.ready_ms: float | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    def command(self) -> list[str]:
+        cmd = [self.node, str(SERVE_JS), self.wasm, "--port", str(self.port), "--host", self.host,
+               "--state-dir", self.state_dir]
+        for k, v in self.variables.items():
+            cmd += ["--var", f"{k}={v}"]
+        for k, v in self.env.items():
+            cmd += ["--env", f"{k}={v}"]
+        for h, g in self.dirs.items():
+            cmd += ["--dir", f"{h}:{g}"]
+        if self.reuse_instance:
+            cmd.append("--reuse-instance")
+        return cmd
+
+    def start(self, timeout: float = 120.0) -> HttpHost:
+        if not (ROOT / "node_modules" / "@bytecodealliance" / "jco").is_dir():
+            raise RuntimeError("the Node packages of the Spin host are missing: run scripts/spin-setup (npm ci)")
+        self.proc = subprocess.Popen(
+            self.command(), cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            sink = open(self.log, "a", encoding="utf-8") if self.log else None
+            try:
+                for line in self.proc.stdout:
+                    self.output.append(line.rstrip("\n"))
+                    if sink:
+                        sink.write(line)
+                        sink.flush()
+                    if not ready.is_set() and line.startswith('{"event":"listening"'):
+                        info = json.loads(line)
+                        self.url = info["url"]
+                        self.ready_ms = info.get("ready_ms")
+                        ready.set()
+            finally:
+                if sink:
+                    sink.close()
+
+        threading.Thread(target=pump, name="spin-http-host", daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the Spin HTTP host did not start:\n" + "\n".join(self.output[-40:]))
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> HttpHost:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _pairs(items: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _component_host(args: argparse.Namespace) -> ComponentHost:
+    state = SpinState(args.state_dir, load_variables(_pairs(args.var), args.vars_file))
+    dirs = {}
+    for d in args.dir or []:
+        host_dir, _, guest = d.partition(":")
+        dirs[os.path.abspath(host_dir)] = guest or "/"
+    return ComponentHost(args.component, state=state, env=_pairs(args.env), dirs=dirs, echo_stdout=True)
+
+
+def _report(kind: str, fn: Callable[[], None]) -> bool:
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except GuestError as exc:
+        print(json.dumps({"event": kind, "ok": False, "error": str(exc), "ms": round((time.perf_counter() - t0) * 1000, 2)}), flush=True)
+        return False
+    print(json.dumps({"event": kind, "ok": True, "ms": round((time.perf_counter() - t0) * 1000, 2)}), flush=True)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spin_app.host", description="Run built Spin components locally.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("component", help="the built .wasm")
+        p.add_argument("--state-dir", default=".spin", help="key-value and SQLite files (default .spin)")
+        p.add_argument("--var", action="append", help="a Spin variable NAME=VALUE (repeatable)")
+        p.add_argument("--vars-file", help="Spin variables from a JSON object")
+        p.add_argument("--env", action="append", help="an environment variable of the component NAME=VALUE")
+        p.add_argument("--dir", action="append", help="mount HOST[:GUEST] (like the manifest's files)")
+
+    p = sub.add_parser("serve", help="serve an HTTP component (Node: jco + preview2-shim)")
+    common(p)
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--reuse-instance", action="store_true", help="one instance for all requests (not Spin's semantics)")
+    p = sub.add_parser("cron", help="deliver cron ticks to a cron component")
+    common(p)
+    p.add_argument("--every", type=float, default=None, help="seconds between ticks (default: one tick)")
+    p.add_argument("--count", type=int, default=None, help="stop after N ticks")
+    p = sub.add_parser("redis", help="subscribe to a Redis channel and deliver its messages")
+    common(p)
+    p.add_argument("--channel", required=True)
+    p.add_argument("--address", default="redis://127.0.0.1:6379")
+    p.add_argument("--count", type=int, default=None, help="stop after N messages")
+    p = sub.add_parser("mqtt", help="subscribe to an MQTT topic and deliver its messages")
+    common(p)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--address", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--qos", type=int, default=1)
+    p.add_argument("--count", type=int, default=None, help="stop after N messages")
+    p = sub.add_parser("message", help="deliver one message to a Redis or MQTT component")
+    common(p)
+    p.add_argument("--topic", help="MQTT topic (MQTT components)")
+    p.add_argument("--payload", required=True, help="the message (text; @FILE reads a file)")
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        http = HttpHost(
+            args.component, port=args.port, host=args.host, state_dir=args.state_dir,
+            variables=load_variables(_pairs(args.var), args.vars_file), env=_pairs(args.env),
+            dirs={os.path.abspath(d.partition(":")[0]): d.partition(":")[2] or "/" for d in args.dir or []},
+            reuse_instance=args.reuse_instance,
+        )
+        return subprocess.call(http.command(), cwd=str(ROOT))
+
+    host = _component_host(args)
+    try:
+        if args.command == "cron":
+            n = 0
+            while True:
+                _report("cron", lambda: host.cron())
+                n += 1
+                if args.every is None or (args.count is not None and n >= args.count):
+                    return 0
+                time.sleep(args.every)
+        if args.command == "message":
+            payload = Path(args.payload[1:]).read_bytes() if args.payload.startswith("@") else args.payload.encode()
+            ok = _report("message", (lambda: host.mqtt(payload, args.topic)) if args.topic else (lambda: host.redis(payload)))
+            return 0 if ok else 1
+        if args.command == "redis":
+            return _serve_redis(host, args.address, args.channel, args.count)
+        if args.command == "mqtt":
+            return _serve_mqtt(host, args.address, args.topic, args.qos, args.count)
+    finally:
+        host.close()
+    return 2
+
+
+def _serve_redis(host: ComponentHost, address: str, channel: str, count: int | None) -> int:
+    import redis
+
+    pubsub = redis.Redis.from_url(address).pubsub()
+    pubsub.subscribe(channel)
+    print(json.dumps({"event": "subscribed", "channel": channel, "address": address}), flush=True)
+    n = 0
+    for message in pubsub.listen():
+        if message.get("type") != "message":
+            continue
+        data = message["data"]
+        _report("redis", lambda data=data: host.redis(data if isinstance(data, bytes) else str(data).encode()))
+        n += 1
+        if count is not None and n >= count:
+            break
+    pubsub.close()
+    return 0
+
+
+def _serve_mqtt(host: ComponentHost, address: str, topic: str, qos: int, count: int | None) -> int:
+    bridge = MqttBridge(host, address, topic, qos=qos)
+    bridge.start()
+    print(json.dumps({"event": "subscribed", "topic": topic, "address": address}), flush=True)
+    try:
+        while count is None or bridge.delivered < count:
+            time.sleep(0.1)
+    finally:
+        bridge.stop()
+    return 0
+
+
+class MqttBridge:
+    """Subscribes to a real MQTT broker (paho-mqtt) and delivers each message to the component,
+    as the spin-trigger-mqtt plugin does. Messages are delivered one at a time, in order."""
+
+    def __init__(self, host: ComponentHost, address: str, topic: str, *, qos: int = 1,
+                 on_result: Callable[[str, bytes, GuestError | None], None] | None = None) -> None:
+        import queue as _queue
+
+        self.host = host
+        self.address = address
+        self.topic = topic
+        self.qos = qos
+        self.delivered = 0
+        self.on_result = on_result
+        self._queue: _queue.Queue[tuple[str, bytes] | None] = _queue.Queue()
+        self._subscribed = threading.Event()
+        self._client: Any = None
+        self._worker: threading.Thread | None = None
+
+    def start(self, timeout: float = 10.0) -> MqttBridge:
+        from urllib.parse import urlparse
+
+        import paho.mqtt.client as mqtt
+
+        url = urlparse(self.address if "://" in self.address else f"mqtt://{self.address}")
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"adf-spin-host-{os.getpid()}-{id(self)}")
+        if url.username:
+            client.username_pw_set(url.username, url.password)
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+            c.subscribe(self.topic, qos=self.qos)
+
+        def on_subscribe(c: Any, userdata: Any, mid: Any, reasons: Any, props: Any = None) -> None:
+            self._subscribed.set()
+
+        def on_message(c: Any, userdata: Any, msg: Any) -> None:
+            self._queue.put((msg.topic, bytes(msg.payload)))
+
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        client.connect(url.hostname or "127.0.0.1", url.port or 1883, keepalive=30)
+        client.loop_start()
+        self._client = client
+        self._worker = threading.Thread(target=self._deliver, name="spin-mqtt-bridge", daemon=True)
+        self._worker.start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"could not subscribe to {self.topic!r} on {self.address}")
+        return self
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            topic, payload = item
+            error: GuestError | None = None
+            try:
+                self.host.mqtt(payload, topic)
+            except GuestError as exc:
+                error = exc
+            self.delivered += 1
+            print(json.dumps({"event": "mqtt", "topic": topic, "ok": error is None,
+                              **({"error": str(error)} if error else {})}), flush=True)
+            if self.on_result is not None:
+                self.on_result(topic, payload, error)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.loop_stop()
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
+            self._client = None
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+            self._worker = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

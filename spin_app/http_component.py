@@ -1,0 +1,95 @@
+"""The HTTP component (world ``spin-http``): a request → :func:`handlers.invoke.handle_http`.
+
+Streaming answers (NDJSON progress events) are written to the wasi-http body while the flow
+runs, chunk by chunk; a trap (memory exhausted...) never leaves the client without an answer
+from the host.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from spin_sdk.wit import exports
+from spin_sdk.wit.imports.streams import StreamError_Closed
+from spin_sdk.wit.imports.types import (
+    Fields,
+    IncomingBody,
+    IncomingRequest,
+    Method_Connect,
+    Method_Delete,
+    Method_Get,
+    Method_Head,
+    Method_Options,
+    Method_Other,
+    Method_Patch,
+    Method_Post,
+    Method_Put,
+    Method_Trace,
+    OutgoingBody,
+    OutgoingResponse,
+    ResponseOutparam,
+)
+from spin_sdk.wit.types import Err, Ok
+
+from handlers.http import Request
+from handlers.invoke import handle_http
+from spin_app import runtime
+
+_METHODS = {
+    Method_Get: "GET", Method_Head: "HEAD", Method_Post: "POST", Method_Put: "PUT", Method_Delete: "DELETE",
+    Method_Connect: "CONNECT", Method_Options: "OPTIONS", Method_Trace: "TRACE", Method_Patch: "PATCH",
+}
+_CHUNK = 4096  # the most one blocking-write-and-flush takes
+
+
+def _read_body(request: IncomingRequest) -> bytes:
+    body = request.consume()
+    stream = body.stream()
+    data = bytearray()
+    while True:
+        try:
+            data += stream.blocking_read(64 * 1024)
+        except Err as e:
+            if isinstance(e.value, StreamError_Closed):
+                break
+            raise
+    stream.__exit__(None, None, None)
+    IncomingBody.finish(body)
+    return bytes(data)
+
+
+class IncomingHandler(exports.IncomingHandler):
+    def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        method_obj = request.method()
+        method = method_obj.value if isinstance(method_obj, Method_Other) else _METHODS.get(type(method_obj), "GET")
+        headers: dict[str, str] = {}
+        for name, value in request.headers().entries():
+            key = name.lower()
+            text = bytes(value).decode("utf-8", "replace")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        target = urlsplit(request.path_with_query() or "/")
+        body = _read_body(request)
+        req = Request(method, target.path or "/", headers, dict(parse_qsl(target.query, keep_blank_values=True)), body,
+                      headers.get("x-forwarded-for") or None)
+        answer = handle_http(req, runtime.host("http"), base_path=runtime.bundle_base_path())
+        out_headers = dict(answer.headers)
+        streaming = hasattr(answer, "write_to")
+        payload = b"" if streaming else answer.encoded()
+        if not streaming:
+            out_headers["content-length"] = str(len(payload))
+        response = OutgoingResponse(Fields.from_list([(k, v.encode("utf-8")) for k, v in out_headers.items()]))
+        response.set_status_code(answer.status)
+        response_body = response.body()
+        ResponseOutparam.set(response_out, Ok(response))
+        stream = response_body.write()
+
+        def write(chunk: bytes) -> None:
+            for i in range(0, len(chunk), _CHUNK):
+                stream.blocking_write_and_flush(chunk[i : i + _CHUNK])
+
+        if streaming:
+            answer.write_to(write, max_chunk=_CHUNK)
+        else:
+            write(payload)
+        stream.__exit__(None, None, None)
+        OutgoingBody.finish(response_body, None)

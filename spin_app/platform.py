@@ -1,0 +1,184 @@
+"""The Spin 3 platform calls the connectors use, behind one small seam.
+
+Inside a component these are ``spin_sdk`` calls (imported here, lazily, so this module can
+also be imported outside a component, where :func:`use` installs another implementation —
+an in-process fake in tests, say). Every function raises :class:`SpinCallError` with a
+readable message instead of spin-sdk's ``Err(...)`` wrappers.
+
+=========================  ================================================================
+``kv_open(label)``         a key-value store: ``get(key) -> bytes|None``, ``set``, ``delete``,
+                           ``exists``, ``get_keys()``
+``sqlite_open(name)``      a connection: ``execute(sql, params) -> (columns, rows)``
+``redis_open(address)``    a connection: ``publish(channel, bytes)``, ``execute(cmd, args)``
+``http_send(...)``         ``(status, headers, body)`` of an outbound request
+``variable(name)``         a Spin variable or None
+=========================  ================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["Platform", "SpinCallError", "platform", "use"]
+
+
+class SpinCallError(RuntimeError):
+    """A Spin host call failed (the message names the call and the host's error)."""
+
+
+def _describe(exc: BaseException) -> str:
+    value = getattr(exc, "value", None)
+    if value is None:
+        return f"{type(exc).__name__}: {exc}"
+    inner = getattr(value, "value", None)
+    name = type(value).__name__.split("_", 1)[-1]
+    return f"{name}: {inner}" if inner is not None else name
+
+
+class _KvStore:
+    def __init__(self, store: Any, label: str) -> None:
+        self._store = store
+        self.label = label
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise SpinCallError(f"key-value store {self.label!r}: {what} failed ({_describe(exc)})") from None
+
+    def get(self, key: str) -> bytes | None:
+        return self._call("get", self._store.get, key)  # type: ignore[no-any-return]
+
+    def set(self, key: str, value: bytes) -> None:
+        self._call("set", self._store.set, key, value)
+
+    def delete(self, key: str) -> None:
+        self._call("delete", self._store.delete, key)
+
+    def exists(self, key: str) -> bool:
+        return bool(self._call("exists", self._store.exists, key))
+
+    def get_keys(self) -> list[str]:
+        return list(self._call("get-keys", self._store.get_keys))
+
+
+class _Sqlite:
+    def __init__(self, conn: Any, name: str) -> None:
+        self._conn = conn
+        self.name = name
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        from spin_sdk.wit.imports import sqlite as s
+
+        values: list[Any] = []
+        for p in params:
+            if p is None:
+                values.append(s.Value_Null())
+            elif isinstance(p, bool):
+                values.append(s.Value_Integer(int(p)))
+            elif isinstance(p, int):
+                values.append(s.Value_Integer(p))
+            elif isinstance(p, float):
+                values.append(s.Value_Real(p))
+            elif isinstance(p, bytes | bytearray | memoryview):
+                values.append(s.Value_Blob(bytes(p)))
+            else:
+                values.append(s.Value_Text(str(p)))
+        try:
+            result = self._conn.execute(sql, values)
+        except Exception as exc:
+            raise SpinCallError(f"SQLite database {self.name!r}: {_describe(exc)}") from None
+        rows = [tuple(getattr(v, "value", None) for v in row.values) for row in result.rows]
+        return list(result.columns), rows
+
+
+class _Redis:
+    def __init__(self, conn: Any, address: str) -> None:
+        self._conn = conn
+        self.address = address
+
+    def publish(self, channel: str, payload: bytes) -> None:
+        try:
+            self._conn.publish(channel, payload)
+        except Exception as exc:
+            raise SpinCallError(f"Redis PUBLISH to {channel!r}: {_describe(exc)}") from None
+
+    def execute(self, command: str, args: Sequence[bytes | int | str]) -> list[Any]:
+        from spin_sdk.wit.imports import redis as r
+
+        params = [
+            r.RedisParameter_Int64(a) if isinstance(a, int) else r.RedisParameter_Binary(a if isinstance(a, bytes) else str(a).encode())
+            for a in args
+        ]
+        try:
+            results = self._conn.execute(command, params)
+        except Exception as exc:
+            raise SpinCallError(f"Redis {command}: {_describe(exc)}") from None
+        return [getattr(x, "value", None) for x in results]
+
+
+class Platform:
+    """The spin-sdk implementation (the one used inside a component)."""
+
+    def kv_open(self, label: str = "default") -> _KvStore:
+        from spin_sdk import key_value
+
+        try:
+            return _KvStore(key_value.open(label), label)
+        except Exception as exc:
+            raise SpinCallError(
+                f"cannot open the key-value store {label!r} ({_describe(exc)}); list it in the component's key_value_stores"
+            ) from None
+
+    def sqlite_open(self, name: str = "default") -> _Sqlite:
+        from spin_sdk import sqlite
+
+        try:
+            return _Sqlite(sqlite.open(name), name)
+        except Exception as exc:
+            raise SpinCallError(
+                f"cannot open the SQLite database {name!r} ({_describe(exc)}); list it in the component's sqlite_databases"
+            ) from None
+
+    def redis_open(self, address: str) -> _Redis:
+        from spin_sdk import redis
+
+        try:
+            return _Redis(redis.open(address), address)
+        except Exception as exc:
+            raise SpinCallError(
+                f"cannot connect to Redis at {address} ({_describe(exc)}); is it in allowed_outbound_hosts?"
+            ) from None
+
+    def http_send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+        from spin_sdk.http import Request, send
+
+        try:
+            response = send(Request(method, url, dict(headers), body))
+        except Exception as exc:
+            raise SpinCallError(f"HTTP {method} {url}: {_describe(exc)} (is the host in allowed_outbound_hosts?)") from None
+        return response.status, dict(response.headers), bytes(response.body or b"")
+
+    def variable(self, name: str) -> str | None:
+        from spin_sdk import variables
+
+        try:
+            return str(variables.get(name))
+        except Exception:
+            return None
+
+
+_current: Any = Platform()
+
+
+def platform() -> Any:
+    """The platform in use (spin-sdk inside a component)."""
+    return _current
+
+
+def use(impl: Any) -> Any:
+    """Install another implementation (tests); returns the previous one."""
+    global _current
+    previous, _current = _current, impl
+    return previous

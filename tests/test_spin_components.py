@@ -1,0 +1,284 @@
+"""The built Spin components, end to end under the local Spin host.
+
+The four components are built once per session (cached by source hash in the temp dir):
+HTTP runs under the Node host (jco + preview2-shim, ``scripts/spin_host``), Redis, cron and
+MQTT under the wasmtime host (``spin_app.host``), with the real Redis (127.0.0.1:6379) and
+Mosquitto (127.0.0.1:1883). Needs ``scripts/spin-setup``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS = "redis://127.0.0.1:6379"
+
+FLOWS: list[dict[str, Any]] = [
+    {"name": "double", "source": {"type": "payload"},
+     "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 100}], "sink": {"type": "response"}},
+    {"name": "numbers", "source": {"type": "memory", "records": [{"n": i, "sq": i * i} for i in range(10)]},
+     "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 5}], "sink": {"type": "response"},
+     "runtime": {"batch_size": 3}},
+    {"name": "ticks", "source": {"type": "memory", "records": [{"id": i, "label": f"t{i}"} for i in range(4)]},
+     "sink": {"type": "spin_sqlite", "table": "ticks", "mode": "upsert", "key": "id"},
+     "runtime": {"interval_seconds": 60}},
+    {"name": "readings", "source": {"type": "payload"},
+     "sink": {"type": "kv", "prefix": "readings/", "key_field": "id"}},
+]
+ROUTES = {
+    "redis": {"adf-test-in": "double"},
+    "mqtt": {"adf-test/+/temp": "readings"},
+}
+
+
+def _tools_missing() -> str | None:
+    try:
+        import spin_sdk  # noqa: F401
+        import wasmtime  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed (run scripts/spin-setup)"
+    if not (ROOT / "node_modules" / "@bytecodealliance" / "jco").is_dir() or not shutil.which("node"):
+        return "the Node packages of the Spin host are missing (run scripts/spin-setup)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def components() -> dict[str, str]:
+    missing = _tools_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    from spin_app.build import build, source_digest
+
+    key = source_digest(json.dumps([FLOWS, ROUTES], sort_keys=True))
+    out = Path(tempfile.gettempdir()) / "adf-spin-cache" / key
+    kinds = ("http", "redis", "cron", "mqtt")
+    if all((out / f"{k}.wasm").exists() for k in kinds):
+        return {k: str(out / f"{k}.wasm") for k in kinds}
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    built = build(tmp, flows=FLOWS, routes=ROUTES)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {k: str(out / Path(p).name) for k, p in built.items()}
+
+
+@pytest.fixture(scope="module")
+def http(components: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from spin_app.host import HttpHost
+
+    state = tmp_path_factory.mktemp("spin-http")
+    with HttpHost(components["http"], state_dir=str(state), variables={"adf_redis_address": REDIS}) as host:
+        host.state = state
+        yield host
+
+
+def _call(host: Any, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(host.url + path, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def test_sizes_are_reported_and_stripped(components: dict[str, str]) -> None:
+    for path in components.values():
+        size = os.path.getsize(path)
+        assert 5e6 < size < 40e6, (path, size)
+
+
+def test_get_with_query_parameters_runs_a_bundled_flow(http: Any) -> None:
+    status, headers, raw = _call(http, "GET", "/flows/numbers/run?steps.0.value=3")
+    body = json.loads(raw)
+    assert status == 200, body
+    assert body["status"] == "success"
+    assert body["records"] == [{"n": 0, "sq": 0}, {"n": 1, "sq": 1}, {"n": 2, "sq": 4}]
+    assert (body["records_in"], body["records_out"]) == (10, 3)
+    assert headers.get("x-request-id") == body["request_id"]
+
+
+def test_post_with_records_runs_the_flow_and_returns_its_output(http: Any) -> None:
+    records = [{"n": 1}, {"n": 250}, {"n": 3}]
+    status, _, raw = _call(http, "POST", "/flows/double/run", {"records": records},
+                           {"content-type": "application/json"})
+    body = json.loads(raw)
+    assert status == 200, body
+    assert body["records"] == [{"n": 1}, {"n": 3}]
+    assert (body["records_in"], body["records_out"], body["dead_letters"]) == (3, 2, 0)
+
+
+def test_a_streaming_request_gets_progress_events_then_the_summary(http: Any) -> None:
+    status, headers, raw = _call(http, "GET", "/flows/numbers/run?stream=true")
+    assert status == 200
+    assert headers["content-type"].startswith("application/x-ndjson")
+    events = [json.loads(line) for line in raw.decode().splitlines()]
+    assert events[0]["event"] == "start"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert len(progress) >= 3  # batch_size 3 over 10 records
+    assert [p["records_in"] for p in progress] == sorted(p["records_in"] for p in progress)
+    assert events[-1]["event"] == "summary" and events[-1]["status"] == "success"
+    assert events[-1]["records_out"] == 5
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "needle"),
+    [
+        ("POST", "/flows/double/run", b"{not json", 400, "malformed JSON"),
+        ("POST", "/flows/double/run", b'{"records": 5}', 400, "records"),
+        ("GET", "/flows/no-such-flow/run", None, 404, "no flow named"),
+        ("GET", "/flows/numbers/run?sink.limit=-3", None, 422, "limit"),
+        ("GET", "/flows/numbers/run?bogus=1", None, 422, "bogus"),
+    ],
+)
+def test_bad_requests_get_the_documented_status_and_a_json_error(
+    http: Any, method: str, path: str, body: bytes | None, status: int, needle: str
+) -> None:
+    got, headers, raw = _call(http, method, path, body)
+    payload = json.loads(raw)
+    assert got == status, payload
+    assert needle in json.dumps(payload)
+    assert isinstance(payload.get("error"), str) and payload.get("error_id")
+    assert headers["content-type"].startswith("application/json")
+
+
+def test_the_same_spec_gives_the_same_records_under_spin_and_the_local_runner(http: Any) -> None:
+    from core.connectors.memory import ResponseSink
+    from core.engine import run_flow
+
+    spec = next(f for f in FLOWS if f["name"] == "numbers")
+    summary = run_flow(dict(spec), persist=False)
+    native = ResponseSink.pop(summary.run_id)
+    assert native is not None
+    status, _, raw = _call(http, "GET", "/flows/numbers/run")
+    assert status == 200
+    assert json.loads(raw)["records"] == native.records
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def test_a_redis_message_runs_the_flow_and_the_result_is_published(components: dict[str, str], tmp_path: Path) -> None:
+    import redis
+
+    from spin_app.host import ComponentHost, SpinState
+
+    client = redis.Redis.from_url(REDIS)
+    pubsub = client.pubsub()
+    reply = f"adf-test-replies-{uuid.uuid4().hex[:8]}"
+    pubsub.subscribe(reply)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    host = ComponentHost(components["redis"], state=SpinState(str(tmp_path), {"adf_redis_address": REDIS, "adf_channel": "adf-test-in"}))
+    message = {"records": [{"n": 7}, {"n": 700}], "reply_to": reply}
+    host.redis(json.dumps(message).encode())
+    got = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and got is None:
+        m = pubsub.get_message(timeout=1)
+        if m and m["type"] == "message":
+            got = json.loads(m["data"])
+    pubsub.close()
+    assert got is not None, host.stdout_lines[-5:]
+    assert (got["flow"], got["status"], got["records"]) == ("double", "success", [{"n": 7}])
+    assert got["trigger"] == "redis" and got["channel"] == "adf-test-in"
+    # a malformed message: the error is published too (with its error id), the host survives
+    pubsub = client.pubsub()
+    pubsub.subscribe("adf-test-in:results")
+    pubsub.get_message(timeout=5)
+    host.redis(b"{nope")
+    error = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and error is None:
+        m = pubsub.get_message(timeout=1)
+        if m and m["type"] == "message":
+            error = json.loads(m["data"])
+    pubsub.close()
+    assert error is not None and error["status"] == "error" and error["code"] == 400 and error["error_id"]
+
+
+# --------------------------------------------------------------------------- cron
+
+
+def test_a_cron_tick_runs_the_due_flows_from_the_spin_sqlite_schedule(components: dict[str, str], tmp_path: Path) -> None:
+    from spin_app.host import ComponentHost, SpinState
+
+    host = ComponentHost(components["cron"], state=SpinState(str(tmp_path)))
+    host.cron(int(time.time()))
+    db = sqlite3.connect(tmp_path / "sqlite_db.db")
+    assert db.execute("SELECT id, label FROM ticks ORDER BY id").fetchall() == [(i, f"t{i}") for i in range(4)]
+    runs = db.execute("SELECT r.status, r.records_out, f.name FROM data_flow_runs r JOIN data_flows f ON f.id = r.flow_id").fetchall()
+    assert runs == [("success", 4, "ticks")]
+    # the next tick within the interval runs nothing; one an interval later runs it again (upsert: same rows)
+    host.cron(int(time.time()) + 5)
+    assert db.execute("SELECT count(*) FROM data_flow_runs").fetchone() == (1,)
+    host.cron(int(time.time()) + 120)
+    assert db.execute("SELECT count(*), min(status) FROM data_flow_runs").fetchone() == (2, "success")
+    assert db.execute("SELECT count(*) FROM ticks").fetchone() == (4,)
+    db.close()
+
+
+# --------------------------------------------------------------------------- MQTT
+
+
+def _kv(state: Path) -> dict[str, Any]:
+    import base64
+
+    data = json.loads((state / "key_value.json").read_text())
+    return {k: json.loads(base64.b64decode(v)) for k, v in data.get("default", {}).items()}
+
+
+def test_an_mqtt_message_runs_the_flow_its_topic_routes_to(components: dict[str, str], tmp_path: Path) -> None:
+    from spin_app.host import ComponentHost, SpinState
+
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)))
+    host.mqtt(json.dumps({"records": [{"id": "a", "t": 21.5}]}).encode(), "adf-test/kitchen/temp")
+    assert _kv(tmp_path)["readings/a"] == {"id": "a", "t": 21.5}
+    # no route: a 404 result (logged with its error id; the message is not retried), nothing written
+    host.mqtt(b'{"records": [{"id": "b"}]}', "adf-test/kitchen/humidity")
+    assert "readings/b" not in _kv(tmp_path)
+    assert any('"status": 404' in line or "no flow is routed" in line for line in host.stdout_lines)
+    # a record the sink refuses (no id) is dead-lettered, not written
+    host.mqtt(json.dumps({"records": [{"t": 1}]}).encode(), "adf-test/kitchen/temp")
+    assert set(_kv(tmp_path)) == {"readings/a"}
+
+
+def test_messages_from_the_real_mosquitto_are_delivered_to_the_component(components: dict[str, str], tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    from spin_app.host import ComponentHost, MqttBridge, SpinState
+
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)))
+    done = threading.Event()
+    bridge = MqttBridge(host, "mqtt://127.0.0.1:1883", "adf-test/+/temp", on_result=lambda *a: done.set())
+    bridge.start()
+    try:
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", 1883)
+        pub.loop_start()
+        pub.publish("adf-test/hall/temp", json.dumps({"records": [{"id": "hall", "t": 19}]}), qos=1).wait_for_publish(5)
+        assert done.wait(30)
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        bridge.stop()
+    assert _kv(tmp_path)["readings/hall"] == {"id": "hall", "t": 19}
