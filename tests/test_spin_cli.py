@@ -524,3 +524,24 @@ def test_build_writes_a_component_the_size_it_reports(project: Path) -> None:
     assert wasm == project / "app" / "build" / "spin" / "http.wasm"
     assert wasm.read_bytes()[:4] == b"\0asm" and built["wasm"]["http"]["bytes"] == wasm.stat().st_size
     assert adf("spin", "validate", "--manifest", "app/spin.toml", cwd=project).returncode == 0
+
+
+def test_the_build_bundles_the_step_modules_a_flow_imports(tmp_path: Path) -> None:
+    from spin_app.build import BuildError, bundle_source, step_module_sources
+
+    lib = tmp_path / "lib"
+    (lib / "pkg_steps").mkdir(parents=True)
+    (lib / "pkg_steps" / "__init__.py").write_text("")
+    (lib / "pkg_steps" / "prices.py").write_text("def f(r):\n    return r\n")
+    (lib / "flat_steps.py").write_text("def g(r):\n    return r\n")
+    spec = {
+        "name": "f", "source": {"type": "payload"}, "sink": {"type": "response"}, "python_path": [str(lib)],
+        "steps": [{"type": "python", "function": "pkg_steps.prices:f"}, {"type": "python", "function": "flat_steps:g"},
+                  {"type": "filter", "function": "json:loads"}, {"type": "python", "function": "core.steps:build_steps"}],
+    }
+    found = step_module_sources({"f": spec})
+    assert found == {"pkg_steps": lib / "pkg_steps", "flat_steps": lib / "flat_steps.py"}
+    assert "STEP_MODULES = ['core.steps', 'flat_steps', 'json', 'pkg_steps.prices']" in bundle_source([spec])
+    missing = dict(spec, steps=[{"type": "python", "function": "nowhere_to_be_found:f"}])
+    with pytest.raises(BuildError, match="nowhere_to_be_found"):
+        step_module_sources({"f": missing})
