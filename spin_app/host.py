@@ -566,7 +566,7 @@ class HttpHost:
         node: str | None = None,
         log: str | None = None,
     ) -> None:
-        self.wasm = str(wasm)
+        self.wasm = os.path.abspath(wasm)  # node runs from the project root
         self.port = port
         self.host = host
         self.state_dir = state_dir
@@ -583,13 +583,13 @@ class HttpHost:
 
     def command(self) -> list[str]:
         cmd = [self.node, str(SERVE_JS), self.wasm, "--port", str(self.port), "--host", self.host,
-               "--state-dir", self.state_dir]
+               "--state-dir", os.path.abspath(self.state_dir)]
         for k, v in self.variables.items():
             cmd += ["--var", f"{k}={v}"]
         for k, v in self.env.items():
             cmd += ["--env", f"{k}={v}"]
         for h, g in self.dirs.items():
-            cmd += ["--dir", f"{h}:{g}"]
+            cmd += ["--dir", f"{os.path.abspath(h)}:{g}"]
         if self.reuse_instance:
             cmd.append("--reuse-instance")
         return cmd
