@@ -641,17 +641,6 @@ class SqlScheduleStore(ScheduleStore):
 
     # -- claiming --------------------------------------------------------------------
 
-    def claim_due(
-        self,
-        now: dt.datetime | None = None,
-        *,
-        limit: int = 100,
-        trigger: str = "heartbeat",
-        worker_id: str | None = None,
-        lease_seconds: float = 300.0,
-    ) -> list[RunRecord]:
-        return self.claim(now, limit=limit, trigger=trigger, worker_id=worker_id, lease_seconds=lease_seconds).runs
-
     def claim(
         self,
         now: dt.datetime | None = None,

@@ -320,7 +320,6 @@ class ScheduleStore(abc.ABC):
 
     # -- claiming --------------------------------------------------------------------
 
-    @abc.abstractmethod
     def claim_due(
         self,
         now: dt.datetime | None = None,
@@ -336,7 +335,9 @@ class ScheduleStore(abc.ABC):
         when given (sync mode), else ``pending`` (async mode). A due flow that still has a
         pending or in-progress run gets no second one (its next_run_at moves on all the same:
         runs of one flow never overlap and never pile up)."""
+        return self.claim(now, limit=limit, trigger=trigger, worker_id=worker_id, lease_seconds=lease_seconds).runs
 
+    @abc.abstractmethod
     def claim(
         self,
         now: dt.datetime | None = None,
@@ -346,11 +347,8 @@ class ScheduleStore(abc.ABC):
         worker_id: str | None = None,
         lease_seconds: float = 300.0,
     ) -> Claim:
-        """:meth:`claim_due` that also tells how many flows were due (see :class:`Claim`).
-
-        Backends override it; this fallback counts only the flows that got a run."""
-        runs = self.claim_due(now, limit=limit, trigger=trigger, worker_id=worker_id, lease_seconds=lease_seconds)
-        return Claim(runs=runs, flows_due=len(runs))
+        """:meth:`claim_due`, also telling how many flows were due and which were skipped
+        (see :class:`Claim`)."""
 
     @abc.abstractmethod
     def create_run(
