@@ -39,3 +39,12 @@ def slow(record: dict[str, Any], delay: float = 0.001) -> dict[str, Any]:
 
 def is_even(record: dict[str, Any]) -> bool:
     return record["n"] % 2 == 0
+
+
+#: records seen by :func:`tally` (tests count flow runs with it)
+TALLY: list[dict[str, Any]] = []
+
+
+def tally(record: dict[str, Any]) -> dict[str, Any]:
+    TALLY.append(dict(record))
+    return record

@@ -1,0 +1,130 @@
+"""Queue messages and object-created events: the decisions a queue or storage trigger shares.
+
+Used by the Lambda SQS and S3 handlers (``lambda_app/``); any other queue / object-store
+adapter (MinIO webhooks, a Redis list worker) calls the same functions:
+
+* :func:`parse_flow_message` — a message body naming its flow: ``{"flow": name, "records": [...],
+  "config": {...}}``, or a bare array of records (or an object without ``flow``) whose flow comes
+  from the transport (a message attribute, a default);
+* :func:`object_route` / :func:`object_url` — which flow an object-created event runs
+  (``{"bucket/prefix": "flow"}``, the longest matching prefix wins) and the ``s3://`` URL of the
+  object (event keys are URL-encoded, ``+`` for a space);
+* :func:`run_event_flow` — run it, log one line, raise :class:`FlowFailed` when the run failed (a
+  queue must see the failure to redeliver the message: nothing is swallowed).
+
+Standard library only at module level (this runs inside a Spin component).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote_plus
+
+from handlers.invoke_base import (
+    BadRequest,
+    FlowFailed,
+    FlowHost,
+    Invocation,
+    NotFound,
+    TriggerPayload,
+    _log_line,
+    _memory,
+    _ms,
+    _summary_fields,
+    invoke_flow,
+    parse_trigger_payload,
+)
+
+__all__ = ["object_route", "object_url", "parse_flow_message", "run_event_flow"]
+
+_MESSAGE_KEYS = ("flow", "records", "config")
+
+
+def parse_flow_message(body: bytes | str, *, flow: str | None = None) -> tuple[str, TriggerPayload]:
+    """``(flow name, payload)`` of one message. The body's ``flow`` wins over ``flow`` (the
+    transport's: a message attribute, a default). Raises :class:`BadRequest` for malformed JSON, a
+    body of another shape, or no flow at all."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        value = json.loads(text) if text.strip() else None
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON message body: {exc}") from None
+    if value is None:
+        raise BadRequest("empty message body: send {\"flow\": name, \"records\": [...], \"config\": {...}} or an array")
+    named = flow
+    if isinstance(value, dict):
+        given = value.pop("flow", None)
+        if given is not None:
+            if not isinstance(given, str) or not given:
+                raise BadRequest(f"'flow' must be a flow name (string), got {given!r}")
+            named = given
+        payload = parse_trigger_payload(json.dumps(value), allowed=_MESSAGE_KEYS[1:])
+    else:
+        payload = parse_trigger_payload(text, allowed=_MESSAGE_KEYS[1:])
+    if not named:
+        raise BadRequest("the message names no flow: put \"flow\" in the body, or set the message's 'flow' attribute / a default flow")
+    return named, payload
+
+
+def object_route(routes: Mapping[str, str], bucket: str, key: str, default: str | None = None) -> str:
+    """The flow for object ``bucket/key``: the route whose ``bucket/prefix`` is the longest prefix
+    of ``bucket/key`` (a route ``bucket`` alone matches the whole bucket), else ``default``.
+    Raises :class:`NotFound` when nothing matches."""
+    full = f"{bucket}/{key}"
+    best: tuple[int, str] | None = None
+    for pattern, flow in routes.items():
+        prefix = pattern if "/" in pattern else pattern + "/"
+        if full.startswith(prefix) and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), flow)
+    if best is not None:
+        return best[1]
+    if default:
+        return default
+    raise NotFound(f"no flow is routed for s3://{full} (routes: {', '.join(sorted(routes)) or 'none'}; no default flow)")
+
+
+def object_url(bucket: str, key: str) -> str:
+    """``s3://bucket/key`` with the event's URL-encoded key decoded (``a+b%3D.csv`` → ``a b=.csv``)."""
+    return f"s3://{bucket}/{unquote_plus(key)}"
+
+
+def run_event_flow(
+    host: FlowHost,
+    flow: str,
+    payload: TriggerPayload,
+    *,
+    trigger: str,
+    config: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
+    fields: Mapping[str, Any] | None = None,
+) -> Invocation:
+    """Run ``flow`` with the payload's records and config (``config`` is merged under the
+    payload's own: the transport's values, e.g. the object's ``source.path``, lose to the body).
+    Logs one line (``trigger``, ``flow``, counts, ``duration_ms``). Raises :class:`FlowFailed`
+    for a failed run, and what :func:`handlers.invoke_base.prepare_flow` raises."""
+    from handlers.confignames import deep_merge, expand_dotted
+
+    started = time.perf_counter()
+    request_id = request_id or uuid.uuid4().hex
+    merged: dict[str, Any] = expand_dotted(config) if config else {}
+    try:
+        deep_merge(merged, expand_dotted(payload.config or {}))
+    except ValueError as exc:
+        raise BadRequest(f"config: {exc}") from None
+    base = {"request_id": request_id, "trigger": trigger, "flow": flow, **(fields or {})}
+    try:
+        invocation = invoke_flow(host, flow, payload=merged, records=payload.records, request_id=request_id)
+    except Exception as exc:
+        _log_line(logging.WARNING, f"{trigger} event refused", {**base, "error": str(exc), "duration_ms": _ms(started)})
+        raise
+    line = {**base, **_summary_fields(invocation), "duration_ms": _ms(started), "memory_bytes": _memory(host)}
+    if not invocation.ok:
+        _log_line(logging.ERROR, f"{trigger} event: flow failed", line)
+        raise FlowFailed(invocation)
+    _log_line(logging.INFO, f"{trigger} event: flow ran", line)
+    return invocation

@@ -1,0 +1,90 @@
+"""S3 ``ObjectCreated:*`` → run the flow routed for the object, on that object.
+
+The flow: ``ADF_S3_ROUTES`` (JSON ``{"bucket/prefix": "flow", "bucket": "flow"}``, the longest
+matching prefix wins), else ``ADF_DEFAULT_FLOW`` (:func:`handlers.invoke_events.object_route`).
+The run gets ``source.path = s3://bucket/key`` (key URL-decoded) in the payload layer, so the
+flow's ``file`` source reads exactly the new object (its format from the spec or the extension).
+
+Other event names are skipped. A failed run raises after every record was tried (Lambda's
+asynchronous retries / the on-failure destination see it); with ``ADF_IDEMPOTENCY_TABLE`` set
+a redelivered event (same bucket, key, versionId, eTag) does not run the flow again, and the
+records that already succeeded are not run again by a retry either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from handlers.invoke_base import FlowFailed, TriggerPayload
+from handlers.invoke_events import object_route, object_url, run_event_flow
+from lambda_app.host import count_run, get_host, logger, metrics, tracer
+from lambda_app.idempotency import once
+
+__all__ = ["S3RunError", "handler", "routes"]
+
+
+class S3RunError(RuntimeError):
+    """At least one object's flow failed (the message lists them)."""
+
+
+def routes() -> dict[str, str]:
+    """``ADF_S3_ROUTES`` parsed; raises ``ValueError`` when it is not a JSON object of strings."""
+    raw = os.environ.get("ADF_S3_ROUTES") or ""
+    if not raw.strip():
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError('ADF_S3_ROUTES must be a JSON object {"bucket/prefix": "flow"}')
+    return {str(k): v for k, v in value.items()}
+
+
+def _run_object(bucket: str, key: str, request_id: str) -> dict[str, Any]:
+    flow = object_route(routes(), bucket, key, os.environ.get("ADF_DEFAULT_FLOW"))
+    url = object_url(bucket, key)
+    try:
+        invocation = run_event_flow(get_host(), flow, TriggerPayload(), trigger="s3",
+                                    config={"source": {"path": url}}, request_id=request_id, fields={"object": url})
+    except FlowFailed as exc:
+        count_run(exc.invocation, ok=False)
+        raise
+    count_run(invocation, ok=True)
+    s = invocation.summary
+    return {"flow": flow, "object": url, "run_id": s.run_id, "status": s.status, "records_in": s.records_in,
+            "records_out": s.records_out, "dead_letters": s.dead_letters}
+
+
+def _runner(bucket: str, key: str, request_id: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda _key: _run_object(bucket, key, request_id)
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Lambda entry point (S3 event notification)."""
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for record in S3Event(event).records:
+        name = record.event_name
+        bucket, obj = record.s3.bucket.name, record.s3.get_object
+        if not name.startswith("ObjectCreated"):
+            logger.info("event skipped", extra={"event_name": name, "bucket": bucket, "key": obj.key})
+            results.append({"object": object_url(bucket, obj.key), "skipped": name})
+            continue
+        request_id = str(record.response_elements.get("x-amz-request-id") or getattr(context, "aws_request_id", ""))
+        logger.set_correlation_id(request_id or None)
+        key = {"trigger": "s3", "bucket": bucket, "key": obj.key, "version_id": obj.version_id, "etag": obj.etag}
+        try:
+            results.append(once(_runner(bucket, obj.key, request_id), key, context))
+        except Exception as exc:
+            logger.exception("object failed", extra={"bucket": bucket, "key": obj.key})
+            errors.append(f"s3://{bucket}/{obj.key}: {type(exc).__name__}: {exc}")
+    if errors:
+        raise S3RunError("; ".join(errors))
+    return {"results": results}

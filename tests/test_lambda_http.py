@@ -1,0 +1,175 @@
+"""lambda_app.http: API Gateway REST (v1), HTTP API (v2) and Function URL events, in-process."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("aws_lambda_powertools")
+
+from lambda_env import Context, event, write_flows
+
+from lambda_app import http
+
+
+@pytest.fixture(autouse=True)
+def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = write_flows(tmp_path / "flows", {
+        "echo": {
+            "source": {"type": "payload"},
+            "steps": [{"type": "python", "function": "flowlib.steps:double"}],
+            "sink": {"type": "response"},
+            "runtime": {"batch_size": 2},
+        },
+        "to_file": {"source": {"type": "payload"}, "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
+        "numbers": {
+            "source": {"type": "memory", "records": [{"n": i} for i in range(5)]},
+            "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 3}],
+            "sink": {"type": "response"},
+        },
+    })
+    monkeypatch.setenv("ADF_FLOWS_DIR", str(d))
+    monkeypatch.delenv("ADF_BASE_PATH", raising=False)
+    return d
+
+
+def rest(method: str, path: str, *, body: Any = None, query: dict[str, str] | None = None,
+         headers: dict[str, str] | None = None, stage: str = "prod") -> dict[str, Any]:
+    ev = event("apigateway-aws-proxy")
+    ev["httpMethod"] = ev["requestContext"]["httpMethod"] = method
+    ev["path"] = path
+    ev["requestContext"]["path"] = f"/{stage}{path}"
+    ev["requestContext"]["stage"] = stage
+    ev["queryStringParameters"] = query
+    ev["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} if query else None
+    for k, v in (headers or {}).items():
+        ev["headers"][k] = v
+        ev["multiValueHeaders"][k] = [v]
+    if body is None:
+        ev["body"], ev["isBase64Encoded"] = None, False
+    else:
+        ev["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+        ev["isBase64Encoded"] = True
+    return ev
+
+
+def v2(kind: str, method: str, path: str, *, body: Any = None, query: str = "",
+       headers: dict[str, str] | None = None, stage: str = "$default") -> dict[str, Any]:
+    ev = event("apigateway-http-api-proxy" if kind == "http-api" else "lambda-function-url")
+    raw_path = path if stage == "$default" else f"/{stage}{path}"
+    ev["rawPath"] = ev["requestContext"]["http"]["path"] = raw_path
+    ev["requestContext"]["http"]["method"] = method
+    ev["requestContext"]["stage"] = stage
+    ev["rawQueryString"] = query
+    ev["queryStringParameters"] = dict(p.split("=", 1) for p in query.split("&")) if query else None
+    ev["headers"].update(headers or {})
+    if body is None:
+        ev.pop("body", None)
+        ev["isBase64Encoded"] = False
+    else:
+        ev["body"], ev["isBase64Encoded"] = json.dumps(body), False
+    return ev
+
+
+def call(ev: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    result = http.handler(ev, Context())
+    assert set(result) == {"statusCode", "headers", "body", "isBase64Encoded"}
+    assert result["isBase64Encoded"] is False
+    return result["statusCode"], result["headers"], json.loads(result["body"])
+
+
+def test_rest_v1_post_json_with_base64_body_runs_the_flow() -> None:
+    status, headers, body = call(rest("POST", "/flows/echo/run", body={"records": [{"n": 1}, {"n": 2}]}))
+    assert status == 200, body
+    assert body["status"] == "success" and body["records_out"] == 2
+    assert [r["doubled"] for r in body["records"]] == [2, 4]
+    # the API Gateway request id is the run's request id (correlation)
+    assert body["request_id"] == headers["x-request-id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+
+
+def test_rest_v1_get_with_query_configuration() -> None:
+    status, _, body = call(rest("GET", "/flows/numbers/run", query={"steps.0.value": "2"}))
+    assert status == 200, body
+    assert [r["n"] for r in body["records"]] == [0, 1]
+
+
+def test_rest_v1_strips_the_stage_and_a_base_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # custom domain: the path carries the stage / base path mapping
+    status, _, body = call(rest("GET", "/prod/flows", stage="prod"))
+    assert status == 200 and {f["name"] for f in body["flows"]} == {"echo", "to_file", "numbers"}
+    monkeypatch.setenv("ADF_BASE_PATH", "/adf")
+    status, _, body = call(rest("GET", "/adf/flows/echo"))
+    assert status == 200 and body["name"] == "echo"
+
+
+def test_rest_v1_x_adf_headers_configure_the_run(tmp_path: Path) -> None:
+    other = tmp_path / "other.jsonl"
+    status, _, body = call(rest("POST", "/flows/to_file/run", body=[{"a": 1}], headers={"X-ADF-Sink.Path": str(other)}))
+    assert status == 200, body
+    assert [json.loads(line) for line in other.read_text().splitlines()] == [{"a": 1}]
+
+
+def test_http_api_v2_get_query_and_post_json() -> None:
+    status, _, body = call(v2("http-api", "GET", "/flows/numbers/run", query="steps.0.value=1"))
+    assert status == 200, body
+    assert [r["n"] for r in body["records"]] == [0]
+    status, _, body = call(v2("http-api", "POST", "/flows/echo/run", body={"records": [{"n": 5}]}, stage="prod"))
+    assert status == 200, body
+    assert body["records"] == [{"n": 5, "doubled": 10}]
+
+
+def test_http_api_v2_base64_body() -> None:
+    ev = v2("http-api", "POST", "/flows/echo/run")
+    ev["body"] = base64.b64encode(json.dumps([{"n": 3}]).encode()).decode()
+    ev["isBase64Encoded"] = True
+    status, _, body = call(ev)
+    assert status == 200 and body["records"] == [{"n": 3, "doubled": 6}]
+
+
+def test_function_url_get_post_and_headers() -> None:
+    status, _, body = call(v2("url", "GET", "/flows"))
+    assert status == 200 and len(body["flows"]) == 3
+    status, _, body = call(v2("url", "POST", "/flows/echo/run", body={"records": [{"n": 1}, {"n": 2}, {"n": 3}]},
+                              headers={"x-adf-runtime.batch-size": "1"}))
+    assert status == 200, body
+    assert body["records_out"] == 3
+
+
+def test_streaming_is_returned_whole() -> None:
+    ev = v2("url", "POST", "/flows/echo/run", body=[{"n": 1}], query="stream=true")
+    result = http.handler(ev, Context())
+    assert result["statusCode"] == 200
+    assert result["headers"]["content-type"] == "application/x-ndjson"
+    events = [json.loads(line) for line in result["body"].splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "summary"
+
+
+@pytest.mark.parametrize(
+    ("ev", "status", "fragment"),
+    [
+        (lambda: rest("POST", "/flows/echo/run", body=None) | {"body": "{not json", "isBase64Encoded": False}, 400, "malformed JSON"),
+        (lambda: rest("GET", "/flows/nope/run"), 404, "no flow named"),
+        (lambda: rest("DELETE", "/flows/echo/run"), 405, "not allowed"),
+        (lambda: rest("POST", "/flows/numbers/run", body=[{"n": 1}]), 422, "payload"),
+        (lambda: rest("GET", "/flows/echo/run", headers={"X-ADF-Bogus": "1"}), 400, "X-ADF"),
+        (lambda: event("sqs-receive-message"), 400, "not an HTTP event"),
+        (lambda: rest("POST", "/flows/echo/run", body=None) | {"body": "%%%", "isBase64Encoded": True}, 400, "base64"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_message(ev: Any, status: int, fragment: str) -> None:
+    got, _, body = call(ev())
+    assert got == status, body
+    text = json.dumps(body)
+    assert fragment in text
+
+
+def test_metrics_are_flushed_per_invocation(capsys: pytest.CaptureFixture[str]) -> None:
+    call(rest("GET", "/flows"))
+    out = capsys.readouterr().out
+    emf = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    assert emf and emf[-1]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ActiveDataFlow"
+    assert emf[-1]["HttpRequests"] == [1.0] or emf[-1]["HttpRequests"] == 1.0
