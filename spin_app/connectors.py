@@ -32,6 +32,7 @@ Standard library only at module level; the Spin calls go through :mod:`spin_app.
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 import threading
@@ -82,8 +83,9 @@ def _redis_address(configured: str | None) -> str:
 class _FetchedSource(Source):
     """A bounded source whose records are fetched once when the reader starts (one split)."""
 
+    @abc.abstractmethod
     def fetch(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The records of the one split (read once, when the reader starts)."""
 
     def create_enumerator(self, context: SplitEnumeratorContext, checkpoint: Mapping[str, Any] | None = None) -> SplitEnumerator:
         return _MemoryEnumerator(context, checkpoint, 1)
