@@ -190,7 +190,7 @@ def test_an_unknown_kind_is_an_error_result() -> None:
 
 @pytest.mark.redis
 def test_the_result_reaches_the_response_channel_of_the_real_redis(tmp_path: Path) -> None:
-    redis = pytest.importorskip("redis")
+    import redis
     client = redis.Redis(host="127.0.0.1", port=6379)
     channel = f"adf-test-{uuid.uuid4().hex[:8]}"
     pubsub = client.pubsub()

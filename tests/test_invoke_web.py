@@ -11,9 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-
-pytest.importorskip("fastapi")
 import uvicorn
 
 from handlers.invoke import LocalHost

@@ -14,20 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from flowlib import steps
+from lambda_env import Context, event, write_flows
+from moto_endpoint import moto_endpoint
 
-pytest.importorskip("aws_lambda_powertools")
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
-
-from flowlib import steps  # noqa: E402
-from lambda_env import Context, event, write_flows  # noqa: E402
-
-from core.connectors import _s3  # noqa: E402
-from core.engine import run_flow  # noqa: E402
-from lambda_app import idempotency  # noqa: E402
-from lambda_app import s3 as s3_handler  # noqa: E402
-from lambda_app import sqs as sqs_handler  # noqa: E402
+from core.engine import run_flow
+from lambda_app import idempotency
+from lambda_app import s3 as s3_handler
+from lambda_app import sqs as sqs_handler
 
 BUCKET = "adf-lambda-in"
 OUT = "adf-lambda-out"
@@ -42,17 +38,8 @@ def _csv(rows: list[dict[str, str]]) -> bytes:
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_REGION", "us-east-1")
-        mp.delenv("AWS_PROFILE", raising=False)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
+    with moto_endpoint(export=True) as (url, _):
         try:
-            url = f"http://127.0.0.1:{server._server.server_port}"
-            mp.setenv("AWS_ENDPOINT_URL", url)  # boto3 (core's S3 client, Powertools' DynamoDB client)
             s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
             s3.create_bucket(Bucket=BUCKET)
             s3.create_bucket(Bucket=OUT)
@@ -62,8 +49,6 @@ def endpoint() -> Iterator[str]:
             )
             yield url
         finally:
-            server.stop()
-            _s3._clients.clear()
             idempotency._layers.clear()
 
 

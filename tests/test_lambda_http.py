@@ -8,9 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("aws_lambda_powertools")
-
 from lambda_env import Context, event, write_flows
 
 from lambda_app import http

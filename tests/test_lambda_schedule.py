@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("aws_lambda_powertools")
-pytest.importorskip("sqlalchemy")
-
 from flowlib.scheduling import file_flow, pg_database
 from lambda_env import Context, event
 

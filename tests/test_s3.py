@@ -9,37 +9,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto_endpoint import moto_endpoint
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
-
-from core.connectors import _s3  # noqa: E402
-from core.connectors.base import RunContext  # noqa: E402
-from core.connectors.file import FileSink, FileSource, FileSplit, NoFilesError  # noqa: E402
-from core.splits import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext  # noqa: E402
+from core.connectors import _s3
+from core.connectors.base import RunContext
+from core.connectors.file import FileSink, FileSource, FileSplit, NoFilesError
+from core.splits import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
 
 BUCKET = "adf-test"
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.delenv("AWS_PROFILE", raising=False)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            port = server._server.server_port  # the real port chosen for port=0
-            url = f"http://127.0.0.1:{port}"
-            s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
-            s3.create_bucket(Bucket=BUCKET)
-            yield url
-        finally:
-            server.stop()
-            _s3._clients.clear()
+    with moto_endpoint() as (url, _):
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield url
 
 
 @pytest.fixture
