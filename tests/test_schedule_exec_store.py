@@ -187,6 +187,7 @@ def test_a_tick_runs_the_due_flows_end_to_end(store: ExecScheduleStore, tmp_path
 
 def test_the_sqlalchemy_store_reads_what_the_exec_store_wrote(db: str, tmp_path: Path) -> None:
     import sqlalchemy  # noqa: F401 - the comparison store needs it
+
     from handlers.schedule.sql import SqlScheduleStore
 
     exec_store = ExecScheduleStore(Sqlite3Exec(db))
