@@ -413,6 +413,11 @@ class SpinKvStateStore(StateStore):
         label, _, prefix = rest.partition("/")
         return cls(label or "default", (prefix.rstrip("/") + "/") if prefix else "adf/")
 
+    def open(self) -> SpinKvStateStore:
+        """Open the store now (:class:`SpinCallError` when the component may not use it)."""
+        self._kv()
+        return self
+
     def _kv(self) -> Any:
         if self._store is None:
             self._store = platform().kv_open(self.label)

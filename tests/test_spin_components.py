@@ -160,6 +160,26 @@ def test_bad_requests_get_the_documented_status_and_a_json_error(
     assert headers["content-type"].startswith("application/json")
 
 
+def test_the_host_logs_each_request_with_its_id_duration_and_wasm_memory_size(http: Any) -> None:
+    status, headers, _ = _call(http, "POST", "/flows/double/run", {"records": [{"n": 1}]},
+                               {"content-type": "application/json"})
+    assert status == 200
+    rid = headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in http.output if x.startswith("{") and rid in x]
+        host_lines = [x for x in lines if x.get("logger") == "spin.host"]
+        if host_lines:
+            break
+        time.sleep(0.05)
+    guest = [x for x in lines if x.get("logger") == "adf.invoke"]
+    assert guest and guest[0]["duration_ms"] > 0
+    line = host_lines[0]
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/flows/double/run", 200)
+    assert line["duration_ms"] > 0 and line["instance"] == "fresh"
+    assert 16 << 20 < line["memory_bytes"] < 1 << 30  # the instance's linear memory, in bytes
+
+
 def test_the_same_spec_gives_the_same_records_under_spin_and_the_local_runner(http: Any) -> None:
     from core.connectors.memory import ResponseSink
     from core.engine import run_flow
@@ -258,6 +278,24 @@ def test_an_mqtt_message_runs_the_flow_its_topic_routes_to(components: dict[str,
     # a record the sink refuses (no id) is dead-lettered, not written
     host.mqtt(json.dumps({"records": [{"t": 1}]}).encode(), "adf-test/kitchen/temp")
     assert set(_kv(tmp_path)) == {"readings/a"}
+
+
+def test_a_message_that_exhausts_the_wasm_memory_limit_is_reported_and_the_host_goes_on(
+    components: dict[str, str], tmp_path: Path
+) -> None:
+    from spin_app.host import ComponentHost, GuestError, SpinState
+
+    # linear memory capped at 96 MB (the snapshot needs ~45): 40 MB of records cannot be parsed
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)), memory_limit=96 << 20)
+    big = json.dumps({"records": [{"id": f"r{i}", "pad": "x" * 1000} for i in range(40_000)]}).encode()
+    with pytest.raises(GuestError) as failed:
+        host.mqtt(big, "adf-test/kitchen/temp")
+    text = f"{failed.value} {failed.value.stdout}"
+    assert "out of memory" in text or failed.value.trapped, text
+    assert not (tmp_path / "key_value.json").exists()  # nothing was written
+    # the host is healthy: the next message (a fresh instance) runs
+    host.mqtt(json.dumps({"records": [{"id": "after", "t": 1}]}).encode(), "adf-test/kitchen/temp")
+    assert _kv(tmp_path)["readings/after"] == {"id": "after", "t": 1}
 
 
 def test_messages_from_the_real_mosquitto_are_delivered_to_the_component(components: dict[str, str], tmp_path: Path) -> None:

@@ -55,11 +55,25 @@ if (opts.help || positionals.length !== 1) {
   process.exit(opts.help ? 0 : 2);
 }
 
+const methodName = (m) => (m && m.tag ? (m.tag === "other" ? m.val : m.tag.toUpperCase()) : String(m));
 const pairs = (list) => Object.fromEntries(list.map((s) => [s.slice(0, s.indexOf("=")), s.slice(s.indexOf("=") + 1)]));
+
+const GLUE = "memory-hook-1";
+
+// jco keeps the component's linear memory in a local of its glue; hand each instance's to
+// the host so that the request log line can give the memory size (Spin logs no such thing,
+// and a Python guest cannot read its own memory size).
+export function exposeMemory(js) {
+  const hooked = js.replace(/\n(\s*)memory0 = (exports\d+)\.memory;/,
+    (line, indent, exp) => `\n${indent}memory0 = ${exp}.memory;\n${indent}globalThis.__adfMemory = memory0;`);
+  if (hooked === js) console.error(JSON.stringify({ level: "WARNING", event: "no memory hook: memory size not logged" }));
+  return hooked;
+}
 
 export async function transpiled(wasmPath, cacheRoot) {
   const bytes = fs.readFileSync(wasmPath);
-  const digest = crypto.createHash("sha256").update(bytes).digest("hex").slice(0, 24);
+  // GLUE names what this host adds to jco's output (see exposeMemory); part of the cache key.
+  const digest = crypto.createHash("sha256").update(bytes).update(GLUE).digest("hex").slice(0, 24);
   const dir = path.join(cacheRoot, digest);
   const entry = path.join(dir, "component.js");
   if (!fs.existsSync(entry)) {
@@ -70,6 +84,7 @@ export async function transpiled(wasmPath, cacheRoot) {
       quiet: true,
     });
     const tmp = `${dir}.${process.pid}.tmp`;
+    files["component.js"] = exposeMemory(Buffer.from(files["component.js"]).toString("utf8"));
     for (const [name, data] of Object.entries(files)) {
       fs.mkdirSync(path.dirname(path.join(tmp, name)), { recursive: true });
       fs.writeFileSync(path.join(tmp, name), data);
@@ -187,16 +202,46 @@ async function main() {
       // the guest had already started its answer: nothing more to send
     }
   };
+  // What the guest answered (status, x-request-id), seen as it sets the response.
+  let answered = null;
+  const setResponse = ResponseOutparam.set;
+  ResponseOutparam.set = function (param, response) {
+    if (response && response.tag === "ok") {
+      const headers = Object.fromEntries(response.val.headers().entries().map(([k, v]) => [k.toLowerCase(), new TextDecoder().decode(v)]));
+      answered = { status: response.val.statusCode(), requestId: headers["x-request-id"] ?? null };
+    }
+    return setResponse.call(this, param, response);
+  };
+  const logRequest = (request, started, extra) => {
+    // One JSON line per request from the host: the guest's own lines carry the run, this one
+    // the wasm memory size the instance ended with.
+    const memory = globalThis.__adfMemory;
+    console.log(JSON.stringify({
+      ts: new Date().toISOString(), level: extra.error ? "error" : "info", logger: "spin.host", msg: "request",
+      request_id: answered?.requestId ?? null, method: methodName(request.method()), path: request.pathWithQuery(),
+      status: answered?.status ?? null, duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+      memory_bytes: memory ? memory.buffer.byteLength : null, instance: opts["reuse-instance"] ? "reused" : "fresh",
+      ...extra,
+    }));
+  };
   const handler = {
     handle(request, responseOut) {
+      const started = performance.now();
+      answered = null;
       const inst = opts["reuse-instance"] ? reuse : (reuse ?? newInstance());
       reuse = opts["reuse-instance"] ? reuse : null; // the first request may use the prewarmed instance
+      const method = request.method();
+      const path = request.pathWithQuery();
+      const seen = { method: () => method, pathWithQuery: () => path };
       try {
         handlerOf(inst).handle(request, responseOut);
+        logRequest(seen, started, {});
       } catch (err) {
-        console.error(JSON.stringify({ level: "ERROR", event: "trap", error: String(err && err.stack ? err.stack : err) }));
+        const error = String(err && err.stack ? err.stack : err);
+        console.error(JSON.stringify({ level: "ERROR", event: "trap", error }));
         if (opts["reuse-instance"]) reuse = newInstance();
         trapAnswer(responseOut, err);
+        logRequest(seen, started, { error: `the component trapped: ${String(err && err.message ? err.message : err)}`, status: answered?.status ?? 500 });
       }
     },
   };
