@@ -10,7 +10,9 @@ with ``time.perf_counter``. The baseline, measured in the same run and interleav
 handlers, imports the Powertools pieces the handlers import at module level (Logger, Metrics,
 Tracer, batch, data classes, typing; idempotency is imported on first use, as it needs
 boto3, which Lambda's runtime provides) and nothing of ours. Figures are medians of ``--runs``.
-Target: each handler adds ≤ 50 ms over the baseline.
+Target: each handler adds ≤ 50 ms over the baseline. Both tracing settings of the template
+are measured: ``on`` (``Tracing: Active``, Powertools' X-Ray tracer) and ``off``
+(``POWERTOOLS_TRACE_DISABLED=true``, where ``lambda_app.tracing`` skips the X-Ray SDK).
 
 Without a SAM build (``--package -``) it measures in this interpreter's environment instead
 (the project and aws-lambda-powertools must be importable). The package size is the SAM
@@ -65,6 +67,7 @@ def lambda_env(package: Path | None, state_dir: str) -> dict[str, str]:
         LOG_LEVEL="INFO", ADF_STATE_DIR=state_dir, ADF_IDEMPOTENCY_TABLE="adf-idempotency",
         AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1", AWS_LAMBDA_FUNCTION_NAME="bench",
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
+        LAMBDA_TASK_ROOT=str(package or ROOT),  # as in Lambda: Powertools enables tracing only there
     )
     if package is not None:
         env["PYTHONPATH"] = str(package)
@@ -113,55 +116,64 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handler modules not there yet: {', '.join(missing)}", file=sys.stderr)
         return 2
 
+    # sizes first: measuring imports writes __pycache__ into the packages
+    sizes = {f: dir_size(build / f) for f in HANDLERS.values()} if build is not None else {}
+    modes = {"on": {}, "off": {"POWERTOOLS_TRACE_DISABLED": "true"}}  # template: Tracing=Active / PassThrough
     with tempfile.TemporaryDirectory() as state_dir:
-        samples: dict[str, list[float]] = {"powertools": [], "skeleton": [], **{m: [] for m in HANDLERS}}
+        samples: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.runs):  # interleaved: drift hits every contender alike
-            for module, function in HANDLERS.items():
-                pkg = None if build is None else build / function
-                env = lambda_env(pkg, state_dir)
-                samples[module].append(measure(f"import {module}", env, build is not None))
-            env = lambda_env(None if build is None else build / "HttpFunction", state_dir)
-            samples["powertools"].append(measure(POWERTOOLS, env, build is not None))
-            samples["skeleton"].append(measure(SKELETON, env, build is not None))
+            for mode, extra in modes.items():
+                for module, function in HANDLERS.items():
+                    pkg = None if build is None else build / function
+                    env = {**lambda_env(pkg, state_dir), **extra}
+                    samples.setdefault((mode, module), []).append(measure(f"import {module}", env, build is not None))
+                env = {**lambda_env(None if build is None else build / "HttpFunction", state_dir), **extra}
+                samples.setdefault((mode, "powertools"), []).append(measure(POWERTOOLS, env, build is not None))
+                samples.setdefault((mode, "skeleton"), []).append(measure(SKELETON, env, build is not None))
     med = {k: statistics.median(v) for k, v in samples.items()}
-    base = med["powertools"]
-    rows = []
-    for module, function in HANDLERS.items():
-        added = med[module] - base
-        row = {"module": module, "function": function, "import_ms": round(med[module], 1),
-               "added_ms": round(added, 1), "added_over_skeleton_ms": round(med[module] - med["skeleton"], 1),
-               "ok": added <= args.target_ms}
-        if build is not None:
-            raw, zipped = dir_size(build / function)
-            row.update(package_bytes=raw, zip_bytes=zipped)
-        rows.append(row)
-    result = {"runs": args.runs, "python": sys.version.split()[0], "powertools_ms": round(base, 1),
-              "skeleton_ms": round(med["skeleton"], 1),
-              "target_ms": args.target_ms, "package": str(build) if build else None, "handlers": rows}
+    results = {}
+    for mode in modes:
+        base, skeleton = med[(mode, "powertools")], med[(mode, "skeleton")]
+        rows = []
+        for module, function in HANDLERS.items():
+            added = med[(mode, module)] - base
+            row = {"module": module, "function": function, "import_ms": round(med[(mode, module)], 1),
+                   "added_ms": round(added, 1), "added_over_skeleton_ms": round(med[(mode, module)] - skeleton, 1),
+                   "ok": added <= args.target_ms}
+            if function in sizes:
+                raw, zipped = sizes[function]
+                row.update(package_bytes=raw, zip_bytes=zipped)
+            rows.append(row)
+        results[mode] = {"powertools_ms": round(base, 1), "skeleton_ms": round(skeleton, 1), "handlers": rows}
+    result = {"runs": args.runs, "python": sys.version.split()[0], "target_ms": args.target_ms,
+              "package": str(build) if build else None, "tracing": results}
 
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"Powertools alone: {base:.1f} ms; with Logger()/Metrics()/Tracer(): {med['skeleton']:.1f} ms "
-          f"(median of {args.runs}, fresh interpreter each)")
-    for r in rows:
-        size = (f"  package {r['package_bytes'] / 1e6:.1f} MB, zip {r['zip_bytes'] / 1e6:.1f} MB"
-                if "zip_bytes" in r else "")
-        print(f"{r['module']:<22} {r['import_ms']:7.1f} ms  adds {r['added_ms']:6.1f} ms "
-              f"({'ok' if r['ok'] else 'OVER'} ≤ {args.target_ms:.0f}); over the skeleton "
-              f"{r['added_over_skeleton_ms']:6.1f} ms{size}")
+    for mode, res in results.items():
+        print(f"tracing {mode}: Powertools imports alone {res['powertools_ms']:.1f} ms; with Logger()/Metrics()/"
+              f"Tracer(): {res['skeleton_ms']:.1f} ms (median of {args.runs}, fresh interpreter each)")
+        for r in res["handlers"]:
+            size = (f"  package {r['package_bytes'] / 1e6:.1f} MB, zip {r['zip_bytes'] / 1e6:.1f} MB"
+                    if "zip_bytes" in r else "")
+            print(f"  {r['module']:<22} {r['import_ms']:7.1f} ms  adds {r['added_ms']:6.1f} ms "
+                  f"({'ok' if r['ok'] else 'OVER'} ≤ {args.target_ms:.0f}); over the skeleton "
+                  f"{r['added_over_skeleton_ms']:6.1f} ms{size}")
     if args.markdown:
-        print("\n| handler module | import (ms) | added over Powertools imports (ms) "
+        print("\n| tracing | handler module | import (ms) | added over Powertools imports (ms) "
               "| added over Powertools skeleton (ms) | package (MB) | zip (MB) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        print(f"| Powertools imports alone (baseline) | {base:.1f} | — | — | | |")
-        print(f"| Powertools skeleton: imports + Logger/Metrics/Tracer | {med['skeleton']:.1f} | — | — | | |")
-        for r in rows:
-            pkg = f"{r['package_bytes'] / 1e6:.1f}" if "package_bytes" in r else "—"
-            zp = f"{r['zip_bytes'] / 1e6:.1f}" if "zip_bytes" in r else "—"
-            print(f"| `{r['module']}` | {r['import_ms']:.1f} | {r['added_ms']:.1f} "
-                  f"| {r['added_over_skeleton_ms']:.1f} | {pkg} | {zp} |")
-    return 0 if all(r["ok"] for r in rows) else 1
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for mode, res in results.items():
+            print(f"| {mode} | Powertools imports alone (baseline) | {res['powertools_ms']:.1f} | — | — | | |")
+            print(f"| {mode} | Powertools skeleton: imports + Logger/Metrics/Tracer | {res['skeleton_ms']:.1f} "
+                  "| — | — | | |")
+            for r in res["handlers"]:
+                pkg = f"{r['package_bytes'] / 1e6:.1f}" if "package_bytes" in r else "—"
+                zp = f"{r['zip_bytes'] / 1e6:.1f}" if "zip_bytes" in r else "—"
+                print(f"| {mode} | `{r['module']}` | {r['import_ms']:.1f} | {r['added_ms']:.1f} "
+                      f"| {r['added_over_skeleton_ms']:.1f} | {pkg} | {zp} |")
+    return 0 if all(r["ok"] for res in results.values() for r in res["handlers"]) else 1
 
 
 if __name__ == "__main__":

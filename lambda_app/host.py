@@ -31,11 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.state import open_state_store
 from handlers.invoke import Invocation, LocalHost
+from lambda_app.tracing import make_tracer
 
 __all__ = ["VARIABLE_ENV_PREFIX", "LambdaHost", "count_run", "flows_dir", "get_host", "logger", "metrics", "tracer"]
 
@@ -46,7 +47,7 @@ VARIABLE_ENV_PREFIX = "ADF_VAR_"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = make_tracer(SERVICE)
 
 _TRUE = {"1", "true", "yes", "on"}
 

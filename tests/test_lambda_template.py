@@ -50,7 +50,10 @@ def test_globals(template: dict[str, Any]) -> None:
     assert template["Transform"] == "AWS::Serverless-2016-10-31"
     fn = template["Globals"]["Function"]
     assert fn["Runtime"] == "python3.11" and fn["Architectures"] == ["x86_64"]
-    assert fn["Tracing"] == "Active" and fn["Timeout"] and fn["MemorySize"]
+    assert fn["Tracing"] == {"Ref": "Tracing"} and template["Parameters"]["Tracing"]["Default"] == "Active"
+    assert fn["Timeout"] and fn["MemorySize"]
+    # tracing off in the template is tracing off for Powertools (and no X-Ray SDK is loaded)
+    assert fn["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"] == {"Fn::If": ["TracingActive", "false", "true"]}
     env = fn["Environment"]["Variables"]
     for name in ("ADF_FLOWS_DIR", "ADF_STATE_DIR", "ADF_STATE_URL", "ADF_DATABASE_URL", "ADF_DEFAULT_FLOW",
                  "ADF_S3_ROUTES", "ADF_VAR_JSON", "ADF_IDEMPOTENCY_TABLE", "POWERTOOLS_SERVICE_NAME",
