@@ -1,0 +1,18 @@
+"""WebAssembly steps: sandboxed user modules with limits, permissions, a signed registry and a
+compiled-module cache.
+
+Pure standard library at import (like the rest of ``core``); ``wasmtime``, ``boto3``,
+``SQLAlchemy`` and ``cryptography`` are imported when first needed (extra ``wasm``).
+
+Modules:
+
+``errors``       the exceptions (limit kinds, traps, permission denials, integrity)
+``limits``       :class:`Limits` — fuel, memory, timeout, output size
+``permissions``  :class:`PermissionSet` — ``http:read:<url glob>`` and friends
+``storage``      where module binaries and files live: a local directory or S3
+``executor``     :class:`WasmExecutor` — load, compile (cached), call with JSON in / out
+``hostfns``      the host functions a module may import from ``adf``
+``cache``        the in-memory LRU of compiled modules and the ahead-of-time disk cache
+``registry``     :class:`ModuleRegistry` — upload, verify, list, permissions, execution log
+``step``         the ``wasm`` flow step
+"""
