@@ -23,6 +23,7 @@ with an idempotent (upsert) sink that duplicate collapses, so the result is exac
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import json
 import logging
@@ -56,7 +57,7 @@ from core.splits import (
     SplitEnumerator,
     SplitEnumeratorContext,
 )
-from core.steps import Step, build_steps
+from core.steps import Routed, Step, build_steps
 
 if TYPE_CHECKING:
     from core.connectors.base import Source
@@ -367,6 +368,10 @@ class _Pipeline:
         self.spec = spec
         self.runtime = spec.runtime
         self.steps: list[Step] = _build_steps(spec, reg)
+        run_ctx.extras.setdefault("context", dict(spec.context))
+        for step in self.steps:
+            step.run_context = run_ctx
+        self.routing = any(step.can_route for step in self.steps)
         sink_cls = reg.resolve("sink", spec.sink["type"])
         self.sink: Sink = sink_cls({k: v for k, v in spec.sink.items() if k != "type"})
         self.sink.run_context = run_ctx
@@ -401,10 +406,13 @@ class _Pipeline:
                     DeadLetter(record, redact_text(f"{type(exc).__name__}: {exc}"), "step", type(exc).__name__, step=step)
                 )
 
-            for step in self.steps:
-                records = step.process_batch(records, on_error)
-                if not records:
-                    break
+            if self.routing:
+                records = self._route(records, on_error)
+            else:
+                for step in self.steps:
+                    records = step.process_batch(records, on_error)
+                    if not records:
+                        break
         written = self._write(records, letters) if records else 0
         self.dead.write(letters)
         max_dead = self.runtime.get("max_dead_letters")
@@ -418,6 +426,38 @@ class _Pipeline:
         self.records_out += written
         self.bytes_done += batch.input_bytes
         return n_in, written, len(letters)
+
+    def _route(self, records: list[Record], on_error: Any) -> list[Record]:
+        """The steps with routing: a step may send a record on to later steps by id (one,
+        several — a copy each — or none: done, straight to the sink). Forward only, so a
+        record visits each step at most once."""
+        steps = self.steps
+        index = {step.id: i for i, step in enumerate(steps)}
+        pending: list[list[Record]] = [[] for _ in range(len(steps) + 1)]
+        pending[0] = list(records)
+        for i, step in enumerate(steps):
+            batch = pending[i]
+            if not batch:
+                continue
+            for item in step.process_batch(batch, on_error):
+                if not isinstance(item, Routed):
+                    pending[i + 1].append(item)
+                    continue
+                targets = item.targets
+                if not targets:
+                    pending[-1].append(item.record)
+                    continue
+                bad = [t for t in targets if index.get(t, -1) <= i]
+                if bad:
+                    on_error(item.record, AdfError(
+                        f"invalid routing decision {list(targets)!r} from step {step.id!r}: "
+                        f"{', '.join(repr(b) for b in bad)} {'is' if len(bad) == 1 else 'are'} not a later step "
+                        f"(later steps: {', '.join(step.forward_ids) or 'none'})"), step.name)
+                    continue
+                for n, target in enumerate(dict.fromkeys(targets)):
+                    record = item.record if n == 0 else copy.deepcopy(item.record)
+                    pending[index[target]].append(record)
+        return pending[-1]
 
     def _write(self, records: list[Record], letters: list[DeadLetter]) -> int:
         sink = self.sink

@@ -48,6 +48,9 @@ _BUILTINS: dict[str, dict[str, str]] = {
     "step": {
         "python": "core.steps:PythonStep",
         "filter": "core.steps:FilterStep",
+        "http": "core.steps_io:HttpStep",
+        "sql": "core.steps_io:SqlStep",
+        "wasm": "core.wasm.step:WasmStep",
     },
     "runtime": {
         "local": "core.runtime:LocalRuntime",

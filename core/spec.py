@@ -30,6 +30,7 @@ from typing import Any
 from core.attributes import Attribute, validate_config
 from core.errors import AdfError, ConfigError, SpecError
 from core.registry import Registry, registry
+from core.steps import step_id_problems
 
 __all__ = ["RUNTIME_ATTRIBUTES", "SPEC_KEYS", "FlowSpec", "load_spec_file", "parse_spec", "spec_defaults"]
 
@@ -62,7 +63,7 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
 
 SPEC_KEYS = (
     "name", "description", "source", "steps", "sink", "runtime", "dead_letter", "schema", "state", "config",
-    "python_path",
+    "python_path", "context",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -81,6 +82,8 @@ class FlowSpec:
     state: str | None = None
     description: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    #: the run context's initial values (steps read them as ``${context.x}`` and may set more)
+    context: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     #: the DataFlow subclass for the class form (None for a declarative spec)
     flow_class: Any = None
@@ -142,7 +145,8 @@ def _component_problems(kind: str, section: str, spec: Any, reg: Registry) -> li
     except AdfError as exc:
         return [f"{section}: {exc}"]
     try:
-        cls({k: v for k, v in spec.items() if k != "type"})
+        cls({k: v for k, v in spec.items() if k not in ("type", "id")} if kind == "step" else
+            {k: v for k, v in spec.items() if k != "type"})
     except ConfigError as exc:
         return [f"{section}: {p}" for p in exc.problems]
     except Exception as exc:
@@ -187,9 +191,11 @@ def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_com
     if not isinstance(steps, list):
         problems.append(f"'steps' must be a list, got {type(steps).__name__}")
         steps = []
-    elif check_components:
-        for i, step in enumerate(steps):
-            problems.extend(_component_problems("step", f"steps[{i}]", step, reg))
+    else:
+        problems.extend(step_id_problems(steps))
+        if check_components:
+            for i, step in enumerate(steps):
+                problems.extend(_component_problems("step", f"steps[{i}]", step, reg))
     dead_letter = raw.get("dead_letter")
     if dead_letter is not None and check_components:
         problems.extend(_component_problems("sink", "dead_letter", dead_letter, reg))
@@ -218,6 +224,10 @@ def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_com
     if not isinstance(config, Mapping):
         problems.append("'config' must be a mapping")
         config = {}
+    context = raw.get("context") or {}
+    if not isinstance(context, Mapping):
+        problems.append("'context' must be a mapping (the run context's initial values)")
+        context = {}
     if problems:
         raise SpecError(problems, where=f"flow {name!r}" if isinstance(name, str) and name else "flow spec")
     assert isinstance(name, str)
@@ -232,6 +242,7 @@ def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_com
         schema=schema,
         state=state,
         config=dict(config),
+        context=dict(context),
         raw=dict(raw),
     )
 

@@ -24,27 +24,43 @@ import functools
 import inspect
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.attributes import Attribute, Configurable
 from core.errors import ConfigError
 from core.records import Record
 from core.registry import import_path
 
-__all__ = ["ErrorHandler", "FilterStep", "FunctionStep", "PythonStep", "Step", "build_steps"]
+__all__ = ["ErrorHandler", "FilterStep", "FunctionStep", "PythonStep", "Routed", "Step", "build_steps", "step_id_problems"]
 
 #: ``on_error(record, exception, step_name)`` — called for a record the step failed on.
 ErrorHandler = Callable[[Any, BaseException, str], None]
+
+
+class Routed(NamedTuple):
+    """A record a routing step sends to the steps ``targets`` (ids of later steps); an
+    empty ``targets`` means the record is done and goes straight to the sink."""
+
+    record: Any
+    targets: tuple[str, ...]
 
 
 class Step(Configurable, abc.ABC):
     """Base of steps. Subclasses implement :meth:`process_batch`.
 
     ``name`` identifies the step in dead letters and logs (``steps[1]:python`` unless the
-    spec gives ``name``).
+    spec gives ``name``). ``id`` is what routing decisions name (the spec's ``id``, else
+    ``steps[<index>]``). A step whose ``can_route`` is true may return :class:`Routed`
+    items; ``forward_ids`` are the ids it may route to (the steps after it).
+    ``run_context`` is set by the engine before :meth:`open`; its ``extras["context"]``
+    is the run context (the spec's ``context`` plus what steps set).
     """
 
     name: str = ""
+    id: str = ""
+    can_route: bool = False
+    forward_ids: tuple[str, ...] = ()
+    run_context: Any = None
 
     @classmethod
     def _kind(cls) -> str:
@@ -231,14 +247,34 @@ class FilterStep(Step):
                 on_error(record, exc, self.name)
 
 
+def step_id_problems(specs: Sequence[Any]) -> list[str]:
+    """Problems with the steps' ``id`` keys: not a string, or used twice."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping) or "id" not in spec:
+            continue
+        sid = spec["id"]
+        if not isinstance(sid, str) or not sid.strip():
+            problems.append(f"steps[{i}]: 'id' must be a non-empty string, got {sid!r}")
+        elif sid in seen:
+            problems.append(f"steps[{i}]: id {sid!r} is already used by steps[{seen[sid]}]")
+        else:
+            seen[sid] = i
+    return problems
+
+
 def build_steps(specs: Sequence[Mapping[str, Any]], resolve: Callable[[str, str], Any]) -> list[Step]:
     """Instantiate steps from their spec mappings (``resolve`` is ``registry.resolve``)."""
     steps: list[Step] = []
     for i, spec in enumerate(specs):
         cls = resolve("step", spec.get("type", "python"))
-        config = {k: v for k, v in spec.items() if k != "type"}
+        config = {k: v for k, v in spec.items() if k not in ("type", "id")}
         step = cls(config)
         if not getattr(step, "name", ""):
             step.name = f"steps[{i}]:{spec.get('type')}"
+        step.id = str(spec.get("id") or f"steps[{i}]")
         steps.append(step)
+    for i, step in enumerate(steps):
+        step.forward_ids = tuple(s.id for s in steps[i + 1 :])
     return steps

@@ -6,6 +6,8 @@ import os
 import time
 from typing import Any
 
+from core.steps import Routed, Step
+
 
 def double(record: dict[str, Any]) -> dict[str, Any]:
     record["doubled"] = record["n"] * 2
@@ -48,3 +50,24 @@ TALLY: list[dict[str, Any]] = []
 def tally(record: dict[str, Any]) -> dict[str, Any]:
     TALLY.append(dict(record))
     return record
+
+
+class RouteByField(Step):
+    """Test step: routes each record to the step ids in its ``to`` field (a list), or on."""
+
+    type_name = "route_by_field"
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        super().__init__({}, **kwargs)
+        self.can_route = True
+
+    def process_batch(self, records: list[Any], on_error: Any) -> list[Any]:
+        out: list[Any] = []
+        for r in records:
+            to = r.get("to")
+            out.append(r if to is None else Routed(r, tuple(to)))
+        return out
+
+
+def tag(record: dict[str, Any], label: str) -> dict[str, Any]:
+    return {**record, "seen": [*record.get("seen", []), label]}
