@@ -157,6 +157,10 @@ _REFUSED: dict[tuple[str, str], str] = {
                       "spin_sqlite, spin_redis or spin_http, or return the records with response",
     ("step", "wasm"): "WASM steps run on the host targets (local, heartbeat, Lambda, Flink), "
                       "not inside a Spin component",
+    ("step", "http"): "the http step opens sockets (urllib); inside a component fetch with a spin_http "
+                      "source or post with a spin_http sink",
+    ("step", "sql"): "the sql step opens database connections (sockets, SQLAlchemy); inside a component "
+                     "use spin_sqlite",
 }
 
 #: Modules that cannot load (or cannot work) inside a componentize-py component, with the reason.

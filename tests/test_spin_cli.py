@@ -329,6 +329,8 @@ def test_flows_that_cannot_run_inside_spin_are_refused_naming_flow_connector_and
         "wasm.yaml": ("name: wasm_flow\nsource: {type: payload}\n"
                       "steps: [{type: wasm, module: pricing@1.2.0, function: transform}]\nsink: {type: response}\n"),
         "to_file.yaml": "name: to_file\nsource: {type: payload}\nsink: {type: file, path: out.jsonl}\n",
+        "io.yaml": ("name: io\nsource: {type: payload}\nsteps: [{type: http, url: 'https://api.example.com/x'},"
+                    " {type: sql, url: 'sqlite:///x.db', query: 'select 1'}]\nsink: {type: response}\n"),
         "net.yaml": ("name: net\nsource: {type: payload}\nsteps: [{type: python, function: 'netstep:fetch'},"
                      " {type: python, function: 'guarded:f'}, {type: python, function: 'netstep:missing'}]\n"
                      "sink: {type: response}\nruntime: {parallelism: 4}\n"),
@@ -339,7 +341,7 @@ def test_flows_that_cannot_run_inside_spin_are_refused_naming_flow_connector_and
 
     res = adf("spin", "manifest", *flows, "--out", "spin.toml", cwd=tmp_path)
     assert res.returncode == 2 and not (tmp_path / "spin.toml").exists()
-    assert "refused: 6 problem(s)" in res.stderr
+    assert "refused: 8 problem(s)" in res.stderr
 
     res = adf("spin", "manifest", *flows, "--out", "spin.toml", "--no-check", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -353,12 +355,14 @@ def test_flows_that_cannot_run_inside_spin_are_refused_naming_flow_connector_and
         "flow wasm_flow: steps[0] 'wasm': WASM steps run on the host targets (local, heartbeat, Lambda, Flink), "
         "not inside a Spin component",
         "flow to_file: sink 'file': a component cannot write files",
+        "flow io: steps[0] 'http': the http step opens sockets",
+        "flow io: steps[1] 'sql': the sql step opens database connections",
         "flow net: steps[0] 'python' (netstep:fetch): module netstep imports requests (line 1): opens sockets",
         "flow net: steps[2] 'python' (netstep:missing): module netstep defines no 'missing'",
     ]
     for text in expected:
         assert any(text in e for e in errors), f"{text!r} not in:\n" + "\n".join(errors)
-    assert len(errors) == 6, errors
+    assert len(errors) == 8, errors
     warnings = report["warnings"]
     assert any("flow net: runtime.parallelism 4" in w for w in warnings)
     assert any("module guarded imports orjson (line 2) inside a try/except ImportError" in w for w in warnings)
