@@ -371,7 +371,7 @@ class _Pipeline:
         run_ctx.extras.setdefault("context", dict(spec.context))
         for step in self.steps:
             step.run_context = run_ctx
-        self.routing = any(step.can_route for step in self.steps)
+        self.routing = any(step.can_route or step.static_next is not None for step in self.steps)
         sink_cls = reg.resolve("sink", spec.sink["type"])
         self.sink: Sink = sink_cls({k: v for k, v in spec.sink.items() if k != "type"})
         self.sink.run_context = run_ctx
@@ -439,10 +439,13 @@ class _Pipeline:
             batch = pending[i]
             if not batch:
                 continue
+            static = step.static_next
             for item in step.process_batch(batch, on_error):
                 if not isinstance(item, Routed):
-                    pending[i + 1].append(item)
-                    continue
+                    if static is None:
+                        pending[i + 1].append(item)
+                        continue
+                    item = Routed(item, static)
                 targets = item.targets
                 if not targets:
                     pending[-1].append(item.record)

@@ -145,7 +145,7 @@ def _component_problems(kind: str, section: str, spec: Any, reg: Registry) -> li
     except AdfError as exc:
         return [f"{section}: {exc}"]
     try:
-        cls({k: v for k, v in spec.items() if k not in ("type", "id")} if kind == "step" else
+        cls({k: v for k, v in spec.items() if k not in ("type", "id", "next")} if kind == "step" else
             {k: v for k, v in spec.items() if k != "type"})
     except ConfigError as exc:
         return [f"{section}: {p}" for p in exc.problems]

@@ -60,6 +60,9 @@ class Step(Configurable, abc.ABC):
     id: str = ""
     can_route: bool = False
     forward_ids: tuple[str, ...] = ()
+    #: the spec's ``next``: where every record this step passes on goes (``()``: the sink);
+    #: None: the step after it
+    static_next: tuple[str, ...] | None = None
     run_context: Any = None
 
     @classmethod
@@ -248,19 +251,30 @@ class FilterStep(Step):
 
 
 def step_id_problems(specs: Sequence[Any]) -> list[str]:
-    """Problems with the steps' ``id`` keys: not a string, or used twice."""
+    """Problems with the steps' ``id`` and ``next`` keys: an id that is not a string or is
+    used twice; a ``next`` that is not a list of ids of later steps."""
     problems: list[str] = []
     seen: dict[str, int] = {}
     for i, spec in enumerate(specs):
-        if not isinstance(spec, Mapping) or "id" not in spec:
-            continue
-        sid = spec["id"]
+        sid = spec.get("id", f"steps[{i}]") if isinstance(spec, Mapping) else f"steps[{i}]"
         if not isinstance(sid, str) or not sid.strip():
             problems.append(f"steps[{i}]: 'id' must be a non-empty string, got {sid!r}")
         elif sid in seen:
             problems.append(f"steps[{i}]: id {sid!r} is already used by steps[{seen[sid]}]")
         else:
             seen[sid] = i
+    for i, spec in enumerate(specs):
+        nxt = spec.get("next") if isinstance(spec, Mapping) else None
+        if nxt is None:
+            continue
+        if not isinstance(nxt, list) or not all(isinstance(t, str) for t in nxt):
+            problems.append(f"steps[{i}]: 'next' must be a list of step ids ([] ends the record's path), got {nxt!r}")
+            continue
+        later = [sid for sid, j in seen.items() if j > i]
+        for target in nxt:
+            if seen.get(target, -1) <= i:
+                problems.append(f"steps[{i}]: next {target!r} is not a later step (later steps: "
+                                f"{', '.join(later) or 'none'})")
     return problems
 
 
@@ -269,12 +283,17 @@ def build_steps(specs: Sequence[Mapping[str, Any]], resolve: Callable[[str, str]
     steps: list[Step] = []
     for i, spec in enumerate(specs):
         cls = resolve("step", spec.get("type", "python"))
-        config = {k: v for k, v in spec.items() if k not in ("type", "id")}
+        config = {k: v for k, v in spec.items() if k not in ("type", "id", "next")}
         step = cls(config)
         if not getattr(step, "name", ""):
             step.name = f"steps[{i}]:{spec.get('type')}"
         step.id = str(spec.get("id") or f"steps[{i}]")
+        if spec.get("next") is not None:
+            step.static_next = tuple(spec["next"])
         steps.append(step)
     for i, step in enumerate(steps):
         step.forward_ids = tuple(s.id for s in steps[i + 1 :])
+    problems = step_id_problems(specs)
+    if problems:
+        raise ConfigError("steps", problems)
     return steps

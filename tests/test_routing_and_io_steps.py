@@ -56,12 +56,28 @@ def test_routing_sends_records_to_one_several_or_no_later_steps(tmp_path: Path) 
     assert "invalid routing decision ['router']" in letters[0]["reason"] and "later steps: a, b, c" in letters[0]["reason"]
 
 
+def test_a_static_next_makes_branches_that_end(tmp_path: Path) -> None:
+    records = [{"k": "x", "to": ["small"]}, {"k": "y", "to": ["big"]}, {"k": "z"}]
+    steps = [{"type": "route_by_field", "id": "router"},
+             {**_tag("small", "small"), "next": []},   # a branch that ends at the sink
+             {**_tag("big", "big"), "next": ["last"]},
+             _tag("skipped", "skipped"),
+             _tag("last", "last")]
+    _, out = _run(steps, records, tmp_path)
+    assert sorted((r["k"], tuple(r["seen"])) for r in out) == [("x", ("small",)), ("y", ("big", "last")),
+                                                              ("z", ("small",))]
+
+
 def test_step_ids_are_checked_when_the_flow_is_saved() -> None:
     base = {"name": "ids", "source": {"type": "memory", "records": []}, "sink": {"type": "memory"}}
     with pytest.raises(SpecError) as err:
         parse_spec({**base, "steps": [_tag("x", "same"), _tag("y", "same"), {**_tag("z"), "id": 3}]})
     assert "steps[1]: id 'same' is already used by steps[0]" in str(err.value)
     assert "steps[2]: 'id' must be a non-empty string" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        parse_spec({**base, "steps": [{**_tag("a", "a"), "next": ["b", "a"]}, _tag("b", "b"), {**_tag("c"), "next": "b"}]})
+    assert "steps[0]: next 'a' is not a later step (later steps: b, steps[2])" in str(err.value)
+    assert "steps[2]: 'next' must be a list of step ids" in str(err.value)
     with pytest.raises(SpecError, match="'context' must be a mapping"):
         parse_spec({**base, "context": [1]})
 
