@@ -440,12 +440,15 @@ class _Pipeline:
             if not batch:
                 continue
             static = step.static_next
-            for item in step.process_batch(batch, on_error):
-                if not isinstance(item, Routed):
-                    if static is None:
-                        pending[i + 1].append(item)
-                        continue
-                    item = Routed(item, static)
+            out: list[Any] = step.process_batch(batch, on_error)
+            for got in out:
+                if isinstance(got, Routed):
+                    item = got
+                elif static is None:
+                    pending[i + 1].append(got)
+                    continue
+                else:
+                    item = Routed(got, static)
                 targets = item.targets
                 if not targets:
                     pending[-1].append(item.record)

@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import re
-import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -216,27 +215,21 @@ def _ed25519() -> Any:
     return ed25519
 
 
-_ENGINE: Any = None
-_ENGINE_LOCK = threading.Lock()
-
-
 def _validate_wasm(wasm: bytes) -> None:
     """``ValueError`` with wasmtime's message when ``wasm`` is not a valid module."""
-    global _ENGINE
     try:
         import wasmtime
     except ImportError as exc:
         raise MissingExtraError("wasmtime", "wasm", "validating wasm modules") from exc
-    with _ENGINE_LOCK:
-        if _ENGINE is None:
-            _ENGINE = wasmtime.Engine()
-        engine = _ENGINE
     if not wasm.startswith(b"\0asm"):
         raise ValueError("not a WebAssembly binary (no \\0asm header); compile .wat text with wat2wasm first")
+    engine = wasmtime.Engine()  # uploads are rare; no engine outlives the call (or the interpreter)
     try:
         wasmtime.Module.validate(engine, wasm)
     except wasmtime.WasmtimeError as exc:
         raise ValueError(f"invalid WebAssembly module: {str(exc).strip()}") from None
+    finally:
+        engine.close()
 
 
 def public_key_bytes(data: bytes | str) -> bytes:

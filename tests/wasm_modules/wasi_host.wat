@@ -1,0 +1,23 @@
+;; WASI command using host functions: logs a line, asks for the context key "greeting" and
+;; writes the host's JSON response to stdout. Exports alloc so the host can answer.
+(module
+  (import "adf" "log" (func $log (param i32 i32 i32)))
+  (import "adf" "get_context" (func $get_context (param i32 i32) (result i64)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 64) "{\"key\":\"greeting\"}")
+  (data (i32.const 128) "hello from wasi")
+  (func (export "alloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (local.get $n)))
+    (local.get $p))
+  (func (export "_start")
+    (local $r i64)
+    (call $log (i32.const 1) (i32.const 128) (i32.const 15))
+    (local.set $r (call $get_context (i32.const 64) (i32.const 18)))
+    (i32.store (i32.const 0) (i32.wrap_i64 (i64.shr_u (local.get $r) (i64.const 32))))
+    (i32.store (i32.const 4) (i32.wrap_i64 (local.get $r)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16))))
+)
