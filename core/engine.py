@@ -861,6 +861,7 @@ class _Run:
                     d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
                     if self.use_checkpoints:
                         self.checkpoints.save_reader(0, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
+                    reader.notify_checkpoint_complete()
                     self._forget(0, batch.finished_splits)
                     self.report(d_in, d_out, d_dead, batch.input_bytes, len(batch.finished_splits))
                 if batch.status is ReaderStatus.END_OF_INPUT:
@@ -1160,6 +1161,7 @@ def _reader_main(
             if batch.records or batch.dead_letters or batch.finished_splits:
                 d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
                 checkpoints.save_reader(reader_id, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
+                reader.notify_checkpoint_complete()
                 outbox.put(("progress", reader_id, d_in, d_out, d_dead, batch.input_bytes, batch.finished_splits))
             if batch.status is ReaderStatus.END_OF_INPUT or stop:
                 break

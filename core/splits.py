@@ -292,6 +292,11 @@ class SourceReader(abc.ABC):
     @abc.abstractmethod
     def snapshot_state(self) -> list[Split]: ...
 
+    def notify_checkpoint_complete(self) -> None:
+        """The records of the last poll are written by the sink and the state after it is
+        checkpointed: a source that acknowledges what it read (a message queue, a consumer
+        group) acknowledges them now, never earlier (at-least-once)."""
+
     def close(self) -> None:
         """Release resources."""
 
