@@ -1,0 +1,105 @@
+"""The engine benchmark's job on Flink (parallelism 1 and 2) against the local runner, same run.
+
+    scripts/flink-setup && .venv/bin/python bench/flink.py [--records 40000]
+
+The job of bench/engine.py: ~1 KB JSON records in a JSONL file (split into byte ranges) →
+the python map step of bench/transforms.py → a JSONL file. The local runner runs in this
+interpreter's environment; the Flink job with the Flink environment's interpreter
+(`.venv-flink`, on the local mini-cluster). Each figure is the wall time of the whole run, in a
+fresh process, so Flink's start-up (JVM, mini-cluster, Python workers: several seconds) is
+counted — that is what a user of `adf flink run` waits for. A second figure subtracts the
+time of the same Flink job over 10 records (start-up and tear-down) to show the steady
+throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from engine import make_input  # noqa: E402
+
+
+def spec(inp: Path, out: Path, name: str) -> dict[str, object]:
+    return {"name": name, "python_path": [str(ROOT / "bench")],
+            "source": {"type": "file", "path": str(inp), "format": "jsonl", "split_bytes": 4 << 20},
+            "steps": [{"type": "python", "function": "transforms:enrich"}],
+            "sink": {"type": "file", "path": str(out), "format": "jsonl"},
+            "runtime": {"batch_size": 500}}
+
+
+def local(inp: Path, work: Path, parallelism: int) -> float:
+    s = spec(inp, work / f"local-{parallelism}.jsonl", f"bench_local_{parallelism}")
+    s["runtime"] = {"batch_size": 500, "parallelism": parallelism}
+    code = ("import json, sys, time; from core.engine import run_flow; t = time.perf_counter(); "
+            f"r = run_flow(json.loads({json.dumps(json.dumps(s))}), state_dir={str(work / 'state')!r}, resume=False); "
+            "assert r.status == 'success', r.error; print(time.perf_counter() - t)")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    return time.perf_counter() - t0
+
+
+def flink(python: str, inp: Path, work: Path, parallelism: int, tag: str) -> float:
+    spec_path = work / f"flink-{tag}-{parallelism}.json"
+    spec_path.write_text(json.dumps(spec(inp, work / f"flink-{tag}-{parallelism}.jsonl", f"bench_flink_{tag}")))
+    t0 = time.perf_counter()
+    r = subprocess.run([python, "-m", "flink_job.job", str(spec_path), "--parallelism", str(parallelism),
+                        "--state-dir", str(work / "state"), "--json"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    elapsed = time.perf_counter() - t0
+    summary = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {}
+    if summary.get("status") != "success":
+        raise RuntimeError(f"flink job failed: {summary or r.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=40_000)
+    args = ap.parse_args()
+    from flink_job.cli import flink_python
+
+    python = flink_python()
+    if python is None:
+        print("PyFlink is not installed: run scripts/flink-setup", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        inp, tiny = work / "in.jsonl", work / "tiny.jsonl"
+        size = make_input(inp, args.records)
+        make_input(tiny, 10)
+        print(f"{args.records} records, {size / 1e6:.1f} MB")
+        start = flink(python, tiny, work, 1, "tiny")
+        rows = []
+        for p in (1, 2):
+            t_local = local(inp, work, p)
+            t_flink = flink(python, inp, work, p, "full")
+            steady = t_flink - start if t_flink > start * 1.2 else float("nan")  # too close to tell
+            rows.append((p, t_local, t_flink, steady))
+            print(f"parallelism {p}: local {args.records / t_local:,.0f} rec/s ({t_local:.1f} s), "
+                  f"flink {args.records / t_flink:,.0f} rec/s ({t_flink:.1f} s; {args.records / steady:,.0f} rec/s "
+                  f"without the {start:.1f} s start-up), flink / local = {t_local / t_flink:.2f}x")
+        print("\n| parallelism | local runner (rec/s) | Flink, whole run (rec/s) | Flink without start-up (rec/s) "
+              "| Flink / local |")
+        print("|---:|---:|---:|---:|---:|")
+        for p, t_local, t_flink, steady in rows:
+            print(f"| {p} | {args.records / t_local:,.0f} | {args.records / t_flink:,.0f} | "
+                  f"{args.records / steady:,.0f} | {t_local / t_flink:.2f}x |")
+        print(f"\nFlink start-up and tear-down (a 10-record job): {start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

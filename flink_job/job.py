@@ -1,0 +1,377 @@
+"""Run a flow spec as an Apache Flink job (PyFlink).
+
+::
+
+    python -m flink_job.job examples/orders/flow.yaml [--parallelism 2] [--json]
+    adf flink run examples/orders/flow.yaml --parallelism 2          # the same, through the CLI
+    flink run -py flink_job/job.py -pyfs adf-flink.zip -- flow.yaml  # on a cluster (adf flink package)
+
+How the flow maps onto Flink (PyFlink has no Python source API, so splits travel as
+descriptors):
+
+* the client asks the source's enumerator for every split and sends the splits, as JSON
+  descriptors, through ``from_collection``; Flink spreads them over the parallel subtasks;
+* ``read``: a ``flat_map`` that reads each split with the core ``SourceReader``; the elements
+  that flow between the operators are batches of records (a JSON array each, up to
+  ``runtime.batch_size``), so PyFlink's per-element cost is paid once per batch;
+* each step: a ``flat_map`` running the core step on each batch; a record a step fails on
+  goes to the dead-letter destination (one JSON Lines file per subtask in the run directory,
+  merged by the client, or the spec's ``dead_letter`` sink);
+* the sink: a function with ``open``/``close`` that writes batches of ``runtime.batch_size``
+  with the core sink (retries, then record-by-record isolation into dead letters, as the local
+  runner does).
+
+A bounded source runs in BATCH mode; an unbounded one in STREAMING mode with checkpointing
+(``runtime.checkpoint_interval_ms``, default 10 s). Parallelism: ``--parallelism``, else the
+spec's ``runtime.parallelism``. The job's result is a run summary like the local runner's.
+Routing between steps (``next``) is not supported under Flink: the steps run in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # under `flink run -py`, the project is beside this file
+    sys.path.insert(0, str(ROOT))
+
+from core.connectors.base import RunContext  # noqa: E402
+from core.errors import AdfError  # noqa: E402
+from core.loader import load_flow  # noqa: E402
+from core.registry import registry  # noqa: E402
+from core.spec import parse_spec  # noqa: E402
+from core.splits import Boundedness, DeadLetter, ReaderStatus, Split, SplitEnumeratorContext  # noqa: E402
+
+__all__ = ["all_splits", "build_job", "main", "run"]
+
+
+class _Collect(SplitEnumeratorContext):
+    """An enumerator context that collects every split the enumerator hands out."""
+
+    def __init__(self, parallelism: int) -> None:
+        self._parallelism = parallelism
+        self.splits: list[Split] = []
+        self.done = False
+
+    @property
+    def parallelism(self) -> int:
+        return self._parallelism
+
+    def registered_readers(self) -> list[int]:
+        return [0]
+
+    def assign_split(self, split: Split, reader_id: int) -> None:
+        self.splits.append(split)
+
+    def signal_no_more_splits(self, reader_id: int) -> None:
+        self.done = True
+
+
+def all_splits(source: Any, parallelism: int = 1, limit: int = 1_000_000) -> list[Split]:
+    """Every split ``source``'s enumerator hands out (a bounded source's whole input; an
+    unbounded one's current splits)."""
+    ctx = _Collect(parallelism)
+    enumerator = source.create_enumerator(ctx)
+    enumerator.start()
+    try:
+        while not ctx.done and len(ctx.splits) < limit:
+            before = len(ctx.splits)
+            enumerator.handle_split_request(0)
+            if len(ctx.splits) == before and not ctx.done:
+                break  # unbounded: nothing more for now
+    finally:
+        enumerator.close()
+    return ctx.splits
+
+
+def _letter_dict(letter: DeadLetter, flow: str, run_id: str) -> dict[str, Any]:
+    data = letter.to_dict() if hasattr(letter, "to_dict") else dict(vars(letter))
+    data.setdefault("flow", flow)
+    data.setdefault("run_id", run_id)
+    return data
+
+
+class _Files:
+    """Where a subtask writes its dead letters and its counts (read back by the client)."""
+
+    def __init__(self, run_dir: str, op: str, subtask: int) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        self.letters_path = os.path.join(run_dir, f"dead_letters-{op}-{subtask}.jsonl")
+        self.counts_path = os.path.join(run_dir, f"counts-{op}-{subtask}.json")
+        self._letters: Any = None
+
+    def letter(self, data: Mapping[str, Any]) -> None:
+        if self._letters is None:
+            self._letters = open(self.letters_path, "a", encoding="utf-8")
+        self._letters.write(json.dumps(data, default=str) + "\n")
+
+    def close(self, counts: Mapping[str, int]) -> None:
+        if self._letters is not None:
+            self._letters.close()
+        with open(self.counts_path, "w", encoding="utf-8") as f:
+            json.dump(dict(counts), f)
+
+
+def _functions() -> dict[str, Any]:
+    """The PyFlink functions (imported here: pyflink is needed only to run a job)."""
+    from pyflink.datastream.functions import FlatMapFunction, MapFunction, RuntimeContext
+
+    class ReadSplits(FlatMapFunction):  # type: ignore[misc]
+        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str) -> None:
+            self.spec, self.run_id, self.run_dir = dict(spec), run_id, run_dir
+
+        def open(self, ctx: RuntimeContext) -> None:
+            self.flow = parse_spec(self.spec)
+            cls = registry.resolve("source", self.flow.source["type"])
+            self.source = cls({k: v for k, v in self.flow.source.items() if k != "type"})
+            self.source.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=self.run_dir,
+                                                 reader_id=ctx.get_index_of_this_subtask(),
+                                                 parallelism=ctx.get_number_of_parallel_subtasks())
+            self.batch = int(self.flow.runtime.get("batch_size", 500))
+            self.files = _Files(self.run_dir, "read", ctx.get_index_of_this_subtask())
+            self.counts = {"records_in": 0, "dead_letters": 0, "splits": 0}
+
+        def flat_map(self, descriptor: str) -> Iterator[str]:
+            from core.engine import InlineContexts
+
+            split = self.source.split_from_dict(json.loads(descriptor))
+            ctx = InlineContexts()
+            reader = self.source.create_reader(ctx)
+            ctx.reader = reader
+            reader.add_splits([split])
+            reader.notify_no_more_splits()
+            reader.start()
+            try:
+                while True:
+                    batch = reader.poll_batch(self.batch)
+                    for letter in batch.dead_letters:
+                        self.files.letter(_letter_dict(letter, self.flow.name, self.run_id))
+                        self.counts["dead_letters"] += 1
+                    self.counts["records_in"] += len(batch.records) + len(batch.dead_letters)
+                    if batch.records:  # a batch per element: the per-element cost of PyFlink is paid per batch
+                        yield json.dumps(batch.records, default=str)
+                    if batch.status is ReaderStatus.END_OF_INPUT:
+                        break
+                    if batch.status is ReaderStatus.NOTHING_AVAILABLE and not batch.records:
+                        if self.source.boundedness is Boundedness.BOUNDED:
+                            break
+                        time.sleep(float(self.flow.runtime.get("idle_sleep_s", 0.2)))
+                    reader.notify_checkpoint_complete()
+            finally:
+                reader.close()
+            self.counts["splits"] += 1
+
+        def close(self) -> None:
+            self.files.close(self.counts)
+
+    class Step(FlatMapFunction):  # type: ignore[misc]
+        def __init__(self, spec: Mapping[str, Any], index: int, run_id: str, run_dir: str) -> None:
+            self.spec, self.index, self.run_id, self.run_dir = dict(spec), index, run_id, run_dir
+
+        def open(self, ctx: RuntimeContext) -> None:
+            from core.steps import build_steps
+
+            self.flow = parse_spec(self.spec)
+            if self.index < 0:  # the spec's schema: validation and coercion, as the local runner does
+                from core.engine import _SchemaStep
+                from core.records import Schema
+
+                self.step: Any = _SchemaStep(Schema.from_spec(self.flow.schema))
+            else:
+                self.step = build_steps([self.flow.steps[self.index]], registry.resolve)[0]
+                if self.step.name.startswith("steps[0]:"):  # named as the local runner names it
+                    self.step.name = f"steps[{self.index}]:" + self.step.name[len("steps[0]:"):]
+            self.step.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=self.run_dir,
+                                               reader_id=ctx.get_index_of_this_subtask())
+            self.step.run_context.extras["context"] = dict(self.flow.context)
+            self.step.open()
+            self.files = _Files(self.run_dir, f"step{self.index}", ctx.get_index_of_this_subtask())
+            self.counts = {"dead_letters": 0}
+
+        def _error(self, record: Any, exc: BaseException, step: str) -> None:
+            from core.redact import redact_text
+
+            letter = DeadLetter(record, redact_text(f"{type(exc).__name__}: {exc}"), "step", type(exc).__name__,
+                                step=step)
+            self.files.letter(_letter_dict(letter, self.flow.name, self.run_id))
+            self.counts["dead_letters"] += 1
+
+        def flat_map(self, value: str) -> Iterator[str]:
+            out = self.step.process_batch(json.loads(value), self._error)
+            if out:  # routing decisions are not followed under Flink: the record goes on
+                yield json.dumps([getattr(r, "record", r) if type(r) is not dict else r for r in out], default=str)
+
+        def close(self) -> None:
+            self.step.close()
+            self.files.close(self.counts)
+
+    class WriteSink(MapFunction):  # type: ignore[misc]
+        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str) -> None:
+            self.spec, self.run_id, self.run_dir = dict(spec), run_id, run_dir
+
+        def open(self, ctx: RuntimeContext) -> None:
+            from core.engine import _Pipeline
+
+            flow = parse_spec(self.spec)
+            flow.steps = []  # the steps ran upstream
+            flow.schema = None
+            subtask = ctx.get_index_of_this_subtask()
+            self.run_ctx = RunContext(flow_name=flow.name, run_id=self.run_id, state_dir=self.run_dir,
+                                      reader_id=subtask, parallelism=ctx.get_number_of_parallel_subtasks())
+            letters_dir = os.path.join(self.run_dir, f"sink-{subtask}")
+            self.pipeline = _Pipeline(flow, self.run_ctx, letters_dir, registry)
+            self.pipeline.open()
+            self.batch_size = int(flow.runtime.get("batch_size", 500))
+            self.buffer: list[Any] = []
+            self.files = _Files(self.run_dir, "sink", subtask)
+            self.dead = 0
+
+        def _flush(self) -> None:
+            from core.splits import ReaderBatch
+
+            if self.buffer:
+                _, _, dead = self.pipeline.commit(ReaderBatch(records=self.buffer, status=ReaderStatus.MORE_AVAILABLE))
+                self.dead += dead
+                self.buffer = []
+
+        def map(self, value: str) -> int:
+            self.buffer.extend(json.loads(value))
+            if len(self.buffer) >= self.batch_size:
+                self._flush()
+            return 0
+
+        def close(self) -> None:
+            self._flush()
+            self.pipeline.close()
+            self.files.close({"records_out": self.pipeline.records_out, "dead_letters": self.dead})
+
+    return {"ReadSplits": ReadSplits, "Step": Step, "WriteSink": WriteSink}
+
+
+def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str,
+              splits: list[Split]) -> Any:
+    """The PyFlink environment with the job's graph (run it with ``env.execute``)."""
+    from pyflink.common import Configuration, Types
+    from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+
+    flow = parse_spec(spec)
+    cls = registry.resolve("source", flow.source["type"])
+    source = cls({k: v for k, v in flow.source.items() if k != "type"})
+    config = Configuration()
+    config.set_string("python.executable", sys.executable)
+    config.set_string("python.client.executable", sys.executable)
+    config.set_string("python.pythonpath", str(ROOT))
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    p = int(parallelism or flow.runtime.get("parallelism", 1) or 1)
+    env.set_parallelism(p)
+    if source.boundedness is Boundedness.BOUNDED:
+        env.set_runtime_mode(RuntimeExecutionMode.BATCH)
+    else:
+        env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
+        env.enable_checkpointing(int(flow.runtime.get("checkpoint_interval_ms", 10_000)))
+    fns = _functions()
+    raw = dict(flow.raw)
+    descriptors = [json.dumps(s.to_dict(), default=str) for s in splits]
+    stream = env.from_collection(descriptors, type_info=Types.STRING()).rebalance()
+    stream = stream.flat_map(fns["ReadSplits"](raw, run_id, run_dir), output_type=Types.STRING()).name("read")
+    if flow.schema is not None:
+        stream = stream.flat_map(fns["Step"](raw, -1, run_id, run_dir), output_type=Types.STRING()).name("schema")
+    for i, step in enumerate(flow.steps):
+        stream = stream.flat_map(fns["Step"](raw, i, run_id, run_dir), output_type=Types.STRING()) \
+            .name(f"step {i}: {step.get('type', 'python')}")
+    written = stream.map(fns["WriteSink"](raw, run_id, run_dir), output_type=Types.INT()).name("sink")
+    written.filter(lambda _: False).print()  # a terminal operator; nothing reaches it
+    return env
+
+
+def _merge(run_dir: str) -> tuple[dict[str, int], str | None, list[dict[str, Any]]]:
+    totals = {"records_in": 0, "records_out": 0, "dead_letters": 0, "splits": 0}
+    for path in glob.glob(os.path.join(run_dir, "counts-*.json")):
+        with open(path, encoding="utf-8") as f:
+            for k, v in json.load(f).items():
+                totals[k] = totals.get(k, 0) + int(v)
+    letters: list[dict[str, Any]] = []
+    parts = sorted(glob.glob(os.path.join(run_dir, "dead_letters-*.jsonl")))
+    parts += sorted(glob.glob(os.path.join(run_dir, "sink-*", "dead_letters.jsonl")))
+    for path in parts:
+        with open(path, encoding="utf-8") as f:
+            letters.extend(json.loads(line) for line in f if line.strip())
+    destination = None
+    if letters:
+        destination = os.path.join(run_dir, "dead_letters.jsonl")
+        with open(destination, "w", encoding="utf-8") as f:
+            for letter in letters:
+                f.write(json.dumps(letter, default=str) + "\n")
+    return totals, destination, letters
+
+
+def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_dir: str | None = None) -> dict[str, Any]:
+    """Run ``spec`` (a mapping or a spec file) on Flink's local mini-cluster (or the cluster
+    `flink run` submits to) and return a run summary."""
+    from core.engine import default_state_root
+
+    flow = load_flow(spec, origin="flink").spec  # every configuration layer, resolved once here
+    raw = dict(flow.raw)
+    # the subtasks import step modules from where the client does: beside the spec file, and
+    # resolve relative paths from the client's working directory
+    extra_path = [os.path.dirname(os.path.abspath(spec))] if isinstance(spec, str) else []
+    raw["python_path"] = [*raw.get("python_path", []), *extra_path, os.getcwd()]
+    flow.raw = raw
+    if any(s.get("next") is not None for s in flow.steps):
+        raise AdfError("routing between steps ('next') is not supported under Flink: the steps run in order")
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    root = state_dir or default_state_root()
+    run_dir = os.path.join(root, flow.name, "flink-runs", run_id)
+    os.makedirs(run_dir, exist_ok=True)
+    cls = registry.resolve("source", flow.source["type"])
+    source = cls({k: v for k, v in flow.source.items() if k != "type"})
+    p = int(parallelism or flow.runtime.get("parallelism", 1) or 1)
+    source.run_context = RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p)
+    splits = all_splits(source, p)
+    started = time.time()
+    status, error = "success", None
+    try:
+        env = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=run_dir, splits=splits)
+        env.execute(f"adf {flow.name}")
+    except Exception as exc:  # the job failed: report it like the local runner does
+        status, error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    totals, destination, letters = _merge(run_dir)
+    summary = {
+        "flow": flow.name, "run_id": run_id, "status": status, "runtime": "flink", "parallelism": p,
+        "records_in": totals["records_in"], "records_out": totals["records_out"],
+        "dead_letters": len(letters), "splits": len(splits), "duration_s": round(time.time() - started, 3),
+        "dead_letter_destination": destination, "error": error, "run_dir": run_dir,
+    }
+    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="flink_job.job", description="Run a flow spec as a Flink job.")
+    ap.add_argument("spec", help="flow spec file (YAML or JSON)")
+    ap.add_argument("--parallelism", "-p", type=int, default=None)
+    ap.add_argument("--state-dir", default=None, help="where the run directory goes (default: the state root)")
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    args = ap.parse_args(argv)
+    summary = run(args.spec, parallelism=args.parallelism, state_dir=args.state_dir)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['flow']}: {summary['status']} on Flink (parallelism {summary['parallelism']}): "
+              f"{summary['records_in']} in, {summary['records_out']} out, {summary['dead_letters']} dead letters "
+              f"in {summary['duration_s']} s" + (f" — {summary['error']}" if summary["error"] else ""))
+    return 0 if summary["status"] == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
