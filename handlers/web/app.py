@@ -1,7 +1,7 @@
 """Build and serve the heartbeat web app.
 
 ``create_app`` returns the FastAPI (ASGI) app: ``POST {heartbeat_path}``, the management API
-under ``/api``, ``/healthz`` and ``/openapi.json``. ``serve`` runs it with uvicorn, logging
+under ``/api``, the dashboard under ``/ui``, ``/healthz`` and ``/openapi.json``. ``serve`` runs it with uvicorn, logging
 JSON lines. Only the standard library is imported at module level; FastAPI, pydantic and
 uvicorn load inside the functions.
 
@@ -54,7 +54,11 @@ def create_app(settings: Settings | None = None, store: ScheduleStore | None = N
         from handlers.schedule.sql import SqlScheduleStore
 
         store = SqlScheduleStore(settings.database_url)
-    return build_app(settings, store, owns_store=owns_store)
+    app = build_app(settings, store, owns_store=owns_store)
+    from handlers.web.dashboard import mount_dashboard
+
+    mount_dashboard(app, settings, store)  # the HTML dashboard under /ui (handlers.web.dashboard)
+    return app
 
 
 def make_server(
