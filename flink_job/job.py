@@ -49,48 +49,78 @@ from core.errors import AdfError  # noqa: E402
 from core.loader import load_flow  # noqa: E402
 from core.registry import registry  # noqa: E402
 from core.spec import parse_spec  # noqa: E402
-from core.splits import Boundedness, DeadLetter, ReaderStatus, Split, SplitEnumeratorContext  # noqa: E402
+from core.splits import (  # noqa: E402
+    Boundedness,
+    DeadLetter,
+    ReaderStatus,
+    SourceReaderContext,
+    Split,
+    SplitEnumeratorContext,
+)
 
 __all__ = ["all_splits", "build_job", "main", "run"]
 
 
 class _Collect(SplitEnumeratorContext):
-    """An enumerator context that collects every split the enumerator hands out."""
+    """An enumerator context that collects every split the enumerator hands out, to any of
+    ``parallelism`` readers (an enumerator may tie splits to readers, as Rafka's does)."""
 
     def __init__(self, parallelism: int) -> None:
         self._parallelism = parallelism
         self.splits: list[Split] = []
-        self.done = False
+        self.done: set[int] = set()
 
     @property
     def parallelism(self) -> int:
         return self._parallelism
 
     def registered_readers(self) -> list[int]:
-        return [0]
+        return list(range(self._parallelism))
 
     def assign_split(self, split: Split, reader_id: int) -> None:
         self.splits.append(split)
 
     def signal_no_more_splits(self, reader_id: int) -> None:
-        self.done = True
+        self.done.add(reader_id)
 
 
 def all_splits(source: Any, parallelism: int = 1, limit: int = 1_000_000) -> list[Split]:
     """Every split ``source``'s enumerator hands out (a bounded source's whole input; an
-    unbounded one's current splits)."""
+    unbounded one's current splits), asking as each of ``parallelism`` readers in turn."""
     ctx = _Collect(parallelism)
     enumerator = source.create_enumerator(ctx)
     enumerator.start()
     try:
-        while not ctx.done and len(ctx.splits) < limit:
+        for reader_id in range(parallelism):
+            enumerator.add_reader(reader_id)
+        while len(ctx.done) < parallelism and len(ctx.splits) < limit:
             before = len(ctx.splits)
-            enumerator.handle_split_request(0)
-            if len(ctx.splits) == before and not ctx.done:
+            for reader_id in range(parallelism):
+                if reader_id not in ctx.done:
+                    enumerator.handle_split_request(reader_id)
+            if len(ctx.splits) == before:
                 break  # unbounded: nothing more for now
     finally:
         enumerator.close()
-    return ctx.splits
+    unique: dict[str, Split] = {}
+    for split in ctx.splits:
+        unique.setdefault(split.split_id, split)
+    return list(unique.values())
+
+
+class _OneSplit(SourceReaderContext):
+    """The reader context of a subtask: its split arrives with the element; there is nothing
+    more to ask for."""
+
+    def __init__(self, reader_id: int) -> None:
+        self._reader_id = reader_id
+
+    @property
+    def reader_id(self) -> int:
+        return self._reader_id
+
+    def send_split_request(self) -> None:
+        pass
 
 
 def _letter_dict(letter: DeadLetter, flow: str, run_id: str) -> dict[str, Any]:
@@ -141,12 +171,8 @@ def _functions() -> dict[str, Any]:
             self.counts = {"records_in": 0, "dead_letters": 0, "splits": 0}
 
         def flat_map(self, descriptor: str) -> Iterator[str]:
-            from core.engine import InlineContexts
-
             split = self.source.split_from_dict(json.loads(descriptor))
-            ctx = InlineContexts()
-            reader = self.source.create_reader(ctx)
-            ctx.reader = reader
+            reader = self.source.create_reader(_OneSplit(self.source.run_context.reader_id))
             reader.add_splits([split])
             reader.notify_no_more_splits()
             reader.start()
@@ -159,13 +185,15 @@ def _functions() -> dict[str, Any]:
                     self.counts["records_in"] += len(batch.records) + len(batch.dead_letters)
                     if batch.records:  # a batch per element: the per-element cost of PyFlink is paid per batch
                         yield json.dumps(batch.records, default=str)
+                    # Flink takes the batch from here: an acknowledging source (Rafka) acknowledges
+                    # it now — under Flink, when the read operator hands it on (see the module doc)
+                    reader.notify_checkpoint_complete()
                     if batch.status is ReaderStatus.END_OF_INPUT:
                         break
                     if batch.status is ReaderStatus.NOTHING_AVAILABLE and not batch.records:
-                        if self.source.boundedness is Boundedness.BOUNDED:
-                            break
-                        time.sleep(float(self.flow.runtime.get("idle_sleep_s", 0.2)))
-                    reader.notify_checkpoint_complete()
+                        # not the end, even of a bounded split (a stream not yet read up to its
+                        # end id): only END_OF_INPUT ends it
+                        time.sleep(float(self.flow.runtime.get("idle_sleep_s", 0.05)))
             finally:
                 reader.close()
             self.counts["splits"] += 1

@@ -108,3 +108,38 @@ def test_adf_flink_run_and_package(python: str, tmp_path: Path) -> None:
     assert "core/engine.py" in names and "flink_job/job.py" in names
     assert (out / "job.py").exists() and (out / "orders.json").exists()
     assert "SQLAlchemy>=2" in (out / "requirements.txt").read_text()
+
+
+@pytest.mark.redis
+def test_a_rafka_topic_gives_the_same_file_on_flink_as_locally(python: str, tmp_path: Path) -> None:
+    import uuid
+
+    from core.connectors.rafka import Admin, Producer
+
+    url = "redis://127.0.0.1:6379"
+    topic = f"flink-{uuid.uuid4().hex[:8]}"
+    admin = Admin(url)
+    admin.create_topic(topic, 3)
+    try:
+        producer = Producer(url)
+        producer.send_batch(topic, [{"id": i, "n": i % 50, "customer": f"c{i % 7}"} for i in range(600)],
+                            key_field="id")
+        producer.flush()
+
+        def spec(name: str, out: Path) -> dict[str, Any]:
+            return {"name": name, "python_path": [str(TESTS)],
+                    "source": {"type": "rafka", "url": url, "topic": topic, "group": name, "bounded": True},
+                    "steps": [{"type": "python", "function": "flowlib.steps:explode_on_sevens"}],
+                    "sink": {"type": "file", "path": str(out), "format": "jsonl"}}
+
+        local = run_flow(spec("rafka_local", tmp_path / "local.jsonl"), state_dir=str(tmp_path / "local-state"))
+        spec_path = tmp_path / "rafka.json"
+        spec_path.write_text(json.dumps(spec("rafka_flink", tmp_path / "flink.jsonl")))
+        summary = _flink(python, spec_path, tmp_path, 2)
+        assert summary["status"] == "success", summary
+        rows = sorted(json.loads(x)["id"] for x in (tmp_path / "flink.jsonl").read_text().splitlines())
+        local_rows = sorted(json.loads(x)["id"] for x in (tmp_path / "local.jsonl").read_text().splitlines())
+        assert rows == local_rows and len(rows) == 600 - local.dead_letters
+        assert summary["dead_letters"] == local.dead_letters > 0 and summary["splits"] == 3
+    finally:
+        admin.delete_topic(topic)
