@@ -25,6 +25,11 @@ A bounded source runs in BATCH mode; an unbounded one in STREAMING mode with che
 (``runtime.checkpoint_interval_ms``, default 10 s). Parallelism: ``--parallelism``, else the
 spec's ``runtime.parallelism``. The job's result is a run summary like the local runner's.
 Routing between steps (``next``) is not supported under Flink: the steps run in order.
+
+Acknowledgements: a source that acknowledges what it read (Rafka: ``XACK``) does so when the
+read operator hands a batch on, not after the sink wrote it as the local runner does — the
+hand-off does not cross Flink operators. A job that fails after that point does not re-read
+those entries; run such flows with the local runner when at-least-once matters more than scale.
 """
 
 from __future__ import annotations
