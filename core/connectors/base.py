@@ -18,11 +18,12 @@ Example — a sink that collects records::
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.attributes import Configurable
+from core.errors import ConfigError
 from core.records import Record
 from core.splits import (
     Boundedness,
@@ -34,7 +35,7 @@ from core.splits import (
     SplitEnumeratorContext,
 )
 
-__all__ = ["RunContext", "Sink", "Source"]
+__all__ = ["RunContext", "Sink", "Source", "checked_init"]
 
 
 @dataclass
@@ -155,3 +156,23 @@ class Sink(Configurable, abc.ABC):
     def describe(self) -> str:
         """Where records go, for summaries (``sqlite:///out.db table orders``)."""
         return self.type_name or type(self).__name__
+
+
+def checked_init(
+    obj: Source | Sink,
+    config: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+    cross_check: Callable[[Mapping[str, Any]], list[str]],
+) -> None:
+    """Validate like :class:`Configurable` plus ``cross_check`` (the problems that involve
+    several attributes); report every problem at once as one :class:`ConfigError`."""
+    problems: list[str] = []
+    try:
+        Configurable.__init__(obj, config, **kwargs)
+        values: Mapping[str, Any] = obj.config
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        values = {**dict(config or {}), **kwargs}
+    problems.extend(cross_check(values))
+    if problems:
+        raise ConfigError(f"{obj._kind()} {obj.type_name!r}", problems)

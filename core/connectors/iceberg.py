@@ -57,9 +57,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.attributes import Attribute, Configurable
+from core.attributes import Attribute
 from core.codec import codec
-from core.connectors.base import Sink, Source
+from core.connectors.base import Sink, Source, checked_init
 from core.errors import ConfigError, MissingExtraError, RecordValidationError
 from core.logs import get_logger
 from core.records import Record
@@ -351,25 +351,6 @@ _CATALOG_ATTRIBUTES = (
     Attribute("secret_access_key", str, secret=True, help="S3 secret key; default: the AWS credential chain"),
     Attribute("session_token", str, secret=True, help="S3 session token; default: the AWS credential chain"),
 )
-
-
-def _checked_init(
-    obj: Source | Sink,
-    config: Mapping[str, Any] | None,
-    kwargs: Mapping[str, Any],
-    cross_check: Callable[[Mapping[str, Any]], list[str]],
-) -> None:
-    """Validate like :class:`Configurable` plus ``cross_check``; report every problem at once."""
-    problems: list[str] = []
-    try:
-        Configurable.__init__(obj, config, **kwargs)
-        values: Mapping[str, Any] = obj.config
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        values = {**dict(config or {}), **kwargs}
-    problems.extend(cross_check(values))
-    if problems:
-        raise ConfigError(f"{obj._kind()} {obj.type_name!r}", problems)
 
 
 class _CatalogUser:
@@ -808,7 +789,7 @@ class IcebergSink(_CatalogUser, Sink):
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        _checked_init(self, config, kwargs, self._cross_check)
+        checked_init(self, config, kwargs, self._cross_check)
         self.mode: str = self.config["mode"]
         self.key: list[str] = _as_names(self.config["key"])
         raw_parts = self.config["partition_by"]
@@ -1260,7 +1241,7 @@ class IcebergSource(_CatalogUser, Source):
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        _checked_init(self, config, kwargs, lambda values: [])
+        checked_init(self, config, kwargs, lambda values: [])
         self.columns: list[str] | None = _as_names(self.config["columns"]) or None
         self._catalog: Any = None
 

@@ -50,9 +50,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Attribute, Configurable
+from core.attributes import Attribute
 from core.codec import codec
-from core.connectors.base import Sink, Source
+from core.connectors.base import Sink, Source, checked_init
 from core.errors import ConfigError, MissingExtraError, RecordValidationError
 from core.logs import get_logger
 from core.records import Record
@@ -180,25 +180,6 @@ def _as_names(value: Any) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def _checked_init(
-    obj: Source | Sink,
-    config: Mapping[str, Any] | None,
-    kwargs: Mapping[str, Any],
-    cross_check: Callable[[Mapping[str, Any]], list[str]],
-) -> None:
-    """Validate like :class:`Configurable` plus ``cross_check``; report every problem at once."""
-    problems: list[str] = []
-    try:
-        Configurable.__init__(obj, config, **kwargs)
-        values: Mapping[str, Any] = obj.config
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        values = {**dict(config or {}), **kwargs}
-    problems.extend(cross_check(values))
-    if problems:
-        raise ConfigError(f"{obj._kind()} {obj.type_name!r}", problems)
 
 
 def _is_number(value: Any) -> bool:
@@ -365,7 +346,7 @@ class SqlSink(Sink):
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        _checked_init(self, config, kwargs, self._cross_check)
+        checked_init(self, config, kwargs, self._cross_check)
         self.mode: str = self.config["mode"]
         self.key: list[str] = _as_names(self.config["key"])
         self.columns: list[str] | None = _as_names(self.config["columns"]) or None
@@ -783,7 +764,7 @@ class SqlSource(Source):
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        _checked_init(self, config, kwargs, self._cross_check)
+        checked_init(self, config, kwargs, self._cross_check)
         self.cursor: str | None = self.config["cursor_column"]
         self.columns: list[str] | None = _as_names(self.config["columns"]) or None
         self._enumerator: _SqlEnumerator | None = None
