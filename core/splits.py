@@ -156,6 +156,45 @@ class SourceReaderContext(abc.ABC):
         """Ask the enumerator for another split (answered by ``add_splits`` or ``notify_no_more_splits``)."""
 
 
+class CollectingEnumeratorContext(SplitEnumeratorContext):
+    """An enumerator context that keeps what the enumerator assigns, to any of ``parallelism``
+    readers, in ``assigned`` (and who was told "no more" in ``done``): for listing every split
+    of a source outside a run (a Flink job's descriptors, tests)."""
+
+    def __init__(self, parallelism: int = 1) -> None:
+        self._parallelism = parallelism
+        self.assigned: list[Split] = []
+        self.done: set[int] = set()
+
+    @property
+    def parallelism(self) -> int:
+        return self._parallelism
+
+    def registered_readers(self) -> list[int]:
+        return list(range(self._parallelism))
+
+    def assign_split(self, split: Split, reader_id: int) -> None:
+        self.assigned.append(split)
+
+    def signal_no_more_splits(self, reader_id: int) -> None:
+        self.done.add(reader_id)
+
+
+class DetachedReaderContext(SourceReaderContext):
+    """The context of a reader that is handed its splits from outside (a Flink subtask, a
+    test): there is no enumerator to ask."""
+
+    def __init__(self, reader_id: int = 0) -> None:
+        self._reader_id = reader_id
+
+    @property
+    def reader_id(self) -> int:
+        return self._reader_id
+
+    def send_split_request(self) -> None:
+        pass
+
+
 class SplitEnumerator(abc.ABC):
     """Discovers splits and assigns them to readers on request.
 

@@ -56,76 +56,38 @@ from core.registry import registry  # noqa: E402
 from core.spec import parse_spec  # noqa: E402
 from core.splits import (  # noqa: E402
     Boundedness,
+    CollectingEnumeratorContext,
     DeadLetter,
+    DetachedReaderContext,
     ReaderStatus,
-    SourceReaderContext,
     Split,
-    SplitEnumeratorContext,
 )
 
 __all__ = ["all_splits", "build_job", "main", "run"]
 
 
-class _Collect(SplitEnumeratorContext):
-    """An enumerator context that collects every split the enumerator hands out, to any of
-    ``parallelism`` readers (an enumerator may tie splits to readers, as Rafka's does)."""
-
-    def __init__(self, parallelism: int) -> None:
-        self._parallelism = parallelism
-        self.splits: list[Split] = []
-        self.done: set[int] = set()
-
-    @property
-    def parallelism(self) -> int:
-        return self._parallelism
-
-    def registered_readers(self) -> list[int]:
-        return list(range(self._parallelism))
-
-    def assign_split(self, split: Split, reader_id: int) -> None:
-        self.splits.append(split)
-
-    def signal_no_more_splits(self, reader_id: int) -> None:
-        self.done.add(reader_id)
-
-
 def all_splits(source: Any, parallelism: int = 1, limit: int = 1_000_000) -> list[Split]:
     """Every split ``source``'s enumerator hands out (a bounded source's whole input; an
     unbounded one's current splits), asking as each of ``parallelism`` readers in turn."""
-    ctx = _Collect(parallelism)
+    ctx = CollectingEnumeratorContext(parallelism)
     enumerator = source.create_enumerator(ctx)
     enumerator.start()
     try:
         for reader_id in range(parallelism):
             enumerator.add_reader(reader_id)
-        while len(ctx.done) < parallelism and len(ctx.splits) < limit:
-            before = len(ctx.splits)
+        while len(ctx.done) < parallelism and len(ctx.assigned) < limit:
+            before = len(ctx.assigned)
             for reader_id in range(parallelism):
                 if reader_id not in ctx.done:
                     enumerator.handle_split_request(reader_id)
-            if len(ctx.splits) == before:
+            if len(ctx.assigned) == before:
                 break  # unbounded: nothing more for now
     finally:
         enumerator.close()
     unique: dict[str, Split] = {}
-    for split in ctx.splits:
+    for split in ctx.assigned:
         unique.setdefault(split.split_id, split)
     return list(unique.values())
-
-
-class _OneSplit(SourceReaderContext):
-    """The reader context of a subtask: its split arrives with the element; there is nothing
-    more to ask for."""
-
-    def __init__(self, reader_id: int) -> None:
-        self._reader_id = reader_id
-
-    @property
-    def reader_id(self) -> int:
-        return self._reader_id
-
-    def send_split_request(self) -> None:
-        pass
 
 
 def _letter_dict(letter: DeadLetter, flow: str, run_id: str) -> dict[str, Any]:
@@ -177,7 +139,7 @@ def _functions() -> dict[str, Any]:
 
         def flat_map(self, descriptor: str) -> Iterator[str]:
             split = self.source.split_from_dict(json.loads(descriptor))
-            reader = self.source.create_reader(_OneSplit(self.source.run_context.reader_id))
+            reader = self.source.create_reader(DetachedReaderContext(self.source.run_context.reader_id))
             reader.add_splits([split])
             reader.notify_no_more_splits()
             reader.start()

@@ -36,7 +36,7 @@ from core.connectors.memory import MemorySink
 from core.engine import run_flow
 from core.errors import ConfigError
 from core.logs import JsonFormatter
-from core.splits import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
+from core.splits import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 from core.state import MemoryStateStore, SqliteStateStore
 
 
@@ -495,41 +495,14 @@ def test_incremental_cursor_mode_starts_the_next_run_from_the_last_cursor(api: A
 # --------------------------------------------------------------------------- resume inside a page
 
 
-class _ReaderCtx(SourceReaderContext):
-    @property
-    def reader_id(self) -> int:
-        return 0
-
-    def send_split_request(self) -> None:
-        pass
-
-
-class _EnumCtx(SplitEnumeratorContext):
-    def __init__(self) -> None:
-        self.assigned: list[Split] = []
-
-    @property
-    def parallelism(self) -> int:
-        return 1
-
-    def registered_readers(self) -> list[int]:
-        return [0]
-
-    def assign_split(self, split: Split, reader_id: int) -> None:
-        self.assigned.append(split)
-
-    def signal_no_more_splits(self, reader_id: int) -> None:
-        pass
-
-
 def test_a_snapshot_resumes_inside_a_page_without_duplicates(api: Api) -> None:
     api.routes["/pg"] = _paged(10)
     source = HttpSource(url=api.url("/pg"), records_path="items",
                         pagination={"type": "page", "size_param": "per_page", "size": 4})
-    enum = source.create_enumerator(_EnumCtx())
+    enum = source.create_enumerator(CollectingEnumeratorContext())
     enum.start()
     (split,) = [source.split_from_dict(d) for d in enum.snapshot_state()["pending"]]
-    reader = source.create_reader(_ReaderCtx())
+    reader = source.create_reader(DetachedReaderContext())
     reader.add_splits([split])
     reader.notify_no_more_splits()
     got = reader.poll_batch(3).records + reader.poll_batch(3).records  # page 1 (4) + 2 of page 2
@@ -538,7 +511,7 @@ def test_a_snapshot_resumes_inside_a_page_without_duplicates(api: Api) -> None:
     assert isinstance(snap, HttpSplit) and snap.position == {"next": 2, "skip": 2, "pages": 1, "value": None}
     reader.close()
     # a new reader (a restarted process) from the checkpointed split
-    again = source.create_reader(_ReaderCtx())
+    again = source.create_reader(DetachedReaderContext())
     again.add_splits([source.split_from_dict(json.loads(json.dumps(snap.to_dict())))])
     again.notify_no_more_splits()
     rest: list[dict[str, Any]] = []

@@ -36,7 +36,7 @@ from core.connectors.sftp import SftpAuthError, SftpError, SftpHostKeyError, Sft
 from core.engine import run_flow
 from core.errors import ConfigError
 from core.logs import JsonFormatter
-from core.splits import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
+from core.splits import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 
 SSHD = "/usr/sbin/sshd"
 SETUP_HINT = "run `bash scripts/sftp-setup` (installs openssh-server and paramiko)"
@@ -137,35 +137,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
             proc.wait()
 
 
-class _ReaderCtx(SourceReaderContext):
-    @property
-    def reader_id(self) -> int:
-        return 0
-
-    def send_split_request(self) -> None:
-        pass
-
-
-class _EnumCtx(SplitEnumeratorContext):
-    def __init__(self) -> None:
-        self.assigned: list[Split] = []
-
-    @property
-    def parallelism(self) -> int:
-        return 1
-
-    def registered_readers(self) -> list[int]:
-        return [0]
-
-    def assign_split(self, split: Split, reader_id: int) -> None:
-        self.assigned.append(split)
-
-    def signal_no_more_splits(self, reader_id: int) -> None:
-        pass
-
-
 def _splits(source: SftpSource) -> list[FileSplit]:
-    enum = source.create_enumerator(_EnumCtx())
+    enum = source.create_enumerator(CollectingEnumeratorContext())
     enum.start()
     return [FileSplit.from_dict(d) for d in enum.snapshot_state()["pending"]]  # type: ignore[misc]
 
@@ -246,14 +219,14 @@ def test_streams_a_big_jsonl_file_and_resumes_from_a_snapshot(sshd: Sshd) -> Non
     (folder / "small.json").write_text(json.dumps([{"id": "j1"}, {"id": "j2"}]))
     source = SftpSource(sshd.conn(path=[f"{folder}/big.jsonl", f"{folder}/small.json"]))
     big, small = _splits(source)
-    reader = source.create_reader(_ReaderCtx())
+    reader = source.create_reader(DetachedReaderContext())
     reader.add_splits([big])
     first = reader.poll_batch(5000).records
     (snap,) = reader.snapshot_state()
     reader.close()
     assert [r["id"] for r in first] == list(range(5000))
     assert isinstance(snap.position, dict) and snap.position["line"] == 5001
-    again = source.create_reader(_ReaderCtx())
+    again = source.create_reader(DetachedReaderContext())
     again.add_splits([source.split_from_dict(json.loads(json.dumps(snap.to_dict()))), small])
     again.notify_no_more_splits()
     rest: list[Any] = []
