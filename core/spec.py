@@ -59,6 +59,8 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("discovery_interval_s", float, default=5.0, check=_positive, help="unbounded: look for new splits"),
     Attribute("stop_after_s", float, check=_positive, help="unbounded sources: stop after this many seconds"),
     Attribute("state_dir", str, help="checkpoints and dead letters (default $ADF_STATE_DIR or ./.adf)"),
+    Attribute("checkpoint_interval_ms", int, check=_positive,
+              help="under Flink, unbounded sources: the checkpoint interval (default 10000)"),
 )
 
 SPEC_KEYS = (

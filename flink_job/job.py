@@ -17,9 +17,9 @@ descriptors):
 * each step: a ``flat_map`` running the core step on each batch; a record a step fails on
   goes to the dead-letter destination (one JSON Lines file per subtask in the run directory,
   merged by the client, or the spec's ``dead_letter`` sink);
-* the sink: a function with ``open``/``close`` that writes batches of ``runtime.batch_size``
-  with the core sink (retries, then record-by-record isolation into dead letters, as the local
-  runner does).
+* the sink: a function with ``open``/``close`` that writes what reaches it
+  with the core sink, a batch per element (retries, then record-by-record isolation into dead
+  letters, as the local runner does).
 
 A bounded source runs in BATCH mode; an unbounded one in STREAMING mode with checkpointing
 (``runtime.checkpoint_interval_ms``, default 10 s). Parallelism: ``--parallelism``, else the
@@ -225,7 +225,6 @@ def _functions() -> dict[str, Any]:
             letters_dir = os.path.join(self.run_dir, f"sink-{subtask}")
             self.pipeline = _Pipeline(flow, self.run_ctx, letters_dir, registry)
             self.pipeline.open()
-            self.batch_size = int(flow.runtime.get("batch_size", 500))
             self.buffer: list[Any] = []
             self.files = _Files(self.run_dir, "sink", subtask)
             self.dead = 0
@@ -239,9 +238,10 @@ def _functions() -> dict[str, Any]:
                 self.buffer = []
 
         def map(self, value: str) -> int:
+            # an element is already a batch (up to runtime.batch_size records): write it now, so
+            # an unbounded job's records reach the sink as they come
             self.buffer.extend(json.loads(value))
-            if len(self.buffer) >= self.batch_size:
-                self._flush()
+            self._flush()
             return 0
 
         def close(self) -> None:

@@ -143,3 +143,54 @@ def test_a_rafka_topic_gives_the_same_file_on_flink_as_locally(python: str, tmp_
         assert summary["dead_letters"] == local.dead_letters > 0 and summary["splits"] == 3
     finally:
         admin.delete_topic(topic)
+
+
+@pytest.mark.redis
+def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_they_come(
+    python: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import time
+    import uuid
+
+    from core.connectors.rafka import Admin, Producer
+
+    url = "redis://127.0.0.1:6379"
+    topic = f"flink-stream-{uuid.uuid4().hex[:8]}"
+    admin = Admin(url)
+    admin.create_topic(topic, 2)
+    out = tmp_path / "stream.jsonl"
+    spec_path = tmp_path / "stream.json"
+    spec_path.write_text(json.dumps({
+        "name": "rafka_stream", "source": {"type": "rafka", "url": url, "topic": topic, "group": "g", "bounded": False},
+        "sink": {"type": "file", "path": str(out), "format": "jsonl"},
+        "runtime": {"checkpoint_interval_ms": 1000}}))
+
+    def ids() -> list[int]:
+        return sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) if out.exists() else []
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 120
+        while len(ids()) < n and time.monotonic() < deadline:
+            time.sleep(0.25)
+
+    producer = Producer(url)
+    producer.send_batch(topic, [{"id": i} for i in range(100)], key_field="id")
+    producer.flush()
+    proc = subprocess.Popen([python, "-m", "flink_job.job", str(spec_path), "-p", "2", "--state-dir",
+                             str(tmp_path / "state")], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                                                      "HOME": str(tmp_path)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(100)
+        assert ids() == list(range(100)), proc.poll()
+        producer.send_batch(topic, [{"id": i} for i in range(100, 150)], key_field="id")
+        producer.flush()
+        wait_for(150)
+        assert ids() == list(range(150))
+        assert proc.poll() is None  # still running: a streaming job does not end by itself
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        admin.delete_topic(topic)
