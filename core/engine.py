@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.codec import codec
 from core.connectors.base import RunContext, Sink
-from core.errors import AdfError, ConfigError, RecordValidationError
+from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavailableError
 from core.logs import get_logger, log_event, run_id_var
 from core.records import Record
 from core.redact import redact_text
@@ -475,8 +475,8 @@ class _Pipeline:
                 sink.write_batch(records)
                 sink.flush()
                 return len(records)
-            except ConfigError:
-                raise  # the sink is misconfigured: no record can succeed
+            except (ConfigError, SinkUnavailableError):
+                raise  # the sink is misconfigured or unreachable: no record can succeed
             except Exception as exc:
                 error = exc
                 if isinstance(exc, RecordValidationError):

@@ -15,6 +15,7 @@ __all__ = [
     "MissingExtraError",
     "RecordValidationError",
     "RegistryError",
+    "SinkUnavailableError",
     "SinkWriteError",
     "SpecError",
     "StepError",
@@ -57,6 +58,12 @@ class RegistryError(AdfError):
         if extra:
             msg += f"; install `active-data-flow[{extra}]` to add {name!r}"
         super().__init__(msg)
+
+
+class SinkUnavailableError(AdfError):
+    """A sink failure no record can get past (wrong credentials, a server still down after the
+    sink's own retries): the engine fails the run at once — the checkpoint lets the next run
+    resume — instead of retrying record by record and dead-lettering every record."""
 
 
 class MissingExtraError(AdfError, ImportError):

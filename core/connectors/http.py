@@ -83,7 +83,7 @@ from typing import Any
 
 from core.attributes import Attribute
 from core.connectors.base import Sink, Source
-from core.errors import AdfError, ConfigError, RecordValidationError
+from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavailableError
 from core.logs import get_logger, log_event
 from core.records import Record
 from core.redact import redact_text
@@ -139,20 +139,12 @@ class HttpSourceError(AdfError):
     """The API answered something the source cannot read (an error status, not JSON, no records list)."""
 
 
-class HttpSinkError(ConfigError):
+class HttpSinkError(SinkUnavailableError):
     """The sink's server kept failing (5xx/429/network) after every retry: the run fails and can resume."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__("sink 'http'", [message])
-        self.args = (message,)
 
-
-class HttpAuthError(ConfigError):
+class HttpAuthError(SinkUnavailableError):
     """401/403: the credentials are wrong, for every record alike; the run fails."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("sink 'http'", [message])
-        self.args = (message,)
 
 
 class HttpRejected(RecordValidationError):
