@@ -21,7 +21,17 @@ from typing import Any
 
 from core.errors import ConfigError
 
-__all__ = ["MISSING", "Attribute", "Configurable", "describe_attributes", "validate_config"]
+__all__ = [
+    "MISSING",
+    "Attribute",
+    "Configurable",
+    "at_least_one",
+    "column_names",
+    "describe_attributes",
+    "not_negative",
+    "one_character",
+    "validate_config",
+]
 
 
 class _Missing:
@@ -192,3 +202,32 @@ class Configurable:
     @classmethod
     def secret_keys(cls) -> set[str]:
         return {a.name for a in cls.attributes if a.secret}
+
+
+# Checks several connectors' attributes share (``Attribute(check=...)``).
+
+
+def at_least_one(value: Any) -> str | None:
+    return None if value >= 1 else f"must be at least 1, got {value}"
+
+
+def not_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must not be negative, got {value}"
+
+
+def one_character(value: Any) -> str | None:
+    return None if isinstance(value, str) and len(value) == 1 else f"must be one character, got {value!r}"
+
+
+def column_names(value: Any) -> str | None:
+    """A column name or a non-empty list of distinct column names."""
+    names = [value] if isinstance(value, str) else value
+    if not names:
+        return "must name at least one column"
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        return f"column names must be non-empty strings, got {bad[0]!r}"
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        return f"column {dupes[0]!r} is listed twice"
+    return None

@@ -53,7 +53,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.attributes import Attribute
+from core.attributes import Attribute, one_character
 from core.connectors import _s3
 from core.connectors.base import Sink, Source
 from core.errors import ConfigError
@@ -131,8 +131,6 @@ def parse_size(value: int | str) -> int:
     return n
 
 
-def _check_char(value: Any) -> str | None:
-    return None if isinstance(value, str) and len(value) == 1 else f"must be one character, got {value!r}"
 
 
 def _check_size(value: Any) -> str | None:
@@ -143,7 +141,7 @@ def _check_size(value: Any) -> str | None:
     return None
 
 
-def _check_encoding(value: Any) -> str | None:
+def check_encoding(value: Any) -> str | None:
     try:
         normalize_encoding(value)
     except ValueError as exc:
@@ -232,11 +230,11 @@ class FileSource(Source):
         Attribute("path", (str, list), required=True, check=_check_paths,
                   help="a glob (** crosses directories), an s3:// URL glob, or a list of them"),
         Attribute("format", str, choices=FORMATS, help="csv, json or jsonl; default: from the file extension"),
-        Attribute("delimiter", str, check=_check_char, help="CSV field delimiter; default ',' (tab for .tsv)"),
-        Attribute("quotechar", str, default='"', check=_check_char, help="CSV quote character"),
+        Attribute("delimiter", str, check=one_character, help="CSV field delimiter; default ',' (tab for .tsv)"),
+        Attribute("quotechar", str, default='"', check=one_character, help="CSV quote character"),
         Attribute("header", bool, default=True, help="the first CSV row names the fields"),
         Attribute("columns", list, help="CSV field names (required when header is false; renames the header)"),
-        Attribute("encoding", str, default="utf-8", check=_check_encoding, help="text encoding (ASCII-compatible)"),
+        Attribute("encoding", str, default="utf-8", check=check_encoding, help="text encoding (ASCII-compatible)"),
         Attribute("split_bytes", (int, str), check=_check_size,
                   help="cut CSV/JSONL files bigger than this into byte-range splits (e.g. '64MB')"),
         Attribute("watch", bool, default=False, help="unbounded: keep looking for new files"),
@@ -548,9 +546,9 @@ class FileSink(Sink):
                   help="overwrite truncates once per run (not on resume); append keeps what is there"),
         Attribute("columns", list, help="CSV columns (default: the header already in the file, else the first record's fields)"),
         Attribute("header", bool, default=True, help="write a CSV header row"),
-        Attribute("delimiter", str, check=_check_char, help="CSV delimiter; default ',' (tab for .tsv)"),
-        Attribute("quotechar", str, default='"', check=_check_char, help="CSV quote character"),
-        Attribute("encoding", str, default="utf-8", check=_check_encoding, help="CSV text encoding (JSON Lines is UTF-8)"),
+        Attribute("delimiter", str, check=one_character, help="CSV delimiter; default ',' (tab for .tsv)"),
+        Attribute("quotechar", str, default='"', check=one_character, help="CSV quote character"),
+        Attribute("encoding", str, default="utf-8", check=check_encoding, help="CSV text encoding (JSON Lines is UTF-8)"),
         Attribute("fsync", bool, default=False, help="fsync after every batch (survives power loss, slower)"),
         Attribute("endpoint_url", str, help="S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS"),
         Attribute("region", str, help="S3 region"),

@@ -81,7 +81,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.attributes import Attribute
+from core.attributes import Attribute, at_least_one
 from core.connectors.base import Sink, Source
 from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavailableError
 from core.logs import get_logger, log_event
@@ -269,8 +269,6 @@ def _check_nonneg(value: Any) -> str | None:
     return None if value >= 0 else f"must be 0 or more, got {value}"
 
 
-def _check_positive(value: Any) -> str | None:
-    return None if value >= 1 else f"must be at least 1, got {value}"
 
 
 def _check_auth(value: Any) -> str | None:
@@ -476,7 +474,7 @@ class HttpSource(Source):
         Attribute("pagination", dict, check=_check_pagination,
                   help="{type: next_link|link_header|page|offset|cursor, ...}; default: one request"),
         *_COMMON,
-        Attribute("max_pages", int, check=_check_positive, help="stop after this many pages"),
+        Attribute("max_pages", int, check=at_least_one, help="stop after this many pages"),
         Attribute("incremental", dict, check=_check_incremental,
                   help="{param, path_in_record}: remember the largest value read; next run sends it as param"),
     )
@@ -847,7 +845,7 @@ class HttpSink(Sink):
     attributes = (
         Attribute("url", str, required=True, check=_check_url),
         Attribute("method", str, default="POST", check=_check_method),
-        Attribute("batch_size", int, check=_check_positive,
+        Attribute("batch_size", int, check=at_least_one,
                   help="records per request (default 100; 1 = one record per request)"),
         Attribute("format", str, default="json_array", choices=tuple(_FORMATS),
                   help="json_array, ndjson, or single (one JSON object per request)"),

@@ -41,6 +41,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import base64
 import datetime
 import decimal
@@ -57,7 +58,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.attributes import Attribute
+from core.attributes import Attribute, column_names
 from core.codec import codec
 from core.connectors.base import Sink, Source, checked_init
 from core.errors import ConfigError, MissingExtraError, RecordValidationError
@@ -125,17 +126,6 @@ def _check_table(value: Any) -> str | None:
     return None
 
 
-def _check_names(value: Any) -> str | None:
-    names = [value] if isinstance(value, str) else value
-    if not names:
-        return "must name at least one column"
-    bad = [n for n in names if not isinstance(n, str) or not n]
-    if bad:
-        return f"column names must be non-empty strings, got {bad[0]!r}"
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        return f"column {dupes[0]!r} is listed twice"
-    return None
 
 
 def _as_names(value: Any) -> list[str]:
@@ -360,8 +350,9 @@ class _CatalogUser:
     _catalog: Any
 
     @property
+    @abc.abstractmethod
     def where(self) -> str:
-        raise NotImplementedError
+        """How messages name the connector (``sink 'iceberg'``…); the sink and the source say."""
 
     @property
     def identifier(self) -> str:
@@ -772,7 +763,7 @@ class IcebergSink(_CatalogUser, Sink):
     attributes = (
         *_CATALOG_ATTRIBUTES,
         Attribute("mode", str, default="append", choices=("append", "upsert"), help="append, or upsert by key"),
-        Attribute("key", (str, list), check=_check_names, help="key field(s); required for upsert"),
+        Attribute("key", (str, list), check=column_names, help="key field(s); required for upsert"),
         Attribute("create", bool, default=True, help="create the table on the first batch when missing"),
         Attribute(
             "partition_by",
@@ -1236,7 +1227,7 @@ class IcebergSource(_CatalogUser, Source):
         *_CATALOG_ATTRIBUTES,
         Attribute("snapshot_id", int, help="read this snapshot; default: the current one at the start of the run"),
         Attribute("filter", str, help="row filter, e.g. \"amount > 10 and country = 'FR'\""),
-        Attribute("columns", list, check=_check_names, help="read only these columns"),
+        Attribute("columns", list, check=column_names, help="read only these columns"),
         Attribute("case_sensitive", bool, default=True, help="match column names in filter/columns case-sensitively"),
     )
 

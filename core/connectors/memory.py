@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from core.attributes import Attribute
+from core.attributes import Attribute, at_least_one, not_negative
 from core.connectors.base import Sink, Source
 from core.records import Record
 from core.splits import (
@@ -71,8 +71,6 @@ def _check_records(value: Any) -> str | None:
     return None
 
 
-def _check_positive(value: Any) -> str | None:
-    return None if value >= 1 else f"must be at least 1, got {value}"
 
 
 @dataclass
@@ -125,7 +123,7 @@ class MemorySource(Source):
             "records", list, required=True, help="the records (a list of mappings)", check=_check_records
         ),
         Attribute(
-            "splits", int, default=1, help="how many splits to deal the records into", check=_check_positive
+            "splits", int, default=1, help="how many splits to deal the records into", check=at_least_one
         ),
     )
 
@@ -274,8 +272,6 @@ class PayloadSource(Source):
 # --------------------------------------------------------------------------- response sink
 
 
-def _check_not_negative(value: Any) -> str | None:
-    return None if value >= 0 else f"must not be negative, got {value}"
 
 
 @dataclass
@@ -298,7 +294,7 @@ class ResponseSink(Sink):
     type_name = "response"
     attributes = (
         Attribute(
-            "limit", int, default=1000, check=_check_not_negative,
+            "limit", int, default=1000, check=not_negative,
             help="most records kept for the response; more are counted but not returned",
         ),
     )

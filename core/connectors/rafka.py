@@ -49,7 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
-from core.attributes import Attribute
+from core.attributes import Attribute, not_negative
 from core.codec import codec
 from core.connectors.base import Sink, Source
 from core.errors import AdfError, ConfigError, MissingExtraError, RecordValidationError
@@ -1339,8 +1339,6 @@ def _check_positive(value: Any) -> str | None:
     return None if value > 0 else f"must be greater than 0, got {value}"
 
 
-def _check_not_negative(value: Any) -> str | None:
-    return None if value >= 0 else f"must not be negative, got {value}"
 
 
 def _check_consumer(value: Any) -> str | None:
@@ -1361,7 +1359,7 @@ class RafkaSource(Source):
                   help="where a new group starts: the oldest entry or only entries written from now on"),
         Attribute("claim_idle_ms", int, default=30000, check=_check_positive,
                   help="take over entries other consumers held unacknowledged this long (dead consumers)"),
-        Attribute("block_ms", int, default=100, check=_check_not_negative,
+        Attribute("block_ms", int, default=100, check=not_negative,
                   help="unbounded: wait this long in XREADGROUP for new entries"),
         Attribute("batch", int, check=_check_positive, help="entries per XREADGROUP; default: the run's batch_size"),
         Attribute("consumer", str, check=_check_consumer,

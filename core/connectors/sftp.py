@@ -54,9 +54,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, cast
 
-from core.attributes import Attribute
+from core.attributes import Attribute, one_character
 from core.connectors.base import Sink, Source
-from core.connectors.file import FileSource, FileSourceReader, FileSplitEnumerator
+from core.connectors.file import FileSource, FileSourceReader, FileSplitEnumerator, check_encoding
 from core.errors import AdfError, ConfigError, MissingExtraError
 from core.formats import (
     FORMATS,
@@ -112,16 +112,8 @@ def _fingerprint(key: Any) -> str:
     return f"{key.get_name()} SHA256:{base64.b64encode(digest).decode('ascii').rstrip('=')}"
 
 
-def _check_char(value: Any) -> str | None:
-    return None if isinstance(value, str) and len(value) == 1 else f"must be one character, got {value!r}"
 
 
-def _check_encoding(value: Any) -> str | None:
-    try:
-        normalize_encoding(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _check_port(value: Any) -> str | None:
@@ -338,11 +330,11 @@ class SftpSource(FileSource):
         Attribute("path", (str, list), required=True,
                   help="remote path; the file name may hold wildcards (/data/in/*.csv), or a list of them"),
         Attribute("format", str, choices=FORMATS, help="csv, json or jsonl; default: from the file extension"),
-        Attribute("delimiter", str, check=_check_char, help="CSV field delimiter; default ',' (tab for .tsv)"),
-        Attribute("quotechar", str, default='"', check=_check_char, help="CSV quote character"),
+        Attribute("delimiter", str, check=one_character, help="CSV field delimiter; default ',' (tab for .tsv)"),
+        Attribute("quotechar", str, default='"', check=one_character, help="CSV quote character"),
         Attribute("header", bool, default=True, help="the first CSV row names the fields"),
         Attribute("columns", list, help="CSV field names (required when header is false; renames the header)"),
-        Attribute("encoding", str, default="utf-8", check=_check_encoding, help="text encoding (ASCII-compatible)"),
+        Attribute("encoding", str, default="utf-8", check=check_encoding, help="text encoding (ASCII-compatible)"),
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -490,9 +482,9 @@ class SftpSink(Sink):
         Attribute("format", str, choices=("jsonl", "csv"), help="default: from the extension (.jsonl/.ndjson, .csv/.tsv)"),
         Attribute("columns", list, help="CSV columns (default: the first record's fields)"),
         Attribute("header", bool, default=True, help="write a CSV header row"),
-        Attribute("delimiter", str, check=_check_char, help="CSV delimiter; default ',' (tab for .tsv)"),
-        Attribute("quotechar", str, default='"', check=_check_char, help="CSV quote character"),
-        Attribute("encoding", str, default="utf-8", check=_check_encoding, help="CSV text encoding (JSON Lines is UTF-8)"),
+        Attribute("delimiter", str, check=one_character, help="CSV delimiter; default ',' (tab for .tsv)"),
+        Attribute("quotechar", str, default='"', check=one_character, help="CSV quote character"),
+        Attribute("encoding", str, default="utf-8", check=check_encoding, help="CSV text encoding (JSON Lines is UTF-8)"),
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Attribute
+from core.attributes import Attribute, at_least_one, column_names
 from core.codec import codec
 from core.connectors.base import Sink, Source, checked_init
 from core.errors import ConfigError, MissingExtraError, RecordValidationError
@@ -158,22 +158,8 @@ def _begin_immediate(sa: Any, engine: Engine) -> None:
     sa.event.listen(engine, "begin", _begin)
 
 
-def _check_names(value: Any) -> str | None:
-    """A column name or a non-empty list of distinct column names."""
-    names = [value] if isinstance(value, str) else value
-    if not names:
-        return "must name at least one column"
-    bad = [n for n in names if not isinstance(n, str) or not n]
-    if bad:
-        return f"column names must be non-empty strings, got {bad[0]!r}"
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        return f"column {dupes[0]!r} is listed twice"
-    return None
 
 
-def _check_positive(value: Any) -> str | None:
-    return None if value >= 1 else f"must be at least 1, got {value}"
 
 
 def _as_names(value: Any) -> list[str]:
@@ -336,13 +322,13 @@ class SqlSink(Sink):
         Attribute(
             "mode", str, default="insert", choices=("insert", "upsert"), help="insert, or upsert by key"
         ),
-        Attribute("key", (str, list), check=_check_names, help="key column(s); required for upsert"),
-        Attribute("batch_size", int, default=1000, check=_check_positive, help="rows per INSERT statement"),
+        Attribute("key", (str, list), check=column_names, help="key column(s); required for upsert"),
+        Attribute("batch_size", int, default=1000, check=at_least_one, help="rows per INSERT statement"),
         Attribute(
             "create_table", bool, default=True, help="create the table on the first batch when missing"
         ),
         Attribute("schema", str, help="database schema of the table"),
-        Attribute("columns", list, check=_check_names, help="write only these columns"),
+        Attribute("columns", list, check=column_names, help="write only these columns"),
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -756,11 +742,11 @@ class SqlSource(Source):
             str,
             help="an increasing column (id, updated_at) for splits and incremental reads",
         ),
-        Attribute("split_size", int, default=10000, check=_check_positive, help="cursor values per split"),
+        Attribute("split_size", int, default=10000, check=at_least_one, help="cursor values per split"),
         Attribute(
             "incremental", bool, default=False, help="read only rows newer than the last successful run"
         ),
-        Attribute("columns", list, check=_check_names, help="read only these columns"),
+        Attribute("columns", list, check=column_names, help="read only these columns"),
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

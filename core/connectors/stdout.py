@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute
+from core.attributes import Attribute, one_character
 from core.connectors.base import Sink
 from core.formats import CsvEncoder, encode_jsonl
 from core.records import Record
@@ -21,8 +21,6 @@ from core.records import Record
 __all__ = ["StdoutSink"]
 
 
-def _check_char(value: Any) -> str | None:
-    return None if isinstance(value, str) and len(value) == 1 else f"must be one character, got {value!r}"
 
 
 class StdoutSink(Sink):
@@ -33,7 +31,7 @@ class StdoutSink(Sink):
         Attribute("format", str, default="jsonl", choices=("jsonl", "csv")),
         Attribute("columns", list, help="CSV columns (default: the first record's fields)"),
         Attribute("header", bool, default=True, help="write a CSV header row"),
-        Attribute("delimiter", str, default=",", check=_check_char, help="CSV delimiter"),
+        Attribute("delimiter", str, default=",", check=one_character, help="CSV delimiter"),
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
