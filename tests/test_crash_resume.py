@@ -9,14 +9,13 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from adf_runs import children, finish, start_run, wait_for_lines
 
 pytestmark = pytest.mark.slow
 
@@ -44,35 +43,12 @@ def spec_file(tmp: Path, src: Path, sink: dict[str, Any], parallelism: int) -> P
     return path
 
 
-def start(spec: Path, state: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "run", str(spec), "--json", "--state-dir", str(state)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
 
 
-def wait_for_lines(path: Path, at_least: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= at_least:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never reached {at_least} lines")
 
 
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out.extend(int(t) for t in text)
-    return out
 
 
-def finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    stdout, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def output_counts(path: Path) -> Counter[int]:
@@ -82,7 +58,7 @@ def output_counts(path: Path) -> Counter[int]:
 def test_a_killed_reader_process_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     spec = spec_file(tmp_path, make_input(tmp_path), {"type": "file", "path": str(out)}, parallelism=2)
-    proc = start(spec, tmp_path / "state")
+    proc = start_run(spec, tmp_path / "state")
     wait_for_lines(out, 1500)
     readers = children(proc.pid)
     assert len(readers) >= 2, readers
@@ -101,7 +77,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_when_run_again(tmp_path: Path,
     out = tmp_path / "out.jsonl"
     state = tmp_path / "state"
     spec = spec_file(tmp_path, make_input(tmp_path), {"type": "file", "path": str(out)}, parallelism)
-    proc = start(spec, state)
+    proc = start_run(spec, state)
     wait_for_lines(out, 3000)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -109,7 +85,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_when_run_again(tmp_path: Path,
     assert 0 < len(before) < N
     assert (state / "crashy" / "checkpoint" / "run.json").exists()
 
-    summary = finish(start(spec, state))
+    summary = finish(start_run(spec, state))
     assert summary["status"] == "success" and summary["resumed"] is True
     counts = output_counts(out)
     assert set(counts) == set(range(N)), "records lost"
@@ -125,7 +101,7 @@ def test_with_an_upsert_sink_a_resumed_run_is_exactly_once(tmp_path: Path) -> No
     state = tmp_path / "state"
     sink = {"type": "sql", "url": f"sqlite:///{db}", "table": "t", "mode": "upsert", "key": "n"}
     spec = spec_file(tmp_path, make_input(tmp_path), sink, parallelism=2)
-    proc = start(spec, state)
+    proc = start_run(spec, state)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.1)
@@ -138,7 +114,7 @@ def test_with_an_upsert_sink_a_resumed_run_is_exactly_once(tmp_path: Path) -> No
                 continue
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    summary = finish(start(spec, state))
+    summary = finish(start_run(spec, state))
     assert summary["resumed"] is True
     with sqlite3.connect(db) as conn:
         total, distinct = conn.execute("select count(*), count(distinct n) from t").fetchone()
@@ -157,10 +133,10 @@ def test_readers_stop_when_the_coordinator_is_killed_and_a_second_run_is_refused
     out = tmp_path / "out.jsonl"
     state = tmp_path / "state"
     spec = spec_file(tmp_path, make_input(tmp_path), {"type": "file", "path": str(out)}, parallelism=2)
-    proc = start(spec, state)
+    proc = start_run(spec, state)
     wait_for_lines(out, 1500)
 
-    second = start(spec, state)
+    second = start_run(spec, state)
     stdout, _ = second.communicate(timeout=60)
     assert second.returncode == 1
     assert "already running" in json.loads(stdout.strip().splitlines()[-1])["error"]
@@ -173,7 +149,7 @@ def test_readers_stop_when_the_coordinator_is_killed_and_a_second_run_is_refused
         time.sleep(0.1)
     assert not any(_alive(r) for r in readers), "orphaned readers kept running"
 
-    summary = finish(start(spec, state))
+    summary = finish(start_run(spec, state))
     assert summary["resumed"] is True
     counts = output_counts(out)
     assert set(counts) == set(range(N))
@@ -201,11 +177,11 @@ def test_many_small_files_survive_two_crashes_in_a_row(tmp_path: Path, paralleli
     }))
     state = tmp_path / "state"
     for at_least in (2500, 6000):
-        proc = start(spec, state)
+        proc = start_run(spec, state)
         wait_for_lines(out, at_least)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    summary = finish(start(spec, state))
+    summary = finish(start_run(spec, state))
     assert summary["resumed"] is True
     counts = output_counts(out)
     assert set(counts) == set(range(total)), f"{total - len(counts)} records lost"

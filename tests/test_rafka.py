@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+from adf_runs import children, finish, start_run, wait_for_lines
 
 from core.connectors import rafka
 from core.connectors.memory import MemorySink
@@ -495,34 +496,12 @@ def crash_spec(tmp: Path, topic: str, parallelism: int, batch: int) -> Path:
     return path
 
 
-def start_run(spec_path: Path, state: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "run", str(spec_path), "--json", "--state-dir", str(state)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
 
 
-def wait_for_lines(path: Path, at_least: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= at_least:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never reached {at_least} lines")
 
 
-def finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    stdout, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out.extend(int(t) for t in (task / "children").read_text().split())
-    return out
 
 
 N_CRASH = 6000
