@@ -46,6 +46,7 @@ __all__ = [
     "ResolvedConfig",
     "env_values",
     "flow_env_prefix",
+    "flow_name_of",
     "kv_values",
     "parse_set_args",
     "parse_value",
@@ -245,6 +246,10 @@ class ResolvedConfig:
         self.secret_keys: tuple[str, ...] = tuple(keys)
         self._secret_names = frozenset(k for k in keys if "." not in k)
         self._secret_paths = frozenset(k for k in keys if "." in k)
+
+    def with_secret_keys(self, secret_keys: Iterable[str]) -> ResolvedConfig:
+        """The same values and provenance, redacted with ``secret_keys``."""
+        return ResolvedConfig(self.values, self._provenance, secret_keys)
 
     def get(self, path: str, default: Any = None) -> Any:
         """The value at dotted ``path`` (``"source.path"``, ``"steps.0.function"``), else ``default``.
@@ -467,6 +472,12 @@ def kv_values(store: StateStore, flow_name: str) -> dict[str, Any]:
     return _expand_dotted(raw, where)
 
 
+def flow_name_of(spec: Mapping[str, Any], payload: Mapping[str, Any] | None = None,
+                 defaults: Mapping[str, Any] | None = None) -> str | None:
+    """The flow name that scopes the kv and env layers (see :func:`resolve_flow_config`)."""
+    return _name_of(payload) or _name_of(spec) or _name_of(defaults)
+
+
 def _name_of(values: Mapping[str, Any] | None) -> str | None:
     name = values.get("name") if values else None
     return str(name) if name else None
@@ -504,7 +515,7 @@ def resolve_flow_config(
     cfg.add("manifest", spec, spec_origin)
     if payload:
         cfg.add("payload", payload, payload_origin)
-    name = _name_of(payload) or _name_of(spec) or _name_of(defaults)
+    name = flow_name_of(spec, payload, defaults)
     if store is not None and name:
         kv = kv_values(store, name)
         if kv:

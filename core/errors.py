@@ -19,6 +19,7 @@ __all__ = [
     "SinkWriteError",
     "SpecError",
     "StepError",
+    "UnavailableTypeError",
 ]
 
 
@@ -58,6 +59,17 @@ class RegistryError(AdfError):
         if extra:
             msg += f"; install `active-data-flow[{extra}]` to add {name!r}"
         super().__init__(msg)
+
+
+class UnavailableTypeError(AdfError):
+    """A built-in type whose module is not part of this build (a deployment that carries only
+    the connectors that can run there, such as a Spin component)."""
+
+    def __init__(self, kind: str, name: str, module: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.module = module
+        super().__init__(f"the {kind} type {name!r} is not available here: its module {module} is not part of this build")
 
 
 class SinkUnavailableError(AdfError):

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import ResolvedConfig, resolve_flow_config
+from core.config import ResolvedConfig, flow_name_of, resolve_flow_config
 from core.errors import SpecError
 from core.registry import Registry, import_path, registry
 from core.spec import FlowSpec, load_spec_file, parse_spec, spec_defaults
@@ -111,10 +111,14 @@ def load_flow(
         secret_keys = parse_spec(first.values, reg=reg, check_components=False).secret_keys(reg)
     except SpecError:
         secret_keys = set()  # the full check below reports every problem
-    resolved = resolve_flow_config(
-        raw, defaults=defaults, store=store, environ=environ, payload=payload, spec_origin=origin,
-        payload_origin=payload_origin, extra=extra, secret_keys=secret_keys,
-    )
+    name = flow_name_of(raw, payload, defaults)
+    if store is None or not name or store.get(f"config/{name}") is None:
+        resolved = first.with_secret_keys(secret_keys)  # no kv layer: the first pass is the answer
+    else:
+        resolved = resolve_flow_config(
+            raw, defaults=defaults, store=store, environ=environ, payload=payload, spec_origin=origin,
+            payload_origin=payload_origin, extra=extra, secret_keys=secret_keys,
+        )
     spec = parse_spec(resolved.values, reg=reg)
     spec.flow_class = flow_class
     if flow_class is not None:

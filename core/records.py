@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import datetime
 import decimal
-import difflib
 import inspect
 import math
 import re
@@ -236,6 +235,8 @@ def _unknown_type(name: object) -> str:
     aliases = ", ".join(_ALIASES)
     msg = f"unknown type {_show(name)} (known types: {known}; aliases: {aliases})"
     if isinstance(name, str):
+        import difflib  # only for the suggestion in an error
+
         close = difflib.get_close_matches(name.lower(), [*FIELD_TYPES, *_ALIASES], n=1)
         if close:
             msg += f"; did you mean {close[0]!r}?"

@@ -12,6 +12,7 @@ Redaction replaces a secret with :data:`REDACTED` (``"***"``); it never raises o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,7 @@ def _words(name: str) -> list[str]:
     return [w.lower() for w in _WORD_RE.findall(name)]
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys, again and again (every log line is redacted)
 def is_secret_key(name: str) -> bool:
     """Whether a key called ``name`` holds a secret, judged from its name only.
 

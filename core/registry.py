@@ -19,11 +19,11 @@ or at run time with :func:`register`.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any, TypeVar
 
-from core.errors import MissingExtraError, RegistryError
+from core.errors import MissingExtraError, RegistryError, UnavailableTypeError
 
 __all__ = ["ENTRY_POINT_GROUPS", "KINDS", "Registry", "import_path", "register", "registry"]
 
@@ -96,6 +96,11 @@ def import_path(path: str) -> Any:
     return obj
 
 
+def _is_entry_point(target: Any) -> bool:
+    metadata = sys.modules.get("importlib.metadata")
+    return metadata is not None and isinstance(target, metadata.EntryPoint)
+
+
 class Registry:
     """A registry of component types by kind and name."""
 
@@ -118,6 +123,11 @@ class Registry:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
+        try:  # on first need: importing and scanning it costs a cold start
+            from importlib import metadata
+        except ImportError:  # a build without it (a Spin component): no plug-ins there
+            return
+
         for kind, group in ENTRY_POINT_GROUPS.items():
             for ep in metadata.entry_points(group=group):
                 if ep.name not in self._entries[kind] or self._origins[kind][ep.name] != "builtin":
@@ -137,16 +147,22 @@ class Registry:
     def resolve(self, kind: str, name: str) -> Any:
         """The class registered as ``name``; :class:`RegistryError` when unknown."""
         self._check_kind(kind)
-        self._load_entry_points()
+        if not (isinstance(name, str) and self._origins[kind].get(name) == "builtin"):  # never replaced by plug-ins
+            self._load_entry_points()
         if not isinstance(name, str) or name not in self._entries[kind]:
             raise RegistryError(kind, str(name), self._entries[kind], _EXTRA_HINTS.get(str(name)))
         target = self._entries[kind][name]
-        if isinstance(target, str) or isinstance(target, metadata.EntryPoint):
+        if isinstance(target, str) or _is_entry_point(target):
             try:
                 cls = import_path(target) if isinstance(target, str) else target.load()
             except MissingExtraError:
                 raise
             except ImportError as exc:
+                module = (target if isinstance(target, str) else target.value).split(":")[0]
+                missing = exc.name or ""
+                if missing and (module == missing or module.startswith(missing + ".")) and \
+                        self._origins[kind].get(name) == "builtin":
+                    raise UnavailableTypeError(kind, name, module) from exc
                 if (exc.name or "").split(".")[0] in _OWN_PACKAGES:
                     raise
                 extra = _EXTRA_HINTS.get(name, name)

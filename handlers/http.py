@@ -24,16 +24,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.ids import new_id
 from core.logs import get_logger
-from handlers import scheduler
-from handlers.schedule.store import ScheduleStore
-from handlers.security import authorize_heartbeat
-from handlers.settings import Settings
+
+if TYPE_CHECKING:  # the scheduler is loaded by the heartbeat's first request, not by every importer
+    from handlers.schedule.store import ScheduleStore
+    from handlers.settings import Settings
 
 __all__ = ["JSON_HEADERS", "Request", "Response", "error_response", "handle_heartbeat"]
 
@@ -131,8 +131,11 @@ def handle_heartbeat(request: Request, settings: Settings, store: ScheduleStore)
     mode (``?mode=sync|async`` overrides it for an authorised caller) and answer
     ``{flows_due, flows_triggered, run_ids, timestamp}``. Errors answer 500
     ``{error, error_id}``; the traceback goes only to the log."""
+    from handlers import scheduler
+    from handlers.security import authorize_heartbeat
+
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+    request_id = new_id()
     rid = {"x-request-id": request_id}
 
     def finish(
@@ -171,7 +174,7 @@ def handle_heartbeat(request: Request, settings: Settings, store: ScheduleStore)
         detail = f"mode={mode} flows_due={result.get('flows_due')} run_ids={result.get('run_ids')}"
         return finish(Response(200, result), "ok", detail, client, result)
     except Exception as exc:
-        error_id = uuid.uuid4().hex[:12]
+        error_id = new_id(12)
         message = f"internal error while handling the heartbeat (error_id {error_id}; details in the server log)"
         return finish(
             error_response(500, message, error_id=error_id), "error", f"error_id {error_id}: {type(exc).__name__}", client

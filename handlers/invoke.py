@@ -41,6 +41,8 @@ Standard library only at module level (this runs inside a Spin component).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from handlers.invoke_base import (
     KV_FLOW_PREFIX,
     BadRequest,
@@ -68,7 +70,6 @@ from handlers.invoke_base import (
     run_named_flow,
     status_for,
 )
-from handlers.invoke_cron import handle_cron, host_executor
 from handlers.invoke_http import NDJSON, RESERVED_QUERY, handle_http
 from handlers.invoke_messages import (
     KINDS,
@@ -79,6 +80,9 @@ from handlers.invoke_messages import (
     route_for,
 )
 from handlers.streaming import StreamingResponse
+
+if TYPE_CHECKING:
+    from handlers.invoke_cron import handle_cron, host_executor
 
 __all__ = [
     "KINDS",
@@ -119,3 +123,13 @@ __all__ = [
     "run_named_flow",
     "status_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The cron tick (and with it the scheduler and the schedule store) loads on first use: an
+    # HTTP or message handler never needs it, and a Spin component other than cron leaves it out.
+    if name in ("handle_cron", "host_executor"):
+        from handlers import invoke_cron
+
+        return getattr(invoke_cron, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

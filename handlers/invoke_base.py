@@ -17,13 +17,13 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.connectors.memory import ResponseRecords, ResponseSink
 from core.errors import AdfError, ConfigError
+from core.ids import new_id
 from core.loader import LoadedFlow, load_flow
 from core.logs import get_logger
 from core.redact import redact_text
@@ -175,7 +175,7 @@ def _error_fields(exc: BaseException) -> dict[str, Any]:
 
 
 def _new_error_id() -> str:
-    return uuid.uuid4().hex[:12]
+    return new_id(12)
 
 
 # --------------------------------------------------------------------------- hosts
@@ -475,7 +475,7 @@ class Invocation:
 
 
 def _new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + new_id(8)
 
 
 def _config_mapping(config: Any, where: str) -> dict[str, Any]:
@@ -570,7 +570,7 @@ def _prepare(
         flow=loaded.spec.name,
         loaded=loaded,
         run_id=run_id or _new_run_id(),
-        request_id=request_id or uuid.uuid4().hex,
+        request_id=request_id or new_id(),
         ignored_variables=ignored,
     )
 

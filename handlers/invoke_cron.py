@@ -10,10 +10,10 @@ import datetime as dt
 import logging
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from core.ids import new_id
 from core.redact import redact_text
 from handlers.invoke_base import (
     FlowHost,
@@ -111,7 +111,7 @@ def handle_cron(
     from handlers import scheduler
 
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+    request_id = new_id()
     out: dict[str, Any] = {"trigger": "cron", "request_id": request_id}
     error: BaseException | None = None
     try:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+from core.ids import new_id
 from handlers.invoke_base import (
     BadRequest,
     FlowFailed,
@@ -110,7 +110,7 @@ def run_event_flow(
     from handlers.confignames import deep_merge, expand_dotted
 
     started = time.perf_counter()
-    request_id = request_id or uuid.uuid4().hex
+    request_id = request_id or new_id()
     merged: dict[str, Any] = expand_dotted(config) if config else {}
     try:
         deep_merge(merged, expand_dotted(payload.config or {}))

@@ -54,13 +54,13 @@ import dataclasses
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
 from core.config import parse_set_args
 from core.errors import ConfigError
+from core.ids import new_id
 from handlers.confignames import deep_merge
 from handlers.http import JSON_HEADERS, Request, Response
 from handlers.invoke_base import (
@@ -104,7 +104,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _request_id(headers: Mapping[str, str]) -> str:
     given = headers.get("x-request-id", "").strip()
-    return given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID_RE.match(given) else new_id()
 
 
 def _truthy(value: str, name: str) -> bool:

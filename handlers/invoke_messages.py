@@ -10,10 +10,10 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from core.ids import new_id
 from core.redact import redact_text
 from handlers.invoke_base import (
     _PAYLOAD_KEYS,
@@ -132,7 +132,7 @@ def handle_message(
     through a wildcard route). Never raises into the host.
     """
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+    request_id = new_id()
     result: dict[str, Any] = {"trigger": kind, "channel": channel_or_topic, "request_id": request_id}
     reply_to: str | None = reply_channel or default_reply_channel(kind, channel_or_topic)
     error: BaseException | None = None

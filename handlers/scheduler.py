@@ -36,11 +36,11 @@ import signal
 import socket
 import threading
 import traceback
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core.ids import new_id
 from core.logs import get_logger, log_event
 from core.redact import redact_text
 from handlers.schedule.store import (
@@ -92,7 +92,7 @@ def default_worker_id(role: str | None = None) -> str:
     """``<hostname>:<pid>``, with ``/<role>-<random>`` for a heartbeat or a manual run."""
     hostname = getattr(socket, "gethostname", None)  # absent on WASI (inside a Spin component)
     base = f"{hostname() if hostname else 'wasm'}:{os.getpid()}"
-    return f"{base}/{role}-{uuid.uuid4().hex[:8]}" if role else base
+    return f"{base}/{role}-{new_id(8)}" if role else base
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:

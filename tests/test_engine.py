@@ -210,6 +210,26 @@ def test_entry_point_plugins_are_discovered(tmp_path: Path, monkeypatch: pytest.
     assert reg.resolve("sink", "demo").__name__ == "FlakySink"
 
 
+def test_a_built_in_type_whose_module_is_not_in_the_build_is_named_as_unavailable() -> None:
+    # as inside a Spin component, which carries only the connectors that can run there
+    from core.errors import UnavailableTypeError
+    from core.registry import Registry
+    from core.spec import parse_spec
+
+    reg = Registry()
+    reg._entries["source"]["sql"] = "core.connectors.not_in_this_build:SqlSource"
+    with pytest.raises(UnavailableTypeError) as err:
+        reg.resolve("source", "sql")
+    assert "the source type 'sql' is not available here" in str(err.value)
+    with pytest.raises(SpecError) as bad:  # a flow naming it is refused with that reason, not a crash
+        parse_spec({"name": "f", "source": {"type": "sql", "url": "sqlite://", "table": "t"},
+                    "sink": {"type": "stdout"}}, reg=reg)
+    assert "source: the source type 'sql' is not available here" in str(bad.value)
+    reg._entries["source"]["file"] = "core.connectors.file:NoSuchClass"  # a real bug stays an error of its own
+    with pytest.raises((ImportError, AttributeError)):
+        reg.resolve("source", "file")
+
+
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_an_unbounded_source_picks_up_new_files_and_a_stopped_run_continues_later(
     tmp_path: Path, state_dir: Path, parallelism: int
