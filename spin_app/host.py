@@ -1,10 +1,12 @@
 """A local Spin 3 host for the built components, for tests and for machines without ``spin``.
 
-Non-HTTP triggers run the component with the PyPI ``wasmtime`` package's component API
-(``wasmtime.component``, ``Linker.add_wasip2()``, Python host functions); HTTP components
-are served by the Node host in ``scripts/spin_host/serve.mjs`` (jco + preview2-shim), which
-this module starts for ``serve``. Both hosts provide the same Spin imports over the same
-files, so they can share a state directory:
+Every trigger runs the component with the PyPI ``wasmtime`` package's component API (the
+engine Spin itself uses): cron, Redis and MQTT events with wasmtime's own WASI
+(``Linker.add_wasip2()``), HTTP requests with WASI written as Python host functions
+(:mod:`spin_app.wasi_host`: the package's WASI cannot hand a component an incoming request).
+``serve --engine node`` serves HTTP with the Node host in ``scripts/spin_host/serve.mjs``
+(jco + preview2-shim) instead, which also logs each instance's memory size. All of them
+provide the same Spin imports over the same files, so they can share a state directory:
 
 ==============================  =====================================================
 ``fermyon:spin/key-value``      ``<state>/key_value.json`` (``{label: {key: base64}}``)
@@ -12,7 +14,7 @@ files, so they can share a state directory:
 ``fermyon:spin/redis``          a real Redis server (redis-py)
 ``fermyon:spin/variables``      ``variables=`` / ``--var``, ``SPIN_VARIABLE_<NAME>`` env
 ``wasi:config/store``           the same variables
-``wasi:http/outgoing-handler``  wasmtime's WASI HTTP (real outbound requests)
+``wasi:http/outgoing-handler``  real outbound requests (wasmtime's WASI HTTP; urllib for HTTP)
 anything else                   traps when called
 ==============================  =====================================================
 
@@ -20,7 +22,7 @@ Like Spin, every event gets a fresh instance of the component.
 
 Command line::
 
-    python -m spin_app.host serve build/spin/http.wasm --port 3000 [--var name=value ...]
+    python -m spin_app.host serve build/spin/http.wasm --port 3000 [--var name=value ...] [--engine node]
     python -m spin_app.host cron  build/spin/cron.wasm [--every 10] [--count N]
     python -m spin_app.host redis build/spin/redis.wasm --channel orders-in [--address redis://127.0.0.1:6379]
     python -m spin_app.host mqtt  build/spin/mqtt.wasm --topic 'sensors/#' [--address mqtt://127.0.0.1:1883]
@@ -64,6 +66,16 @@ class GuestError(RuntimeError):
         super().__init__(message)
         self.trapped = trapped
         self.stdout = stdout
+
+
+def default_cache_dir() -> str:
+    """Where compiled components are kept (by content hash and wasmtime version), shared by
+    every host on the machine: ``ADF_WASMTIME_CACHE``, else ``$XDG_CACHE_HOME/adf/wasmtime``."""
+    explicit = os.environ.get("ADF_WASMTIME_CACHE")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "adf", "wasmtime")
 
 
 def _import_wasmtime() -> Any:
@@ -200,10 +212,11 @@ class _Table:
 
 
 class ComponentHost:
-    """Runs a cron, Redis or MQTT component (or any non-HTTP Spin component) with wasmtime.
+    """Runs a component with wasmtime: cron, Redis and MQTT events (with wasmtime's own WASI)
+    and, with ``python_wasi=True`` (WASI in Python, :mod:`spin_app.wasi_host`), HTTP requests.
 
-    The compiled component is cached next to ``cache_dir`` (by content hash), so only the
-    first host on a machine pays for compiling the ~40 MB of WebAssembly.
+    The compiled component is cached in ``cache_dir`` (default :func:`default_cache_dir`, by
+    content hash), so only the first host on a machine pays for compiling it.
     """
 
     def __init__(
@@ -216,8 +229,11 @@ class ComponentHost:
         cache_dir: str | None = None,
         echo_stdout: bool = False,
         memory_limit: int | None = None,
+        python_wasi: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         wt = _import_wasmtime()
+        self.on_line = on_line
         self._wt = wt
         self.wasm = str(wasm)
         self.state = state or SpinState()
@@ -229,10 +245,18 @@ class ComponentHost:
         config = wt.Config()
         config.wasm_component_model = True
         self.engine = wt.Engine(config)
-        self.component = self._load(cache_dir or os.path.join(self.state.state_dir, "wasmtime-cache"))
+        self.component = self._load(cache_dir or default_cache_dir())
         self.linker = wt.component.Linker(self.engine)
-        self.linker.add_wasip2()
-        self.linker.add_wasi_http()
+        self.python_wasi = python_wasi
+        self.wasi: Any = None
+        if python_wasi:  # WASI in Python host functions: the host can hand the component HTTP requests
+            from spin_app.wasi_host import PythonWasi
+
+            self.wasi = PythonWasi(wt, self.engine, self.component)
+            self.wasi.define(self.linker)
+        else:
+            self.linker.add_wasip2()
+            self.linker.add_wasi_http()
         self._tables = {_KV: _Table(), _REDIS: _Table(), _SQLITE: _Table()}
         self._define_spin_imports()
         self._define_stubs()
@@ -446,53 +470,92 @@ class ComponentHost:
             text = bytes(data).decode("utf-8", "replace")
             *done, pending[0] = (pending[0] + text).split("\n")
             lines.extend(line for line in done if line)
+            if self.on_line is not None:
+                for line in done:
+                    if line:
+                        self.on_line(line)
             if self.echo_stdout:
                 sys.stdout.write(text)
                 sys.stdout.flush()
 
-        wasi.stdout_custom = out
-        wasi.stderr_custom = out
-        for host_dir, guest_dir in self.dirs.items():
-            wasi.preopen_dir(host_dir, guest_dir, False)
-        store.set_wasi(wasi)
-        store.set_wasi_http()
-        instance = self.linker.instantiate(store, self.component)
+        if self.wasi is not None:
+            from spin_app.wasi_host import WasiState
+
+            self.wasi.current = WasiState(env=self.env, stdout=out, stderr=out, preopens=self.dirs)
+        else:
+            wasi.stdout_custom = out
+            wasi.stderr_custom = out
+            for host_dir, guest_dir in self.dirs.items():
+                wasi.preopen_dir(host_dir, guest_dir, False)
+            store.set_wasi(wasi)
+            store.set_wasi_http()
         try:
+            instance = self.linker.instantiate(store, self.component)
             yield store, instance
         finally:
+            if self.wasi is not None:
+                self.wasi.current = None
             for table in self._tables.values():
                 for r in list(table.items):
                     table.drop(r)
 
+    def _export(self, store: Any, instance: Any, names: Sequence[str]) -> Any:
+        """The first of ``names`` (``func`` or ``interface#func``) the instance exports."""
+        for name in names:
+            if "#" in name:
+                iface, fname = name.split("#", 1)
+                idx = instance.get_export_index(store, iface)
+                fidx = instance.get_export_index(store, fname, idx) if idx is not None else None
+                func = instance.get_func(store, fidx) if fidx is not None else None
+            else:
+                func = instance.get_func(store, name)
+            if func is not None:
+                return func
+        raise GuestError(f"{self.wasm} exports none of {', '.join(names)}")
+
+    def _run(self, store: Any, func: Any, args: Sequence[Any], start: int) -> Any:
+        """Call an export; a trap (or a host function's trap) becomes a :class:`GuestError`."""
+        from spin_app.wasi_host import WasiTrap
+
+        try:
+            result = func(store, *args)
+            func.post_return(store)
+        except (self._wt.WasmtimeError, WasiTrap) as exc:
+            raise GuestError(f"the component trapped: {exc}", trapped=True,
+                             stdout="\n".join(self.stdout_lines[start:])) from exc
+        return result
+
     def _call(self, names: Sequence[str], *args: Any) -> None:
-        wt = self._wt
         start = len(self.stdout_lines)
         with self.instance() as (store, instance):
-            func = None
-            for name in names:
-                if "#" in name:
-                    iface, fname = name.split("#", 1)
-                    idx = instance.get_export_index(store, iface)
-                    if idx is not None:
-                        fidx = instance.get_export_index(store, fname, idx)
-                        func = instance.get_func(store, fidx) if fidx is not None else None
-                else:
-                    func = instance.get_func(store, name)
-                if func is not None:
-                    break
-            if func is None:
-                raise GuestError(f"{self.wasm} exports none of {', '.join(names)}")
-            try:
-                result = func(store, *args)
-                func.post_return(store)
-            except wt.WasmtimeError as exc:
-                raise GuestError(f"the component trapped: {exc}", trapped=True,
-                                 stdout="\n".join(self.stdout_lines[start:])) from exc
+            result = self._run(store, self._export(store, instance, names), args, start)
         if result is not None:
             payload = getattr(result, "payload", result)
             tag = getattr(result, "tag", None)
             message = payload if isinstance(payload, str) else (tag or str(payload))
             raise GuestError(str(message), stdout="\n".join(self.stdout_lines[start:]))
+
+    def http(self, request: Any, on_response: Callable[[Any], None]) -> None:
+        """Hand ``request`` (a :class:`spin_app.wasi_host.IncomingRequest`) to the component's
+        ``wasi:http/incoming-handler#handle`` in a fresh instance. ``on_response`` gets
+        ``Ok(OutgoingResponse)`` (or ``Err(error-code)``) when the component sets its answer;
+        call its ``attach(write, finish)`` to receive the body. Needs ``python_wasi=True``."""
+        if self.wasi is None:
+            raise RuntimeError("serving HTTP needs ComponentHost(python_wasi=True)")
+        from spin_app.wasi_host import ResponseOutparam
+
+        wt = self._wt
+        ids = self.wasi.resource_ids
+        start = len(self.stdout_lines)
+        handlers = [f"{name}#handle" for name in self.component.type.exports(self.engine)
+                    if name.startswith("wasi:http/incoming-handler@")] or ["wasi:http/incoming-handler#handle"]
+        with self.instance() as (store, instance):
+            state = self.wasi.current
+            func = self._export(store, instance, handlers)
+            req = wt.component.ResourceHost.own(state.add(request), ids[("wasi:http/types", "incoming-request")])
+            out = wt.component.ResourceHost.own(state.add(ResponseOutparam(on_response)),
+                                                ids[("wasi:http/types", "response-outparam")])
+            self._run(store, func, (req, out), start)
 
     def cron(self, timestamp: int | None = None) -> None:
         """Deliver a cron tick (``handle-cron-event``)."""
@@ -543,8 +606,180 @@ def _wasmtime_version() -> str:
 # --------------------------------------------------------------------------- the HTTP host (Node)
 
 
+class WasmtimeHttpServer:
+    """Serves an HTTP component with wasmtime (:class:`ComponentHost` with ``python_wasi``):
+    every request gets a fresh instance, as in Spin; requests are handled one at a time.
+
+    Each request is logged as one JSON line (``logger: spin.host``: request id, method,
+    path, status, duration; ``memory_bytes`` is null — the wasmtime package cannot read a
+    component's memory; the Node engine reports it). A trap before the component answered
+    gives a 500 with ``{error, error_id}``; after the headers went out, the connection is
+    closed mid-body.
+    """
+
+    def __init__(
+        self,
+        wasm: str | os.PathLike[str],
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        state_dir: str = ".spin",
+        variables: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        dirs: Mapping[str, str] | None = None,
+        memory_limit: int | None = None,
+        emit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.component = ComponentHost(
+            wasm, state=SpinState(state_dir, load_variables(variables)), env=env,
+            dirs={os.path.abspath(h): g for h, g in (dirs or {}).items()}, memory_limit=memory_limit,
+            python_wasi=True, on_line=emit,
+        )
+        self.emit = emit or (lambda line: None)
+        self.bind = (host, port)
+        self.url = ""
+        self._server: Any = None
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spin-wasmtime")
+
+    def start(self) -> WasmtimeHttpServer:
+        import http.server
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                # one long-lived thread runs every instance: wasmtime sets itself up per thread
+                # (~6 ms measured), and requests are handled one at a time anyway
+                outer._worker.submit(outer.handle, self).result()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
+
+        self._server = http.server.ThreadingHTTPServer(self.bind, Handler)
+        self._server.daemon_threads = True
+        host, port = self._server.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        threading.Thread(target=self._server.serve_forever, name="spin-wasmtime-http", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self._worker.shutdown(wait=True)
+        self.component.close()
+
+    def handle(self, h: Any) -> None:
+        """One request: read it, run the component, stream its answer, log a line."""
+        from spin_app.wasi_host import Err, IncomingRequest
+
+        started = time.perf_counter()
+        request_id = h.headers.get("x-request-id") or os.urandom(8).hex()
+        body = _read_request_body(h)
+        headers = [(k.lower(), v.encode("latin-1")) for k, v in h.headers.items()]
+        request = IncomingRequest(h.command, h.path, headers, body, authority=h.headers.get("host"))
+        sent: dict[str, Any] = {}
+
+        def on_response(result: Any) -> None:
+            if isinstance(result, Err):
+                sent["status"] = _send_error(h, 500, f"the component answered with an error: {result.value}")
+                return
+            response = result.value
+            names = {k for k, _ in response.headers.entries}
+            given = response.headers.get("x-request-id")
+            if given:
+                sent["request_id"] = given[0].decode("latin-1")
+            chunked = "content-length" not in names and h.command != "HEAD"
+            h.send_response(response.status)
+            for k, v in response.headers.entries:
+                h.send_header(k, v.decode("latin-1"))
+            if chunked:
+                h.send_header("transfer-encoding", "chunked")
+            h.end_headers()
+            sent["status"] = response.status
+
+            def write(data: bytes) -> None:
+                if h.command == "HEAD":
+                    return
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                h.wfile.flush()
+
+            def finish() -> None:
+                if chunked:
+                    h.wfile.write(b"0\r\n\r\n")
+                h.wfile.flush()
+                sent["finished"] = True
+
+            response.attach(write, finish)
+
+        error = None
+        try:
+            self.component.http(request, on_response)
+            if "status" not in sent:
+                error = "the component returned without an answer"
+        except GuestError as exc:
+            error = str(exc)
+        except OSError as exc:  # the client went away
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None and "status" not in sent:
+            sent["status"] = _send_error(h, 500, error)
+        elif error is not None or (sent.get("status") and "finished" not in sent and h.command != "HEAD"):
+            h.close_connection = True
+        self.component.stdout_lines.clear()  # emitted as they came; a server must not keep them
+        self.emit(json.dumps({
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": "error" if error else "info",
+            "logger": "spin.host", "msg": "request", "request_id": sent.get("request_id", request_id), "method": h.command,
+            "path": h.path, "status": sent.get("status"), "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "memory_bytes": None, "instance": "fresh", "engine": "wasmtime", **({"error": error} if error else {}),
+        }))
+
+
+def _read_request_body(h: Any) -> bytes:
+    if "chunked" in (h.headers.get("transfer-encoding") or "").lower():
+        data = bytearray()
+        while True:
+            size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(data)
+            data += h.rfile.read(size)
+            h.rfile.readline()
+    length = int(h.headers.get("content-length") or 0)
+    return h.rfile.read(length) if length else b""
+
+
+def _send_error(h: Any, status: int, message: str) -> int:
+    """The host's own error answer, in the handlers' one error shape."""
+    from core.ids import new_id
+    from handlers.http import error_response
+
+    response = error_response(status, message, error_id=new_id(12))
+    payload = response.encoded()
+    h.send_response(status)
+    for k, v in response.headers.items():
+        h.send_header(k, v)
+    h.send_header("content-length", str(len(payload)))
+    h.end_headers()
+    h.wfile.write(payload)
+    h.wfile.flush()
+    return status
+
+
 class HttpHost:
-    """``scripts/spin_host/serve.mjs`` as a subprocess: start, wait until it listens, stop.
+    """Serve an HTTP component locally: start, wait until it listens, stop.
+
+    ``engine="wasmtime"`` (the default) runs it in this process with wasmtime — the engine
+    Spin uses — and WASI in Python (:mod:`spin_app.wasi_host`), a fresh instance per request;
+    ``engine="node"`` runs ``scripts/spin_host/serve.mjs`` (jco + preview2-shim) as a
+    subprocess, which also reports each instance's memory size and can reuse one instance.
 
     ::
 
@@ -565,7 +800,16 @@ class HttpHost:
         reuse_instance: bool = False,
         node: str | None = None,
         log: str | None = None,
+        engine: str = "wasmtime",
+        memory_limit: int | None = None,
     ) -> None:
+        if engine not in ("wasmtime", "node"):
+            raise ValueError(f"engine must be 'wasmtime' or 'node', got {engine!r}")
+        if engine == "wasmtime" and reuse_instance:
+            raise ValueError("reuse_instance is a Node-engine option (the wasmtime engine starts each request afresh)")
+        self.engine = engine
+        self.memory_limit = memory_limit
+        self._wasmtime: WasmtimeHttpServer | None = None
         self.wasm = os.path.abspath(wasm)  # node runs from the project root
         self.port = port
         self.host = host
@@ -595,6 +839,8 @@ class HttpHost:
         return cmd
 
     def start(self, timeout: float = 120.0) -> HttpHost:
+        if self.engine == "wasmtime":
+            return self._start_wasmtime()
         if not (ROOT / "node_modules" / "@bytecodealliance" / "jco").is_dir():
             raise RuntimeError("the Node packages of the Spin host are missing: run scripts/spin-setup (npm ci)")
         self.proc = subprocess.Popen(
@@ -628,7 +874,36 @@ class HttpHost:
                 raise RuntimeError("the Spin HTTP host did not start:\n" + "\n".join(self.output[-40:]))
         return self
 
+    def _start_wasmtime(self) -> HttpHost:
+        t0 = time.perf_counter()
+        sink = open(self.log, "a", encoding="utf-8") if self.log else None
+        self._log_sink = sink
+
+        def emit(line: str) -> None:
+            self.output.append(line)
+            if sink is not None:
+                sink.write(line + "\n")
+                sink.flush()
+
+        server = WasmtimeHttpServer(
+            self.wasm, port=self.port, host=self.host, state_dir=self.state_dir, variables=self.variables,
+            env=self.env, dirs=self.dirs, memory_limit=self.memory_limit, emit=emit,
+        )
+        server.start()
+        self._wasmtime = server
+        self.url = server.url
+        self.ready_ms = round((time.perf_counter() - t0) * 1000, 1)
+        emit(json.dumps({"event": "listening", "url": self.url, "component": self.wasm, "ready_ms": self.ready_ms,
+                         "engine": "wasmtime"}))
+        return self
+
     def stop(self) -> None:
+        if self._wasmtime is not None:
+            self._wasmtime.stop()
+            self._wasmtime = None
+            if getattr(self, "_log_sink", None) is not None:
+                self._log_sink.close()
+                self._log_sink = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -690,10 +965,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--env", action="append", help="an environment variable of the component NAME=VALUE")
         p.add_argument("--dir", action="append", help="mount HOST[:GUEST] (like the manifest's files)")
 
-    p = sub.add_parser("serve", help="serve an HTTP component (Node: jco + preview2-shim)")
+    p = sub.add_parser("serve", help="serve an HTTP component (wasmtime, or Node: jco + preview2-shim)")
     common(p)
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--engine", choices=("wasmtime", "node"), default="wasmtime",
+                   help="wasmtime (default: Spin's engine, in this process) or node (jco; logs memory sizes)")
     p.add_argument("--reuse-instance", action="store_true", help="one instance for all requests (not Spin's semantics)")
     p = sub.add_parser("cron", help="deliver cron ticks to a cron component")
     common(p)
@@ -721,9 +998,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.component, port=args.port, host=args.host, state_dir=args.state_dir,
             variables=load_variables(_pairs(args.var), args.vars_file), env=_pairs(args.env),
             dirs={os.path.abspath(d.partition(":")[0]): d.partition(":")[2] or "/" for d in args.dir or []},
-            reuse_instance=args.reuse_instance,
+            reuse_instance=args.reuse_instance, engine=args.engine,
         )
-        return subprocess.call(http.command(), cwd=str(ROOT))
+        if args.engine == "node":
+            return subprocess.call(http.command(), cwd=str(ROOT))
+        return _serve_wasmtime_http(http)
 
     host = _component_host(args)
     try:
@@ -746,6 +1025,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         host.close()
     return 2
+
+
+def _serve_wasmtime_http(http: HttpHost) -> int:
+    http.output = _Echo()
+    http.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        http.stop()
+    return 0
+
+
+class _Echo(list):  # type: ignore[type-arg]
+    """The host's output list, printed as it grows (``serve`` on the command line)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
 
 
 def _serve_redis(host: ComponentHost, address: str, channel: str, count: int | None) -> int:

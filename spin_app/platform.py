@@ -152,13 +152,10 @@ class Platform:
             ) from None
 
     def http_send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, str], bytes]:
-        from spin_sdk.http import Request, send
-
         try:
-            response = send(Request(method, url, dict(headers), body))
+            return _wasi_http_send(method, url, headers, body)
         except Exception as exc:
             raise SpinCallError(f"HTTP {method} {url}: {_describe(exc)} (is the host in allowed_outbound_hosts?)") from None
-        return response.status, dict(response.headers), bytes(response.body or b"")
 
     def variable(self, name: str) -> str | None:
         from spin_sdk import variables
@@ -170,6 +167,73 @@ class Platform:
 
 
 _current: Any = Platform()
+
+
+def _wasi_http_send(method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+    """One outbound request over ``wasi:http/outgoing-handler`` with blocking calls.
+
+    (spin-sdk's ``spin_sdk.http.send`` does the same through an asyncio event loop; asyncio and
+    what it imports — sockets, subprocess, concurrent.futures — would be a megabyte or more of
+    every component's snapshot for one request that never needs concurrency.)
+    """
+    from urllib.parse import urlsplit
+
+    from spin_sdk.wit.imports import outgoing_handler
+    from spin_sdk.wit.imports import types as t
+    from spin_sdk.wit.imports.streams import StreamError_Closed
+    from spin_sdk.wit.types import Err, Ok
+
+    methods = {"GET": t.Method_Get, "HEAD": t.Method_Head, "POST": t.Method_Post, "PUT": t.Method_Put,
+               "DELETE": t.Method_Delete, "CONNECT": t.Method_Connect, "OPTIONS": t.Method_Options,
+               "TRACE": t.Method_Trace, "PATCH": t.Method_Patch}
+    parts = urlsplit(url)
+    fields = {k.lower(): str(v) for k, v in headers.items()}
+    data = body or b""
+    if body is not None and "content-length" not in fields:
+        fields["content-length"] = str(len(data))
+    request = t.OutgoingRequest(t.Fields.from_list([(k, v.encode("utf-8")) for k, v in fields.items()]))
+    m = method.upper()
+    request.set_method(methods[m]() if m in methods else t.Method_Other(method))
+    scheme = parts.scheme.lower() or "http"
+    request.set_scheme(t.Scheme_Http() if scheme == "http" else t.Scheme_Https() if scheme == "https"
+                       else t.Scheme_Other(scheme))
+    request.set_authority(parts.netloc or (":443" if scheme == "https" else ":80"))
+    request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    out_body = request.body()
+    future = outgoing_handler.handle(request, None)
+    out = out_body.write()
+    for i in range(0, len(data), 4096):  # the most one blocking-write-and-flush takes
+        out.blocking_write_and_flush(data[i : i + 4096])
+    out.__exit__(None, None, None)
+    t.OutgoingBody.finish(out_body, None)
+    while (answer := future.get()) is None:
+        ready = future.subscribe()
+        ready.block()
+        ready.__exit__(None, None, None)
+    future.__exit__(None, None, None)
+    if not isinstance(answer, Ok):
+        raise answer
+    if not isinstance(answer.value, Ok):
+        raise answer.value
+    response = answer.value.value
+    status = response.status()
+    got = response.headers()
+    out_headers = {name: bytes(value).decode("utf-8", "replace") for name, value in got.entries()}
+    got.__exit__(None, None, None)
+    in_body = response.consume()
+    stream = in_body.stream()
+    chunks = bytearray()
+    while True:
+        try:
+            chunks += stream.blocking_read(64 * 1024)
+        except Err as e:
+            if isinstance(e.value, StreamError_Closed):
+                break
+            raise
+    stream.__exit__(None, None, None)
+    t.IncomingBody.finish(in_body).__exit__(None, None, None)  # no trailers wanted
+    response.__exit__(None, None, None)
+    return status, out_headers, bytes(chunks)
 
 
 def platform() -> Any:

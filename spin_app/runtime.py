@@ -42,28 +42,38 @@ from spin_app.platform import SpinCallError, platform
 
 __all__ = ["SpinHost", "bundle", "bundle_base_path", "host", "redis_channel", "schedule_store", "start"]
 
-# Standard-library modules that core/handlers import inside functions.
-_LAZY_STDLIB = (
-    "csv", "gzip", "bz2", "zlib", "io", "glob", "fnmatch", "tomllib", "uuid", "decimal", "base64",
-    "hashlib", "hmac", "secrets", "importlib.metadata", "textwrap", "difflib", "traceback", "string",
-    "statistics", "zipfile", "tarfile", "shlex", "ipaddress", "urllib.parse", "email.utils", "copy",
-    "dataclasses", "datetime", "calendar", "operator", "functools", "itertools", "collections",
+# Standard-library modules that the modules below import inside functions.
+_LAZY_STDLIB = ("io", "difflib", "traceback")
+# Not in a component: what cannot run there (`adf spin validate` refuses the connectors and
+# steps that need them — sockets, SQLAlchemy, wasmtime, paramiko — naming the reason) and the
+# native edges (web app, CLIs, the SQLAlchemy schedule store). Left out of the snapshot, they
+# keep every instance smaller; a flow that names one gets "not available here" (422).
+_SKIP = (
+    "handlers.web", "handlers.cli", "core.cli", "handlers.schedule.sql", "handlers.schedule.migrations",
+    "core.wasm", "core.steps_io", "core.rafka_cli", "core.connectors.sql", "core.connectors.iceberg",
+    "core.connectors.sftp", "core.connectors.rafka", "core.connectors.cache", "core.connectors.http",
 )
-# Never needed inside a component (native edges: web app, CLI, SQLAlchemy store).
-_SKIP = ("handlers.web", "handlers.cli", "core.cli", "handlers.schedule.sql", "handlers.schedule.migrations")
+
+#: the trigger this component is built for: its entry module is being imported right now
+KIND = next((k for k in ("http", "redis", "cron", "mqtt") if f"spin_app.{k}_component" in sys.modules), None)
+# Only the cron component runs the heartbeat's scheduler (and reads its settings file).
+_CRON_ONLY = ("handlers.invoke_cron", "handlers.scheduler", "handlers.schedule", "handlers.settings",
+              "handlers.security")
 
 
 def _preload() -> list[str]:
     """Import every stdlib-only module of the project now (at build time); return failures."""
+    cron = KIND in ("cron", None)
+    skip = _SKIP if cron else _SKIP + _CRON_ONLY
     failed = []
-    for name in _LAZY_STDLIB:
+    for name in _LAZY_STDLIB + (("tomllib",) if cron else ()):  # tomllib: the settings file
         try:
             importlib.import_module(name)
         except Exception:
             failed.append(name)
     for package in (core, handlers):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-            if any(info.name == s or info.name.startswith(s + ".") for s in _SKIP):
+            if any(info.name == s or info.name.startswith(s + ".") for s in skip):
                 continue
             try:
                 importlib.import_module(info.name)
@@ -73,8 +83,9 @@ def _preload() -> list[str]:
 
 
 # The spin-sdk modules the platform seam (spin_app.platform) imports inside functions.
-for _name in ("spin_sdk.http", "spin_sdk.key_value", "spin_sdk.redis", "spin_sdk.sqlite", "spin_sdk.variables",
-              "spin_sdk.wit.imports.redis", "spin_sdk.wit.imports.sqlite"):
+for _name in ("spin_sdk.key_value", "spin_sdk.redis", "spin_sdk.sqlite", "spin_sdk.variables",
+              "spin_sdk.wit.imports.redis", "spin_sdk.wit.imports.sqlite", "spin_sdk.wit.imports.outgoing_handler",
+              "spin_sdk.wit.imports.types", "spin_sdk.wit.imports.streams"):
     importlib.import_module(_name)
 
 PRELOAD_FAILED = _preload()
