@@ -963,7 +963,8 @@ class _Run:
             ),
             daemon=True,
         )
-        proc.start()
+        with _no_log_writes_in_flight():
+            proc.start()
         self.processes[reader_id] = proc
 
     def run_processes(self) -> None:
@@ -1118,6 +1119,31 @@ def _pending_splits(enumerator: SplitEnumerator) -> list[Split]:
 
 def _new_run_id() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + new_id(8)
+
+
+@contextlib.contextmanager
+def _no_log_writes_in_flight() -> Iterator[None]:
+    """Hold every logging handler's lock while a reader process is forked.
+
+    A fork copies only the forking thread. Another thread in the middle of writing a log line
+    (the heartbeat server's request threads, a library's worker) holds its stream's internal lock
+    at that moment, and in the child that lock then stays held forever: the reader's first log
+    line would never return. logging itself only resets the handlers' own locks in the child, not
+    the streams'. Holding the handler locks here means no thread is writing through them then.
+    """
+    handlers: dict[int, logging.Handler] = {}
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):
+            handlers.setdefault(id(handler), handler)
+    held: list[logging.Handler] = []
+    try:
+        for handler in handlers.values():
+            handler.acquire()
+            held.append(handler)
+        yield
+    finally:
+        for handler in reversed(held):
+            handler.release()
 
 
 def _mp_context() -> Any:

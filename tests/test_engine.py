@@ -296,3 +296,49 @@ def test_a_run_that_may_not_write_files_returns_its_dead_letters_in_the_summary(
     assert [d["record"]["n"] for d in summary.dead_letter_sample or []] == [0, 7, 14]
     assert summary.dead_letter_destination == "the run summary (dead_letter_sample)"
     assert run_flow(spec, state_dir=str(blocker / "state")).status == "failed"  # the default does write
+
+
+def test_readers_are_forked_while_no_thread_is_writing_a_log_line(tmp_path: Path) -> None:
+    """A thread in the middle of a log line when a reader is forked would leave the child with that
+    stream's lock held forever; the fork waits until the line is written, and the run completes."""
+    import logging
+    import threading
+
+    from core import engine
+
+    in_emit, finish_emit, forked = threading.Event(), threading.Event(), threading.Event()
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "slow line":
+                in_emit.set()
+                finish_emit.wait(10)
+
+    handler = SlowHandler()
+    log = logging.getLogger("adf-test-fork")
+    log.addHandler(handler)
+    try:
+        writer = threading.Thread(target=log.warning, args=("slow line",))
+        writer.start()
+        assert in_emit.wait(10)
+
+        def fork() -> None:
+            with engine._no_log_writes_in_flight():
+                forked.set()
+
+        forker = threading.Thread(target=fork)
+        forker.start()
+        assert not forked.wait(0.3)  # a log line is being written: no fork yet
+        finish_emit.set()
+        assert forked.wait(10)
+        writer.join(10)
+        forker.join(10)
+        src = tmp_path / "in.jsonl"
+        src.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(40)))
+        spec = {"name": "fork_logs", "source": {"type": "file", "path": str(src), "split_bytes": 64},
+                "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")}, "runtime": {"parallelism": 2}}
+        summary = run_flow(spec, state_dir=str(tmp_path / "state"))
+        assert summary.status == "success" and summary.records_out == 40
+    finally:
+        finish_emit.set()
+        log.removeHandler(handler)

@@ -195,6 +195,19 @@ def test_reads_a_glob_of_csv_files_one_split_per_file(sshd: Sshd, tmp_path: Path
     assert letter["origin"] == {"file": f"{folder}/c.csv", "line": 3}
 
 
+def test_listing_files_leaves_no_ssh_thread_behind(sshd: Sshd) -> None:
+    """The coordinator lists the files, then forks its readers: no SSH transport thread may be
+    running in it then (a fork while that thread holds OpenSSL's lock hangs the reader)."""
+    paramiko = _require_tools()
+    folder = sshd.root / "in-threads"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"n": 1}\n')
+    for _ in range(5):
+        assert [s.path for s in _splits(SftpSource(sshd.conn(path=f"{folder}/*.jsonl")))] == [f"{folder}/a.jsonl"]
+        alive = [t for t in threading.enumerate() if isinstance(t, paramiko.Transport)]
+        assert alive == []
+
+
 def test_reads_in_parallel_with_csv_options(sshd: Sshd, tmp_path: Path) -> None:
     folder = sshd.root / "in-tsv"
     folder.mkdir()

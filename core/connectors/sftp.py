@@ -51,6 +51,8 @@ import posixpath
 import re
 import stat
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, cast
 
@@ -85,6 +87,7 @@ __all__ = [
 _log = get_logger("connectors.sftp")
 _MAGIC = re.compile(r"[*?\[]")
 _WINDOW = 1 << 20  # bytes requested at once (pipelined 32 KiB reads)
+_THREAD_EXIT_S = 10.0  # how long close() waits for paramiko's transport thread
 
 
 class SftpError(AdfError):
@@ -158,6 +161,27 @@ class _AcceptAny:
     def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
         log_event(_log, "host key checking is off; accepting the server's key", logging.WARNING, host=hostname,
                   key=_fingerprint(key))
+
+
+def _wait_thread_gone(thread: threading.Thread, timeout: float) -> bool:
+    """Wait until ``thread`` has ended, including what runs after its Python code (TLS destructors).
+
+    ``join()`` returns when the thread's Python code is done; C libraries' per-thread clean-up
+    (OpenSSL's among them) runs after that. On Linux the thread's ``/proc/self/task`` entry goes
+    away only when the thread is fully gone; elsewhere ``join()`` is all there is.
+    """
+    deadline = time.monotonic() + timeout
+    thread.join(timeout)
+    if thread.is_alive():
+        return False
+    task = f"/proc/self/task/{thread.native_id}" if thread.native_id is not None else None
+    if task is None or not os.path.isdir("/proc/self/task"):
+        return True
+    while os.path.exists(task):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 class SftpConnection:
@@ -263,14 +287,28 @@ class SftpConnection:
         return sftp
 
     def close(self) -> None:
+        """Close the session and wait for paramiko's transport thread to end.
+
+        paramiko's ``close()`` does not wait for that thread, and on its way out the thread still
+        runs OpenSSL's thread clean-up, which takes OpenSSL's process-wide lock. The engine forks
+        its reader processes right after the coordinator lists the files: a fork while that lock is
+        held leaves it held forever in the child, whose first key exchange then never returns.
+        """
         sftp, client = self.sftp, self.client
         self.sftp = self.client = None
+        transport = None
         if sftp is not None:
             with contextlib.suppress(Exception):
                 sftp.close()
         if client is not None:
             with contextlib.suppress(Exception):
+                transport = client.get_transport()
+            with contextlib.suppress(Exception):
                 client.close()
+        if transport is not None and transport is not threading.current_thread():
+            if not _wait_thread_gone(transport, _THREAD_EXIT_S):
+                log_event(_log, "the SSH transport thread did not end after closing", logging.WARNING,
+                          server=self.address, waited_s=_THREAD_EXIT_S)
 
 
 # --------------------------------------------------------------------------- reading
