@@ -29,11 +29,11 @@ from core.logs import get_logger
 from core.redact import redact_text
 from core.state import MemoryStateStore, SqliteStateStore, StateStore
 from handlers.confignames import deep_merge, expand_dotted, headers_config, variables_config
-from handlers.http import Request, Response
-from handlers.streaming import StreamingResponse
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the HTTP types only annotate here: the event handlers never load them
     from core.engine import Progress, RunSummary
+    from handlers.http import Request, Response
+    from handlers.streaming import StreamingResponse
 
 __all__ = [
     "KV_FLOW_PREFIX",

@@ -35,7 +35,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.state import open_state_store
-from handlers.invoke import Invocation, LocalHost
+from handlers.invoke_base import Invocation, LocalHost
 from lambda_app.tracing import make_tracer
 
 __all__ = ["VARIABLE_ENV_PREFIX", "LambdaHost", "count_run", "flows_dir", "get_host", "logger", "metrics", "tracer"]
