@@ -87,9 +87,15 @@ class _Provenance:
     overridden: list[tuple[str, str]] = field(default_factory=list)
 
 
+_SCALARS = (str, int, float, type(None))
+_MAPPINGS = (dict, Mapping)  # dict first: exact, without the ABC's Python-level check
+
+
 def _plain(value: Any) -> Any:
     """Deep copy of ``value`` as plain data: mappings -> dict with str keys, tuples -> list."""
-    if isinstance(value, Mapping):
+    if isinstance(value, _SCALARS):  # first: a Mapping check is a Python-level ABC call
+        return value
+    if isinstance(value, _MAPPINGS):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]

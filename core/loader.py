@@ -107,19 +107,21 @@ def load_flow(
     if store is None and use_store:
         state_dir = first.get("runtime.state_dir") or default_state_dir()
         store = open_state_store(first.get("state"), state_dir=state_dir)
-    try:
-        secret_keys = parse_spec(first.values, reg=reg, check_components=False).secret_keys(reg)
-    except SpecError:
-        secret_keys = set()  # the full check below reports every problem
     name = flow_name_of(raw, payload, defaults)
     if store is None or not name or store.get(f"config/{name}") is None:
-        resolved = first.with_secret_keys(secret_keys)  # no kv layer: the first pass is the answer
+        # no kv layer: the first pass is the answer, checked once (every problem at once)
+        spec = parse_spec(first.values, reg=reg)
+        resolved = first.with_secret_keys(spec.secret_keys(reg))
     else:
+        try:
+            secret_keys = parse_spec(first.values, reg=reg, check_components=False).secret_keys(reg)
+        except SpecError:
+            secret_keys = set()  # the full check below reports every problem
         resolved = resolve_flow_config(
             raw, defaults=defaults, store=store, environ=environ, payload=payload, spec_origin=origin,
             payload_origin=payload_origin, extra=extra, secret_keys=secret_keys,
         )
-    spec = parse_spec(resolved.values, reg=reg)
+        spec = parse_spec(resolved.values, reg=reg)
     spec.flow_class = flow_class
     if flow_class is not None:
         flow_class(spec.config)

@@ -149,6 +149,24 @@ def _redact(value: Any, path: str, names: frozenset[str], paths: frozenset[str])
     return value
 
 
+_SCALARS = (int, float, type(None))
+_MAPPINGS = (dict, Mapping)  # dict first: exact, without the ABC's Python-level check
+
+
+def _redact_by_name(value: Any) -> Any:
+    """:func:`_redact` when no secret keys are given (log fields): only the names count."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, _SCALARS):  # before the Mapping check, a Python-level ABC call
+        return value
+    if isinstance(value, _MAPPINGS):
+        return {key: REDACTED if item is not None and is_secret_key(str(key)) else _redact_by_name(item)
+                for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_by_name(item) for item in value]
+    return value
+
+
 def redact(value: Any, secret_keys: Iterable[str] = ()) -> Any:
     """Return a redacted deep copy of plain data ``value``.
 
@@ -160,6 +178,8 @@ def redact(value: Any, secret_keys: Iterable[str] = ()) -> Any:
     other string goes through :func:`redact_text`. Other scalars are returned as they are.
     """
     keys = [k.lower() for k in secret_keys]
+    if not keys:
+        return _redact_by_name(value)
     names = frozenset(k for k in keys if "." not in k)
     paths = frozenset(k for k in keys if "." in k)
     return _redact(value, "", names, paths)

@@ -116,6 +116,7 @@ class SpinState:
         os.makedirs(self.state_dir, exist_ok=True)
         self._lock = threading.RLock()
         self._redis: dict[str, Any] = {}
+        self._kv_cache: tuple[tuple[int, int, int], dict[str, dict[str, str]]] | None = None
 
     # -- key-value (same JSON file as the Node host) ----------------------------------
 
@@ -123,12 +124,27 @@ class SpinState:
     def kv_file(self) -> str:
         return os.path.join(self.state_dir, "key_value.json")
 
-    def kv_load(self) -> dict[str, dict[str, str]]:
+    def _kv_read(self) -> dict[str, dict[str, str]]:
+        """The file's contents, parsed again only when the file changed (another host may write it)."""
         try:
-            with open(self.kv_file, encoding="utf-8") as f:
-                return json.loads(f.read() or "{}")  # type: ignore[no-any-return]
+            st = os.stat(self.kv_file)
         except FileNotFoundError:
             return {}
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._kv_cache
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            with open(self.kv_file, encoding="utf-8") as f:
+                data = json.loads(f.read() or "{}")
+        except FileNotFoundError:
+            return {}
+        self._kv_cache = (stamp, data)
+        return data  # type: ignore[no-any-return]
+
+    def kv_load(self) -> dict[str, dict[str, str]]:
+        """A copy of the store's contents (``{label: {key: base64}}``) to change and save."""
+        return {label: dict(keys) for label, keys in self._kv_read().items()}
 
     def kv_save(self, data: Mapping[str, Any]) -> None:
         tmp = f"{self.kv_file}.{os.getpid()}.tmp"
@@ -137,7 +153,7 @@ class SpinState:
         os.replace(tmp, self.kv_file)
 
     def kv_get(self, label: str, key: str) -> bytes | None:
-        value = self.kv_load().get(label, {}).get(key)
+        value = self._kv_read().get(label, {}).get(key)
         return None if value is None else base64.b64decode(value)
 
     def kv_set(self, label: str, key: str, value: bytes) -> None:
@@ -153,7 +169,7 @@ class SpinState:
                 self.kv_save(data)
 
     def kv_keys(self, label: str) -> list[str]:
-        return list(self.kv_load().get(label, {}))
+        return list(self._kv_read().get(label, {}))
 
     # -- sqlite ---------------------------------------------------------------------
 
@@ -240,6 +256,7 @@ class ComponentHost:
         self.env = dict(env or {})
         self.dirs = dict(dirs or {})
         self.echo_stdout = echo_stdout
+        self._http_handlers: list[str] | None = None
         self.memory_limit = memory_limit
         self.stdout_lines: list[str] = []
         config = wt.Config()
@@ -460,9 +477,6 @@ class ComponentHost:
         store = wt.Store(self.engine)
         if self.memory_limit:
             store.set_limits(memory_size=self.memory_limit)
-        wasi = wt.WasiConfig()
-        wasi.env = list(self.env.items())
-        wasi.argv = ["spin-component"]
         lines = self.stdout_lines
         pending = [""]
 
@@ -483,6 +497,9 @@ class ComponentHost:
 
             self.wasi.current = WasiState(env=self.env, stdout=out, stderr=out, preopens=self.dirs)
         else:
+            wasi = wt.WasiConfig()
+            wasi.env = list(self.env.items())
+            wasi.argv = ["spin-component"]
             wasi.stdout_custom = out
             wasi.stderr_custom = out
             for host_dir, guest_dir in self.dirs.items():
@@ -547,8 +564,11 @@ class ComponentHost:
         wt = self._wt
         ids = self.wasi.resource_ids
         start = len(self.stdout_lines)
-        handlers = [f"{name}#handle" for name in self.component.type.exports(self.engine)
-                    if name.startswith("wasi:http/incoming-handler@")] or ["wasi:http/incoming-handler#handle"]
+        handlers = self._http_handlers
+        if handlers is None:  # the component's exports are the same for every request
+            handlers = self._http_handlers = [
+                f"{name}#handle" for name in self.component.type.exports(self.engine)
+                if name.startswith("wasi:http/incoming-handler@")] or ["wasi:http/incoming-handler#handle"]
         with self.instance() as (store, instance):
             state = self.wasi.current
             func = self._export(store, instance, handlers)
@@ -650,6 +670,9 @@ class WasmtimeHttpServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # the headers and the body go out as separate writes: with Nagle's algorithm on, a
+            # kept-alive connection waits for the client's delayed ACK (~40 ms) between them
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

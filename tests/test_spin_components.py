@@ -130,6 +130,37 @@ def test_get_with_query_parameters_runs_a_bundled_flow(http: Any) -> None:
     assert headers.get("x-request-id") == body["request_id"]
 
 
+def test_requests_over_one_kept_alive_connection(http: Any) -> None:
+    """HTTP/1.1 clients (load generators, browsers) send request after request on one connection:
+    each gets its own fresh instance and a complete answer, a streamed (chunked) one included."""
+    from http.client import HTTPConnection
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(http.url)
+    conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    try:
+        ids = set()
+        for n in (1, 250, 7):
+            conn.request("POST", "/flows/double/run", body=json.dumps({"records": [{"n": n}]}),
+                         headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            assert resp.status == 200, body
+            assert body["records"] == ([] if n >= 100 else [{"n": n}])
+            ids.add(body["request_id"])
+        conn.request("POST", "/flows/double/run?stream=true", body=json.dumps({"records": [{"n": 2}]}),
+                     headers={"content-type": "application/json"})
+        resp = conn.getresponse()
+        lines = [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+        assert resp.status == 200 and lines[-1]["event"] == "summary" and lines[-1]["status"] == "success", lines
+        conn.request("GET", "/flows/nope/run")
+        resp = conn.getresponse()
+        assert resp.status == 404 and "error_id" in json.loads(resp.read())
+        assert len(ids) == 3  # one instance per request
+    finally:
+        conn.close()
+
+
 def test_post_with_records_runs_the_flow_and_returns_its_output(http: Any) -> None:
     records = [{"n": 1}, {"n": 250}, {"n": 3}]
     status, _, raw = _call(http, "POST", "/flows/double/run", {"records": records},

@@ -221,7 +221,7 @@ class _PayloadReader(SplitReader):
         records: list[Record] = []
         letters: list[DeadLetter] = []
         for offset, item in enumerate(chunk):
-            if isinstance(item, Mapping):
+            if isinstance(item, (dict, Mapping)):  # dict first: no ABC call per record
                 records.append(dict(item))
             else:
                 index = start + offset
