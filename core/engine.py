@@ -730,9 +730,10 @@ class _Run:
 
     def prepare(self) -> None:
         self.lock()
-        fingerprint = self.spec.fingerprint()
         prior = self.checkpoints.read("run.json") if self.use_checkpoints else None
-        self.resumed = bool(prior and self.resume and prior.get("fingerprint") == fingerprint)
+        # the fingerprint (a hash of the source's configuration, records included) only when
+        # there is a checkpoint to compare it with
+        self.resumed = bool(prior and self.resume and prior.get("fingerprint") == self.spec.fingerprint())
         if prior and not self.resumed:
             reason = "resume disabled" if not self.resume else "the flow's source changed"
             log_event(_log, "discarding an unfinished checkpoint", logging.WARNING, reason=reason, run_id=prior.get("run_id"))

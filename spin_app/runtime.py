@@ -334,10 +334,20 @@ def _drain(answer: Any) -> Any:
 
 def start() -> None:
     """Register the Spin-native connectors and send the JSON logs to stdout (Spin's log)."""
+    import logging
+
     from core.logs import configure
 
     connectors.register()
     configure(os.environ.get("ADF_LOG_LEVEL", "INFO"), stream=sys.stdout)
+    # The JSON lines carry none of what logging gathers for every record by default: not the
+    # caller's file and line (a walk up the stack), nor thread, process or multiprocessing
+    # names. The component is a process of its own, so these switches (the logging HOWTO's
+    # "Optimization" list) touch no one else's logs; natively a small request takes ~10% less time.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 WARM_UP_FAILED = warm_up()
