@@ -637,7 +637,7 @@ class _ProcessReaderContext(SourceReaderContext):
         return self._reader_id
 
     def send_split_request(self) -> None:
-        self.outbox.put(("request", self._reader_id))
+        self.outbox.send(("request", self._reader_id))
 
 
 # --------------------------------------------------------------------------- the run
@@ -680,6 +680,8 @@ class _Run:
         self.assignments: dict[int, dict[str, dict[str, Any]]] = {}
         self.processes: dict[int, Any] = {}
         self.inboxes: dict[int, Any] = {}
+        #: each reader's own channel to the coordinator (the receiving end of a one-way pipe)
+        self.outboxes: dict[int, Any] = {}
         self.done: set[int] = set()
         self.waiting: set[int] = set()
         self.again: set[int] = set()
@@ -955,22 +957,41 @@ class _Run:
         mp = _mp_context()
         inbox = mp.Queue()
         self.inboxes[reader_id] = inbox
+        # One channel per reader, not one queue for all: a reader killed in the middle of a
+        # message (SIGKILL, the OOM killer) would leave a shared queue's write lock taken and the
+        # other readers blocked on it for good; here it only cuts its own channel short.
+        receive, send = mp.Pipe(duplex=False)
+        self.outboxes[reader_id] = receive
         proc = mp.Process(
             target=_reader_main,
             name=f"adf-reader-{self.spec.name}-{reader_id}",
             args=(
-                self.spec, self.run_ctx, self.run_dir, self.checkpoints, reader_id, inbox, self.outbox,
+                self.spec, self.run_ctx, self.run_dir, self.checkpoints, reader_id, inbox, send,
                 self.batch_size, self.lock_fd if _mp_context().get_start_method() == "fork" else None,
             ),
             daemon=True,
         )
         with _no_log_writes_in_flight():
             proc.start()
+        send.close()  # the reader holds the only sending end: when it dies, its channel ends (EOF)
         self.processes[reader_id] = proc
 
+    def _receive(self, timeout: float) -> list[tuple[Any, ...]]:
+        """The messages the readers have sent, waiting up to ``timeout`` for the first."""
+        from multiprocessing.connection import wait
+
+        by_conn = {conn: reader_id for reader_id, conn in self.outboxes.items()}
+        messages: list[tuple[Any, ...]] = []
+        ready: list[Any] = wait(list(by_conn), timeout)
+        for conn in ready:
+            try:
+                messages.append(conn.recv())
+            except (EOFError, OSError):  # the reader ended (or died mid-message): _check_readers sees to it
+                self.outboxes.pop(by_conn[conn], None)
+                conn.close()
+        return messages
+
     def run_processes(self) -> None:
-        mp = _mp_context()
-        self.outbox = mp.Queue()
         ctx = _ProcessEnumeratorContext(self)
         self.enumerator = self.restore_enumerator(ctx)
         self.setup_sinks()
@@ -987,11 +1008,8 @@ class _Run:
         stop_sent = False
         try:
             while len(self.done) < self.parallelism:
-                try:
-                    msg = self.outbox.get(timeout=0.2)
-                except queue.Empty:
-                    msg = None
-                if msg is not None:
+                messages = self._receive(timeout=0.2)
+                for msg in messages:
                     self._handle(msg)
                 now = time.monotonic()
                 if self.unbounded and now >= next_discovery:
@@ -1004,7 +1022,7 @@ class _Run:
                         if i not in self.done:
                             self.send(i, ("stop",))
                     stop_sent = True
-                if msg is None:
+                if not messages:
                     self._check_readers()
         except BaseException:
             # The run failed: its checkpoint stays for the next run; stop the other readers now.
@@ -1017,6 +1035,9 @@ class _Run:
                 proc.join(timeout=5)
                 if proc.is_alive():
                     proc.kill()
+            for conn in self.outboxes.values():
+                conn.close()
+            self.outboxes.clear()
             self.enumerator.close()
         self.ended_by_input = not stop_sent
 
@@ -1039,10 +1060,14 @@ class _Run:
         for reader_id, proc in list(self.processes.items()):
             if reader_id in self.done or proc.is_alive():
                 continue
-            # Drain what it said before it died (a late "done" means it finished cleanly).
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._handle(self.outbox.get_nowait())
+            # Read what it said before it died (a late "done" means it finished cleanly); a
+            # message it was cut off in the middle of ends its channel (EOF) instead of blocking.
+            conn = self.outboxes.pop(reader_id, None)
+            if conn is not None:
+                with contextlib.suppress(EOFError, OSError):
+                    while conn.poll(0):
+                        self._handle(conn.recv())
+                conn.close()
             if reader_id in self.done:
                 continue
             self.restarts += 1
@@ -1199,7 +1224,7 @@ def _reader_main(
                 d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
                 checkpoints.save_reader(reader_id, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
                 reader.notify_checkpoint_complete()
-                outbox.put(("progress", reader_id, d_in, d_out, d_dead, batch.input_bytes, batch.finished_splits))
+                outbox.send(("progress", reader_id, d_in, d_out, d_dead, batch.input_bytes, batch.finished_splits))
             if batch.status is ReaderStatus.END_OF_INPUT or stop:
                 break
             if batch.status is ReaderStatus.NOTHING_AVAILABLE:
@@ -1210,9 +1235,9 @@ def _reader_main(
                 stop = stop or _apply(msg, reader, source)
         reader.close()
         pipeline.close()
-        outbox.put(("done", reader_id))
+        outbox.send(("done", reader_id))
     except BaseException as exc:
-        outbox.put(
+        outbox.send(
             (
                 "error",
                 reader_id,
@@ -1226,7 +1251,6 @@ def _reader_main(
                 pipeline.close()
     finally:
         outbox.close()
-        outbox.join_thread()
 
 
 def _apply(msg: tuple[Any, ...], reader: SourceReader, source: Source) -> bool:

@@ -342,3 +342,21 @@ def test_readers_are_forked_while_no_thread_is_writing_a_log_line(tmp_path: Path
     finally:
         finish_emit.set()
         log.removeHandler(handler)
+
+
+def test_a_reader_killed_in_the_middle_of_a_message_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader process killed while it was sending the coordinator a message (half of it
+    written) neither blocks the other readers nor the run: its channel ends, it is replaced, and
+    every record arrives (at least once)."""
+    monkeypatch.setenv("ADF_TEST_DIE_MARKER", str(tmp_path / "died"))
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(40)))
+    out = tmp_path / "out.jsonl"
+    spec = {"name": "die_mid_message", "source": {"type": "file", "path": str(src), "split_bytes": 64},
+            "steps": [{"type": "python", "function": "flowlib.steps:die_mid_message"}],
+            "sink": {"type": "file", "path": str(out)}, "runtime": {"parallelism": 2, "batch_size": 2}}
+    summary = run_flow(spec, state_dir=str(tmp_path / "state"))
+    assert (tmp_path / "died").exists()
+    assert summary.status == "success", summary.error
+    assert summary.reader_restarts == 1
+    assert {json.loads(line)["n"] for line in out.read_text().splitlines()} == set(range(40))

@@ -71,3 +71,23 @@ class RouteByField(Step):
 
 def tag(record: dict[str, Any], label: str) -> dict[str, Any]:
     return {**record, "seen": [*record.get("seen", []), label]}
+
+
+def die_mid_message(record: dict[str, Any]) -> dict[str, Any]:
+    """Once per test (the marker file ADF_TEST_DIE_MARKER): at n == 5, the reader process writes
+    the start of a message to the coordinator and is killed before the rest (as by SIGKILL or the
+    OOM killer in the middle of a send)."""
+    import signal
+    import struct
+    import sys
+
+    marker = os.environ.get("ADF_TEST_DIE_MARKER")
+    if marker and record.get("n") == 5 and not os.path.exists(marker):
+        open(marker, "w").close()  # the replacement reader must not die again
+        frame = sys._getframe()
+        while frame is not None and "outbox" not in frame.f_locals:
+            frame = frame.f_back
+        assert frame is not None, "not running in a reader process"
+        os.write(frame.f_locals["outbox"].fileno(), struct.pack("!i", 4096) + b"cut short")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return record
