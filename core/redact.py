@@ -125,45 +125,29 @@ def redact_text(s: str) -> str:
     return out
 
 
-def _is_secret(name: str, path: str, names: frozenset[str], paths: frozenset[str]) -> bool:
-    return name.lower() in names or path.lower() in paths or is_secret_key(name)
-
-
-def _redact(value: Any, path: str, names: frozenset[str], paths: frozenset[str]) -> Any:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, Mapping):
-        out: dict[Any, Any] = {}
-        for key, item in value.items():
-            name = str(key)
-            sub = f"{path}.{name}" if path else name
-            if item is not None and _is_secret(name, sub, names, paths):
-                out[key] = REDACTED
-            else:
-                out[key] = _redact(item, sub, names, paths)
-        return out
-    if isinstance(value, list | tuple):
-        return [
-            _redact(item, f"{path}.{i}" if path else str(i), names, paths) for i, item in enumerate(value)
-        ]
-    return value
-
-
 _SCALARS = (int, float, type(None))
 _MAPPINGS = (dict, Mapping)  # dict first: exact, without the ABC's Python-level check
 
 
-def _redact_by_name(value: Any) -> Any:
-    """:func:`_redact` when no secret keys are given (log fields): only the names count."""
+def _redact(value: Any, path: str, names: frozenset[str], paths: frozenset[str]) -> Any:
+    # dotted paths are built only when some secret key is a path (log fields give none)
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, _SCALARS):  # before the Mapping check, a Python-level ABC call
         return value
     if isinstance(value, _MAPPINGS):
-        return {key: REDACTED if item is not None and is_secret_key(str(key)) else _redact_by_name(item)
-                for key, item in value.items()}
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            sub = (f"{path}.{name}" if path else name) if paths else ""
+            secret = name.lower() in names or (paths and sub.lower() in paths) or is_secret_key(name)
+            out[key] = REDACTED if item is not None and secret else _redact(item, sub, names, paths)
+        return out
     if isinstance(value, list | tuple):
-        return [_redact_by_name(item) for item in value]
+        return [
+            _redact(item, (f"{path}.{i}" if path else str(i)) if paths else "", names, paths)
+            for i, item in enumerate(value)
+        ]
     return value
 
 
@@ -178,8 +162,6 @@ def redact(value: Any, secret_keys: Iterable[str] = ()) -> Any:
     other string goes through :func:`redact_text`. Other scalars are returned as they are.
     """
     keys = [k.lower() for k in secret_keys]
-    if not keys:
-        return _redact_by_name(value)
     names = frozenset(k for k in keys if "." not in k)
     paths = frozenset(k for k in keys if "." in k)
     return _redact(value, "", names, paths)

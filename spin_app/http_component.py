@@ -10,7 +10,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlsplit
 
 from spin_sdk.wit import exports
-from spin_sdk.wit.imports.streams import StreamError_Closed
 from spin_sdk.wit.imports.types import (
     Fields,
     IncomingBody,
@@ -29,11 +28,12 @@ from spin_sdk.wit.imports.types import (
     OutgoingResponse,
     ResponseOutparam,
 )
-from spin_sdk.wit.types import Err, Ok
+from spin_sdk.wit.types import Ok
 
 from handlers.http import Request
 from handlers.invoke import handle_http
 from spin_app import runtime
+from spin_app.platform import read_to_end
 
 _METHODS = {
     Method_Get: "GET", Method_Head: "HEAD", Method_Post: "POST", Method_Put: "PUT", Method_Delete: "DELETE",
@@ -44,18 +44,9 @@ _CHUNK = 4096  # the most one blocking-write-and-flush takes
 
 def _read_body(request: IncomingRequest) -> bytes:
     body = request.consume()
-    stream = body.stream()
-    data = bytearray()
-    while True:
-        try:
-            data += stream.blocking_read(64 * 1024)
-        except Err as e:
-            if isinstance(e.value, StreamError_Closed):
-                break
-            raise
-    stream.__exit__(None, None, None)
+    data = read_to_end(body.stream())
     IncomingBody.finish(body)
-    return bytes(data)
+    return data
 
 
 class IncomingHandler(exports.IncomingHandler):

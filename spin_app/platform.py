@@ -180,8 +180,7 @@ def _wasi_http_send(method: str, url: str, headers: Mapping[str, str], body: byt
 
     from spin_sdk.wit.imports import outgoing_handler
     from spin_sdk.wit.imports import types as t
-    from spin_sdk.wit.imports.streams import StreamError_Closed
-    from spin_sdk.wit.types import Err, Ok
+    from spin_sdk.wit.types import Ok
 
     methods = {"GET": t.Method_Get, "HEAD": t.Method_Head, "POST": t.Method_Post, "PUT": t.Method_Put,
                "DELETE": t.Method_Delete, "CONNECT": t.Method_Connect, "OPTIONS": t.Method_Options,
@@ -221,19 +220,28 @@ def _wasi_http_send(method: str, url: str, headers: Mapping[str, str], body: byt
     out_headers = {name: bytes(value).decode("utf-8", "replace") for name, value in got.entries()}
     got.__exit__(None, None, None)
     in_body = response.consume()
-    stream = in_body.stream()
-    chunks = bytearray()
+    data = read_to_end(in_body.stream())
+    t.IncomingBody.finish(in_body).__exit__(None, None, None)  # no trailers wanted
+    response.__exit__(None, None, None)
+    return status, out_headers, data
+
+
+def read_to_end(stream: Any) -> bytes:
+    """Everything a ``wasi:io`` input stream (a request's or a response's body) still holds;
+    the stream is dropped after."""
+    from spin_sdk.wit.imports.streams import StreamError_Closed
+    from spin_sdk.wit.types import Err
+
+    data = bytearray()
     while True:
         try:
-            chunks += stream.blocking_read(64 * 1024)
+            data += stream.blocking_read(64 * 1024)
         except Err as e:
             if isinstance(e.value, StreamError_Closed):
                 break
             raise
     stream.__exit__(None, None, None)
-    t.IncomingBody.finish(in_body).__exit__(None, None, None)  # no trailers wanted
-    response.__exit__(None, None, None)
-    return status, out_headers, bytes(chunks)
+    return bytes(data)
 
 
 def platform() -> Any:
