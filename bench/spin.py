@@ -3,10 +3,12 @@
     .venv/bin/python bench/spin.py [--requests 200] [--out build/bench-spin]
 
 Builds the HTTP and MQTT components for one small flow (payload → filter → response), serves
-HTTP under the local wasmtime host (a fresh instance per request, as Spin does) and under the
-Node host (fresh, and with ``--reuse-instance`` for comparison), delivers MQTT messages with
-the wasmtime host, and runs the same flow natively (``run_flow(persist=False)`` in this
-process) as the baseline.
+HTTP under the local wasmtime host (a fresh instance per request, as Spin does) with the
+host's engine settings (the pooling allocator, ``SPIN_WASMTIME_*`` variables: see
+``spin_app/engine.py``), with Spin's own default keep-resident size and with on-demand
+allocation, and under the Node host (fresh, and with ``--reuse-instance`` for comparison),
+delivers MQTT messages with the wasmtime host, and runs the same flow natively
+(``run_flow(persist=False)`` in this process) as the baseline.
 HTTP latency is measured as HTTP load generators (wrk, hey, oha) measure it: requests one
 after another over a kept-alive connection; the same with a new connection per request
 (``urllib``: TCP connect + a server thread per connection) is printed beside it.
@@ -24,7 +26,9 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -70,6 +74,12 @@ def http_latencies_new_connection(url: str, n: int) -> list[float]:
     return out
 
 
+def _describe(settings: Any) -> str:
+    if not settings.pooling:
+        return "on-demand allocation"
+    return f"pooling allocator, keep-resident {settings.keep_resident / (1 << 20):.0f} MiB"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
@@ -78,6 +88,7 @@ def main() -> int:
     from core.connectors.memory import ResponseSink
     from core.engine import run_flow
     from spin_app.build import build
+    from spin_app.engine import EngineSettings, MiB
     from spin_app.host import ComponentHost, HttpHost, SpinState
     from spin_app.strip import strip_file
 
@@ -108,9 +119,18 @@ def main() -> int:
 
     state = out / "state"
     shutil.rmtree(state, ignore_errors=True)
-    for engine, reuse in (("wasmtime", False), ("node", False), ("node", True)):
+    host_default = EngineSettings.from_env()
+    runs: list[tuple[str, bool, EngineSettings | None, str]] = [
+        ("wasmtime", False, host_default, f"the host's settings ({_describe(host_default)})"),
+        ("wasmtime", False, replace(host_default, keep_resident=2 * MiB), "Spin's default keep-resident (2 MiB)"),
+        ("wasmtime", False, replace(host_default, pooling=False), "on-demand allocation (no pool)"),
+        ("node", False, None, ""),
+        ("node", True, None, ""),
+    ]
+    for engine, reuse, settings, label in runs:
         t = time.perf_counter()
-        with HttpHost(paths["http"], state_dir=str(state), reuse_instance=reuse, engine=engine) as host:
+        with HttpHost(paths["http"], state_dir=str(state), reuse_instance=reuse, engine=engine,
+                      engine_settings=settings) as host:
             first = http_latencies(host.url, 1)[0]
             ttfr = (time.perf_counter() - t) * 1000
             lat = http_latencies(host.url, args.requests)
@@ -118,6 +138,7 @@ def main() -> int:
             time.sleep(0.2)
             memory = [json.loads(x)["memory_bytes"] for x in host.output if '"logger":"spin.host"' in x]
         mode = "one instance for all requests" if reuse else "fresh instance per request (as Spin)"
+        mode += f", {label}" if label else ""
         mem = [m for m in memory if m]
         print(f"HTTP under the {engine} host, {mode}: time to first response {ttfr:.0f} ms (first request "
               f"{first:.1f} ms), p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, p50 / native p50 = "
@@ -126,7 +147,7 @@ def main() -> int:
               + (f"; wasm memory after a request {pct(mem, 50) / 1e6:.1f} MB (p50 of the host's log lines)" if mem else ""))
 
     t = time.perf_counter()
-    mqtt = ComponentHost(paths["mqtt"], state=SpinState(str(state)))
+    mqtt = ComponentHost(paths["mqtt"], state=SpinState(str(state)), engine_settings=host_default)
     mqtt.mqtt(BODY, "bench/in")
     ttfr = (time.perf_counter() - t) * 1000
     lat = []
@@ -134,7 +155,8 @@ def main() -> int:
         t = time.perf_counter()
         mqtt.mqtt(BODY, "bench/in")
         lat.append((time.perf_counter() - t) * 1000)
-    print(f"MQTT under the wasmtime host (fresh instance per message): first message {ttfr:.0f} ms "
+    print(f"MQTT under the wasmtime host (fresh instance per message, {_describe(mqtt.engine_settings)}): "
+          f"first message {ttfr:.0f} ms "
           f"(incl. compile or cache load), p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, "
           f"p50 / native p50 = {pct(lat, 50) / pct(native, 50):.1f}x")
     print(f"mean native {statistics.mean(native):.2f} ms over {args.requests} runs")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -124,9 +124,10 @@ def _sort_key(path: str) -> tuple[tuple[int, int, str], ...]:
 class _Merger:
     """Applies layer additions in order, tracking the provenance of every leaf."""
 
-    def __init__(self) -> None:
+    def __init__(self, track: bool = True) -> None:
         self.values: dict[str, Any] = {}
         self.provenance: dict[_Path, _Provenance] = {}
+        self._track = track
 
     def apply(self, values: dict[str, Any], layer: str, origin: str) -> None:
         self._merge(self.values, values, (), layer, origin)
@@ -155,7 +156,8 @@ class _Merger:
                 target[int(slot)] = value
             else:
                 target[str(slot)] = value
-            self._record(here, value, layer, origin)
+            if self._track:
+                self._record(here, value, layer, origin)
 
     @staticmethod
     def _indexes_list(current: list[Any], new: dict[str, Any], path: _Path, origin: str) -> bool:
@@ -227,10 +229,21 @@ class LayeredConfig:
         :class:`ConfigError` naming the path and origin when an integer key addresses an
         index outside an existing list.
         """
-        merger = _Merger()
-        for _rank, _seq, layer, values, origin in sorted(self._additions, key=lambda a: (a[0], a[1])):
+        ordered = [(layer, values, origin) for _r, _s, layer, values, origin in sorted(self._additions)]
+        merger = _Merger(track=False)
+        for layer, values, origin in ordered:
             merger.apply(values, layer, origin)
-        return ResolvedConfig(merger.values, merger.provenance, secret_keys)
+        # Most resolutions are never explained: where each leaf came from is worked out by
+        # merging the same additions again, on the first question (the additions are private
+        # copies, never changed after they were added).
+        return ResolvedConfig(merger.values, lambda: _provenance_of(ordered), secret_keys)
+
+
+def _provenance_of(ordered: Sequence[tuple[str, dict[str, Any], str]]) -> dict[_Path, _Provenance]:
+    merger = _Merger()
+    for layer, values, origin in ordered:
+        merger.apply(values, layer, origin)
+    return merger.provenance
 
 
 class ResolvedConfig:
@@ -243,19 +256,28 @@ class ResolvedConfig:
     def __init__(
         self,
         values: dict[str, Any],
-        provenance: Mapping[_Path, _Provenance],
+        provenance: Mapping[_Path, _Provenance] | Callable[[], Mapping[_Path, _Provenance]],
         secret_keys: Iterable[str] = (),
     ) -> None:
         self.values: dict[str, Any] = values
-        self._provenance = dict(provenance)
+        self._provenance_source = provenance
+        self._provenance_known: dict[_Path, _Provenance] | None = None if callable(provenance) else dict(provenance)
         keys = [k.lower() for k in secret_keys]
         self.secret_keys: tuple[str, ...] = tuple(keys)
         self._secret_names = frozenset(k for k in keys if "." not in k)
         self._secret_paths = frozenset(k for k in keys if "." in k)
 
+    @property
+    def _provenance(self) -> dict[_Path, _Provenance]:
+        if self._provenance_known is None:
+            source = self._provenance_source
+            self._provenance_known = dict(source() if callable(source) else source)
+        return self._provenance_known
+
     def with_secret_keys(self, secret_keys: Iterable[str]) -> ResolvedConfig:
         """The same values and provenance, redacted with ``secret_keys``."""
-        return ResolvedConfig(self.values, self._provenance, secret_keys)
+        known = self._provenance_known
+        return ResolvedConfig(self.values, known if known is not None else self._provenance_source, secret_keys)
 
     def get(self, path: str, default: Any = None) -> Any:
         """The value at dotted ``path`` (``"source.path"``, ``"steps.0.function"``), else ``default``.

@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spin_app.engine import EngineSettings, engine_for, reaper
+
 __all__ = ["ComponentHost", "GuestError", "HttpHost", "SpinState", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,8 +230,15 @@ class _Table:
 
 
 class ComponentHost:
-    """Runs a component with wasmtime: cron, Redis and MQTT events (with wasmtime's own WASI)
-    and, with ``python_wasi=True`` (WASI in Python, :mod:`spin_app.wasi_host`), HTTP requests.
+    """Runs a component with wasmtime: HTTP requests, cron, Redis and MQTT events.
+
+    WASI is :mod:`spin_app.wasi_host` (in Python: the only way to hand a component an incoming
+    HTTP request); ``python_wasi=False`` uses wasmtime's own instead, for the other triggers.
+    The engine is set up as Spin sets up its own (:mod:`spin_app.engine`: the pooling
+    allocator, ``SPIN_WASMTIME_*`` variables); with Python's WASI, a finished instance is
+    dropped (its pool slot reset) on the :data:`~spin_app.engine.reaper`'s thread. (Stores
+    with wasmtime's own WASI are dropped where they ran: dropped on another thread, its
+    tokio-based streams made the process abort at exit now and then.)
 
     The compiled component is cached in ``cache_dir`` (default :func:`default_cache_dir`, by
     content hash), so only the first host on a machine pays for compiling it.
@@ -245,8 +254,9 @@ class ComponentHost:
         cache_dir: str | None = None,
         echo_stdout: bool = False,
         memory_limit: int | None = None,
-        python_wasi: bool = False,
+        python_wasi: bool = True,
         on_line: Callable[[str], None] | None = None,
+        engine_settings: EngineSettings | None = None,
     ) -> None:
         wt = _import_wasmtime()
         self.on_line = on_line
@@ -259,9 +269,7 @@ class ComponentHost:
         self._http_handlers: list[str] | None = None
         self.memory_limit = memory_limit
         self.stdout_lines: list[str] = []
-        config = wt.Config()
-        config.wasm_component_model = True
-        self.engine = wt.Engine(config)
+        self.engine, self.engine_settings = engine_for(wt, engine_settings or EngineSettings.from_env())
         self.component = self._load(cache_dir or default_cache_dir())
         self.linker = wt.component.Linker(self.engine)
         self.python_wasi = python_wasi
@@ -282,7 +290,9 @@ class ComponentHost:
         wt = self._wt
         data = Path(self.wasm).read_bytes()
         version = getattr(wt, "__version__", "") or _wasmtime_version()
-        key = hashlib.sha256(data + version.encode()).hexdigest()[:24]
+        # compiled code depends on the engine's settings (the pool fixes how memories are laid out)
+        engine_key = json.dumps(self.engine_settings.describe(), sort_keys=True)
+        key = hashlib.sha256(data + version.encode() + engine_key.encode()).hexdigest()[:24]
         cached = os.path.join(cache_dir, f"{key}.cwasm")
         if os.path.exists(cached):
             with contextlib.suppress(Exception):
@@ -515,6 +525,8 @@ class ComponentHost:
             for table in self._tables.values():
                 for r in list(table.items):
                     table.drop(r)
+            # dropping the store resets its pool slot: after the answer, on the reaper's thread
+            reaper.drop(store, self.engine_settings.spare_slots if self.wasi is not None else 0)
 
     def _export(self, store: Any, instance: Any, names: Sequence[str]) -> Any:
         """The first of ``names`` (``func`` or ``interface#func``) the instance exports."""
@@ -596,6 +608,7 @@ class ComponentHost:
                    bytes(payload))
 
     def close(self) -> None:
+        reaper.wait()
         self.state.close()
 
 
@@ -649,11 +662,12 @@ class WasmtimeHttpServer:
         dirs: Mapping[str, str] | None = None,
         memory_limit: int | None = None,
         emit: Callable[[str], None] | None = None,
+        engine_settings: EngineSettings | None = None,
     ) -> None:
         self.component = ComponentHost(
             wasm, state=SpinState(state_dir, load_variables(variables)), env=env,
             dirs={os.path.abspath(h): g for h, g in (dirs or {}).items()}, memory_limit=memory_limit,
-            python_wasi=True, on_line=emit,
+            python_wasi=True, on_line=emit, engine_settings=engine_settings,
         )
         self.emit = emit or (lambda line: None)
         self.bind = (host, port)
@@ -825,6 +839,7 @@ class HttpHost:
         log: str | None = None,
         engine: str = "wasmtime",
         memory_limit: int | None = None,
+        engine_settings: EngineSettings | None = None,
     ) -> None:
         if engine not in ("wasmtime", "node"):
             raise ValueError(f"engine must be 'wasmtime' or 'node', got {engine!r}")
@@ -832,6 +847,7 @@ class HttpHost:
             raise ValueError("reuse_instance is a Node-engine option (the wasmtime engine starts each request afresh)")
         self.engine = engine
         self.memory_limit = memory_limit
+        self.engine_settings = engine_settings
         self._wasmtime: WasmtimeHttpServer | None = None
         self.wasm = os.path.abspath(wasm)  # node runs from the project root
         self.port = port
@@ -911,13 +927,15 @@ class HttpHost:
         server = WasmtimeHttpServer(
             self.wasm, port=self.port, host=self.host, state_dir=self.state_dir, variables=self.variables,
             env=self.env, dirs=self.dirs, memory_limit=self.memory_limit, emit=emit,
+            engine_settings=self.engine_settings,
         )
         server.start()
         self._wasmtime = server
         self.url = server.url
         self.ready_ms = round((time.perf_counter() - t0) * 1000, 1)
+        settings = server.component.engine_settings
         emit(json.dumps({"event": "listening", "url": self.url, "component": self.wasm, "ready_ms": self.ready_ms,
-                         "engine": "wasmtime"}))
+                         "engine": "wasmtime", "pooling": settings.pooling, "keep_resident": settings.keep_resident}))
         return self
 
     def stop(self) -> None:

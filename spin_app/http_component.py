@@ -42,9 +42,10 @@ _METHODS = {
 _CHUNK = 4096  # the most one blocking-write-and-flush takes
 
 
-def _read_body(request: IncomingRequest) -> bytes:
+def _read_body(request: IncomingRequest, content_length: str | None) -> bytes:
+    length = int(content_length) if content_length and content_length.isdigit() else None
     body = request.consume()
-    data = read_to_end(body.stream())
+    data = read_to_end(body.stream(), length)
     IncomingBody.finish(body)
     return data
 
@@ -59,7 +60,7 @@ class IncomingHandler(exports.IncomingHandler):
             text = bytes(value).decode("utf-8", "replace")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         target = urlsplit(request.path_with_query() or "/")
-        body = _read_body(request)
+        body = _read_body(request, headers.get("content-length"))
         req = Request(method, target.path or "/", headers, dict(parse_qsl(target.query, keep_blank_values=True)), body,
                       headers.get("x-forwarded-for") or None)
         answer = handle_http(req, runtime.host("http"), base_path=runtime.bundle_base_path())

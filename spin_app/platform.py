@@ -11,7 +11,8 @@ readable message instead of spin-sdk's ``Err(...)`` wrappers.
 ``sqlite_open(name)``      a connection: ``execute(sql, params) -> (columns, rows)``
 ``redis_open(address)``    a connection: ``publish(channel, bytes)``, ``execute(cmd, args)``
 ``http_send(...)``         ``(status, headers, body)`` of an outbound request
-``variable(name)``         a Spin variable or None
+``variable(name)``         a Spin variable or None (all of an event's variables are read with
+                           one ``wasi:config/store`` get-all; ``begin_event()`` forgets them)
 =========================  ================================================================
 """
 
@@ -121,6 +122,37 @@ class _Redis:
 class Platform:
     """The spin-sdk implementation (the one used inside a component)."""
 
+    def __init__(self) -> None:
+        self._variables: dict[str, str] | None = None  # this event's, from one get-all
+        self._read = False
+
+    def begin_event(self) -> None:
+        """Forget what was read for the previous event (an instance may serve several)."""
+        self._variables, self._read = None, False
+
+    def variable(self, name: str) -> str | None:
+        # An event reads several variables (flows, routes, configuration layers): one
+        # wasi:config get-all gives them all for one host call instead of one call each.
+        if not self._read:
+            self._variables, self._read = self._all_variables(), True
+        if self._variables is not None:
+            return self._variables.get(name)
+        from spin_sdk import variables  # get-all failed (a provider error): one by one
+
+        try:
+            return str(variables.get(name))
+        except Exception:
+            return None
+
+    @staticmethod
+    def _all_variables() -> dict[str, str] | None:
+        from spin_sdk.wit.imports import wasi_config_store
+
+        try:
+            return {str(k): str(v) for k, v in wasi_config_store.get_all()}
+        except Exception:
+            return None
+
     def kv_open(self, label: str = "default") -> _KvStore:
         from spin_sdk import key_value
 
@@ -156,15 +188,6 @@ class Platform:
             return _wasi_http_send(method, url, headers, body)
         except Exception as exc:
             raise SpinCallError(f"HTTP {method} {url}: {_describe(exc)} (is the host in allowed_outbound_hosts?)") from None
-
-    def variable(self, name: str) -> str | None:
-        from spin_sdk import variables
-
-        try:
-            return str(variables.get(name))
-        except Exception:
-            return None
-
 
 _current: Any = Platform()
 
@@ -220,20 +243,22 @@ def _wasi_http_send(method: str, url: str, headers: Mapping[str, str], body: byt
     out_headers = {name: bytes(value).decode("utf-8", "replace") for name, value in got.entries()}
     got.__exit__(None, None, None)
     in_body = response.consume()
-    data = read_to_end(in_body.stream())
+    length = out_headers.get("content-length", "")
+    data = read_to_end(in_body.stream(), int(length) if length.isdigit() else None)
     t.IncomingBody.finish(in_body).__exit__(None, None, None)  # no trailers wanted
     response.__exit__(None, None, None)
     return status, out_headers, data
 
 
-def read_to_end(stream: Any) -> bytes:
+def read_to_end(stream: Any, length: int | None = None) -> bytes:
     """Everything a ``wasi:io`` input stream (a request's or a response's body) still holds;
-    the stream is dropped after."""
+    the stream is dropped after. With the body's ``length`` (its content-length) known, the
+    reading stops there instead of asking once more to learn that the stream is closed."""
     from spin_sdk.wit.imports.streams import StreamError_Closed
     from spin_sdk.wit.types import Err
 
     data = bytearray()
-    while True:
+    while length is None or len(data) < length:
         try:
             data += stream.blocking_read(64 * 1024)
         except Err as e:

@@ -85,7 +85,7 @@ def _preload() -> list[str]:
 # The spin-sdk modules the platform seam (spin_app.platform) imports inside functions.
 for _name in ("spin_sdk.key_value", "spin_sdk.redis", "spin_sdk.sqlite", "spin_sdk.variables",
               "spin_sdk.wit.imports.redis", "spin_sdk.wit.imports.sqlite", "spin_sdk.wit.imports.outgoing_handler",
-              "spin_sdk.wit.imports.types", "spin_sdk.wit.imports.streams"):
+              "spin_sdk.wit.imports.types", "spin_sdk.wit.imports.streams", "spin_sdk.wit.imports.wasi_config_store"):
     importlib.import_module(_name)
 
 PRELOAD_FAILED = _preload()
@@ -254,6 +254,9 @@ _host: dict[str, SpinHost] = {}
 
 def host(kind: str) -> SpinHost:
     """A fresh host per event (Spin instances are per event; this keeps tests honest)."""
+    begin = getattr(platform(), "begin_event", None)
+    if begin is not None:
+        begin()
     _host[kind] = SpinHost(kind)
     return _host[kind]
 
