@@ -16,8 +16,8 @@ variable                                       meaning                          
 =============================================  ==================================  ============
 
 *Keep-resident* is the setting that matters for a Python component. A fresh instance
-starts from the component's memory image (the interpreter heap componentize-py
-snapshotted at build time, ~20 MB). Memory beyond the keep-resident size is handed back to
+starts from the component's memory image (~28 MB of linear memory, most of it the
+interpreter heap componentize-py snapshotted at build time). Memory beyond the keep-resident size is handed back to
 the kernel when the instance ends, so the next instance faults every page it touches in
 again — about a thousand copy-on-write faults for a small request, several milliseconds on
 a virtual machine. Memory within it is reset in place with a ``memcpy``/``memset`` of that

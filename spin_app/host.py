@@ -1,9 +1,9 @@
 """A local Spin 3 host for the built components, for tests and for machines without ``spin``.
 
 Every trigger runs the component with the PyPI ``wasmtime`` package's component API (the
-engine Spin itself uses): cron, Redis and MQTT events with wasmtime's own WASI
-(``Linker.add_wasip2()``), HTTP requests with WASI written as Python host functions
-(:mod:`spin_app.wasi_host`: the package's WASI cannot hand a component an incoming request).
+engine Spin itself uses, set up as Spin sets it up: :mod:`spin_app.engine`) and WASI written
+as Python host functions (:mod:`spin_app.wasi_host`: the package's own WASI cannot hand a
+component an incoming HTTP request).
 ``serve --engine node`` serves HTTP with the Node host in ``scripts/spin_host/serve.mjs``
 (jco + preview2-shim) instead, which also logs each instance's memory size. All of them
 provide the same Spin imports over the same files, so they can share a state directory:
