@@ -290,8 +290,9 @@ class ComponentHost:
         wt = self._wt
         data = Path(self.wasm).read_bytes()
         version = getattr(wt, "__version__", "") or _wasmtime_version()
-        # compiled code depends on the engine's settings (the pool fixes how memories are laid out)
-        engine_key = json.dumps(self.engine_settings.describe(), sort_keys=True)
+        # compiled code depends on how the engine lays memories out (pooled or not, their size)
+        settings = self.engine_settings
+        engine_key = f"pooling={settings.pooling},max_memory={settings.max_memory_size}"
         key = hashlib.sha256(data + version.encode() + engine_key.encode()).hexdigest()[:24]
         cached = os.path.join(cache_dir, f"{key}.cwasm")
         if os.path.exists(cached):
@@ -1033,6 +1034,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--topic", help="MQTT topic (MQTT components)")
     p.add_argument("--payload", required=True, help="the message (text; @FILE reads a file)")
     args = parser.parse_args(argv)
+    try:
+        EngineSettings.from_env()
+    except ValueError as exc:  # a SPIN_WASMTIME_* variable that Spin would refuse too
+        print(f"spin_app.host: {exc}", file=sys.stderr)
+        return 2
 
     if args.command == "serve":
         http = HttpHost(

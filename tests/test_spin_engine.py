@@ -83,3 +83,13 @@ def test_beyond_its_limit_the_caller_drops_the_store_itself() -> None:
     reaper.drop(_Store(), limit=0)  # no spare slots at all (an on-demand engine)
     assert reaper.wait(5)
     assert slow.closed_by == "spin-instance-reaper"
+
+
+def test_the_host_command_refuses_a_bad_setting_before_loading_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spin_app.host import main
+
+    monkeypatch.setenv("SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT", "32M")
+    assert main(["cron", "no-such.wasm"]) == 2
+    assert "SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT='32M': expected a whole number" in capsys.readouterr().err
