@@ -391,6 +391,9 @@ def _spin_missing(manifest: str) -> int:
     return 127
 
 
+_KEEP_RESIDENT = "SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT"
+
+
 def _run_spin(args: argparse.Namespace, verb: str) -> int:
     spin = shutil.which("spin")
     if spin is None:
@@ -409,9 +412,19 @@ def _run_spin(args: argparse.Namespace, verb: str) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     cmd = [spin, verb, "--from", args.manifest, *extra]
+    env = dict(os.environ)
+    if verb == "up" and _KEEP_RESIDENT not in env:
+        # Spin resets only 2 MiB of a finished instance's memory in place and hands the rest
+        # back to the kernel; a Python component then faults its heap in again on every
+        # request (docs/SPIN.md, "The engine"). The local host's size, unless one is set.
+        from spin_app.engine import EngineSettings
+
+        env[_KEEP_RESIDENT] = str(EngineSettings().keep_resident)
+        print(f"adf: {_KEEP_RESIDENT}={env[_KEEP_RESIDENT]} (a Python component's heap is reset in place; "
+              "set the variable to choose another size)", file=sys.stderr)
     print(f"adf: running {' '.join(cmd)}", file=sys.stderr)
     try:
-        return subprocess.run(cmd, check=False).returncode
+        return subprocess.run(cmd, check=False, env=env).returncode
     except KeyboardInterrupt:
         return 130
 

@@ -29,11 +29,18 @@ INFRA_COMMAND = [
 ]
 
 
-def adf(*args: str, cwd: Path = ROOT, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def adf(*args: str, cwd: Path = ROOT, path: str | None = None,
+        env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+    """``adf ARGS`` in a subprocess; ``env`` adds variables (None removes one)."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     if path is not None:
-        env["PATH"] = path
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=env,
+        environ["PATH"] = path
+    for name, value in (env or {}).items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=environ,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -459,6 +466,23 @@ def test_up_and_deploy_run_the_real_spin_cli_with_the_manifest(tmp_path: Path) -
     res = adf("spin", "up", cwd=app, path=path)
     assert res.returncode == 2 and "run `adf spin build`" in res.stdout
     assert len(calls.read_text().splitlines()) == 2
+
+
+def test_spin_up_keeps_a_python_components_heap_resident_unless_told_otherwise(tmp_path: Path) -> None:
+    app = _built_app(tmp_path)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    seen = tmp_path / "env.txt"
+    (fake / "spin").write_text(f'#!/bin/sh\necho "$1 keep=$SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT" >> {seen}\n')
+    (fake / "spin").chmod(0o755)
+    path = f"{fake}:/usr/bin:/bin"
+    unset = {"SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT": None}
+
+    res = adf("spin", "up", cwd=app, path=path, env=unset)
+    assert res.returncode == 0 and "SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT=33554432" in res.stderr
+    adf("spin", "deploy", cwd=app, path=path, env=unset)  # Fermyon Cloud: not ours to tune
+    adf("spin", "up", cwd=app, path=path, env={"SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT": "4194304"})
+    assert seen.read_text().splitlines() == [f"up keep={32 << 20}", "deploy keep=", "up keep=4194304"]
 
 
 # --------------------------------------------------------------------------- build / stage
