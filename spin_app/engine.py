@@ -6,26 +6,29 @@ and reused when an instance is dropped, instead of being mapped afresh per insta
 reads a few environment variables to tune it; the local host reads the same ones, so what
 a user measures here with a setting is what ``spin up`` does with it:
 
-=============================================  ==================================  ============
-variable                                       meaning                             default here
-=============================================  ==================================  ============
-``SPIN_WASMTIME_POOLING``                      ``1`` pooling, ``0`` on demand      ``1``
-``SPIN_WASMTIME_INSTANCE_COUNT``               instances alive at once (per host)  16
-``SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT``  bytes of each memory reset in place 32 MiB
-``SPIN_WASMTIME_TABLE_KEEP_RESIDENT``          bytes of each table reset in place  512 KiB
-=============================================  ==================================  ============
+============================================  =====================================  ==========
+variable                                      meaning                                here
+============================================  =====================================  ==========
+``SPIN_WASMTIME_POOLING``                     ``1`` pooling, ``0`` on-demand         ``1``
+``SPIN_WASMTIME_INSTANCE_COUNT``              instances alive at once (per engine)   16
+``SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT`` bytes of each memory reset in place    32 MiB
+``SPIN_WASMTIME_TABLE_KEEP_RESIDENT``         bytes of each table reset in place     512 KiB
+============================================  =====================================  ==========
 
-*Keep-resident* is the setting that matters for a Python component. A fresh instance
-starts from the component's memory image (~28 MB of linear memory, most of it the
-interpreter heap componentize-py snapshotted at build time). Memory beyond the keep-resident size is handed back to
-the kernel when the instance ends, so the next instance faults every page it touches in
-again — about a thousand copy-on-write faults for a small request, several milliseconds on
-a virtual machine. Memory within it is reset in place with a ``memcpy``/``memset`` of that
-part and stays mapped: no faults, at the price of the reset. Spin's own default is 2 MiB,
-less than any Python component's heap; the local host keeps 32 MiB, which covers the whole
-image of a componentize-py component, and resets it on a background thread after the
-answer went out (:class:`Reaper`), as Spin drops instances in a task of their own.
-``bench/spin.py`` prints the latency with both settings.
+(One engine per process and settings, shared by its hosts: :func:`engine_for`.)
+
+*Keep-resident* is the setting that matters for a Python component. A fresh instance starts
+from the component's memory image (~28 MB of linear memory, most of it the interpreter heap
+componentize-py snapshotted at build time). Memory beyond the keep-resident size is handed
+back to the kernel when the instance ends, so the next instance faults every page it touches
+in again — about a thousand copy-on-write faults for a small request, several milliseconds
+on a virtual machine. Memory within it is reset in place (a copy of that part) and stays
+mapped: no faults, at the price of the copy. Spin's own default is 2 MiB, less than any
+Python component's heap; the local host keeps 32 MiB, which covers the whole image of a
+componentize-py component, and resets a finished instance's slot on a thread of its own
+after the answer went out (:class:`Reaper`), as Spin drops instances in a task of their own.
+``adf spin up`` gives ``spin`` the same size unless the variable is set; ``bench/spin.py``
+prints the latency with the host's settings, with Spin's default and on demand.
 
 When the pooling allocator cannot reserve its address space (some kernels allow 39-bit
 address spaces only), the engine falls back to on-demand allocation, as Spin does.
@@ -37,7 +40,7 @@ import os
 import queue
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["EngineSettings", "Reaper", "engine_for", "reaper"]
@@ -89,9 +92,6 @@ class EngineSettings:
             keep_resident=_env_int(env, "SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT", default.keep_resident),
             table_keep_resident=_env_int(env, "SPIN_WASMTIME_TABLE_KEEP_RESIDENT", default.table_keep_resident),
         )
-
-    def describe(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def spare_slots(self) -> int:
