@@ -13,7 +13,8 @@ A tick::
                       then pending runs (retries, "trigger now" without waiting) within the claim limit
     mode=async     ─▶ runs left pending for ``adf worker`` processes
 
-While runs execute, a background thread renews their leases every ``lease_seconds / 3``;
+While runs execute (and while claimed runs wait their turn), a background thread renews
+their leases at once and then every ``lease_seconds / 3``;
 a process that dies stops renewing, and the next tick or worker poll finds the expired
 lease, marks the run failed ("lease expired at …: worker … stopped renewing") and creates
 the retry, which resumes from the flow's checkpoint (nothing lost).
@@ -162,24 +163,30 @@ class _LeaseKeeper:
 
     def _loop(self) -> None:
         interval = max(self.lease_seconds / 3.0, 0.05)
-        while not self._stop.wait(interval):
+        # The first renewal comes at once: a claimed run's lease counts from the moment the
+        # tick began, and a slow claim (a busy database) may have used most of it already.
+        while True:
             with self._lock:
                 ids = set(self._ids)
-            if not ids:
-                continue
-            try:
-                held = self.store.renew_leases(ids, self.worker_id, lease_seconds=self.lease_seconds)
-            except Exception as exc:  # a database hiccup: try again at the next interval
-                log_event(_log, "lease renewal failed", logging.WARNING, worker_id=self.worker_id,
-                          error=redact_text(f"{type(exc).__name__}: {exc}"))
-                continue
-            lost = ids - held
-            if lost:
-                with self._lock:
-                    self._ids -= lost
-                self.lost |= lost
-                log_event(_log, "lease lost: the run was expired and handed to another attempt", logging.WARNING,
-                          worker_id=self.worker_id, run_ids=sorted(lost))
+            if ids:
+                self._renew(ids)
+            if self._stop.wait(interval):
+                return
+
+    def _renew(self, ids: set[int]) -> None:
+        try:
+            held = self.store.renew_leases(ids, self.worker_id, lease_seconds=self.lease_seconds)
+        except Exception as exc:  # a database hiccup: try again at the next interval
+            log_event(_log, "lease renewal failed", logging.WARNING, worker_id=self.worker_id,
+                      error=redact_text(f"{type(exc).__name__}: {exc}"))
+            return
+        lost = ids - held
+        if lost:
+            with self._lock:
+                self._ids -= lost
+            self.lost |= lost
+            log_event(_log, "lease lost: the run was expired and handed to another attempt", logging.WARNING,
+                      worker_id=self.worker_id, run_ids=sorted(lost))
 
 
 # --------------------------------------------------------------------------- one run

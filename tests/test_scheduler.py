@@ -264,6 +264,42 @@ def test_a_sync_tick_keeps_the_leases_of_runs_waiting_their_turn(url: str, tmp_p
     assert store.list_runs(status="pending") == []
 
 
+class _SlowClaims:
+    """The store with a claim that takes ``delay`` seconds longer (a busy database)."""
+
+    def __init__(self, store: SqlScheduleStore, delay: float) -> None:
+        self._store = store
+        self._delay = delay
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        claimed = self._store.claim(*args, **kwargs)
+        time.sleep(self._delay)
+        return claimed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_slow_claim_does_not_cost_the_runs_waiting_their_turn_their_leases(
+    url: str, tmp_path: Path, store: SqlScheduleStore
+) -> None:
+    # The claim's leases count from the start of the tick; here the claim itself takes 0.45 s
+    # of a 0.6 s lease, and another heartbeat looks for expired leases all the while.
+    settings = make_settings(url, tmp_path, lease_seconds=0.6)
+    for i in range(2):
+        store.create_flow(f"w{i}", slow_flow(tmp_path / f"w{i}.jsonl", n=4, delay=0.05, batch_size=2), 3600)
+    box: dict[str, HeartbeatResult] = {}
+    ticker = threading.Thread(target=lambda: box.update(result=tick(_SlowClaims(store, 0.45), settings, mode="sync")))
+    ticker.start()
+    expired: list[RunRecord] = []
+    while ticker.is_alive():
+        expired.extend(store.expire_leases(RetryPolicy()))
+        time.sleep(0.02)
+    ticker.join()
+    assert expired == []
+    assert [r.status for r in box["result"].runs] == ["success"] * 2
+
+
 # --------------------------------------------------------------------------- workers and signals
 
 
