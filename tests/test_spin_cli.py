@@ -445,14 +445,19 @@ def test_up_and_deploy_without_the_spin_cli_exit_127_and_say_what_to_do(tmp_path
     assert "python -m spin_app.host serve build/spin/http.wasm" in res.stderr
 
 
-def test_up_and_deploy_run_the_real_spin_cli_with_the_manifest(tmp_path: Path) -> None:
-    app = _built_app(tmp_path)
+def _fake_spin(tmp_path: Path, script: str) -> str:
+    """A ``spin`` executable running the shell ``script``; returns a PATH that finds it first."""
     fake = tmp_path / "bin"
     fake.mkdir()
-    calls = tmp_path / "calls.txt"
-    (fake / "spin").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 7\n')
+    (fake / "spin").write_text(f"#!/bin/sh\n{script}\n")
     (fake / "spin").chmod(0o755)
-    path = f"{fake}:/usr/bin:/bin"
+    return f"{fake}:/usr/bin:/bin"
+
+
+def test_up_and_deploy_run_the_real_spin_cli_with_the_manifest(tmp_path: Path) -> None:
+    app = _built_app(tmp_path)
+    calls = tmp_path / "calls.txt"
+    path = _fake_spin(tmp_path, f'echo "$@" >> {calls}\nexit 7')
 
     res = adf("spin", "up", "--", "--listen", "127.0.0.1:3001", cwd=app, path=path)
     assert res.returncode == 7, res.stderr  # spin's own exit code
@@ -470,12 +475,8 @@ def test_up_and_deploy_run_the_real_spin_cli_with_the_manifest(tmp_path: Path) -
 
 def test_spin_up_keeps_a_python_components_heap_resident_unless_told_otherwise(tmp_path: Path) -> None:
     app = _built_app(tmp_path)
-    fake = tmp_path / "bin"
-    fake.mkdir()
     seen = tmp_path / "env.txt"
-    (fake / "spin").write_text(f'#!/bin/sh\necho "$1 keep=$SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT" >> {seen}\n')
-    (fake / "spin").chmod(0o755)
-    path = f"{fake}:/usr/bin:/bin"
+    path = _fake_spin(tmp_path, f'echo "$1 keep=$SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT" >> {seen}')
     unset = {"SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT": None}
 
     res = adf("spin", "up", cwd=app, path=path, env=unset)
