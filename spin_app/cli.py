@@ -416,7 +416,7 @@ def _run_spin(args: argparse.Namespace, verb: str) -> int:
     if verb == "up" and _KEEP_RESIDENT not in env:
         # Spin resets only 2 MiB of a finished instance's memory in place and hands the rest
         # back to the kernel; a Python component then faults its heap in again on every
-        # request (docs/SPIN.md, "The engine"). The local host's size, unless one is set.
+        # request (docs/SPIN.md, "The local Spin host"). The local host's size, unless one is set.
         from spin_app.engine import EngineSettings
 
         env[_KEEP_RESIDENT] = str(EngineSettings().keep_resident)
