@@ -188,7 +188,7 @@ class SqliteStateStore(StateStore):
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         if self.path != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self._TABLE} "
@@ -196,6 +196,29 @@ class SqliteStateStore(StateStore):
         )
         self._pid = os.getpid()
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (once: the mode is kept in the file).
+
+        Switching needs the file to itself, and SQLite answers "database is locked" at once,
+        without its busy timeout, when another connection is switching it too: processes
+        and threads opening a new state file together (heartbeats, a worker's first runs).
+        So the switch is retried until the timeout.
+        """
+        import sqlite3
+
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
+            try:
+                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -301,11 +301,19 @@ def tick(
     mode = mode or settings.heartbeat_mode
     if mode not in MODES:
         raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+    fixed = now is not None
     now = utcnow() if now is None else as_utc(now)
+
+    def claim_time() -> dt.datetime:
+        # a claim's leases count from this: the clock as each claim is made (a sync tick's
+        # runs may take minutes before it claims pending ones), unless the caller fixed `now`
+        return now if fixed else utcnow()
+
     expired = store.expire_leases(retry_policy(settings), now)
     worker_id = default_worker_id(trigger) if mode == "sync" else None
     claim = store.claim(
-        now, limit=settings.claim_limit, trigger=trigger, worker_id=worker_id, lease_seconds=settings.lease_seconds
+        claim_time(), limit=settings.claim_limit, trigger=trigger, worker_id=worker_id,
+        lease_seconds=settings.lease_seconds,
     )
     result = HeartbeatResult(
         flows_due=claim.flows_due,
@@ -339,7 +347,7 @@ def tick(
         # same claim limit. A flow with a pending run is skipped by the claim until then.
         budget = settings.claim_limit - len(claim.runs)
         while budget > 0:
-            pending = store.claim_pending_run(worker_id, lease_seconds=settings.lease_seconds, now=now)
+            pending = store.claim_pending_run(worker_id, lease_seconds=settings.lease_seconds, now=claim_time())
             if pending is None:
                 break
             budget -= 1

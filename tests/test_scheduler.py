@@ -283,13 +283,13 @@ class _SlowClaims:
 def test_a_slow_claim_does_not_cost_the_runs_waiting_their_turn_their_leases(
     url: str, tmp_path: Path, store: SqlScheduleStore
 ) -> None:
-    # The claim's leases count from the start of the tick; here the claim itself takes 0.45 s
-    # of a 0.6 s lease, and another heartbeat looks for expired leases all the while.
-    settings = make_settings(url, tmp_path, lease_seconds=0.6)
-    for i in range(2):
-        store.create_flow(f"w{i}", slow_flow(tmp_path / f"w{i}.jsonl", n=4, delay=0.05, batch_size=2), 3600)
+    # The claim's leases count from when it was made; here the claim takes 1.5 s of a 2 s
+    # lease to come back, and another heartbeat looks for expired leases all the while.
+    settings = make_settings(url, tmp_path, lease_seconds=2.0)
+    for i in range(3):  # ~0.3 s each: the last one waits past the lease's first 2 s
+        store.create_flow(f"w{i}", slow_flow(tmp_path / f"w{i}.jsonl", n=6, delay=0.05, batch_size=3), 3600)
     box: dict[str, HeartbeatResult] = {}
-    ticker = threading.Thread(target=lambda: box.update(result=tick(_SlowClaims(store, 0.45), settings, mode="sync")))
+    ticker = threading.Thread(target=lambda: box.update(result=tick(_SlowClaims(store, 1.5), settings, mode="sync")))
     ticker.start()
     expired: list[RunRecord] = []
     while ticker.is_alive():
@@ -297,7 +297,36 @@ def test_a_slow_claim_does_not_cost_the_runs_waiting_their_turn_their_leases(
         time.sleep(0.02)
     ticker.join()
     assert expired == []
-    assert [r.status for r in box["result"].runs] == ["success"] * 2
+    assert [r.status for r in box["result"].runs] == ["success"] * 3
+
+
+def test_a_pending_run_claimed_late_in_a_long_sync_tick_gets_a_whole_lease(
+    url: str, tmp_path: Path, store: SqlScheduleStore
+) -> None:
+    # The due flow runs ~1 s, longer than the 0.6 s lease; only then does the tick claim the
+    # pending run, and each run takes 0.2 s to get going. The pending run's lease must count
+    # from its claim, not from the start of the tick.
+    settings = make_settings(url, tmp_path, lease_seconds=0.6)
+    store.create_flow("long", slow_flow(tmp_path / "long.jsonl", n=10, delay=0.1, batch_size=5), 3600)
+    store.create_flow("later", file_flow(tmp_path / "later.jsonl"), 3600, enabled=False)
+    pending = trigger_run(store, settings, "later", wait=False)
+
+    def slow_to_start(store: Any, run: RunRecord, settings: Settings, *, worker_id: str) -> RunRecord:
+        time.sleep(0.2)
+        return execute_run(store, run, settings, worker_id=worker_id)
+
+    box: dict[str, HeartbeatResult] = {}
+    ticker = threading.Thread(target=lambda: box.update(
+        result=tick(store, settings, mode="sync", executor=slow_to_start)))
+    ticker.start()
+    expired: list[RunRecord] = []
+    while ticker.is_alive():
+        expired.extend(store.expire_leases(RetryPolicy()))
+        time.sleep(0.02)
+    ticker.join()
+    assert expired == []
+    assert box["result"].pending_run_ids == [pending.id]
+    assert store.get_run(pending.id).status == "success"
 
 
 # --------------------------------------------------------------------------- workers and signals
