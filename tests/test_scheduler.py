@@ -246,21 +246,30 @@ def test_an_executor_that_raises_is_recorded_failed_and_the_tick_goes_on(
     assert statuses["b"] == ("success", None)
 
 
+def _tick_while_expiring(store: SqlScheduleStore, ticking: Any, settings: Settings, *, poll: float = 0.02,
+                         executor: Any = None) -> tuple[HeartbeatResult, list[RunRecord]]:
+    """A sync tick (on ``ticking``: the store or a wrapper) in a thread, while another
+    heartbeat eagerly expires leases every ``poll`` seconds; its result and what expired."""
+    box: dict[str, HeartbeatResult] = {}
+    ticker = threading.Thread(target=lambda: box.update(
+        result=tick(ticking, settings, mode="sync", executor=executor)))
+    ticker.start()
+    expired: list[RunRecord] = []
+    while ticker.is_alive():
+        expired.extend(store.expire_leases(RetryPolicy()))
+        time.sleep(poll)
+    ticker.join()
+    return box["result"], expired
+
+
 def test_a_sync_tick_keeps_the_leases_of_runs_waiting_their_turn(url: str, tmp_path: Path, store: SqlScheduleStore) -> None:
     # Three runs of ~0.5 s each with a 0.6 s lease: the last one waits ~1 s before it starts.
     settings = make_settings(url, tmp_path, lease_seconds=0.6)
     for i in range(3):
         store.create_flow(f"s{i}", slow_flow(tmp_path / f"s{i}.jsonl", n=10, delay=0.05, batch_size=5), 3600)
-    box: dict[str, HeartbeatResult] = {}
-    ticker = threading.Thread(target=lambda: box.update(result=tick(store, settings, mode="sync")))
-    ticker.start()
-    expired: list[RunRecord] = []
-    while ticker.is_alive():  # another heartbeat, eagerly looking for dead workers
-        expired.extend(store.expire_leases(RetryPolicy()))
-        time.sleep(0.05)
-    ticker.join()
+    result, expired = _tick_while_expiring(store, store, settings, poll=0.05)
     assert expired == []
-    assert [r.status for r in box["result"].runs] == ["success"] * 3
+    assert [r.status for r in result.runs] == ["success"] * 3
     assert store.list_runs(status="pending") == []
 
 
@@ -288,16 +297,9 @@ def test_a_slow_claim_does_not_cost_the_runs_waiting_their_turn_their_leases(
     settings = make_settings(url, tmp_path, lease_seconds=2.0)
     for i in range(3):  # ~0.3 s each: the last one waits past the lease's first 2 s
         store.create_flow(f"w{i}", slow_flow(tmp_path / f"w{i}.jsonl", n=6, delay=0.05, batch_size=3), 3600)
-    box: dict[str, HeartbeatResult] = {}
-    ticker = threading.Thread(target=lambda: box.update(result=tick(_SlowClaims(store, 1.5), settings, mode="sync")))
-    ticker.start()
-    expired: list[RunRecord] = []
-    while ticker.is_alive():
-        expired.extend(store.expire_leases(RetryPolicy()))
-        time.sleep(0.02)
-    ticker.join()
+    result, expired = _tick_while_expiring(store, _SlowClaims(store, 1.5), settings)
     assert expired == []
-    assert [r.status for r in box["result"].runs] == ["success"] * 3
+    assert [r.status for r in result.runs] == ["success"] * 3
 
 
 def test_a_pending_run_claimed_late_in_a_long_sync_tick_gets_a_whole_lease(
@@ -315,17 +317,9 @@ def test_a_pending_run_claimed_late_in_a_long_sync_tick_gets_a_whole_lease(
         time.sleep(0.2)
         return execute_run(store, run, settings, worker_id=worker_id)
 
-    box: dict[str, HeartbeatResult] = {}
-    ticker = threading.Thread(target=lambda: box.update(
-        result=tick(store, settings, mode="sync", executor=slow_to_start)))
-    ticker.start()
-    expired: list[RunRecord] = []
-    while ticker.is_alive():
-        expired.extend(store.expire_leases(RetryPolicy()))
-        time.sleep(0.02)
-    ticker.join()
+    result, expired = _tick_while_expiring(store, store, settings, executor=slow_to_start)
     assert expired == []
-    assert box["result"].pending_run_ids == [pending.id]
+    assert result.pending_run_ids == [pending.id]
     assert store.get_run(pending.id).status == "success"
 
 
