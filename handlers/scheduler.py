@@ -163,8 +163,8 @@ class _LeaseKeeper:
 
     def _loop(self) -> None:
         interval = max(self.lease_seconds / 3.0, 0.05)
-        # The first renewal comes at once: a claimed run's lease counts from the moment the
-        # tick began, and a slow claim (a busy database) may have used most of it already.
+        # The first renewal comes at once: a claimed run's lease counts from its claim, and a
+        # slow claim (a busy database) may have used most of it before this thread starts.
         while True:
             with self._lock:
                 ids = set(self._ids)

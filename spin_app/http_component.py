@@ -43,9 +43,8 @@ _CHUNK = 4096  # the most one blocking-write-and-flush takes
 
 
 def _read_body(request: IncomingRequest, content_length: str | None) -> bytes:
-    length = int(content_length) if content_length and content_length.isdigit() else None
     body = request.consume()
-    data = read_to_end(body.stream(), length)
+    data = read_to_end(body.stream(), content_length)
     IncomingBody.finish(body)
     return data
 

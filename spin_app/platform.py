@@ -243,20 +243,20 @@ def _wasi_http_send(method: str, url: str, headers: Mapping[str, str], body: byt
     out_headers = {name: bytes(value).decode("utf-8", "replace") for name, value in got.entries()}
     got.__exit__(None, None, None)
     in_body = response.consume()
-    length = out_headers.get("content-length", "")
-    data = read_to_end(in_body.stream(), int(length) if length.isdigit() else None)
+    data = read_to_end(in_body.stream(), out_headers.get("content-length"))
     t.IncomingBody.finish(in_body).__exit__(None, None, None)  # no trailers wanted
     response.__exit__(None, None, None)
     return status, out_headers, data
 
 
-def read_to_end(stream: Any, length: int | None = None) -> bytes:
+def read_to_end(stream: Any, content_length: str | None = None) -> bytes:
     """Everything a ``wasi:io`` input stream (a request's or a response's body) still holds;
-    the stream is dropped after. With the body's ``length`` (its content-length) known, the
-    reading stops there instead of asking once more to learn that the stream is closed."""
+    the stream is dropped after. With the body's ``content-length`` header given, the reading
+    stops there instead of asking once more to learn that the stream is closed."""
     from spin_sdk.wit.imports.streams import StreamError_Closed
     from spin_sdk.wit.types import Err
 
+    length = int(content_length) if content_length and content_length.isdigit() else None
     data = bytearray()
     while length is None or len(data) < length:
         try:
