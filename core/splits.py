@@ -29,6 +29,7 @@ from core.records import Record
 __all__ = [
     "Boundedness",
     "DeadLetter",
+    "Origins",
     "ReaderBatch",
     "ReaderStatus",
     "SourceReader",
@@ -98,6 +99,58 @@ class DeadLetter:
         return out
 
 
+class Origins:
+    """Where each record of a batch came from, without a dict per record.
+
+    A batch is a run of *segments* of consecutive records: each segment has a ``base``
+    (``{"file": "in/a.csv"}``, ``{"split": "orders:0-999"}``) and, optionally, a ``key``
+    with one value per record (``"line"`` and each row's line number) — given as a sequence,
+    or as a first value counted up by one per record (JSON Lines without blank lines).
+    :meth:`of` builds the origin of one record only when a dead letter needs it.
+
+    Example::
+
+        origins = Origins()
+        origins.add(3, {"file": "a.csv"}, "line", [2, 3, 5])
+        origins.of(2)   # {"file": "a.csv", "line": 5}
+    """
+
+    __slots__ = ("_segments", "count")
+
+    def __init__(self) -> None:
+        self._segments: list[tuple[int, int, dict[str, Any], str | None, Sequence[Any] | int | None]] = []
+        self.count = 0
+
+    def add(
+        self, count: int, base: Mapping[str, Any], key: str | None = None, values: Sequence[Any] | int | None = None
+    ) -> None:
+        """The next ``count`` records come from ``base``; ``values`` (a sequence of ``count``
+        values, or the first of consecutive integers) goes under ``key``."""
+        if count <= 0:
+            return
+        self._segments.append((self.count, count, dict(base), key, values))
+        self.count += count
+
+    def extend(self, other: Origins | None, count: int, base: Mapping[str, Any]) -> None:
+        """Append the origins of ``count`` more records: ``other``'s, or ``base`` when it has none."""
+        if other is None or other.count != count:
+            self.add(count, base)
+            return
+        for start, n, seg_base, key, values in other._segments:
+            self._segments.append((self.count + start, n, seg_base, key, values))
+        self.count += count
+
+    def of(self, index: int) -> dict[str, Any]:
+        """The origin of record ``index`` of the batch (``{}`` when out of range)."""
+        for start, n, base, key, values in self._segments:
+            if start <= index < start + n:
+                out = dict(base)
+                if key is not None and values is not None:
+                    out[key] = values + (index - start) if isinstance(values, int) else values[index - start]
+                return out
+        return {}
+
+
 class ReaderStatus(enum.Enum):
     """What a reader can say after a poll (Flink's ``InputStatus``)."""
 
@@ -120,6 +173,9 @@ class ReaderBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     finished_splits: list[str] = field(default_factory=list)
     input_bytes: int = 0
+    #: where each record came from (for the origin of a step's or the sink's dead letter);
+    #: None: only the split is known
+    origins: Origins | None = None
 
 
 class SplitEnumeratorContext(abc.ABC):
@@ -388,6 +444,7 @@ class SplitReader(SourceReader):
         records: list[Record] = []
         dead: list[DeadLetter] = []
         finished: list[str] = []
+        origins = Origins()
         nbytes = 0
         idle_status: ReaderStatus | None = None
         while len(records) < max_records:
@@ -400,6 +457,8 @@ class SplitReader(SourceReader):
                 self.open_split(self._current)
             split = self._current
             batch, done = self.read_split(split, max_records - len(records))
+            if batch.records:
+                origins.extend(batch.origins, len(batch.records), {"split": split.split_id})
             if records:
                 records.extend(batch.records)
             else:
@@ -423,7 +482,7 @@ class SplitReader(SourceReader):
             status = ReaderStatus.END_OF_INPUT if self._no_more else ReaderStatus.NOTHING_AVAILABLE
         else:
             status = idle_status or ReaderStatus.NOTHING_AVAILABLE
-        return ReaderBatch(records, status, dead, finished, nbytes)
+        return ReaderBatch(records, status, dead, finished, nbytes, origins)
 
     def snapshot_state(self) -> list[Split]:
         held = [self._current] if self._current is not None else []
