@@ -1,9 +1,12 @@
 """The ``adf`` command line.
 
 ``adf run SPEC`` runs a flow (a ``.yaml``/``.json`` spec or ``module:FlowClass``) with a
-progress bar on a terminal and a summary at the end; ``--json`` makes the last line of
-stdout one JSON object. Exit codes: 0 success (or a stopped unbounded run), 1 the run
-failed, 2 the spec or the command line is invalid.
+progress bar on a terminal (a progress log line every few seconds otherwise) and a summary
+at the end; ``--json`` makes the last line of stdout one JSON object. When the flow's sink
+is ``stdout`` the records own standard output: the summary goes to standard error.
+Exit codes: 0 the run did its work (``success``, ``partial`` — some records dead-lettered —
+or a stopped unbounded run), 1 the run failed, 2 the spec or the command line is invalid, or
+an unfinished checkpoint belongs to another version of the flow.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ __all__ = ["main"]
 COMMANDS_GROUP = "active_data_flow.commands"
 
 
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
+def _print_json(obj: Any, stream: Any = None) -> None:
+    out = stream or sys.stdout
+    out.write(json.dumps(obj, default=str) + "\n")
+    out.flush()
 
 
 def _fail(reason: str, code: int, as_json: bool, **extra: Any) -> int:
@@ -83,6 +87,44 @@ class _ProgressBar:
             self.progress.update(self.task, counts=counts)
 
 
+class _ProgressLines:
+    """A progress log line every ``every`` seconds (standard error is not a terminal)."""
+
+    def __init__(self, flow: str, every: float) -> None:
+        import time
+
+        self.flow = flow
+        self.every = every
+        self.clock = time.monotonic
+        self.started = self.next = self.clock()
+        if every > 0:
+            self.next += every
+
+    def update(self, p: Any) -> None:
+        now = self.clock()
+        if self.every <= 0 or now < self.next:
+            return
+        self.next = now + self.every
+        from core.logs import get_logger, log_event
+
+        elapsed = now - self.started
+        fields: dict[str, Any] = {
+            "flow": self.flow, "records_in": p.records_in, "records_out": p.records_out,
+            "filtered": p.filtered, "dead_letters": p.dead_letters, "elapsed_s": round(elapsed, 1),
+            "records_per_s": round(p.records_in / elapsed) if elapsed > 0 else 0,
+        }
+        if p.bytes_total:
+            fields["percent"] = round(100.0 * p.bytes_done / p.bytes_total, 1)
+        log_event(get_logger("progress"), "progress", **fields)
+
+
+def _progress_interval() -> float:
+    try:
+        return float(os.environ.get("ADF_PROGRESS_INTERVAL_S", "5"))
+    except ValueError:
+        return 5.0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from core.runtime import run
 
@@ -90,40 +132,62 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = loaded.spec
     if args.parallelism:
         spec.runtime["parallelism"] = args.parallelism
+    # records on stdout: the summary must not land among them
+    out = sys.stderr if spec.sink.get("type") == "stdout" else sys.stdout
     show_bar = not args.no_progress and sys.stderr.isatty()
-    kwargs: dict[str, Any] = {"resume": not args.fresh, "store": loaded.store, "state_dir": args.state_dir}
+    kwargs: dict[str, Any] = {
+        "resume": not args.fresh, "store": loaded.store, "state_dir": args.state_dir,
+        "on_spec_change": "resume" if args.resume_anyway else "refuse",
+    }
     if show_bar:
         with _ProgressBar(spec.name) as bar:
             summary = run(spec, on_progress=bar.update, **kwargs)
+    elif not args.no_progress:
+        summary = run(spec, on_progress=_ProgressLines(spec.name, _progress_interval()).update, **kwargs)
     else:
         summary = run(spec, **kwargs)
     if loaded.store is not None:
         loaded.store.close()
     data = summary.to_dict()
     if args.json:
-        _print_json(data)
+        _print_json(data, out)
     else:
-        _print_summary(data)
+        _print_summary(data, out)
     if not summary.ok:
         print(f"adf: run failed: {summary.error_type}: {summary.error}", file=sys.stderr)
         return 1
     return 0
 
 
-def _print_summary(s: dict[str, Any]) -> None:
-    mark = "ok" if s["status"] in ("success", "stopped") else "FAILED"
+_MARKS = {"success": "ok", "stopped": "ok", "partial": "PARTIAL"}
+
+
+def _print_summary(s: dict[str, Any], out: Any = None) -> None:
+    from core.outcome import describe_dead_letters
+
+    mark = _MARKS.get(s["status"], "FAILED")
     rate = s["records_in"] / s["duration_s"] if s["duration_s"] else 0.0
+    counts = f"  records in {s['records_in']:,}, out {s['records_out']:,}, filtered {s['filtered']:,}, dead letters {s['dead_letters']:,}"
+    if s.get("fanned_out"):
+        counts += f", added by steps {s['fanned_out']:,}"
+    if s.get("in_flight"):
+        counts += f", in flight {s['in_flight']:,} (read again when the run resumes)"
     lines = [
         f"{mark}: flow {s['flow']} {s['status']} (run {s['run_id']}{', resumed' if s['resumed'] else ''})",
-        f"  records in {s['records_in']:,}, out {s['records_out']:,}, dead letters {s['dead_letters']:,}",
+        counts,
         f"  duration {s['duration_s']:.2f} s ({rate:,.0f} records/s), parallelism {s['parallelism']}",
         f"  sink: {s['sink']}",
     ]
-    if s["dead_letters"]:
-        lines.append(f"  dead letters went to: {s['dead_letter_destination']}")
     if s["error"]:
         lines.append(f"  error: {s['error_type']}: {s['error']}")
-    print("\n".join(lines))
+    if s["dead_letters"]:
+        # last, so that `| tail -n 1` shows what needs attention
+        where = s.get("dead_letter_destination") or "the dead-letter destination"
+        lines.append(
+            f"  {describe_dead_letters(s['dead_letters'], s.get('dead_letter_reasons') or [])} — dead letters went to: "
+            f"{where} (`adf dead-letters show {s['run_id']}`; after a fix, `adf dead-letters replay {s['run_id']}`)"
+        )
+    print("\n".join(lines), file=out or sys.stdout, flush=True)
 
 
 # --------------------------------------------------------------------------- validate / explain / connectors
@@ -219,8 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(run)
     run.add_argument("--parallelism", type=int, help="parallel readers (overrides runtime.parallelism)")
     run.add_argument("--fresh", action="store_true", help="ignore an unfinished checkpoint and start over")
+    run.add_argument("--resume-anyway", action="store_true",
+                     help="resume an unfinished checkpoint although the flow's steps, schema or sink changed "
+                          "(never when its source changed)")
     run.add_argument("--state-dir", help="checkpoints and dead letters (default $ADF_STATE_DIR or ./.adf)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar (and no progress log lines when standard error is not a terminal)")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="check a flow spec and report every problem")

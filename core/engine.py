@@ -41,14 +41,17 @@ from typing import TYPE_CHECKING, Any
 
 from core.codec import codec
 from core.connectors.base import RunContext, Sink
-from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavailableError
+from core.errors import AdfError, SinkUnavailableError, SpecError
 from core.ids import new_id
 from core.logs import get_logger, log_event, run_id_var
+from core.outcome import BatchCounts, ReasonTally, verdict
 from core.records import Record
 from core.redact import redact_text
 from core.registry import Registry, registry
+from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_call, unavailable_reason
 from core.splits import (
     DeadLetter,
+    Origins,
     ReaderBatch,
     ReaderStatus,
     SourceReader,
@@ -68,6 +71,7 @@ __all__ = [
     "InlineContexts",
     "Progress",
     "RunSummary",
+    "SpecChangedError",
     "default_state_root",
     "run_flow",
     "single_reader",
@@ -98,12 +102,20 @@ class Progress:
     bytes_done: int = 0
     bytes_total: int | None = None
     splits_done: int = 0
+    filtered: int = 0
+    fanned_out: int = 0
 
 
 @dataclass
 class RunSummary:
-    """What a run did. ``status`` is ``success``, ``failed`` or ``stopped`` (an unbounded run
-    that was stopped; its checkpoint is kept so the next run continues)."""
+    """What a run did.
+
+    ``status`` is ``success`` (every record written or filtered), ``partial`` (done, with
+    dead letters below ``runtime.max_dead_letter_ratio``), ``failed`` or ``stopped`` (an
+    unbounded run that was stopped; its checkpoint is kept so the next run continues) — see
+    :mod:`core.outcome`. The counts add up: ``records_in + fanned_out = records_out +
+    filtered + dead_letters + in_flight``.
+    """
 
     flow: str
     run_id: str
@@ -111,6 +123,13 @@ class RunSummary:
     records_in: int = 0
     records_out: int = 0
     dead_letters: int = 0
+    filtered: int = 0
+    #: records steps added (one record in, several out)
+    fanned_out: int = 0
+    #: records of the batch a failed run was working on (read again when it resumes)
+    in_flight: int = 0
+    #: the most frequent reasons of this run's dead letters: ``[{"reason": …, "count": …}]``
+    dead_letter_reasons: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     duration_s: float = 0.0
     started_at: str = ""
     ended_at: str = ""
@@ -128,12 +147,14 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("success", "stopped")
+        """The run did what it had to: ``success``, ``partial`` or ``stopped``."""
+        return self.status in ("success", "partial", "stopped")
 
     def to_dict(self) -> dict[str, Any]:
         # scalars but for the sample, whose entries are copied (dataclasses.asdict deep-copies
         # every value: measured a tenth of a small HTTP-triggered run)
         out = {name: getattr(self, name) for name in _SUMMARY_FIELDS}
+        out["dead_letter_reasons"] = [dict(r) for r in self.dead_letter_reasons]
         if self.dead_letter_sample is not None:
             out["dead_letter_sample"] = [copy.deepcopy(d) for d in self.dead_letter_sample]
         return out
@@ -158,9 +179,19 @@ class DeadLetterWriter:
 
     KEEP = 1000
 
-    def __init__(self, spec: Mapping[str, Any] | None, run_ctx: RunContext, run_dir: str | None, reg: Registry) -> None:
+    def __init__(
+        self,
+        spec: Mapping[str, Any] | None,
+        run_ctx: RunContext,
+        run_dir: str | None,
+        reg: Registry,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.run_ctx = run_ctx
         self.count = 0
+        #: reasons of the dead letters written by this writer (not yet reported: see :meth:`take_reasons`)
+        self.reasons = ReasonTally()
+        self.retry = retry or RetryPolicy()
         self.kept: list[dict[str, Any]] | None = None
         self._fd: int | None = None
         self._sink: Sink | None = None
@@ -196,8 +227,21 @@ class DeadLetterWriter:
             row.update(letter.to_dict())
             rows.append(row)
         if self._sink is not None:
-            self._sink.write_batch(rows)
-            self._sink.flush()
+            sink = self._sink
+
+            def deliver() -> None:
+                sink.write_batch(rows)
+                sink.flush()
+
+            # An unreachable dead-letter destination is an outage like any other: retried, then
+            # the run fails with its checkpoint (the batch is read again), never dropped.
+            try:
+                retry_call(deliver, policy=self.retry, retryable=is_unavailable, what=f"dead-letter {self.destination}")
+            except RetriesExhausted as exc:
+                raise SinkUnavailableError(
+                    f"{exc}; the run's checkpoint is kept: make the dead-letter destination reachable and run the "
+                    "flow again to resume"
+                ) from exc.last
         elif self.kept is not None:
             self.kept.extend(rows[: max(self.KEEP - len(self.kept), 0)])
         else:
@@ -208,6 +252,14 @@ class DeadLetterWriter:
             dumps = codec().dumps
             os.write(self._fd, b"".join(dumps(r) + b"\n" for r in rows))
         self.count += len(rows)
+        for letter in letters:
+            self.reasons.add(letter.reason)
+
+    def take_reasons(self) -> dict[str, int]:
+        """The reason counts since the last call (a reader reports them with its progress)."""
+        counts = dict(self.reasons.counts)
+        self.reasons.counts.clear()
+        return counts
 
     def close(self) -> None:
         if self._fd is not None:
@@ -369,24 +421,117 @@ class Checkpoints:
 # --------------------------------------------------------------------------- the pipeline of one reader
 
 
+class _OriginTracker:
+    """Finds where a record of a batch came from, for the origin of a step's or the sink's dead letter.
+
+    Nothing is computed unless a dead letter needs it: the tracker keeps the record lists
+    that entered each step, and maps a record back to its position in the source's batch
+    through them when asked — a step that passes on one record per record (in order) keeps
+    positions; one that drops or fans out records is followed by identity.
+    """
+
+    __slots__ = ("_by_id", "_index", "errors", "origins", "stages")
+
+    def __init__(self, batch: ReaderBatch) -> None:
+        self.origins: Origins | None = batch.origins
+        #: the records entering each step (the last: entering the next step, or the sink)
+        self.stages: list[list[Record]] = [batch.records]
+        #: the records each step dead-lettered (their ids)
+        self.errors: list[list[Any]] = []
+        self._index: dict[int, list[int] | None] = {0: None}  # None: position = batch index
+        self._by_id: dict[int, dict[int, int]] = {}
+
+    def step_done(self, out: list[Record], failed: list[DeadLetter]) -> None:
+        self.stages.append(out)
+        self.errors.append([letter.record for letter in failed])
+
+    def _positions(self, k: int) -> list[int] | None:
+        if k in self._index:
+            return self._index[k]
+        prev = self._positions(k - 1)
+        ins, out, bad = self.stages[k - 1], self.stages[k], self.errors[k - 1]
+        result: list[int] | None
+        if not bad and len(out) == len(ins):
+            result = prev  # one record out per record in
+        else:
+            result = None
+            if len(out) + len(bad) == len(ins):
+                bad_ids = {id(r) for r in bad}
+                keep = [j if prev is None else prev[j] for j, r in enumerate(ins) if id(r) not in bad_ids]
+                if len(keep) == len(out):
+                    result = keep
+            if result is None:
+                by_id = {id(r): (j if prev is None else prev[j]) for j, r in enumerate(ins)}
+                result = [by_id.get(id(r), -1) for r in out]
+        self._index[k] = result
+        return result
+
+    def origin_of(self, record: Any) -> dict[str, Any]:
+        """The origin of ``record``, one of the records entering the current step (or the sink)."""
+        if self.origins is None:
+            return {}
+        k = len(self.stages) - 1
+        by_id = self._by_id.get(k)
+        if by_id is None:
+            positions = self._positions(k)
+            by_id = self._by_id[k] = {
+                id(r): (j if positions is None else positions[j]) for j, r in enumerate(self.stages[k])
+            }
+        index = by_id.get(id(record), -1)
+        if index < 0:  # a record a step made anew: only its batch is known
+            return {"batch_from": self.origins.of(0), "batch_records": self.origins.count}
+        return self.origins.of(index)
+
+
 class _Pipeline:
-    """Steps + sink + dead letters of one reader; commits one batch at a time."""
+    """Steps + sink + dead letters of one reader; commits one batch at a time.
+
+    Every batch is accounted for (see :mod:`core.outcome`): each record read is written,
+    filtered by a step, or dead-lettered; steps that add records count as ``fanned_out``.
+    ``current`` holds the counts of the batch being committed, so a run that fails in the
+    middle of one can say what happened to it.
+
+    What the sink's errors mean:
+
+    * an **outage** (:func:`core.retry.unavailable_reason`: connection refused or reset,
+      timeout, unknown database, authentication, 5xx…) is retried with backoff and jitter for
+      ``runtime.sink_retry.window_s``; then :class:`SinkUnavailableError` fails the run with
+      its checkpoint intact — records are never dead-lettered for an outage;
+    * a **configuration** error fails the run at once;
+    * anything else is about the records: the batch is cut in halves until the records the
+      sink refuses are alone, and those are dead-lettered with the sink's reason
+      (``runtime.sink_error_policy: fail`` fails the run instead).
+    """
 
     def __init__(self, spec: FlowSpec, run_ctx: RunContext, run_dir: str | None, reg: Registry) -> None:
         self.spec = spec
         self.runtime = spec.runtime
+        self.run_ctx = run_ctx
         self.steps: list[Step] = _build_steps(spec, reg)
         run_ctx.extras.setdefault("context", dict(spec.context))
+        if spec.schema is not None:
+            run_ctx.extras.setdefault("schema", spec.schema)
         for step in self.steps:
             step.run_context = run_ctx
         self.routing = any(step.can_route or step.static_next is not None for step in self.steps)
         sink_cls = reg.resolve("sink", spec.sink["type"])
         self.sink: Sink = sink_cls({k: v for k, v in spec.sink.items() if k != "type"})
         self.sink.run_context = run_ctx
-        self.dead = DeadLetterWriter(spec.dead_letter, run_ctx, run_dir, reg)
-        self.records_in = 0
-        self.records_out = 0
+        self.sink_retry = RetryPolicy.from_config(self.runtime.get("sink_retry"), "runtime.sink_retry")
+        self.dead = DeadLetterWriter(spec.dead_letter, run_ctx, run_dir, reg, self.sink_retry)
+        self.totals = BatchCounts()
+        #: the counts of the batch being committed (None between batches)
+        self.current: BatchCounts | None = None
         self.bytes_done = 0
+        self._sink_name = redact_text(self.sink.describe())
+
+    @property
+    def records_in(self) -> int:
+        return self.totals.records_in
+
+    @property
+    def records_out(self) -> int:
+        return self.totals.records_out
 
     def open(self) -> None:
         self.sink.open()
@@ -403,39 +548,53 @@ class _Pipeline:
         finally:
             self.dead.close()
 
-    def commit(self, batch: ReaderBatch) -> tuple[int, int, int]:
-        """Run one batch through steps and sink; returns (in, out, dead) for this batch."""
+    def commit(self, batch: ReaderBatch) -> BatchCounts:
+        """Run one batch through steps and sink, write its dead letters; return its counts."""
+        counts = self.current = BatchCounts(records_in=len(batch.records) + len(batch.dead_letters))
         letters = list(batch.dead_letters)
         records = batch.records
+        tracker = _OriginTracker(batch)
         if records:
 
             def on_error(record: Any, exc: BaseException, step: str) -> None:
                 letters.append(
-                    DeadLetter(record, redact_text(f"{type(exc).__name__}: {exc}"), "step", type(exc).__name__, step=step)
+                    DeadLetter(
+                        record, redact_text(f"{type(exc).__name__}: {exc}"), "step", type(exc).__name__,
+                        tracker.origin_of(record), step=step,
+                    )
                 )
 
             if self.routing:
-                records = self._route(records, on_error)
+                records = self._route(records, on_error, counts, letters)
             else:
                 for step in self.steps:
+                    n, failed_before = len(records), len(letters)
                     records = step.process_batch(records, on_error)
+                    failed = len(letters) - failed_before
+                    _count_step(counts, n, len(records), failed)
+                    tracker.step_done(records, letters[failed_before:])
                     if not records:
                         break
-        written = self._write(records, letters) if records else 0
+        if records:
+            self._write(records, letters, counts, tracker)
         self.dead.write(letters)
-        max_dead = self.runtime.get("max_dead_letters")
-        if max_dead is not None and self.dead.count > max_dead:
-            raise AdfError(
-                f"more than {max_dead} records dead-lettered (runtime.max_dead_letters); "
-                f"see {self.dead.destination}"
-            )
-        n_in = len(batch.records) + len(batch.dead_letters)
-        self.records_in += n_in
-        self.records_out += written
+        counts.dead_letters = len(letters)
+        counts.check(f"flow {self.spec.name!r}, reader {self.run_ctx.reader_id}")
+        self.current = None
+        self.totals.add(counts)
         self.bytes_done += batch.input_bytes
-        return n_in, written, len(letters)
+        return counts
 
-    def _route(self, records: list[Record], on_error: Any) -> list[Record]:
+    def fail_current(self) -> BatchCounts | None:
+        """The counts of the batch a failure cut short, the rest of it counted as in flight."""
+        counts, self.current = self.current, None
+        if counts is not None:
+            counts.dead_letters = 0  # its dead letters were not written
+            counts.settle_in_flight()
+            self.totals.add(counts)
+        return counts
+
+    def _route(self, records: list[Record], on_error: Any, counts: BatchCounts, letters: list[DeadLetter]) -> list[Record]:
         """The steps with routing: a step may send a record on to later steps by id (one,
         several — a copy each — or none: done, straight to the sink). Forward only, so a
         record visits each step at most once."""
@@ -448,7 +607,9 @@ class _Pipeline:
             if not batch:
                 continue
             static = step.static_next
+            failed_before = len(letters)
             out: list[Any] = step.process_batch(batch, on_error)
+            _count_step(counts, len(batch), len(out), len(letters) - failed_before)
             for got in out:
                 if isinstance(got, Routed):
                     item = got
@@ -468,48 +629,147 @@ class _Pipeline:
                         f"{', '.join(repr(b) for b in bad)} {'is' if len(bad) == 1 else 'are'} not a later step "
                         f"(later steps: {', '.join(step.forward_ids) or 'none'})"), step.name)
                     continue
-                for n, target in enumerate(dict.fromkeys(targets)):
+                unique = list(dict.fromkeys(targets))
+                counts.fanned_out += len(unique) - 1  # a copy for each further target
+                for n, target in enumerate(unique):
                     record = item.record if n == 0 else copy.deepcopy(item.record)
                     pending[index[target]].append(record)
         return pending[-1]
 
-    def _write(self, records: list[Record], letters: list[DeadLetter]) -> int:
+    # -- the sink ------------------------------------------------------------------
+
+    def _deliver(self, records: list[Record]) -> None:
+        """Write and flush ``records``, riding out an outage within the retry window."""
         sink = self.sink
-        retries = int(self.runtime.get("retries", 3))
-        delay = float(self.runtime.get("retry_backoff_s", 0.1))
-        error: BaseException | None = None
-        for attempt in range(retries + 1):
-            try:
-                sink.write_batch(records)
-                sink.flush()
-                return len(records)
-            except (ConfigError, SinkUnavailableError):
-                raise  # the sink is misconfigured or unreachable: no record can succeed
-            except Exception as exc:
-                error = exc
-                if isinstance(exc, RecordValidationError):
-                    break  # a record the sink will never take: retrying cannot help
-                if attempt < retries:
-                    log_event(
-                        _log, "sink write failed; retrying", logging.WARNING,
-                        attempt=attempt + 1, retries=retries, error=f"{type(exc).__name__}: {exc}",
-                    )
-                    time.sleep(delay * (2**attempt))
-        assert error is not None
-        if self.runtime.get("sink_error_policy") == "fail":
+
+        def attempt() -> Any:
+            got = sink.write_batch(records)
+            sink.flush()
+            return got
+
+        try:
+            got = retry_call(attempt, policy=self.sink_retry, retryable=is_unavailable, what=f"sink {self._sink_name}")
+        except RetriesExhausted as exc:
+            message = (
+                f"sink {self._sink_name} is unavailable: {unavailable_reason(exc.last) or exc.last} — still failing "
+                f"after {exc.attempts} attempt(s) over {exc.elapsed_s:.1f} s (runtime.sink_retry.window_s="
+                f"{self.sink_retry.window_s:g}). Nothing was dead-lettered and the checkpoint is kept: make the sink "
+                "reachable (is the server up, are the URL and credentials right?) and run the flow again to resume"
+            )
+            raise _unavailable(exc.last, message) from exc.last
+        if isinstance(got, int) and not isinstance(got, bool) and got != len(records):
+            from core.outcome import AccountingError
+
+            raise AccountingError(
+                f"sink {self._sink_name} reported {got:,} record(s) written of a batch of {len(records):,}: "
+                "the difference would be lost without a trace"
+            )
+
+    def _write(self, records: list[Record], letters: list[DeadLetter], counts: BatchCounts, tracker: _OriginTracker) -> None:
+        try:
+            self._deliver(records)
+            counts.records_out += len(records)
+            return
+        except Exception as exc:
+            error: Exception = exc
+        kind = _sink_error_kind(error)
+        if kind == "fatal" or self.runtime.get("sink_error_policy") == "fail":
             raise error
-        # Write the records one by one so only the ones the sink refuses are dead-lettered.
-        written = 0
-        for record in records:
-            try:
-                sink.write_batch([record])
-                sink.flush()
-                written += 1
-            except Exception as exc:
-                letters.append(
-                    DeadLetter(record, redact_text(f"{type(exc).__name__}: {exc}"), "sink", type(exc).__name__)
+        if kind == "unknown":
+            # A reason we cannot tell: a few retries of the whole batch before looking for bad records.
+            retries = int(self.runtime.get("retries", 3))
+            delay = float(self.runtime.get("retry_backoff_s", 0.1))
+            for attempt in range(retries):
+                log_event(
+                    _log, "sink write failed; retrying", logging.WARNING,
+                    attempt=attempt + 1, retries=retries, error=redact_text(f"{type(error).__name__}: {error}"),
                 )
-        return written
+                time.sleep(delay * (2**attempt))
+                try:
+                    self._deliver(records)
+                    counts.records_out += len(records)
+                    return
+                except Exception as exc:
+                    error = exc
+                kind = _sink_error_kind(error)
+                if kind == "fatal":
+                    raise error
+                if kind == "record":
+                    break
+        self._isolate(records, error, letters, counts, tracker)
+
+    def _isolate(
+        self, chunk: list[Record], error: BaseException, letters: list[DeadLetter], counts: BatchCounts,
+        tracker: _OriginTracker,
+    ) -> None:
+        """Halve ``chunk`` (which the sink refused with ``error``) until the refused records are alone."""
+        if len(chunk) == 1:
+            record = chunk[0]
+            letters.append(
+                DeadLetter(
+                    record, redact_text(f"{type(error).__name__}: {error}"), "sink", type(error).__name__,
+                    tracker.origin_of(record),
+                )
+            )
+            return
+        mid = len(chunk) // 2
+        for part in (chunk[:mid], chunk[mid:]):
+            try:
+                self._deliver(part)
+            except Exception as exc:
+                if _sink_error_kind(exc) == "fatal":
+                    raise
+                self._isolate(part, exc, letters, counts, tracker)
+                continue
+            counts.records_out += len(part)
+
+
+def _unavailable(last: BaseException, message: str) -> SinkUnavailableError:
+    """The error a run fails with when its sink stayed unreachable: the sink's own class when it
+    raised a :class:`SinkUnavailableError` subclass (``HttpSinkError``), so the summary keeps its type."""
+    if isinstance(last, SinkUnavailableError):
+        try:
+            return type(last)(message)
+        except Exception:
+            pass
+    return SinkUnavailableError(message)
+
+
+def _count_step(counts: BatchCounts, n_in: int, n_out: int, failed: int) -> None:
+    """A step took ``n_in`` records, passed on ``n_out`` and dead-lettered ``failed``: the rest it dropped
+    (filtered), or it added records (fan-out)."""
+    net = n_in - n_out - failed
+    if net > 0:
+        counts.filtered += net
+    elif net < 0:
+        counts.fanned_out -= net
+
+
+#: Error classes (by name, anywhere in the chain) that a sink raises about a record's content.
+_RECORD_ERROR_NAMES = frozenset(
+    {"IntegrityError", "DataError", "ValueError", "TypeError", "KeyError", "UnicodeError", "OverflowError"}
+)
+
+
+def _sink_error_kind(exc: BaseException) -> str:
+    """``fatal`` (the engine's own errors about the sink or the flow: an outage after its retry
+    window, a configuration, the accounting), ``record`` (about the records: a constraint, a
+    type, a field the table lacks) or ``unknown``."""
+    from core.errors import RecordValidationError
+
+    if isinstance(exc, RecordValidationError):
+        return "record"
+    if isinstance(exc, AdfError):
+        return "fatal"
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(klass.__name__ in _RECORD_ERROR_NAMES for klass in type(current).__mro__):
+            return "record"
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+    return "unknown"
 
 
 def _build_steps(spec: FlowSpec, reg: Registry) -> list[Step]:
@@ -660,6 +920,7 @@ class _Run:
         run_id: str | None,
         store: Any,
         persist: bool = True,
+        on_spec_change: str = "refuse",
     ) -> None:
         self.spec = spec
         self.persist = persist
@@ -693,6 +954,10 @@ class _Run:
         self.restarts = 0
         self.stopping = False
         self.ended_by_input = False
+        self.counts = BatchCounts()
+        self.reasons = ReasonTally()
+        self.max_dead = self.runtime.get("max_dead_letters")
+        self.on_spec_change = on_spec_change
 
     # -- set-up ------------------------------------------------------------------
 
@@ -733,14 +998,22 @@ class _Run:
     def prepare(self) -> None:
         self.lock()
         prior = self.checkpoints.read("run.json") if self.use_checkpoints else None
-        # the fingerprint (a hash of the source's configuration, records included) only when
-        # there is a checkpoint to compare it with
-        self.resumed = bool(prior and self.resume and prior.get("fingerprint") == self.spec.fingerprint())
+        self.resumed = False
+        if prior and self.resume:
+            changed = self._changed_sections(prior)
+            if not changed:
+                self.resumed = True
+            elif self.on_spec_change == "refuse" or (self.on_spec_change == "resume" and "source" in changed):
+                raise SpecChangedError(self.spec.name, prior.get("run_id"), changed, self.checkpoints.dir)
+            elif self.on_spec_change == "resume":
+                self.resumed = True
+                log_event(_log, "resuming although the flow changed", logging.WARNING,
+                          changed=changed, run_id=prior.get("run_id"))
         if prior and not self.resumed:
-            reason = "resume disabled" if not self.resume else "the flow's source changed"
+            reason = "resume disabled" if not self.resume else "the flow changed"
             log_event(_log, "discarding an unfinished checkpoint", logging.WARNING, reason=reason, run_id=prior.get("run_id"))
             self.checkpoints.clear()
-        self.run_id = prior["run_id"] if self.resumed and prior else (self.requested_run_id or _new_run_id())
+        self.run_id = prior["run_id"] if self.resumed and prior else self._unique_run_id(self.requested_run_id)
         self.run_dir = os.path.join(self.flow_dir, "runs", self.run_id)
         if self.persist:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -756,6 +1029,25 @@ class _Run:
         self.source = self._source()
         self.unbounded = self.source.boundedness.value == "unbounded"
 
+    def _changed_sections(self, prior: Mapping[str, Any]) -> list[str]:
+        """The parts of the flow that differ from the checkpoint's (source, steps, schema, sink)."""
+        sections = prior.get("sections")
+        if not isinstance(sections, Mapping):  # a checkpoint from before sections were recorded
+            return [] if prior.get("fingerprint") == self.spec.legacy_fingerprint() else ["source"]
+        now = self.spec.fingerprint_sections()
+        return [key for key, value in now.items() if sections.get(key) != value]
+
+    def _unique_run_id(self, requested: str | None) -> str:
+        """``requested`` (or a new id) — never one whose run directory exists: run ids are unique
+        in a state directory, so a run never appends to another run's dead letters or summary."""
+        run_id = requested or _new_run_id()
+        if not self.persist:
+            return run_id
+        runs = os.path.join(self.flow_dir, "runs")
+        while os.path.exists(os.path.join(runs, run_id)):
+            run_id = f"{requested or _new_run_id()}-{new_id(6)}"
+        return run_id
+
     def restore_enumerator(self, ctx: SplitEnumeratorContext) -> SplitEnumerator:
         """A started enumerator: fresh, or from the checkpoint with unfinished splits handed back."""
         if not self.resumed:
@@ -764,7 +1056,10 @@ class _Run:
             if self.use_checkpoints:
                 self.checkpoints.write(
                     "run.json",
-                    {"run_id": self.run_id, "fingerprint": self.spec.fingerprint(), "started_at": self.started_at},
+                    {
+                        "run_id": self.run_id, "fingerprint": self.spec.fingerprint(),
+                        "sections": self.spec.fingerprint_sections(), "started_at": self.started_at,
+                    },
                 )
             return enumerator
         saved = self.checkpoints.read("enumerator.json") or {}
@@ -835,18 +1130,36 @@ class _Run:
         cls = self.reg.resolve("sink", self.spec.sink["type"])
         sink: Sink = pipeline_sink or cls({k: v for k, v in self.spec.sink.items() if k != "type"})
         sink.run_context = self.run_ctx
-        sink.setup()
-        DeadLetterWriter(self.spec.dead_letter, self.run_ctx, self.run_dir if self.persist else None, self.reg).setup()
+        policy = RetryPolicy.from_config(self.runtime.get("sink_retry"), "runtime.sink_retry")
+        dead = DeadLetterWriter(self.spec.dead_letter, self.run_ctx, self.run_dir if self.persist else None, self.reg)
+        for what, setup in ((f"sink {redact_text(sink.describe())}", sink.setup), (f"dead-letter {dead.destination}", dead.setup)):
+            try:
+                retry_call(setup, policy=policy, retryable=is_unavailable, what=what)
+            except RetriesExhausted as exc:
+                raise SinkUnavailableError(
+                    f"{exc}; nothing was read yet: make it reachable and run the flow again"
+                ) from exc.last
 
-    def report(self, d_in: int, d_out: int, d_dead: int, d_bytes: int, finished: int) -> None:
-        p = self.progress
-        p.records_in += d_in
-        p.records_out += d_out
-        p.dead_letters += d_dead
+    def report(self, counts: BatchCounts | Mapping[str, int] | None, d_bytes: int, finished: int,
+               reasons: Mapping[str, int] | None = None) -> None:
+        """Add a committed batch (or a reader's in-flight remainder) to the run's counts."""
+        if counts is not None:
+            self.counts.add(counts)
+        if reasons:
+            self.reasons.merge(reasons)
+        c, p = self.counts, self.progress
+        p.records_in, p.records_out, p.dead_letters = c.records_in, c.records_out, c.dead_letters
+        p.filtered, p.fanned_out = c.filtered, c.fanned_out
         p.bytes_done += d_bytes
         p.splits_done += finished
         if self.on_progress is not None:
             self.on_progress(p)
+        if self.max_dead is not None and c.dead_letters > self.max_dead:
+            raise AdfError(
+                f"{c.dead_letters:,} records were dead-lettered, more than runtime.max_dead_letters="
+                f"{self.max_dead:,}; see {self.dead_letter_destination}. The checkpoint is kept: fix the cause and "
+                "run the flow again to resume"
+            )
 
     # -- inline (parallelism 1) ----------------------------------------------------
 
@@ -854,7 +1167,7 @@ class _Run:
         ctx = InlineContexts(self.record_assignment)
         enumerator = self.enumerator = self.restore_enumerator(ctx)
         ctx.enumerator = enumerator
-        pipeline = _Pipeline(self.spec, self.run_ctx, self.run_dir if self.persist else None, self.reg)
+        pipeline = self.pipeline = _Pipeline(self.spec, self.run_ctx, self.run_dir if self.persist else None, self.reg)
         self.dead_kept = pipeline.dead.kept
         self.setup_sinks(pipeline.sink)
         self.dead_letter_destination = pipeline.dead.destination
@@ -869,12 +1182,12 @@ class _Run:
             while True:
                 batch = reader.poll_batch(self.batch_size)
                 if batch.records or batch.dead_letters or batch.finished_splits:
-                    d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
+                    counts = pipeline.commit(batch) if (batch.records or batch.dead_letters) else None
                     if self.use_checkpoints:
                         self.checkpoints.save_reader(0, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
                     reader.notify_checkpoint_complete()
                     self._forget(0, batch.finished_splits)
-                    self.report(d_in, d_out, d_dead, batch.input_bytes, len(batch.finished_splits))
+                    self.report(counts, batch.input_bytes, len(batch.finished_splits), pipeline.dead.take_reasons())
                 if batch.status is ReaderStatus.END_OF_INPUT:
                     self.ended_by_input = True
                     break
@@ -1048,13 +1361,18 @@ class _Run:
                 self.waiting.add(reader_id)
                 self._request(reader_id)
         elif kind == "progress":
-            _, _, d_in, d_out, d_dead, d_bytes, finished = msg
+            _, _, counts, d_bytes, finished, reasons = msg
             self._forget(reader_id, finished)
-            self.report(d_in, d_out, d_dead, d_bytes, len(finished))
+            self.report(counts, d_bytes, len(finished), reasons)
         elif kind == "done":
             self.done.add(reader_id)
         elif kind == "error":
-            raise _ReaderFailed(msg[2], msg[3], msg[4])
+            _, _, message, error_type, backtrace, in_flight, reasons = msg
+            if in_flight:
+                self.counts.add(in_flight)
+            if reasons:
+                self.reasons.merge(reasons)
+            raise _ReaderFailed(message, error_type, backtrace)
 
     def _check_readers(self) -> None:
         for reader_id, proc in list(self.processes.items()):
@@ -1092,13 +1410,33 @@ class _Run:
     # -- finish --------------------------------------------------------------------
 
     def finish(self, status: str, error: BaseException | None, t0: float) -> RunSummary:
+        pipeline: _Pipeline | None = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            in_flight = pipeline.fail_current()  # the batch an error cut short (inline runs)
+            if in_flight is not None:
+                self.counts.add(in_flight)
+            self.reasons.merge(pipeline.dead.take_reasons())
+        counts = self.counts
+        if error is None and status == "success":
+            try:
+                counts.check(f"flow {self.spec.name!r}")
+                status, verdict_error = verdict(
+                    counts, self.runtime.get("max_dead_letter_ratio"), self.reasons.top()
+                )
+                error = verdict_error
+            except AdfError as exc:
+                status, error = "failed", exc
         summary = RunSummary(
             flow=self.spec.name,
             run_id=getattr(self, "run_id", self.requested_run_id or ""),
             status=status,
-            records_in=self.progress.records_in,
-            records_out=self.progress.records_out,
-            dead_letters=self.progress.dead_letters,
+            records_in=counts.records_in,
+            records_out=counts.records_out,
+            dead_letters=counts.dead_letters,
+            filtered=counts.filtered,
+            fanned_out=counts.fanned_out,
+            in_flight=counts.in_flight,
+            dead_letter_reasons=self.reasons.top(),
             duration_s=round(time.monotonic() - t0, 3),
             started_at=getattr(self, "started_at", _now_iso()),
             ended_at=_now_iso(),
@@ -1136,6 +1474,26 @@ class _Run:
 
 class _ReaderFailed(AdfError):
     """A reader process reported an error: (message, error type, backtrace)."""
+
+
+class SpecChangedError(SpecError):
+    """An unfinished checkpoint belongs to another version of the flow: resuming it would send
+    part of the data one way and the rest another (another sink, other steps)."""
+
+    def __init__(self, flow: str, run_id: str | None, changed: list[str], checkpoint_dir: str) -> None:
+        self.flow = flow
+        self.run_id = run_id
+        self.changed = list(changed)
+        self.checkpoint_dir = checkpoint_dir
+        what = ", ".join(changed)
+        problems = [
+            f"flow {flow!r} has an unfinished run{f' ({run_id})' if run_id else ''} whose checkpoint was made with "
+            f"another {what}; resuming it now would write the rest of its data differently from the part "
+            f"already written. Either run it with the spec it was started with to finish it, or start over "
+            f"with --fresh (discards the checkpoint in {checkpoint_dir})"
+            + ("" if "source" in changed else "; --resume-anyway resumes with the new spec")
+        ]
+        super().__init__(problems, where=f"flow {flow!r}")
 
 
 def _pending_splits(enumerator: SplitEnumerator) -> list[Split]:
@@ -1221,10 +1579,13 @@ def _reader_main(
                 return  # the coordinator died: stop; the next run resumes from the checkpoints
             batch = reader.poll_batch(batch_size)
             if batch.records or batch.dead_letters or batch.finished_splits:
-                d_in, d_out, d_dead = pipeline.commit(batch) if (batch.records or batch.dead_letters) else (0, 0, 0)
+                counts = pipeline.commit(batch) if (batch.records or batch.dead_letters) else None
                 checkpoints.save_reader(reader_id, [s.to_dict() for s in reader.snapshot_state()], batch.finished_splits)
                 reader.notify_checkpoint_complete()
-                outbox.send(("progress", reader_id, d_in, d_out, d_dead, batch.input_bytes, batch.finished_splits))
+                outbox.send((
+                    "progress", reader_id, counts.to_dict() if counts is not None else None, batch.input_bytes,
+                    batch.finished_splits, pipeline.dead.take_reasons(),
+                ))
             if batch.status is ReaderStatus.END_OF_INPUT or stop:
                 break
             if batch.status is ReaderStatus.NOTHING_AVAILABLE:
@@ -1237,6 +1598,7 @@ def _reader_main(
         pipeline.close()
         outbox.send(("done", reader_id))
     except BaseException as exc:
+        in_flight = pipeline.fail_current() if pipeline is not None else None
         outbox.send(
             (
                 "error",
@@ -1244,6 +1606,8 @@ def _reader_main(
                 redact_text(f"reader {reader_id}: {type(exc).__name__}: {exc}"),
                 type(exc).__name__,
                 redact_text("".join(traceback.format_exception(exc))),
+                in_flight.to_dict() if in_flight is not None else None,
+                pipeline.dead.take_reasons() if pipeline is not None else None,
             )
         )
         if pipeline is not None:
@@ -1277,6 +1641,7 @@ def run_flow(
     store: Any = None,
     reg: Registry | None = None,
     persist: bool = True,
+    on_spec_change: str = "refuse",
 ) -> RunSummary:
     """Run a flow to the end (or until stopped) and return its summary.
 
@@ -1287,7 +1652,15 @@ def run_flow(
     without a writable filesystem such as a Spin component. Never raises for a failing flow:
     the summary has ``status="failed"`` with the error and its backtrace, and the
     checkpoint is kept so the next run resumes. An invalid spec raises ``SpecError``.
+
+    A checkpoint resumes only the same flow (source, steps, schema and sink). When the flow
+    changed since its checkpoint was made, ``on_spec_change`` decides: ``"refuse"`` raises
+    :class:`SpecChangedError` naming what changed; ``"fresh"`` discards the checkpoint and
+    starts over (a request-driven run, whose records are its source); ``"resume"`` resumes
+    anyway unless the source changed.
     """
+    if on_spec_change not in ("refuse", "fresh", "resume"):
+        raise ValueError(f"on_spec_change must be 'refuse', 'fresh' or 'resume', not {on_spec_change!r}")
     from core.flow import as_spec
 
     spec = as_spec(flow, reg=reg)
@@ -1295,14 +1668,18 @@ def run_flow(
     t0 = time.monotonic()
     run = _Run(
         spec, state_root=state_dir, reg=reg, resume=resume, on_progress=on_progress, run_id=run_id, store=store,
-        persist=persist,
+        persist=persist, on_spec_change=on_spec_change,
     )
     status: str = "success"
     error: BaseException | None = None
     old_handler = None
     token = None
     try:
-        run.prepare()
+        try:
+            run.prepare()
+        except SpecChangedError:
+            run.unlock()
+            raise
         token = run_id_var.set(run.run_id)
         log_event(_log, "run started", flow=spec.name, parallelism=run.parallelism, resumed=run.resumed)
         if run.unbounded:

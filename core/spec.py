@@ -43,6 +43,20 @@ def _not_negative(v: Any) -> str | None:
     return None if v >= 0 else "must not be negative"
 
 
+def _ratio(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+def _retry_policy(v: Any) -> str | None:
+    from core.retry import RetryPolicy
+
+    try:
+        RetryPolicy.from_config(v, "sink_retry")
+    except ConfigError as exc:
+        return "; ".join(exc.problems)
+    return None
+
+
 RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("type", str, default="local", help="runtime that runs the flow"),
     Attribute("batch_size", int, default=500, check=_positive, help="records per batch (and per checkpoint)"),
@@ -50,10 +64,18 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("interval_seconds", int, check=_positive, help="how often a scheduler runs the flow"),
     Attribute("checkpoint", bool, default=True, help="checkpoint after every batch and resume after a crash"),
     Attribute("checkpoint_fsync", bool, default=False, help="fsync checkpoints (survive power loss, slower)"),
-    Attribute("retries", int, default=3, check=_not_negative, help="sink write retries before dead-lettering"),
-    Attribute("retry_backoff_s", float, default=0.1, check=_not_negative, help="first retry delay, doubled each time"),
-    Attribute("sink_error_policy", str, default="dead_letter", choices=("dead_letter", "fail")),
+    Attribute("retries", int, default=3, check=_not_negative,
+              help="retries of a batch the sink failed for an unknown reason, before its records are tried alone"),
+    Attribute("retry_backoff_s", float, default=0.1, check=_not_negative, help="first such retry delay, doubled each time"),
+    Attribute("sink_retry", dict, default={}, check=_retry_policy,
+              help="how long an unreachable sink is retried before the run fails: "
+                   "{window_s: 60, first_delay_s: 0.5, max_delay_s: 10}"),
+    Attribute("sink_error_policy", str, default="dead_letter", choices=("dead_letter", "fail"),
+              help="what a record the sink refuses for its content does: go to the dead letters, or fail the run"),
     Attribute("max_dead_letters", int, check=_not_negative, help="fail the run when more records are dead-lettered"),
+    Attribute("max_dead_letter_ratio", float, check=_ratio,
+              help="fail a run whose dead letters are more than this share of the records read, e.g. 0.05 "
+                   "(default: no limit; a run that rejects every record fails regardless)"),
     Attribute("max_reader_restarts", int, default=3, check=_not_negative, help="restarts of a crashed reader"),
     Attribute("idle_sleep_s", float, default=0.2, check=_positive, help="unbounded sources: wait when idle"),
     Attribute("discovery_interval_s", float, default=5.0, check=_positive, help="unbounded: look for new splits"),
@@ -91,7 +113,31 @@ class FlowSpec:
     flow_class: Any = None
 
     def fingerprint(self) -> str:
-        """Identifies the input side of the flow: a checkpoint only resumes the same source."""
+        """Identifies the flow a checkpoint belongs to: one hash of every section in
+        :meth:`fingerprint_sections` (a checkpoint resumes only the same flow)."""
+        data = json.dumps(self.fingerprint_sections(), sort_keys=True)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    def fingerprint_sections(self) -> dict[str, str]:
+        """A short hash per part of the flow that decides what a run writes: ``source`` (with
+        the flow's name), ``steps`` (with the flow class, ``config`` and ``context``), ``schema``
+        and ``sink``. Runtime settings (parallelism, batch size…) are not part of it."""
+        flow_class = None
+        if self.flow_class is not None:
+            flow_class = f"{getattr(self.flow_class, '__module__', '')}:{getattr(self.flow_class, '__qualname__', '')}"
+        parts = {
+            "source": {"name": self.name, "source": self.source},
+            "steps": {"steps": self.steps, "flow_class": flow_class, "config": self.config, "context": self.context},
+            "schema": self.schema,
+            "sink": self.sink,
+        }
+        return {
+            key: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for key, value in parts.items()
+        }
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint of checkpoints written before sections were recorded (name and source only)."""
         data = json.dumps({"name": self.name, "source": self.source}, sort_keys=True, default=str)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 

@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:  # under `flink run -py`, the project is beside th
 from core.connectors.base import RunContext  # noqa: E402
 from core.errors import AdfError  # noqa: E402
 from core.loader import load_flow  # noqa: E402
+from core.outcome import BatchCounts, ReasonTally, verdict  # noqa: E402
 from core.registry import registry  # noqa: E402
 from core.spec import parse_spec  # noqa: E402
 from core.splits import (  # noqa: E402
@@ -190,7 +191,7 @@ def _functions() -> dict[str, Any]:
             self.step.run_context.extras["context"] = dict(self.flow.context)
             self.step.open()
             self.files = _Files(self.run_dir, f"step{self.index}", ctx.get_index_of_this_subtask())
-            self.counts = {"dead_letters": 0}
+            self.counts = {"dead_letters": 0, "filtered": 0, "fanned_out": 0}
 
         def _error(self, record: Any, exc: BaseException, step: str) -> None:
             from core.redact import redact_text
@@ -201,7 +202,12 @@ def _functions() -> dict[str, Any]:
             self.counts["dead_letters"] += 1
 
         def flat_map(self, value: str) -> Iterator[str]:
-            out = self.step.process_batch(json.loads(value), self._error)
+            records = json.loads(value)
+            failed_before = self.counts["dead_letters"]
+            out = self.step.process_batch(records, self._error)
+            # what the step dropped (filtered) or added (fan-out), as the local runner counts it
+            net = len(records) - len(out) - (self.counts["dead_letters"] - failed_before)
+            self.counts["filtered" if net > 0 else "fanned_out"] += abs(net)
             if out:  # routing decisions are not followed under Flink: the record goes on
                 yield json.dumps([getattr(r, "record", r) if type(r) is not dict else r for r in out], default=str)
 
@@ -233,8 +239,8 @@ def _functions() -> dict[str, Any]:
             from core.splits import ReaderBatch
 
             if self.buffer:
-                _, _, dead = self.pipeline.commit(ReaderBatch(records=self.buffer, status=ReaderStatus.MORE_AVAILABLE))
-                self.dead += dead
+                counts = self.pipeline.commit(ReaderBatch(records=self.buffer, status=ReaderStatus.MORE_AVAILABLE))
+                self.dead += counts.dead_letters
                 self.buffer = []
 
         def map(self, value: str) -> int:
@@ -289,7 +295,7 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
 
 
 def _merge(run_dir: str) -> tuple[dict[str, int], str | None, list[dict[str, Any]]]:
-    totals = {"records_in": 0, "records_out": 0, "dead_letters": 0, "splits": 0}
+    totals = {"records_in": 0, "records_out": 0, "dead_letters": 0, "splits": 0, "filtered": 0, "fanned_out": 0}
     for path in glob.glob(os.path.join(run_dir, "counts-*.json")):
         with open(path, encoding="utf-8") as f:
             for k, v in json.load(f).items():
@@ -340,10 +346,28 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     except Exception as exc:  # the job failed: report it like the local runner does
         status, error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     totals, destination, letters = _merge(run_dir)
+    counts = BatchCounts(
+        records_in=totals["records_in"], records_out=totals["records_out"], filtered=totals["filtered"],
+        fanned_out=totals["fanned_out"], dead_letters=len(letters),
+    )
+    tally = ReasonTally()
+    for letter in letters:
+        tally.add(str(letter.get("reason", "")))
+    if status == "success":
+        try:  # the same accounting and verdict as every other target
+            counts.check(f"flow {flow.name!r} on Flink")
+            status, problem = verdict(counts, flow.runtime.get("max_dead_letter_ratio"), tally.top())
+            error = str(problem) if problem is not None else None
+        except AdfError as exc:
+            status, error = "failed", str(exc)
+    else:
+        counts.settle_in_flight()
     summary = {
         "flow": flow.name, "run_id": run_id, "status": status, "runtime": "flink", "parallelism": p,
-        "records_in": totals["records_in"], "records_out": totals["records_out"],
-        "dead_letters": len(letters), "splits": len(splits), "duration_s": round(time.time() - started, 3),
+        "records_in": counts.records_in, "records_out": counts.records_out, "filtered": counts.filtered,
+        "fanned_out": counts.fanned_out, "in_flight": counts.in_flight,
+        "dead_letters": len(letters), "dead_letter_reasons": tally.top(), "splits": len(splits),
+        "duration_s": round(time.time() - started, 3),
         "dead_letter_destination": destination, "error": error, "run_dir": run_dir,
     }
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
@@ -365,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{summary['flow']}: {summary['status']} on Flink (parallelism {summary['parallelism']}): "
               f"{summary['records_in']} in, {summary['records_out']} out, {summary['dead_letters']} dead letters "
               f"in {summary['duration_s']} s" + (f" — {summary['error']}" if summary["error"] else ""))
-    return 0 if summary["status"] == "success" else 1
+    return 0 if summary["status"] in ("success", "partial") else 1
 
 
 if __name__ == "__main__":

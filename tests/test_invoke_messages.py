@@ -97,7 +97,7 @@ def test_a_message_runs_the_routed_flow_and_publishes_the_result() -> None:
     host, publisher = make_host()
     body = json.dumps({"records": [{"n": 2}, "bad"], "config": {"runtime.batch_size": 1}}).encode()
     result = handle_message(host, "redis", "jobs", body, routes={"jobs": "echo"})
-    assert result["status"] == "success" and result["flow"] == "echo"
+    assert result["status"] == "partial" and result["flow"] == "echo"
     assert result["records"] == [{"n": 2, "doubled": 4}]
     assert result["dead_letters"] == 1 and result["dead_letter_sample"][0]["record"] == "bad"
     assert (result["published"], result["reply_to"], result["trigger"]) == (True, "jobs:results", "redis")

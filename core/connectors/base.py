@@ -117,8 +117,14 @@ class Sink(Configurable, abc.ABC):
     :meth:`flush` after every batch — when flush returns, what was written must survive
     a crash of this process, because the engine checkpoints right after — and :meth:`close`.
 
-    Errors raised by ``write_batch`` / ``flush`` are retried by the engine with backoff; a
-    record that still fails goes to the dead-letter destination with the reason.
+    What the engine does with errors raised by ``write_batch`` / ``flush``: an outage (the
+    destination cannot be reached or is not ready: see :func:`core.retry.unavailable_reason`)
+    is retried within ``runtime.sink_retry``, then the run fails with its checkpoint; an
+    error about the records (:class:`~core.errors.RecordValidationError`, a constraint or
+    type error of the driver) makes the engine find the refused records by writing halves of
+    the batch, and dead-letters only those; a :class:`~core.errors.ConfigError` fails the run.
+    ``write_batch`` may return how many records it wrote: a number other than the batch's
+    size fails the run (records would otherwise vanish without a trace).
     """
 
     run_context: RunContext = RunContext()
@@ -140,12 +146,13 @@ class Sink(Configurable, abc.ABC):
         """Write one record (by default a batch of one)."""
         self.write_batch([record])
 
-    def write_batch(self, records: Sequence[Record]) -> None:
+    def write_batch(self, records: Sequence[Record]) -> int | None:
         """Write a batch (by default one :meth:`write` per record: override one of the two)."""
         if type(self).write is Sink.write:
             raise TypeError(f"{type(self).__name__} must implement write() or write_batch()")
         for record in records:
             self.write(record)
+        return None
 
     def flush(self) -> None:
         """Make everything written so far durable."""

@@ -13,9 +13,13 @@ without a driver mean psycopg 3. URLs are secrets: they never appear in messages
     ``{type: sql, url: …, table: orders, mode: upsert, key: id}``. Each
     :meth:`SqlSink.write_batch` is one transaction. With ``create_table`` (default) a
     missing table is created on the first batch (``CREATE TABLE IF NOT EXISTS``, so
-    concurrent reader processes are safe) with column types inferred from that batch:
-    int → BIGINT, float → DOUBLE PRECISION, bool → BOOLEAN, dict/list → JSONB on
-    PostgreSQL and JSON text elsewhere, anything else TEXT; ``key`` becomes the primary key.
+    concurrent reader processes are safe). A field the flow's ``schema`` declares gets the
+    column type of its schema type: integer → BIGINT, number → DOUBLE PRECISION, decimal →
+    NUMERIC, boolean → BOOLEAN, date → DATE, datetime → TIMESTAMP WITH TIME ZONE on
+    PostgreSQL (DATETIME on SQLite, stored in UTC), string → TEXT, json → JSONB on
+    PostgreSQL and JSON text elsewhere. Other fields get a type inferred from that batch:
+    int → BIGINT, float → DOUBLE PRECISION, bool → BOOLEAN, dict/list → JSONB on PostgreSQL
+    and JSON text elsewhere, anything else TEXT. ``key`` becomes the primary key.
     ``mode: upsert`` is ``INSERT … ON CONFLICT (key) DO UPDATE`` on PostgreSQL and SQLite
     (delete-then-insert in the same transaction on other databases, or when the table has
     no unique constraint on the key), and makes the sink idempotent.
@@ -263,6 +267,40 @@ def _infer_type(sa: Any, values: Iterable[Any], dialect: str, is_key: bool) -> A
     return sa.Text()
 
 
+def _schema_types(spec: Any) -> dict[str, str]:
+    """``{field: schema type}`` of the flow's ``schema`` (empty without one)."""
+    if spec is None:
+        return {}
+    from core.records import Schema
+
+    return {f.name: f.type for f in Schema.from_spec(spec).fields}
+
+
+def _declared_type(sa: Any, type_name: str, dialect: str, is_key: bool) -> Any:
+    """The column type for a field the flow's schema declares as ``type_name``."""
+    if type_name == "integer":
+        return sa.BigInteger()
+    if type_name == "number":
+        return sa.Double()
+    if type_name == "decimal":
+        return sa.Numeric()
+    if type_name == "boolean":
+        return sa.Boolean()
+    if type_name == "date":
+        return sa.Date()
+    if type_name == "datetime":
+        return sa.DateTime(timezone=True)
+    if type_name == "json" and not is_key:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return JSONB(none_as_null=True)
+        return sa.Text()
+    if is_key and dialect not in ("postgresql", "sqlite"):
+        return sa.String(255)
+    return sa.Text()
+
+
 def _text_value(value: Any) -> Any:
     if isinstance(value, dict | list):
         return _json_text(value)
@@ -292,6 +330,25 @@ def _temporal_value(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
 
 
 def _keep(value: Any) -> Any:
+    return value
+
+
+def _utc_naive(text: str) -> datetime.datetime:
+    value = datetime.datetime.fromisoformat(text)
+    if value.tzinfo is not None:
+        value = value.astimezone(datetime.UTC).replace(tzinfo=None)
+    return value
+
+
+def _decimal_value(value: Any) -> Any:
+    """Exact digits stay exact: a decimal string becomes a ``Decimal`` (not a float) for NUMERIC."""
+    if isinstance(value, str):
+        try:
+            return decimal.Decimal(value.strip())
+        except decimal.InvalidOperation:
+            return value  # the database reports the bad value
+    if isinstance(value, float):
+        return decimal.Decimal(repr(value))
     return value
 
 
@@ -442,13 +499,17 @@ class SqlSink(Sink):
         assert self._engine is not None
         dialect = self._engine.dialect.name
         names = list(self.columns or dict.fromkeys(k for r in records for k in r))
+        declared = _schema_types(self.run_context.extras.get("schema"))
+        if not self.columns:  # declared fields no record of this batch has yet are columns too
+            names.extend(n for n in declared if n not in names)
         for k in self.key:
             if k not in names:
                 names.insert(0, k)
         columns = [
             sa.Column(
                 n,
-                _infer_type(sa, (r.get(n) for r in records), dialect, n in self.key),
+                _declared_type(sa, declared[n], dialect, n in self.key) if n in declared
+                else _infer_type(sa, (r.get(n) for r in records), dialect, n in self.key),
                 primary_key=n in self.key,
                 nullable=n not in self.key,
             )
@@ -479,7 +540,12 @@ class SqlSink(Sink):
             elif isinstance(ctype, sa.String):
                 converters[column.name] = _text_value
             elif isinstance(ctype, sa.DateTime):
-                converters[column.name] = _temporal_value(datetime.datetime.fromisoformat)
+                parse = datetime.datetime.fromisoformat
+                if self._engine is not None and self._engine.dialect.name == "sqlite":
+                    parse = _utc_naive  # SQLite's DATETIME keeps no offset: store UTC
+                converters[column.name] = _temporal_value(parse)
+            elif isinstance(ctype, sa.Numeric) and not isinstance(ctype, sa.Float):
+                converters[column.name] = _decimal_value
             elif isinstance(ctype, sa.Date):
                 converters[column.name] = _temporal_value(datetime.date.fromisoformat)
             elif isinstance(ctype, sa.Time):
