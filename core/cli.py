@@ -265,6 +265,81 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- dead letters
+
+
+def _state_root(args: argparse.Namespace) -> str:
+    from core.engine import default_state_root
+
+    return os.path.abspath(args.state_dir) if args.state_dir else default_state_root()
+
+
+def _cmd_dead_letters_list(args: argparse.Namespace) -> int:
+    from core.dead_letters import find_run, list_runs, read_letters
+
+    root = _state_root(args)
+    if not args.run:
+        runs = list_runs(root, args.flow)
+        if args.json:
+            _print_json(runs)
+        elif not runs:
+            print(f"no run has dead letters in {root}")
+        for r in runs if not args.json else []:
+            print(f"{r['run_id']:<32} {r['flow']:<24} {r['status']!s:<8} {r['dead_letters']:>8,} dead letter(s)")
+        return 0
+    letters = read_letters(find_run(args.run, root))
+    if args.json:
+        _print_json([{k: v for k, v in d.items() if k != "record"} for d in letters])
+        return 0
+    for d in letters:
+        origin = ", ".join(f"{k}={v}" for k, v in (d.get("origin") or {}).items() if not isinstance(v, dict))
+        where = f"{d.get('stage')}{':' + str(d['step']) if d.get('step') else ''}"
+        print(f"#{d['number']:<6} {where:<28} {origin:<40} {d.get('reason')}")
+    return 0
+
+
+def _cmd_dead_letters_show(args: argparse.Namespace) -> int:
+    from core.dead_letters import find_run, read_letters
+
+    letters = read_letters(find_run(args.run, _state_root(args)))
+    wanted = set(args.number or [])
+    for d in letters:
+        if not wanted or d["number"] in wanted:
+            _print_json(d)
+    return 0
+
+
+def _cmd_dead_letters_replay(args: argparse.Namespace) -> int:
+    from core.dead_letters import find_run, replay
+    from core.loader import load_flow
+
+    run = find_run(args.run, _state_root(args))
+    ref = args.spec or run.flow_info().get("origin") or ""
+    if ref.startswith("class "):
+        ref = ref[len("class "):]
+    if not ref or ref in ("payload spec",):
+        raise AdfError(
+            f"the spec of flow {run.flow!r} is not known for run {run.run_id}: give it, "
+            f"`adf dead-letters replay {args.run} SPEC`"
+        )
+    loaded = load_flow(ref, payload=parse_set_args(args.set or []) or None, payload_origin="--set")
+    try:
+        outcome = replay(run, loaded.spec, store=loaded.store)
+    finally:
+        if loaded.store is not None:
+            loaded.store.close()
+    if args.json:
+        _print_json({"flow": run.flow, "run_id": run.run_id, **outcome})
+    else:
+        print(
+            f"replayed {outcome['replayed']:,} dead letter(s) of run {run.run_id} through flow {run.flow}: "
+            f"written {outcome['written']:,}, filtered {outcome['filtered']:,}, failed again {outcome['dead_letters']:,}"
+            + (f", not replayable (malformed input) {outcome['kept']:,}" if outcome["kept"] else "")
+            + f"; {outcome['remaining']:,} remain"
+        )
+    return 0 if outcome["remaining"] == 0 else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -304,6 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
     exp = cfg_sub.add_parser("explain", help="show every resolved value and the layer it came from")
     _add_spec_args(exp)
     exp.set_defaults(func=_cmd_config_explain)
+
+    dl = sub.add_parser("dead-letters", help="list, show and replay the dead letters of runs")
+    dl_sub = dl.add_subparsers(dest="dead_letters_command", required=True)
+    dl_list = dl_sub.add_parser("list", help="the runs with dead letters, or the dead letters of one run")
+    dl_list.add_argument("run", nargs="?", help="a run id (or FLOW/RUN_ID)")
+    dl_list.add_argument("--flow", help="only this flow's runs")
+    dl_list.set_defaults(func=_cmd_dead_letters_list)
+    dl_show = dl_sub.add_parser("show", help="a run's dead letters in full (records, origins, reasons) as JSON lines")
+    dl_show.add_argument("run", help="a run id (or FLOW/RUN_ID)")
+    dl_show.add_argument("number", nargs="*", type=int, help="only these dead letters (numbers from `list`)")
+    dl_show.set_defaults(func=_cmd_dead_letters_show)
+    dl_replay = dl_sub.add_parser(
+        "replay", help="send a run's dead letters through the flow as it is now; exit 1 when some remain"
+    )
+    dl_replay.add_argument("run", help="a run id (or FLOW/RUN_ID)")
+    dl_replay.add_argument("spec", nargs="?", help="the flow's spec (default: the one the run was started with)")
+    dl_replay.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a value of the spec")
+    dl_replay.set_defaults(func=_cmd_dead_letters_replay)
+    for p in (dl_list, dl_show, dl_replay):
+        p.add_argument("--state-dir", help="the state directory (default $ADF_STATE_DIR or ./.adf)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_plugin_commands(sub)
     return parser

@@ -32,6 +32,7 @@ import os
 import queue
 import shutil
 import signal
+import sys
 import time
 import traceback
 from collections import Counter
@@ -70,9 +71,11 @@ __all__ = [
     "DeadLetterWriter",
     "InlineContexts",
     "Progress",
+    "ReplayResult",
     "RunSummary",
     "SpecChangedError",
     "default_state_root",
+    "replay_dead_letters",
     "run_flow",
     "single_reader",
 ]
@@ -186,6 +189,8 @@ class DeadLetterWriter:
         run_dir: str | None,
         reg: Registry,
         retry: RetryPolicy | None = None,
+        *,
+        keep_all: bool = False,
     ) -> None:
         self.run_ctx = run_ctx
         self.count = 0
@@ -201,10 +206,13 @@ class DeadLetterWriter:
             self._sink.run_context = run_ctx
             self.destination = f"sink {self._sink.describe()}"
             self.path: str | None = None
-        elif run_dir is None:
+        elif run_dir is None or keep_all:
             self.kept = []
             self.path = None
             self.destination = "the run summary (dead_letter_sample)"
+            if keep_all:  # every one, in memory (a replay gives them back to its caller)
+                self.KEEP = sys.maxsize
+                self.destination = "memory"
         else:
             self.path = os.path.join(run_dir, "dead_letters.jsonl")
             self.destination = self.path
@@ -1017,6 +1025,11 @@ class _Run:
         self.run_dir = os.path.join(self.flow_dir, "runs", self.run_id)
         if self.persist:
             os.makedirs(self.run_dir, exist_ok=True)
+            if not self.resumed:
+                # what `adf dead-letters replay` needs to find the flow again
+                with contextlib.suppress(OSError), open(os.path.join(self.run_dir, "flow.json"), "w", encoding="utf-8") as f:
+                    json.dump({"flow": self.spec.name, "origin": self.spec.origin,
+                               "sections": self.spec.fingerprint_sections()}, f)
         self.started_at = prior["started_at"] if self.resumed and prior else _now_iso()
         self.run_ctx = RunContext(
             flow_name=self.spec.name,
@@ -1485,13 +1498,13 @@ class SpecChangedError(SpecError):
         self.run_id = run_id
         self.changed = list(changed)
         self.checkpoint_dir = checkpoint_dir
-        what = ", ".join(changed)
+        what = " and ".join(", ".join(changed).rsplit(", ", 1))
         problems = [
-            f"flow {flow!r} has an unfinished run{f' ({run_id})' if run_id else ''} whose checkpoint was made with "
-            f"another {what}; resuming it now would write the rest of its data differently from the part "
-            f"already written. Either run it with the spec it was started with to finish it, or start over "
-            f"with --fresh (discards the checkpoint in {checkpoint_dir})"
-            + ("" if "source" in changed else "; --resume-anyway resumes with the new spec")
+            f"flow {flow!r} has an unfinished run{f' ({run_id})' if run_id else ''}, and its {what} changed since "
+            "that run started: resuming it now would write the rest of its data differently from the part already "
+            "written. Either run it with the spec it was started with to finish it, or start over with --fresh "
+            f"(discards the checkpoint in {checkpoint_dir})"
+            + ("" if "source" in changed else "; --resume-anyway resumes it with the new spec")
         ]
         super().__init__(problems, where=f"flow {flow!r}")
 
@@ -1628,6 +1641,93 @@ def _apply(msg: tuple[Any, ...], reader: SourceReader, source: Source) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayResult:
+    """What a replay of dead letters did: ``written`` + ``filtered`` + ``len(dead)`` = ``replayed`` + ``fanned_out``.
+
+    ``dead`` are the dead letters that failed again (with their new reason and their first
+    origin), ``kept`` the ones that cannot be replayed (malformed input: fix the input and run
+    the flow again; or a step the flow no longer has), unchanged.
+    """
+
+    replayed: int = 0
+    written: int = 0
+    filtered: int = 0
+    fanned_out: int = 0
+    dead: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    kept: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def replay_dead_letters(
+    flow: Any,
+    letters: list[dict[str, Any]],
+    *,
+    run_id: str,
+    state_dir: str | None = None,
+    store: Any = None,
+    reg: Registry | None = None,
+) -> ReplayResult:
+    """Send dead letters (rows as written to ``dead_letters.jsonl``) through the *current* flow.
+
+    A record a step refused enters the flow again at that step (the record is as it was
+    when it reached the step); a record the sink refused goes to the sink. Input that could
+    not be parsed (stage ``source``) cannot be replayed: it is kept. Dead letters that fail
+    again come back in ``ReplayResult.dead`` with the new reason; the sink is not set up
+    again (a file sink in overwrite mode is not truncated: records are appended).
+    """
+    from core.flow import as_spec
+
+    spec = as_spec(flow, reg=reg)
+    reg = reg or registry
+    root = spec.runtime.get("state_dir") or state_dir or default_state_root()
+    run_dir = os.path.join(os.path.abspath(root), spec.name, "runs", run_id)
+    run_ctx = RunContext(flow_name=spec.name, run_id=run_id, state_dir=run_dir, resuming=True, store=store)
+    pipeline = _Pipeline(spec, run_ctx, None, reg)
+    pipeline.dead = DeadLetterWriter(None, run_ctx, None, reg, pipeline.sink_retry, keep_all=True)
+    steps = pipeline.steps
+    names = [step.name for step in steps]
+    result = ReplayResult()
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for letter in letters:
+        stage = letter.get("stage")
+        start: int | None = None
+        if stage == "sink":
+            start = len(steps)
+        elif stage == "step" and letter.get("step") in names:
+            start = names.index(letter["step"])
+        if start is None or not isinstance(letter.get("record"), dict):
+            result.kept.append(letter)
+        else:
+            groups.setdefault(start, []).append(letter)
+    batch_size = int(spec.runtime.get("batch_size") or 500)
+    pipeline.open()
+    try:
+        for start in sorted(groups):
+            pipeline.steps = steps[start:]
+            pipeline.routing = any(s.can_route or s.static_next is not None for s in pipeline.steps)
+            group = groups[start]
+            for i in range(0, len(group), batch_size):
+                chunk = group[i : i + batch_size]
+                origins = Origins()
+                for letter in chunk:
+                    origins.add(1, letter.get("origin") or {})
+                batch = ReaderBatch([copy.deepcopy(letter["record"]) for letter in chunk], ReaderStatus.MORE_AVAILABLE,
+                                    origins=origins)
+                counts = pipeline.commit(batch)
+                result.replayed += len(chunk)
+                result.written += counts.records_out
+                result.filtered += counts.filtered
+                result.fanned_out += counts.fanned_out
+    finally:
+        pipeline.steps = steps
+        pipeline.close()
+    result.dead = list(pipeline.dead.kept or [])
+    return result
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -1675,11 +1775,7 @@ def run_flow(
     old_handler = None
     token = None
     try:
-        try:
-            run.prepare()
-        except SpecChangedError:
-            run.unlock()
-            raise
+        run.prepare()
         token = run_id_var.set(run.run_id)
         log_event(_log, "run started", flow=spec.name, parallelism=run.parallelism, resumed=run.resumed)
         if run.unbounded:
@@ -1697,6 +1793,8 @@ def run_flow(
     except KeyboardInterrupt as exc:
         status, error = "failed", AdfError("interrupted; run the flow again to resume from its checkpoint")
         error.__cause__ = exc
+    except SpecChangedError:
+        raise  # not a run: the caller chooses how to go on (--fresh, the old spec, --resume-anyway)
     except Exception as exc:
         status, error = "failed", exc
     finally:

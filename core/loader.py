@@ -123,6 +123,7 @@ def load_flow(
         )
         spec = parse_spec(resolved.values, reg=reg)
     spec.flow_class = flow_class
+    spec.origin = os.path.abspath(ref) if isinstance(ref, str) and os.path.isfile(ref) else origin
     if flow_class is not None:
         flow_class(spec.config)
     return LoadedFlow(spec=spec, config=resolved, store=store, origin=origin)

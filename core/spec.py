@@ -111,6 +111,8 @@ class FlowSpec:
     raw: dict[str, Any] = field(default_factory=dict)
     #: the DataFlow subclass for the class form (None for a declarative spec)
     flow_class: Any = None
+    #: where the spec came from (a spec file's path, ``class module:Name``…), when known
+    origin: str = ""
 
     def fingerprint(self) -> str:
         """Identifies the flow a checkpoint belongs to: one hash of every section in
@@ -126,10 +128,11 @@ class FlowSpec:
         if self.flow_class is not None:
             flow_class = f"{getattr(self.flow_class, '__module__', '')}:{getattr(self.flow_class, '__qualname__', '')}"
         parts = {
-            "source": {"name": self.name, "source": self.source},
-            "steps": {"steps": self.steps, "flow_class": flow_class, "config": self.config, "context": self.context},
+            "source": {"name": self.name, "source": _with_defaults("source", self.source)},
+            "steps": {"steps": [_with_defaults("step", s) for s in self.steps], "flow_class": flow_class,
+                      "config": self.config, "context": self.context},
             "schema": self.schema,
-            "sink": self.sink,
+            "sink": _with_defaults("sink", self.sink),
         }
         return {
             key: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -155,6 +158,20 @@ class FlowSpec:
                 continue
             out.update(f"{section}.{k}" for k in cls.secret_keys())
         return out
+
+
+def _with_defaults(kind: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    """``section`` with its component's defaults filled in, so that a value left out and the same
+    value written out give the same fingerprint (the CLI's loader fills defaults, ``run_flow``
+    with a mapping does not)."""
+    type_name = section.get("type", "python" if kind == "step" else "")
+    try:
+        cls = registry.resolve(kind, type_name)
+        own = {k: v for k, v in section.items() if k not in ("type", "id", "next")}
+        filled = validate_config(getattr(cls, "attributes", ()), own, kind, allow_extra=())
+    except Exception:
+        return dict(section)
+    return {**{k: v for k, v in section.items() if k in ("type", "id", "next")}, **filled, "type": type_name}
 
 
 def load_spec_file(path: str) -> dict[str, Any]:

@@ -599,6 +599,9 @@ def execute_flow(host: FlowHost, prepared: PreparedRun, *, on_progress: Progress
             run_id=prepared.run_id,
             store=prepared.loaded.store,
             persist=host.persist,
+            # a request's records are its source: an unfinished run of another request (or of
+            # the flow before it was changed) is not resumed by this one
+            on_spec_change="fresh",
         )
     except BaseException:
         if responds:
