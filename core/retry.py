@@ -37,6 +37,7 @@ __all__ = [
     "RetriesExhausted",
     "RetryPolicy",
     "is_unavailable",
+    "retry_after_seconds",
     "retry_call",
     "unavailable_reason",
 ]
@@ -158,6 +159,27 @@ def retry_call(
                     wait_s=round(wait, 3), error=_short(exc),
                 )
             sleep(wait)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` header: delay-seconds or an HTTP date; None when absent/invalid."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    import datetime
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _short(exc: BaseException) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from core.attributes import Attribute
 from core.errors import AdfError, ConfigError
 from core.records import Record
 from core.refs import resolve
+from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_after_seconds, retry_call
 from core.steps import ErrorHandler, Step
 
 __all__ = ["HttpStep", "HttpStepError", "SqlStep"]
@@ -51,6 +51,14 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 class HttpStepError(AdfError):
     """A request that failed for good (status outside ``expect``, or retries exhausted)."""
+
+
+class _RetryableAnswer(Exception):
+    """A 429 or 5xx answer: worth another attempt (``Retry-After`` honoured)."""
+
+    def __init__(self, status: int, raw: bytes, retry_after: str | None) -> None:
+        super().__init__(f"the server answered {status}")
+        self.status, self.raw, self.retry_after = status, raw, retry_after
 
 
 def _context(step: Step) -> dict[str, Any]:
@@ -107,36 +115,45 @@ class HttpStep(Step):
             else:
                 data = str(body).encode()
         expect = self.option("expect")
-        retries = max(0, int(self.option("retries")))
-        backoff = float(self.option("retry_backoff_s"))
-        for attempt in range(retries + 1):
-            req = urllib.request.Request(url, data=data, headers=headers, method=self.option("method"))
+        method = self.option("method")
+        timeout = float(self.option("timeout_s"))
+
+        def attempt() -> tuple[int, bytes]:
+            req = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
-                with urllib.request.urlopen(req, timeout=float(self.option("timeout_s"))) as resp:
-                    status, raw, retry_after = resp.status, resp.read(), None
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    return resp.status, resp.read()
             except urllib.error.HTTPError as err:
-                status, raw, retry_after = err.code, err.read(), err.headers.get("Retry-After")
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                if attempt < retries:
-                    time.sleep(backoff * 2**attempt)
-                    continue
-                raise HttpStepError(f"{self.option('method')} {url}: {exc}") from exc
-            ok = status in expect if expect else 200 <= status < 300
-            if ok:
-                text = raw.decode("utf-8", "replace")
-                try:
-                    return json.loads(text) if text.strip() else None
-                except ValueError:
-                    return text
-            if (status == 429 or status >= 500) and attempt < retries:
-                wait = backoff * 2**attempt
-                if retry_after and retry_after.strip().isdigit():
-                    wait = min(30.0, float(retry_after))
-                time.sleep(wait)
-                continue
-            snippet = raw[:300].decode("utf-8", "replace")
-            raise HttpStepError(f"{self.option('method')} {url} answered {status}: {snippet}")
-        raise AssertionError("unreachable")
+                status, raw = err.code, err.read()
+                if status == 429 or status >= 500:
+                    raise _RetryableAnswer(status, raw, err.headers.get("Retry-After")) from None
+                return status, raw
+
+        policy = RetryPolicy(
+            window_s=float("inf"), first_delay_s=float(self.option("retry_backoff_s")), max_delay_s=30.0,
+            max_attempts=max(0, int(self.option("retries"))) + 1,
+        )
+        try:
+            status, raw = retry_call(
+                attempt, policy=policy, what=f"step {self.name!r}",
+                retryable=lambda exc: isinstance(exc, _RetryableAnswer) or is_unavailable(exc),
+                wait_hint=lambda exc: retry_after_seconds(exc.retry_after) if isinstance(exc, _RetryableAnswer) else None,
+            )
+        except RetriesExhausted as exc:
+            if not isinstance(exc.last, _RetryableAnswer):
+                raise HttpStepError(f"{method} {url}: {exc.last}") from exc.last
+            status, raw = exc.last.status, exc.last.raw
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise HttpStepError(f"{method} {url}: {exc}") from exc
+        ok = status in expect if expect else 200 <= status < 300
+        if ok:
+            text = raw.decode("utf-8", "replace")
+            try:
+                return json.loads(text) if text.strip() else None
+            except ValueError:
+                return text
+        snippet = raw[:300].decode("utf-8", "replace")
+        raise HttpStepError(f"{method} {url} answered {status}: {snippet}")
 
     def process_batch(self, records: list[Record], on_error: ErrorHandler) -> list[Record]:
         context = _context(self)

@@ -78,7 +78,7 @@ def test_validate_transform_and_route_in_one_flow(modules: dict[tuple[str, str],
         _tag("big", "big"),
     ]
     summary = run_flow(_flow(f"wasm_{lang}", steps, context={"threshold": 100}), state_dir=str(tmp_path))
-    assert summary.status == "success", summary.error
+    assert summary.status == "partial", summary.error
     out = sorted(MemorySink.get(f"wasm_{lang}"), key=lambda r: r["id"])
     assert [(r["id"], r["total"], r.get("seen")) for r in out] == [(1, 20, ["small"]), (2, 15, ["big"]), (4, 4, None)]
     letters = _letters(summary)

@@ -49,9 +49,7 @@ import importlib
 import importlib.util
 import inspect
 import os
-import random
 import re
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -65,6 +63,7 @@ from core.errors import ConfigError, MissingExtraError, RecordValidationError
 from core.logs import get_logger
 from core.records import Record
 from core.redact import redact_text
+from core.retry import RetriesExhausted, RetryPolicy, retry_call
 from core.splits import (
     ReaderBatch,
     ReaderStatus,
@@ -89,7 +88,8 @@ __all__ = [
 _log = get_logger("connectors.iceberg")
 
 #: A commit that lost a race with another writer is retried this many times.
-_COMMIT_RETRIES = 8
+#: concurrent writers of one table: each lost commit race is retried on the new snapshot
+_COMMIT_RETRY = RetryPolicy(window_s=float("inf"), first_delay_s=0.05, max_delay_s=2.0, jitter=0.5, max_attempts=9)
 #: Name given to the default catalog (and to a ``catalog`` mapping without ``name``).
 _DEFAULT_CATALOG = "adf"
 
@@ -871,23 +871,25 @@ class IcebergSink(_CatalogUser, Sink):
         _import_pyiceberg(self.where)
         from pyiceberg.exceptions import CommitFailedException
 
-        table = self._table if self._table is not None else self._load_or_create(records)
-        for attempt in range(_COMMIT_RETRIES + 1):
-            data = self.to_arrow(table, records)
-            try:
-                self._commit(table, data)
-                self._table = table
-                return
-            except CommitFailedException as exc:
-                if attempt == _COMMIT_RETRIES:
-                    self._table = None
-                    raise
-                _log.info("commit to %s lost a race (%s); retrying", self.identifier, exc)
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-                table = table.refresh()
-            except Exception:
-                self._table = None  # the table may have changed: load it again on the engine's retry
-                raise
+        current = [self._table if self._table is not None else self._load_or_create(records)]
+
+        def attempt() -> None:
+            self._commit(current[0], self.to_arrow(current[0], records))
+
+        def lost_race(exc: BaseException, attempt: int, wait: float) -> None:
+            _log.info("commit to %s lost a race (%s); retrying", self.identifier, exc)
+            current[0] = current[0].refresh()  # another writer committed: build on its snapshot
+
+        try:
+            retry_call(attempt, policy=_COMMIT_RETRY, what=f"commit to {self.identifier}", on_retry=lost_race,
+                       retryable=lambda exc: isinstance(exc, CommitFailedException))
+        except RetriesExhausted as exc:
+            self._table = None
+            raise exc.last from None
+        except Exception:
+            self._table = None  # the table may have changed: load it again on the engine's retry
+            raise
+        self._table = current[0]
 
     def _snapshot_properties(self) -> dict[str, str]:
         ctx = self.run_context

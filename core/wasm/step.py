@@ -43,6 +43,7 @@ from core.attributes import Attribute
 from core.errors import AdfError, ConfigError
 from core.records import Record
 from core.refs import resolve
+from core.retry import RetriesExhausted, RetryPolicy, retry_call
 from core.steps import ErrorHandler, Routed, Step
 from core.wasm.errors import WasmAbiError, WasmError, WasmPermissionDenied
 from core.wasm.limits import Limits
@@ -52,6 +53,10 @@ __all__ = ["WasmRecordInvalid", "WasmStep"]
 
 _REF_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*(@(latest|\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?))?$")
 _NOT_RETRIED = (WasmAbiError, WasmPermissionDenied)
+
+
+def _quiet(exc: BaseException, attempt: int, wait: float) -> None:
+    """A module's failed call is reported with the record's dead letter, not once per attempt."""
 
 
 class WasmRecordInvalid(AdfError, ValueError):
@@ -193,18 +198,19 @@ class WasmStep(Step):
 
     def _call(self, chunk: list[Record], context: dict[str, Any], config: Any) -> Any:
         envelope = {"records": chunk, "context": context, "config": config}
-        retries = max(0, int(self.option("retries") or 0))
-        for attempt in range(retries + 1):
-            try:
-                result = self._executor.call(self._compiled, envelope, function=self.option("function"),
-                                             limits=self.limits, host=self._host(context))
-                return result.output
-            except _NOT_RETRIED:
-                raise
-            except WasmError:
-                if attempt >= retries:
-                    raise
-        raise AssertionError("unreachable")
+
+        def attempt() -> Any:
+            return self._executor.call(self._compiled, envelope, function=self.option("function"),
+                                       limits=self.limits, host=self._host(context)).output
+
+        # a trap or a limit may not happen again (another instance, less contention): retried at once
+        policy = RetryPolicy(window_s=float("inf"), first_delay_s=0.0, jitter=0.0,
+                             max_attempts=max(0, int(self.option("retries") or 0)) + 1)
+        try:
+            return retry_call(attempt, policy=policy, what=f"step {self.name!r}", on_retry=_quiet,
+                              retryable=lambda exc: isinstance(exc, WasmError) and not isinstance(exc, _NOT_RETRIED))
+        except RetriesExhausted as exc:
+            raise exc.last from None
 
     def _call_chunk(self, chunk: list[Record], context: dict[str, Any], config: Any,
                     on_error: ErrorHandler) -> list[tuple[Record, Any]] | None:
