@@ -19,6 +19,9 @@ from handlers.settings import Settings, SettingsError, load_settings
 __all__ = ["register"]
 
 Handler = Callable[[argparse.Namespace], int]
+#: Run statuses `adf flows trigger` exits 0 for: the run did its work (``partial``: some
+#: records were dead-lettered, below the flow's limit) or waits for a worker.
+_OK_RUN_STATUSES = ("success", "partial", "pending")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -104,7 +107,11 @@ def _heartbeat(args: argparse.Namespace) -> int:
             client="cli", outcome="ok", status_code=0,
             flows_due=result.flows_due, flows_triggered=result.flows_triggered,
         )
-        _emit(args, data, f"flows due {data['flows_due']}, triggered {data['flows_triggered']}, runs {data['run_ids']}")
+        # Sync mode: the runs this tick executed, as `adf runs list` shows them. Like the
+        # HTTP heartbeat, the tick succeeded whatever its runs did (exit 0).
+        data["runs"] = [r.to_dict() for r in result.runs] if result.mode == "sync" else []
+        text = f"flows due {data['flows_due']}, triggered {data['flows_triggered']}, runs {data['run_ids']}"
+        _emit(args, data, "\n".join([text, *(_run_line(r) for r in result.runs if result.mode == "sync")]))
         return 0
     finally:
         store.close()
@@ -136,7 +143,10 @@ def _flow_line(flow: Any) -> str:
 def _run_line(run: Any) -> str:
     duration = f"{run.duration:.2f}s" if run.duration is not None else "-"
     counts = f"in {run.records_in} out {run.records_out} dead {run.dead_letters}" if run.records_in is not None else ""
-    return f"#{run.id:<6} {run.flow_name:<30} {run.status:<11} {run.trigger:<9} attempt {run.attempt} {duration:>8} {counts}"
+    line = f"#{run.id:<6} {run.flow_name:<30} {run.status:<11} {run.trigger:<9} attempt {run.attempt} {duration:>8} {counts}"
+    # failed: the error; partial: how many records were dead-lettered and why
+    message = (run.error_message or "").strip().splitlines()
+    return f"{line}  {message[0][:160]}" if message else line
 
 
 def _with_store(fn: Callable[[argparse.Namespace, ScheduleStore], int]) -> Handler:
@@ -202,7 +212,7 @@ def _flows_trigger(args: argparse.Namespace, store: ScheduleStore) -> int:
 
     run = trigger_run(store, _settings(args), args.name, trigger="cli", wait=not args.no_wait)
     _emit(args, run.to_dict(), _run_line(run))
-    return 0 if run.status in ("success", "pending") else 1
+    return 0 if run.status in _OK_RUN_STATUSES else 1
 
 
 def _flows_remove(args: argparse.Namespace, store: ScheduleStore) -> int:

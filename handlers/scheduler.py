@@ -19,6 +19,14 @@ a process that dies stops renewing, and the next tick or worker poll finds the e
 lease, marks the run failed ("lease expired at …: worker … stopped renewing") and creates
 the retry, which resumes from the flow's checkpoint (nothing lost).
 
+The writes a run makes to the schedule — its start, its lease renewals and above all its
+outcome — outlive a dropped database connection (a restarted PostgreSQL, a terminated
+backend): they are retried while the database cannot be reached (:func:`durable_write`,
+at most ``lease_seconds``). They are safe to repeat: a finished run keeps its first
+outcome, and a run whose lease was taken over is never overwritten. An outcome that still
+cannot be written is logged in full and the run left to its lease, as for a worker that
+died — never replaced by a made-up failure.
+
 Standard library only at module level (this runs inside a Spin component).
 
 Example::
@@ -36,14 +44,17 @@ import os
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from core.ids import new_id
 from core.logs import get_logger, log_event
 from core.redact import redact_text
+from core.retry import RetriesExhausted, is_unavailable, retry_call
+from core.retry import RetryPolicy as Backoff
 from handlers.schedule.store import (
     RetryPolicy,
     RunOutcome,
@@ -61,13 +72,24 @@ __all__ = [
     "StopEvent",
     "Worker",
     "default_worker_id",
+    "durable_write",
+    "engine_run_id",
     "execute_run",
+    "outcome_from_summary",
+    "record_outcome",
     "retry_policy",
     "tick",
     "trigger_run",
 ]
 
 MODES = ("sync", "async")
+#: The schedule status of each engine status (anything else: ``failed``). A stopped
+#: unbounded run did what it had to; its checkpoint carries on at the next run.
+OUTCOME_STATUS = {"success": "success", "partial": "partial", "stopped": "success"}
+#: How many dead-letter reasons a partial run's message names.
+_REASONS_SHOWN = 3
+
+T = TypeVar("T")
 
 _log = get_logger("scheduler")
 
@@ -101,6 +123,29 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(max_attempts=settings.max_attempts, backoff_seconds=settings.retry_backoff_seconds)
 
 
+def engine_run_id(run: RunRecord) -> str:
+    """The engine run id a schedule run asks for: ``run-<id>-<random>``.
+
+    The schedule's ids are never reused, but a schedule database can be deleted and made
+    again while the state directory stays: the random part keeps a new run from naming an
+    old run's directory (its summary, its dead letters)."""
+    return f"run-{run.id}-{new_id(8)}"
+
+
+def durable_write(
+    call: Callable[[], T], *, what: str, window_s: float, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """``call()`` — a write to the schedule store — retried while the database cannot be
+    reached (:func:`core.retry.is_unavailable`: a dropped or refused connection, a server
+    shutting down, a locked SQLite file) for at most ``window_s`` seconds. A dropped pooled
+    connection is replaced on the next try, so one lost connection costs one quick retry.
+    Raises :class:`core.retry.RetriesExhausted` when the window runs out, any other error at once.
+    ``call`` must be safe to repeat: a write whose commit was lost with its connection may
+    have been applied."""
+    policy = Backoff(window_s=max(window_s, 0.0), first_delay_s=0.1, max_delay_s=max(min(window_s / 4.0, 5.0), 0.1))
+    return retry_call(call, policy=policy, retryable=is_unavailable, what=what, sleep=sleep)
+
+
 @dataclass
 class HeartbeatResult:
     """What one tick did. ``flows_due``: due flows it found (including those skipped because
@@ -131,8 +176,13 @@ class HeartbeatResult:
 # --------------------------------------------------------------------------- leases
 
 
+class _Stopped(Exception):
+    """The lease keeper was stopped while it waited to retry."""
+
+
 class _LeaseKeeper:
-    """Renews the leases of ``run_ids`` every ``lease_seconds / 3`` in a daemon thread."""
+    """Renews the leases of ``run_ids`` every ``lease_seconds / 3`` in a daemon thread; a
+    renewal that meets a dropped connection is retried until the next one is due."""
 
     def __init__(self, store: ScheduleStore, worker_id: str, lease_seconds: float, run_ids: Iterable[int]) -> None:
         self.store = store
@@ -173,10 +223,19 @@ class _LeaseKeeper:
             if self._stop.wait(interval):
                 return
 
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _Stopped
+
     def _renew(self, ids: set[int]) -> None:
         try:
-            held = self.store.renew_leases(ids, self.worker_id, lease_seconds=self.lease_seconds)
-        except Exception as exc:  # a database hiccup: try again at the next interval
+            held = durable_write(
+                lambda: self.store.renew_leases(ids, self.worker_id, lease_seconds=self.lease_seconds),
+                what="renewing leases", window_s=self.lease_seconds / 3.0, sleep=self._sleep,
+            )
+        except _Stopped:
+            return
+        except Exception as exc:  # the database is still away: try again at the next interval
             log_event(_log, "lease renewal failed", logging.WARNING, worker_id=self.worker_id,
                       error=redact_text(f"{type(exc).__name__}: {exc}"))
             return
@@ -200,8 +259,38 @@ def _outcome_from_exception(exc: BaseException) -> RunOutcome:
     )
 
 
-def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings) -> RunOutcome:
-    """Load the flow's latest configuration, run it on its runtime, and say how it went."""
+def _dead_letter_line(summary: Any) -> str:
+    """The dead-letter count and its top reasons on one line (:func:`core.outcome.describe_dead_letters`)."""
+    from core.outcome import describe_dead_letters
+
+    reasons = list(getattr(summary, "dead_letter_reasons", None) or [])
+    line = describe_dead_letters(int(summary.dead_letters or 0), reasons[:_REASONS_SHOWN])
+    return line + ("; …" if len(reasons) > _REASONS_SHOWN else "")
+
+
+def outcome_from_summary(summary: Any) -> RunOutcome:
+    """The schedule's record of an engine run (a :class:`core.engine.RunSummary`):
+    ``success`` and ``stopped`` are a success, ``partial`` is partial — its message names
+    the top dead-letter reasons — and anything else failed, with the error and backtrace."""
+    status = OUTCOME_STATUS.get(summary.status, "failed")
+    outcome = RunOutcome(
+        status=status, records_in=summary.records_in, records_out=summary.records_out,
+        dead_letters=summary.dead_letters, engine_run_id=summary.run_id,
+    )
+    if status == "partial":
+        outcome.error_message = redact_text(_dead_letter_line(summary))
+    elif status == "failed":
+        message = summary.error or "the flow failed"
+        if summary.error_type and not message.startswith(summary.error_type):
+            message = f"{summary.error_type}: {message}"
+        outcome.error_message = redact_text(message)
+        outcome.error_backtrace = redact_text(summary.backtrace) if summary.backtrace else None
+    return outcome
+
+
+def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings, run_id: str | None = None) -> RunOutcome:
+    """Load the flow's latest configuration, run it on its runtime (engine run id ``run_id``,
+    default :func:`engine_run_id`), and say how it went."""
     from core.loader import load_flow
     from core.runtime import run as run_on_runtime
 
@@ -214,7 +303,9 @@ def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings) -> RunOu
         # directory unless the flow's own configuration names another one.
         state_layer = ("default", {"runtime": {"state_dir": settings.state_dir}}, "heartbeat settings (ADF_STATE_DIR)")
         loaded = load_flow(spec, extra=[state_layer])
-        summary = run_on_runtime(loaded.spec, state_dir=settings.state_dir, run_id=f"run-{run.id}", store=loaded.store)
+        summary = run_on_runtime(
+            loaded.spec, state_dir=settings.state_dir, run_id=run_id or engine_run_id(run), store=loaded.store
+        )
     except Exception as exc:  # an invalid spec, a missing flow, a runtime that raised
         return _outcome_from_exception(exc)
     finally:
@@ -223,20 +314,7 @@ def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings) -> RunOu
                 loaded.store.close()
             except Exception as exc:
                 log_event(_log, "closing the flow's state store failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
-    if summary.ok:
-        return RunOutcome(
-            status="success", records_in=summary.records_in, records_out=summary.records_out,
-            dead_letters=summary.dead_letters, engine_run_id=summary.run_id,
-        )
-    message = summary.error or "the flow failed"
-    if summary.error_type and not message.startswith(summary.error_type):
-        message = f"{summary.error_type}: {message}"
-    return RunOutcome(
-        status="failed", records_in=summary.records_in, records_out=summary.records_out,
-        dead_letters=summary.dead_letters, engine_run_id=summary.run_id,
-        error_message=redact_text(message),
-        error_backtrace=redact_text(summary.backtrace) if summary.backtrace else None,
-    )
+    return outcome_from_summary(summary)
 
 
 def execute_run(store: ScheduleStore, run: RunRecord, settings: Settings, *, worker_id: str) -> RunRecord:
@@ -244,24 +322,63 @@ def execute_run(store: ScheduleStore, run: RunRecord, settings: Settings, *, wor
 
     The flow's configuration is read from the store now (an update is applied on the next
     run), resolved through :func:`core.loader.load_flow` and run with
-    :func:`core.runtime.run` (engine run id ``run-<id>``, or the id of the flow's unfinished
-    checkpoint, which the engine resumes). The lease is renewed in the background while it
-    runs. A failure — a failed summary, or an exception while loading — is recorded as
-    ``failed`` with its error and backtrace (secrets redacted); it is never raised.
-    Returns the finished run (or the run as it stands when its lease was lost before it started).
+    :func:`core.runtime.run` (engine run id :func:`engine_run_id`, recorded when the run
+    starts, or the id of the flow's unfinished checkpoint, which the engine resumes). The
+    lease is renewed in the background while it runs. A failure — a failed summary, or an
+    exception while loading — is recorded as ``failed`` with its error and backtrace
+    (secrets redacted); it is never raised. The outcome is written by :func:`record_outcome`.
+    Returns the finished run (or the run as it stands when its lease was lost before it
+    started, or when its outcome could not be written).
     """
-    started = store.start_run(run.id, worker_id, lease_seconds=settings.lease_seconds)
+    run_id = engine_run_id(run)
+    started = durable_write(
+        lambda: store.start_run(run.id, worker_id, lease_seconds=settings.lease_seconds, engine_run_id=run_id),
+        what=f"starting run {run.id}", window_s=settings.lease_seconds,
+    )
     if started is None:
         log_event(_log, "run not started: its lease is no longer ours", logging.WARNING, run=run.id, worker_id=worker_id)
         return store.get_run(run.id)
-    log_event(_log, "run started", run=run.id, flow=run.flow_name, attempt=run.attempt, worker_id=worker_id)
+    log_event(_log, "run started", run=run.id, flow=run.flow_name, attempt=run.attempt, worker_id=worker_id,
+              engine_run_id=run_id)
     with _LeaseKeeper(store, worker_id, settings.lease_seconds, [run.id]):
-        outcome = _run_flow(store, started, settings)
-    finished = store.finish_run(run.id, outcome)
+        outcome = _run_flow(store, started, settings, run_id)
+    return record_outcome(store, started, outcome, settings, worker_id=worker_id)
+
+
+def record_outcome(
+    store: ScheduleStore, run: RunRecord, outcome: RunOutcome, settings: Settings, *, worker_id: str | None = None
+) -> RunRecord:
+    """Write how ``run`` ended, through a dropped connection (:func:`durable_write`, at most
+    ``settings.lease_seconds``); returns the run as recorded.
+
+    Safe to repeat: the store keeps a finished run's first outcome and, with ``worker_id``,
+    changes a run only while it is leased to that worker. When the database stays away for
+    the whole window the outcome is logged at CRITICAL level with the run's counts — the
+    record of what the run did — and the run is returned as it stands, still in progress:
+    as for a worker that died, its lease runs out and it is failed ("lease expired") and
+    retried. It is never recorded ``failed`` in place of the outcome it had.
+    """
+    try:
+        finished = durable_write(
+            lambda: store.finish_run(run.id, outcome, worker_id=worker_id),
+            what=f"recording the outcome of run {run.id}", window_s=settings.lease_seconds,
+        )
+    except RetriesExhausted as exc:
+        log_event(
+            _log, "run outcome not recorded: the schedule database stayed unreachable; the run is left to its lease",
+            logging.CRITICAL, run=run.id, flow=run.flow_name, status=outcome.status, records_in=outcome.records_in,
+            records_out=outcome.records_out, dead_letters=outcome.dead_letters, engine_run_id=outcome.engine_run_id,
+            worker_id=worker_id, outcome_error=outcome.error_message, error=redact_text(str(exc)),
+        )
+        return run
+    if finished.status != outcome.status:
+        log_event(_log, "run outcome not applied: the run was already finished or its lease taken over",
+                  logging.WARNING, run=run.id, flow=run.flow_name, status=outcome.status, recorded=finished.status)
+    level = logging.INFO if finished.status == "success" else logging.WARNING if finished.status == "partial" else logging.ERROR
     log_event(
-        _log, "run finished", logging.INFO if finished.status == "success" else logging.ERROR,
-        run=run.id, flow=run.flow_name, status=finished.status, duration_s=finished.duration,
-        error=finished.error_message,
+        _log, "run finished", level, run=run.id, flow=run.flow_name, status=finished.status,
+        duration_s=finished.duration, records_in=finished.records_in, records_out=finished.records_out,
+        dead_letters=finished.dead_letters, error=finished.error_message,
     )
     return finished
 

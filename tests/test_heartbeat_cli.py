@@ -39,20 +39,31 @@ def test_schedule_a_flow_tick_from_cron_and_read_the_history(tmp_path: Path) -> 
     assert res.returncode == 0, res.stderr
     assert last_json(res.stdout)["name"] == "nightly"
 
+    # n=7 raises in the step: one record of three dead-lettered, a partial run — exit 0
     res = adf("heartbeat", "--json", env=env)  # a new flow is due at once
     assert res.returncode == 0, res.stderr
     tick = last_json(res.stdout)
     assert tick["flows_due"] == 1 and tick["flows_triggered"] == 1 and len(tick["run_ids"]) == 1
+    assert [(r["id"], r["status"]) for r in tick["runs"]] == [(tick["run_ids"][0], "partial")]
     assert sorted(json.loads(line)["n"] for line in out.read_text().splitlines()) == [1, 2]
 
-    res = adf("heartbeat", "--json", env=env)  # not due again within the interval
-    assert last_json(res.stdout)["flows_triggered"] == 0
+    res = adf("heartbeat", env=env)  # not due again within the interval
+    assert res.returncode == 0 and res.stdout.startswith("flows due 0, triggered 0"), res.stdout
 
     runs = last_json(adf("runs", "list", "--json", env=env).stdout)
-    assert len(runs) == 1 and runs[0]["status"] == "success"
+    assert len(runs) == 1 and runs[0]["status"] == "partial"
     assert (runs[0]["records_in"], runs[0]["records_out"], runs[0]["dead_letters"]) == (3, 2, 1)
+    assert runs[0]["error_message"].startswith("1 record dead-lettered: 1")
+    assert "seven divides N" in runs[0]["error_message"]
     shown = last_json(adf("runs", "show", str(runs[0]["id"]), "--json", env=env).stdout)
     assert shown["duration"] is not None and shown["trigger"] == "cli"
+    listing = adf("runs", "list", env=env).stdout
+    assert " partial " in listing and "1 record dead-lettered" in listing
+    assert last_json(adf("runs", "list", "--status", "partial", "--json", env=env).stdout)[0]["id"] == runs[0]["id"]
+
+    res = adf("flows", "trigger", "nightly", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert " partial " in res.stdout
 
     assert adf("flows", "disable", "nightly", env=env).returncode == 0
     listed = last_json(adf("flows", "list", "--json", env=env).stdout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,3 +310,48 @@ def test_the_heartbeat_path_is_configurable(store: SqlScheduleStore, base: Setti
     assert moved.status_code == 200 and set(moved.json()) == RESULT_KEYS
     _assert_error(old, 404, "no route POST /heartbeat")
     assert "/hooks/beat" in paths and "/heartbeat" not in paths
+
+
+# --------------------------------------------------------------------------- run statuses
+
+
+def test_a_partial_run_shows_in_the_api_filter_and_on_the_dashboard(
+    store: SqlScheduleStore, base: Settings, tmp_path: Path
+) -> None:
+    records = [{"id": i, "amount": "n/a" if i == 3 else i} for i in range(6)]
+    store.create_flow("ledger", {
+        "source": {"type": "memory", "records": records},
+        "schema": {"id": "integer", "amount": "decimal"},
+        "sink": {"type": "file", "path": str(tmp_path / "ledger.jsonl")},
+    }, 60)
+    api_token = "api-5e1f"
+    settings = dataclasses.replace(base, heartbeat_token=TOKEN, api_token=api_token)
+    with live_server(settings, store) as url:
+        resp = _post(url)
+        assert resp.status_code == 200, resp.text
+        [run_id] = resp.json()["run_ids"]
+        with client_from(base_url=url, follow_redirects=False) as client:
+            auth = {"Authorization": f"Bearer {api_token}"}
+            partial = client.get("/api/runs", params={"status": "partial"}, headers=auth)
+            assert partial.status_code == 200, partial.text
+            assert [(r["id"], r["status"], r["dead_letters"]) for r in partial.json()] == [(run_id, "partial", 1)]
+            assert partial.json()[0]["error_message"].startswith("1 record dead-lettered: 1")
+            assert client.get("/api/runs", params={"status": "success"}, headers=auth).json() == []
+            assert client.get("/api/runs", params={"status": "half"}, headers=auth).status_code == 422
+
+            login = client.get("/ui/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+            assert csrf, login.text
+            done = client.post("/ui/login", data={"token": api_token, "csrf_token": csrf.group(1), "next": "/ui/runs"})
+            assert done.status_code == 303, done.text
+            runs = client.get("/ui/runs", params={"status": "partial"})
+            assert runs.status_code == 200
+            assert f'data-run="{run_id}"' in runs.text and 'class="badge status-partial"' in runs.text
+            assert "<option selected>partial</option>" in runs.text
+            page = client.get(f"/ui/runs/{run_id}")
+            assert "<h2>Dead letters</h2>" in page.text and "1 record dead-lettered" in page.text
+            flows = client.get("/ui/flows")
+            assert 'class="badge status-partial"' in flows.text
+            css = client.get("/ui/static/dashboard.css")
+            assert css.status_code == 200 and ".status-partial" in css.text
+

@@ -31,6 +31,26 @@ from handlers.settings import Settings
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 ROOT = Path(__file__).resolve().parent.parent
 
+#: The two tables as this store created them before the run status ``partial``.
+OLD_TABLES = (
+    """CREATE TABLE data_flows (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(200) NOT NULL UNIQUE, description TEXT NOT NULL,
+        enabled BOOLEAN NOT NULL, configuration JSON NOT NULL, run_interval INTEGER NOT NULL CHECK (run_interval > 0),
+        last_run_at DATETIME, last_run_status VARCHAR(20), next_run_at DATETIME, created_at DATETIME NOT NULL,
+        updated_at DATETIME NOT NULL
+    )""",
+    "CREATE INDEX ix_data_flows_due ON data_flows (enabled, next_run_at)",
+    """CREATE TABLE data_flow_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        flow_id INTEGER NOT NULL REFERENCES data_flows (id) ON DELETE CASCADE,
+        status VARCHAR(20) NOT NULL CHECK (status IN ('pending', 'in_progress', 'success', 'failed', 'cancelled')),
+        "trigger" VARCHAR(40) NOT NULL, attempt INTEGER NOT NULL, created_at DATETIME NOT NULL, started_at DATETIME,
+        ended_at DATETIME, error_message TEXT, error_backtrace TEXT, records_in BIGINT, records_out BIGINT,
+        dead_letters BIGINT, worker_id VARCHAR(200), lease_expires_at DATETIME, engine_run_id VARCHAR(200),
+        not_before DATETIME
+    )""",
+)
+
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
@@ -228,3 +248,131 @@ def test_concurrent_claims_never_hand_a_flow_out_twice(db: str, tmp_path: Path) 
     for t in threads:
         t.join()
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 20
+
+
+# --------------------------------------------------------------------------- schema upgrades, run ids, partial
+
+
+def _table_rows(db: str) -> dict[str, list[tuple[Any, ...]]]:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in ("data_flows", "data_flow_runs")}
+    finally:
+        conn.close()
+
+
+def _ddl(db: str) -> dict[str, str]:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_file_of_the_old_tables_is_upgraded_keeping_rows_and_counters(db: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    for statement in OLD_TABLES:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    old = ExecScheduleStore(Sqlite3Exec(db), create_tables=False)
+    for name in ("a", "b", "c"):
+        old.create_flow(name, _config(tmp_path, name), 60)
+    kept = old.create_run("a", worker_id="w", lease_seconds=60)
+    old.finish_run(kept.id, RunOutcome("success", records_in=3, records_out=3, engine_run_id="e-1"))
+    old.create_run("b")
+    gone = old.create_run("c")
+    old.delete_flow("c")  # the newest flow and run: their ids are in sqlite_sequence only
+    old.close()
+    before = _table_rows(db)
+
+    store = ExecScheduleStore(Sqlite3Exec(db))
+    try:
+        assert _table_rows(db) == before
+        assert "'partial'" in _ddl(db)["data_flow_runs"]
+        flow = store.create_flow("d", _config(tmp_path, "d"), 60)
+        run = store.create_run("d", worker_id="w", lease_seconds=60)
+        assert flow.id > 3 and run.id > gone.id  # the counters survived the rebuild
+        done = store.finish_run(run.id, RunOutcome("partial", records_in=3, records_out=2, dead_letters=1))
+        assert done.status == "partial" and store.get_flow("d").last_run_status == "partial"
+        store.delete_flow("a")  # the rebuilt foreign key still takes a flow's runs along
+        assert [r.flow_name for r in store.list_runs()] == ["d", "b"]
+    finally:
+        store.close()
+    reopened = ExecScheduleStore(Sqlite3Exec(db))  # opened again: nothing to do
+    try:
+        assert [r.id for r in reopened.list_runs(status="partial")] == [run.id]
+    finally:
+        reopened.close()
+
+
+def test_a_file_of_the_sqlalchemy_stores_first_migration_gets_ids_that_are_never_reused(db: str, tmp_path: Path) -> None:
+    from handlers.schedule.sql import SqlScheduleStore, upgrade
+
+    url = f"sqlite:///{db}"
+    upgrade(url, "0001")
+    with SqlScheduleStore(url, auto_migrate=False) as old:
+        old.create_flow("a", _config(tmp_path, "a"), 60)
+        old.create_run("a")
+    before = _table_rows(db)
+    store = ExecScheduleStore(Sqlite3Exec(db))
+    try:
+        assert _table_rows(db) == before
+        assert all("AUTOINCREMENT" in _ddl(db)[t] for t in ("data_flows", "data_flow_runs"))
+        b = store.create_flow("b", _config(tmp_path, "b"), 60)
+        b_run = store.create_run("b")
+        store.delete_flow("b")
+        c = store.create_flow("c", _config(tmp_path, "c"), 60)
+        assert c.id > b.id and store.create_run("c").id > b_run.id
+    finally:
+        store.close()
+
+
+def _ledger_flow(out: Path) -> dict[str, Any]:
+    """11 records, 3 refused by the schema: a partial run."""
+    records = [{"id": i, "amount": "n/a" if i in (3, 5) else i * 1.5} for i in range(10)] + [{"id": "x", "amount": 1}]
+    return {
+        "source": {"type": "memory", "records": records},
+        "schema": {"id": "integer", "amount": "decimal"},
+        "sink": {"type": "file", "path": str(out), "format": "jsonl"},
+    }
+
+
+def _run_dir_files(state: Path, flow: str, engine_run_id: str | None) -> dict[str, bytes]:
+    assert engine_run_id
+    return {p.name: p.read_bytes() for p in (state / flow / "runs" / engine_run_id).iterdir() if p.is_file()}
+
+
+def test_a_removed_and_added_flow_and_a_new_file_never_reuse_a_run_or_its_directory(db: str, tmp_path: Path) -> None:
+    settings = Settings(state_dir=str(tmp_path / "state"))
+    state = tmp_path / "state"
+    store = ExecScheduleStore(Sqlite3Exec(db))
+    flow = store.create_flow("ids", _ledger_flow(tmp_path / "ids.jsonl"), 3600)
+    [first] = scheduler.tick(store, settings, trigger="cron", mode="sync").runs
+    assert first.status == "partial" and first.error_message and "field 'amount'" in first.error_message
+    old = _run_dir_files(state, "ids", first.engine_run_id)
+    assert {"summary.json", "dead_letters.jsonl"} <= set(old)
+
+    store.delete_flow("ids")
+    again = store.create_flow("ids", _ledger_flow(tmp_path / "ids.jsonl"), 3600)
+    [second] = scheduler.tick(store, settings, trigger="cron", mode="sync").runs
+    assert again.id > flow.id and second.id > first.id
+    assert second.engine_run_id not in (None, first.engine_run_id)
+    store.close()
+
+    Path(db).unlink()  # the schedule made again from nothing, the state directory kept
+    fresh = ExecScheduleStore(Sqlite3Exec(db))
+    try:
+        fresh.create_flow("ids", _ledger_flow(tmp_path / "ids.jsonl"), 3600)
+        [third] = scheduler.tick(fresh, settings, trigger="cron", mode="sync").runs
+    finally:
+        fresh.close()
+    assert third.id == first.id and third.engine_run_id not in (None, first.engine_run_id, second.engine_run_id)
+    assert _run_dir_files(state, "ids", first.engine_run_id) == old
+    assert json.loads(old["summary.json"])["run_id"] == first.engine_run_id

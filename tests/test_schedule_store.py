@@ -97,7 +97,7 @@ def test_the_schedule_modules_import_with_the_standard_library_only() -> None:
 def test_migrations_upgrade_a_fresh_sqlite_file(tmp_path: Path) -> None:
     url = _sqlite_url(tmp_path)
     assert current_revision(url) is None
-    assert upgrade(url) == head_revision() == "0001"
+    assert upgrade(url) == head_revision() == "0002"
     assert current_revision(url) == head_revision()
     assert upgrade(url) == head_revision()  # idempotent
     engine = sa.create_engine(url)
@@ -107,6 +107,10 @@ def test_migrations_upgrade_a_fresh_sqlite_file(tmp_path: Path) -> None:
         run_indexes = {i["name"] for i in inspector.get_indexes("data_flow_runs")}
         assert {"ix_data_flow_runs_status_created", "ix_data_flow_runs_flow_created", "ix_data_flow_runs_status_lease"} <= run_indexes
         assert "ix_data_flows_due" in {i["name"] for i in inspector.get_indexes("data_flows")}
+        with engine.connect() as conn:
+            ddl = dict(conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all())
+        assert "AUTOINCREMENT" in ddl["data_flows"] and "AUTOINCREMENT" in ddl["data_flow_runs"]
+        assert "'partial'" in ddl["data_flow_runs"]
     finally:
         engine.dispose()
 
@@ -167,6 +171,69 @@ def test_many_stores_opening_a_fresh_database_at_once_migrate_it_once(url: str) 
     assert current_revision(url) == head_revision()
     with SqlScheduleStore(url) as s:
         assert _raw(s, "SELECT count(*) FROM alembic_version") == [(1,)]
+
+
+def _rows(store: SqlScheduleStore) -> dict[str, list[Any]]:
+    return {
+        table: _raw(store, f"SELECT * FROM {table} ORDER BY id")
+        for table in ("data_flows", "data_flow_runs", "heartbeat_requests")
+    }
+
+
+def test_a_database_of_the_first_schema_is_upgraded_keeping_every_row_then_never_reuses_ids(
+    url: str, tmp_path: Path
+) -> None:
+    assert upgrade(url, "0001") == "0001"
+    with SqlScheduleStore(url, auto_migrate=False) as old:
+        for name in ("a", "b", "c"):
+            old.create_flow(name, _config(tmp_path, name), 60)
+        first = old.create_run("a", worker_id="w", lease_seconds=60)
+        old.finish_run(first.id, RunOutcome("success", records_in=3, records_out=3, dead_letters=0, engine_run_id="e-1"))
+        old.create_run("b")
+        old.create_run("c")
+        old.log_heartbeat(client="cron", outcome="ok", status_code=200)
+        old.delete_flow("c")
+        before = _rows(old)
+    assert upgrade(url) == head_revision()
+    with SqlScheduleStore(url) as store:
+        assert _rows(store) == before  # every row, id and value kept
+        newest_run = max(r[0] for r in before["data_flow_runs"])
+        newest_flow = max(r[0] for r in before["data_flows"])
+        # from now on a deleted id is never handed out again
+        d = store.create_flow("d", _config(tmp_path, "d"), 60)
+        d_run = store.create_run("d", worker_id="w", lease_seconds=60)
+        assert d.id > newest_flow and d_run.id > newest_run
+        store.delete_flow("d")
+        e = store.create_flow("e", _config(tmp_path, "e"), 60)
+        e_run = store.create_run("e")
+        assert e.id > d.id and e_run.id > d_run.id
+        # the status partial is allowed, and the foreign key still deletes a flow's runs
+        store.finish_run(e_run.id, RunOutcome("partial", records_in=3, records_out=2, dead_letters=1))
+        assert store.get_run(e_run.id).status == "partial"
+        store.delete_flow("a")
+        assert _raw(store, f"SELECT count(*) FROM data_flow_runs WHERE id = {first.id}") == [(0,)]
+        # a writer bypassing the store still meets the status constraint
+        with pytest.raises(sa.exc.IntegrityError):
+            _raw(store, f"UPDATE data_flow_runs SET status = 'exploded' WHERE id = {e_run.id}")
+
+
+def test_finishing_a_run_twice_keeps_the_first_outcome_and_only_the_leaseholder_finishes(
+    store: SqlScheduleStore, tmp_path: Path
+) -> None:
+    store.create_flow("a", _config(tmp_path), 60)
+    run = store.create_run("a", worker_id="w1", lease_seconds=60)
+    started = store.start_run(run.id, "w1", lease_seconds=60, engine_run_id="run-1-abc")
+    assert started is not None and started.engine_run_id == "run-1-abc"
+    assert store.start_run(run.id, "w1", lease_seconds=60) == store.get_run(run.id)  # again: harmless
+    # another worker's report changes nothing
+    assert store.finish_run(run.id, RunOutcome("failed", error_message="not mine"), worker_id="w2").status == "in_progress"
+    outcome = RunOutcome("partial", records_in=5, records_out=4, dead_letters=1, error_message="1 record dead-lettered")
+    done = store.finish_run(run.id, outcome, worker_id="w1")
+    assert (done.status, done.records_out, done.engine_run_id) == ("partial", 4, "run-1-abc")  # kept from the start
+    # the same write again (a retry after a lost connection), or a different late one: no change
+    assert store.finish_run(run.id, outcome, worker_id="w1") == done
+    assert store.finish_run(run.id, RunOutcome("failed", error_message="late")) == done
+    assert store.get_flow("a").last_run_status == "partial"
 
 
 # --------------------------------------------------------------------------- validation

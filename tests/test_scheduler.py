@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import multiprocessing
 import os
 import signal
@@ -30,9 +31,10 @@ from flowlib.scheduling import (
     worker_main,
 )
 
+from core.engine import RunSummary
 from handlers.schedule.sql import SqlScheduleStore
 from handlers.schedule.store import NotFoundError, RetryPolicy, RunRecord, utcnow
-from handlers.scheduler import HeartbeatResult, Worker, execute_run, tick, trigger_run
+from handlers.scheduler import HeartbeatResult, Worker, execute_run, outcome_from_summary, tick, trigger_run
 from handlers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,12 +90,14 @@ def test_a_sync_tick_runs_due_flows_and_a_failing_one_does_not_stop_the_others(
     good = store.get_run(by_flow["good"].id)
     assert (good.status, good.records_in, good.records_out, good.dead_letters) == ("success", 5, 5, 0)
     assert good.duration is not None and good.duration > 0
-    assert good.engine_run_id == f"run-{good.id}"
+    assert good.engine_run_id is not None and good.engine_run_id.startswith(f"run-{good.id}-")
+    assert (tmp_path / "state" / "good" / "runs" / good.engine_run_id / "summary.json").is_file()
     assert [r["doubled"] for r in read_jsonl(tmp_path / "good.jsonl")] == [0, 2, 4, 6, 8]
 
     bad = store.get_run(by_flow["bad"].id)
     assert bad.status == "failed"
-    assert bad.error_message is not None and "more than 0 records dead-lettered" in bad.error_message
+    assert bad.error_message is not None
+    assert "dead-lettered" in bad.error_message and "max_dead_letters" in bad.error_message
     assert bad.error_backtrace is not None and bad.error_backtrace.startswith("Traceback")
     assert "max_dead_letters" in bad.error_backtrace
     assert bad.ended_at is not None and bad.duration is not None
@@ -220,7 +224,8 @@ def test_secrets_never_reach_the_run_record(store: SqlScheduleStore, settings: S
     config = {
         "source": {"type": "memory", "records": [{"id": 1}]},
         "sink": {"type": "sql", "url": "postgresql://adf:hunter2@127.0.0.1:1/nowhere", "table": "t"},
-        "runtime": {"retries": 0, "sink_error_policy": "fail"},
+        # fail at the first refused connection (the unreachable sink is not what this test is about)
+        "runtime": {"retries": 0, "sink_error_policy": "fail", "sink_retry": {"window_s": 0}},
     }
     store.create_flow("leaky", config, 3600)
     run = trigger_run(store, settings, "leaky")
@@ -404,6 +409,8 @@ def test_a_worker_killed_mid_run_is_failed_after_its_lease_and_retried_without_l
         assert failed.status == "failed"
         assert failed.error_message is not None
         assert failed.error_message.startswith("lease expired at ")
+        # recorded when the run started: a run that died can be found in the state directory
+        assert failed.engine_run_id is not None and failed.engine_run_id.startswith(f"run-{first_id}-")
         assert ": worker doomed-worker stopped renewing" in failed.error_message
         [retry] = store.list_runs(flow="slowpoke", status="pending")
         assert (retry.attempt, retry.trigger) == (2, "retry")
@@ -411,11 +418,108 @@ def test_a_worker_killed_mid_run_is_failed_after_its_lease_and_retried_without_l
         done = Worker(store, settings, worker_id="rescuer").run_once()
         assert done is not None and done.id == retry.id and done.status == "success"
         # The engine resumed the killed run's checkpoint: every record, at most one batch twice.
-        assert done.engine_run_id == f"run-{first_id}"
+        assert done.engine_run_id == failed.engine_run_id
         values = [r["n"] for r in read_jsonl(out)]
         assert set(values) == set(range(n))
         assert len(values) - n <= batch
         assert store.get_flow("slowpoke").last_run_status == "success"
+
+
+# --------------------------------------------------------------------------- run ids and statuses
+
+
+def ledger_flow(out: Path) -> dict[str, Any]:
+    """11 records, 3 refused by the schema (2 amounts that are not numbers, 1 id): a partial run."""
+    records = [{"id": i, "amount": "n/a" if i in (3, 5) else i * 1.5} for i in range(10)] + [{"id": "x", "amount": 1}]
+    return {
+        "source": {"type": "memory", "records": records},
+        "schema": {"id": "integer", "amount": "decimal"},
+        "sink": {"type": "file", "path": str(out), "format": "jsonl"},
+        "runtime": {"batch_size": 4},
+    }
+
+
+def _run_files(tmp_path: Path, flow: str, engine_run_id: str | None) -> dict[str, bytes]:
+    assert engine_run_id
+    run_dir = tmp_path / "state" / flow / "runs" / engine_run_id
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+def test_a_run_with_some_dead_letters_is_partial_final_and_not_retried(
+    store: SqlScheduleStore, settings: Settings, tmp_path: Path
+) -> None:
+    store.create_flow("ledger", ledger_flow(tmp_path / "ledger.jsonl"), 3600)
+    result = tick(store, settings, mode="sync")
+    [run] = result.runs
+    assert (run.status, run.records_in, run.records_out, run.dead_letters) == ("partial", 11, 8, 3)
+    recorded = store.get_run(run.id)
+    assert recorded == run and recorded.ended_at is not None and recorded.lease_expires_at is None
+    # one line naming the reasons, the most frequent first; no backtrace (nothing raised)
+    message = recorded.error_message or ""
+    assert message.startswith("3 records dead-lettered: 2") and "\n" not in message
+    assert "field 'amount'" in message and "field 'id'" in message
+    assert message.index("field 'amount'") < message.index("field 'id'")
+    assert recorded.error_backtrace is None
+    assert store.get_flow("ledger").last_run_status == "partial"
+    assert [r.id for r in store.list_runs(status="partial")] == [run.id]
+    assert len(read_jsonl(tmp_path / "ledger.jsonl")) == 8
+    files = _run_files(tmp_path, "ledger", recorded.engine_run_id)
+    assert files["dead_letters.jsonl"].count(b"\n") == 3
+    # final: no retry, not even once its lease would have run out, and the flow is not busy
+    later = utcnow() + dt.timedelta(seconds=settings.lease_seconds * 10)
+    assert store.expire_leases(RetryPolicy(max_attempts=3), later) == []
+    again = tick(store, settings, mode="sync", now=later + dt.timedelta(seconds=3600))
+    assert again.flows_triggered == 1 and again.pending_run_ids == []
+    assert [r.status for r in store.list_runs(flow="ledger")] == ["partial", "partial"]
+
+
+def test_engine_statuses_map_to_run_statuses() -> None:
+    def outcome(status: str, **fields: Any) -> tuple[str, str | None]:
+        summary = RunSummary(flow="f", run_id="run-1-ab", status=status, records_in=5, records_out=4, **fields)
+        got = outcome_from_summary(summary)
+        assert (got.records_in, got.records_out, got.engine_run_id) == (5, 4, "run-1-ab")
+        return got.status, got.error_message
+
+    assert outcome("success") == ("success", None)
+    assert outcome("stopped") == ("success", None)  # an unbounded run that was stopped did its work
+    reasons = [{"reason": f"reason {i}", "count": 5 - i} for i in range(5)]
+    status, message = outcome("partial", dead_letters=15, dead_letter_reasons=reasons)
+    assert status == "partial" and message is not None
+    assert message.startswith("15 records dead-lettered: 5") and "reason 2" in message and "reason 3" not in message
+    assert message.endswith("; …")
+    assert outcome("failed", error="boom", error_type="ValueError") == ("failed", "ValueError: boom")
+    assert outcome("exploded")[0] == "failed"
+
+
+def test_run_ids_and_engine_run_ids_are_never_reused(
+    url: str, store: SqlScheduleStore, settings: Settings, tmp_path: Path
+) -> None:
+    flow = store.create_flow("ids", ledger_flow(tmp_path / "ids.jsonl"), 3600)
+    [first] = tick(store, settings, mode="sync").runs
+    old = _run_files(tmp_path, "ids", first.engine_run_id)
+    assert {"summary.json", "dead_letters.jsonl"} <= set(old)
+
+    # removed and added again: SQLite handed the deleted newest ids out again before
+    store.delete_flow("ids")
+    again = store.create_flow("ids", ledger_flow(tmp_path / "ids.jsonl"), 3600)
+    [second] = tick(store, settings, mode="sync").runs
+    assert again.id > flow.id and second.id > first.id
+    assert second.status == "partial" and second.engine_run_id not in (None, first.engine_run_id)
+    assert _run_files(tmp_path, "ids", first.engine_run_id) == old
+
+    # a schedule database made again from nothing starts its ids over; the engine's do not
+    store.close()
+    with SqlScheduleStore(url) as dropper, dropper.engine.begin() as conn:
+        for table in ("data_flow_runs", "data_flows", "heartbeat_requests", "alembic_version"):
+            conn.execute(sa.text(f"DROP TABLE {table}"))
+    with SqlScheduleStore(url) as fresh:
+        fresh.create_flow("ids", ledger_flow(tmp_path / "ids.jsonl"), 3600)
+        [third] = tick(fresh, settings, mode="sync").runs
+    assert third.id == first.id
+    assert third.engine_run_id not in (None, first.engine_run_id, second.engine_run_id)
+    assert _run_files(tmp_path, "ids", first.engine_run_id) == old
+    summary = json.loads(old["summary.json"])
+    assert (summary["run_id"], summary["dead_letters"]) == (first.engine_run_id, 3)
 
 
 # --------------------------------------------------------------------------- real concurrency

@@ -18,6 +18,10 @@ Tables (created by the Alembic migrations in ``handlers/schedule/migrations``):
 ``heartbeat_requests``
     ``ts``, ``client``, ``outcome``, ``status_code``, ``flows_due``, ``flows_triggered``, ``detail``.
 
+Ids are never reused: PostgreSQL takes them from sequences; on SQLite ``data_flows`` and
+``data_flow_runs`` are ``AUTOINCREMENT`` tables (migration ``0002`` rebuilt older files so),
+so a run created after the newest one was deleted still gets a new id.
+
 Every timestamp is timezone-aware UTC: ``timestamptz`` on PostgreSQL; on SQLite a UTC text
 timestamp (fixed format, so it sorts and compares as time) read back as an aware datetime.
 
@@ -225,6 +229,7 @@ def _build_tables() -> _Tables:
 
     big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
     md = sa.MetaData()
+    # sqlite_autoincrement: the migrations create the tables; this says what they are.
     flows = sa.Table(
         "data_flows", md,
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -238,6 +243,7 @@ def _build_tables() -> _Tables:
         ts("next_run_at"),
         ts("created_at", False),
         ts("updated_at", False),
+        sqlite_autoincrement=True,
     )
     runs = sa.Table(
         "data_flow_runs", md,
@@ -258,6 +264,7 @@ def _build_tables() -> _Tables:
         ts("lease_expires_at"),
         sa.Column("engine_run_id", sa.String(200)),
         ts("not_before"),
+        sqlite_autoincrement=True,
     )
     heartbeats = sa.Table(
         "heartbeat_requests", md,
@@ -809,16 +816,24 @@ class SqlScheduleStore(ScheduleStore):
         return set(rows)
 
     def start_run(
-        self, run_id: int, worker_id: str, *, lease_seconds: float = 300.0, now: dt.datetime | None = None
+        self,
+        run_id: int,
+        worker_id: str,
+        *,
+        lease_seconds: float = 300.0,
+        now: dt.datetime | None = None,
+        engine_run_id: str | None = None,
     ) -> RunRecord | None:
         sa, flows, runs = self._sa, self._t.flows, self._t.runs
         now = _now(now)
-        lease = now + _seconds(lease_seconds, "lease_seconds")
+        values: dict[str, Any] = {"started_at": now, "lease_expires_at": now + _seconds(lease_seconds, "lease_seconds")}
+        if engine_run_id is not None:
+            values["engine_run_id"] = engine_run_id
         with self._tx() as conn:
             row = conn.execute(
                 sa.update(runs)
                 .where(runs.c.id == run_id, runs.c.worker_id == worker_id, runs.c.status == "in_progress")
-                .values(started_at=now, lease_expires_at=lease)
+                .values(values)
                 .returning(*runs.c)
             ).mappings().first()
             if row is None:
@@ -826,7 +841,7 @@ class SqlScheduleStore(ScheduleStore):
             name = conn.execute(sa.select(flows.c.name).where(flows.c.id == row["flow_id"])).scalar_one()
         return _run_record(row, name)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome) -> RunRecord:
+    def finish_run(self, run_id: int, outcome: RunOutcome, *, worker_id: str | None = None) -> RunRecord:
         if outcome.status not in FINAL_RUN_STATUSES:
             raise ValueError(f"a run finishes as one of {', '.join(FINAL_RUN_STATUSES)}, not {outcome.status!r}")
         sa, flows, runs = self._sa, self._t.flows, self._t.runs
@@ -837,23 +852,24 @@ class SqlScheduleStore(ScheduleStore):
 
         with self._tx() as conn:
             row = conn.execute(
-                sa.select(runs.c.id, runs.c.flow_id, runs.c.status, runs.c.started_at)
+                sa.select(runs.c.id, runs.c.flow_id, runs.c.status, runs.c.started_at, runs.c.worker_id)
                 .where(runs.c.id == run_id)
                 .with_for_update()
             ).mappings().first()
             if row is None:
                 raise NotFoundError(f"no run with id {run_id}")
-            # A run already failed by an expired lease (and maybe retried) keeps that verdict.
-            if row["status"] in ACTIVE_RUN_STATUSES:
-                conn.execute(
-                    sa.update(runs).where(runs.c.id == run_id).values(
-                        status=outcome.status, ended_at=now, started_at=row["started_at"] or now,
-                        error_message=clean(outcome.error_message), error_backtrace=clean(outcome.error_backtrace),
-                        records_in=outcome.records_in, records_out=outcome.records_out,
-                        dead_letters=outcome.dead_letters, engine_run_id=outcome.engine_run_id,
-                        lease_expires_at=None,
-                    )
-                )
+            # A run already finished (this very outcome, when a write is retried) or failed by
+            # an expired lease (and maybe retried) keeps that verdict.
+            if row["status"] in ACTIVE_RUN_STATUSES and worker_id in (None, row["worker_id"]):
+                values: dict[str, Any] = {
+                    "status": outcome.status, "ended_at": now, "started_at": row["started_at"] or now,
+                    "error_message": clean(outcome.error_message), "error_backtrace": clean(outcome.error_backtrace),
+                    "records_in": outcome.records_in, "records_out": outcome.records_out,
+                    "dead_letters": outcome.dead_letters, "lease_expires_at": None,
+                }
+                if outcome.engine_run_id is not None:  # else keep the one start_run recorded
+                    values["engine_run_id"] = outcome.engine_run_id
+                conn.execute(sa.update(runs).where(runs.c.id == run_id).values(values))
                 conn.execute(
                     sa.update(flows).where(flows.c.id == row["flow_id"]).values(last_run_status=outcome.status)
                 )

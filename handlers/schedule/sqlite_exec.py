@@ -16,6 +16,11 @@ started with ``BEGIN IMMEDIATE``. Timestamps are stored as fixed-format UTC text
 (``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts and compares as time, exactly as
 SQLAlchemy stores them on SQLite.
 
+Ids are never reused: the tables are ``AUTOINCREMENT``. A file made before the run status
+``partial`` existed, or by the SQLAlchemy store's first migration (no ``AUTOINCREMENT``),
+is rebuilt when the store opens — the same rebuild as that store's migration ``0002``,
+every row and id kept (see :func:`upgrade_schema`).
+
 Standard library only (this runs inside a Spin component).
 
 Example::
@@ -54,7 +59,7 @@ from handlers.schedule.store import (
     utcnow,
 )
 
-__all__ = ["SCHEMA", "ExecConnection", "ExecScheduleStore", "Sqlite3Exec"]
+__all__ = ["SCHEMA", "ExecConnection", "ExecScheduleStore", "Sqlite3Exec", "upgrade_schema"]
 
 
 class ExecConnection(Protocol):
@@ -84,8 +89,7 @@ class Sqlite3Exec:
         self._conn.close()
 
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS data_flows (
+_FLOWS_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         name VARCHAR(200) NOT NULL UNIQUE,
         description TEXT NOT NULL,
@@ -97,12 +101,11 @@ SCHEMA = (
         next_run_at DATETIME,
         created_at DATETIME NOT NULL,
         updated_at DATETIME NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS ix_data_flows_due ON data_flows (enabled, next_run_at)",
-    """CREATE TABLE IF NOT EXISTS data_flow_runs (
+    )"""
+_RUNS_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
-        flow_id INTEGER NOT NULL REFERENCES data_flows (id) ON DELETE CASCADE,
-        status VARCHAR(20) NOT NULL CHECK (status IN ('pending', 'in_progress', 'success', 'failed', 'cancelled')),
+        flow_id INTEGER NOT NULL REFERENCES {flows} (id) ON DELETE CASCADE,
+        status VARCHAR(20) NOT NULL CHECK (status IN ({statuses})),
         "trigger" VARCHAR(40) NOT NULL,
         attempt INTEGER NOT NULL,
         created_at DATETIME NOT NULL,
@@ -117,9 +120,18 @@ SCHEMA = (
         lease_expires_at DATETIME,
         engine_run_id VARCHAR(200),
         not_before DATETIME
-    )""",
+    )"""
+_STATUS_LIST = ", ".join(f"'{s}'" for s in RUN_STATUSES)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ix_data_flows_due ON data_flows (enabled, next_run_at)",
     "CREATE INDEX IF NOT EXISTS ix_data_flow_runs_flow ON data_flow_runs (flow_id, status)",
     "CREATE INDEX IF NOT EXISTS ix_data_flow_runs_status ON data_flow_runs (status, created_at)",
+)
+
+SCHEMA = (
+    _FLOWS_TABLE.format(table="data_flows"),
+    _RUNS_TABLE.format(table="data_flow_runs", flows="data_flows", statuses=_STATUS_LIST),
+    *_INDEXES,
     """CREATE TABLE IF NOT EXISTS heartbeat_requests (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         ts DATETIME NOT NULL,
@@ -192,11 +204,70 @@ def _iso(value: dt.datetime | None) -> str:
     return "?" if value is None else value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+# --------------------------------------------------------------------------- schema upgrades
+
+#: A rebuilt table is created under this name, filled, then renamed over the old one.
+_NEW_FLOWS, _NEW_RUNS = "_adf_new_data_flows", "_adf_new_data_flow_runs"
+
+
+def _outdated(flows_sql: str, runs_sql: str) -> bool:
+    """Whether the tables lack AUTOINCREMENT (ids reused) or a run status."""
+    autoincrement = all("AUTOINCREMENT" in sql.upper() for sql in (flows_sql, runs_sql))
+    return not autoincrement or any(f"'{status}'" not in runs_sql for status in RUN_STATUSES)
+
+
+def upgrade_schema(conn: ExecConnection) -> bool:
+    """Create the schedule tables, or bring older ones up to date; call it inside a write
+    transaction. Returns True when ``data_flows`` and ``data_flow_runs`` were rebuilt.
+
+    A rebuild copies every flow and run, with its id, into tables of the current definition
+    and renames them over the old ones; the ``AUTOINCREMENT`` counters keep their values
+    (a deleted id above the highest remaining one is not known to a file that never had
+    them). The order matters: with foreign keys on, dropping ``data_flows`` deletes its rows
+    first and so cascades to every table referencing it. So the new runs table references
+    the new flows table, the old runs table is dropped first, and renaming the new flows
+    table to ``data_flows`` rewrites the reference (SQLite >= 3.26).
+    """
+
+    def q(sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list(conn.execute(sql, list(params)))
+
+    tables = {
+        str(name): str(sql or "")
+        for name, sql in q("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+                           "AND name IN ('data_flows', 'data_flow_runs')")
+    }
+    rebuild = len(tables) == 2 and _outdated(tables["data_flows"], tables["data_flow_runs"])
+    if rebuild:
+        q(_FLOWS_TABLE.format(table=_NEW_FLOWS))
+        q(_RUNS_TABLE.format(table=_NEW_RUNS, flows=_NEW_FLOWS, statuses=_STATUS_LIST))
+        counters = [(str(name), int(seq)) for name, seq in
+                    q("SELECT name, seq FROM sqlite_sequence WHERE name IN ('data_flows', 'data_flow_runs')")]
+        flow_cols = ", ".join(_FLOW_COLS)
+        run_cols = ", ".join(f'"{c}"' for c in _RUN_COLS)
+        q(f"INSERT INTO {_NEW_FLOWS} ({flow_cols}) SELECT {flow_cols} FROM data_flows")
+        # Runs of a deleted flow (a file once written without foreign keys) are unreachable: left behind.
+        q(f"INSERT INTO {_NEW_RUNS} ({run_cols}) SELECT {run_cols} FROM data_flow_runs "
+          "WHERE flow_id IN (SELECT id FROM data_flows)")
+        q("DROP TABLE data_flow_runs")
+        q("DROP TABLE data_flows")
+        q(f"ALTER TABLE {_NEW_FLOWS} RENAME TO data_flows")
+        q(f"ALTER TABLE {_NEW_RUNS} RENAME TO data_flow_runs")
+        for table, seq in counters:
+            q("UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?", [seq, table, seq])
+            q("INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? "
+              "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)", [table, seq, table])
+    for statement in SCHEMA:
+        q(statement)
+    return rebuild
+
+
 class ExecScheduleStore(ScheduleStore):
     """:class:`~handlers.schedule.store.ScheduleStore` over an :class:`ExecConnection`.
 
-    Creates its tables on open (``create_tables=False`` to skip). One connection, guarded
-    by a lock: share the store between threads, open one per process.
+    Creates its tables on open, or upgrades older ones (:func:`upgrade_schema`;
+    ``create_tables=False`` to skip). One connection, guarded by a lock: share the store
+    between threads, open one per process.
     """
 
     def __init__(self, conn: ExecConnection, *, create_tables: bool = True) -> None:
@@ -206,8 +277,7 @@ class ExecScheduleStore(ScheduleStore):
         self.conn.execute("PRAGMA foreign_keys = ON")
         if create_tables:
             with self._tx():
-                for statement in SCHEMA:
-                    self.conn.execute(statement)
+                upgrade_schema(self.conn)
 
     def __repr__(self) -> str:
         return f"ExecScheduleStore({self.conn!r})"
@@ -442,7 +512,13 @@ class ExecScheduleStore(ScheduleStore):
         return held
 
     def start_run(
-        self, run_id: int, worker_id: str, *, lease_seconds: float = 300.0, now: dt.datetime | None = None
+        self,
+        run_id: int,
+        worker_id: str,
+        *,
+        lease_seconds: float = 300.0,
+        now: dt.datetime | None = None,
+        engine_run_id: str | None = None,
     ) -> RunRecord | None:
         now = _now(now)
         lease = now + _seconds(lease_seconds, "lease_seconds")
@@ -451,11 +527,12 @@ class ExecScheduleStore(ScheduleStore):
                            [run_id, worker_id])
             if not mine:
                 return None
-            self._q("UPDATE data_flow_runs SET started_at = ?, lease_expires_at = ? WHERE id = ?",
-                    [_ts(now), _ts(lease), run_id])
+            self._q("UPDATE data_flow_runs SET started_at = ?, lease_expires_at = ?, "
+                    "engine_run_id = COALESCE(?, engine_run_id) WHERE id = ?",
+                    [_ts(now), _ts(lease), engine_run_id, run_id])
             return self._get_run(run_id)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome) -> RunRecord:
+    def finish_run(self, run_id: int, outcome: RunOutcome, *, worker_id: str | None = None) -> RunRecord:
         if outcome.status not in FINAL_RUN_STATUSES:
             raise ValueError(f"a run finishes as one of {', '.join(FINAL_RUN_STATUSES)}, not {outcome.status!r}")
         now = utcnow()
@@ -464,16 +541,18 @@ class ExecScheduleStore(ScheduleStore):
             return None if text is None else redact_text(text)
 
         with self._tx():
-            rows = self._q("SELECT id, flow_id, status, started_at FROM data_flow_runs WHERE id = ?", [run_id])
+            rows = self._q("SELECT id, flow_id, status, started_at, worker_id FROM data_flow_runs WHERE id = ?",
+                           [run_id])
             if not rows:
                 raise NotFoundError(f"no run with id {run_id}")
-            _, flow_id, status, started_at = rows[0]
-            # A run already failed by an expired lease (and maybe retried) keeps that verdict.
-            if status in ACTIVE_RUN_STATUSES:
+            _, flow_id, status, started_at, holder = rows[0]
+            # A run already finished (this very outcome, when a write is retried) or failed by
+            # an expired lease (and maybe retried) keeps that verdict.
+            if status in ACTIVE_RUN_STATUSES and worker_id in (None, holder):
                 self._q(
                     "UPDATE data_flow_runs SET status = ?, ended_at = ?, started_at = ?, error_message = ?, "
-                    "error_backtrace = ?, records_in = ?, records_out = ?, dead_letters = ?, engine_run_id = ?, "
-                    "lease_expires_at = NULL WHERE id = ?",
+                    "error_backtrace = ?, records_in = ?, records_out = ?, dead_letters = ?, "
+                    "engine_run_id = COALESCE(?, engine_run_id), lease_expires_at = NULL WHERE id = ?",
                     [outcome.status, _ts(now), started_at or _ts(now), clean(outcome.error_message),
                      clean(outcome.error_backtrace), outcome.records_in, outcome.records_out, outcome.dead_letters,
                      outcome.engine_run_id, run_id],

@@ -9,8 +9,17 @@ Life of a scheduled run::
                               a flow whose previous run is still pending/in progress is skipped)
         mode=sync : runs created in_progress with the heartbeat's worker id and a lease
         mode=async: runs created pending ──▶ claim_pending_run (worker) ──▶ in_progress + lease
-    start_run, renew_lease … finish_run ──▶ success | failed (error + backtrace), flow.last_run_status
+    start_run, renew_lease … finish_run ──▶ success | partial | failed (error + backtrace), flow.last_run_status
     expire_leases ──▶ in_progress past its lease: failed ("lease expired"), retried per policy
+
+``partial``: the run went through its input and wrote it, but some records were
+dead-lettered (below the flow's ``runtime.max_dead_letter_ratio``); it is final, like
+``success``, and never retried — the dead letters are replayed after a fix.
+
+Flow and run ids are never reused, not even after the newest rows are deleted: PostgreSQL
+takes them from sequences, SQLite from ``AUTOINCREMENT`` (``sqlite_sequence``). The
+scheduler still never relies on them alone to name an engine run (see
+:func:`handlers.scheduler.execute_run`), since a schedule database can be re-created.
 """
 
 from __future__ import annotations
@@ -44,11 +53,11 @@ __all__ = [
     "utcnow",
 ]
 
-RUN_STATUSES = ("pending", "in_progress", "success", "failed", "cancelled")
+RUN_STATUSES = ("pending", "in_progress", "success", "partial", "failed", "cancelled")
 #: A flow with a run in one of these states is busy: the heartbeat skips it (no overlapping runs).
 ACTIVE_RUN_STATUSES = ("pending", "in_progress")
 #: What :meth:`ScheduleStore.finish_run` accepts.
-FINAL_RUN_STATUSES = ("success", "failed", "cancelled")
+FINAL_RUN_STATUSES = ("success", "partial", "failed", "cancelled")
 #: Flow names (the same rule as a spec's ``name``).
 FLOW_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: The largest run interval (a 32-bit integer column): about 68 years.
@@ -158,7 +167,7 @@ class HeartbeatRecord:
 class RunOutcome:
     """What a finished run reports back (from the engine's RunSummary)."""
 
-    status: str  # success | failed | cancelled
+    status: str  # one of FINAL_RUN_STATUSES
     records_in: int | None = None
     records_out: int | None = None
     dead_letters: int | None = None
@@ -368,18 +377,29 @@ class ScheduleStore(abc.ABC):
         """Extend several leases at once; returns the ids still held by ``worker_id``."""
         return {run_id for run_id in run_ids if self.renew_lease(run_id, worker_id, lease_seconds=lease_seconds)}
 
+    @abc.abstractmethod
     def start_run(
-        self, run_id: int, worker_id: str, *, lease_seconds: float = 300.0, now: dt.datetime | None = None
+        self,
+        run_id: int,
+        worker_id: str,
+        *,
+        lease_seconds: float = 300.0,
+        now: dt.datetime | None = None,
+        engine_run_id: str | None = None,
     ) -> RunRecord | None:
-        """Mark the start of execution (started_at = now, lease renewed) of a run leased to
-        ``worker_id``; None when the run is no longer this worker's (its lease expired)."""
-        if not self.renew_lease(run_id, worker_id, lease_seconds=lease_seconds):
-            return None
-        return self.get_run(run_id)
+        """Mark the start of execution (started_at = now, lease renewed, and ``engine_run_id``
+        when given, so a run that dies can still be found in the state directory) of a run
+        leased to ``worker_id``; None when the run is no longer this worker's (its lease
+        expired). Doing it twice is harmless."""
 
     @abc.abstractmethod
-    def finish_run(self, run_id: int, outcome: RunOutcome) -> RunRecord:
-        """Record the end of a run and the flow's last_run_status."""
+    def finish_run(self, run_id: int, outcome: RunOutcome, *, worker_id: str | None = None) -> RunRecord:
+        """Record the end of a run and the flow's last_run_status; returns the run as stored.
+
+        Only a run still pending or in progress (and, with ``worker_id``, still leased to that
+        worker) is changed: a run failed by an expired lease keeps that verdict. So finishing a
+        run twice is harmless — the first outcome stays — and a write retried after a lost
+        connection, which may have been committed, needs no special care."""
 
     @abc.abstractmethod
     def expire_leases(self, policy: RetryPolicy, now: dt.datetime | None = None) -> list[RunRecord]:

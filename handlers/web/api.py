@@ -427,7 +427,7 @@ def build_app(
     @api.get("/runs", response_model=list[RunOut], tags=["runs"], summary="List runs, newest first")  # type: ignore[valid-type]
     def list_runs(
         flow: str | None = None,
-        status: Literal["pending", "in_progress", "success", "failed", "cancelled"] | None = None,
+        status: Literal["pending", "in_progress", "success", "partial", "failed", "cancelled"] | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> JSONResponse:
