@@ -9,12 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core.ids import new_id
-from core.redact import redact_text
 from handlers.invoke_base import (
     FlowHost,
     _error_message,
@@ -27,58 +25,38 @@ from handlers.invoke_base import (
 )
 
 if TYPE_CHECKING:
-    from core.engine import RunSummary
-    from handlers.schedule.store import RunOutcome, RunRecord, ScheduleStore
+    from handlers.schedule.store import RunRecord, ScheduleStore
     from handlers.settings import Settings
 
 __all__ = ["handle_cron", "host_executor"]
 
 
 
-def _outcome(summary: RunSummary | None, exc: BaseException | None = None) -> RunOutcome:
-    from handlers.schedule.store import RunOutcome
-
-    if exc is not None:
-        return RunOutcome(
-            status="failed",
-            error_message=redact_text(f"{type(exc).__name__}: {exc}"),
-            error_backtrace=redact_text("".join(traceback.format_exception(exc))),
-        )
-    assert summary is not None
-    outcome = RunOutcome(
-        status="success", records_in=summary.records_in, records_out=summary.records_out,
-        dead_letters=summary.dead_letters, engine_run_id=summary.run_id,
-    )
-    if not summary.ok:
-        message = summary.error or "the flow failed"
-        if summary.error_type and not message.startswith(summary.error_type):
-            message = f"{summary.error_type}: {message}"
-        outcome.status = "failed"
-        outcome.error_message = redact_text(message)
-        outcome.error_backtrace = redact_text(summary.backtrace) if summary.backtrace else None
-    return outcome
-
-
 def host_executor(host: FlowHost) -> Callable[..., RunRecord]:
     """A :data:`handlers.scheduler.Executor` that runs claimed runs with the host's layers,
-    store and ``persist`` (the flow's spec is the one in the schedule store; engine run id
-    ``run-<id>``). It starts no threads, so it runs inside a component."""
+    store and ``persist`` (the flow's spec is the one in the schedule store). The run's
+    start, its engine run id and the record of its outcome are the heartbeat's own
+    (:func:`handlers.scheduler.engine_run_id`, :func:`~handlers.scheduler.outcome_from_summary`,
+    :func:`~handlers.scheduler.record_outcome`). It starts no threads, so it runs inside a component."""
+    from handlers import scheduler
 
     def execute(store: ScheduleStore, run: RunRecord, settings: Settings, *, worker_id: str) -> RunRecord:
-        started = store.start_run(run.id, worker_id, lease_seconds=settings.lease_seconds)
+        run_id = scheduler.engine_run_id(run)
+        started = scheduler.durable_write(
+            lambda: store.start_run(run.id, worker_id, lease_seconds=settings.lease_seconds, engine_run_id=run_id),
+            what=f"starting run {run.id}", window_s=settings.lease_seconds,
+        )
         if started is None:
             return store.get_run(run.id)
-        summary = None
         try:
             flow = store.get_flow(run.flow_name)
             raw = dict(flow.configuration)
             raw.setdefault("name", flow.name)
-            prepared = _prepare(host, flow.name, raw, {}, None, None, None, f"run-{run.id}")
-            summary = execute_flow(host, prepared).summary
-            outcome = _outcome(summary)
+            prepared = _prepare(host, flow.name, raw, {}, None, None, None, run_id)
+            outcome = scheduler.outcome_from_summary(execute_flow(host, prepared).summary)
         except Exception as exc:
-            outcome = _outcome(None, exc)
-        return store.finish_run(run.id, outcome)
+            outcome = scheduler.outcome_from_exception(exc)
+        return scheduler.record_outcome(store, started, outcome, settings, worker_id=worker_id)
 
     return execute
 

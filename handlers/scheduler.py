@@ -251,7 +251,8 @@ class _LeaseKeeper:
 # --------------------------------------------------------------------------- one run
 
 
-def _outcome_from_exception(exc: BaseException) -> RunOutcome:
+def outcome_from_exception(exc: BaseException) -> RunOutcome:
+    """The record of a run that raised instead of finishing (an invalid spec, a missing flow)."""
     return RunOutcome(
         status="failed",
         error_message=redact_text(f"{type(exc).__name__}: {exc}"),
@@ -307,7 +308,7 @@ def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings, run_id: 
             loaded.spec, state_dir=settings.state_dir, run_id=run_id or engine_run_id(run), store=loaded.store
         )
     except Exception as exc:  # an invalid spec, a missing flow, a runtime that raised
-        return _outcome_from_exception(exc)
+        return outcome_from_exception(exc)
     finally:
         if loaded is not None and loaded.store is not None:
             try:
@@ -387,7 +388,7 @@ def _record_crash(store: ScheduleStore, run: RunRecord, exc: BaseException) -> R
     """An executor raised instead of recording the run: record it failed here."""
     log_event(_log, "executor raised", logging.ERROR, run=run.id, error=redact_text(f"{type(exc).__name__}: {exc}"))
     try:
-        return store.finish_run(run.id, _outcome_from_exception(exc))
+        return store.finish_run(run.id, outcome_from_exception(exc))
     except Exception as again:
         log_event(_log, "could not record the failed run; its lease will expire", logging.ERROR, run=run.id,
                   error=redact_text(f"{type(again).__name__}: {again}"))
