@@ -375,3 +375,55 @@ def pg_url() -> Any:
     yield f"postgresql://root@127.0.0.1:5432/{name}"
     with psycopg.connect("postgresql://root@127.0.0.1:5432/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_dead_letters_of_records_from_memory_and_payload_sources_name_their_index(state_dir: Path) -> None:
+    records = [{"n": i, "bad": i in (2, 5)} for i in range(8)]
+    for source, key in (({"type": "memory", "records": records, "splits": 2}, "index"),
+                        ({"type": "payload", "records": [*records[:3], "not an object", *records[3:]]}, "payload_index")):
+        summary = run_flow(
+            {"name": f"origin_{source['type']}", "source": source,
+             "steps": [{"type": "python", "function": "flowlib.integrity:reject_when"}],
+             "sink": {"type": "memory"}},
+            state_dir=str(state_dir), persist=False,
+        )
+        got = {(d["stage"], d["record"].get("n") if isinstance(d["record"], dict) else d["record"]): d["origin"][key]
+               for d in summary.dead_letter_sample or []}
+        if key == "index":
+            assert got == {("step", 2): 2, ("step", 5): 5}
+        else:
+            assert got == {("step", 2): 2, ("source", "not an object"): 3, ("step", 5): 6}
+
+
+@pytest.mark.redis
+def test_dead_letters_of_stream_records_name_topic_partition_and_entry(state_dir: Path) -> None:
+    import uuid
+
+    import redis
+
+    from core.connectors.rafka import Admin, Producer, stream_key
+
+    url, topic = "redis://127.0.0.1:6379", f"origins-{uuid.uuid4().hex[:8]}"
+    admin = Admin(url)
+    admin.create_topic(topic, 2)
+    try:
+        producer = Producer(url)
+        producer.send_batch(topic, [{"n": i, "bad": i % 9 == 4} for i in range(40)], key_field="n")
+        producer.flush()
+        summary = run_flow(
+            {"name": "stream_origins",
+             "source": {"type": "rafka", "url": url, "topic": topic, "group": "g", "bounded": True},
+             "steps": [{"type": "python", "function": "flowlib.integrity:reject_when"}],
+             "sink": {"type": "memory"}},
+            state_dir=str(state_dir),
+        )
+        letters = read_jsonl(Path(summary.dead_letter_destination or ""))
+        assert sorted(d["record"]["n"] for d in letters) == [4, 13, 22, 31]
+        client = redis.Redis.from_url(url)
+        for d in letters:  # the origin names the very entry the record came from
+            origin = d["origin"]
+            assert origin["topic"] == topic and origin["partition"] in (0, 1)
+            entries = client.xrange(stream_key(topic, origin["partition"]), origin["id"], origin["id"])
+            assert len(entries) == 1 and json.loads(entries[0][1][b"v"])["n"] == d["record"]["n"]
+    finally:
+        admin.delete_topic(topic)

@@ -50,6 +50,7 @@ from core.connectors.base import Sink, Source
 from core.records import Record
 from core.splits import (
     DeadLetter,
+    Origins,
     ReaderBatch,
     ReaderStatus,
     SourceReader,
@@ -110,7 +111,9 @@ class _MemoryReader(SplitReader):
         chunk = mine[start : start + max_records]
         split.position = start + len(chunk)
         # Copies: a step mutating a record must not change the source's configuration.
-        batch = ReaderBatch([copy.deepcopy(r) for r in chunk], ReaderStatus.MORE_AVAILABLE)
+        origins = Origins()  # the record's index in the configured list
+        origins.add(len(chunk), {}, "index", range(split.index + start * split.count, len(self._records), split.count))
+        batch = ReaderBatch([copy.deepcopy(r) for r in chunk], ReaderStatus.MORE_AVAILABLE, origins=origins)
         return batch, split.position >= len(mine)
 
 
@@ -235,7 +238,12 @@ class _PayloadReader(SplitReader):
                     )
                 )
         split.position = start + len(chunk)
-        batch = ReaderBatch(records, ReaderStatus.MORE_AVAILABLE, dead_letters=letters)
+        origins = None
+        if records:
+            origins = Origins()
+            indexes = [start + i for i, item in enumerate(chunk) if isinstance(item, (dict, Mapping))]
+            origins.add(len(records), {}, "payload_index", indexes)
+        batch = ReaderBatch(records, ReaderStatus.MORE_AVAILABLE, dead_letters=letters, origins=origins)
         return batch, split.position >= len(self._items)
 
 

@@ -59,6 +59,7 @@ from core.redact import redact_text
 from core.splits import (
     Boundedness,
     DeadLetter,
+    Origins,
     ReaderBatch,
     ReaderStatus,
     SourceReader,
@@ -1035,6 +1036,13 @@ class _Held:
     done: bool = False
 
 
+class _EntryIds(list):  # type: ignore[type-arg]
+    """Stream entry ids as Redis returns them, given out as text (only for a dead letter's origin)."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return _text(super().__getitem__(index))
+
+
 class RafkaSourceReader(SourceReader):
     """Reads the partitions assigned to it with one ``XREADGROUP`` per poll.
 
@@ -1211,7 +1219,8 @@ class RafkaSourceReader(SourceReader):
             return False, None
 
     def _take(
-        self, held: _Held, entries: list[Any], records: list[Record], dead: list[DeadLetter], skip: set[Any] | None
+        self, held: _Held, entries: list[Any], records: list[Record], dead: list[DeadLetter], skip: set[Any] | None,
+        origins: Origins | None = None,
     ) -> None:
         end = held.end
         if end is not None:
@@ -1227,6 +1236,7 @@ class RafkaSourceReader(SourceReader):
         ids = self._inflight.setdefault(held.key, [])
         loads = self._loads
         append = records.append
+        first = len(records)
         if not self._metadata:
             for entry_id, fields in entries:
                 ids.append(entry_id)
@@ -1244,6 +1254,14 @@ class RafkaSourceReader(SourceReader):
                 ids.append(entry_id)
                 self._slow(held, entry_id, fields, records, dead)
         held.split.position = _text(entries[-1][0])
+        if origins is not None and len(records) > first:
+            # each record's entry id, for a dead letter of a step or the sink (malformed entries
+            # are dead letters already: the ids of the records are those not among them)
+            part = held.split.partition
+            bad = {d.origin.get("id") for d in dead if d.origin.get("partition") == part} if dead else set()
+            taken = [e[0] for e in entries if not bad or _text(e[0]) not in bad]
+            origins.add(len(records) - first, {"topic": held.split.topic, "partition": held.split.partition},
+                        "id", _EntryIds(taken))
 
     def _slow(self, held: _Held, entry_id: Any, fields: Any, records: list[Record], dead: list[DeadLetter]) -> None:
         split = held.split
@@ -1267,6 +1285,7 @@ class RafkaSourceReader(SourceReader):
         self._maintain(now)
         records: list[Record] = []
         dead: list[DeadLetter] = []
+        origins = Origins()
         count = int(self.source.config["batch"] or max_records)
         skip: set[Any] | None = None
         if self._inflight:  # the last batch was never confirmed (no checkpoint): do not return it twice
@@ -1282,7 +1301,7 @@ class RafkaSourceReader(SourceReader):
                     h.draining = not ok
                     continue
                 h.cursor = entries[-1][0]
-                self._take(h, entries, records, dead, skip)
+                self._take(h, entries, records, dead, skip, origins)
         if not records and not dead:
             active = [h for h in helds if not h.done and not h.draining]
             if active:
@@ -1292,7 +1311,7 @@ class RafkaSourceReader(SourceReader):
                 for h in active:
                     entries = got.get(h.bkey)
                     if entries:
-                        self._take(h, entries, records, dead, skip)
+                        self._take(h, entries, records, dead, skip, origins)
                     elif self.bounded and ok:
                         h.done = True  # nothing new: the group has read everything up to the end
         finished = [h.split.split_id for h in self._held.values() if h.done]
@@ -1307,7 +1326,7 @@ class RafkaSourceReader(SourceReader):
             status = ReaderStatus.END_OF_INPUT
         else:
             status = ReaderStatus.NOTHING_AVAILABLE
-        return ReaderBatch(records, status, dead, finished)
+        return ReaderBatch(records, status, dead, finished, origins=origins if origins.count == len(records) else None)
 
     def notify_checkpoint_complete(self) -> None:
         """Acknowledge (``XACK``) every entry of the batches returned since the last call."""
