@@ -427,3 +427,20 @@ def test_dead_letters_of_stream_records_name_topic_partition_and_entry(state_dir
             assert len(entries) == 1 and json.loads(entries[0][1][b"v"])["n"] == d["record"]["n"]
     finally:
         admin.delete_topic(topic)
+
+
+def test_dead_letters_of_records_from_a_table_name_their_cursor_value(tmp_path: Path, state_dir: Path) -> None:
+    db = tmp_path / "in.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, n INTEGER, bad BOOLEAN)")
+        conn.executemany("INSERT INTO orders VALUES (?, ?, ?)", [(100 + i, i, i in (3, 7)) for i in range(12)])
+    summary = run_flow(
+        {"name": "table_origins",
+         "source": {"type": "sql", "url": f"sqlite:///{db}", "table": "orders", "cursor_column": "id", "split_size": 5},
+         "steps": [{"type": "python", "function": "flowlib.integrity:reject_when"}],
+         "sink": {"type": "memory"}, "runtime": {"batch_size": 4}},
+        state_dir=str(state_dir),
+    )
+    letters = read_jsonl(Path(summary.dead_letter_destination or ""))
+    assert sorted(d["origin"]["id"] for d in letters) == [103, 107]
+    assert all(d["origin"]["split"] for d in letters)

@@ -62,6 +62,7 @@ from core.logs import get_logger
 from core.records import Record
 from core.redact import redact_text
 from core.splits import (
+    Origins,
     ReaderBatch,
     ReaderStatus,
     SourceReader,
@@ -712,6 +713,19 @@ class _SqlEnumerator(StaticSplitEnumerator):
         return state
 
 
+class _CursorValues(Sequence[Any]):
+    """The cursor values of a batch's rows, made JSON-friendly only when a dead letter asks."""
+
+    def __init__(self, rows: Sequence[Any], column: str) -> None:
+        self._rows, self._column = rows, column
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        return _friendly(self._rows[index][self._column])
+
+
 class _SqlReader(SplitReader):
     def __init__(self, context: SourceReaderContext, source: SqlSource) -> None:
         super().__init__(context)
@@ -752,10 +766,13 @@ class _SqlReader(SplitReader):
         assert isinstance(split, SqlRangeSplit)
         source = self._source
         if source.cursor is None:
+            first = int(split.position or 0)
             rows = list(self._result.fetchmany(max_records))
-            split.position = int(split.position or 0) + len(rows)
+            split.position = first + len(rows)
             records = [source.to_record(row) for row in rows]
-            return ReaderBatch(records, ReaderStatus.MORE_AVAILABLE), len(rows) < max_records
+            origins = Origins()  # the row's position in the query's result
+            origins.add(len(records), {"split": split.split_id}, "row", first)
+            return ReaderBatch(records, ReaderStatus.MORE_AVAILABLE, origins=origins), len(rows) < max_records
         cursor = source.cursor
         with self._db().connect() as conn:
             lower = split.position if split.position is not None else split.lo
@@ -770,7 +787,9 @@ class _SqlReader(SplitReader):
         if rows:
             split.position = _encode_cursor(rows[-1][cursor])
         records = [source.to_record(row) for row in rows]
-        return ReaderBatch(records, ReaderStatus.MORE_AVAILABLE), done
+        origins = Origins()  # each row's cursor value
+        origins.add(len(records), {"split": split.split_id}, cursor, _CursorValues(rows, cursor))
+        return ReaderBatch(records, ReaderStatus.MORE_AVAILABLE, origins=origins), done
 
     def close(self) -> None:
         super().close()
