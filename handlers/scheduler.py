@@ -48,7 +48,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from core.ids import new_id
 from core.logs import get_logger, log_event
@@ -65,6 +65,9 @@ from handlers.schedule.store import (
 )
 from handlers.settings import Settings
 
+if TYPE_CHECKING:
+    from core.loader import LoadedFlow
+
 __all__ = [
     "MODES",
     "Executor",
@@ -75,6 +78,7 @@ __all__ = [
     "durable_write",
     "engine_run_id",
     "execute_run",
+    "load_scheduled_flow",
     "outcome_from_summary",
     "record_outcome",
     "retry_policy",
@@ -289,21 +293,46 @@ def outcome_from_summary(summary: Any) -> RunOutcome:
     return outcome
 
 
-def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings, run_id: str | None = None) -> RunOutcome:
-    """Load the flow's latest configuration, run it on its runtime (engine run id ``run_id``,
-    default :func:`engine_run_id`), and say how it went."""
+def load_scheduled_flow(
+    store: ScheduleStore, flow_name: str, settings: Settings, *, use_store: bool = True
+) -> LoadedFlow:
+    """The flow ``flow_name`` as the schedule store holds it now, resolved through every
+    configuration layer (:func:`core.loader.load_flow`) and validated: what a run of it
+    executes, and what its dead letters are replayed through.
+
+    Its ``runtime.state_dir`` is the heartbeat's state directory (``settings.state_dir``)
+    unless the flow's own configuration names another one: checkpoints, run directories,
+    dead letters and the key-value store live there. The flow's state store is opened unless
+    ``use_store`` is false; closing it is the caller's part. Raises
+    :class:`~handlers.schedule.store.NotFoundError` for an unknown flow and
+    :class:`core.errors.SpecError` for a configuration that is no longer valid.
+
+    Example::
+
+        loaded = load_scheduled_flow(store, "orders", settings)
+        try:
+            summary = core.runtime.run(loaded.spec, state_dir=settings.state_dir, store=loaded.store)
+        finally:
+            if loaded.store is not None:
+                loaded.store.close()
+    """
     from core.loader import load_flow
+
+    flow = store.get_flow(flow_name)
+    spec = dict(flow.configuration)
+    spec.setdefault("name", flow.name)
+    state_layer = ("default", {"runtime": {"state_dir": settings.state_dir}}, "heartbeat settings (ADF_STATE_DIR)")
+    return load_flow(spec, extra=[state_layer], use_store=use_store)
+
+
+def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings, run_id: str | None = None) -> RunOutcome:
+    """Load the flow's latest configuration (:func:`load_scheduled_flow`), run it on its
+    runtime (engine run id ``run_id``, default :func:`engine_run_id`), and say how it went."""
     from core.runtime import run as run_on_runtime
 
     loaded = None
     try:
-        flow = store.get_flow(run.flow_name)
-        spec = dict(flow.configuration)
-        spec.setdefault("name", flow.name)
-        # Checkpoints, dead letters and the key-value store live in the runtime's state
-        # directory unless the flow's own configuration names another one.
-        state_layer = ("default", {"runtime": {"state_dir": settings.state_dir}}, "heartbeat settings (ADF_STATE_DIR)")
-        loaded = load_flow(spec, extra=[state_layer])
+        loaded = load_scheduled_flow(store, run.flow_name, settings)
         summary = run_on_runtime(
             loaded.spec, state_dir=settings.state_dir, run_id=run_id or engine_run_id(run), store=loaded.store
         )
@@ -322,7 +351,7 @@ def execute_run(store: ScheduleStore, run: RunRecord, settings: Settings, *, wor
     """Execute a run leased to ``worker_id`` and record how it ended.
 
     The flow's configuration is read from the store now (an update is applied on the next
-    run), resolved through :func:`core.loader.load_flow` and run with
+    run), resolved by :func:`load_scheduled_flow` and run with
     :func:`core.runtime.run` (engine run id :func:`engine_run_id`, recorded when the run
     starts, or the id of the flow's unfinished checkpoint, which the engine resumes). The
     lease is renewed in the background while it runs. A failure — a failed summary, or an

@@ -45,6 +45,7 @@ class Server:
     store: SqlScheduleStore
     registry: ModuleRegistry
     wasm: bytes
+    state_dir: str
 
     def client(self, address: str | None = None) -> httpx.Client:
         return client_from(address, base_url=self.url, follow_redirects=False)
@@ -102,7 +103,7 @@ def _serve(root: Path, **settings: Any) -> Iterator[Server]:
         registry = ModuleRegistry.from_env()
         try:
             with live_server(config, store) as url:
-                yield Server(url, store, registry, bytes(wasmtime.wat2wasm(WAT)))
+                yield Server(url, store, registry, bytes(wasmtime.wat2wasm(WAT)), config.state_dir)
         finally:
             registry.close()
             store.close()
@@ -243,6 +244,7 @@ def _posts(server: Server) -> list[tuple[str, dict[str, str]]]:
         (f"/ui/modules/{module}/1.0.0/permissions/remove", {"permission": "db:read:main/orders*"}),
         (f"/ui/modules/{module}/1.0.0/delete", {"confirm": "yes"}),
         ("/ui/modules/upload", {"id": "csrf-mod", "version": "1.0.0"}),
+        ("/ui/runs/1/dead-letters/replay", {}),
         ("/ui/logout", {}),
     ]
 
@@ -402,6 +404,230 @@ def test_the_heartbeat_log_page(server: Server) -> None:
         page = client.get("/ui/heartbeats")
     assert page.status_code == 200
     assert "10.9.8.7" in page.text and "outcome-unauthorized" in page.text and "invalid X-Heartbeat-Token" in page.text
+
+
+# --------------------------------------------------------------------------- dead letters
+
+HEARTBEAT_TOKEN = "dashboard-heartbeat-3"
+
+
+@pytest.fixture
+def beating(tmp_path: Path) -> Iterator[Server]:
+    """A server of its own whose heartbeat takes HEARTBEAT_TOKEN (a tick runs every due flow)."""
+    with _serve(tmp_path, api_token=TOKEN, heartbeat_token=HEARTBEAT_TOKEN) as running:
+        yield running
+
+
+def _heartbeat(server: Server) -> list[int]:
+    with server.client() as client:
+        resp = client.post("/heartbeat", headers={"X-Heartbeat-Token": HEARTBEAT_TOKEN})
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["run_ids"])
+
+
+def _fixable(server: Server, root: Path, env: str, **extra: Any) -> tuple[str, Path, Path]:
+    """A flow reading ten records and a malformed line from a file; its step refuses n = 2, 5 and 7
+    until ``env`` is set to 1. Returns its name, input file and output file."""
+    src = root / "orders.jsonl"
+    lines = [json.dumps({"n": n, "bad": n in (2, 5, 7)}) for n in range(10)]
+    lines.insert(4, "{not json")  # line 5
+    src.write_text("\n".join(lines) + "\n")
+    out = root / "out.jsonl"
+    name = f"fixable-{uuid.uuid4().hex[:6]}"
+    server.store.create_flow(name, {
+        "source": {"type": "file", "path": str(src)},
+        "steps": [{"type": "python", "function": "flowlib.integrity:reject_when", "options": {"env": env}}],
+        "sink": {"type": "file", "path": str(out), "mode": "append"},
+        **extra,
+    }, 3600)
+    return name, src, out
+
+
+def _letter_rows(page: str) -> dict[int, str]:
+    """The dead-letter rows of a run page by number, as HTML."""
+    return {int(n): row for n, row in re.findall(r'<tr data-letter="(\d+)">(.*?)</tr>', page, re.S)}
+
+
+def _flash(page: str) -> str:
+    found = re.search(r'<div class="flash flash-(\w+)" role="status">(.*?)</div>', page, re.S)
+    assert found, page
+    return f"{found.group(1)}: {found.group(2)}"
+
+
+def test_a_runs_dead_letters_are_shown_and_replayed_after_the_fix(
+    beating: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = "ADF_DASHBOARD_FIXED"
+    monkeypatch.delenv(env, raising=False)
+    _, src, out = _fixable(beating, tmp_path, env)
+    [run_id] = _heartbeat(beating)
+    run = beating.store.get_run(run_id)
+    assert (run.status, run.records_in, run.records_out, run.dead_letters) == ("partial", 11, 7, 4)
+    assert sorted(r["n"] for r in map(json.loads, out.read_text().splitlines())) == [0, 1, 3, 4, 6, 8, 9]
+
+    with beating.logged_in() as (client, csrf):
+        page = client.get(f"/ui/runs/{run_id}").text
+        rows = _letter_rows(page)
+        assert sorted(rows) == [1, 2, 3, 4]
+        by_line = {int(re.search(r"line (\d+)", row).group(1)): row for row in rows.values()}  # type: ignore[union-attr]
+        assert sorted(by_line) == [3, 5, 7, 9]
+        for line, n in ((3, 2), (7, 5), (9, 7)):
+            row = by_line[line]
+            assert f"{src}, line {line}" in row
+            assert "step" in row and "python:flowlib.integrity:reject_when" in row
+            assert f"ValueError: record {n} is marked bad" in row
+            assert f"{{&#34;n&#34;: {n}, &#34;bad&#34;: true}}" in row  # the record, as JSON
+        assert "source" in by_line[5] and "invalid JSON" in by_line[5] and "{not json" in by_line[5]
+        assert 'id="replay-dead-letters"' in page and "Replay 4 dead letters" in page
+
+        # not fixed yet: every record is refused again and stays, with its new and previous reason
+        resp = client.post(f"/ui/runs/{run_id}/dead-letters/replay", data={"csrf_token": csrf})
+        assert resp.status_code == 303 and resp.headers["location"] == f"/ui/runs/{run_id}#dead-letters"
+        page = client.get(f"/ui/runs/{run_id}").text
+        assert _flash(page) == (
+            "info: Replayed 3 dead letters: 0 written, 3 failed again, 1 not replayable "
+            "(malformed input, or a step the flow no longer has); 4 remain.")
+        assert len(_letter_rows(page)) == 4 and page.count("replayed once, before:") == 3
+
+        # the fix, then the replay: the three records reach the sink, the malformed line stays
+        monkeypatch.setenv(env, "1")
+        resp = client.post(f"/ui/runs/{run_id}/dead-letters/replay", data={"csrf_token": csrf})
+        assert resp.status_code == 303
+        page = client.get(resp.headers["location"].split("#")[0]).text
+        assert _flash(page) == (
+            "info: Replayed 3 dead letters: 3 written, 0 failed again, 1 not replayable "
+            "(malformed input, or a step the flow no longer has); 1 remains.")
+        [row] = _letter_rows(page).values()
+        assert "source" in row and f"{src}, line 5" in row
+        assert "Replay 1 dead letter<" in page
+        replays = re.search(r'<table class="replays">(.*?)</table>', page, re.S)
+        assert replays and replays.group(1).count("<tr>") == 3  # the header and two replays
+    assert sorted(r["n"] for r in map(json.loads, out.read_text().splitlines())) == list(range(10))
+    assert beating.store.get_run(run_id).status == "partial"  # the schedule's record of the run is history
+
+
+def test_a_replay_that_leaves_nothing_says_so(beating: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = "ADF_DASHBOARD_ALL_FIXED"
+    monkeypatch.delenv(env, raising=False)
+    name = f"clean-{uuid.uuid4().hex[:6]}"
+    out = tmp_path / "clean.jsonl"
+    beating.store.create_flow(name, {
+        "source": {"type": "memory", "records": [{"n": n, "bad": n == 1} for n in range(3)]},
+        "steps": [{"type": "python", "function": "flowlib.integrity:reject_when", "options": {"env": env}}],
+        "sink": {"type": "file", "path": str(out), "mode": "append"},
+    }, 3600)
+    [run_id] = _heartbeat(beating)
+    monkeypatch.setenv(env, "1")
+    with beating.logged_in() as (client, csrf):
+        page = client.get(f"/ui/runs/{run_id}").text
+        [row] = _letter_rows(page).values()
+        assert "index 1" in row  # a memory source's record: its index in the list
+        client.post(f"/ui/runs/{run_id}/dead-letters/replay", data={"csrf_token": csrf})
+        page = client.get(f"/ui/runs/{run_id}").text
+        assert _flash(page) == "ok: Replayed 1 dead letter: 1 written, 0 failed again; none remain."
+        assert _letter_rows(page) == {} and 'id="no-dead-letters"' in page
+        assert 'id="replay-dead-letters"' not in page
+    assert sorted(r["n"] for r in map(json.loads, out.read_text().splitlines())) == [0, 1, 2]
+
+
+def test_hostile_record_content_is_escaped_on_the_run_page(beating: Server) -> None:
+    name = f"hostile-{uuid.uuid4().hex[:6]}"
+    script = "<script>alert('dead letter')</script>"
+    beating.store.create_flow(name, {
+        "source": {"type": "memory", "records": [
+            {"n": "<img src=x onerror=alert(1)>", "bad": True, "note": script},
+            {"n": 2, "bad": True, "</td></tr><tr><td>": "x" * 300 + script},
+        ]},
+        "steps": [{"type": "python", "function": "flowlib.integrity:reject_when"}],
+        "sink": {"type": "memory"},
+    }, 3600)
+    [run_id] = _heartbeat(beating)
+    with beating.logged_in() as (client, _):
+        page = client.get(f"/ui/runs/{run_id}").text
+    assert "<script>alert" not in page and "<img src=x" not in page and "</td></tr><tr><td>" not in page
+    assert "&lt;script&gt;alert(&#39;dead letter&#39;)&lt;/script&gt;" in page
+    assert "ValueError: record &lt;img src=x onerror=alert(1)&gt; is marked bad" in page
+    rows = _letter_rows(page)
+    assert len(rows) == 2
+    # the long record is shortened, the whole of it folded away in a <details>
+    [long_row] = [row for row in rows.values() if "x" * 100 in row]
+    assert "<details>" in long_row and "…</code></summary>" in long_row
+    assert "&lt;/td&gt;&lt;/tr&gt;&lt;tr&gt;&lt;td&gt;" in long_row and "x" * 300 + "&lt;script&gt;" in long_row
+
+
+def test_the_run_page_lists_the_first_200_dead_letters_and_names_the_command_for_all(beating: Server) -> None:
+    name = f"many-{uuid.uuid4().hex[:6]}"
+    beating.store.create_flow(name, {
+        "source": {"type": "memory", "records": [{"n": n, "bad": True} for n in range(205)]},
+        "steps": [{"type": "python", "function": "flowlib.integrity:reject_when"}],
+        "sink": {"type": "memory"},
+    }, 3600)
+    [run_id] = _heartbeat(beating)
+    engine_run_id = beating.store.get_run(run_id).engine_run_id
+    with beating.logged_in() as (client, _):
+        page = client.get(f"/ui/runs/{run_id}").text
+    assert sorted(_letter_rows(page)) == list(range(1, 201))
+    more = re.search(r'<p class="hint" id="more-dead-letters">(.*?)</p>', page, re.S)
+    assert more and more.group(1).startswith("5 more not shown:")
+    assert f"adf dead-letters show {name}/{engine_run_id} --state-dir {beating.state_dir}" in more.group(1)
+    assert "Replay 205 dead letters" in page
+
+
+def test_dead_letters_that_went_to_a_sink_are_explained_and_not_replayed(beating: Server, tmp_path: Path) -> None:
+    rejected = tmp_path / "rejected.jsonl"
+    _fixable(beating, tmp_path, "ADF_DASHBOARD_NEVER", dead_letter={"type": "file", "path": str(rejected)})
+    [run_id] = _heartbeat(beating)
+    assert len(rejected.read_text().splitlines()) == 4
+    with beating.logged_in() as (client, csrf):
+        page = client.get(f"/ui/runs/{run_id}").text
+        problem = re.search(r'<p class="error-message" id="dead-letter-problem">(.*?)</p>', page, re.S)
+        assert problem and "went to the sink" in problem.group(1), page
+        assert 'id="replay-dead-letters"' not in page
+        resp = client.post(f"/ui/runs/{run_id}/dead-letters/replay", data={"csrf_token": csrf})
+        assert resp.status_code == 303
+        flash = _flash(client.get(f"/ui/runs/{run_id}").text)
+        assert flash.startswith("error: Not replayed: the dead letters of run") and "went to the sink" in flash
+    assert len(rejected.read_text().splitlines()) == 4
+
+
+def test_a_replay_is_refused_while_another_runs_or_the_run_is_still_going(beating: Server, tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    name, _, out = _fixable(beating, tmp_path, "ADF_DASHBOARD_NEVER")
+    [run_id] = _heartbeat(beating)
+    letters = next((tmp_path / "state" / name / "runs").iterdir()) / "dead_letters.jsonl"
+    before = letters.read_bytes()
+    busy = beating.store.create_run(name, trigger="manual", worker_id="elsewhere", lease_seconds=300)
+    beating.store.start_run(busy.id, "elsewhere", lease_seconds=300, engine_run_id="run-still-going")
+    with beating.logged_in() as (client, csrf):
+        fd = os.open(f"{letters}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # as a replay in another process holds it
+            resp = client.post(f"/ui/runs/{run_id}/dead-letters/replay", data={"csrf_token": csrf})
+            assert resp.status_code == 303
+            flash = _flash(client.get(f"/ui/runs/{run_id}").text)
+            assert flash.startswith("error: Not replayed:") and "being replayed by another process" in flash
+        finally:
+            os.close(fd)
+        client.post(f"/ui/runs/{busy.id}/dead-letters/replay", data={"csrf_token": csrf})
+        assert _flash(client.get(f"/ui/runs/{busy.id}").text) == (
+            f"error: Not replayed: run #{busy.id} is in progress: replay its dead letters when it has finished")
+        # a failed run's checkpoint is resumed by the flow's next run, in the same run directory
+        (tmp_path / "failing").mkdir()
+        failing, _, _ = _fixable(beating, tmp_path / "failing", "ADF_DASHBOARD_NEVER", runtime={"max_dead_letters": 1})
+        [failed_id] = _heartbeat(beating)
+        assert beating.store.get_run(failed_id).status == "failed"
+        resuming = beating.store.create_run(failing, trigger="retry", worker_id="elsewhere", lease_seconds=300)
+        beating.store.start_run(resuming.id, "elsewhere", lease_seconds=300, engine_run_id="run-resuming")
+        client.post(f"/ui/runs/{failed_id}/dead-letters/replay", data={"csrf_token": csrf})
+        flash = _flash(client.get(f"/ui/runs/{failed_id}").text)
+        assert flash.startswith(f"error: Not replayed: run #{resuming.id} of flow {failing} is in progress"), flash
+        # without the CSRF token nothing happens at all
+        assert client.post(f"/ui/runs/{run_id}/dead-letters/replay", data={}).status_code == 403
+        assert client.post("/ui/runs/987654/dead-letters/replay", data={"csrf_token": csrf}).status_code == 404
+    assert letters.read_bytes() == before
+    assert len(out.read_text().splitlines()) == 7
 
 
 # --------------------------------------------------------------------------- WASM modules

@@ -4,7 +4,8 @@ The app runs under uvicorn on a free port (tests/live_server.py) with a temporar
 schedule and a temporary WASM registry (ADF_WASM_DB_URL / ADF_WASM_STORAGE). The scenario:
 a page without login goes to the login page; log in; upload a module by dropping a file on
 the drop zone; see it listed with its size; add and remove a permission; delete it after the
-confirmation step; trigger a flow and watch its run reach ``success`` on the runs page.
+confirmation step; trigger a flow and watch its run reach ``success`` on the runs page; see
+a partial run's dead letters, fix the step and replay them with the run page's button.
 
 Screenshots of every step go to build/test-artifacts/dashboard/. Chromium (/usr/bin/chromium)
 and the playwright package come from scripts/browser-setup; Playwright's own browser
@@ -14,6 +15,7 @@ downloads are not used. Without them these tests fail (they do not skip).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -72,6 +74,8 @@ class App:
     url: str
     store: SqlScheduleStore
     registry: ModuleRegistry
+    settings: Settings
+    root: Path
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         registry = ModuleRegistry.from_env()
         try:
             with live_server(settings, store) as url:
-                yield App(url, store, registry)
+                yield App(url, store, registry, settings, root)
         finally:
             registry.close()
             store.close()
@@ -274,3 +278,52 @@ def test_trigger_a_flow_and_see_its_run_succeed(app: App, page: Any) -> None:
     expect(page.locator("h1 .run-status")).to_have_text("success")
     expect(page.locator("dl.facts")).to_contain_text("5 in · 5 out · 0 dead letters")
     shot("run-detail")
+
+
+def test_see_a_runs_dead_letters_and_replay_them_after_the_fix(
+    app: App, page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from playwright.sync_api import expect
+
+    from handlers.scheduler import trigger_run
+
+    env = "ADF_E2E_DEAD_LETTERS_FIXED"
+    monkeypatch.delenv(env, raising=False)
+    out = app.root / "replayed.jsonl"
+    long_note = "a long note " * 30
+    app.store.create_flow(
+        "e2e-fixable",
+        {"source": {"type": "memory", "records": [
+            {"n": 0}, {"n": 1, "bad": True, "note": "<b>not bold</b>"}, {"n": 2, "bad": True, "note": long_note}]},
+         "steps": [{"type": "python", "function": "flowlib.integrity:reject_when", "options": {"env": env}}],
+         "sink": {"type": "file", "path": str(out), "mode": "append"}},
+        3600,
+        enabled=False,
+    )
+    run = trigger_run(app.store, app.settings, "e2e-fixable")
+    assert (run.status, run.dead_letters) == ("partial", 2)
+
+    shot = Shots(page, "dead-letters")
+    _login(page, app, f"/ui/runs/{run.id}")
+    rows = page.locator("table.dead-letters tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0).locator("td.origin")).to_have_text("index 1")
+    expect(rows.nth(0).locator("td.reason")).to_have_text("ValueError: record 1 is marked bad")
+    expect(rows.nth(0).locator("td.record")).to_contain_text('"note": "<b>not bold</b>"')  # text, not markup
+    # the long record is folded: its whole JSON opens on a click
+    full = rows.nth(1).locator("pre.record-full")
+    expect(full).to_be_hidden()
+    rows.nth(1).locator("summary").click()
+    expect(full).to_be_visible()
+    expect(full).to_contain_text(long_note.strip())
+    shot("listed")
+
+    monkeypatch.setenv(env, "1")  # the fix
+    page.click("#replay-dead-letters")
+    expect(page).to_have_url(re.compile(rf"/ui/runs/{run.id}#dead-letters$"))
+    expect(page.locator(".flash")).to_have_text("Replayed 2 dead letters: 2 written, 0 failed again; none remain.")
+    expect(page.locator("#no-dead-letters")).to_be_visible()
+    expect(page.locator("#replay-dead-letters")).to_have_count(0)
+    expect(page.locator("table.replays tbody tr")).to_have_count(1)
+    shot("replayed")
+    assert sorted(json.loads(line)["n"] for line in out.read_text().splitlines()) == [0, 1, 2]

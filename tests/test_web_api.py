@@ -233,6 +233,122 @@ def test_run_filters_and_paging(api: Api) -> None:
     assert {tuple(d["loc"]) for d in bad["details"]} == {("query", "status"), ("query", "limit")}
 
 
+# --------------------------------------------------------------------------- dead letters
+
+
+def _fixable(api: Api, name: str, env: str) -> Path:
+    """A flow whose step refuses n = 1, 4 and 6 of a file's records until ``env`` is 1, after a
+    malformed line (line 3); returns the input file. Its output goes to ``<name>.jsonl``."""
+    src = api.dir / f"{name}-in.jsonl"
+    lines = [json.dumps({"n": n, "bad": n in (1, 4, 6)}) for n in range(8)]
+    lines.insert(2, "{not json")
+    src.write_text("\n".join(lines) + "\n")
+    config = {**api.spec(name), "source": {"type": "file", "path": str(src)},
+              "steps": [{"type": "python", "function": "flowlib.integrity:reject_when", "options": {"env": env}}]}
+    resp = api.client.post(f"{api.url}/api/flows", json={"name": name, "configuration": config, "run_interval": 3600})
+    assert resp.status_code == 201, resp.text
+    return src
+
+
+def test_a_runs_dead_letters_are_listed_and_replayed_after_the_fix(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = "ADF_WEB_API_FIXED"
+    monkeypatch.delenv(env, raising=False)
+    src = _fixable(api, "fixable", env)
+    [run_id] = api.heartbeat()["run_ids"]
+    run = api.client.get(f"{api.url}/api/runs/{run_id}").json()
+    assert (run["status"], run["records_in"], run["records_out"], run["dead_letters"]) == ("partial", 9, 5, 4)
+    url = f"{api.url}/api/runs/{run_id}/dead-letters"
+
+    resp = api.client.get(url)
+    assert resp.status_code == 200 and resp.headers["x-total-count"] == "4"
+    letters = resp.json()
+    assert [d["number"] for d in letters] == [1, 2, 3, 4]
+    assert {d["run_id"] for d in letters} == {run["engine_run_id"]}
+    steps = sorted((d for d in letters if d["stage"] == "step"), key=lambda d: d["origin"]["line"])
+    assert [(d["record"], d["origin"], d["reason"], d["step"]) for d in steps] == [
+        ({"n": n, "bad": True}, {"file": str(src), "line": line}, f"ValueError: record {n} is marked bad",
+         "python:flowlib.integrity:reject_when")
+        for n, line in ((1, 2), (4, 6), (6, 8))
+    ]
+    [malformed] = [d for d in letters if d["stage"] == "source"]
+    assert (malformed["record"], malformed["origin"]["line"]) == ("{not json", 3)
+    paged = api.client.get(url, params={"limit": 2, "offset": 1}).json()
+    assert [d["number"] for d in paged] == [2, 3]
+    assert api.client.get(url, params={"offset": 10}).json() == []
+    _error(api.client.get(url, params={"limit": 0}), 422, "limit")
+
+    # not fixed yet: all refused again, nothing written
+    again = api.client.post(f"{url}/replay")
+    assert again.status_code == 200, again.text
+    assert {k: again.json()[k] for k in ("replayed", "written", "dead_letters", "kept", "remaining")} == {
+        "replayed": 3, "written": 0, "dead_letters": 3, "kept": 1, "remaining": 4}
+    assert {d["replays"] for d in api.client.get(url).json() if d["stage"] == "step"} == {1}
+
+    monkeypatch.setenv(env, "1")
+    fixed = api.client.post(f"{url}/replay")
+    assert fixed.status_code == 200, fixed.text
+    assert fixed.json() == {
+        "run_id": run_id, "flow": "fixable", "engine_run_id": run["engine_run_id"],
+        "replayed": 3, "written": 3, "filtered": 0, "fanned_out": 0, "dead_letters": 0, "kept": 1, "remaining": 1,
+        "message": "Replayed 3 dead letters: 3 written, 0 failed again, 1 not replayable "
+                   "(malformed input, or a step the flow no longer has); 1 remains.",
+    }
+    assert sorted(r["n"] for r in _lines(api.dir / "fixable.jsonl")) == list(range(8))
+    [left] = api.client.get(url).json()
+    assert (left["stage"], left["number"], left["origin"]["line"]) == ("source", 1, 3)
+    summary = json.loads((api.dir / "state" / "fixable" / "runs" / run["engine_run_id"] / "summary.json").read_text())
+    assert [r["remaining"] for r in summary["replays"]] == [4, 1]
+
+
+def test_dead_letter_requests_that_cannot_be_served_answer_4xx(api: Api) -> None:
+    import fcntl
+    import os
+
+    _error(api.client.get(f"{api.url}/api/runs/999999/dead-letters"), 404, "999999")
+    _error(api.client.post(f"{api.url}/api/runs/999999/dead-letters/replay"), 404, "999999")
+    _fixable(api, "busy", "ADF_WEB_API_NEVER")
+    [run_id] = api.heartbeat()["run_ids"]
+    engine_run_id = api.client.get(f"{api.url}/api/runs/{run_id}").json()["engine_run_id"]
+    letters = api.dir / "state" / "busy" / "runs" / engine_run_id / "dead_letters.jsonl"
+    before = letters.read_bytes()
+    fd = os.open(f"{letters}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a replay in another process
+        _error(api.client.post(f"{api.url}/api/runs/{run_id}/dead-letters/replay"), 409,
+               "being replayed by another process")
+    finally:
+        os.close(fd)
+    assert letters.read_bytes() == before
+
+    pending = api.client.post(f"{api.url}/api/flows/busy/trigger").json()
+    _error(api.client.get(f"{api.url}/api/runs/{pending['id']}/dead-letters"), 404, "has not started")
+    _error(api.client.post(f"{api.url}/api/runs/{pending['id']}/dead-letters/replay"), 409,
+           f"run #{pending['id']} is pending")
+
+    # dead letters that went to a configured sink are read there
+    rejected = api.dir / "rejected.jsonl"
+    config = {**api.client.get(f"{api.url}/api/flows/busy").json()["configuration"],
+              "name": "to-sink", "dead_letter": {"type": "file", "path": str(rejected)}}
+    assert api.client.post(f"{api.url}/api/flows", json={"name": "to-sink", "configuration": config,
+                                                         "run_interval": 3600}).status_code == 201
+    clean = {**api.spec("clean"), "dead_letter": {"type": "file", "path": str(api.dir / "never.jsonl")}}
+    assert api.client.post(f"{api.url}/api/flows", json={"name": "clean", "configuration": clean,
+                                                         "run_interval": 3600}).status_code == 201
+    runs = {api.client.get(f"{api.url}/api/runs/{r}").json()["flow_name"]: r for r in api.heartbeat()["run_ids"]}
+    sunk = runs["to-sink"]
+    _error(api.client.get(f"{api.url}/api/runs/{sunk}/dead-letters"), 409, "went to the sink")
+    _error(api.client.post(f"{api.url}/api/runs/{sunk}/dead-letters/replay"), 409, "went to the sink")
+    assert len(rejected.read_text().splitlines()) == 4
+    # a run that refused nothing has no dead letters, wherever they would have gone
+    nothing = api.client.get(f"{api.url}/api/runs/{runs['clean']}/dead-letters")
+    assert nothing.status_code == 200 and nothing.json() == [] and nothing.headers["x-total-count"] == "0"
+
+    # the same access rule as every other route of the management API
+    with client_from("127.0.0.2") as remote:
+        _error(remote.post(f"{api.url}/api/runs/{run_id}/dead-letters/replay"), 403, "only local clients")
+        _error(remote.get(f"{api.url}/api/runs/{run_id}/dead-letters"), 403, "only local clients")
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -331,10 +447,13 @@ def test_with_an_api_token_a_bearer_token_is_required_from_everywhere(tmp_path: 
                 json={"name": "r", "configuration": running.spec("r"), "run_interval": 60},
                 headers={"Authorization": f"Bearer {API_TOKEN}"},
             )
+            replay = remote.post(f"{running.url}/api/runs/1/dead-letters/replay")
+            letters = remote.get(f"{running.url}/api/runs/1/dead-letters",
+                                 headers={"Authorization": f"Bearer {API_TOKEN}x"})
         local_without = running.client.get(f"{running.url}/api/flows")
         # the heartbeat keeps its own token
         beat = running.client.post(f"{running.url}/heartbeat", headers={"Authorization": f"Bearer {API_TOKEN}"})
-    for resp in (missing, wrong, basic, local_without):
+    for resp in (missing, wrong, basic, local_without, replay, letters):
         _error(resp, 401, "bearer token")
         assert resp.headers["www-authenticate"] == "Bearer"
     assert right.status_code == 200 and right.json() == []
@@ -362,6 +481,8 @@ def test_openapi_document_lists_the_routes(api: Api) -> None:
         "/api/flows/{name}/trigger": {"post"},
         "/api/runs": {"get"},
         "/api/runs/{run_id}": {"get"},
+        "/api/runs/{run_id}/dead-letters": {"get"},
+        "/api/runs/{run_id}/dead-letters/replay": {"post"},
         "/api/heartbeats": {"get"},
         "/healthz": {"get"},
     }
@@ -373,6 +494,14 @@ def test_openapi_document_lists_the_routes(api: Api) -> None:
     assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/FlowCreate")
     assert {"201", "400", "409", "422"} <= set(create["responses"])
     assert "duration" in doc["components"]["schemas"]["Run"]["properties"]
+    letters = paths["/api/runs/{run_id}/dead-letters"]["get"]
+    assert {p["name"] for p in letters["parameters"]} == {"run_id", "limit", "offset"}
+    assert letters["responses"]["200"]["content"]["application/json"]["schema"]["items"]["$ref"].endswith("/DeadLetterOut")
+    assert {"401", "403", "404", "409"} <= set(letters["responses"])
+    replay = paths["/api/runs/{run_id}/dead-letters/replay"]["post"]
+    assert replay["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ReplayOut")
+    assert {"401", "403", "404", "409", "422", "503"} <= set(replay["responses"])
+    assert {"number", "stage", "reason", "record", "origin"} <= set(doc["components"]["schemas"]["DeadLetterOut"]["properties"])
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 

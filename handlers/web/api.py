@@ -4,7 +4,8 @@ and — when a :class:`~handlers.invoke.FlowHost` is given — the flow-run rout
 
 Imported only by :func:`handlers.web.app.create_app` (FastAPI and pydantic load here and
 nowhere else in ``handlers/``). Every route is a thin translation to the schedule store,
-the scheduler or :func:`handlers.http.handle_heartbeat`; every error body is
+the scheduler, :func:`handlers.http.handle_heartbeat` or a run's dead letters (the functions
+the dashboard's run page uses too, in :mod:`handlers.web.dashboard`); every error body is
 ``{"error": message, ...}``.
 """
 
@@ -31,6 +32,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.logs import get_logger
 from handlers import scheduler
+from handlers.dead_letters import (
+    DeadLetterError,
+    describe_replay,
+    read_run_dead_letters,
+    replay_run_dead_letters,
+)
 from handlers.http import Request, handle_heartbeat
 from handlers.invoke import FlowHost, StreamingResponse, handle_http
 from handlers.schedule.store import (
@@ -86,6 +93,42 @@ class HeartbeatResponse(BaseModel):
     flows_triggered: int
     run_ids: list[int]
     timestamp: str
+
+
+class DeadLetterOut(BaseModel):
+    """One dead letter of a run, as the engine wrote it to the run's ``dead_letters.jsonl``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    number: int = Field(description="1-based position in the run's dead-letter file (`adf dead-letters show RUN N`)")
+    flow: str | None = None
+    run_id: str | None = Field(None, description="the engine run id")
+    ts: str | None = Field(None, description="when the record was refused (UTC)")
+    stage: str = Field(description="`source` (malformed input, not replayable), `step` or `sink`")
+    step: str | None = Field(None, description="the step that refused the record")
+    reason: str | None = None
+    error_type: str | None = None
+    record: Any = Field(None, description="the record as it was refused (the raw text for malformed input)")
+    origin: dict[str, Any] | None = Field(
+        None, description="where the record came from: `{file, line, offset}`, `{split, row}`, `{index}`, …")
+    replays: int | None = Field(None, description="how often it was replayed and refused again")
+    previous_reason: str | None = Field(None, description="the reason before the last replay")
+
+
+class ReplayOut(BaseModel):
+    """What a replay of a run's dead letters did: written + filtered + failed again = replayed + fanned out."""
+
+    run_id: int = Field(description="the schedule run")
+    flow: str
+    engine_run_id: str | None
+    replayed: int = Field(description="dead letters sent through the flow")
+    written: int = Field(description="records the sink wrote")
+    filtered: int = Field(description="records a step dropped")
+    fanned_out: int = Field(description="records steps added")
+    dead_letters: int = Field(description="records refused again (they stay, with the new reason)")
+    kept: int = Field(description="dead letters that cannot be replayed (malformed input; they stay as they are)")
+    remaining: int = Field(description="dead letters left in the run")
+    message: str = Field(description="the outcome in one sentence")
 
 
 def _model_of(record: type, name: str, **extra: Any) -> type[BaseModel]:
@@ -159,6 +202,11 @@ def _http_error(request: HttpRequest, exc: Exception) -> JSONResponse:
 def _not_found(request: HttpRequest, exc: Exception) -> JSONResponse:
     message = exc.args[0] if isinstance(exc, NotFoundError) and exc.args else str(exc)
     return _error(404, str(message))
+
+
+def _dead_letter_error(request: HttpRequest, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DeadLetterError)
+    return _error(exc.status, str(exc))
 
 
 def _invalid_flow(request: HttpRequest, exc: Exception) -> JSONResponse:
@@ -265,6 +313,7 @@ def build_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(FlowValidationError, _invalid_flow)
+    app.add_exception_handler(DeadLetterError, _dead_letter_error)
     app.add_middleware(_InternalErrors)
 
     # -- heartbeat ---------------------------------------------------------------------
@@ -437,6 +486,56 @@ def build_app(
     @api.get("/runs/{run_id}", response_model=RunOut, tags=["runs"], summary="Show a run", responses=_NOT_FOUND)
     def get_run(run_id: int) -> JSONResponse:
         return _json(store.get_run(run_id).to_dict())
+
+    @api.get(
+        "/runs/{run_id}/dead-letters",
+        response_model=list[DeadLetterOut],
+        tags=["runs"],
+        summary="A run's dead letters, in file order",
+        description=(
+            "The records the run refused that are still dead letters (after a replay: those left), each with its "
+            "`number`, stage, step, reason and origin. `X-Total-Count` is the number of dead letters in all. "
+            "404 for an unknown run or one without a run directory; 409 when its dead letters went to a "
+            "configured `dead_letter` sink (read them there)."
+        ),
+        responses={
+            404: {"model": ErrorBody, "description": "no such run, or the run has no run directory"},
+            409: {"model": ErrorBody, "description": "the run's dead letters went to a `dead_letter` sink"},
+        },
+    )
+    def list_dead_letters(
+        run_id: int,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JSONResponse:
+        _, letters = read_run_dead_letters(store, store.get_run(run_id), settings)
+        return JSONResponse(letters[offset : offset + limit], headers={"X-Total-Count": str(len(letters))})
+
+    @api.post(
+        "/runs/{run_id}/dead-letters/replay",
+        response_model=ReplayOut,
+        tags=["runs"],
+        summary="Replay a run's dead letters through its flow's current configuration",
+        description=(
+            "Sends each dead letter into the flow as the schedule store holds it now, where it was refused (the "
+            "step that raised, or the sink). Records that go through leave the dead letters; those refused again "
+            "stay with their new reason; malformed input stays (fix the input and run the flow again). The "
+            "replay is recorded in the run's summary.json."
+        ),
+        responses={
+            404: {"model": ErrorBody, "description": "no such run, or the run has no run directory"},
+            409: {"model": ErrorBody, "description": (
+                "the run is still going, its flow was deleted, its dead letters went to a `dead_letter` sink, "
+                "or another replay of them is running")},
+            422: {"model": ErrorBody, "description": "the flow's configuration is not valid now"},
+            503: {"model": ErrorBody, "description": "the sink cannot be reached (nothing was removed)"},
+        },
+    )
+    def replay_dead_letters(run_id: int) -> JSONResponse:
+        run = store.get_run(run_id)
+        outcome = replay_run_dead_letters(store, run, settings)
+        return _json({"run_id": run.id, "flow": run.flow_name, "engine_run_id": run.engine_run_id, **outcome,
+                      "message": describe_replay(outcome)})
 
     @api.get("/heartbeats", response_model=list[HeartbeatOut], tags=["heartbeat"],  # type: ignore[valid-type]
              summary="The heartbeat request log, newest first")

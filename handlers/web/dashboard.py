@@ -12,6 +12,10 @@ key derived from the token, so sessions survive a restart and end when the token
 Every POST carries the session's CSRF token (hidden ``csrf_token`` field or ``X-CSRF-Token``
 header); a missing or wrong one is refused with 403 before anything runs.
 
+A run's page shows the run's current dead letters and replays them through the flow's
+current configuration: :func:`read_run_dead_letters` and :func:`replay_run_dead_letters`
+(over :mod:`core.dead_letters`), which the management API's dead-letter routes call too.
+
 Only the standard library is imported at module level (``handlers`` must import without
 third-party packages); Starlette and Jinja2 load in :func:`mount_dashboard`.
 
@@ -43,10 +47,19 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from core.logs import get_logger, log_event
+from handlers.dead_letters import (
+    DeadLetterError,
+    describe_replay,
+    letters_of,
+    replay_run_dead_letters,
+    run_directory,
+)
 from handlers.schedule.store import (
+    ACTIVE_RUN_STATUSES,
     RUN_STATUSES,
     FlowValidationError,
     NotFoundError,
+    RunRecord,
     ScheduleStore,
     flow_problems,
 )
@@ -96,6 +109,10 @@ UPLOAD_LIMIT = 64 * 1024 * 1024
 #: failed logins per client within LOGIN_WINDOW seconds before further attempts get 429
 LOGIN_FAILURES = 10
 LOGIN_WINDOW = 600.0
+#: dead letters listed on a run page (all of them: the API, or `adf dead-letters show`)
+LETTERS_SHOWN = 200
+#: a record whose JSON is longer than this is shortened on the run page, the whole of it a click away
+RECORD_PREVIEW = 160
 
 _HERE = Path(__file__).resolve().parent
 TEMPLATES = _HERE / "templates"
@@ -430,6 +447,33 @@ def safe_next(value: str | None, base: str) -> str:
     if value.startswith("//") or "/../" in value or value.endswith("/.."):
         return default
     return value
+
+
+def _origin(origin: Any) -> str:
+    """Where a dead letter's record came from, e.g. ``/in/orders.jsonl, line 12, offset 340``."""
+    if not isinstance(origin, Mapping) or not origin:
+        return "—" if not origin else str(origin)
+    parts: list[str] = []
+    for key, value in origin.items():
+        if isinstance(value, (Mapping, list)):
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        parts.append(str(value) if key in ("file", "split") else f"{str(key).replace('_', ' ')} {value}")
+    return ", ".join(parts)
+
+
+def _letter_view(letter: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run page shows of a dead letter: the record as compact JSON (shortened when
+    long) and indented JSON (all of it)."""
+    record = letter.get("record")
+    compact = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False, default=str)
+    full = record if isinstance(record, str) else json.dumps(record, ensure_ascii=False, default=str, indent=2)
+    return {
+        **letter,
+        "origin_text": _origin(letter.get("origin")),
+        "record_text": compact,
+        "record_full": full,
+        "record_short": compact[:RECORD_PREVIEW] + "…" if len(compact) > RECORD_PREVIEW else None,
+    }
 
 
 # --------------------------------------------------------------------------- requests
@@ -881,7 +925,50 @@ class Dashboard:
             run = self.store.get_run(run_id)
         except NotFoundError:
             raise _NotFound(f"There is no run #{run_id}.") from None
-        return self.render(ctx, "run.html", nav="runs", run=run, refresh=run.status in ("pending", "in_progress"))
+        return self.render(ctx, "run.html", nav="runs", run=run, refresh=run.status in ACTIVE_RUN_STATUSES,
+                           letters=self._dead_letters(run))
+
+    def _dead_letters(self, run: RunRecord) -> dict[str, Any] | None:
+        """The run page's dead-letter section: None when the run has no run directory, or
+        nothing to show (no dead letters now, none before, no replay)."""
+        directory = run_directory(self.store, run, self.settings)
+        if directory is None:
+            return None
+        summary = directory.summary()
+        replays = [r for r in summary.get("replays") or [] if isinstance(r, Mapping)]
+        problem: str | None = None
+        letters: list[dict[str, Any]] = []
+        try:
+            letters = letters_of(directory, run)
+        except DeadLetterError as exc:
+            problem = str(exc)
+        if not letters and not replays and not problem and not run.dead_letters:
+            return None
+        ref = f"{run.flow_name}/{directory.run_id}"
+        return {
+            "shown": [_letter_view(letter) for letter in letters[:LETTERS_SHOWN]],
+            "total": len(letters),
+            "more": max(len(letters) - LETTERS_SHOWN, 0),
+            "replays": list(reversed(replays)),
+            "problem": problem,
+            "finished": run.status not in ACTIVE_RUN_STATUSES,
+            "show_command": f"adf dead-letters show {ref} --state-dir {directory.state_root}",
+        }
+
+    def run_replay(self, ctx: Ctx) -> Response:
+        run_id = ctx.params["run_id"]
+        try:
+            run = self.store.get_run(run_id)
+        except NotFoundError:
+            raise _NotFound(f"There is no run #{run_id}.") from None
+        url = f"{ctx.base}/runs/{run.id}#dead-letters"
+        try:
+            outcome = replay_run_dead_letters(self.store, run, self.settings)
+        except DeadLetterError as exc:
+            log_event(_log, "dead-letter replay refused", logging.WARNING, run=run.id, status=exc.status,
+                      error=str(exc))
+            return self.flash(ctx, self.redirect(url), f"Not replayed: {exc}", "error")
+        return self.flash(ctx, self.redirect(url), describe_replay(outcome), "ok" if not outcome["remaining"] else "info")
 
     def heartbeats(self, ctx: Ctx) -> Response:
         limit_text = ctx.query("limit", "200")
@@ -1053,6 +1140,7 @@ class Dashboard:
             Route("/flows/{name}/trigger", self.page(self.flow_trigger), methods=post),
             Route("/runs", self.page(self.runs), methods=get),
             Route("/runs/{run_id:int}", self.page(self.run), methods=get),
+            Route("/runs/{run_id:int}/dead-letters/replay", self.page(self.run_replay), methods=post),
             Route("/heartbeats", self.page(self.heartbeats), methods=get),
             Route("/modules", self.page(self.modules), methods=get),
             Route("/modules/upload", self.page(self.module_upload, limit=UPLOAD_LIMIT), methods=post),
