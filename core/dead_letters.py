@@ -33,7 +33,7 @@ from typing import Any
 
 from core.errors import AdfError
 
-__all__ = ["RunDir", "find_run", "list_runs", "read_letters", "replay"]
+__all__ = ["RunDir", "count_letters", "find_run", "list_runs", "read_letters", "replay"]
 
 
 @dataclass
@@ -121,8 +121,9 @@ def _count_lines(path: str) -> int:
         return 0
 
 
-def read_letters(run: RunDir) -> list[dict[str, Any]]:
-    """The run's dead letters, each with its 1-based ``number`` in the file."""
+def read_letters(run: RunDir, *, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    """The run's dead letters, each with its 1-based ``number`` in the file: all of them, or
+    ``limit`` from the ``offset``-th on (the file is read line by line; only those are parsed)."""
     if not os.path.exists(run.letters_path):
         destination = run.summary().get("dead_letter_destination")
         if destination and str(destination).startswith("sink "):
@@ -131,11 +132,17 @@ def read_letters(run: RunDir) -> list[dict[str, Any]]:
                 "(only the default destination, the run's dead_letters.jsonl, can be listed and replayed)"
             )
         return []
-    out = []
+    out: list[dict[str, Any]] = []
+    seen = 0
     with open(run.letters_path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            seen += 1
+            if seen <= offset:
+                continue
+            if limit is not None and len(out) >= limit:
+                break
             try:
                 letter = json.loads(line)
             except ValueError:
@@ -143,6 +150,11 @@ def read_letters(run: RunDir) -> list[dict[str, Any]]:
             letter["number"] = number
             out.append(letter)
     return out
+
+
+def count_letters(run: RunDir) -> int:
+    """How many dead letters the run has now (without parsing them)."""
+    return _count_lines(run.letters_path)
 
 
 @contextlib.contextmanager

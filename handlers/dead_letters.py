@@ -76,11 +76,13 @@ def run_directory(store: ScheduleStore, run: RunRecord, settings: Settings) -> R
     return at(str(root)) if root else None
 
 
-def read_run_dead_letters(store: ScheduleStore, run: RunRecord, settings: Settings) -> tuple[RunDir, list[dict[str, Any]]]:
-    """A schedule run's directory and its current dead letters (each with its 1-based
-    ``number``, :func:`core.dead_letters.read_letters`). :class:`DeadLetterError` when the
-    run has no directory (404) or its dead letters went to a configured ``dead_letter``
-    sink (409)."""
+def read_run_dead_letters(
+    store: ScheduleStore, run: RunRecord, settings: Settings, *, offset: int = 0, limit: int | None = None
+) -> tuple[RunDir, list[dict[str, Any]], int]:
+    """A schedule run's directory, its current dead letters (``limit`` of them from the
+    ``offset``-th; each with its 1-based ``number``, :func:`core.dead_letters.read_letters`) and
+    how many it has in all. :class:`DeadLetterError` when the run has no directory (404) or its
+    dead letters went to a configured ``dead_letter`` sink (409)."""
     directory = run_directory(store, run, settings)
     if directory is None:
         if not run.engine_run_id:
@@ -90,20 +92,24 @@ def read_run_dead_letters(store: ScheduleStore, run: RunRecord, settings: Settin
                  f"directory {settings.state_dir} (ADF_STATE_DIR): it stopped before the engine started, or the "
                  "state directory was moved",
         )
-    return directory, letters_of(directory, run)
+    letters, total = letters_of(directory, run, offset=offset, limit=limit)
+    return directory, letters, total
 
 
-def letters_of(directory: RunDir, run: RunRecord) -> list[dict[str, Any]]:
-    """The current dead letters in a schedule run's directory (:class:`DeadLetterError` 409 when
-    they went to a configured ``dead_letter`` sink or cannot be read)."""
-    from core.dead_letters import read_letters
+def letters_of(
+    directory: RunDir, run: RunRecord, *, offset: int = 0, limit: int | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """The current dead letters in a schedule run's directory (a page of them) and how many
+    there are (:class:`DeadLetterError` 409 when they went to a configured ``dead_letter`` sink
+    or cannot be read)."""
+    from core.dead_letters import count_letters, read_letters
     from core.errors import AdfError
 
     try:
-        return read_letters(directory)
+        return read_letters(directory, offset=offset, limit=limit), count_letters(directory)
     except AdfError as exc:  # they went to a dead_letter sink: unless the run had none at all
         if not directory.summary().get("dead_letters") and not run.dead_letters:
-            return []
+            return [], 0
         raise DeadLetterError(409, str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DeadLetterError(409, f"the dead letters of run #{run.id} cannot be read: {exc}") from None
@@ -134,7 +140,7 @@ def replay_run_dead_letters(store: ScheduleStore, run: RunRecord, settings: Sett
             raise DeadLetterError(409, f"run #{going[0].id} of flow {run.flow_name} is in progress and may be "
                                        f"resuming run #{run.id}, writing to its dead letters: replay them when it "
                                        "has finished")
-    directory, letters = read_run_dead_letters(store, run, settings)
+    directory, letters, _ = read_run_dead_letters(store, run, settings, limit=1)
     if not letters:
         return {"replayed": 0, "written": 0, "filtered": 0, "fanned_out": 0, "dead_letters": 0, "kept": 0,
                 "remaining": 0}

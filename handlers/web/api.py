@@ -508,8 +508,8 @@ def build_app(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> JSONResponse:
-        _, letters = read_run_dead_letters(store, store.get_run(run_id), settings)
-        return JSONResponse(letters[offset : offset + limit], headers={"X-Total-Count": str(len(letters))})
+        _, letters, total = read_run_dead_letters(store, store.get_run(run_id), settings, offset=offset, limit=limit)
+        return JSONResponse(letters, headers={"X-Total-Count": str(total)})
 
     @api.post(
         "/runs/{run_id}/dead-letters/replay",

@@ -938,17 +938,18 @@ class Dashboard:
         replays = [r for r in summary.get("replays") or [] if isinstance(r, Mapping)]
         problem: str | None = None
         letters: list[dict[str, Any]] = []
+        total = 0
         try:
-            letters = letters_of(directory, run)
+            letters, total = letters_of(directory, run, limit=LETTERS_SHOWN)
         except DeadLetterError as exc:
             problem = str(exc)
         if not letters and not replays and not problem and not run.dead_letters:
             return None
         ref = f"{run.flow_name}/{directory.run_id}"
         return {
-            "shown": [_letter_view(letter) for letter in letters[:LETTERS_SHOWN]],
-            "total": len(letters),
-            "more": max(len(letters) - LETTERS_SHOWN, 0),
+            "shown": [_letter_view(letter) for letter in letters],
+            "total": total,
+            "more": max(total - LETTERS_SHOWN, 0),
             "replays": list(reversed(replays)),
             "problem": problem,
             "finished": run.status not in ACTIVE_RUN_STATUSES,
