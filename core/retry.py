@@ -201,6 +201,7 @@ _UNAVAILABLE_CLASS_NAMES = frozenset(
     {
         "ConnectionError",  # builtins, redis, requests
         "TimeoutError",  # builtins, redis
+        "ConnectionTimeout",  # psycopg 3: the server took the connection but did not answer within connect_timeout
         "BusyLoadingError",  # redis: loading its data set
         "EndpointConnectionError",  # botocore
         "ConnectTimeoutError",

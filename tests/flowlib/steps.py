@@ -91,3 +91,9 @@ def die_mid_message(record: dict[str, Any]) -> dict[str, Any]:
         os.write(frame.f_locals["outbox"].fileno(), struct.pack("!i", 4096) + b"cut short")
         os.kill(os.getpid(), signal.SIGKILL)
     return record
+
+
+def pace(records: list[dict[str, Any]], seconds: float = 0.05) -> list[dict[str, Any]]:
+    """Batch step: wait ``seconds`` per batch, so a run lasts long enough for a test to act mid-run."""
+    time.sleep(seconds)
+    return records
