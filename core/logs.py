@@ -50,7 +50,8 @@ _configured = False
 
 
 def configure(level: str | int = "INFO", stream: TextIO | None = None) -> None:
-    """Send the ``adf`` loggers to ``stream`` (stderr) as JSON lines; idempotent."""
+    """Send the ``adf`` loggers (and other libraries' warnings, when nothing else handles them)
+    to ``stream`` (stderr) as JSON lines; idempotent."""
     global _configured
     logger = logging.getLogger(_ROOT)
     if isinstance(level, str):
@@ -61,6 +62,12 @@ def configure(level: str | int = "INFO", stream: TextIO | None = None) -> None:
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
         logger.propagate = False
+        root = logging.getLogger()
+        if not root.handlers:
+            # warnings of the libraries underneath (a driver's "connection lost") are JSON lines
+            # too, instead of plain text in the middle of the log
+            root.addHandler(handler)
+            root.setLevel(logging.WARNING)
         _configured = True
 
 

@@ -126,12 +126,13 @@ def retry_call(
 ) -> T:
     """Call ``fn`` until it returns, retrying the exceptions ``retryable`` accepts.
 
-    A non-retryable exception propagates at once. When the policy's window or attempts run
-    out, :class:`RetriesExhausted` is raised from the last exception. ``wait_hint`` may
+    A non-retryable exception propagates at once. The window counts from the first attempt
+    (a slow attempt that fails uses it up as well); when the window or the attempts run out,
+    :class:`RetriesExhausted` is raised from the last exception. ``wait_hint`` may
     return the wait the other side asked for (HTTP ``Retry-After``), used instead of the
     backoff but still capped at ``max_delay_s``.
     """
-    started: float | None = None
+    started = clock()  # the window counts from the first attempt: a slow failing attempt uses it up too
     attempts = 0
     delays = policy.delays()
     while True:
@@ -142,8 +143,6 @@ def retry_call(
             if not retryable(exc):
                 raise
             now = clock()
-            if started is None:
-                started = now
             wait = next(delays)
             hinted = wait_hint(exc) if wait_hint is not None else None
             if hinted is not None:
@@ -292,7 +291,8 @@ def unavailable_reason(exc: BaseException) -> str | None:
             return first or name
         status = _status_of(current)
         if status is not None and (status >= 500 or status in (408, 429)):
-            return f"the server answered {status}" + (f": {first}" if first and str(status) not in first else "")
+            detail = first.removeprefix(f"HTTP Error {status}:").strip()  # urllib's wording
+            return f"the server answered {status}" + (f": {detail}" if detail and detail != str(status) else "")
         if isinstance(current, OSError):
             if current.errno in _NETWORK_ERRNOS or isinstance(current, ConnectionError | TimeoutError):
                 return first or name

@@ -86,6 +86,11 @@ _log = get_logger("connectors.sql")
 _MAX_SPLITS = 10_000
 #: SQLite waits this long for a lock held by another process before failing.
 _SQLITE_BUSY_TIMEOUT = 30
+#: libpq settings of every PostgreSQL connection unless the URL sets them: give up a connect
+#: after 10 s, notice a dead peer within about a minute (TCP keepalives).
+_PG_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+}
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -125,6 +130,12 @@ def _create_engine(url: str, what: str) -> Engine:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise ConfigError(what, [f"'url': {redact_text(str(exc))}"]) from None
+    if backend == "postgresql":
+        # A server that takes the connection but never answers, or a connection that goes
+        # silent, must end an attempt in seconds — not libpq's minutes — so the retry window
+        # means what it says. The URL's own values win.
+        given = set(parsed.query)
+        kwargs["connect_args"] = {k: v for k, v in _PG_CONNECT_DEFAULTS.items() if k not in given}
     if backend == "sqlite":
         # Several reader processes write one file: wait for the lock instead of failing.
         kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT}
