@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from core.errors import ConfigError, RecordValidationError, SinkUnavailableError
-from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_after_seconds, retry_call, unavailable_reason
+from core.retry import (
+    RetriesExhausted,
+    RetryPolicy,
+    is_unavailable,
+    retry_after_seconds,
+    retry_call,
+    unavailable_reason,
+)
 
 
 def _closed_port() -> int:
