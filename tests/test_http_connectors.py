@@ -561,7 +561,7 @@ def _sink_flow(api: Api, tmp_path: Path, name: str, records: list[dict[str, Any]
         "name": name,
         "source": {"type": "memory", "records": records},
         "sink": {"type": "http", "url": api.url("/in"), **sink},
-        "runtime": {"batch_size": 7, "retry_backoff_s": 0.01},
+        "runtime": {"batch_size": 7, "retry_backoff_s": 0.01, "sink_retry": {"window_s": 0.5, "first_delay_s": 0.05}},
     }
     return run_flow(spec, state_dir=str(tmp_path / "state"))
 

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email.utils
 import hashlib
 import http.client
 import json
@@ -87,6 +86,7 @@ from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavai
 from core.logs import get_logger, log_event
 from core.records import Record
 from core.redact import redact_text
+from core.retry import RetriesExhausted, RetryPolicy, retry_after_seconds, retry_call
 from core.splits import (
     DeadLetter,
     ReaderBatch,
@@ -201,26 +201,6 @@ def parse_link_header(value: str | None) -> dict[str, str]:
                 for rel in raw.strip().strip('"').split():
                     out.setdefault(rel.lower(), url)
     return out
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date; None when absent/invalid."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        import datetime
-
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def with_params(url: str, params: Mapping[str, Any]) -> str:
@@ -355,52 +335,68 @@ class _Client:
     max_backoff: float
     sleep: Callable[[float], None] = field(default=time.sleep)
 
-    def delay(self, attempt: int, retry_after: str | None) -> float:
-        hinted = retry_after_seconds(retry_after)
-        wait = hinted if hinted is not None else self.backoff * (2**attempt)
-        return max(0.0, min(self.max_backoff, wait))
-
     def send(
         self, method: str, url: str, data: bytes | None = None, headers: Mapping[str, str] | None = None
     ) -> _Response:
         """The final answer after retrying 408/429/5xx and network errors; raises only when the network failed."""
         shown = redact_text(url)
-        attempt = 0
-        while True:
+        attempts = [0]
+
+        def attempt() -> _Response:
+            attempts[0] += 1
             req = urllib.request.Request(url, data=data, method=method)
             for key, value in {**self.headers, **(headers or {})}.items():
                 req.add_header(key, value)
             if self.auth is not None:
                 req.add_unredirected_header(*self.auth)
-            retry_after: str | None = None
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    result = _Response(resp.status, resp.headers, resp.read(), resp.geturl(), attempt + 1)
+                    return _Response(resp.status, resp.headers, resp.read(), resp.geturl(), attempts[0])
             except urllib.error.HTTPError as err:
                 with contextlib.closing(err):
                     body = err.read() if err.fp is not None else b""
-                result = _Response(err.code, err.headers, body, url, attempt + 1)
-                retry_after = err.headers.get("Retry-After") if err.headers is not None else None
-            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                if attempt >= self.retries:
-                    raise _NetworkError(
-                        f"{self.what}: {method} {shown} failed after {attempt + 1} attempt(s): {reason}"
-                    ) from None
-                wait = self.delay(attempt, None)
-                log_event(_log, "request failed; retrying", logging.WARNING, what=self.what, url=shown,
-                          error=redact_text(str(reason)), attempt=attempt + 1, wait_s=round(wait, 3))
-                self.sleep(wait)
-                attempt += 1
-                continue
-            if _retryable(result.status) and attempt < self.retries:
-                wait = self.delay(attempt, retry_after)
+                result = _Response(err.code, err.headers, body, url, attempts[0])
+                if _retryable(result.status):
+                    raise _RetryableAnswer(result) from None
+                return result
+
+        def log(exc: BaseException, attempt: int, wait: float) -> None:
+            if isinstance(exc, _RetryableAnswer):
                 log_event(_log, "request answered a retryable status; retrying", logging.WARNING, what=self.what,
-                          url=shown, status=result.status, attempt=attempt + 1, wait_s=round(wait, 3))
-                self.sleep(wait)
-                attempt += 1
-                continue
-            return result
+                          url=shown, status=exc.response.status, attempt=attempt, wait_s=round(wait, 3))
+            else:
+                log_event(_log, "request failed; retrying", logging.WARNING, what=self.what, url=shown,
+                          error=redact_text(str(getattr(exc, "reason", None) or exc)), attempt=attempt,
+                          wait_s=round(wait, 3))
+
+        policy = RetryPolicy(window_s=float("inf"), first_delay_s=self.backoff, max_delay_s=self.max_backoff,
+                             max_attempts=self.retries + 1)
+        try:
+            return retry_call(
+                attempt, policy=policy, what=self.what, on_retry=log, sleep=self.sleep,
+                retryable=lambda exc: isinstance(exc, (_RetryableAnswer, *_NETWORK_ERRORS)),
+                wait_hint=lambda exc: (retry_after_seconds(exc.response.header("Retry-After"))
+                                       if isinstance(exc, _RetryableAnswer) else None),
+            )
+        except RetriesExhausted as exc:
+            if isinstance(exc.last, _RetryableAnswer):
+                return exc.last.response  # the final answer: the caller says what it means
+            reason = getattr(exc.last, "reason", None) or exc.last
+            raise _NetworkError(f"{self.what}: {method} {shown} failed after {exc.attempts} attempt(s): {reason}") from None
+        except _NETWORK_ERRORS as exc:  # pragma: no cover - every network error is retryable
+            raise _NetworkError(f"{self.what}: {method} {shown} failed: {exc}") from None
+
+
+#: what a request raises when the network, not the server, failed
+_NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException)
+
+
+class _RetryableAnswer(Exception):
+    """A 408/429/5xx answer, worth another attempt (``Retry-After`` honoured)."""
+
+    def __init__(self, response: _Response) -> None:
+        super().__init__(f"the server answered {response.status}")
+        self.response = response
 
 
 class _NetworkError(AdfError):
