@@ -243,6 +243,20 @@ def cut_when_rows(db: PgDb, proxy: TcpProxy, proc: subprocess.Popen[str], at_lea
     return rows
 
 
+def rerun_succeeds(runs: Runs, spec: Path, state: Path, *, resumed_of: int | None = None) -> dict[str, Any]:
+    """Run ``spec`` again once the sink is back: exit 0, success, nothing dead-lettered, counts
+    that add up (and, with ``resumed_of``, a resume that read fewer than that many records)."""
+    code, again, stderr = runs.finish(runs.start(spec, state))
+    assert code == 0, stderr[-3000:]
+    assert again["status"] == "success" and again["dead_letters"] == 0, again
+    if resumed_of is not None:
+        assert again["resumed"] is True, again
+        assert again["records_in"] < resumed_of, "the rerun read everything again instead of resuming"
+    assert_counts_add_up(again)
+    assert dead_letter_lines(state) == 0
+    return again
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_cut_for_15s_mid_run_is_ridden_out_within_the_retry_window(
@@ -298,14 +312,8 @@ def test_postgres_cut_longer_than_the_window_fails_the_run_and_the_rerun_resumes
     assert dead_letter_lines(state) == 0
     pg_proxy.restore()
 
-    code, again, stderr = runs.finish(runs.start(spec, state))
-    assert code == 0, stderr[-3000:]
-    assert again["status"] == "success" and again["resumed"] is True, again
-    assert again["records_in"] < N, "the rerun read everything again instead of resuming"
-    assert again["dead_letters"] == 0
-    assert_counts_add_up(again)
+    rerun_succeeds(runs, spec, state, resumed_of=N)
     assert pg_db.counts() == (N, N)
-    assert dead_letter_lines(state) == 0
 
 
 @pytest.mark.slow
@@ -354,12 +362,8 @@ def test_a_database_that_does_not_exist_fails_the_run_and_the_rerun_writes_every
     assert dead_letter_lines(state) == 0
 
     missing_db.create()
-    code, again, stderr = runs.finish(runs.start(spec, state))
-    assert code == 0, stderr[-3000:]
-    assert again["status"] == "success" and again["dead_letters"] == 0, again
-    assert_counts_add_up(again)
+    rerun_succeeds(runs, spec, state)
     assert missing_db.counts() == (n, n)
-    assert dead_letter_lines(state) == 0
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -513,14 +517,8 @@ def test_http_api_cut_longer_than_the_window_fails_the_run_and_the_rerun_resumes
     assert dead_letter_lines(state) == 0
     http_proxy.restore()
 
-    code, again, stderr = runs.finish(runs.start(spec, state))
-    assert code == 0, stderr[-3000:]
-    assert again["status"] == "success" and again["resumed"] is True, again
-    assert again["records_in"] < N, "the rerun read everything again instead of resuming"
-    assert again["dead_letters"] == 0
-    assert_counts_add_up(again)
+    rerun_succeeds(runs, spec, state, resumed_of=N)
     assert_every_id_at_least_once(receiver, N, cuts=1)
-    assert dead_letter_lines(state) == 0
 
 
 # --------------------------------------------------------------------------- nothing listening
@@ -557,15 +555,11 @@ def test_a_closed_port_fails_the_run_and_the_rerun_writes_everything_once(
     assert dead_letter_lines(state) == 0
 
     proxy.restore()
-    code, again, stderr = runs.finish(runs.start(spec, state))
-    assert code == 0, stderr[-3000:]
-    assert again["status"] == "success" and again["dead_letters"] == 0, again
-    assert_counts_add_up(again)
+    rerun_succeeds(runs, spec, state)
     if receiver is not None:
         assert receiver.received() == Counter(range(n))
     else:
         assert db is not None and db.counts() == (n, n)
-    assert dead_letter_lines(state) == 0
 
 
 @pytest.mark.slow
@@ -609,15 +603,11 @@ def test_a_server_that_never_answers_fails_the_run_without_dead_letters(
 
     silent.close()
     stack.enter_context(TcpProxy(target, port=port))  # now something answers there
-    code, again, stderr = runs.finish(runs.start(spec, state))
-    assert code == 0, stderr[-3000:]
-    assert again["status"] == "success" and again["dead_letters"] == 0, again
-    assert_counts_add_up(again)
+    rerun_succeeds(runs, spec, state)
     if receiver is not None:
         assert receiver.received() == Counter(range(n))
     else:
         assert db is not None and db.counts() == (n, n)
-    assert dead_letter_lines(state) == 0
 
 
 # --------------------------------------------------------------------------- the proxy itself
