@@ -542,8 +542,12 @@ class _Pipeline:
         return self.totals.records_out
 
     def open(self) -> None:
-        self.sink.open()
-        self.dead.open()
+        for what, opener in ((f"sink {self._sink_name}", self.sink.open), (f"dead-letter {self.dead.destination}", self.dead.open)):
+            try:  # a sink that connects when it opens may meet the outage there
+                retry_call(opener, policy=self.sink_retry, retryable=is_unavailable, what=what)
+            except RetriesExhausted as exc:
+                raise _unavailable(exc.last, f"{exc}; the checkpoint is kept: make it reachable and run the flow "
+                                             "again to resume") from exc.last
         for step in self.steps:
             step.open()
 
