@@ -17,6 +17,7 @@ __all__ = [
     "RegistryError",
     "SinkUnavailableError",
     "SinkWriteError",
+    "SourceDataError",
     "SpecError",
     "StepError",
     "UnavailableTypeError",
@@ -110,3 +111,8 @@ class StepError(AdfError):
 
 class SinkWriteError(AdfError):
     """A sink could not write a record after all retries."""
+
+
+class SourceDataError(AdfError):
+    """A source's input cannot be read as configured (a CSV header that names a column twice, a
+    header row that does not parse): the message names the file, the line, and what to do."""

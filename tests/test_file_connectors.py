@@ -1,7 +1,9 @@
-"""File source / sink and stdout sink on real files: globs, byte-range splits, resume, watch, appends."""
+"""File source / sink and stdout sink on real files: globs, byte-range splits, resume, watch, appends,
+malformed input (unterminated quotes, encodings, line ends, duplicate headers) through the engine."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import itertools
@@ -15,9 +17,10 @@ from typing import Any
 import pytest
 
 from core.connectors.base import RunContext
-from core.connectors.file import FileSink, FileSource, FileSplit, NoFilesError, parse_size
+from core.connectors.file import FileReadError, FileSink, FileSource, FileSplit, NoFilesError, parse_size
 from core.connectors.stdout import StdoutSink
-from core.errors import ConfigError
+from core.engine import run_flow
+from core.errors import ConfigError, SourceDataError
 from core.splits import DeadLetter, ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
 
 
@@ -218,9 +221,12 @@ def test_dead_letters_in_a_later_byte_range_split_have_file_line_numbers(tmp_pat
         for d in dead:
             assert s.start_line <= d.origin["line"]
     all_dead = [d for s in splits for d in _read(src, [s], batch=64)[1]]
+    text = p.read_bytes()
     assert [(d.origin, d.reason) for d in all_dead] == [
-        ({"file": str(p), "line": 1501}, "invalid JSON: Expecting property name enclosed in double quotes at column 12"),
-        ({"file": str(p), "line": 1701}, "JSON line is not an object (got string)"),
+        ({"file": str(p), "line": 1501, "offset": text.index(b'{"i": 1500,,}')},
+         "invalid JSON: Expecting property name enclosed in double quotes at column 12"),
+        ({"file": str(p), "line": 1701, "offset": text.index(b'"just a string"')},
+         "JSON line is not an object (got string)"),
     ]
     # CSV: the same in a later split
     c = tmp_path / "bad.csv"
@@ -236,7 +242,9 @@ def test_dead_letters_in_a_later_byte_range_split_have_file_line_numbers(tmp_pat
     assert last.start > 0
     recs, dead = _read(src, [last], batch=10)
     assert recs[-1] == {"id": "1001", "name": "x", "note": "y"}
-    assert [(d.origin, d.reason) for d in dead] == [({"file": str(c), "line": bad_line}, "CSV row has 4 fields, header has 3")]
+    assert [(d.origin, d.reason) for d in dead] == [
+        ({"file": str(c), "line": bad_line, "offset": text.index(b'1000,"a"')}, "CSV row has 4 fields, header has 3")
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "json"])
@@ -316,6 +324,233 @@ def test_watch_with_no_file_yet_is_not_an_error(tmp_path: Path) -> None:
     enum.discover()
     enum.handle_split_request(0)
     assert len(ctx.assigned) == 1
+
+
+# --------------------------------------------------------------------------- malformed input
+
+
+def _run(tmp_path: Path, source: dict[str, Any], name: str = "flow", **runtime: Any) -> tuple[Any, list[Any], list[Any]]:
+    """Run ``source`` into a JSON Lines file through the engine: (summary, records out, dead letters)."""
+    out = tmp_path / f"{name}.out.jsonl"
+    spec: dict[str, Any] = {"name": name, "source": source, "sink": {"type": "file", "path": str(out)}}
+    if runtime:
+        spec["runtime"] = runtime
+    summary = run_flow(spec, state_dir=str(tmp_path / "state"))
+    records = [json.loads(x) for x in out.read_bytes().splitlines()] if out.exists() else []  # bytes: not on U+2028
+    letters_path = Path(summary.dead_letter_destination or tmp_path / "none")
+    letters = [json.loads(x) for x in letters_path.read_bytes().splitlines()] if letters_path.is_file() else []
+    return summary, records, letters
+
+
+def _unterminated_csv(path: Path) -> None:
+    with path.open("w") as f:
+        f.write("id,name,n\n")
+        for i in range(100_000):
+            f.write('50000,"unterminated,1\n' if i == 50_000 else f"{i},name{i},{i}\n")
+
+
+@pytest.mark.parametrize("split_bytes", [None, 65536])
+def test_an_unterminated_quote_loses_no_other_line_of_100000(tmp_path: Path, split_bytes: int | None) -> None:
+    p = tmp_path / "in.csv"
+    _unterminated_csv(p)
+    source: dict[str, Any] = {"type": "file", "path": str(p), "format": "csv"}
+    if split_bytes:
+        source["split_bytes"] = split_bytes
+    summary, records, letters = _run(tmp_path, source, batch_size=997)
+    assert summary.status == "partial", summary.error
+    assert sorted(int(r["id"]) for r in records) == [i for i in range(100_000) if i != 50_000]
+    assert all(r == {"id": r["id"], "name": f"name{r['id']}", "n": r["id"]} for r in records)
+    assert [(d["origin"], d["reason"], d["record"]) for d in letters] == [
+        ({"file": str(p), "line": 50_002, "offset": p.read_bytes().index(b'50000,"')},
+         "unterminated quoted field opened on line 50002", '50000,"unterminated,1')
+    ]
+    assert (summary.records_in, summary.records_out, summary.dead_letters) == (100_000, 99_999, 1)
+    assert summary.records_in == summary.records_out + summary.dead_letters
+
+
+def test_a_blob_over_the_csv_modules_limit_goes_through_the_engine_intact(tmp_path: Path) -> None:
+    blob = json.dumps({"k": ["v" * 100] * 3000})
+    p = tmp_path / "in.csv"
+    _write_csv(p, [{"id": "1", "blob": blob}, {"id": "2", "blob": "x"}], ["id", "blob"])
+    summary, records, letters = _run(tmp_path, {"type": "file", "path": str(p)})
+    assert summary.status == "success" and letters == []
+    assert records == [{"id": "1", "blob": blob}, {"id": "2", "blob": "x"}]
+
+
+def test_a_field_longer_than_max_field_bytes_is_a_dead_letter_and_the_run_goes_on(tmp_path: Path) -> None:
+    p = tmp_path / "in.csv"
+    p.write_text('id,blob\n1,"' + "b" * 5000 + '"\n2,small\n')
+    summary, records, letters = _run(tmp_path, {"type": "file", "path": str(p), "max_field_bytes": "1KB"})
+    assert records == [{"id": "2", "blob": "small"}]
+    assert [(d["origin"]["line"], d["reason"]) for d in letters] == [
+        (2, "quoted field opened on line 2 is longer than max_field_bytes (1024 bytes)")
+    ]
+    assert summary.records_in == summary.records_out + summary.dead_letters == 2
+
+
+def _snapshot_resume_everywhere(src: FileSource, batch: int) -> None:
+    """After every batch, a reader restored from the snapshot reads exactly the rest."""
+    splits = _splits(src)
+    whole, whole_dead = _read(src, splits, batch=batch)
+    reader = src.create_reader(_ReaderCtx())
+    reader.start()
+    reader.add_splits([src.split_from_dict(s.to_dict()) for s in splits])
+    reader.notify_no_more_splits()
+    got: list[dict[str, Any]] = []
+    dead: list[DeadLetter] = []
+    try:
+        while True:
+            b = reader.poll_batch(batch)
+            got += b.records
+            dead += b.dead_letters
+            snap = [src.split_from_dict(json.loads(json.dumps(s.to_dict()))) for s in reader.snapshot_state()]
+            rest, rest_dead = _read(src, snap, batch=batch + 3)
+            assert got + rest == whole
+            assert [d.origin for d in dead + rest_dead] == [d.origin for d in whole_dead]
+            if b.status is ReaderStatus.END_OF_INPUT:
+                break
+    finally:
+        reader.close()
+
+
+def test_resume_from_any_checkpoint_past_an_unterminated_quote_is_exact(tmp_path: Path) -> None:
+    p = tmp_path / "in.csv"
+    lines = ["id,v"] + [f"{i},{'x' * (i % 9)}" for i in range(300)]
+    lines[100] = '99,"opened here'
+    lines[200] = '199,"quoted\nfine"'
+    p.write_text("\n".join(lines) + "\n")
+    for config in ({}, {"max_field_bytes": 200}, {"split_bytes": 500}, {"split_bytes": 500, "max_field_bytes": 200}):
+        src = FileSource(path=str(p), **config)
+        records, dead = _read(src, _splits(src))
+        if "max_field_bytes" in config:  # no closing quote within 200 bytes: the field opened on line 101 is dropped
+            assert len(records) == 299 and [d.origin["line"] for d in dead] == [101]
+        else:  # within 64 MiB the quote on line 201 closes it, as in the csv module: one (odd) record
+            assert len(records) == 200 and records[99]["v"].startswith("opened here\n100,")
+        _snapshot_resume_everywhere(src, batch=17)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-8"])
+def test_a_file_with_a_byte_order_mark_reads_and_resumes_in_its_encoding(tmp_path: Path, encoding: str) -> None:
+    bom = {"utf-16-le": codecs.BOM_UTF16_LE, "utf-16-be": codecs.BOM_UTF16_BE,
+           "utf-32-le": codecs.BOM_UTF32_LE, "utf-8": codecs.BOM_UTF8}[encoding]
+    rows = [{"id": str(i), "text": f"é{i}😀\r\nzwei" if i % 4 == 0 else f"ü{i}"} for i in range(60)]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["id", "text"], lineterminator="\r")
+    w.writeheader()
+    w.writerows(rows)
+    p = tmp_path / "in.csv"
+    p.write_bytes(bom + buf.getvalue().encode(encoding))
+    src = FileSource(path=str(p), split_bytes=256)  # the configured utf-8 gives way to the mark
+    splits = _splits(src)
+    assert len(splits) > 1 if encoding == "utf-8" else len(splits) == 1  # UTF-16/32: no byte-range splits
+    assert _read(src, splits, batch=7) == (rows, [])
+    _snapshot_resume_everywhere(FileSource(path=str(p)), batch=7)
+    q = tmp_path / "in.jsonl"
+    q.write_bytes(bom + "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows).encode(encoding))
+    _snapshot_resume_everywhere(FileSource(path=str(q)), batch=5)
+    assert _read(FileSource(path=str(q)), _splits(FileSource(path=str(q))))[0] == rows
+
+
+def test_cr_only_files_split_and_resume_with_line_numbers(tmp_path: Path) -> None:
+    p = tmp_path / "in.csv"
+    rows = _big_csv_rows(400)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["id", "name", "note"], lineterminator="\r")
+    w.writeheader()
+    w.writerows(rows)
+    p.write_bytes(buf.getvalue().encode().replace(b"\n", b"\r") + b'x,"unterminated\r1,2,3\r')
+    src = FileSource(path=str(p), split_bytes=1024)
+    splits = _splits(src)
+    assert len(splits) > 5
+    records, dead = _read(src, splits, batch=33)
+    assert records[:-1] == [dict(r, note=r["note"].replace("\n", "\r")) for r in rows]
+    assert records[-1] == {"id": "1", "name": "2", "note": "3"}
+    text = p.read_bytes()
+    assert [(d.origin, d.reason) for d in dead] == [
+        ({"file": str(p), "line": text.count(b"\r") - 1, "offset": text.index(b'x,"unterminated')},
+         "unterminated quoted field opened on line " + str(text.count(b"\r") - 1))
+    ]
+    _snapshot_resume_everywhere(src, batch=29)
+
+
+def test_a_duplicate_header_name_fails_the_run_naming_the_file_and_the_names(tmp_path: Path) -> None:
+    p = tmp_path / "dup.csv"
+    p.write_text("id,id,x,,\n1,2,3,4,5\n")
+    summary, records, _ = _run(tmp_path, {"type": "file", "path": str(p)})
+    assert summary.status == "failed" and records == []
+    assert summary.error_type == "SourceDataError"
+    assert summary.error is not None
+    assert str(p) in summary.error and "'id', ''" in summary.error and "'columns'" in summary.error
+    with pytest.raises(SourceDataError, match=r"dup\.csv: the CSV header on line 1 names 'id', '' more than once"):
+        list(FileSource(path=str(p)).each())
+    renamed = FileSource(path=str(p), columns=["a", "b", "c", "d", "e"])
+    assert list(renamed.each()) == [{"a": "1", "b": "2", "c": "3", "d": "4", "e": "5"}]
+    with pytest.raises(ConfigError, match="'columns': 'a' named more than once"):
+        FileSource(path=str(p), columns=["a", "a"])
+
+
+def test_an_empty_header_name_is_kept_as_a_field_named_empty(tmp_path: Path) -> None:
+    p = tmp_path / "a.csv"
+    p.write_text("id,,x\n1,2,3\n")
+    assert list(FileSource(path=str(p)).each()) == [{"id": "1", "": "2", "x": "3"}]
+
+
+def test_each_record_says_where_it_came_from(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text('id,v\n1,"two\nlines"\n\n2,b\n')
+    (tmp_path / "b.jsonl").write_text('{"n": 1}\n{"n": 2}\n\n{"n": 3}\n')
+    (tmp_path / "c.json").write_text('[{"n": 1}, 7, {"n": 2}]')
+    big = tmp_path / "d.jsonl"
+    big.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(200)))
+    for name, expected in [
+        ("a.csv", [{"line": 2}, {"line": 5}]),
+        ("b.jsonl", [{"line": 1}, {"line": 2}, {"line": 4}]),
+        ("c.json", [{"index": 0}, {"index": 2}]),
+    ]:
+        path = str(tmp_path / name)
+        src = FileSource(path=path)
+        reader = src.create_reader(_ReaderCtx())
+        reader.add_splits(_splits(src))
+        reader.notify_no_more_splits()
+        batch = reader.poll_batch(100)
+        assert batch.origins is not None
+        assert [batch.origins.of(i) for i in range(len(batch.records))] == [dict(e, file=path) for e in expected]
+    # a JSON Lines byte range whose first line number is not counted: byte offsets instead
+    src = FileSource(path=str(big), split_bytes=700)
+    split = _splits(src)[2]
+    assert split.start_line == 0
+    reader = src.create_reader(_ReaderCtx())
+    reader.add_splits([split])
+    batch = reader.poll_batch(3)
+    assert batch.origins is not None
+    data = big.read_bytes()
+    first = batch.records[0]["i"]
+    assert [batch.origins.of(i) for i in range(3)] == [
+        {"file": str(big), "offset": data.index(json.dumps({"i": first + k}).encode() + b"\n")} for k in range(3)
+    ]
+
+
+def test_errors_while_reading_name_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "gone.csv"
+    p.write_text("a\n1\n")
+    src = FileSource(path=str(p))
+    splits = _splits(src)
+    p.unlink()
+    with pytest.raises(FileReadError, match=r"cannot read .*gone\.csv: FileNotFoundError.*check that the file exists"):
+        _read(src, splits)
+    p.mkdir()  # now a directory of that name
+    with pytest.raises(FileReadError, match=r"gone\.csv"):
+        _read(src, splits)
+
+
+def test_source_csv_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"delimiter.*ASCII"):
+        FileSource(path="x.csv", delimiter="§")
+    with pytest.raises(ConfigError, match="'delimiter' and 'quotechar' must differ"):
+        FileSource(path="x.csv", delimiter="'", quotechar="'")
+    with pytest.raises(ConfigError, match="max_field_bytes"):
+        FileSource(path="x.csv", max_field_bytes="huge")
+    assert FileSource(path="x.csv").max_field_bytes == 64 << 20
+    assert FileSource(path="x.csv", max_field_bytes="1MB").max_field_bytes == 1 << 20
 
 
 # --------------------------------------------------------------------------- sinks

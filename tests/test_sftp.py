@@ -192,7 +192,7 @@ def test_reads_a_glob_of_csv_files_one_split_per_file(sshd: Sshd, tmp_path: Path
     ]
     assert summary.dead_letter_destination is not None
     letter = json.loads(Path(summary.dead_letter_destination).read_text())
-    assert letter["origin"] == {"file": f"{folder}/c.csv", "line": 3}
+    assert letter["origin"] == {"file": f"{folder}/c.csv", "line": 3, "offset": 12}
 
 
 def test_listing_files_leaves_no_ssh_thread_behind(sshd: Sshd) -> None:

@@ -1,22 +1,40 @@
 """File source and sink: local paths and ``s3://`` URLs, CSV / JSON array / JSON Lines.
 
+One module for both because they share what a file is here — paths and globs, formats,
+encodings, CSV options — while the parsing itself lives in :mod:`core.formats`.
+
 ``file`` source
     ``{type: file, path: data/orders/*.csv}`` — ``path`` is a glob (``**`` crosses
     directories) or a list of them, local or ``s3://bucket/prefix/*.csv``; files are read
     in sorted order, one split per file. The format comes from ``format`` or each file's
     extension (``.csv``/``.tsv``, ``.json``, ``.jsonl``/``.ndjson``). With ``split_bytes``
     (``67108864`` or ``"64MB"``; K/M/G are powers of 1024) a CSV or JSONL file bigger than
-    that becomes several byte-range splits whose boundaries are line starts outside quoted
-    fields (the enumerator scans such a file once to find them and their line numbers —
-    for S3 that is one extra GET of the object). A JSON array file is always one split and
-    is parsed whole in memory. With ``watch: true`` the source is unbounded: each discovery
-    globs again and adds files it has not seen (write files under another name and rename
-    them into place; a file is read as it is when discovered). No file matching is an
-    error (:class:`NoFilesError`) for a bounded source.
+    that becomes several byte-range splits whose boundaries are record starts under the
+    readers' own rules (the enumerator scans a CSV file once to find them and their line
+    numbers — for S3 that is one extra GET of the object; a JSON Lines file needs only a
+    short read per boundary). A JSON array file, and a UTF-16/32 file, is always one split;
+    a JSON array file is parsed whole in memory. With ``watch: true`` the source is
+    unbounded: each discovery globs again and adds files it has not seen (write files under
+    another name and rename them into place; a file is read as it is when discovered). No
+    file matching is an error (:class:`NoFilesError`) for a bounded source.
+
+    Malformed input never stops a run and is never dropped: every line is a record, part of
+    one, a dead letter with its file, line and byte offset, or blank (skipped) — see
+    :mod:`core.formats` and docs/INPUT.md. ``max_field_bytes`` (default 64 MiB) is the
+    longest CSV field, quotes included, and the longest JSON line; a longer one, or a quoted
+    field never closed, is a dead letter and reading goes on with the next line. Lines end at
+    LF, CRLF or a lone CR. ``encoding`` (ASCII-compatible, default ``utf-8``) gives way to a
+    byte-order mark: UTF-8, UTF-16 LE/BE and UTF-32 LE/BE files are read in their encoding.
+    A CSV header that names a column twice fails the run with
+    :class:`~core.errors.SourceDataError` (rename the columns with ``columns``); an empty
+    name is kept as the field ``""``. An error while reading a file (it vanished, a network
+    failure) is raised as :class:`FileReadError` naming the file and where reading stopped.
 
     A split's position is ``{"offset": <byte offset>, "line": <1-based line number>}``
     of the next unread line (``{"index": <element>}`` for a JSON array), updated after every
-    batch. Malformed input becomes dead letters, see :mod:`core.formats` for the reasons.
+    batch. Each batch says where its records came from (``ReaderBatch.origins``): the file and
+    each record's first line — the element index in a JSON array, the byte offset in a JSON
+    Lines byte range whose first line number the enumerator did not count.
 
 ``file`` sink
     ``{type: file, path: out/orders.jsonl, mode: overwrite}`` — JSON Lines or CSV (from
@@ -56,13 +74,19 @@ from typing import Any
 from core.attributes import Attribute, one_character
 from core.connectors import _s3
 from core.connectors.base import Sink, Source
-from core.errors import ConfigError
+from core.errors import AdfError, ConfigError, SourceDataError
 from core.formats import (
+    DEFAULT_MAX_FIELD_BYTES,
     FORMATS,
     CsvEncoder,
     CsvOptions,
     ReadResult,
+    TextLines,
     aligned_boundaries,
+    count_lines,
+    cuttable,
+    detect_bom,
+    duplicate_names,
     encode_jsonl,
     format_from_path,
     normalize_encoding,
@@ -77,6 +101,7 @@ from core.formats import (
 from core.records import Record
 from core.splits import (
     Boundedness,
+    Origins,
     ReaderBatch,
     ReaderStatus,
     SourceReader,
@@ -89,6 +114,7 @@ from core.splits import (
 )
 
 __all__ = [
+    "FileReadError",
     "FileSink",
     "FileSource",
     "FileSourceReader",
@@ -116,6 +142,19 @@ class NoFilesError(ConfigError):
         super().__init__("source 'file'", problems)
 
 
+class FileReadError(AdfError):
+    """A file could not be read (it vanished, permissions, the network): names the file and where
+    reading stopped; the error from the storage is chained as ``__cause__``."""
+
+    def __init__(self, path: str, where: str, cause: BaseException) -> None:
+        self.path = path
+        self.cause = cause
+        hint = ""
+        if isinstance(cause, OSError):
+            hint = "; check that the file exists and is readable, then run the flow again (it resumes from its checkpoint)"
+        super().__init__(f"cannot read {path}{where}: {type(cause).__name__}: {cause}{hint}")
+
+
 def parse_size(value: int | str) -> int:
     """Bytes from ``1048576``, ``"1048576"``, ``"64MB"``, ``"64M"``, ``"1.5GiB"`` (K/M/G/T are powers of 1024)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -133,11 +172,21 @@ def parse_size(value: int | str) -> int:
 
 
 
-def _check_size(value: Any) -> str | None:
+def check_size(value: Any) -> str | None:
+    """A size like ``67108864`` or ``"64MB"`` (see :func:`parse_size`)."""
     try:
         parse_size(value)
     except ValueError as exc:
         return str(exc)
+    return None
+
+
+def ascii_character(value: Any) -> str | None:
+    """One ASCII character other than a line end (the CSV delimiter and quote character of a source)."""
+    if not isinstance(value, str) or len(value) != 1:
+        return f"must be one character, got {value!r}"
+    if not value.isascii() or value in "\r\n":
+        return f"must be an ASCII character other than a line end, got {value!r}"
     return None
 
 
@@ -147,6 +196,21 @@ def check_encoding(value: Any) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def check_csv_config(config: Mapping[str, Any]) -> list[str]:
+    """Problems with a source's CSV options that no single attribute can see."""
+    problems: list[str] = []
+    columns = config.get("columns")
+    if columns is not None:
+        if not all(isinstance(c, str) for c in columns):
+            problems.append("'columns': every column name must be a string")
+        elif duplicate_names(columns):
+            names = ", ".join(repr(n) for n in duplicate_names(columns))
+            problems.append(f"'columns': {names} named more than once (a record keeps one value per name)")
+    if config.get("delimiter") is not None and config.get("delimiter") == config.get("quotechar"):
+        problems.append("'delimiter' and 'quotechar' must differ")
+    return problems
 
 
 def _check_paths(value: Any) -> str | None:
@@ -230,12 +294,15 @@ class FileSource(Source):
         Attribute("path", (str, list), required=True, check=_check_paths,
                   help="a glob (** crosses directories), an s3:// URL glob, or a list of them"),
         Attribute("format", str, choices=FORMATS, help="csv, json or jsonl; default: from the file extension"),
-        Attribute("delimiter", str, check=one_character, help="CSV field delimiter; default ',' (tab for .tsv)"),
-        Attribute("quotechar", str, default='"', check=one_character, help="CSV quote character"),
+        Attribute("delimiter", str, check=ascii_character, help="CSV field delimiter; default ',' (tab for .tsv)"),
+        Attribute("quotechar", str, default='"', check=ascii_character, help="CSV quote character"),
         Attribute("header", bool, default=True, help="the first CSV row names the fields"),
         Attribute("columns", list, help="CSV field names (required when header is false; renames the header)"),
-        Attribute("encoding", str, default="utf-8", check=check_encoding, help="text encoding (ASCII-compatible)"),
-        Attribute("split_bytes", (int, str), check=_check_size,
+        Attribute("encoding", str, default="utf-8", check=check_encoding,
+                  help="text encoding (ASCII-compatible; a UTF-16/32 byte-order mark overrides it)"),
+        Attribute("max_field_bytes", (int, str), default=DEFAULT_MAX_FIELD_BYTES, check=check_size,
+                  help="longest CSV field / JSON line read (e.g. '64MB'); longer ones become dead letters"),
+        Attribute("split_bytes", (int, str), check=check_size,
                   help="cut CSV/JSONL files bigger than this into byte-range splits (e.g. '64MB')"),
         Attribute("watch", bool, default=False, help="unbounded: keep looking for new files"),
         Attribute("endpoint_url", str, help="S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS"),
@@ -251,13 +318,12 @@ class FileSource(Source):
         self.split_bytes: int | None = (
             parse_size(self.config["split_bytes"]) if self.config["split_bytes"] is not None else None
         )
+        self.max_field_bytes: int = parse_size(self.config["max_field_bytes"])
         self.watch: bool = bool(self.config["watch"])
         self.endpoint_url: str | None = self.config["endpoint_url"]
         self.region: str | None = self.config["region"]
         columns = self.config["columns"]
-        problems: list[str] = []
-        if columns is not None and not all(isinstance(c, str) for c in columns):
-            problems.append("'columns': every column name must be a string")
+        problems: list[str] = check_csv_config(self.config)
         formats = set()
         for pattern in self.paths:
             fmt = self.format or format_from_path(pattern)
@@ -333,19 +399,32 @@ class FileSource(Source):
         return out
 
     def splits_of(self, path: str, size: int) -> list[FileSplit]:
-        """The splits of one file: one, or byte ranges when ``split_bytes`` is set and the file is bigger."""
+        """The splits of one file: one, or byte ranges when ``split_bytes`` is set and the file is bigger.
+
+        A UTF-16/32 file (byte-order mark) is always one split.
+        """
         fmt = self.format_of(path)
         if self.split_bytes is None or fmt == "json" or size <= self.split_bytes:
             return [FileSplit(path, None, path, 0, None, 1, fmt, size)]
-        if fmt == "jsonl":
-            starts = self._jsonl_boundaries(path, size)
-        else:
-            quote = self.csv_options(path).quotechar
-            stream = self.open_stream(path, 0, size, buffer_size=1 << 16)
-            try:
-                starts = aligned_boundaries(stream, size, self.split_bytes, quotechar=quote)
-            finally:
-                stream.close()
+        try:
+            if not cuttable(self.encoding_of(path)):
+                return [FileSplit(path, None, path, 0, None, 1, fmt, size)]
+            if fmt == "jsonl":
+                starts = self._jsonl_boundaries(path, size)
+            else:
+                options = self.csv_options(path)
+                stream = self.open_stream(path, 0, size, buffer_size=1 << 16)
+                try:
+                    starts = aligned_boundaries(
+                        stream, size, self.split_bytes, quotechar=options.quotechar,
+                        delimiter=options.delimiter, max_field_bytes=self.max_field_bytes,
+                    )
+                finally:
+                    stream.close()
+        except AdfError:
+            raise
+        except Exception as exc:
+            raise FileReadError(path, " (looking for split boundaries)", exc) from exc
         if len(starts) == 1:
             return [FileSplit(path, None, path, 0, None, 1, fmt, size)]
         splits = []
@@ -353,6 +432,15 @@ class FileSource(Source):
             end = starts[i + 1][0] if i + 1 < len(starts) else size
             splits.append(FileSplit(f"{path}{_RANGE_MARK}{start}-{end}", None, path, start, end, line, fmt, size))
         return splits
+
+    def encoding_of(self, path: str) -> str:
+        """The encoding ``path`` is read in: its byte-order mark's, else the configured one (one short read)."""
+        stream = self.open_stream(path, 0, 4, buffer_size=16)
+        try:
+            head = stream.read(4)
+        finally:
+            stream.close()
+        return detect_bom(head)[0] or self.encoding
 
     def _jsonl_boundaries(self, path: str, size: int) -> list[tuple[int, int]]:
         """Split starts of a JSON Lines file without reading it whole.
@@ -399,85 +487,150 @@ class FileSourceReader(SplitReader):
     """Reads :class:`FileSplit` s one batch at a time, keeping the file open between polls.
 
     After every batch ``split.position`` is the offset and line number just after the last
-    line returned, so a snapshot resumes exactly there.
+    line returned, so a snapshot resumes exactly there. Each batch says where its records
+    came from (:class:`~core.splits.Origins`): ``{"file", "line"}`` with the record's first
+    line (``{"file", "index"}`` for a JSON array element; ``{"file", "offset"}``, the byte
+    offset of the line, in a JSON Lines byte range whose first line number is not counted).
+    An error while reading is raised as :class:`FileReadError` or
+    :class:`~core.errors.SourceDataError`, naming the file and the line.
     """
 
     def __init__(self, context: SourceReaderContext, source: FileSource) -> None:
         super().__init__(context)
         self.source = source
         self._stream: Any = None
+        self._lines: TextLines | None = None
         self._offset = 0
-        self._line = 1
         self._fieldnames: list[str] = []
         self._csv: CsvOptions | None = None
-        self._headers: dict[str, list[str]] = {}
+        self._headers: dict[str, tuple[list[str], int]] = {}
+        self._encodings: dict[str, str] = {}
         self._elements: list[Any] | None = None
         self._index = 0
         self._pending: list[Any] = []
         self._json_bytes = 0
         self._line_bases: dict[str, int] = {}
 
+    def _encoding(self, path: str) -> str:
+        enc = self._encodings.get(path)
+        if enc is None:
+            enc = self._encodings[path] = self.source.encoding_of(path)
+        return enc
+
     def _header(self, path: str, options: CsvOptions) -> list[str]:
-        names = self._headers.get(path)
-        if names is None:
+        """The field names of ``path`` (its header row, read once, or ``columns``); the header must name each field once."""
+        found = self._headers.get(path)
+        if found is None:
             stream = self.source.open_stream(path, 0, None, buffer_size=1 << 16)
             try:
-                skip_bom(stream)
-                names, _ = read_csv_header(stream, options)
+                src = self._text_lines(stream, path, 0, 1)
+                found = self._read_header(src, path, options)
             finally:
                 stream.close()
-            self._headers[path] = names
-        return names
+        return found[0]
+
+    def _read_header(self, src: TextLines, path: str, options: CsvOptions) -> tuple[list[str], int]:
+        before = src.line
+        names, used = read_csv_header(src, options, path=path, limit=self.source.max_field_bytes)
+        if options.header and not options.columns:
+            dups = duplicate_names(names)
+            if dups:
+                listed = ", ".join(repr(n) for n in dups)
+                # its first line: after any blank lines, before the line ends inside its names
+                line = before + used - 1 - sum(count_lines(n.encode("utf-8")) for n in names)
+                raise SourceDataError(
+                    f"{path}: the CSV header on line {line} names {listed} more than once, and a record "
+                    "keeps one value per name, so a column would be lost; rename the columns with the source's "
+                    "'columns' attribute (it replaces the header row) or fix the header"
+                )
+        self._headers[path] = (names, used)
+        return names, used
+
+    def _text_lines(self, stream: Any, path: str, offset: int, line: int, end: int | None = None) -> TextLines:
+        """The lines of ``stream`` from ``offset`` (to ``end``); at offset 0 a byte-order mark is read here and skipped."""
+        beyond = None
+        if end is not None:
+
+            def beyond(n: int) -> bytes:  # the file after the range, for the reason of a field left open at its end
+                more = self.source.open_stream(path, end, end + max(n, 0), buffer_size=1 << 16)
+                try:
+                    return bytes(more.read())
+                finally:
+                    more.close()
+
+        if offset == 0:
+            bom, skip = detect_bom(stream.peek(4)[:4])
+            encoding = bom or self.source.encoding
+            self._encodings[path] = encoding
+            if skip:
+                stream.read(skip)
+            offset = skip
+        else:
+            encoding = self._encoding(path)
+        return TextLines(
+            stream, offset=offset, line=line, encoding=encoding, limit=self.source.max_field_bytes, beyond=beyond
+        )
 
     def open_split(self, split: Split) -> None:
         assert isinstance(split, FileSplit), f"not a FileSplit: {split!r}"
         pos = split.position if isinstance(split.position, dict) else None
-        if split.format == "json":
-            stream = self.source.open_stream(split.path)
-            try:
-                data = stream.read()
-            finally:
-                stream.close()
-            elements, dead = read_json_array(data, path=split.path, encoding=self.source.encoding)
-            self._elements = elements
-            self._pending = list(dead)
-            self._index = int(pos.get("index", 0)) if pos else 0
-            self._json_bytes = len(data)
-            return
-        offset = int(pos["offset"]) if pos else split.start
+        offset = int(pos["offset"]) if pos and "offset" in pos else split.start
         # start_line 0: the split's first line number is not known yet; count lines relative
         # to the split (1 = its first line) and make them absolute only for dead letters.
-        line = int(pos["line"]) if pos else max(split.start_line, 1)
-        stream = self.source.open_stream(split.path, offset, split.end)
+        line = int(pos["line"]) if pos and "line" in pos else max(split.start_line, 1)
         try:
-            self._offset = offset
-            if offset == 0:
-                skip_bom(stream)
+            if split.format == "json":
+                self._open_json(split, pos)
+                return
+            stream = self.source.open_stream(split.path, offset, split.end)
+        except AdfError:
+            raise
+        except Exception as exc:
+            raise FileReadError(split.path, "", exc) from exc
+        try:
+            src = self._text_lines(stream, split.path, offset, line, split.end)
+            self._offset = src.offset
             if split.format == "csv":
                 options = self._csv = self.source.csv_options(split.path)
                 if offset == 0:
-                    names, used = read_csv_header(stream, options)
-                    self._headers[split.path] = names
-                    line += used
+                    self._fieldnames, _ = self._read_header(src, split.path, options)
                 else:
-                    names = self._header(split.path, options)
-                self._fieldnames = names
-        except BaseException:
+                    self._fieldnames = self._header(split.path, options)
+        except BaseException as exc:
             stream.close()
+            if isinstance(exc, Exception) and not isinstance(exc, AdfError):
+                raise FileReadError(split.path, f" at byte offset {offset}", exc) from exc
             raise
         self._stream = stream
-        self._line = line
+        self._lines = src
+
+    def _open_json(self, split: FileSplit, pos: dict[str, Any] | None) -> None:
+        stream = self.source.open_stream(split.path)
+        try:
+            data = stream.read()
+        finally:
+            stream.close()
+        elements, dead = read_json_array(data, path=split.path, encoding=self.source.encoding)
+        self._elements = elements
+        self._pending = list(dead)
+        self._index = int(pos.get("index", 0)) if pos else 0
+        self._json_bytes = len(data)
 
     def _lines_before(self, split: FileSplit) -> int:
-        """Newlines in the file before ``split.start`` (counted once per split, on first need)."""
+        """Line ends in the file before ``split.start`` (counted once per split, on first need)."""
         key = f"{split.path}@{split.start}"
         count = self._line_bases.get(key)
         if count is None:
             count = 0
             stream = self.source.open_stream(split.path, 0, split.start, buffer_size=1 << 20)
             try:
+                carry = b""
                 while chunk := stream.read(1 << 20):
-                    count += chunk.count(b"\n")
+                    data = carry + chunk
+                    cut = len(data) - 1 if data.endswith(b"\r") else len(data)  # "\r" + "\n" in the next chunk: one end
+                    count += count_lines(data, 0, cut)
+                    carry = data[cut:]
+                count += count_lines(carry)
             finally:
                 stream.close()
             self._line_bases[key] = count
@@ -487,6 +640,7 @@ class FileSourceReader(SplitReader):
         if self._stream is not None:
             stream, self._stream = self._stream, None
             stream.close()
+        self._lines = None
         self._elements = None
         self._pending = []
 
@@ -494,24 +648,40 @@ class FileSourceReader(SplitReader):
         assert isinstance(split, FileSplit)
         if split.format == "json":
             return self._read_json(split, max_records)
-        res: ReadResult
-        if split.format == "jsonl":
-            res = read_jsonl(self._stream, max_records, path=split.path, line=self._line, encoding=self.source.encoding)
-        else:
-            assert self._csv is not None
-            res = read_csv(
-                self._stream, max_records, path=split.path, line=self._line, fieldnames=self._fieldnames, options=self._csv
-            )
-        if res.dead_letters and split.start_line == 0:
-            base = self._lines_before(split)
-            for letter in res.dead_letters:
-                if isinstance(letter.origin.get("line"), int):
-                    letter.origin["line"] += base
+        src = self._lines
+        assert src is not None
+        by_offset = split.format == "jsonl" and split.start_line == 0
+        try:
+            res: ReadResult
+            if split.format == "jsonl":
+                res = read_jsonl(src, max_records, path=split.path, offsets=by_offset)
+            else:
+                assert self._csv is not None
+                res = read_csv(src, max_records, path=split.path, fieldnames=self._fieldnames, options=self._csv)
+            if res.dead_letters and split.start_line == 0:
+                base = self._lines_before(split)
+                for letter in res.dead_letters:
+                    if isinstance(letter.origin.get("line"), int):
+                        letter.origin["line"] += base
+        except AdfError:
+            raise
+        except Exception as exc:
+            where = f" near line {src.line}" if split.start_line else ""
+            raise FileReadError(split.path, f"{where} (byte offset {src.offset})", exc) from exc
+        origins = None
+        if res.records:
+            origins = Origins()
+            if by_offset:
+                origins.add(len(res.records), {"file": split.path}, "offset", res.offsets)
+            else:
+                origins.add(len(res.records), {"file": split.path}, "line", res.lines)
         done_bytes = res.offset - self._offset
         self._offset = res.offset
-        self._line = res.line
         split.position = {"offset": res.offset, "line": res.line}
-        return ReaderBatch(res.records, ReaderStatus.MORE_AVAILABLE, res.dead_letters, input_bytes=done_bytes), res.eof
+        batch = ReaderBatch(
+            res.records, ReaderStatus.MORE_AVAILABLE, res.dead_letters, input_bytes=done_bytes, origins=origins
+        )
+        return batch, res.eof
 
     def _read_json(self, split: FileSplit, max_records: int) -> tuple[ReaderBatch, bool]:
         elements = self._elements or []
@@ -521,10 +691,18 @@ class FileSourceReader(SplitReader):
         if self._pending:
             dead[:0] = self._pending
             self._pending = []
+        origins = None
+        if records:
+            origins = Origins()
+            index: list[int] | int = start
+            if len(records) != stop - start:
+                index = [i for i in range(start, stop) if type(elements[i]) is dict]
+            origins.add(len(records), {"file": split.path}, "index", index)
         done_bytes, self._json_bytes = self._json_bytes, 0
         self._index = stop
         split.position = {"index": stop}
-        return ReaderBatch(records, ReaderStatus.MORE_AVAILABLE, dead, input_bytes=done_bytes), stop >= len(elements)
+        batch = ReaderBatch(records, ReaderStatus.MORE_AVAILABLE, dead, input_bytes=done_bytes, origins=origins)
+        return batch, stop >= len(elements)
 
 
 # --------------------------------------------------------------------------- sink
@@ -670,7 +848,7 @@ class FileSink(Sink):
         with open(target, "rb", buffering=0) as raw:
             stream = open_range(raw, 0, None, 1 << 16)
             skip_bom(stream)
-            names, _ = read_csv_header(stream, options)
+            names, _ = read_csv_header(stream, options, path=target)
         return names or None
 
     def flush(self) -> None:

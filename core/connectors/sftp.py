@@ -18,7 +18,8 @@ Connection (both)
     path whose file name may hold wildcards (``*``, ``?``, ``[…]``; not the directory part),
     or a list of them; files are read in sorted order, one split per file, through the same
     parsers as the ``file`` source (CSV options ``delimiter``, ``quotechar``, ``header``,
-    ``columns``, ``encoding``; ``format`` from the option or each file's extension).
+    ``columns``, ``encoding``, ``max_field_bytes``; ``format`` from the option or each file's
+    extension), with the same handling of malformed input, line ends and byte-order marks.
     A file is streamed (pipelined reads of one buffer at a time, never loaded whole, except a
     JSON array file); a split's position is the byte offset and line number of the next
     record, as in the ``file`` source, so a resumed run continues inside the file.
@@ -58,9 +59,19 @@ from typing import IO, Any, cast
 
 from core.attributes import Attribute, one_character
 from core.connectors.base import Sink, Source
-from core.connectors.file import FileSource, FileSourceReader, FileSplitEnumerator, check_encoding
+from core.connectors.file import (
+    FileSource,
+    FileSourceReader,
+    FileSplitEnumerator,
+    ascii_character,
+    check_csv_config,
+    check_encoding,
+    check_size,
+    parse_size,
+)
 from core.errors import AdfError, ConfigError, MissingExtraError
 from core.formats import (
+    DEFAULT_MAX_FIELD_BYTES,
     FORMATS,
     CsvEncoder,
     CsvOptions,
@@ -368,11 +379,14 @@ class SftpSource(FileSource):
         Attribute("path", (str, list), required=True,
                   help="remote path; the file name may hold wildcards (/data/in/*.csv), or a list of them"),
         Attribute("format", str, choices=FORMATS, help="csv, json or jsonl; default: from the file extension"),
-        Attribute("delimiter", str, check=one_character, help="CSV field delimiter; default ',' (tab for .tsv)"),
-        Attribute("quotechar", str, default='"', check=one_character, help="CSV quote character"),
+        Attribute("delimiter", str, check=ascii_character, help="CSV field delimiter; default ',' (tab for .tsv)"),
+        Attribute("quotechar", str, default='"', check=ascii_character, help="CSV quote character"),
         Attribute("header", bool, default=True, help="the first CSV row names the fields"),
         Attribute("columns", list, help="CSV field names (required when header is false; renames the header)"),
-        Attribute("encoding", str, default="utf-8", check=check_encoding, help="text encoding (ASCII-compatible)"),
+        Attribute("encoding", str, default="utf-8", check=check_encoding,
+                  help="text encoding (ASCII-compatible; a UTF-16/32 byte-order mark overrides it)"),
+        Attribute("max_field_bytes", (int, str), default=DEFAULT_MAX_FIELD_BYTES, check=check_size,
+                  help="longest CSV field / JSON line read (e.g. '64MB'); longer ones become dead letters"),
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -382,14 +396,13 @@ class SftpSource(FileSource):
         self.format: str | None = self.config["format"]
         self.encoding: str = normalize_encoding(self.config["encoding"])
         self.split_bytes: int | None = None
+        self.max_field_bytes: int = parse_size(self.config["max_field_bytes"])
         self.watch: bool = False
         self.endpoint_url: str | None = None
         self.region: str | None = None
         self.connection = SftpConnection(self.config, f"source {self.type_name!r}")
-        problems: list[str] = []
         columns = self.config["columns"]
-        if columns is not None and not all(isinstance(c, str) for c in columns):
-            problems.append("'columns': every column name must be a string")
+        problems: list[str] = check_csv_config(self.config)
         formats = set()
         for pattern in self.paths:
             folder, base = posixpath.split(pattern)
