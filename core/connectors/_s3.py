@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 from core.errors import MissingExtraError
+from core.retry import RetriesExhausted, RetryPolicy, retry_call
 
 __all__ = [
     "client",
@@ -36,7 +37,8 @@ __all__ = [
 _clients: dict[tuple[str | None, str | None], Any] = {}
 _lock = threading.Lock()
 _MAGIC = re.compile(r"[*?\[]")
-_READ_RETRIES = 3
+#: a ranged GET cut short (a reset, a timeout) is opened again where it stopped, a few times
+_READ_RETRY = RetryPolicy(window_s=float("inf"), first_delay_s=0.1, max_delay_s=2.0, max_attempts=4)
 
 
 def is_s3(path: str) -> bool:
@@ -123,20 +125,25 @@ class _RangedObject(io.RawIOBase):
             size = min(size, self._end - self._pos)
         if size <= 0:
             return 0
-        for attempt in range(_READ_RETRIES + 1):
+
+        def attempt() -> Any:
             try:
                 if self._body is None:
                     self._body = self._open()
                     if self._body is None:
-                        return 0
-                data = self._body.read(size)
-                break
-            except MissingExtraError:
-                raise
+                        return None
+                return self._body.read(size)
             except Exception:
-                self._close_body()
-                if attempt == _READ_RETRIES:
-                    raise
+                self._close_body()  # a broken stream: the next attempt opens a ranged GET from here
+                raise
+
+        try:
+            data = retry_call(attempt, policy=_READ_RETRY, what=f"reading s3://{self._bucket}/{self._key}",
+                              retryable=lambda exc: not isinstance(exc, MissingExtraError))
+        except RetriesExhausted as exc:
+            raise exc.last from None
+        if data is None:
+            return 0
         n = len(data)
         memoryview(buffer).cast("B")[:n] = data
         self._pos += n
