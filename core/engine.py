@@ -263,11 +263,9 @@ class DeadLetterWriter:
         for letter in letters:
             self.reasons.add(letter.reason)
 
-    def take_reasons(self) -> dict[str, int]:
-        """The reason counts since the last call (a reader reports them with its progress)."""
-        counts = dict(self.reasons.counts)
-        self.reasons.counts.clear()
-        return counts
+    def take_reasons(self) -> dict[str, list[Any]]:
+        """The reasons tallied since the last call (a reader reports them with its progress)."""
+        return self.reasons.take()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -1158,7 +1156,7 @@ class _Run:
                 ) from exc.last
 
     def report(self, counts: BatchCounts | Mapping[str, int] | None, d_bytes: int, finished: int,
-               reasons: Mapping[str, int] | None = None) -> None:
+               reasons: Mapping[str, Any] | None = None) -> None:
         """Add a committed batch (or a reader's in-flight remainder) to the run's counts."""
         if counts is not None:
             self.counts.add(counts)

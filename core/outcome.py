@@ -117,27 +117,57 @@ def _reason_key(reason: str) -> str:
 
 
 class ReasonTally:
-    """Counts dead letters by reason (values inside a reason folded away), at most ``limit`` reasons."""
+    """Counts dead letters by reason, at most ``limit`` reasons.
+
+    Values inside a reason (the offending value, a line number) are folded away so that one
+    cause is one entry: ``field 'n': expected integer, got …``. While every dead letter of an
+    entry had the very same reason, that reason is shown as it was (``got 'many'``).
+    """
+
+    _VARIED = None  # an entry whose dead letters had different reasons: shown folded
 
     def __init__(self, limit: int = 200) -> None:
         self.limit = limit
         self.counts: Counter[str] = Counter()
+        #: per entry, its one reason as written, or None once several differ
+        self.examples: dict[str, str | None] = {}
 
-    def add(self, reason: str, n: int = 1) -> None:
-        key = _reason_key(reason)
+    def _key(self, key: str) -> str:
         if key not in self.counts and len(self.counts) >= self.limit:
-            key = "(other reasons)"
+            return "(other reasons)"
+        return key
+
+    def _note(self, key: str, example: str | None, n: int) -> None:
+        if key not in self.counts:
+            self.examples[key] = example
+        elif self.examples.get(key) != example:
+            self.examples[key] = self._VARIED
         self.counts[key] += n
 
-    def merge(self, counts: Mapping[str, int]) -> None:
-        for key, n in counts.items():
-            if key not in self.counts and len(self.counts) >= self.limit:
-                key = "(other reasons)"
-            self.counts[key] += int(n)
+    def add(self, reason: str, n: int = 1) -> None:
+        line = reason.strip().splitlines()[0][:300] if reason.strip() else "(no reason)"
+        key = self._key(_reason_key(reason))
+        self._note(key, line if key != "(other reasons)" else None, n)
+
+    def take(self) -> dict[str, list[Any]]:
+        """The tally so far as ``{entry: [count, reason or None]}`` (for another process's
+        :meth:`merge`), and start again."""
+        out = {key: [count, self.examples.get(key)] for key, count in self.counts.items()}
+        self.counts.clear()
+        self.examples.clear()
+        return out
+
+    def merge(self, taken: Mapping[str, Any]) -> None:
+        """Add a tally :meth:`take` returned (in this process or a reader's)."""
+        for key, value in taken.items():
+            count, example = (value[0], value[1]) if isinstance(value, list | tuple) else (value, self._VARIED)
+            self._note(self._key(key), example, int(count))
 
     def top(self, n: int = 5) -> list[dict[str, Any]]:
         """The ``n`` most frequent reasons, ``[{"reason": …, "count": …}]``."""
-        return [{"reason": reason, "count": count} for reason, count in self.counts.most_common(n)]
+        return [
+            {"reason": self.examples.get(key) or key, "count": count} for key, count in self.counts.most_common(n)
+        ]
 
 
 def describe_dead_letters(count: int, reasons: Iterable[Mapping[str, Any]]) -> str:

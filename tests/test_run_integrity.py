@@ -444,3 +444,22 @@ def test_dead_letters_of_records_from_a_table_name_their_cursor_value(tmp_path: 
     letters = read_jsonl(Path(summary.dead_letter_destination or ""))
     assert sorted(d["origin"]["id"] for d in letters) == [103, 107]
     assert all(d["origin"]["split"] for d in letters)
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_top_reasons_fold_values_only_when_they_differ(state_dir: Path, parallelism: int) -> None:
+    def reasons(values: list[Any]) -> list[dict[str, Any]]:
+        summary = run_flow(
+            {"name": f"reasons_{parallelism}", "source": {"type": "memory", "records": [{"q": v} for v in values],
+                                                           "splits": parallelism},
+             "schema": {"q": "integer"}, "sink": {"type": "memory"},
+             "runtime": {"parallelism": parallelism, "batch_size": 2}},
+            state_dir=str(state_dir),
+        )
+        assert summary.status == "partial"
+        return summary.dead_letter_reasons
+
+    same = reasons(["many", 1, "many", 2, "many", 3])
+    assert same == [{"reason": "RecordValidationError: field 'q': expected integer, got 'many'", "count": 3}]
+    varied = reasons(["many", 1, "lots", 2, "many", 3])
+    assert varied == [{"reason": "RecordValidationError: field 'q': expected integer, got …", "count": 3}]
