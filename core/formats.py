@@ -1268,8 +1268,27 @@ class _Feed:
                 yield texts[i : i + len(block)]
 
 
-class _LineOffsets(Sequence[int]):
-    """The byte offset of each of ``lines`` (read one after the other from ``base``), computed on demand."""
+class _OnDemand(Sequence[int]):
+    """A sequence of numbers computed one at a time when asked (origins are looked up only for
+    the rare record a step or the sink rejects); subclasses give ``__len__`` and ``_at``."""
+
+    __slots__ = ()
+
+    def _at(self, i: int) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._at(k) for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._at(i)
+
+
+class _LineOffsets(_OnDemand):
+    """The byte offset of each of ``lines`` (read one after the other from ``base``)."""
 
     __slots__ = ("_base", "_lines")
 
@@ -1280,19 +1299,12 @@ class _LineOffsets(Sequence[int]):
     def __len__(self) -> int:
         return len(self._lines)
 
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self._lines)
-        if not 0 <= i < len(self._lines):
-            raise IndexError(i)
+    def _at(self, i: int) -> int:
         return self._base + sum(map(len, self._lines[:i]))
 
 
-class _StartLines(Sequence[int]):
-    """The first line of each row of a pass, from the line counts after each (computed on demand:
-    an origin is looked up only for the rare record a step or the sink rejects)."""
+class _StartLines(_OnDemand):
+    """The first line of each row of a pass, from the line counts after each."""
 
     __slots__ = ("_ends", "_first")
 
@@ -1303,13 +1315,7 @@ class _StartLines(Sequence[int]):
     def __len__(self) -> int:
         return len(self._ends)
 
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self._ends)
-        if not 0 <= i < len(self._ends):
-            raise IndexError(i)
+    def _at(self, i: int) -> int:
         return self._first + (self._ends[i - 1] if i else 0)
 
 
