@@ -54,7 +54,7 @@ def test_schedule_a_flow_tick_from_cron_and_read_the_history(tmp_path: Path) -> 
     assert len(runs) == 1 and runs[0]["status"] == "partial"
     assert (runs[0]["records_in"], runs[0]["records_out"], runs[0]["dead_letters"]) == (3, 2, 1)
     assert runs[0]["error_message"].startswith("1 record dead-lettered: 1")
-    assert "seven divides N" in runs[0]["error_message"]
+    assert "1x ValueError: seven divides 7" in runs[0]["error_message"]  # one dead letter: its reason as written
     shown = last_json(adf("runs", "show", str(runs[0]["id"]), "--json", env=env).stdout)
     assert shown["duration"] is not None and shown["trigger"] == "cli"
     listing = adf("runs", "list", env=env).stdout
