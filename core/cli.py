@@ -44,11 +44,38 @@ def _fail(reason: str, code: int, as_json: bool, **extra: Any) -> int:
     return code
 
 
+def parse_param_args(items: Sequence[str]) -> dict[str, Any]:
+    """Declared parameter values from ``--param NAME=VALUE`` items, as a request gives them:
+    text, read as the parameter's declared type when the spec is parsed (``0.19`` for a
+    ``number``); a value that starts with ``[`` or ``{`` and is JSON is taken as JSON (for
+    ``list``, ``mapping`` and ``json`` parameters). Later items win. Raises
+    :class:`~core.config.ConfigError` listing every item without ``=`` or without a name."""
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            problems.append(f"--param {item!r}: write NAME=VALUE, e.g. --param vat=0.19")
+            continue
+        value: Any = raw
+        if raw.lstrip()[:1] in ("[", "{"):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw
+        out[name] = value
+    if problems:
+        raise ConfigError("--param", problems)
+    return out
+
+
 def _load(args: argparse.Namespace) -> Any:
     from core.loader import load_flow
 
     payload = parse_set_args(args.set or [])
-    return load_flow(args.spec, payload=payload or None, payload_origin="--set")
+    params = parse_param_args(getattr(args, "param", None) or [])
+    return load_flow(args.spec, payload=payload or None, payload_origin="--set", params=params or None)
 
 
 # --------------------------------------------------------------------------- run
@@ -346,6 +373,8 @@ def _cmd_dead_letters_replay(args: argparse.Namespace) -> int:
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="flow spec (.yaml/.json) or module:FlowClass")
     p.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a value (payload layer), e.g. source.path=x.csv")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="a value of a parameter the flow declares (its params: section), as a request would give it")
     p.add_argument("--json", action="store_true", help="machine-readable output: the last stdout line is a JSON object")
 
 

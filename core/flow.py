@@ -17,6 +17,12 @@ it as it runs a declarative spec::
     summary = EnrichOrders.run_now()
 
 ``transform`` returns a record, ``None`` to drop it, or a list of records.
+
+``configuration_attributes`` are the flow's **declared parameters** (what a spec declares
+under ``params:``): the values a run may be given — by a request on any target, by
+``run_now(params=...)`` — and nothing else. ``self.config`` holds their values: the
+attribute's default < the spec's ``config`` section (``run_now(config)``, the operators'
+layers) < the values given. The class's own steps may read them as ``${params.name}``.
 """
 
 from __future__ import annotations
@@ -90,20 +96,32 @@ class DataFlow:
         return raw
 
     @classmethod
-    def spec(cls, overrides: Mapping[str, Any] | None = None, reg: Registry | None = None) -> FlowSpec:
+    def spec(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        reg: Registry | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+    ) -> FlowSpec:
+        """The validated spec; ``params``: values of the declared parameters (``configuration_attributes``)."""
         from core.spec import parse_spec
 
-        spec = parse_spec(cls.to_spec_dict(overrides), reg=reg)
-        spec.flow_class = cls
+        spec = parse_spec(cls.to_spec_dict(overrides), reg=reg, params=params, flow_class=cls)
         cls(spec.config)  # configuration attributes checked before the run
         return spec
 
     @classmethod
-    def run_now(cls, config: Mapping[str, Any] | None = None, **kwargs: Any) -> RunSummary:
-        """Run this flow with the local runtime (``kwargs`` go to :func:`core.engine.run_flow`)."""
+    def run_now(
+        cls, config: Mapping[str, Any] | None = None, *, params: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> RunSummary:
+        """Run this flow with the local runtime (``kwargs`` go to :func:`core.engine.run_flow`).
+
+        ``config`` is the flow's ``config`` section (as an operator's layer sets it), ``params``
+        the values given for its declared parameters (as a request gives them); both end up in
+        ``self.config``, ``params`` winning."""
         from core.engine import run_flow
 
-        spec = cls.spec({"config": dict(config)} if config else None)
+        spec = cls.spec({"config": dict(config)} if config else None, params=params)
         return run_flow(spec, **kwargs)
 
 

@@ -3,7 +3,11 @@
 Every trigger (CLI, heartbeat, Lambda, Spin, Flink) goes through :func:`load_flow`, so
 they all apply the same precedence, lowest first: defaults < manifest (the spec file or
 class) < key-value store (``config/<flow>`` in the state store) < environment
-(``ADF__SECTION__KEY``, ``ADF_<FLOW>__SECTION__KEY``) < payload (``--set``, trigger payload).
+(``ADF__SECTION__KEY``, ``ADF_<FLOW>__SECTION__KEY``) < payload (``--set``).
+
+The payload layer is the operator's (``adf run --set``): a request (HTTP, a message) never
+reaches it. What a request may give — the values of the parameters a flow declares — is
+``params`` (see :mod:`core.spec`), checked against the declarations after the layers are resolved.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def load_flow(
     *,
     payload: Mapping[str, Any] | None = None,
     payload_origin: str = "payload",
+    params: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     store: StateStore | None = None,
     use_store: bool = True,
@@ -93,7 +98,8 @@ def load_flow(
     The state store is the one the spec names (``state: URL``, itself layered), else the
     embedded SQLite file under the state directory; pass ``store`` to use another one, or
     ``use_store=False`` to skip the key-value layer. ``origin`` names where a spec mapping
-    came from in ``adf config explain`` (a bundled file, a database row…).
+    came from in ``adf config explain`` (a bundled file, a database row…). ``params``: values
+    of the flow's declared parameters (:func:`core.spec.parse_spec`).
     """
     reg = reg or registry
     raw, flow_class, ref_origin = read_flow_ref(ref)
@@ -110,18 +116,20 @@ def load_flow(
     name = flow_name_of(raw, payload, defaults)
     if store is None or not name or store.get(f"config/{name}") is None:
         # no kv layer: the first pass is the answer, checked once (every problem at once)
-        spec = parse_spec(first.values, reg=reg)
+        spec = parse_spec(first.values, reg=reg, params=params, flow_class=flow_class)
         resolved = first.with_secret_keys(spec.secret_keys(reg))
     else:
         try:
-            secret_keys = parse_spec(first.values, reg=reg, check_components=False).secret_keys(reg)
+            secret_keys = parse_spec(
+                first.values, reg=reg, check_components=False, params=params, flow_class=flow_class
+            ).secret_keys(reg)
         except SpecError:
             secret_keys = set()  # the full check below reports every problem
         resolved = resolve_flow_config(
             raw, defaults=defaults, store=store, environ=environ, payload=payload, spec_origin=origin,
             payload_origin=payload_origin, extra=extra, secret_keys=secret_keys,
         )
-        spec = parse_spec(resolved.values, reg=reg)
+        spec = parse_spec(resolved.values, reg=reg, params=params, flow_class=flow_class)
     spec.flow_class = flow_class
     spec.origin = os.path.abspath(ref) if isinstance(ref, str) and os.path.isfile(ref) else origin
     if flow_class is not None:

@@ -1,4 +1,13 @@
-"""``${context.x}`` and ``${record.y}`` references in step options, resolved before a call.
+"""``${params.x}``, ``${context.x}`` and ``${record.y}`` references in step options.
+
+* ``${params.name}`` — a parameter the flow declares (the spec's ``params:`` section, a class-form
+  flow's ``configuration_attributes``). Parameters are the only values a request may give a flow,
+  so they are resolved once, when the spec is parsed (:func:`resolve_params`, called by
+  :func:`core.spec.parse_spec` with the run's values): every step type sees the typed value, a
+  python step's ``options`` included. They are resolved in ``steps`` and ``context`` only — the
+  source, the sink, the dead letters and the runtime never take a request's value.
+* ``${context.x}`` and ``${record.y}`` — resolved for each call by the steps that support them
+  (``http``, ``sql``, ``wasm``: :func:`resolve`).
 
 A string that is exactly one reference takes the referenced value with its type
 (``"${record.qty}"`` → ``3``); a reference inside a longer string is formatted into it
@@ -14,9 +23,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ReferenceError_", "has_refs", "resolve"]
+__all__ = ["ReferenceError_", "has_refs", "param_refs", "resolve", "resolve_params"]
 
-_REF = re.compile(r"\$\$\{|\$\{(context|record)\.([A-Za-z0-9_.\-]+)\}")
+_REF = re.compile(r"\$\$\{|\$\{(params|context|record)\.([A-Za-z0-9_.\-]+)\}")
+_PARAM_REF = re.compile(r"\$\$\{|\$\{params\.([A-Za-z0-9_.\-]+)\}")
 
 
 class ReferenceError_(KeyError):
@@ -36,38 +46,84 @@ def has_refs(value: Any) -> bool:
     return False
 
 
-def _lookup(scope: str, path: str, context: Mapping[str, Any], record: Mapping[str, Any] | None) -> Any:
-    if scope == "record" and record is None:
-        raise ReferenceError_(f"${{record.{path}}} is not available here (no record)")
-    value: Any = context if scope == "context" else record
+def _lookup(scope: str, path: str, scopes: Mapping[str, Mapping[str, Any] | None]) -> Any:
+    value: Any = scopes.get(scope)
+    if value is None:
+        what = "no record" if scope == "record" else "no parameters were resolved"
+        raise ReferenceError_(f"${{{scope}.{path}}} is not available here ({what})")
+    noun = "parameters" if scope == "params" else scope
     for part in path.split("."):
         if isinstance(value, Mapping) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
-            raise ReferenceError_(f"${{{scope}.{path}}}: no {part!r} in the {scope}")
+            raise ReferenceError_(f"${{{scope}.{path}}}: no {part!r} in the {noun}")
     return value
 
 
-def resolve(value: Any, context: Mapping[str, Any], record: Mapping[str, Any] | None = None) -> Any:
-    """``value`` with every reference replaced (mappings and lists are walked)."""
+def _substitute(value: Any, pattern: re.Pattern[str], lookup: Any) -> Any:
+    """``value`` with every match of ``pattern`` replaced through ``lookup(match)``; a match
+    without a reference (``$${``) is handed to ``lookup`` too, which decides what it becomes."""
     if isinstance(value, str):
         if "${" not in value:
             return value
-        whole = _REF.fullmatch(value)
-        if whole and whole.group(1):
-            return _lookup(whole.group(1), whole.group(2), context, record)
-
-        def sub(m: re.Match[str]) -> str:
-            if not m.group(1):
-                return "${"
-            found = _lookup(m.group(1), m.group(2), context, record)
-            return found if isinstance(found, str) else json.dumps(found, default=str)
-
-        return _REF.sub(sub, value)
+        whole = pattern.fullmatch(value)
+        if whole and whole.group(whole.re.groups):
+            return lookup(whole, True)
+        return pattern.sub(lambda m: lookup(m, False), value)
     if isinstance(value, Mapping):
-        return {k: resolve(v, context, record) for k, v in value.items()}
+        return {k: _substitute(v, pattern, lookup) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [resolve(v, context, record) for v in value]
+        return [_substitute(v, pattern, lookup) for v in value]
     return value
+
+
+def _text(found: Any) -> str:
+    return found if isinstance(found, str) else json.dumps(found, default=str)
+
+
+def resolve(
+    value: Any,
+    context: Mapping[str, Any],
+    record: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> Any:
+    """``value`` with every reference replaced (mappings and lists are walked); ``$${`` becomes ``${``."""
+    scopes = {"context": context, "record": record, "params": params}
+
+    def lookup(m: re.Match[str], whole: bool) -> Any:
+        if not m.group(1):
+            return "${"
+        found = _lookup(m.group(1), m.group(2), scopes)
+        return found if whole else _text(found)
+
+    return _substitute(value, _REF, lookup)
+
+
+def resolve_params(value: Any, params: Mapping[str, Any]) -> Any:
+    """``value`` with its ``${params.x}`` references replaced by the values in ``params``.
+
+    ``${context.x}``, ``${record.y}`` and ``$${`` are left as written (the step resolves them
+    per call). Raises :class:`ReferenceError_` naming a parameter that is not in ``params``.
+    """
+    scopes = {"params": params}
+
+    def lookup(m: re.Match[str], whole: bool) -> Any:
+        if not m.group(1):
+            return m.group(0)
+        found = _lookup("params", m.group(1), scopes)
+        return found if whole else _text(found)
+
+    return _substitute(value, _PARAM_REF, lookup)
+
+
+def param_refs(value: Any) -> list[str]:
+    """The ``${params.x}`` references in ``value`` (as written: ``params.x``), in order."""
+    if isinstance(value, str):
+        return [f"params.{m.group(1)}" for m in _PARAM_REF.finditer(value) if m.group(1)] if "${" in value else []
+    if isinstance(value, Mapping):
+        return [ref for v in value.values() for ref in param_refs(v)]
+    if isinstance(value, list | tuple):
+        return [ref for v in value for ref in param_refs(v)]
+    return []

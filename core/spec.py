@@ -12,8 +12,27 @@ Shape::
     schema:  {id: integer, amount: number}               # optional typed records
     state:   "sqlite:///.adf/state.db"                    # optional state store URL
     python_path: [/srv/flows/lib]                          # optional: where step modules import from
+    params:                                              # optional: what a request may set
+      vat: {type: number, default: 0.2}
+      region: {type: string, choices: [eu, us], required: true}
 
 :func:`parse_spec` reports every problem of a spec at once.
+
+Parameters
+----------
+``params`` declares the values a run may be given from outside — by an HTTP request, a
+Redis / MQTT / SQS message — and is the *only* thing such a request can set besides its
+records (see :mod:`handlers.invoke_params`). Each entry is ``name: {type, default, required,
+choices, secret, help}`` or just ``name: <type>``; the types are :data:`PARAM_TYPES`
+(``string``, ``integer``, ``number``, ``boolean``, ``list``, ``mapping``, ``json`` — anything).
+Parameters are :class:`~core.attributes.Attribute` values underneath: a class-form flow's
+``configuration_attributes`` are its declared parameters. A run's values are, lowest first, the
+declared ``default``, the entry of the same name in the spec's ``config`` section (the
+operators' layers: ``ADF_<FLOW>__CONFIG__VAT``, a Spin variable, the key-value store), and the
+values given to :func:`parse_spec` (a request's). Steps read them as ``${params.name}`` in
+their options (resolved here, before the steps are built: :func:`core.refs.resolve_params`);
+the run context may copy them (``context: {tier: "${params.tier}"}``); ``${params.…}`` anywhere
+else in a spec is an error. :attr:`FlowSpec.params` holds the values.
 """
 
 from __future__ import annotations
@@ -27,12 +46,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.attributes import Attribute, validate_config
+from core.attributes import MISSING, Attribute, validate_config
 from core.errors import AdfError, ConfigError, SpecError
+from core.redact import REDACTED
+from core.refs import ReferenceError_, has_refs, param_refs, resolve_params
 from core.registry import Registry, registry
 from core.steps import step_id_problems
 
-__all__ = ["RUNTIME_ATTRIBUTES", "SPEC_KEYS", "FlowSpec", "load_spec_file", "parse_spec", "spec_defaults"]
+__all__ = [
+    "PARAM_TYPES",
+    "RUNTIME_ATTRIBUTES",
+    "SPEC_KEYS",
+    "FlowSpec",
+    "describe_params",
+    "load_spec_file",
+    "parse_params",
+    "parse_spec",
+    "spec_defaults",
+]
 
 
 def _positive(v: Any) -> str | None:
@@ -87,9 +118,24 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
 
 SPEC_KEYS = (
     "name", "description", "source", "steps", "sink", "runtime", "dead_letter", "schema", "state", "config",
-    "python_path", "context",
+    "python_path", "context", "params",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: the type names of a declared parameter → the :class:`~core.attributes.Attribute` type
+PARAM_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "list": list,
+    "mapping": dict,
+    "json": object,
+}
+_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARAM_KEYS = ("type", "default", "required", "choices", "secret", "help")
+#: sections where ``${params.x}`` is resolved; anywhere else it is refused
+_PARAM_SECTIONS = ("steps", "context")
 
 
 @dataclass
@@ -108,6 +154,12 @@ class FlowSpec:
     config: dict[str, Any] = field(default_factory=dict)
     #: the run context's initial values (steps read them as ``${context.x}`` and may set more)
     context: dict[str, Any] = field(default_factory=dict)
+    #: the parameters the flow declares (``params:``; a class-form flow's ``configuration_attributes``)
+    param_attributes: tuple[Attribute, ...] = ()
+    #: this run's parameter values (declared default < ``config.<name>`` < the values given);
+    #: ``steps`` and ``context`` already have them in place of their ``${params.x}`` references
+    params: dict[str, Any] = field(default_factory=dict)
+    #: the spec as given (``${params.x}`` unresolved: parse it again with ``params=spec.params``)
     raw: dict[str, Any] = field(default_factory=dict)
     #: the DataFlow subclass for the class form (None for a declarative spec)
     flow_class: Any = None
@@ -157,6 +209,9 @@ class FlowSpec:
             except AdfError:
                 continue
             out.update(f"{section}.{k}" for k in cls.secret_keys())
+        for attr in self.param_attributes:
+            if attr.secret:  # where an operator may write its value, or its default
+                out.update((f"config.{attr.name}", f"params.{attr.name}.default", f"params.{attr.name}.choices"))
         return out
 
 
@@ -199,6 +254,134 @@ def load_spec_file(path: str) -> dict[str, Any]:
     return data
 
 
+def _param_attribute(name: Any, decl: Any) -> tuple[Attribute | None, list[str]]:
+    where = f"params.{name}"
+    if not isinstance(name, str) or not _PARAM_NAME_RE.match(name):
+        return None, [f"params: {name!r} is not a parameter name (letters, digits and '_', not first a digit)"]
+    if isinstance(decl, str):
+        decl = {"type": decl}
+    elif decl is None:
+        decl = {}
+    if not isinstance(decl, Mapping):
+        return None, [f"{where}: must be a type name or a mapping {{{', '.join(_PARAM_KEYS)}}}"]
+    problems = [f"{where}: unknown key {k!r} (accepted: {', '.join(_PARAM_KEYS)})" for k in decl if k not in _PARAM_KEYS]
+    type_name = decl.get("type", "string")
+    if type_name not in PARAM_TYPES:
+        problems.append(f"{where}: unknown type {type_name!r} (one of: {', '.join(PARAM_TYPES)})")
+        return None, problems
+    probe = Attribute(name, PARAM_TYPES[type_name])
+    for flag in ("required", "secret"):
+        if not isinstance(decl.get(flag, False), bool):
+            problems.append(f"{where}: {flag!r} must be true or false")
+    if not isinstance(decl.get("help", ""), str):
+        problems.append(f"{where}: 'help' must be a string")
+    choices: tuple[Any, ...] | None = None
+    if decl.get("choices") is not None:
+        if not isinstance(decl["choices"], list) or not decl["choices"]:
+            problems.append(f"{where}: 'choices' must be a non-empty list")
+        else:
+            try:
+                choices = tuple(probe.coerce(c) for c in decl["choices"])
+            except ValueError as exc:
+                problems.append(f"{where}: a choice: {exc}")
+    default = MISSING
+    if decl.get("default") is not None:
+        try:
+            default = probe.coerce(decl["default"])
+        except ValueError as exc:
+            problems.append(f"{where}: the default: {exc}")
+        else:
+            if choices is not None and default not in choices:
+                problems.append(f"{where}: the default {default!r} is not one of the choices")
+    if decl.get("required") is True and default is not MISSING:
+        problems.append(f"{where}: a required parameter has no default (drop one of them)")
+    if problems:
+        return None, problems
+    return Attribute(name, probe.type, required=bool(decl.get("required", False)), default=default,
+                     secret=bool(decl.get("secret", False)), help=str(decl.get("help") or ""), choices=choices), []
+
+
+def parse_params(section: Any) -> tuple[tuple[Attribute, ...], list[str]]:
+    """The parameters a spec's ``params`` section declares, and every problem with it.
+
+    ``{"vat": {"type": "number", "default": 0.2}, "region": "string"}`` → two
+    :class:`~core.attributes.Attribute` values (see the module doc for the keys and types).
+    """
+    if section is None:
+        return (), []
+    if not isinstance(section, Mapping):
+        return (), [f"'params' must be a mapping of parameter name → declaration, got {type(section).__name__}"]
+    attributes: list[Attribute] = []
+    problems: list[str] = []
+    for name, decl in section.items():
+        attr, found = _param_attribute(name, decl)
+        problems.extend(found)
+        if attr is not None:
+            attributes.append(attr)
+    return tuple(attributes), problems
+
+
+def describe_params(attributes: tuple[Attribute, ...] | list[Attribute]) -> list[dict[str, Any]]:
+    """The declared parameters as JSON-friendly rows (``name``, ``type``, ``required``,
+    ``default``, ``choices``, ``secret``, ``help``); a secret parameter's default and choices
+    are redacted. This is what an answer refusing a request lists."""
+    rows = []
+    for a in attributes:
+        row: dict[str, Any] = {"name": a.name, "type": _param_type_name(a), "required": a.required}
+        if a.default is not MISSING:
+            row["default"] = REDACTED if a.secret else a.default
+        if a.choices:
+            row["choices"] = REDACTED if a.secret else list(a.choices)
+        if a.secret:
+            row["secret"] = True
+        if a.help:
+            row["help"] = a.help
+        rows.append(row)
+    return rows
+
+
+def _param_type_name(attr: Attribute) -> str:
+    types = attr.type if isinstance(attr.type, tuple) else (attr.type,)
+    names = {v: k for k, v in PARAM_TYPES.items()}
+    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in types)
+
+
+def _param_values(
+    declared: tuple[Attribute, ...], config: Mapping[str, Any], given: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], list[str]]:
+    values = {a.name: config[a.name] for a in declared if a.name in config}
+    values.update(given or {})
+    try:
+        return validate_config(declared, values, "params", allow_extra=()), []
+    except ConfigError as exc:
+        return {}, [f"params: {p}" for p in exc.problems]
+
+
+def _with_params(
+    section: str, value: Any, values: Mapping[str, Any], declared: tuple[Attribute, ...]
+) -> tuple[Any, list[str]]:
+    if not has_refs(value):
+        return value, []
+    try:
+        return resolve_params(value, values), []
+    except ReferenceError_ as exc:
+        return value, [f"{section}: {exc} (declared: {', '.join(a.name for a in declared) or 'none'})"]
+
+
+def _misplaced_param_refs(raw: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for key, value in raw.items():
+        if key in _PARAM_SECTIONS or key == "params":
+            continue
+        refs = param_refs(value)
+        if refs:
+            problems.append(
+                f"{key}: ${{{refs[0]}}} — parameters are resolved in step options and the context only; "
+                "the source, sink, dead letters, runtime and state are never set from a request"
+            )
+    return problems
+
+
 def _component_problems(kind: str, section: str, spec: Any, reg: Registry) -> list[str]:
     if not isinstance(spec, Mapping):
         return [f"{section}: must be a mapping with a 'type', got {type(spec).__name__}"]
@@ -219,11 +402,23 @@ def _component_problems(kind: str, section: str, spec: Any, reg: Registry) -> li
     return []
 
 
-def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_components: bool = True) -> FlowSpec:
+def parse_spec(
+    raw: Mapping[str, Any],
+    *,
+    reg: Registry | None = None,
+    check_components: bool = True,
+    params: Mapping[str, Any] | None = None,
+    flow_class: Any = None,
+) -> FlowSpec:
     """Validate ``raw`` and return a :class:`FlowSpec`; :class:`SpecError` lists every problem.
 
     With ``check_components`` each connector and step is built once to check its config
-    (and that step functions import).
+    (and that step functions import). ``params``: the values given for the flow's declared
+    parameters (a request's; checked against the declarations like any configuration: an
+    undeclared name, a wrong type, a value outside ``choices``, a missing required one are
+    problems); ``${params.x}`` in ``steps`` and ``context`` is replaced by the values before
+    the steps are checked. ``flow_class``: a :class:`~core.flow.DataFlow` subclass, whose
+    ``configuration_attributes`` are declared parameters too (its ``config`` is their values).
     """
     reg = reg or registry
     problems: list[str] = []
@@ -252,13 +447,34 @@ def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_com
             problems.append(f"'{section}' is required")
         elif check_components:
             problems.extend(_component_problems(kind, section, raw[section], reg))
+    declared, param_problems = parse_params(raw.get("params"))
+    problems.extend(param_problems)
+    if flow_class is not None:
+        own = tuple(getattr(flow_class, "configuration_attributes", ()) or ())
+        clash = sorted({a.name for a in own} & {a.name for a in declared})
+        problems.extend(f"params: {n!r} is declared by the spec and by the flow class" for n in clash)
+        declared = own + declared
+    config = raw.get("config") or {}
+    if not isinstance(config, Mapping):
+        problems.append("'config' must be a mapping")
+        config = {}
+    param_values, value_problems = _param_values(declared, config, params)
+    problems.extend(value_problems)
+    problems.extend(_misplaced_param_refs(raw))
     steps = raw.get("steps") or []
+    context = raw.get("context") or {}
+    if not value_problems:
+        steps, found = _with_params("steps", steps, param_values, declared)
+        problems.extend(found)
+        context, found = _with_params("context", context, param_values, declared)
+        problems.extend(found)
     if not isinstance(steps, list):
         problems.append(f"'steps' must be a list, got {type(steps).__name__}")
         steps = []
     else:
         problems.extend(step_id_problems(steps))
-        if check_components:
+        # with a bad parameter value the steps still hold ${params.x}: checked once it is right
+        if check_components and not value_problems:
             for i, step in enumerate(steps):
                 problems.extend(_component_problems("step", f"steps[{i}]", step, reg))
     dead_letter = raw.get("dead_letter")
@@ -285,11 +501,6 @@ def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_com
     state = raw.get("state")
     if state is not None and not isinstance(state, str):
         problems.append("'state' must be a state store URL string")
-    config = raw.get("config") or {}
-    if not isinstance(config, Mapping):
-        problems.append("'config' must be a mapping")
-        config = {}
-    context = raw.get("context") or {}
     if not isinstance(context, Mapping):
         problems.append("'context' must be a mapping (the run context's initial values)")
         context = {}
@@ -306,9 +517,13 @@ def parse_spec(raw: Mapping[str, Any], *, reg: Registry | None = None, check_com
         dead_letter=dict(dead_letter) if dead_letter else None,
         schema=schema,
         state=state,
-        config=dict(config),
+        # a class-form flow's config is its parameters' values (its ``self.config``)
+        config={**config, **param_values} if flow_class is not None else dict(config),
         context=dict(context),
+        param_attributes=declared,
+        params=param_values,
         raw=dict(raw),
+        flow_class=flow_class,
     )
 
 

@@ -1,11 +1,11 @@
 """How names outside a flow spec address its configuration.
 
-Two kinds of names carry configuration into a flow run without being JSON documents:
-
-* **variables** — spin.toml variables, SAM parameters, any host's flat ``name → string``
-  settings — go into the **manifest** layer (after the spec file itself, so they win over
-  it; kv, environment and payload still win over them);
-* **``X-ADF-*`` request headers** go into the **payload** layer.
+**Variables** — spin.toml variables, SAM parameters, any host's flat ``name → string``
+settings — carry configuration into a flow run without being JSON documents: they go into
+the **manifest** layer (after the spec file itself, so they win over it; kv and the
+environment still win over them). They are the operators' settings. A request's names
+(query parameters, ``X-ADF-*`` headers) never address configuration: a request may give only
+the values of the flow's declared parameters (:mod:`handlers.invoke_params`).
 
 Values are parsed like ``--set`` values (:func:`core.config.parse_value`: JSON when it is
 valid JSON — ``10``, ``true``, ``[1,2]``, ``{"a":1}`` — else the string itself).
@@ -38,28 +38,17 @@ shallower paths come first, then by name. A variable whose name does not map to 
 of the flow (``adf_heartbeat_token``, another flow's variable, a typo) is ignored and
 reported by :func:`variables_config` in ``ignored``; the flow ``name`` cannot be set.
 
-Headers
--------
-``X-ADF-Config: {"sink": {"table": "t"}}`` — a JSON object (nested or dotted keys), then
-one header per value (these win over ``X-ADF-Config``):
-
-* ``X-ADF-Sink.Table: t`` — after ``X-ADF-``, ``.`` separates keys exactly; inside a key
-  ``-`` stands for ``_`` (``X-ADF-Runtime.Batch-Size: 10`` → ``runtime.batch_size``);
-* ``X-ADF-Sink-Table: t`` — without a dot, ``-`` (and ``_``) separate *words* and the path
-  is found as for variables: ``X-ADF-Runtime-Batch-Size: 10`` → ``runtime.batch_size``.
-
-Header names are case-insensitive (they are lower-cased). A header that maps to no path
-is an error (the caller sent it on purpose): :func:`headers_config` returns it as a problem.
-
 Word matching (:func:`resolve_words`)
 -------------------------------------
 The first words must spell a top-level spec key (``source``, ``sink``, ``dead_letter``,
-``steps``, ``runtime``, ``config``, ``schema``, ``state``, ``description``; the longest
-match wins). Under ``source``/``sink``/``dead_letter`` the next words must spell ``type``,
-an attribute of that connector type (from the registry) or a key already in the spec;
-under ``runtime`` a runtime attribute; under ``steps`` a list index and then an
-attribute of that step's type. Deeper words, and the keys of ``config`` and ``schema``,
-match keys already present, else the remaining words form one key joined with ``_``.
+``steps``, ``runtime``, ``config``, ``params``, ``schema``, ``state``, ``description``; the
+longest match wins). Under ``source``/``sink``/``dead_letter`` the next words must spell
+``type``, an attribute of that connector type (from the registry) or a key already in the
+spec; under ``runtime`` a runtime attribute; under ``steps`` a list index and then an
+attribute of that step's type. Deeper words, and the keys of ``config``, ``params`` and
+``schema``, match keys already present, else the remaining words form one key joined with
+``_`` — so an operator sets a declared parameter's value with ``adf_flow_<slug>_config_<name>``
+or changes its default with ``adf_flow_<slug>_params_<name>_default``.
 """
 
 from __future__ import annotations
@@ -75,27 +64,20 @@ from core.registry import Registry, registry
 from core.spec import RUNTIME_ATTRIBUTES, SPEC_KEYS
 
 __all__ = [
-    "HEADER_CONFIG",
-    "HEADER_PREFIX",
     "VARIABLE_PREFIX",
     "deep_merge",
     "expand_dotted",
     "flow_slug",
-    "headers_config",
     "resolve_words",
     "variables_config",
 ]
 
 VARIABLE_PREFIX = "adf_"
-HEADER_PREFIX = "x-adf-"
-#: the header carrying a JSON object of configuration
-HEADER_CONFIG = "x-adf-config"
 
 _TOP_KEYS = tuple(k for k in SPEC_KEYS if k != "name")
 _SCALAR_TOP = {"description", "state", "python_path"}
 _COMPONENT_KIND = {"source": "source", "sink": "sink", "dead_letter": "sink"}
 _RUNTIME_KEYS = frozenset(a.name for a in RUNTIME_ATTRIBUTES)
-_WORD_SPLIT = re.compile(r"[-_]")
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
 Path = list[str]
@@ -296,47 +278,3 @@ def variables_config(
             values = value if not path else _nest(path, value)
             additions.append((values, f"variable {raw_name}"))
     return additions, sorted(ignored)
-
-
-def headers_config(
-    headers: Mapping[str, str], spec: Mapping[str, Any], reg: Registry | None = None
-) -> tuple[dict[str, Any], list[str]]:
-    """``(values, problems)``: the payload-layer configuration in the ``X-ADF-*`` headers
-    (``X-ADF-Config`` first, then one header per value, shallower paths first) and every
-    header that could not be used."""
-    reg = reg or registry
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    entries: list[tuple[int, str, Path, Any]] = []
-    for raw_name, raw_value in headers.items():
-        name = raw_name.lower()
-        if not name.startswith(HEADER_PREFIX):
-            continue
-        if name == HEADER_CONFIG:
-            try:
-                deep_merge(out, _json_object(raw_value, "header X-ADF-Config"))
-            except ValueError as exc:
-                problems.append(str(exc))
-            continue
-        rest = name[len(HEADER_PREFIX) :]
-        path: Path | None
-        if rest == "name" or rest.startswith("name."):
-            problems.append(f"header {raw_name}: the flow name cannot be changed by a request")
-            continue
-        if "." in rest:
-            path = [seg.replace("-", "_") for seg in rest.split(".")]
-            if not all(path):
-                problems.append(f"header {raw_name}: empty key between dots")
-                continue
-        else:
-            path = resolve_words(_WORD_SPLIT.split(rest), spec, reg)
-            if path is None:
-                problems.append(
-                    f"header {raw_name} does not name a configuration key of this flow; write the path "
-                    "with dots (X-ADF-Sink.Table, X-ADF-Runtime.Batch-Size) or send X-ADF-Config: {json}"
-                )
-                continue
-        entries.append((len(path), name, path, parse_value(raw_value.strip())))
-    for _depth, _name, path, value in sorted(entries, key=lambda e: (e[0], e[1])):
-        deep_merge(out, _nest(path, value))
-    return out, problems

@@ -11,6 +11,9 @@ Every request, allowed or not, leaves two traces: a row in the store's heartbeat
 (``outcome`` is ``ok``, ``forbidden`` 403, ``unauthorized`` 401, ``refused`` 503,
 ``method_not_allowed`` 405, ``bad_request`` 400 or ``error`` 500) and a JSON log line on the
 ``adf.heartbeat`` logger carrying the same request id as the ``X-Request-Id`` response header.
+The log is kept to ``ADF_HEARTBEAT_LOG_KEEP`` rows and ``ADF_HEARTBEAT_LOG_DAYS`` days
+(:class:`~handlers.schedule.store.HeartbeatRetention`), so a flood of refused requests cannot
+grow it without bound.
 
 Example::
 
@@ -78,6 +81,7 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
 
 def _record(
     store: ScheduleStore,
+    settings: Settings,
     *,
     request_id: str,
     request: Request,
@@ -110,6 +114,8 @@ def _record(
     if response.status >= 400:
         fields["detail"] = detail
     _log.log(level, f"heartbeat {outcome} {response.status}", exc_info=exc_info, extra={"fields": fields})
+    from handlers.schedule.store import HeartbeatRetention
+
     try:
         store.log_heartbeat(
             client=client,
@@ -118,6 +124,7 @@ def _record(
             flows_due=flows_due,
             flows_triggered=flows_triggered,
             detail=f"request {request_id}: {detail}",
+            retention=HeartbeatRetention(settings.heartbeat_log_keep, settings.heartbeat_log_days),
         )
     except Exception:
         # The response already says what happened; a heartbeat log that cannot be written
@@ -144,6 +151,7 @@ def handle_heartbeat(request: Request, settings: Settings, store: ScheduleStore)
         response.headers.update(rid)
         _record(
             store,
+            settings,
             request_id=request_id,
             request=request,
             client=client,

@@ -13,18 +13,20 @@ the errors look like, what is logged — is decided once, in this module:
 The environment of a run comes from a :class:`FlowHost` (the Spin host implementation lives
 in ``spin_app/``; :class:`LocalHost` is the native one, for tests and ``adf serve``).
 
-Configuration layers (lowest first, as everywhere — :mod:`core.loader`)::
+Configuration layers — the operators' (lowest first, as everywhere — :mod:`core.loader`)::
 
     defaults < manifest: the spec, then host.variables() (spin.toml variables / SAM parameters)
              < kv: config/<flow> in host.store()
              < env: host.environ() (ADF__SINK__TABLE, ADF_<FLOW>__SINK__TABLE)
-             < payload: X-ADF-Config < X-ADF-<path> headers < query string < body "config"
 
-How variable and header *names* map to config paths: :mod:`handlers.confignames`. Records
-given with the trigger (``{"records": [...]}`` or a bare JSON array) become the run's
-``source.records`` when the flow's source is ``payload``; they are set after the layers are
-resolved (records are data: running a thousand of them through the layer bookkeeping costs
-~30 ms natively) and a flow with another source refuses them (422).
+How variable *names* map to config paths: :mod:`handlers.confignames`. A request — HTTP
+body, query string, headers; a Redis, MQTT or SQS message; an S3 event — never reaches these
+layers: it may give only the values of the parameters the flow declares and its records
+(:mod:`handlers.invoke_params`; anything else is refused with 400 naming it). Records
+(``{"records": [...]}`` or a bare JSON array) become the run's ``source.records`` when the
+flow's source is ``payload``; they are set after the layers are resolved (records are data:
+running a thousand of them through the layer bookkeeping costs ~30 ms natively) and a flow
+with another source refuses them (422).
 
 HTTP routes, status codes and streaming: :mod:`handlers.invoke_http`. Redis / MQTT
 messages: :mod:`handlers.invoke_messages`. Cron ticks: :mod:`handlers.invoke_cron`. All of
@@ -56,6 +58,7 @@ from handlers.invoke_base import (
     LocalHost,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     PreparedRun,
     PublishUnsupported,
     TriggerPayload,
@@ -70,7 +73,7 @@ from handlers.invoke_base import (
     run_named_flow,
     status_for,
 )
-from handlers.invoke_http import NDJSON, RESERVED_QUERY, handle_http
+from handlers.invoke_http import NDJSON, RESERVED_QUERY, handle_http, refuse_http
 from handlers.invoke_messages import (
     KINDS,
     default_reply_channel,
@@ -79,6 +82,7 @@ from handlers.invoke_messages import (
     parse_routes,
     route_for,
 )
+from handlers.invoke_params import InvalidParams, RefusedRequest, RequestParams
 from handlers.streaming import StreamingResponse
 
 if TYPE_CHECKING:
@@ -95,13 +99,17 @@ __all__ = [
     "FlowFailed",
     "FlowHost",
     "Forbidden",
+    "InvalidParams",
     "Invocation",
     "InvokeError",
     "LocalHost",
     "MethodNotAllowed",
     "NotFound",
+    "PayloadTooLarge",
     "PreparedRun",
     "PublishUnsupported",
+    "RefusedRequest",
+    "RequestParams",
     "StreamingResponse",
     "TriggerPayload",
     "default_reply_channel",
@@ -119,6 +127,7 @@ __all__ = [
     "parse_routes",
     "parse_trigger_payload",
     "prepare_flow",
+    "refuse_http",
     "route_for",
     "run_named_flow",
     "status_for",

@@ -17,22 +17,27 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.attributes import Attribute
+from core.config import resolve_flow_config
 from core.connectors.memory import ResponseRecords, ResponseSink
-from core.errors import AdfError, ConfigError
+from core.errors import AdfError, ConfigError, SpecError
 from core.ids import new_id
 from core.loader import LoadedFlow, load_flow
 from core.logs import get_logger
-from core.redact import redact_text
+from core.redact import REDACTED, redact_text
+from core.spec import parse_params
 from core.state import MemoryStateStore, SqliteStateStore, StateStore
-from handlers.confignames import deep_merge, expand_dotted, headers_config, variables_config
+from handlers.confignames import variables_config
 
 if TYPE_CHECKING:  # the HTTP types only annotate here: the event handlers never load them
     from core.engine import Progress, RunSummary
     from handlers.http import Request, Response
+    from handlers.invoke_params import RequestParams
     from handlers.streaming import StreamingResponse
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "LocalHost",
     "MethodNotAllowed",
     "NotFound",
+    "PayloadTooLarge",
     "PreparedRun",
     "PublishUnsupported",
     "TriggerPayload",
@@ -67,7 +73,8 @@ _log = get_logger("invoke")
 
 #: flows kept in the host's key-value store: ``flows/<name>`` holds a spec object
 KV_FLOW_PREFIX = "flows/"
-_PAYLOAD_KEYS = ("records", "config", "spec")
+#: the keys a trigger payload may carry (see :mod:`handlers.invoke_params`)
+_PAYLOAD_KEYS = ("records", "params")
 
 
 # --------------------------------------------------------------------------- errors
@@ -91,7 +98,8 @@ class BadRequest(InvokeError):
 
 
 class Forbidden(InvokeError):
-    """The request asks for something this host does not allow (403)."""
+    """The request asks for something this host does not allow (403; for custom hosts and
+    error handlers: what a request may *set* is refused with 400, see :mod:`handlers.invoke_params`)."""
 
     status = 403
 
@@ -129,6 +137,21 @@ class FlowFailed(InvokeError):
 
 class PublishUnsupported(AdfError):
     """The host cannot publish results (no outbound Redis / MQTT configured)."""
+
+
+class PayloadTooLarge(InvokeError):
+    """A request body over the transport's limit (413); nothing of it was parsed.
+    ``size`` is the body's length when it is known (a ``Content-Length``), else None."""
+
+    status = 413
+
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        self.limit, self.size = limit, size
+        got = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(
+            f"the request body is too large: {got}; the limit is {limit} bytes (ADF_MAX_BODY_BYTES). "
+            "Send fewer records per request."
+        )
 
 
 def status_for(exc: BaseException) -> int:
@@ -171,6 +194,12 @@ def _error_fields(exc: BaseException) -> dict[str, Any]:
         out["problems"] = [redact_text(str(p)) for p in problems]
     if isinstance(exc, NotFound) and exc.flows is not None:
         out["flows"] = exc.flows
+    if isinstance(exc, InvokeError):  # a refused request (handlers.invoke_params) says what it may set
+        refused, declared = getattr(exc, "refused", None), getattr(exc, "declared", None)
+        if refused is not None:
+            out["refused"] = list(refused)
+        if declared is not None:
+            out["declared_params"] = list(declared)
     return out
 
 
@@ -202,12 +231,12 @@ class FlowHost(abc.ABC):
 
     Subclasses implement :meth:`specs` and override what they have. Class attributes:
     ``persist`` (may runs write files: checkpoints, run records, dead-letter files? False
-    inside Spin), ``allow_payload_spec`` (may a request carry a whole flow spec?),
-    ``state_dir`` (where persisting runs keep their files; None: ``$ADF_STATE_DIR``).
+    inside Spin), ``state_dir`` (where persisting runs keep their files; None:
+    ``$ADF_STATE_DIR``). No host takes a flow spec, or any configuration but the declared
+    parameters, from a request (:mod:`handlers.invoke_params`).
     """
 
     persist: bool = False
-    allow_payload_spec: bool = False
     state_dir: str | None = None
 
     @abc.abstractmethod
@@ -296,7 +325,8 @@ class LocalHost(FlowHost):
     when ``persist``, else a :class:`~core.state.MemoryStateStore`. ``environ``: default
     ``os.environ``. ``publisher(channel, message)``, or ``redis_url`` (redis-py, imported
     when first used), publish results; with neither, :meth:`publish` raises
-    :class:`PublishUnsupported`.
+    :class:`PublishUnsupported`. ``allow_payload_spec`` is accepted for older callers and
+    has no effect: a request never carries a flow spec (a warning says so when it is true).
     """
 
     def __init__(
@@ -313,7 +343,12 @@ class LocalHost(FlowHost):
         redis_url: str | None = None,
     ) -> None:
         self.persist = persist
-        self.allow_payload_spec = allow_payload_spec
+        if allow_payload_spec:
+            warnings.warn(
+                "allow_payload_spec has no effect: a request never carries a flow spec (it may set only its "
+                "records and the flow's declared parameters); put the flow in the host's specs instead",
+                DeprecationWarning, stacklevel=2,
+            )
         from core.engine import default_state_root
 
         self.state_dir = os.path.abspath(os.fspath(state_dir)) if state_dir is not None else default_state_root()
@@ -478,86 +513,82 @@ def _new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + new_id(8)
 
 
-def _config_mapping(config: Any, where: str) -> dict[str, Any]:
-    if config is None:
-        return {}
-    if not isinstance(config, Mapping):
-        raise BadRequest(f"{where} must be a JSON object, got {type(config).__name__}")
-    try:
-        return expand_dotted(config)
-    except ValueError as exc:
-        raise BadRequest(f"{where}: {exc}") from None
+def _declared_params(
+    host: FlowHost,
+    raw: Mapping[str, Any],
+    store: StateStore | None,
+    extra: list[tuple[str, Mapping[str, Any], str]],
+) -> tuple[Attribute, ...]:
+    """The parameters the flow declares once its operators' layers are applied (a variable or
+    the environment may change a declaration, as any other part of the spec)."""
+    resolved = resolve_flow_config(raw, store=store, environ=dict(host.environ()), extra=extra)
+    declared, _problems = parse_params(resolved.get("params"))  # the spec's own problems: reported by the load
+    return declared
 
 
 def prepare_flow(
     host: FlowHost,
     name: str,
     *,
-    config: Mapping[str, Any] | None = None,
+    params: RequestParams | Mapping[str, Any] | None = None,
     records: Any = None,
-    headers: Mapping[str, str] | None = None,
-    spec: Mapping[str, Any] | None = None,
+    object_url: str | None = None,
     request_id: str | None = None,
     run_id: str | None = None,
 ) -> PreparedRun:
-    """Resolve flow ``name`` with every layer and validate it (nothing runs yet).
+    """Resolve flow ``name`` with every operator layer, take what the request gives, validate
+    (nothing runs yet).
 
-    ``config``: payload-layer overrides (nested or dotted keys; a ``spec`` key is taken as
-    ``spec``); ``headers``: request headers (the ``X-ADF-*`` ones are used); ``records``:
-    the trigger's records (a list) for a ``payload`` source; ``spec``: a whole spec, when
-    ``host.allow_payload_spec``. Raises :class:`NotFound`, :class:`Forbidden`,
+    What a request may give (:mod:`handlers.invoke_params`): ``params`` — values of the
+    parameters the flow declares (a mapping, or a :class:`~handlers.invoke_params.RequestParams`
+    built by a transport from its body, query and headers, refused keys included); ``records`` —
+    the records of a ``payload`` source (a list); ``object_url`` — the object an object-created
+    event names, read by the flow's ``file`` source. Raises :class:`NotFound`,
+    :class:`~handlers.invoke_params.RefusedRequest` (400: anything else),
+    :class:`~handlers.invoke_params.InvalidParams` (422: a parameter's value),
     :class:`BadRequest` or :class:`~core.errors.ConfigError` (422: every problem).
     """
-    overrides = dict(config or {})
-    if "spec" in overrides:
-        spec = spec if spec is not None else overrides["spec"]
-        del overrides["spec"]
-    if spec is not None:
-        if not host.allow_payload_spec:
-            raise Forbidden("this host does not accept a flow spec in the request (allow_payload_spec is off)")
-        if not isinstance(spec, Mapping):
-            raise BadRequest(f"'spec' must be a JSON object, got {type(spec).__name__}")
-        raw = dict(spec)
-        raw.setdefault("name", name)
-        if raw["name"] != name:
-            raise BadRequest(f"the spec is named {raw['name']!r} but the request is for flow {name!r}")
-    else:
-        found = lookup_spec(host, name)
-        if found is None:
-            raise NotFound(f"no flow named {name!r}", flows=flow_names(host))
-        raw = found
-    return _prepare(host, name, raw, overrides, records, headers, request_id, run_id)
+    found = lookup_spec(host, name)
+    if found is None:
+        raise NotFound(f"no flow named {name!r}", flows=flow_names(host))
+    return _prepare(host, name, found, params, records, request_id, run_id, object_url)
 
 
 def _prepare(
     host: FlowHost,
     name: str,
     raw: dict[str, Any],
-    overrides: Mapping[str, Any],
+    params: RequestParams | Mapping[str, Any] | None,
     records: Any,
-    headers: Mapping[str, str] | None,
     request_id: str | None,
     run_id: str | None,
+    object_url: str | None = None,
 ) -> PreparedRun:
-    payload, problems = headers_config(headers or {}, raw)
-    if problems:
-        raise BadRequest("unusable X-ADF-* headers", problems)
-    deep_merge(payload, _config_mapping(overrides, "config"))
-    if "name" in payload and payload["name"] != raw.get("name"):
-        raise ConfigError(f"flow {name!r}", ["the flow name cannot be changed by the request"])
+    from handlers.invoke_params import InvalidParams, RequestParams, request_values
+
+    request = params if isinstance(params, RequestParams) else RequestParams.from_values(params)
     if records is not None and not isinstance(records, list):
         raise BadRequest(f"'records' must be a JSON array, got {type(records).__name__}")
-    additions, ignored = variables_config(host.variables(), str(raw.get("name") or name), raw)
+    flow_name = str(raw.get("name") or name)
+    additions, ignored = variables_config(host.variables(), flow_name, raw)
+    extra: list[tuple[str, Mapping[str, Any], str]] = [("manifest", values, origin) for values, origin in additions]
     store = host.store()
-    loaded = load_flow(
-        raw,
-        payload=payload or None,
-        payload_origin="request",
-        environ=dict(host.environ()),
-        store=store,
-        use_store=store is not None,
-        extra=[("manifest", values, origin) for values, origin in additions],
-    )
+    given: dict[str, Any] | None = None
+    if not request.empty:
+        given = request_values(flow_name, _declared_params(host, raw, store, extra), request)
+    try:
+        loaded = load_flow(
+            raw,
+            params=given,
+            environ=dict(host.environ()),
+            store=store,
+            use_store=store is not None,
+            extra=extra,
+        )
+    except SpecError as exc:
+        if any(p.startswith("params") for p in exc.problems):
+            raise InvalidParams(flow_name, exc.problems, _declared_params(host, raw, store, extra)) from None
+        raise
     if records is not None:
         source_type = loaded.spec.source.get("type")
         if source_type != "payload":
@@ -566,6 +597,15 @@ def _prepare(
                 [f"records were given but the flow's source is {source_type!r}; only a 'payload' source takes records"],
             )
         loaded.spec.source["records"] = records
+    if object_url is not None:
+        source_type = loaded.spec.source.get("type")
+        if source_type != "file":
+            raise ConfigError(
+                f"flow {name!r}",
+                [f"the event names the object {object_url} but the flow's source is {source_type!r}; "
+                 "only a 'file' source reads the object an event names"],
+            )
+        loaded.spec.source["path"] = object_url
     return PreparedRun(
         flow=loaded.spec.name,
         loaded=loaded,
@@ -622,17 +662,14 @@ def invoke_flow(
     host: FlowHost,
     name: str,
     *,
-    payload: Mapping[str, Any] | None = None,
+    params: RequestParams | Mapping[str, Any] | None = None,
     records: Any = None,
-    headers: Mapping[str, str] | None = None,
+    object_url: str | None = None,
     on_progress: ProgressCallback | None = None,
-    spec: Mapping[str, Any] | None = None,
     request_id: str | None = None,
 ) -> Invocation:
-    """:func:`prepare_flow` then :func:`execute_flow`; ``payload`` is the ``config`` of the former."""
-    prepared = prepare_flow(
-        host, name, config=payload, records=records, headers=headers, spec=spec, request_id=request_id
-    )
+    """:func:`prepare_flow` then :func:`execute_flow`."""
+    prepared = prepare_flow(host, name, params=params, records=records, object_url=object_url, request_id=request_id)
     return execute_flow(host, prepared, on_progress=on_progress)
 
 
@@ -640,29 +677,28 @@ def run_named_flow(
     host: FlowHost,
     name: str,
     *,
-    payload: Mapping[str, Any] | None = None,
+    params: RequestParams | Mapping[str, Any] | None = None,
     records: Any = None,
-    headers: Mapping[str, str] | None = None,
     on_progress: ProgressCallback | None = None,
-    spec: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Run flow ``name`` and return its summary (records of a ``response`` sink are dropped:
     use :func:`invoke_flow` to get them). Raises as :func:`prepare_flow` does; a failing
     flow is ``summary.status == "failed"``."""
-    return invoke_flow(
-        host, name, payload=payload, records=records, headers=headers, on_progress=on_progress, spec=spec
-    ).summary
+    return invoke_flow(host, name, params=params, records=records, on_progress=on_progress).summary
 
 
-def describe_flow(
-    host: FlowHost, name: str, *, config: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The resolved configuration of a flow (secrets redacted) and where each value comes from."""
-    prepared = prepare_flow(host, name, config=config, headers=headers)
+def describe_flow(host: FlowHost, name: str, *, params: RequestParams | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved configuration of a flow (secrets redacted), where each value comes from,
+    its declared parameters and their values for ``params`` (secret ones redacted)."""
+    from core.spec import describe_params
+
+    prepared = prepare_flow(host, name, params=params)
     resolved = prepared.loaded.config
+    spec = prepared.loaded.spec
+    secret = {a.name for a in spec.param_attributes if a.secret}
     return {
         "name": prepared.flow,
-        "description": prepared.loaded.spec.description,
+        "description": spec.description,
         "config": resolved.as_dict_redacted(),
         "explain": [
             {
@@ -674,6 +710,8 @@ def describe_flow(
             }
             for e in resolved.explain()
         ],
+        "declared_params": describe_params(spec.param_attributes),
+        "params": {k: REDACTED if k in secret and v is not None else v for k, v in spec.params.items()},
         "ignored_variables": prepared.ignored_variables,
     }
 
@@ -700,18 +738,31 @@ def list_flows(host: FlowHost) -> list[dict[str, Any]]:
 
 @dataclass
 class TriggerPayload:
-    """A parsed trigger payload: ``{"records", "config", "spec", "reply_to"}`` or an array of records."""
+    """A parsed trigger payload: ``{"records", "params", "reply_to"}`` or an array of records.
+
+    ``refused`` names the keys the payload carried that a request may not set (``config``,
+    ``spec``…): :func:`prepare_flow` refuses the request with them (400), naming the flow's
+    declared parameters."""
 
     records: list[Any] | None = None
-    config: dict[str, Any] | None = None
-    spec: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    refused: list[str] = field(default_factory=list)
     reply_to: str | None = None
     #: whether the payload said ``reply_to`` (``null`` or ``""``: do not publish)
     reply_to_given: bool = False
 
 
+def _refused_key(key: str, value: Any) -> str:
+    shown = key if len(key) <= 80 else key[:77] + "..."
+    if isinstance(value, Mapping) and value:
+        inner = [str(k) for k in value][:8]
+        return f"body key {shown!r} ({', '.join(inner)}{', …' if len(value) > 8 else ''})"
+    return f"body key {shown!r}"
+
+
 def parse_trigger_payload(data: bytes | str, *, allowed: Iterable[str] = _PAYLOAD_KEYS) -> TriggerPayload:
-    """Parse a JSON payload; empty means ``{}``. Raises :class:`BadRequest` saying what is wrong."""
+    """Parse a JSON payload; empty means ``{}``. Raises :class:`BadRequest` saying what is wrong
+    with its shape; keys other than ``allowed`` are kept in ``refused`` (see :class:`TriggerPayload`)."""
     keys = tuple(allowed)
     text = data.strip() if isinstance(data, bytes | str) else data
     if not text:
@@ -727,23 +778,19 @@ def parse_trigger_payload(data: bytes | str, *, allowed: Iterable[str] = _PAYLOA
             f"the payload must be a JSON object {{{', '.join(keys)}}} or an array of records, "
             f"got {type(value).__name__}"
         )
-    unknown = sorted(set(value) - set(keys))
-    if unknown:
-        raise BadRequest(f"unknown keys {', '.join(map(repr, unknown))} in the payload (accepted: {', '.join(keys)})")
+    refused = [_refused_key(str(k), v) for k, v in value.items() if k not in keys]
     records = value.get("records")
     if records is not None and not isinstance(records, list):
         raise BadRequest(f"'records' must be a JSON array, got {type(records).__name__}")
-    config = value.get("config")
-    if config is not None and not isinstance(config, dict):
-        raise BadRequest(f"'config' must be a JSON object, got {type(config).__name__}")
-    spec = value.get("spec")
-    if spec is not None and not isinstance(spec, dict):
-        raise BadRequest(f"'spec' must be a JSON object, got {type(spec).__name__}")
-    reply_to = value.get("reply_to")
+    params = value.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest(f"'params' must be a JSON object of parameter values, got {type(params).__name__}")
+    reply_to = value.get("reply_to") if "reply_to" in keys else None
     if reply_to is not None and not isinstance(reply_to, str):
         raise BadRequest(f"'reply_to' must be a channel name (string), got {type(reply_to).__name__}")
     return TriggerPayload(
-        records=records, config=config, spec=spec, reply_to=reply_to or None, reply_to_given="reply_to" in value
+        records=records, params=params, refused=refused, reply_to=reply_to or None,
+        reply_to_given="reply_to" in keys and "reply_to" in value,
     )
 
 

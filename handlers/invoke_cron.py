@@ -52,7 +52,7 @@ def host_executor(host: FlowHost) -> Callable[..., RunRecord]:
             flow = store.get_flow(run.flow_name)
             raw = dict(flow.configuration)
             raw.setdefault("name", flow.name)
-            prepared = _prepare(host, flow.name, raw, {}, None, None, None, run_id)
+            prepared = _prepare(host, flow.name, raw, None, None, None, run_id)
             outcome = scheduler.outcome_from_summary(execute_flow(host, prepared).summary)
         except Exception as exc:
             outcome = scheduler.outcome_from_exception(exc)
@@ -83,7 +83,7 @@ def handle_cron(
 
     Returns the heartbeat result (``flows_due``, ``flows_triggered``, ``run_ids``,
     ``timestamp``) with ``status: "ok"``, ``trigger``, ``request_id``, ``runs`` (id, flow,
-    status, counts, error), ``expired_run_ids``, ``pending_run_ids``, ``duration_ms``; or
+    ``run_id`` — the engine's, as in its logs and dead letters —, status, counts, error), ``expired_run_ids``, ``pending_run_ids``, ``duration_ms``; or
     ``status: "error"`` with ``error`` and ``error_id``. Never raises into the host.
     """
     from handlers import scheduler
@@ -101,7 +101,7 @@ def handle_cron(
         out.update(
             status="ok",
             runs=[
-                {"id": r.id, "flow": r.flow_name, "status": r.status, "records_in": r.records_in,
+                {"id": r.id, "flow": r.flow_name, "run_id": r.engine_run_id, "status": r.status, "records_in": r.records_in,
                  "records_out": r.records_out, "dead_letters": r.dead_letters, "error": r.error_message}
                 for r in result.runs
             ],

@@ -4,11 +4,15 @@ Used by the Lambda SQS and S3 handlers (``lambda_app/``); any other queue / obje
 adapter (MinIO webhooks, a Redis list worker) calls the same functions:
 
 * :func:`parse_flow_message` — a message body naming its flow: ``{"flow": name, "records": [...],
-  "config": {...}}``, or a bare array of records (or an object without ``flow``) whose flow comes
-  from the transport (a message attribute, a default);
+  "params": {...}}``, or a bare array of records (or an object without ``flow``) whose flow comes
+  from the transport (a message attribute, a default). As for every request, ``params`` are the
+  values of the flow's declared parameters and any other key is refused
+  (:mod:`handlers.invoke_params`);
 * :func:`object_route` / :func:`object_url` — which flow an object-created event runs
   (``{"bucket/prefix": "flow"}``, the longest matching prefix wins) and the ``s3://`` URL of the
-  object (event keys are URL-encoded, ``+`` for a space);
+  object (event keys are URL-encoded, ``+`` for a space): the object is the run's input, read by
+  the flow's ``file`` source (``object_url`` of :func:`run_event_flow`), as records are a
+  ``payload`` source's;
 * :func:`run_event_flow` — run it, log one line, raise :class:`FlowFailed` when the run failed (a
   queue must see the failure to redeliver the message: nothing is swallowed).
 
@@ -39,10 +43,11 @@ from handlers.invoke_base import (
     invoke_flow,
     parse_trigger_payload,
 )
+from handlers.invoke_params import RequestParams
 
 __all__ = ["object_route", "object_url", "parse_flow_message", "run_event_flow"]
 
-_MESSAGE_KEYS = ("flow", "records", "config")
+_MESSAGE_KEYS = ("flow", "records", "params")
 
 
 def parse_flow_message(body: bytes | str, *, flow: str | None = None) -> tuple[str, TriggerPayload]:
@@ -55,7 +60,7 @@ def parse_flow_message(body: bytes | str, *, flow: str | None = None) -> tuple[s
     except ValueError as exc:
         raise BadRequest(f"malformed JSON message body: {exc}") from None
     if value is None:
-        raise BadRequest("empty message body: send {\"flow\": name, \"records\": [...], \"config\": {...}} or an array")
+        raise BadRequest("empty message body: send {\"flow\": name, \"records\": [...], \"params\": {...}} or an array")
     named = flow
     if isinstance(value, dict):
         given = value.pop("flow", None)
@@ -99,26 +104,22 @@ def run_event_flow(
     payload: TriggerPayload,
     *,
     trigger: str,
-    config: Mapping[str, Any] | None = None,
+    object_url: str | None = None,
     request_id: str | None = None,
     fields: Mapping[str, Any] | None = None,
 ) -> Invocation:
-    """Run ``flow`` with the payload's records and config (``config`` is merged under the
-    payload's own: the transport's values, e.g. the object's ``source.path``, lose to the body).
+    """Run ``flow`` with the payload's records and parameters (keys the payload may not set
+    refuse it: :class:`~handlers.invoke_params.RefusedRequest`), and, for an object-created
+    event, ``object_url`` (:func:`object_url`) as the path its ``file`` source reads.
     Logs one line (``trigger``, ``flow``, counts, ``duration_ms``). Raises :class:`FlowFailed`
     for a failed run, and what :func:`handlers.invoke_base.prepare_flow` raises."""
-    from handlers.confignames import deep_merge, expand_dotted
-
     started = time.perf_counter()
     request_id = request_id or new_id()
-    merged: dict[str, Any] = expand_dotted(config) if config else {}
-    try:
-        deep_merge(merged, expand_dotted(payload.config or {}))
-    except ValueError as exc:
-        raise BadRequest(f"config: {exc}") from None
+    params = RequestParams.from_payload(payload.params, payload.refused)
     base = {"request_id": request_id, "trigger": trigger, "flow": flow, **(fields or {})}
     try:
-        invocation = invoke_flow(host, flow, payload=merged, records=payload.records, request_id=request_id)
+        invocation = invoke_flow(host, flow, params=params, records=payload.records, object_url=object_url,
+                                 request_id=request_id)
     except Exception as exc:
         _log_line(logging.WARNING, f"{trigger} event refused", {**base, "error": str(exc), "duration_ms": _ms(started)})
         raise

@@ -2,13 +2,16 @@
 
 Routes: ``GET /flows`` (``{"flows": [{name, description, source, sink}]}``),
 ``GET /flows/{name}`` (the resolved configuration, secrets redacted, with ``explain`` —
-where each value comes from — and ``ignored_variables``), ``GET|POST /flows/{name}/run``.
+where each value comes from — ``declared_params``, ``params`` — their values for this
+request — and ``ignored_variables``), ``GET|POST /flows/{name}/run``.
 
-A run takes its configuration from the ``X-ADF-*`` headers, the query string
-(``?sink.table=x&runtime.batch_size=10``: dotted paths, values parsed as JSON when they are
-JSON, like ``--set``; ``stream`` and ``progress_interval`` are not configuration) and, for a
-POST, the JSON body ``{"records": [...], "config": {...}}`` (``config`` keys nested or
-dotted; ``spec`` too when the host allows it) or a bare array of records — lowest first.
+A request sets only what :mod:`handlers.invoke_params` allows: the flow's declared
+parameters — ``X-ADF-Params`` / ``X-ADF-Param-<name>`` headers < the query string
+(``?vat=0.19``; ``stream`` and ``progress_interval`` are not parameters) < the POST body's
+``params`` — and, for a POST, its records: the JSON body ``{"records": [...], "params": {...}}``
+or a bare array of records. The flow's configuration is its operators' (spec, variables,
+key-value store, environment); any other body key, query parameter or ``X-ADF-*`` header is
+refused (400) before anything runs.
 
 HTTP status codes (every error body is ``{"error": message, "error_id": id, ...}``; the
 ``X-Request-Id`` header is on every response):
@@ -17,12 +20,16 @@ HTTP status codes (every error body is ``{"error": message, "error_id": id, ...}
 200    the run succeeded: the run summary, ``request_id``, ``records`` (from a ``response``
        sink) and ``dead_letter_sample`` (the dead letters themselves when the host does not
        persist); ``dead_letters`` is their count. Also ``GET /flows`` and ``GET /flows/{name}``.
-400    malformed JSON body, a body that is not ``{records, config, spec}`` or an array,
-       a bad query string or ``X-ADF-*`` header (``problems`` lists each)
-403    a ``spec`` in the payload when the host does not allow it (``allow_payload_spec``)
+400    malformed JSON body, a body that is not ``{records, params}`` or an array; a
+       request that tries to set anything but records and declared parameters (``config``,
+       ``spec``, ``?sink.path=…``, ``X-ADF-Sink-Path``…): ``refused`` names each key,
+       ``declared_params`` lists what the flow accepts
 404    unknown flow (``flows`` lists the known ones) or unknown route
 405    method not allowed on the route (``Allow`` header)
-422    invalid configuration after all layers: ``problems`` lists every problem
+413    the body is over ``ADF_MAX_BODY_BYTES`` (checked by the adapter before reading or
+       parsing it: :func:`refuse_http`)
+422    a declared parameter's value is invalid (``problems``, ``declared_params``), or the
+       configuration is invalid after all layers: ``problems`` lists every problem
 500    the run failed: the same body as 200 with ``status: "failed"``, ``error`` and
        ``error_id`` (the backtrace is only in the log); or an unexpected error in the handler
        (``{"error", "error_id"}`` only)
@@ -58,10 +65,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
-from core.config import parse_set_args
-from core.errors import ConfigError
 from core.ids import new_id
-from handlers.confignames import deep_merge
 from handlers.http import JSON_HEADERS, Request, Response
 from handlers.invoke_base import (
     BadRequest,
@@ -72,7 +76,6 @@ from handlers.invoke_base import (
     NotFound,
     PreparedRun,
     TriggerPayload,
-    _config_mapping,
     _error_fields,
     _error_message,
     _level,
@@ -87,15 +90,16 @@ from handlers.invoke_base import (
     prepare_flow,
     status_for,
 )
+from handlers.invoke_params import RequestParams
 from handlers.streaming import StreamingResponse, ndjson_line
 
 if TYPE_CHECKING:
     from core.engine import Progress
 
-__all__ = ["NDJSON", "RESERVED_QUERY", "handle_http"]
+__all__ = ["NDJSON", "RESERVED_QUERY", "handle_http", "refuse_http"]
 
 NDJSON = "application/x-ndjson"
-#: query parameters of ``/flows/{name}/run`` that are not configuration
+#: query parameters of ``/flows/{name}/run`` that are not flow parameters
 RESERVED_QUERY = frozenset({"stream", "progress_interval"})
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRUE = {"1", "true", "yes", "on", ""}
@@ -114,14 +118,6 @@ def _truthy(value: str, name: str) -> bool:
     if text in _FALSE:
         return False
     raise BadRequest(f"query parameter {name!r} must be true or false, got {value!r}")
-
-
-def _query_config(query: Mapping[str, str]) -> dict[str, Any]:
-    items = [f"{k}={v}" for k, v in query.items() if k not in RESERVED_QUERY]
-    try:
-        return parse_set_args(items)
-    except ConfigError as exc:
-        raise BadRequest("bad configuration in the query string (write ?sink.table=x&runtime.batch_size=10)", exc.problems) from None
 
 
 class _HttpCall:
@@ -215,7 +211,8 @@ class _HttpCall:
         if len(parts) == 2 and parts[0] == "flows":
             self.flow = parts[1]
             self._allow(method, ("GET",))
-            body = describe_flow(self.host, parts[1], config=_query_config(query), headers=self.request.headers)
+            params = RequestParams.from_http(self.request.headers, query, reserved=RESERVED_QUERY)
+            body = describe_flow(self.host, parts[1], params=params)
             return self.answer(Response(200, body))
         if len(parts) == 3 and parts[0] == "flows" and parts[2] == "run":
             self.flow = parts[1]
@@ -236,12 +233,11 @@ class _HttpCall:
             interval = float(query.get("progress_interval") or 0)
         except ValueError:
             raise BadRequest(f"query parameter 'progress_interval' must be a number of seconds, got {query['progress_interval']!r}") from None
-        config = _query_config(query)
         payload = parse_trigger_payload(self.request.body) if self.request.method == "POST" else TriggerPayload()
-        deep_merge(config, _config_mapping(payload.config, "config"))
+        params = RequestParams.from_http(self.request.headers, query, payload.params, payload.refused,
+                                         reserved=RESERVED_QUERY)
         prepared = prepare_flow(
-            self.host, name, config=config, records=payload.records, headers=self.request.headers,
-            spec=payload.spec, request_id=self.request_id,
+            self.host, name, params=params, records=payload.records, request_id=self.request_id,
         )
         self.flow = prepared.flow
         self.fields["run_id"] = prepared.run_id
@@ -312,3 +308,12 @@ def handle_http(request: Request, host: FlowHost, *, base_path: str = "") -> Res
         return call.dispatch()
     except Exception as exc:
         return call.fail(exc)
+
+
+def refuse_http(request: Request, host: FlowHost, error: BaseException, *, base_path: str = "") -> Response | StreamingResponse:
+    """Answer ``request`` with ``error`` as :func:`handle_http` answers its errors (status,
+    ``{"error", "error_id", ...}``, ``X-Request-Id``, the host's error handlers, one log line),
+    without routing it or looking at its body: for an adapter that refuses a request before
+    reading it, e.g. :class:`~handlers.invoke_base.PayloadTooLarge` (413)."""
+    call = _HttpCall(request, host, base_path)
+    return call.fail(error)

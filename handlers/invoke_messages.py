@@ -30,6 +30,7 @@ from handlers.invoke_base import (
     parse_trigger_payload,
     status_for,
 )
+from handlers.invoke_params import RequestParams
 
 __all__ = ["KINDS", "default_reply_channel", "handle_message", "mqtt_topic_matches", "parse_routes", "route_for"]
 
@@ -120,8 +121,9 @@ def handle_message(
 ) -> dict[str, Any]:
     """Run the flow a Redis channel or MQTT topic routes to and publish the result.
 
-    ``payload``: JSON ``{"records": [...], "config": {...}, "reply_to": "channel"}`` (also
-    ``spec`` when the host allows it) or a bare array of records; empty means ``{}``.
+    ``payload``: JSON ``{"records": [...], "params": {...}, "reply_to": "channel"}`` or a bare
+    array of records; empty means ``{}``. ``params`` are values of the flow's declared
+    parameters; any other key is refused (code 400, see :mod:`handlers.invoke_params`).
     The result — the same body as the HTTP answer, plus ``trigger``, ``channel``,
     ``reply_to``; on errors ``status: "error"``, ``error``, ``error_id``, ``code`` (the HTTP
     status it would have) and ``problems`` — is published as JSON to ``reply_to`` (``null``:
@@ -151,7 +153,8 @@ def handle_message(
             raise NotFound(f"no flow is routed to {kind} {'topic' if kind == 'mqtt' else 'channel'} {channel_or_topic!r}")
         result["flow"] = flow
         invocation = invoke_flow(
-            host, flow, payload=message.config, records=message.records, spec=message.spec, request_id=request_id
+            host, flow, params=RequestParams.from_payload(message.params, message.refused), records=message.records,
+            request_id=request_id,
         )
         result.update(invocation.body())
         result["trigger"], result["channel"] = kind, channel_or_topic
@@ -164,7 +167,7 @@ def handle_message(
         error_id = _new_error_id()
         result.update(
             status="error", error=_error_message(exc, error_id), error_id=error_id, code=status_for(exc),
-            **{k: v for k, v in _error_fields(exc).items() if k in ("problems", "flows")},
+            **{k: v for k, v in _error_fields(exc).items() if k in ("problems", "flows", "refused", "declared_params")},
         )
     result["reply_to"] = reply_to
     if reply_to:

@@ -1,5 +1,10 @@
 """The HTTP component (world ``spin-http``): a request → :func:`handlers.invoke.handle_http`.
 
+The body is read only up to the limit (:func:`spin_app.runtime.max_body_bytes`, 6 MiB unless
+``adf_max_body_bytes`` / ``ADF_MAX_BODY_BYTES`` says otherwise): a ``Content-Length`` past it
+is answered 413 without reading the body, and a body without one is read no further than one
+byte past the limit (413 too). Nothing of a refused body is parsed.
+
 Streaming answers (NDJSON progress events) are written to the wasi-http body while the flow
 runs, chunk by chunk; a trap (memory exhausted...) never leaves the client without an answer
 from the host.
@@ -30,10 +35,11 @@ from spin_sdk.wit.imports.types import (
 )
 from spin_sdk.wit.types import Ok
 
+import handlers.settings  # noqa: F401 - imported at build time: the body limit is read with it
 from handlers.http import Request
-from handlers.invoke import handle_http
+from handlers.invoke import PayloadTooLarge, handle_http, refuse_http
 from spin_app import runtime
-from spin_app.platform import read_to_end
+from spin_app.platform import BodyTooLarge, read_to_end
 
 _METHODS = {
     Method_Get: "GET", Method_Head: "HEAD", Method_Post: "POST", Method_Put: "PUT", Method_Delete: "DELETE",
@@ -42,10 +48,12 @@ _METHODS = {
 _CHUNK = 4096  # the most one blocking-write-and-flush takes
 
 
-def _read_body(request: IncomingRequest, content_length: str | None) -> bytes:
+def _read_body(request: IncomingRequest, content_length: str | None, limit: int) -> bytes:
     body = request.consume()
-    data = read_to_end(body.stream(), content_length)
-    IncomingBody.finish(body)
+    try:
+        data = read_to_end(body.stream(), content_length, limit)
+    finally:
+        IncomingBody.finish(body)
     return data
 
 
@@ -59,10 +67,23 @@ class IncomingHandler(exports.IncomingHandler):
             text = bytes(value).decode("utf-8", "replace")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         target = urlsplit(request.path_with_query() or "/")
-        body = _read_body(request, headers.get("content-length"))
-        req = Request(method, target.path or "/", headers, dict(parse_qsl(target.query, keep_blank_values=True)), body,
+        req = Request(method, target.path or "/", headers, dict(parse_qsl(target.query, keep_blank_values=True)), b"",
                       headers.get("x-forwarded-for") or None)
-        answer = handle_http(req, runtime.host("http"), base_path=runtime.bundle_base_path())
+        host = runtime.host("http")
+        base_path = runtime.bundle_base_path()
+        length = headers.get("content-length", "").strip()
+        try:
+            limit = runtime.max_body_bytes()
+            if length.isdigit() and int(length) > limit:
+                raise PayloadTooLarge(limit, int(length))  # not a byte of it is read
+            try:
+                req.body = _read_body(request, length or None, limit)
+            except BodyTooLarge:
+                raise PayloadTooLarge(limit) from None
+        except Exception as exc:  # too large, or an unusable limit setting: answered as handle_http answers errors
+            answer = refuse_http(req, host, exc, base_path=base_path)
+        else:
+            answer = handle_http(req, host, base_path=base_path)
         out_headers = dict(answer.headers)
         streaming = hasattr(answer, "write_to")
         payload = b"" if streaming else answer.encoded()

@@ -21,11 +21,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["Platform", "SpinCallError", "platform", "use"]
+__all__ = ["BodyTooLarge", "Platform", "SpinCallError", "platform", "read_to_end", "use"]
 
 
 class SpinCallError(RuntimeError):
     """A Spin host call failed (the message names the call and the host's error)."""
+
+
+class BodyTooLarge(ValueError):
+    """A body went past the ``limit`` given to :func:`read_to_end` (which stopped reading)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body is longer than {limit} bytes")
+        self.limit = limit
 
 
 def _describe(exc: BaseException) -> str:
@@ -249,23 +257,30 @@ def _wasi_http_send(method: str, url: str, headers: Mapping[str, str], body: byt
     return status, out_headers, data
 
 
-def read_to_end(stream: Any, content_length: str | None = None) -> bytes:
+def read_to_end(stream: Any, content_length: str | None = None, limit: int | None = None) -> bytes:
     """Everything a ``wasi:io`` input stream (a request's or a response's body) still holds;
     the stream is dropped after. With the body's ``content-length`` header given, the reading
-    stops there instead of asking once more to learn that the stream is closed."""
+    stops there instead of asking once more to learn that the stream is closed. With ``limit``,
+    it stops as soon as more than ``limit`` bytes came (never asking for more than one byte past
+    it) and raises :class:`BodyTooLarge`: a body without a length cannot fill the memory."""
     from spin_sdk.wit.imports.streams import StreamError_Closed
     from spin_sdk.wit.types import Err
 
     length = int(content_length) if content_length and content_length.isdigit() else None
     data = bytearray()
-    while length is None or len(data) < length:
-        try:
-            data += stream.blocking_read(64 * 1024)
-        except Err as e:
-            if isinstance(e.value, StreamError_Closed):
-                break
-            raise
-    stream.__exit__(None, None, None)
+    try:
+        while length is None or len(data) < length:
+            want = 64 * 1024 if limit is None else min(64 * 1024, limit + 1 - len(data))
+            try:
+                data += stream.blocking_read(want)
+            except Err as e:
+                if isinstance(e.value, StreamError_Closed):
+                    break
+                raise
+            if limit is not None and len(data) > limit:
+                raise BodyTooLarge(limit)
+    finally:
+        stream.__exit__(None, None, None)
     return bytes(data)
 
 

@@ -18,7 +18,12 @@ Redis channel        ``adf_channel``                         the only Redis rout
 reply channel        ``adf_response_channel``                ``<channel>:results``
 outbound Redis       ``adf_redis_address``                   ``REDIS_ADDRESS``
 config (manifest)    ``adf_config`` / ``adf_*`` variables    ``VARIABLES`` (names to read)
+HTTP body limit      ``adf_max_body_bytes``, else the        6 MiB (:func:`max_body_bytes`)
+                     ``ADF_MAX_BODY_BYTES`` environment
 ===================  ======================================  ==================================
+
+What a request (HTTP, a Redis or MQTT message) may set is the same everywhere: its records
+and the flow's declared parameters (:mod:`handlers.invoke_params`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from handlers.invoke import FlowHost, PublishUnsupported
 from spin_app import connectors
 from spin_app.platform import SpinCallError, platform
 
-__all__ = ["SpinHost", "bundle", "bundle_base_path", "host", "redis_channel", "schedule_store", "start"]
+__all__ = [
+    "SpinHost", "bundle", "bundle_base_path", "host", "max_body_bytes", "redis_channel", "schedule_store", "start",
+]
 
 # Standard-library modules that the modules below import inside functions.
 _LAZY_STDLIB = ("io", "difflib", "traceback")
@@ -128,7 +135,6 @@ class SpinHost(FlowHost):
     """
 
     persist = False
-    allow_payload_spec = False
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -249,6 +255,16 @@ def bundle_base_path() -> str:
     return str(platform().variable("adf_base_path") or _bundled("BASE_PATH", ""))
 
 
+def max_body_bytes() -> int:
+    """The largest HTTP request body this event may bring: the ``adf_max_body_bytes`` variable,
+    else the component's ``ADF_MAX_BODY_BYTES`` environment variable, read by
+    :func:`handlers.settings.max_body_bytes` (default 6 MiB). Raises its ``SettingsError``."""
+    from handlers.settings import max_body_bytes as read
+
+    given = platform().variable("adf_max_body_bytes")
+    return read({"ADF_MAX_BODY_BYTES": given} if given else os.environ)
+
+
 _host: dict[str, SpinHost] = {}
 
 
@@ -263,7 +279,8 @@ def host(kind: str) -> SpinHost:
 
 _WARM_FLOW = {
     "source": {"type": "payload"},
-    "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 2}],
+    "params": {"below": {"type": "integer", "default": 2}},
+    "steps": [{"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}],
     "sink": {"type": "response"},
 }
 
@@ -275,7 +292,8 @@ def warm_up() -> list[str]:
     every request a fresh copy of that snapshot. Whatever a first request builds lazily —
     compiled regular expressions, the JSON encoders, codecs, the engine's and the logger's
     first-call paths — would be built again on every request. Running HTTP requests (a
-    POST, a GET, a streamed POST, an unknown flow, a bad body), a Redis and an MQTT message
+    POST, one with a parameter, a GET with one in the query, a streamed POST, an unknown flow, a
+    bad body, a refused key, a body over the limit), a Redis and an MQTT message
     through the same handlers here puts all of that into the snapshot instead (measured:
     about 2.5 ms less per fresh instance). Nothing of it outlives the warm-up: the flows
     run in memory, the answers and the log lines are dropped.
@@ -286,7 +304,7 @@ def warm_up() -> list[str]:
     from core.logs import JsonFormatter
     from core.state import MemoryStateStore
     from handlers.http import Request
-    from handlers.invoke import LocalHost, handle_http, handle_message
+    from handlers.invoke import LocalHost, PayloadTooLarge, handle_http, handle_message, refuse_http
 
     logger = logging.getLogger("adf")
     sink = logging.StreamHandler(io.StringIO())
@@ -298,13 +316,20 @@ def warm_up() -> list[str]:
     failed: list[str] = []
     host = LocalHost({"warm": _WARM_FLOW}, store=MemoryStateStore(), environ={}, variables={}, persist=False,
                      publisher=lambda channel, message: None)
-    body = json.dumps({"records": [{"n": i} for i in range(4)], "config": {}}).encode()
+    body = json.dumps({"records": [{"n": i} for i in range(4)]}).encode()
+    with_params = json.dumps({"records": [{"n": i} for i in range(4)], "params": {"below": 3}}).encode()
     headers = {"content-type": "application/json"}
     events: list[tuple[str, Any, Any]] = [
         ("http POST", lambda: handle_http(Request("POST", "/flows/warm/run", headers, {}, body), host), 200),
-        ("http GET", lambda: handle_http(Request("GET", "/flows/warm/run", {}, {}, b""), host), 200),
+        ("http POST params", lambda: handle_http(Request("POST", "/flows/warm/run", headers, {}, with_params), host),
+         200),
+        ("http GET", lambda: handle_http(Request("GET", "/flows/warm/run", {}, {"below": "1"}, b""), host), 200),
         ("http unknown flow", lambda: handle_http(Request("GET", "/flows/none/run", {}, {}, b""), host), 404),
         ("http bad body", lambda: handle_http(Request("POST", "/flows/warm/run", headers, {}, b"{"), host), 400),
+        ("http refused key", lambda: handle_http(Request("GET", "/flows/warm/run", {}, {"sink.type": "x"}, b""),
+                                                 host), 400),
+        ("http too large", lambda: refuse_http(Request("POST", "/flows/warm/run", headers, {}, b""), host,
+                                               PayloadTooLarge(1, 2)), 413),
         ("http stream", lambda: _drain(handle_http(Request("POST", "/flows/warm/run", headers, {"stream": "true"},
                                                            body), host)), 200),
         ("redis", lambda: handle_message(host, "redis", "warm", body, routes={"warm": "warm"}).get("status"),

@@ -156,3 +156,25 @@ def test_a_runtime_from_another_distribution_runs_the_flow_its_spec_names(tmp_pa
     # without the plugin the same spec is refused, naming the installed runtimes
     res = adf("validate", str(spec))
     assert res.returncode == 2 and "unknown runtime type 'dry'" in res.stdout + res.stderr and "local" in res.stdout + res.stderr
+
+
+def test_param_gives_a_declared_parameter_and_refuses_anything_else(tmp_path: Path) -> None:
+    (tmp_path / "tag.py").write_text("def tag(record, **options):\n    return {**record, **options}\n")
+    spec = tmp_path / "priced.yaml"
+    spec.write_text(
+        "name: priced\n"
+        "params:\n  currency: {type: string, choices: [EUR, USD], default: EUR}\n  rate: number\n"
+        "source: {type: memory, records: [{id: 1}]}\n"
+        "steps: [{type: python, function: 'tag:tag', options: {currency: '${params.currency}', rate: '${params.rate}'}}]\n"
+        f"sink: {{type: file, path: '{tmp_path}/out.jsonl'}}\n"
+    )
+    ok = adf("run", str(spec), "--json", "--state-dir", str(tmp_path / "s"),
+             "--param", "currency=USD", "--param", "rate=0.5")
+    assert ok.returncode == 0, ok.stderr
+    assert [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [
+        {"id": 1, "currency": "USD", "rate": 0.5}]
+    bad = adf("run", str(spec), "--json", "--state-dir", str(tmp_path / "s2"),
+              "--param", "currency=JPY", "--param", "sink.path=/tmp/elsewhere")
+    assert bad.returncode == 2
+    problems = last_json(bad.stdout)["problems"]
+    assert any("'JPY' is not one of" in p for p in problems) and any("sink.path" in p for p in problems)

@@ -1,4 +1,5 @@
-"""handlers.invoke over HTTP with a LocalHost: routes, configuration layers, streaming, errors, logs."""
+"""handlers.invoke over HTTP with a LocalHost: routes, configuration layers, declared parameters,
+streaming, errors, logs. (What a request may not set is proven at length in test_request_safety.py.)"""
 
 from __future__ import annotations
 
@@ -92,12 +93,27 @@ def specs(tmp_path: Path) -> dict[str, dict[str, Any]]:
         },
         "numbers": {
             "source": {"type": "memory", "records": [{"n": i} for i in range(10)]},
-            "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 100}],
+            "params": {"below": {"type": "integer", "default": 100}},
+            "steps": [{"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}],
             "sink": {"type": "file", "path": str(tmp_path / "numbers.jsonl")},
+            "runtime": {"batch_size": 3},
         },
         "to_file": {
             "source": {"type": "payload"},
+            "params": {"min_a": {"type": "integer", "default": 0}},
+            "steps": [{"type": "filter", "field": "a", "op": "ge", "value": "${params.min_a}"}],
             "sink": {"type": "file", "path": str(tmp_path / "to_file.jsonl")},
+        },
+        "limited": {
+            "description": "keeps the records whose n is below a declared parameter",
+            "source": {"type": "payload"},
+            "params": {
+                "below": {"type": "integer", "default": 100, "help": "keep n below this"},
+                "token": {"type": "string", "secret": True, "default": "s3cr3t-default"},
+            },
+            "steps": [{"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}],
+            "sink": {"type": "response"},
+            "runtime": {"batch_size": 2},
         },
         "failing": {"source": {"type": "payload"}, "steps": [{"type": "test_boom"}], "sink": {"type": "response"}},
         "oom": {"source": {"type": "payload"}, "steps": [{"type": "test_oom"}], "sink": {"type": "response"}},
@@ -172,37 +188,48 @@ def test_get_flows_lists_names_and_descriptions(host: LocalHost) -> None:
     r = answer(get("/flows"), host)
     assert r.status == 200
     flows = {f["name"]: f for f in r.body["flows"]}  # type: ignore[call-overload]
-    assert sorted(flows) == ["echo", "failing", "gated", "numbers", "oom", "probed", "to_file"]
+    assert sorted(flows) == ["echo", "failing", "gated", "limited", "numbers", "oom", "probed", "to_file"]
     assert flows["echo"] == {
         "name": "echo", "description": "doubles n and answers with the records", "source": "payload", "sink": "response",
     }
 
 
-def test_get_flow_shows_the_resolved_config_redacted_with_its_origins(host: LocalHost) -> None:
-    r = answer(get("/flows/echo", query={"runtime.batch_size": "7"}), host)
+def test_get_flow_shows_the_resolved_config_redacted_with_its_origins(tmp_path: Path) -> None:
+    host = LocalHost(specs(tmp_path), persist=False, environ={"ADF_ECHO__RUNTIME__BATCH_SIZE": "7"})
+    r = answer(get("/flows/echo"), host)
     assert r.status == 200
     body: Any = r.body
     assert body["config"]["runtime"]["batch_size"] == 7
     assert body["config"]["config"]["api_token"] == "***"
     assert "s3cr3t-value" not in json.dumps(body)
     explain = {e["path"]: e for e in body["explain"]}
-    assert explain["runtime.batch_size"]["layer"] == "payload"
+    assert explain["runtime.batch_size"]["layer"] == "env"
     assert {"layer": "manifest", "origin": "payload spec"} in explain["runtime.batch_size"]["overridden"]
     assert explain["sink.limit"]["layer"] == "default"
+    assert body["declared_params"] == [] and body["params"] == {}
+    # the declared parameters, and their values for the query's (secret ones redacted)
+    body = answer(get("/flows/limited", query={"below": "7"}), host).body
+    assert body["params"] == {"below": 7, "token": "***"}
+    assert body["declared_params"] == [
+        {"name": "below", "type": "integer", "required": False, "default": 100, "help": "keep n below this"},
+        {"name": "token", "type": "string", "required": False, "default": "***", "secret": True},
+    ]
+    assert "s3cr3t-default" not in json.dumps(body)
+    host.close()
 
 
-def test_get_run_takes_configuration_from_the_query(host: LocalHost, tmp_path: Path) -> None:
-    out = tmp_path / "from_query.jsonl"
-    r = answer(
-        get("/flows/numbers/run", query={"sink.path": str(out), "steps.0.value": "4", "runtime.batch_size": "3"}), host
-    )
+def test_get_run_takes_its_declared_parameters_from_the_query(host: LocalHost, tmp_path: Path) -> None:
+    r = answer(get("/flows/numbers/run", query={"below": "4"}), host)
     assert r.status == 200, r.body
     body: Any = r.body
     assert (body["status"], body["records_in"], body["records_out"]) == ("success", 10, 4)
     assert body["flow"] == "numbers" and body["request_id"] == r.headers["x-request-id"]
     assert "records" not in body  # not a response sink
-    assert read_jsonl(out) == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]
-    assert not (tmp_path / "numbers.jsonl").exists()
+    assert read_jsonl(tmp_path / "numbers.jsonl") == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]
+    # the sink is the flow's: a query naming it is refused and writes nothing elsewhere
+    out = tmp_path / "from_query.jsonl"
+    r = answer(get("/flows/numbers/run", query={"sink.path": str(out)}), host)
+    assert r.status == 400 and "sink.path" in r.body["error"] and not out.exists()  # type: ignore[call-overload]
 
 
 def test_post_with_records_answers_with_the_records_and_dead_letters(host: LocalHost) -> None:
@@ -219,10 +246,9 @@ def test_post_with_records_answers_with_the_records_and_dead_letters(host: Local
     assert ResponseSink.runs.get(body["run_id"]) is None  # popped after the run
 
 
-def test_post_body_config_and_a_bare_array_of_records(host: LocalHost, tmp_path: Path) -> None:
-    out = tmp_path / "posted.jsonl"
-    r = answer(post("/flows/to_file/run", {"records": [{"a": 1}], "config": {"sink.path": str(out)}}), host)
-    assert r.status == 200 and read_jsonl(out) == [{"a": 1}]
+def test_post_body_params_and_a_bare_array_of_records(host: LocalHost, tmp_path: Path) -> None:
+    r = answer(post("/flows/to_file/run", {"records": [{"a": 1}, {"a": 5}], "params": {"min_a": 2}}), host)
+    assert r.status == 200 and read_jsonl(tmp_path / "to_file.jsonl") == [{"a": 5}]
     r = answer(post("/flows/echo/run", [{"n": 5}]), host)
     assert r.body["records"] == [{"n": 5, "doubled": 10}]  # type: ignore[call-overload]
 
@@ -235,32 +261,32 @@ def test_base_path_is_stripped(host: LocalHost) -> None:
 # --------------------------------------------------------------------------- X-ADF headers and layers
 
 
-def test_x_adf_headers_configure_the_run(host: LocalHost) -> None:
+def test_x_adf_headers_give_the_declared_parameters(host: LocalHost) -> None:
     records = [{"n": i} for i in range(5)]
-    r = answer(post("/flows/echo/run", records, {"X-ADF-Sink-Limit": "2"}), host)
+    r = answer(post("/flows/limited/run", records, {"X-ADF-Param-Below": "2"}), host)
     body: Any = r.body
-    assert body["records"] == [{"n": 0, "doubled": 0}, {"n": 1, "doubled": 2}]
-    assert (body["records_total"], body["records_truncated"]) == (5, True)
-    # a per-key header wins over X-ADF-Config; the dotted form addresses snake_case keys exactly
-    r = answer(post("/flows/echo/run", records, {"X-ADF-Config": '{"sink": {"limit": 1}}', "X-ADF-Sink.Limit": "3"}), host)
+    assert body["records"] == [{"n": 0}, {"n": 1}]
+    assert (body["records_in"], body["records_out"], body["filtered"]) == (5, 2, 3)
+    # a per-value header wins over X-ADF-Params
+    r = answer(post("/flows/limited/run", records, {"X-ADF-Params": '{"below": 1}', "X-ADF-Param-Below": "3"}), host)
     assert len(r.body["records"]) == 3  # type: ignore[call-overload]
-    r = answer(
-        post("/flows/echo/run", records, {"X-ADF-Runtime.Batch-Size": "1", "Accept": "application/json"},
-             query={"sink.limit": "4"}),
-        host,
-    )
+    r = answer(post("/flows/limited/run", records, {"X-ADF-Param-Below": "1", "Accept": "application/json"},
+                    query={"below": "4"}), host)
     assert len(r.body["records"]) == 4  # type: ignore[call-overload]  # query wins over headers
-    desc = answer(get("/flows/echo", {"X-ADF-Runtime-Batch-Size": "9"}), host)
-    assert desc.body["config"]["runtime"]["batch_size"] == 9  # type: ignore[call-overload]
+    r = answer(post("/flows/limited/run", {"records": records, "params": {"below": 2}}, query={"below": "4"}), host)
+    assert len(r.body["records"]) == 2  # type: ignore[call-overload]  # the body wins over the query
+    desc = answer(get("/flows/limited", {"X-ADF-Param-Below": "9"}), host)
+    assert desc.body["params"]["below"] == 9  # type: ignore[call-overload]
 
 
-def test_a_header_that_names_no_key_is_a_400_with_the_problem(host: LocalHost) -> None:
+def test_a_header_that_names_no_parameter_is_a_400_naming_it(host: LocalHost) -> None:
     r = answer(post("/flows/echo/run", [], {"X-ADF-Turbo": "on", "X-ADF-Config": "not json"}), host)
     assert r.status == 400
     body: Any = r.body
-    assert body["error"] == "unusable X-ADF-* headers" and body["error_id"]
-    assert len(body["problems"]) == 2
-    assert any("x-adf-turbo" in p for p in body["problems"])
+    assert body["error"].startswith("a request may set only its records and the parameters flow 'echo' declares")
+    assert body["error_id"] and body["declared_params"] == []
+    assert len(body["refused"]) == 2
+    assert any("x-adf-turbo" in p for p in body["refused"]) and any("x-adf-config" in p for p in body["refused"])
 
 
 def test_layer_precedence_variables_kv_env_payload(tmp_path: Path) -> None:
@@ -270,8 +296,8 @@ def test_layer_precedence_variables_kv_env_payload(tmp_path: Path) -> None:
     host = LocalHost(specs(tmp_path), persist=False, store=store, variables=variables, environ=environ)
     records = [{"n": i} for i in range(9)]
 
-    def kept(config: dict[str, Any] | None = None) -> int:
-        r = answer(post("/flows/echo/run", {"records": records, "config": config or {}}), host)
+    def kept() -> int:
+        r = answer(post("/flows/echo/run", {"records": records}), host)
         assert r.status == 200, r.body
         return len(r.body["records"])  # type: ignore[call-overload]
 
@@ -288,35 +314,65 @@ def test_layer_precedence_variables_kv_env_payload(tmp_path: Path) -> None:
     assert kept() == 4 and origin() == ("env", "environment ADF__SINK__LIMIT")
     environ["ADF_ECHO__SINK__LIMIT"] = "5"
     assert kept() == 5
-    assert kept({"sink": {"limit": 6}}) == 6
-    assert answer(get("/flows/echo", query={"sink.limit": "7"}), host).body["config"]["sink"]["limit"] == 7  # type: ignore[call-overload]
+    # the request is no layer: it cannot change the limit, on a run or a description
+    refused = answer(post("/flows/echo/run", {"records": records, "config": {"sink": {"limit": 6}}}), host)
+    assert refused.status == 400 and "config" in refused.body["error"]  # type: ignore[call-overload]
+    assert answer(get("/flows/echo", query={"sink.limit": "7"}), host).status == 400
+    assert kept() == 5 and origin() == ("env", "environment ADF_ECHO__SINK__LIMIT")
     desc: Any = answer(get("/flows/echo"), host).body
     assert desc["ignored_variables"] == []
 
 
-def test_flows_stored_in_the_kv_store_and_specs_in_the_payload(tmp_path: Path) -> None:
+def test_a_declared_parameter_takes_the_operators_value_and_the_request_wins(tmp_path: Path) -> None:
+    store = MemoryStateStore()
+    variables: dict[str, str] = {}
+    environ: dict[str, str] = {}
+    host = LocalHost(specs(tmp_path), persist=False, store=store, variables=variables, environ=environ)
+    records = [{"n": i} for i in range(9)]
+
+    def kept(params: dict[str, Any] | None = None) -> int:
+        r = answer(post("/flows/limited/run", {"records": records, **({"params": params} if params else {})}), host)
+        assert r.status == 200, r.body
+        return len(r.body["records"])  # type: ignore[call-overload]
+
+    assert kept() == 9  # the declared default, 100
+    variables["adf_flow_limited_params_below_default"] = "2"  # an operator changes the default
+    assert kept() == 2
+    variables["adf_flow_limited_config_below"] = "3"  # ...or sets the value
+    assert kept() == 3
+    store.set("config/limited", {"config.below": 4})
+    assert kept() == 4
+    environ["ADF_LIMITED__CONFIG__BELOW"] = "5"
+    assert kept() == 5
+    assert kept({"below": 6}) == 6  # the request's value wins
+
+
+def test_flows_stored_in_the_kv_store_and_never_a_spec_in_the_payload(tmp_path: Path) -> None:
     store = MemoryStateStore()
     store.set("flows/kv_flow", {"source": {"type": "payload"}, "sink": {"type": "response"}})
     host = LocalHost({}, persist=False, store=store, environ={})
     assert [f["name"] for f in answer(get("/flows"), host).body["flows"]] == ["kv_flow"]  # type: ignore[call-overload]
     assert answer(post("/flows/kv_flow/run", [{"a": 1}]), host).body["records"] == [{"a": 1}]  # type: ignore[call-overload]
-    spec = {"source": {"type": "payload"}, "sink": {"type": "response"}}
+    spec = {"source": {"type": "payload"}, "sink": {"type": "file", "path": str(tmp_path / "adhoc.jsonl")}}
     refused = answer(post("/flows/adhoc/run", {"spec": spec, "records": [{"a": 1}]}), host)
-    assert refused.status == 403 and "allow_payload_spec" in refused.body["error"]  # type: ignore[call-overload]
-    host.allow_payload_spec = True
-    r = answer(post("/flows/adhoc/run", {"spec": spec, "records": [{"a": 2}]}), host)
-    assert r.status == 200 and r.body["records"] == [{"a": 2}]  # type: ignore[call-overload]
-    mismatch = answer(post("/flows/adhoc/run", {"spec": {**spec, "name": "other"}}), host)
-    assert mismatch.status == 400
+    assert refused.status == 404  # no flow of that name: a request cannot bring one
+    refused = answer(post("/flows/kv_flow/run", {"spec": spec, "records": [{"a": 1}]}), host)
+    assert refused.status == 400 and "'spec'" in refused.body["error"]  # type: ignore[call-overload]
+    # a host that asks for it (an older caller) still refuses, and is told so
+    with pytest.warns(DeprecationWarning, match="allow_payload_spec has no effect"):
+        permissive = LocalHost({}, persist=False, store=store, environ={}, allow_payload_spec=True)
+    r = answer(post("/flows/kv_flow/run", {"spec": spec, "records": [{"a": 2}]}), permissive)
+    assert r.status == 400 and "'spec'" in r.body["error"]  # type: ignore[call-overload]
+    assert not (tmp_path / "adhoc.jsonl").exists()
 
 
 def test_run_named_flow_and_a_persisting_host(tmp_path: Path) -> None:
     host = LocalHost(specs(tmp_path), persist=True, state_dir=tmp_path / "state", environ={})
-    summary = run_named_flow(host, "echo", records=[{"n": 1}, 2], payload={"runtime.batch_size": 5})
-    assert summary.status == "partial" and summary.records_out == 1
+    summary = run_named_flow(host, "limited", records=[{"n": 1}, 2, {"n": 9}], params={"below": 5})
+    assert summary.status == "partial" and summary.records_out == 1 and summary.filtered == 1
     assert summary.dead_letter_sample is None  # persisted to a file instead
     assert summary.dead_letter_destination and Path(summary.dead_letter_destination).exists()
-    assert (tmp_path / "state" / "echo" / "runs" / summary.run_id / "summary.json").exists()
+    assert (tmp_path / "state" / "limited" / "runs" / summary.run_id / "summary.json").exists()
     host.close()
 
 
@@ -396,8 +452,10 @@ def test_a_failing_flow_streams_a_failed_summary_with_an_error_id(host: LocalHos
 
 
 def test_errors_before_the_stream_starts_are_plain_json(host: LocalHost) -> None:
-    r = answer(post("/flows/echo/run", {"config": {"runtime.batch_size": -1}}, query={"stream": "true"}), host)
+    r = answer(post("/flows/limited/run", {"params": {"below": "many"}}, query={"stream": "true"}), host)
     assert r.status == 422
+    r = answer(post("/flows/echo/run", {"config": {"runtime.batch_size": -1}}, query={"stream": "true"}), host)
+    assert r.status == 400
 
 
 # --------------------------------------------------------------------------- errors
@@ -426,8 +484,10 @@ def test_malformed_json_and_wrong_shapes_are_400(host: LocalHost) -> None:
     assert answer(get("/flows/echo/run", query={"progress_interval": "soon"}), host).status == 400
 
 
-def test_invalid_config_is_422_with_every_problem(host: LocalHost) -> None:
-    r = answer(post("/flows/echo/run", {"config": {"runtime": {"batch_size": 0}, "sink": {"bogus": 1}}}), host)
+def test_invalid_config_is_422_with_every_problem(tmp_path: Path) -> None:
+    environ = {"ADF_ECHO__RUNTIME__BATCH_SIZE": "0", "ADF_ECHO__SINK__BOGUS": "1"}  # an operator's mistake
+    host = LocalHost(specs(tmp_path), persist=False, environ=environ)
+    r = answer(post("/flows/echo/run", {"records": []}), host)
     assert r.status == 422
     body: Any = r.body
     assert len(body["problems"]) == 2
@@ -435,8 +495,15 @@ def test_invalid_config_is_422_with_every_problem(host: LocalHost) -> None:
     assert body["error_id"]
     r = answer(post("/flows/numbers/run", {"records": [{"n": 1}]}), host)
     assert r.status == 422 and "only a 'payload' source takes records" in r.body["problems"][0]  # type: ignore[call-overload]
-    r = answer(post("/flows/echo/run", {"config": {"name": "other"}}), host)
+    # a request's parameter values: every problem at once, with what the flow declares
+    r = answer(post("/flows/limited/run", {"params": {"below": "lots", "token": 5}}), host)
     assert r.status == 422
+    body = r.body
+    assert len(body["problems"]) == 2 and body["error"].startswith("invalid parameters for flow 'limited'")
+    assert [p["name"] for p in body["declared_params"]] == ["below", "token"]
+    r = answer(post("/flows/echo/run", {"config": {"name": "other"}}), host)
+    assert r.status == 400  # not a parameter: refused before anything is resolved
+    host.close()
 
 
 def test_a_failing_flow_is_500_with_the_summary_and_the_backtrace_only_in_the_log(host: LocalHost, logs: Capture) -> None:

@@ -1,4 +1,6 @@
-"""How spin.toml variables and X-ADF-* headers name configuration paths (handlers.confignames)."""
+"""How spin.toml variables name configuration paths (handlers.confignames), and how X-ADF-*
+headers name a flow's declared parameters — the only thing a header may set
+(handlers.invoke_params)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from handlers.confignames import expand_dotted, flow_slug, headers_config, resolve_words, variables_config
+from core.spec import parse_params
+from handlers.confignames import expand_dotted, flow_slug, resolve_words, variables_config
+from handlers.invoke_base import BadRequest
+from handlers.invoke_params import RefusedRequest, RequestParams, request_values
 
 SPEC: dict[str, Any] = {
     "name": "orders-to-db",
@@ -99,31 +104,50 @@ def test_malformed_json_variables_are_reported_as_ignored() -> None:
     assert len(ignored) == 1 and ignored[0].startswith("adf_json: variable adf_json must be a JSON object")
 
 
-def test_headers_dotted_word_and_json_forms() -> None:
+DECLARED, _ = parse_params({
+    "max_rows": {"type": "integer", "default": 5},
+    "region": {"type": "string", "choices": ["eu", "us"]},
+    "retry_after_s": "number",
+    "labels": "mapping",
+})
+
+
+def test_headers_json_and_per_value_forms_give_parameters() -> None:
     headers = {
-        "x-adf-config": '{"sink": {"path": "a.jsonl", "mode": "append"}, "runtime.retries": 5}',
-        "x-adf-sink.path": "b.jsonl",
-        "x-adf-runtime-batch-size": "10",
-        "x-adf-runtime.retry-backoff-s": "0.5",
+        "x-adf-params": '{"max_rows": 7, "region": "us", "labels": {"a": 1}}',
+        "x-adf-param-region": "eu",  # a per-value header wins over X-ADF-Params
+        "x-adf-param-retry-after-s": "0.5",  # '-' stands for '_'; text read as the declared type
+        "X-ADF-Param-MAX_ROWS": "10",  # names are matched case-insensitively
         "content-type": "application/json",
     }
-    values, problems = headers_config(headers, SPEC)
-    assert problems == []
-    assert values == {
-        "sink": {"path": "b.jsonl", "mode": "append"},
-        "runtime": {"retries": 5, "batch_size": 10, "retry_backoff_s": 0.5},
+    request = RequestParams()
+    request.add_headers(headers)
+    assert request_values("orders-to-db", DECLARED, request) == {
+        "max_rows": 10, "region": "eu", "retry_after_s": 0.5, "labels": {"a": 1},
     }
 
 
-def test_unusable_headers_are_problems() -> None:
-    values, problems = headers_config(
-        {"x-adf-nonsense": "1", "x-adf-config": "[1]", "x-adf-name": "x", "x-adf-sink..path": "p"}, SPEC
+def test_headers_that_name_no_parameter_are_refused_by_name() -> None:
+    request = RequestParams()
+    request.add_headers({"x-adf-nonsense": "1", "x-adf-config": '{"sink": {}}', "x-adf-name": "x",
+                         "x-adf-sink..path": "p", "x-adf-param-sink.path": "/tmp/x"})
+    with pytest.raises(RefusedRequest) as refused:
+        request_values("orders-to-db", DECLARED, request)
+    assert len(refused.value.refused) == 5
+    for header in ("x-adf-nonsense", "x-adf-config", "x-adf-name", "x-adf-sink..path", "x-adf-param-sink.path"):
+        assert any(header in r for r in refused.value.refused), header
+    assert [p["name"] for p in refused.value.declared] == ["max_rows", "region", "retry_after_s", "labels"]
+    with pytest.raises(BadRequest, match="X-ADF-Params must be a JSON object"):
+        RequestParams().add_headers({"x-adf-params": "[1]"})
+
+
+def test_variables_set_a_declared_parameters_value_or_its_default() -> None:
+    spec = {**SPEC, "params": {"max_rows": {"type": "integer", "default": 5}}, "config": {}}
+    additions, ignored = variables_config(
+        {"adf_flow_orders_to_db_config_max_rows": "9", "adf_params_max_rows_default": "6"}, "orders-to-db", spec
     )
-    assert values == {}
-    assert len(problems) == 4
-    assert any("X-ADF-Config must be a JSON object" in p for p in problems)
-    assert any(p.startswith("header x-adf-nonsense does not name a configuration key") for p in problems)
-    assert any("cannot be changed" in p for p in problems)
+    assert ignored == []
+    assert [v for v, _ in additions] == [{"params": {"max_rows": {"default": 6}}}, {"config": {"max_rows": 9}}]
 
 
 def test_expand_dotted() -> None:

@@ -23,7 +23,9 @@ from handlers.invoke import (
 SPECS: dict[str, dict[str, Any]] = {
     "echo": {
         "source": {"type": "payload"},
-        "steps": [{"type": "python", "function": "flowlib.steps:double"}],
+        "params": {"below": {"type": "integer", "default": 100}},
+        "steps": [{"type": "python", "function": "flowlib.steps:double"},
+                  {"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}],
         "sink": {"type": "response"},
     },
     "sensors": {"source": {"type": "payload"}, "sink": {"type": "response"}},
@@ -95,10 +97,10 @@ def test_parse_routes() -> None:
 
 def test_a_message_runs_the_routed_flow_and_publishes_the_result() -> None:
     host, publisher = make_host()
-    body = json.dumps({"records": [{"n": 2}, "bad"], "config": {"runtime.batch_size": 1}}).encode()
+    body = json.dumps({"records": [{"n": 2}, "bad", {"n": 30}], "params": {"below": 10}}).encode()
     result = handle_message(host, "redis", "jobs", body, routes={"jobs": "echo"})
     assert result["status"] == "partial" and result["flow"] == "echo"
-    assert result["records"] == [{"n": 2, "doubled": 4}]
+    assert result["records"] == [{"n": 2, "doubled": 4}] and result["filtered"] == 1
     assert result["dead_letters"] == 1 and result["dead_letter_sample"][0]["record"] == "bad"
     assert (result["published"], result["reply_to"], result["trigger"]) == (True, "jobs:results", "redis")
     [(channel, message)] = publisher.sent
@@ -135,7 +137,8 @@ def test_results_channels_are_not_routed_back_through_a_wildcard() -> None:
         (b"{not json", "malformed JSON"),
         (b'"a string"', "must be a JSON object"),
         (b'{"records": {"n": 1}}', "'records' must be a JSON array"),
-        (b'{"recs": []}', "unknown keys 'recs'"),
+        (b'{"recs": []}', "refused: body key 'recs'"),
+        (b'{"params": [1]}', "'params' must be a JSON object"),
         (b'{"reply_to": 5}', "'reply_to' must be a channel name"),
         (b"\xff\xfe\x00", "malformed JSON"),
     ],
@@ -155,12 +158,15 @@ def test_unrouted_unknown_invalid_and_failing_flows_are_reported() -> None:
     assert (result["status"], result["code"]) == ("error", 404) and "no flow is routed" in result["error"]
     result = handle_message(host, "redis", "jobs", b"[]", routes={"jobs": "missing"})
     assert result["code"] == 404 and "echo" in result["flows"]
+    result = handle_message(host, "redis", "jobs", b'{"params": {"below": 0.5}}', routes={"jobs": "echo"})
+    assert result["code"] == 422 and any("below" in p for p in result["problems"])
+    assert [p["name"] for p in result["declared_params"]] == ["below"]
     result = handle_message(host, "redis", "jobs", b'{"config": {"runtime": {"batch_size": 0}}}', routes={"jobs": "echo"})
-    assert result["code"] == 422 and any("batch_size" in p for p in result["problems"])
+    assert result["code"] == 400 and result["refused"] == ["body key 'config' (runtime)"]
     result = handle_message(host, "redis", "jobs", b'[{"name": "boom"}]', routes={"jobs": "failing"})
     assert result["status"] == "failed" and result["code"] == 500 and result["error_id"]
     assert "max_dead_letters" in result["error"]
-    assert [m["status"] for _, m in publisher.sent] == ["error", "error", "error", "failed"]
+    assert [m["status"] for _, m in publisher.sent] == ["error", "error", "error", "error", "failed"]
 
 
 def test_publish_errors_are_reported_not_raised() -> None:

@@ -21,7 +21,9 @@ from handlers.web.api import build_app
 SPECS = {
     "echo": {
         "source": {"type": "payload"},
-        "steps": [{"type": "python", "function": "flowlib.steps:double"}],
+        "params": {"below": {"type": "integer", "default": 100}},
+        "steps": [{"type": "python", "function": "flowlib.steps:double"},
+                  {"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}],
         "sink": {"type": "response"},
         "runtime": {"batch_size": 2},
     }
@@ -58,7 +60,8 @@ def test_runs_stream_and_errors_through_the_web_app(tmp_path: Path) -> None:
     with serving(tmp_path) as base, httpx.Client(timeout=30) as client:
         flows = client.get(f"{base}/invoke/flows").json()["flows"]
         assert [f["name"] for f in flows] == ["echo"]
-        r = client.post(f"{base}/invoke/flows/echo/run", json={"records": [{"n": 3}]}, headers={"X-ADF-Sink-Limit": "5"})
+        r = client.post(f"{base}/invoke/flows/echo/run", json={"records": [{"n": 3}, {"n": 7}]},
+                        headers={"X-ADF-Param-Below": "5"})
         assert r.status_code == 200 and r.json()["records"] == [{"n": 3, "doubled": 6}]
         assert r.headers["x-request-id"] == r.json()["request_id"]
         with client.stream("POST", f"{base}/invoke/flows/echo/run?stream=true",

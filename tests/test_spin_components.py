@@ -33,18 +33,24 @@ FLOWS: list[dict[str, Any]] = [
     {"name": "double", "source": {"type": "payload"},
      "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 100}], "sink": {"type": "response"}},
     {"name": "numbers", "source": {"type": "memory", "records": [{"n": i, "sq": i * i} for i in range(10)]},
-     "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 5}], "sink": {"type": "response"},
+     "params": {"below": {"type": "integer", "default": 5}},
+     "steps": [{"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}], "sink": {"type": "response"},
      "runtime": {"batch_size": 3}},
     {"name": "ticks", "source": {"type": "memory", "records": [{"id": i, "label": f"t{i}"} for i in range(4)]},
      "sink": {"type": "spin_sqlite", "table": "ticks", "mode": "upsert", "key": "id"},
      "runtime": {"interval_seconds": 60}},
     {"name": "readings", "source": {"type": "payload"},
      "sink": {"type": "kv", "prefix": "readings/", "key_field": "id"}},
-    # outbound HTTP; the tests point the URLs at a server of their own (query configuration)
+    # outbound HTTP; the host points the URLs at the tests' own server (the operator's variables
+    # adf_flow_fetched_json / adf_flow_forward_json: a request cannot)
     {"name": "fetched", "source": {"type": "spin_http", "url": "http://127.0.0.1:9/records"},
      "sink": {"type": "response"}},
     {"name": "forward", "source": {"type": "payload"},
      "sink": {"type": "spin_http", "url": "http://127.0.0.1:9/in"}},
+    {"name": "unreachable", "source": {"type": "spin_http", "url": "http://127.0.0.1:9/records"},
+     "sink": {"type": "response"}},
+    # the host's variable adf_flow_elsewhere_json gives it a source that cannot run in a component
+    {"name": "elsewhere", "source": {"type": "payload"}, "sink": {"type": "response"}},
     # files mounted into the component (the manifest's `files`; the host's --dir)
     {"name": "mounted", "source": {"type": "file", "path": "/data/*.jsonl"}, "sink": {"type": "response"}},
 ]
@@ -85,9 +91,53 @@ def components() -> dict[str, str]:
     return {k: str(out / Path(p).name) for k, p in built.items()}
 
 
+#: the body limit the HTTP fixture's host sets (adf_max_body_bytes)
+BODY_LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[Any]:
+    """An HTTP server of the tests' own: GET /records answers records, POST /in keeps bodies;
+    ``received`` lists every request it got (``peer.received.clear()`` before a test counts)."""
+    import http.server
+
+    got: list[Any] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path != "/records":  # only the operator's URL is expected
+                got.append((self.path, None, None))
+            body = json.dumps({"records": [{"id": 1, "name": "ada"}, {"id": 2, "name": "grace"}]}).encode()
+            self.send_response(200 if self.path == "/records" else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            got.append((self.path, self.headers.get("content-type"),
+                        json.loads(self.rfile.read(int(self.headers["content-length"])))))
+            self.send_response(204)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.received = got  # type: ignore[attr-defined]
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module", params=["wasmtime", "node"])
-def http(request: pytest.FixtureRequest, components: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The HTTP component served by each local engine: wasmtime (WASI in Python) and Node (jco)."""
+def http(request: pytest.FixtureRequest, components: dict[str, str], peer: Any,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The HTTP component served by each local engine: wasmtime (WASI in Python) and Node (jco),
+    configured as an operator would: outbound URLs and the body limit through Spin variables."""
     from spin_app.host import HttpHost
 
     state = tmp_path_factory.mktemp(f"spin-http-{request.param}")
@@ -95,7 +145,14 @@ def http(request: pytest.FixtureRequest, components: dict[str, str], tmp_path_fa
     for name, rows in MOUNTED.items():
         (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     (data / "notes.txt").write_text("not a match for the glob\n")
-    with HttpHost(components["http"], state_dir=str(state), variables={"adf_redis_address": REDIS},
+    variables = {
+        "adf_redis_address": REDIS,
+        "adf_max_body_bytes": str(BODY_LIMIT),
+        "adf_flow_fetched_json": json.dumps({"source": {"url": f"{peer.url}/records"}}),
+        "adf_flow_forward_json": json.dumps({"sink": {"url": f"{peer.url}/in"}}),
+        "adf_flow_elsewhere_json": json.dumps({"source": {"type": "sql", "url": "sqlite:///x.db", "table": "t"}}),
+    }
+    with HttpHost(components["http"], state_dir=str(state), variables=variables,
                   dirs={str(data): "/data"}, engine=request.param) as host:
         host.state = state
         yield host
@@ -121,7 +178,7 @@ def test_sizes_are_reported_and_stripped(components: dict[str, str]) -> None:
 
 
 def test_get_with_query_parameters_runs_a_bundled_flow(http: Any) -> None:
-    status, headers, raw = _call(http, "GET", "/flows/numbers/run?steps.0.value=3")
+    status, headers, raw = _call(http, "GET", "/flows/numbers/run?below=3")
     body = json.loads(raw)
     assert status == 200, body
     assert body["status"] == "success"
@@ -190,10 +247,10 @@ def test_a_streaming_request_gets_progress_events_then_the_summary(http: Any) ->
         ("POST", "/flows/double/run", b"{not json", 400, "malformed JSON"),
         ("POST", "/flows/double/run", b'{"records": 5}', 400, "records"),
         ("GET", "/flows/no-such-flow/run", None, 404, "no flow named"),
-        ("GET", "/flows/numbers/run?sink.limit=-3", None, 422, "limit"),
-        ("GET", "/flows/numbers/run?bogus=1", None, 422, "bogus"),
+        ("GET", "/flows/numbers/run?below=lots", None, 422, "below"),
+        ("GET", "/flows/numbers/run?bogus=1", None, 400, "bogus"),
         # a connector that cannot run in a component is not in it: named, not a crash
-        ("GET", "/flows/numbers/run?source.type=sql", None, 422, "source type 'sql' is not available here"),
+        ("GET", "/flows/elsewhere/run", None, 422, "source type 'sql' is not available here"),
     ],
 )
 def test_bad_requests_get_the_documented_status_and_a_json_error(
@@ -230,43 +287,8 @@ def test_the_host_logs_each_request_with_its_id_duration_and_wasm_memory_size(ht
         assert line["memory_bytes"] is None and line["engine"] == "wasmtime"
 
 
-@pytest.fixture()
-def peer() -> Iterator[Any]:
-    """An HTTP server of the test's own: GET /records answers records, POST /in keeps bodies."""
-    import http.server
-
-    got: list[Any] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            body = json.dumps({"records": [{"id": 1, "name": "ada"}, {"id": 2, "name": "grace"}]}).encode()
-            self.send_response(200 if self.path == "/records" else 404)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            got.append((self.path, self.headers.get("content-type"),
-                        json.loads(self.rfile.read(int(self.headers["content-length"])))))
-            self.send_response(204)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    server.received = got  # type: ignore[attr-defined]
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def test_a_flow_fetches_its_records_with_outbound_http(http: Any, peer: Any) -> None:
-    status, _, raw = _call(http, "GET", f"/flows/fetched/run?source.url={peer.url}/records")
+    status, _, raw = _call(http, "GET", "/flows/fetched/run")
     body = json.loads(raw)
     assert status == 200, body
     assert body["records"] == [{"id": 1, "name": "ada"}, {"id": 2, "name": "grace"}]
@@ -274,7 +296,8 @@ def test_a_flow_fetches_its_records_with_outbound_http(http: Any, peer: Any) -> 
 
 def test_a_flow_posts_its_records_with_outbound_http(http: Any, peer: Any) -> None:
     records = [{"n": 1}, {"n": 2}, {"n": 3}]
-    status, _, raw = _call(http, "POST", f"/flows/forward/run?sink.url={peer.url}/in", {"records": records},
+    peer.received.clear()
+    status, _, raw = _call(http, "POST", "/flows/forward/run", {"records": records},
                            {"content-type": "application/json"})
     assert status == 200, json.loads(raw)
     assert peer.received == [("/in", "application/json", {"records": records})]
@@ -288,9 +311,57 @@ def test_a_flow_reads_the_files_mounted_into_the_component(http: Any) -> None:
 
 
 def test_an_unreachable_outbound_host_fails_the_run_with_the_reason(http: Any) -> None:
-    status, _, raw = _call(http, "GET", "/flows/fetched/run?source.url=http://127.0.0.1:9/records")
+    status, _, raw = _call(http, "GET", "/flows/unreachable/run")
     body = json.loads(raw)
     assert status >= 400 and "127.0.0.1:9" in json.dumps(body), body
+
+
+def test_a_request_cannot_reconfigure_a_flow_and_a_body_over_the_limit_is_413(http: Any, peer: Any) -> None:
+    """Inside the built component: configuration in the body, the query or X-ADF-* headers is
+    refused (400, naming it; nothing is sent anywhere), a declared parameter is taken, and a
+    body over adf_max_body_bytes is 413 — with a Content-Length, unread; chunked, read no further."""
+    from http.client import HTTPConnection
+    from urllib.parse import urlsplit
+
+    peer.received.clear()
+    json_headers = {"content-type": "application/json"}
+    hostile = {"type": "spin_http", "url": f"{peer.url}/stolen"}
+    for path, body, headers, key in [
+        ("/flows/double/run", {"records": [{"n": 1}], "config": {"sink": hostile}}, json_headers, "config"),
+        ("/flows/double/run", {"records": [{"n": 1}], "spec": {"sink": hostile}}, json_headers, "spec"),
+        (f"/flows/double/run?sink.url={peer.url}/stolen", {"records": [{"n": 1}]}, json_headers, "sink.url"),
+        ("/flows/double/run", {"records": [{"n": 1}]}, {**json_headers, "X-ADF-Sink-Url": f"{peer.url}/stolen"},
+         "x-adf-sink-url"),
+        ("/flows/fetched/run?source.url=" + f"{peer.url}/stolen", None, {}, "source.url"),
+    ]:
+        status, _, raw = _call(http, "GET" if body is None else "POST", path, body, headers)
+        answer = json.loads(raw)
+        assert status == 400, answer
+        assert key in answer["error"] and answer["error_id"] and answer["declared_params"] == []
+    assert peer.received == []
+    status, _, raw = _call(http, "GET", "/flows/numbers/run?below=2")
+    assert status == 200 and [r["n"] for r in json.loads(raw)["records"]] == [0, 1]
+    # a body over the limit: 413 with a message, nothing parsed ("{" * n is not JSON: not a 400)
+    big = b"{" * (BODY_LIMIT + 1)
+    status, headers, raw = _call(http, "POST", "/flows/double/run", big, json_headers)
+    answer = json.loads(raw)
+    assert status == 413, answer
+    assert f"the limit is {BODY_LIMIT} bytes" in answer["error"] and answer["error_id"]
+    assert headers["x-request-id"]
+    parts = urlsplit(http.url)
+    conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    try:  # no Content-Length: the component stops reading one byte past the limit
+        conn.request("POST", "/flows/double/run", body=iter([b"{" * 40_000, b"{" * 40_000]),
+                     headers={"content-type": "application/json"}, encode_chunked=True)
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 413 and "more than" in answer["error"], answer
+    finally:
+        conn.close()
+    # at the limit is read and parsed as usual
+    records = [{"n": 1, "pad": "x" * 200}]
+    status, _, raw = _call(http, "POST", "/flows/double/run", {"records": records}, json_headers)
+    assert status == 200 and json.loads(raw)["records"] == records
 
 
 def test_the_same_spec_gives_the_same_records_under_spin_and_the_local_runner(http: Any) -> None:
@@ -417,7 +488,9 @@ def test_a_request_that_exhausts_the_wasm_memory_limit_gets_an_error_and_the_ser
     from spin_app.host import HttpHost
 
     big = json.dumps({"records": [{"id": f"r{i}", "pad": "x" * 1000} for i in range(40_000)]}).encode()
-    with HttpHost(components["http"], state_dir=str(tmp_path), memory_limit=96 << 20) as host:
+    # a body limit above the 40 MB, so that it is read and parsed (6 MiB by default)
+    with HttpHost(components["http"], state_dir=str(tmp_path), memory_limit=96 << 20,
+                  variables={"adf_max_body_bytes": str(64 << 20)}) as host:
         status, headers, raw = _call(host, "POST", "/flows/double/run", big, {"content-type": "application/json"})
         body = json.loads(raw)
         assert status in (500, 507), body  # the guest's MemoryError (507) or a trap the host reports (500)
