@@ -18,6 +18,9 @@ name                           meaning                                        de
 ``ADF_MAX_ATTEMPTS``           attempts of a run whose worker died             ``3``
 ``ADF_RETRY_BACKOFF_SECONDS``  delay before such a retry (doubles)             ``0``
 ``ADF_CLAIM_LIMIT``            flows claimed per heartbeat                     ``100``
+``ADF_MAX_BODY_BYTES``         largest request body accepted (bytes)           ``6291456`` (6 MiB)
+``ADF_HEARTBEAT_LOG_KEEP``     heartbeat log rows kept (the newest)            ``10000``
+``ADF_HEARTBEAT_LOG_DAYS``     heartbeat log rows older than this are pruned   ``30``
 ``ADF_STATE_DIR``              checkpoints, dead letters, embedded database    ``./.adf``
 ``ADF_SETTINGS_FILE``          the settings file (TOML)                        ``./adf.toml`` if present
 =============================  ============================================  =====================
@@ -33,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "max_body_bytes"]
 
 
 class SettingsError(ValueError):
@@ -78,6 +81,9 @@ class Settings:
     max_attempts: int = 3
     retry_backoff_seconds: float = 0.0
     claim_limit: int = 100
+    max_body_bytes: int = 6 * 1024 * 1024
+    heartbeat_log_keep: int = 10_000
+    heartbeat_log_days: float = 30.0
     source: str = "defaults"
 
     def __post_init__(self) -> None:
@@ -109,6 +115,9 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "ADF_MAX_ATTEMPTS": ("max_attempts", int),
     "ADF_RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", float),
     "ADF_CLAIM_LIMIT": ("claim_limit", int),
+    "ADF_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "ADF_HEARTBEAT_LOG_KEEP": ("heartbeat_log_keep", int),
+    "ADF_HEARTBEAT_LOG_DAYS": ("heartbeat_log_days", float),
 }
 
 
@@ -162,9 +171,28 @@ def load_settings(
     hb_path = values.get("heartbeat_path", "/heartbeat")
     if not str(hb_path).startswith("/"):
         problems.append(f"ADF_HEARTBEAT_PATH: {hb_path!r} must start with '/'")
-    for name in ("lease_seconds", "max_attempts", "claim_limit"):
+    for name in ("lease_seconds", "max_attempts", "claim_limit", "max_body_bytes", "heartbeat_log_keep",
+                 "heartbeat_log_days"):
         if name in values and values[name] <= 0:
             problems.append(f"{name}: must be greater than 0")
     if problems:
         raise SettingsError(problems)
     return Settings(**values, source=" < ".join(sources))
+
+
+def max_body_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """``ADF_MAX_BODY_BYTES`` alone (default :attr:`Settings.max_body_bytes`, 6 MiB: Lambda's own
+    synchronous payload limit), for the adapters that read a request body without the rest of
+    the settings (the Lambda HTTP handler, the Spin HTTP component). Raises
+    :class:`SettingsError` when it is not a positive integer."""
+    env = os.environ if environ is None else environ
+    raw = (env.get("ADF_MAX_BODY_BYTES") or "").strip()
+    if not raw:
+        return int(Settings.max_body_bytes)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError([f"ADF_MAX_BODY_BYTES: expected a number of bytes, got {raw!r}"]) from None
+    if value <= 0:
+        raise SettingsError(["ADF_MAX_BODY_BYTES: must be greater than 0"])
+    return value

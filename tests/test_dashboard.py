@@ -207,12 +207,16 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(server: Server) -> Non
         assert other.get("/ui/flows").status_code == 303
 
 
-def test_repeated_wrong_tokens_are_throttled_per_client(server: Server) -> None:
+def test_repeated_wrong_tokens_are_throttled_per_client_but_never_the_right_one(server: Server) -> None:
     with server.client("127.0.0.2") as client:
         for _ in range(10):
             assert server.login(client, token="wrong").status_code == 401
-        resp = server.login(client)  # even the right token, for a while
+        resp = server.login(client, token="wrong")  # a wrong token is refused for a while
         assert resp.status_code == 429 and "Too many failed logins" in resp.text
+        assert 0 < int(resp.headers["retry-after"]) <= 600
+        # someone guessing from the same address does not lock the token's owner out
+        assert server.login(client).status_code == 303
+        assert client.get("/ui/flows").status_code == 200
     with server.logged_in() as (client, _):  # another client is not affected
         assert client.get("/ui/flows").status_code == 200
 

@@ -8,9 +8,12 @@ leave from other loopback addresses (127.0.0.2, …) to play remote clients.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ import pytest
 from live_server import LogCapture, client_from, live_server
 
 from handlers.schedule.sql import SqlScheduleStore
-from handlers.schedule.store import Claim
+from handlers.schedule.sqlite_exec import ExecScheduleStore, Sqlite3Exec
+from handlers.schedule.store import Claim, HeartbeatRetention, ScheduleStore
 from handlers.settings import Settings
 
 TOKEN = "hb-7f3c9a"
@@ -355,3 +359,83 @@ def test_a_partial_run_shows_in_the_api_filter_and_on_the_dashboard(
             css = client.get("/ui/static/dashboard.css")
             assert css.status_code == 200 and ".status-partial" in css.text
 
+
+
+# --------------------------------------------------------------------------- heartbeat log retention
+
+
+def test_a_flood_of_refused_heartbeats_does_not_grow_the_log_beyond_its_retention(
+    store: SqlScheduleStore, base: Settings
+) -> None:
+    keep = 40
+    every = HeartbeatRetention(keep).every
+    settings = dataclasses.replace(base, heartbeat_token=TOKEN, heartbeat_log_keep=keep)
+    with live_server(settings, store) as url:
+
+        def flood(worker: int) -> list[str]:
+            with client_from() as client:
+                ids = []
+                for _ in range(60):
+                    resp = client.post(f"{url}/heartbeat", headers={"X-Heartbeat-Token": f"guess-{worker}"})
+                    assert resp.status_code == 401
+                    ids.append(resp.headers["x-request-id"])
+                return ids
+
+        with ThreadPoolExecutor(8) as pool:
+            sent = [rid for ids in pool.map(flood, range(8)) for rid in ids]
+        last = _post(url, token="still-wrong")
+        rows = store.list_heartbeats(limit=1000)
+    assert len(sent) == 480
+    # at most `every` rows written since the last prune, plus those written while it ran
+    assert keep <= len(rows) <= keep + every + 8, len(rows)
+    newest = rows[0]
+    assert newest.detail and newest.detail.startswith(f"request {last.headers['x-request-id']}:")
+    assert {r.outcome for r in rows} == {"unauthorized"}
+    assert rows[-1].id > 480 - keep - every - 8  # what is kept is the newest
+
+
+def _stores(tmp_path: Path) -> list[tuple[str, ScheduleStore]]:
+    return [("sqlalchemy sqlite", SqlScheduleStore(f"sqlite:///{tmp_path / 'sa.db'}")),
+            ("exec sqlite", ExecScheduleStore(Sqlite3Exec(str(tmp_path / "exec.db"))))]
+
+
+def test_every_store_prunes_its_heartbeat_log_by_count_and_by_age(tmp_path: Path) -> None:
+    for kind, s in _stores(tmp_path):
+        try:
+            retention = HeartbeatRetention(keep=10)  # prunes after every row (a tenth of 10)
+            for i in range(35):
+                s.log_heartbeat(client=f"10.0.0.{i}", outcome="unauthorized", status_code=401, retention=retention)
+            rows = s.list_heartbeats(limit=100)
+            assert [r.client for r in rows] == [f"10.0.0.{i}" for i in range(34, 24, -1)], kind
+            # default retention: 10,000 rows, 30 days; nothing of a fresh log goes
+            s.log_heartbeat(client="default", outcome="ok", status_code=200)
+            assert len(s.list_heartbeats(limit=100)) == 11, kind
+            # by age: every row logged before `before` goes, whatever `keep` says
+            after_them = rows[0].ts + dt.timedelta(microseconds=1)
+            assert s.prune_heartbeats(keep=1000, before=after_them) == 10, kind
+            assert [r.client for r in s.list_heartbeats(limit=100)] == ["default"], kind
+            assert s.prune_heartbeats(keep=1, before=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == 0, kind
+        finally:
+            s.close()
+
+
+@pytest.mark.postgres
+def test_the_postgresql_store_prunes_its_heartbeat_log(tmp_path: Path) -> None:
+    import psycopg
+
+    admin_url = "postgresql://postgres@127.0.0.1:5432/test"
+    db = f"adf_hb_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+    s = SqlScheduleStore(f"postgresql://postgres@127.0.0.1:5432/{db}")
+    try:
+        retention = HeartbeatRetention(keep=20, max_age_days=1)
+        for i in range(100):
+            s.log_heartbeat(client=f"c{i}", outcome="forbidden", status_code=403, retention=retention)
+        rows = s.list_heartbeats(limit=1000)
+        assert 20 <= len(rows) <= 20 + retention.every and rows[0].client == "c99"
+        assert s.prune_heartbeats(keep=5, before=rows[-1].ts) == len(rows) - 5
+    finally:
+        s.close()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

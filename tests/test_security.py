@@ -1,4 +1,6 @@
-"""Client address resolution, allowlists and token checks of the heartbeat (handlers.security)."""
+"""Client address resolution, allowlists and token checks of the heartbeat and the management
+API, the failed-token throttle, the check of storable input (handlers.security), and the
+masking of secrets in values shown for editing (core.redact.mask / unmask)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from handlers.security import authorize_heartbeat, client_ip, ip_allowed, is_localhost, token_ok
+from core.redact import MASK, flow_secret_keys, mask, unmask
+from handlers.security import (
+    MIN_TOKEN_LENGTH,
+    FailureThrottle,
+    authorize_api,
+    authorize_heartbeat,
+    client_ip,
+    ip_allowed,
+    is_localhost,
+    short_tokens,
+    token_ok,
+    unstorable,
+)
 from handlers.settings import Settings
 
 PROXIES = ["10.0.0.1", "10.0.1.0/24", "fd00::/8"]
@@ -177,3 +191,146 @@ def test_the_heartbeat_http_layer_imports_with_only_the_standard_library() -> No
                          capture_output=True, text=True, timeout=60, cwd=root)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"third_party": [], "status": 200, "client": "10.0.0.7"}
+
+
+# --------------------------------------------------------------------------- the management API's rule
+
+
+@pytest.mark.parametrize(
+    ("settings", "peer", "headers", "status", "outcome", "message"),
+    [
+        (Settings(api_token="tok"), "203.0.113.9", {"authorization": "Bearer tok"}, 200, "ok", ""),
+        (Settings(api_token="tok"), "203.0.113.9", {"Authorization": "bearer  tok "}, 200, "ok", ""),
+        (Settings(api_token="tok"), "127.0.0.1", {}, 401, "missing", "bearer token"),
+        (Settings(api_token="tok"), "127.0.0.1", {"authorization": "Basic tok"}, 401, "missing", "bearer token"),
+        (Settings(api_token="tok"), "127.0.0.1", {"authorization": "Bearer"}, 401, "missing", "bearer token"),
+        (Settings(api_token="tok"), "127.0.0.1", {"authorization": "Bearer tok2"}, 401, "bad_token", "bearer token"),
+        (Settings(), "127.0.0.1", {}, 200, "ok", ""),
+        (Settings(), "::1", {}, 200, "ok", ""),
+        (Settings(), "127.0.0.2", {}, 403, "forbidden", "client 127.0.0.2"),
+        (Settings(), "127.0.0.1", {"x-forwarded-for": "203.0.113.5"}, 403, "forbidden", "via a proxy"),
+        (Settings(trusted_proxies=("nonsense",)), "127.0.0.1", {}, 503, "refused", "ADF_TRUSTED_PROXIES"),
+    ],
+)
+def test_authorize_api_decides_from_the_headers_alone(
+    settings: Settings, peer: str, headers: dict[str, str], status: int, outcome: str, message: str
+) -> None:
+    decision = authorize_api(settings, peer, headers)
+    assert (decision.status, decision.outcome) == (status, outcome)
+    assert message in decision.message
+
+
+def test_a_wrong_token_is_charged_to_the_forwarded_client_behind_a_trusted_proxy() -> None:
+    settings = Settings(api_token="tok", trusted_proxies=("10.0.0.1",))
+    decision = authorize_api(settings, "10.0.0.1", {"authorization": "Bearer x", "x-forwarded-for": "198.51.100.7"})
+    assert (decision.outcome, decision.client) == ("bad_token", "198.51.100.7")
+
+
+# --------------------------------------------------------------------------- throttle, short tokens
+
+
+def test_the_throttle_refuses_after_the_limit_within_the_window_and_forgets_after_it() -> None:
+    now = [1000.0]
+    throttle = FailureThrottle(limit=3, window=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert throttle.retry_after("10.0.0.9") is None
+        throttle.failed("10.0.0.9")
+        now[0] += 1
+    assert throttle.retry_after("10.0.0.9") == 57  # the first failure leaves the window in 57 s
+    assert throttle.retry_after("10.0.0.10") is None  # per address
+    throttle.failed("10.0.0.9")  # a refused attempt still counts: the guesser stays refused
+    now[0] += 57
+    assert throttle.retry_after("10.0.0.9") is not None
+    now[0] += 60
+    assert throttle.retry_after("10.0.0.9") is None
+
+
+def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    throttle = FailureThrottle(limit=1, window=600, max_clients=100)
+    for i in range(1000):
+        throttle.failed(f"10.0.{i // 256}.{i % 256}")
+    assert throttle.retry_after("10.0.3.231") is not None  # the newest are kept
+    assert throttle.retry_after("10.0.0.0") is None  # the oldest forgotten
+    assert len(throttle._failures) <= 100
+
+
+def test_short_tokens_are_named() -> None:
+    short = "x" * (MIN_TOKEN_LENGTH - 1)
+    assert short_tokens(Settings(api_token=short, heartbeat_token="y" * MIN_TOKEN_LENGTH)) == ["ADF_API_TOKEN"]
+    assert short_tokens(Settings(heartbeat_token=short)) == ["ADF_HEARTBEAT_TOKEN"]
+    assert short_tokens(Settings()) == []
+
+
+# --------------------------------------------------------------------------- storable input
+
+
+def test_unstorable_names_every_place_the_database_cannot_keep() -> None:
+    deep: object = 1
+    for _ in range(100):
+        deep = [deep]
+    problems = unstorable({"ok": ["text", 1, 2.5, None, True], "nul": "a\x00b", "k\x00": 1,
+                           "surrogate": ["\ud800"], "nan": float("nan"), "inf": float("-inf"), "deep": deep},
+                          "configuration")
+    assert len(problems) == 6, problems
+    joined = " | ".join(problems)
+    for fragment in ("configuration.nul: contains a NUL", "(the key): contains a NUL",
+                     "configuration.surrogate.0: is not valid Unicode", "configuration.nan: nan is not a JSON number",
+                     "configuration.inf: -inf", "nested deeper than 64 levels"):
+        assert fragment in joined
+    assert unstorable({"a": [{"b": "ünïcødé ✓"}]}) == []
+    nested: object = "x"
+    for _ in range(200_000):  # any depth is safe to check
+        nested = {"a": nested}
+    assert len(unstorable(nested)) == 1
+
+
+# --------------------------------------------------------------------------- masked secrets
+
+
+STORED = {
+    "name": "orders",
+    "source": {"type": "http", "url": "https://api.example.com/orders?api_key=k3y&page=1",
+               "auth": {"type": "bearer", "token": "t0ken"}},
+    "steps": [{"type": "python", "function": "m:f", "options": {"password": "pw", "limit": 3}}],
+    "sink": {"type": "sql", "url": "postgresql://app:s3cret@db.internal/shop", "table": "orders"},
+}
+
+
+def test_mask_hides_declared_named_and_embedded_secrets() -> None:
+    keys = flow_secret_keys(STORED)
+    assert {"source.auth", "source.headers", "sink.url"} <= keys
+    shown = mask(STORED, keys)
+    text = json.dumps(shown)
+    for secret in ("k3y", "t0ken", "pw", "s3cret"):
+        assert secret not in text
+    assert shown["source"]["url"] == f"https://api.example.com/orders?api_key={MASK}&page=1"
+    assert shown["source"]["auth"] == MASK and shown["sink"]["url"] == MASK
+    assert shown["steps"][0]["options"] == {"password": MASK, "limit": 3}
+    assert shown["sink"]["table"] == "orders"
+
+
+def test_unmask_keeps_secrets_sent_back_masked_and_takes_new_ones() -> None:
+    keys = flow_secret_keys(STORED)
+    shown = mask(STORED, keys)
+    assert unmask(shown, STORED, keys) == (STORED, [])
+
+    edited = json.loads(json.dumps(shown))
+    edited["sink"]["table"] = "orders_v2"
+    edited["sink"]["url"] = "postgresql://app:n3w@db.internal/shop"
+    saved, problems = unmask(edited, STORED, keys)
+    assert problems == []
+    assert saved["sink"] == {"type": "sql", "url": "postgresql://app:n3w@db.internal/shop", "table": "orders_v2"}
+    assert saved["source"] == STORED["source"] and saved["steps"] == STORED["steps"]
+
+    # a masked value edited (or moved) would store the mask itself: refused, named
+    edited["source"]["url"] = f"https://api.example.com/v2/orders?api_key={MASK}"
+    edited["sink"]["password"] = MASK
+    _, problems = unmask(edited, STORED, keys)
+    assert [p.split(":")[0] for p in problems] == ["sink.password", "source.url"]
+    # a new value cannot hold a mask at all
+    assert unmask(shown, None, keys)[1]
+
+
+def test_flow_secret_keys_of_odd_configurations_are_empty_not_errors() -> None:
+    for odd in (None, [], "x", {"source": "x", "sink": {"type": ["a"]}, "steps": [1, {"type": None}, {"type": "?"}]}):
+        assert flow_secret_keys(odd) == set()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import httpx
 import pytest
 from live_server import LogCapture, client_from, live_server
 
+from core.redact import MASK
 from handlers.schedule.sql import SqlScheduleStore
 from handlers.settings import Settings
 
@@ -418,6 +421,104 @@ def test_delete_a_flow(api: Api) -> None:
     assert resp.status_code == 204 and resp.content == b""
     _error(api.client.get(f"{api.url}/api/flows/gone"), 404, "gone")
     assert api.flows() == []
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint that takes batches only with the right bearer token and API key."""
+
+    url: str
+    token: str
+    key: str
+    batches: list[Any] = field(default_factory=list)
+    refused: int = 0
+
+
+@contextlib.contextmanager
+def receiving(token: str, key: str) -> Iterator[Receiver]:
+    receiver = Receiver("", token, key)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            ok = (self.headers.get("authorization") == f"Bearer {receiver.token}"
+                  and self.path.endswith(f"?api_key={receiver.key}"))
+            if ok:
+                receiver.batches.append(json.loads(body))
+            else:
+                receiver.refused += 1
+            self.send_response(200 if ok else 401)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/in?api_key={key}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stored_secrets_are_masked_on_reads_kept_when_sent_back_and_used_by_the_run(api: Api) -> None:
+    token, key = "sink-t0ken-9f8e7d", "k3y-5ecret"
+    with receiving(token, key) as receiver:
+        config = {
+            "name": "secret",
+            "source": {"type": "memory", "records": [{"id": i} for i in range(2)]},
+            "sink": {"type": "http", "url": receiver.url, "auth": {"type": "bearer", "token": token}, "retries": 0},
+        }
+        created = api.client.post(f"{api.url}/api/flows", json={"name": "secret", "configuration": config,
+                                                                "run_interval": 3600})
+        assert created.status_code == 201, created.text
+        listed = api.client.get(f"{api.url}/api/flows")
+        shown = api.client.get(f"{api.url}/api/flows/secret")
+        for resp in (created, listed, shown):
+            assert token not in resp.text and key not in resp.text, resp.text
+        sink = shown.json()["configuration"]["sink"]
+        assert sink["auth"] == MASK and sink["url"].endswith(f"/in?api_key={MASK}")
+
+        # the configuration as read, with another change, sent back: the secrets stay
+        edited = {**shown.json()["configuration"],
+                  "source": {"type": "memory", "records": [{"id": i} for i in range(3)]}}
+        patched = api.client.patch(f"{api.url}/api/flows/secret", json={"configuration": edited})
+        assert patched.status_code == 200, patched.text
+        assert token not in patched.text and patched.json()["configuration"]["sink"]["auth"] == MASK
+        stored = api.store.get_flow("secret").configuration
+        assert stored["sink"] == config["sink"] and len(stored["source"]["records"]) == 3
+
+        # the run uses the real secrets (the receiver refuses anything else)
+        run = api.client.post(f"{api.url}/api/flows/secret/trigger", params={"wait": "true"}).json()
+        assert (run["status"], run["records_out"]) == ("success", 3), run
+        assert receiver.batches == [[{"id": 0}, {"id": 1}, {"id": 2}]] and receiver.refused == 0
+
+        # a secret typed anew replaces the stored one
+        receiver.token = "n3w-t0ken-0a1b2c"
+        renewed = {**edited, "sink": {**edited["sink"], "auth": {"type": "bearer", "token": receiver.token}}}
+        assert api.client.patch(f"{api.url}/api/flows/secret", json={"configuration": renewed}).status_code == 200
+        assert api.store.get_flow("secret").configuration["sink"]["auth"]["token"] == receiver.token
+        assert api.store.get_flow("secret").configuration["sink"]["url"] == receiver.url
+        run = api.client.post(f"{api.url}/api/flows/secret/trigger", params={"wait": "true"}).json()
+        assert run["status"] == "success" and receiver.refused == 0
+
+    # a mask that was edited, or copied into a new flow, would store the mask itself: refused
+    before = api.store.get_flow("secret")
+    moved = {**edited, "sink": {**edited["sink"], "url": f"http://elsewhere.invalid/?api_key={MASK}"}}
+    _error(api.client.patch(f"{api.url}/api/flows/secret", json={"configuration": moved}), 422,
+           "configuration.sink.url", "masked secret")
+    copied = {**edited, "name": "copy"}
+    _error(api.client.post(f"{api.url}/api/flows", json={"name": "copy", "configuration": copied,
+                                                         "run_interval": 60}), 422, "configuration.sink.auth")
+    assert api.store.get_flow("secret").configuration == before.configuration
+    assert [f["name"] for f in api.flows()] == ["secret"]
 
 
 # --------------------------------------------------------------------------- auth, health, OpenAPI

@@ -947,7 +947,7 @@ class SqlScheduleStore(ScheduleStore):
         with self._engine.connect() as conn:
             return [_run_record(r) for r in conn.execute(query).mappings().all()]
 
-    def log_heartbeat(
+    def insert_heartbeat(
         self,
         *,
         client: str | None,
@@ -966,6 +966,16 @@ class SqlScheduleStore(ScheduleStore):
         with self._tx() as conn:
             row = conn.execute(sa.insert(heartbeats).values(values).returning(*heartbeats.c)).mappings().one()
         return _heartbeat_record(row)
+
+    def prune_heartbeats(self, *, keep: int, before: dt.datetime) -> int:
+        sa, heartbeats = self._sa, self._t.heartbeats
+        # the id of the newest row that is one too many (NULL while there are no more than keep)
+        boundary = (
+            sa.select(heartbeats.c.id).order_by(heartbeats.c.id.desc()).offset(max(int(keep), 0)).limit(1)
+        ).scalar_subquery()
+        query = sa.delete(heartbeats).where(sa.or_(heartbeats.c.id <= boundary, heartbeats.c.ts < as_utc(before)))
+        with self._tx() as conn:
+            return int(conn.execute(query).rowcount or 0)
 
     def list_heartbeats(self, *, limit: int = 100) -> list[HeartbeatRecord]:
         heartbeats = self._t.heartbeats

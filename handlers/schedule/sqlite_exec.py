@@ -622,7 +622,7 @@ class ExecScheduleStore(ScheduleStore):
             rows = self._q(sql, [*params, max(int(limit), 0), max(int(offset), 0)])
         return [_run(r) for r in rows]
 
-    def log_heartbeat(
+    def insert_heartbeat(
         self,
         *,
         client: str | None,
@@ -642,6 +642,15 @@ class ExecScheduleStore(ScheduleStore):
             )
             row = self._q("SELECT " + ", ".join(_HB_COLS) + " FROM heartbeat_requests WHERE id = ?", [hb_id])[0]
         return _heartbeat(row)
+
+    def prune_heartbeats(self, *, keep: int, before: dt.datetime) -> int:
+        with self._tx():
+            self._q(
+                "DELETE FROM heartbeat_requests WHERE id <= (SELECT id FROM heartbeat_requests ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?) OR ts < ?",
+                [max(int(keep), 0), _ts(as_utc(before))],
+            )
+            return int(self._q("SELECT changes()")[0][0])
 
     def list_heartbeats(self, *, limit: int = 100) -> list[HeartbeatRecord]:
         with self._lock:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "FlowRecord",
     "FlowValidationError",
     "HeartbeatRecord",
+    "HeartbeatRetention",
     "NotFoundError",
     "RetryPolicy",
     "RunOutcome",
@@ -161,6 +163,25 @@ class HeartbeatRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _iso(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class HeartbeatRetention:
+    """How much of the heartbeat log is kept: the newest ``keep`` rows, and none older than
+    ``max_age_days``. The log is pruned after every :attr:`every`-th row written (a tenth of
+    ``keep``, at most 100), so it holds at most about ``keep + every`` rows whatever the rate
+    of requests — a flood of refused heartbeats included."""
+
+    keep: int = 10_000
+    max_age_days: float = 30.0
+
+    @property
+    def every(self) -> int:
+        return max(1, min(100, self.keep // 10))
+
+    def cutoff(self, now: dt.datetime) -> dt.datetime:
+        """Rows logged before this are pruned (an age beyond a century counts as a century)."""
+        return now - dt.timedelta(days=min(max(float(self.max_age_days), 0.0), 36_500.0))
 
 
 @dataclass
@@ -418,7 +439,6 @@ class ScheduleStore(abc.ABC):
     ) -> list[RunRecord]:
         """Newest first."""
 
-    @abc.abstractmethod
     def log_heartbeat(
         self,
         *,
@@ -428,7 +448,44 @@ class ScheduleStore(abc.ABC):
         flows_due: int = 0,
         flows_triggered: int = 0,
         detail: str | None = None,
-    ) -> HeartbeatRecord: ...
+        retention: HeartbeatRetention | None = None,
+    ) -> HeartbeatRecord:
+        """Append a row to the heartbeat log (``detail`` redacted) and keep the log within
+        ``retention`` (default :class:`HeartbeatRetention`): every ``retention.every``-th row
+        (by id, so all processes writing the log share the count) prunes it. A prune that
+        fails is logged and left to the next one: the row is written either way."""
+        record = self.insert_heartbeat(
+            client=client, outcome=outcome, status_code=status_code, flows_due=flows_due,
+            flows_triggered=flows_triggered, detail=detail,
+        )
+        retention = retention or HeartbeatRetention()
+        if record.id % retention.every == 0:
+            try:
+                self.prune_heartbeats(keep=max(int(retention.keep), 1), before=retention.cutoff(record.ts))
+            except Exception as exc:
+                from core.logs import get_logger, log_event
+
+                log_event(get_logger("schedule"), "heartbeat log not pruned (the next prune retries)",
+                          logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+        return record
+
+    @abc.abstractmethod
+    def insert_heartbeat(
+        self,
+        *,
+        client: str | None,
+        outcome: str,
+        status_code: int,
+        flows_due: int = 0,
+        flows_triggered: int = 0,
+        detail: str | None = None,
+    ) -> HeartbeatRecord:
+        """Append one row to the heartbeat log (``detail`` redacted; use :meth:`log_heartbeat`)."""
+
+    @abc.abstractmethod
+    def prune_heartbeats(self, *, keep: int, before: dt.datetime) -> int:
+        """Delete the heartbeat log rows beyond the newest ``keep`` (by id) and every row
+        logged before ``before``; return how many were deleted."""
 
     @abc.abstractmethod
     def list_heartbeats(self, *, limit: int = 100) -> list[HeartbeatRecord]: ...

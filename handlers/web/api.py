@@ -7,6 +7,14 @@ nowhere else in ``handlers/``). Every route is a thin translation to the schedul
 the scheduler, :func:`handlers.http.handle_heartbeat` or a run's dead letters (the functions
 the dashboard's run page uses too, in :mod:`handlers.web.dashboard`); every error body is
 ``{"error": message, ...}``.
+
+Access and body size are decided by :class:`handlers.web.app.RequestGuard` before a route
+runs (the routes' own ``api_access`` dependency states the same rule, for the OpenAPI
+document and as a second line). A flow's configuration goes out with its secrets masked
+(:func:`core.redact.mask`) and comes back through :func:`core.redact.unmask`: a masked value
+sent back unchanged keeps the stored secret. Integers are bounded to what the databases
+hold, strings may not carry what they cannot store (:func:`handlers.security.unstorable`):
+odd input gets a 4xx, never a 500.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +39,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.logs import get_logger
+from core.redact import flow_secret_keys, mask, unmask
 from handlers import scheduler
 from handlers.dead_letters import (
     DeadLetterError,
@@ -49,12 +58,17 @@ from handlers.schedule.store import (
     RunRecord,
     ScheduleStore,
 )
-from handlers.security import TOKEN_HEADER, client_ip, is_localhost, token_ok
+from handlers.security import TOKEN_HEADER, FailureThrottle, authorize_api, unstorable
 from handlers.settings import Settings
+from handlers.web.app import RequestGuard
 
 __all__ = ["build_app"]
 
 _log = get_logger("web")
+
+#: the largest integer a query or path parameter may be (a 64-bit signed integer: what SQLite
+#: and PostgreSQL compare and page with)
+MAX_INT = 2**63 - 1
 
 # --------------------------------------------------------------------------- models
 
@@ -148,6 +162,8 @@ HeartbeatOut = _model_of(HeartbeatRecord, "Heartbeat")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "ADF_API_TOKEN is set and the bearer token is missing or wrong"},
     403: {"model": ErrorBody, "description": "no ADF_API_TOKEN and the client is not 127.0.0.1 or ::1"},
+    413: {"model": ErrorBody, "description": "the body is larger than ADF_MAX_BODY_BYTES"},
+    429: {"model": ErrorBody, "description": "too many wrong tokens from this address: wait `Retry-After` seconds"},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such flow or run"}}
 _INVALID: dict[int | str, dict[str, Any]] = {
@@ -161,8 +177,18 @@ _bearer = HTTPBearer(auto_error=False, description="ADF_API_TOKEN; without it on
 # --------------------------------------------------------------------------- errors
 
 
+class _Json(JSONResponse):
+    """JSON with non-ASCII escaped: an error that quotes a caller's odd input (a lone
+    surrogate in a key) stays encodable."""
+
+    def render(self, content: Any) -> bytes:
+        import json
+
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+    return _Json({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def _where(loc: Any) -> str:
@@ -279,6 +305,9 @@ def _version() -> str:
 #: where the flow-run routes of a FlowHost are mounted
 INVOKE_PREFIX = "/invoke"
 
+#: a run id in a path
+_RunId = Annotated[int, Path(ge=0, le=MAX_INT, description="the run's id")]
+
 
 def build_app(
     settings: Settings, store: ScheduleStore, *, owns_store: bool, flow_host: FlowHost | None = None
@@ -309,11 +338,16 @@ def build_app(
     )
     app.state.settings = settings
     app.state.store = store
+    #: failed tokens per client address; the dashboard's login counts into the same one
+    app.state.auth_throttle = FailureThrottle()
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(FlowValidationError, _invalid_flow)
     app.add_exception_handler(DeadLetterError, _dead_letter_error)
+    # _InternalErrors wraps the guard: an error of the guard itself is a JSON 500 as well
+    app.add_middleware(RequestGuard, settings=settings, throttle=app.state.auth_throttle,
+                       protected=("/api", INVOKE_PREFIX))
     app.add_middleware(_InternalErrors)
 
     # -- heartbeat ---------------------------------------------------------------------
@@ -385,34 +419,38 @@ def build_app(
     def api_access(
         request: HttpRequest, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> None:
-        if settings.api_token:
-            if credentials is None or not token_ok(credentials.credentials, settings.api_token):
-                raise HTTPException(
-                    401,
-                    "missing or invalid bearer token (Authorization: Bearer <ADF_API_TOKEN>)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            return
-        headers = _headers(request)
-        client = client_ip(_peer(request), headers, settings.trusted_proxies)
-        # A local peer that forwards for someone else is a reverse proxy: the real caller is
-        # elsewhere, so local-only access must not extend to it.
-        proxied = client == _peer(request) and ("x-forwarded-for" in headers or "forwarded" in headers)
-        if not is_localhost(client) or proxied:
-            raise HTTPException(
-                403,
-                f"the management API accepts only local clients (127.0.0.1, ::1) when ADF_API_TOKEN is not set "
-                f"(client {client}{', via a proxy' if proxied else ''}); set ADF_API_TOKEN to use it remotely",
-            )
+        # RequestGuard applied this rule before the body was read; the dependency documents
+        # it in the OpenAPI document (and holds if the app is ever served without the guard).
+        decision = authorize_api(settings, _peer(request), _headers(request))
+        if not decision.allowed:
+            headers = {"WWW-Authenticate": "Bearer"} if decision.status == 401 else None
+            raise HTTPException(decision.status, decision.message, headers=headers)
 
     api = APIRouter(prefix="/api", dependencies=[Depends(api_access)], responses=_ERRORS)
 
     def _json(data: Any, status: int = 200) -> JSONResponse:
-        return JSONResponse(data, status_code=status)
+        return _Json(data, status_code=status)
+
+    def _flow(flow: FlowRecord) -> dict[str, Any]:
+        """A flow as the API shows it: the configuration's secrets masked."""
+        return {**flow.to_dict(), "configuration": mask(flow.configuration, flow_secret_keys(flow.configuration))}
+
+    def _storable(**values: Any) -> None:
+        problems = [p for name, value in values.items() for p in unstorable(value, name)]
+        if problems:
+            raise FlowValidationError(problems)
+
+    def _unmasked(configuration: dict[str, Any], stored: FlowRecord | None) -> dict[str, Any]:
+        """The configuration with the stored secrets back where it sends the masks back unchanged."""
+        previous = stored.configuration if stored is not None else None
+        restored, problems = unmask(configuration, previous, flow_secret_keys(previous))
+        if problems:
+            raise FlowValidationError([f"configuration.{p}" for p in problems])
+        return dict(restored)
 
     @api.get("/flows", response_model=list[FlowOut], tags=["flows"], summary="List flows")  # type: ignore[valid-type]
     def list_flows() -> JSONResponse:
-        return _json([f.to_dict() for f in store.list_flows()])
+        return _json([_flow(f) for f in store.list_flows()])
 
     @api.post(
         "/flows",
@@ -423,14 +461,16 @@ def build_app(
         responses={**_INVALID, 409: {"model": ErrorBody, "description": "a flow with that name exists"}},
     )
     def create_flow(body: FlowCreate) -> JSONResponse:
+        _storable(name=body.name, configuration=body.configuration, description=body.description)
         flow = store.create_flow(
-            body.name, body.configuration, body.run_interval, description=body.description, enabled=body.enabled
+            body.name, _unmasked(body.configuration, None), body.run_interval, description=body.description,
+            enabled=body.enabled,
         )
-        return _json(flow.to_dict(), 201)
+        return _json(_flow(flow), 201)
 
     @api.get("/flows/{name}", response_model=FlowOut, tags=["flows"], summary="Show a flow", responses=_NOT_FOUND)
     def get_flow(name: str) -> JSONResponse:
-        return _json(store.get_flow(name).to_dict())
+        return _json(_flow(store.get_flow(name)))
 
     @api.patch(
         "/flows/{name}",
@@ -441,17 +481,20 @@ def build_app(
     )
     def update_flow(name: str, body: FlowUpdate) -> JSONResponse:
         changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
-        return _json(store.update_flow(name, **changes).to_dict())
+        _storable(**{k: v for k, v in changes.items() if k in ("configuration", "description")})
+        if "configuration" in changes:
+            changes["configuration"] = _unmasked(changes["configuration"], store.get_flow(name))
+        return _json(_flow(store.update_flow(name, **changes)))
 
     @api.post("/flows/{name}/enable", response_model=FlowOut, tags=["flows"], summary="Enable a flow",
               responses=_NOT_FOUND)
     def enable_flow(name: str) -> JSONResponse:
-        return _json(store.update_flow(name, enabled=True).to_dict())
+        return _json(_flow(store.update_flow(name, enabled=True)))
 
     @api.post("/flows/{name}/disable", response_model=FlowOut, tags=["flows"], summary="Disable a flow",
               responses=_NOT_FOUND)
     def disable_flow(name: str) -> JSONResponse:
-        return _json(store.update_flow(name, enabled=False).to_dict())
+        return _json(_flow(store.update_flow(name, enabled=False)))
 
     @api.post(
         "/flows/{name}/trigger",
@@ -478,13 +521,13 @@ def build_app(
         flow: str | None = None,
         status: Literal["pending", "in_progress", "success", "partial", "failed", "cancelled"] | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> JSONResponse:
         runs = store.list_runs(flow=flow, status=status, limit=limit, offset=offset)
         return _json([r.to_dict() for r in runs])
 
     @api.get("/runs/{run_id}", response_model=RunOut, tags=["runs"], summary="Show a run", responses=_NOT_FOUND)
-    def get_run(run_id: int) -> JSONResponse:
+    def get_run(run_id: _RunId) -> JSONResponse:
         return _json(store.get_run(run_id).to_dict())
 
     @api.get(
@@ -504,9 +547,9 @@ def build_app(
         },
     )
     def list_dead_letters(
-        run_id: int,
+        run_id: _RunId,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> JSONResponse:
         _, letters, total = read_run_dead_letters(store, store.get_run(run_id), settings, offset=offset, limit=limit)
         return JSONResponse(letters, headers={"X-Total-Count": str(total)})
@@ -531,7 +574,7 @@ def build_app(
             503: {"model": ErrorBody, "description": "the sink cannot be reached (nothing was removed)"},
         },
     )
-    def replay_dead_letters(run_id: int) -> JSONResponse:
+    def replay_dead_letters(run_id: _RunId) -> JSONResponse:
         run = store.get_run(run_id)
         outcome = replay_run_dead_letters(store, run, settings)
         return _json({"run_id": run.id, "flow": run.flow_name, "engine_run_id": run.engine_run_id, **outcome,

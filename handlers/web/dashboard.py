@@ -6,11 +6,16 @@ works on the same schedule store as the management API and on the WASM module re
 ``ModuleRegistry.from_env()`` (``ADF_WASM_*``), opened on first use.
 
 Access: every page needs a login with the token of ``ADF_API_TOKEN`` (the management API's
-bearer token; without it the login is disabled). A login creates a session cookie
+bearer token; without it the login is disabled). Wrong tokens count per client address in
+the same :class:`~handlers.security.FailureThrottle` as the API's wrong bearer tokens; a
+throttled address gets 429 for a wrong token, never for the right one. A login creates a session cookie
 (``adf_session``: HttpOnly, SameSite=Lax, Secure over HTTPS) signed with HMAC-SHA256 under a
 key derived from the token, so sessions survive a restart and end when the token changes.
 Every POST carries the session's CSRF token (hidden ``csrf_token`` field or ``X-CSRF-Token``
 header); a missing or wrong one is refused with 403 before anything runs.
+
+A flow's configuration is shown with its secrets masked (:func:`core.redact.mask`, the rule
+of the management API); a masked value saved back unchanged keeps the stored secret.
 
 A run's page shows the run's current dead letters and replays them through the flow's
 current configuration: :func:`read_run_dead_letters` and :func:`replay_run_dead_letters`
@@ -34,6 +39,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -47,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from core.logs import get_logger, log_event
+from core.redact import flow_secret_keys, mask, unmask
 from handlers.dead_letters import (
     DeadLetterError,
     describe_replay,
@@ -63,7 +70,7 @@ from handlers.schedule.store import (
     ScheduleStore,
     flow_problems,
 )
-from handlers.security import client_ip, token_ok
+from handlers.security import AUTH_FAILURES, AUTH_WINDOW, FailureThrottle, client_ip, token_ok, unstorable
 from handlers.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,9 +113,10 @@ SESSION_SECONDS = 12 * 3600
 #: largest form body (configuration edits and the like) and largest module upload
 FORM_LIMIT = 2 * 1024 * 1024
 UPLOAD_LIMIT = 64 * 1024 * 1024
-#: failed logins per client within LOGIN_WINDOW seconds before further attempts get 429
-LOGIN_FAILURES = 10
-LOGIN_WINDOW = 600.0
+#: failed logins (and wrong API tokens) per client within LOGIN_WINDOW seconds before further
+#: failed attempts get 429 (handlers.security.FailureThrottle)
+LOGIN_FAILURES = AUTH_FAILURES
+LOGIN_WINDOW = AUTH_WINDOW
 #: dead letters listed on a run page (all of them: the API, or `adf dead-letters show`)
 LETTERS_SHOWN = 200
 #: a record whose JSON is longer than this is shortened on the run page, the whole of it a click away
@@ -397,6 +405,10 @@ def _when(value: Any) -> str:
     return str(value)
 
 
+def _wait_text(seconds: int) -> str:
+    return f"{seconds} s" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
+
+
 def _duration(seconds: Any) -> str:
     if seconds is None:
         return "—"
@@ -545,6 +557,7 @@ class Dashboard:
         *,
         registry: ModuleRegistry | None = None,
         session_seconds: int = SESSION_SECONDS,
+        throttle: FailureThrottle | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -554,7 +567,7 @@ class Dashboard:
         self._owns_registry = registry is None
         self._registry_lock = threading.Lock()
         self._revoked: dict[str, float] = {}
-        self._failures: dict[str, list[float]] = {}
+        self.throttle = throttle or FailureThrottle(LOGIN_FAILURES, LOGIN_WINDOW)
         self._lock = threading.Lock()
         self.env = self._environment()
 
@@ -716,23 +729,6 @@ class Dashboard:
         except ValueError:
             return peer or "unknown"
 
-    def _throttled(self, client: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.get(client, []) if now - t < LOGIN_WINDOW]
-            if recent:
-                self._failures[client] = recent
-            else:
-                self._failures.pop(client, None)
-            return len(recent) >= LOGIN_FAILURES
-
-    def _failed(self, client: str) -> None:
-        with self._lock:
-            self._failures.setdefault(client, []).append(time.monotonic())
-            if len(self._failures) > 10000:  # a flood of addresses: forget the oldest
-                for key in list(self._failures)[:5000]:
-                    self._failures.pop(key, None)
-
     def login_form(self, ctx: Ctx) -> Response:
         target = safe_next(ctx.query("next"), ctx.base)
         if ctx.session is not None and ctx.session.user:
@@ -751,12 +747,18 @@ class Dashboard:
             return self.render(ctx, "login.html", 503, next=target, notice=None, enabled=False,
                                error="Login is disabled: set ADF_API_TOKEN to use the dashboard.")
         client = self._client(ctx)
-        if self._throttled(client):
-            log_event(_log, "dashboard login throttled", logging.WARNING, client=client)
-            return self.render(ctx, "login.html", 429, next=target, notice=None, enabled=True,
-                               error=f"Too many failed logins from {client}; try again in a few minutes.")
+        # The token first: the right one always logs in, however many wrong ones came from
+        # this address (someone else's guesses must not lock its owner out).
         if not token_ok(ctx.form.get("token"), self.settings.api_token):
-            self._failed(client)
+            wait = self.throttle.retry_after(client)
+            self.throttle.failed(client)
+            if wait is not None:
+                log_event(_log, "dashboard login throttled", logging.WARNING, client=client, retry_after=wait)
+                response = self.render(
+                    ctx, "login.html", 429, next=target, notice=None, enabled=True,
+                    error=f"Too many failed logins from {client}; try again in {_wait_text(wait)}.")
+                response.headers["retry-after"] = str(wait)
+                return response
             log_event(_log, "dashboard login failed", logging.WARNING, client=client)
             return self.render(ctx, "login.html", 401, next=target, notice=None, enabled=True,
                                error="Wrong token.")
@@ -794,9 +796,10 @@ class Dashboard:
                    interval: str | None = None, description: str | None = None,
                    problems: list[str] | None = None) -> Response:
         fmt = fmt if fmt in ("json", "yaml") else ("yaml" if ctx.query("format") == "yaml" else "json")
+        shown = mask(flow.configuration, flow_secret_keys(flow.configuration))
         return self.render(
-            ctx, "flow.html", status, nav="flows", flow=flow, fmt=fmt,
-            text=text if text is not None else format_configuration(flow.configuration, fmt),
+            ctx, "flow.html", status, nav="flows", flow=flow, fmt=fmt, masked=shown != flow.configuration,
+            text=text if text is not None else format_configuration(shown, fmt),
             interval=interval if interval is not None else str(flow.run_interval),
             description=description if description is not None else flow.description,
             problems=problems or [], runs=self.store.list_runs(flow=flow.name, limit=10),
@@ -806,13 +809,22 @@ class Dashboard:
     def flow(self, ctx: Ctx) -> Response:
         return self._flow_page(ctx, self._flow(ctx.params["name"]))
 
-    def _read_flow_form(self, ctx: Ctx, name: str | None) -> tuple[dict[str, Any], list[str]]:
+    def _read_flow_form(self, ctx: Ctx, name: str | None,
+                        stored: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+        """The form's values and every problem with them; ``stored`` is the configuration the
+        editor showed masked (None for a new flow)."""
         form = ctx.form
         fmt = form.get("format") if form.get("format") in ("json", "yaml") else "json"
         configuration, problems = parse_configuration(form.get("configuration"), fmt)
         interval, interval_problems = _parse_interval(form.get("run_interval"))
         problems += interval_problems
         values = {"configuration": configuration, "run_interval": interval, "description": form.get("description")}
+        problems += unstorable(values["description"], "description")
+        if configuration is not None:
+            problems += unstorable(configuration, "configuration")
+        if configuration is not None and not problems:
+            values["configuration"], masked = unmask(configuration, stored, flow_secret_keys(stored))
+            problems += [f"configuration.{p}" for p in masked]
         if problems:
             # report the fields that could be read as well, all at once
             check = [k for k in ("configuration", "run_interval") if values[k] is not None]
@@ -823,7 +835,7 @@ class Dashboard:
 
     def flow_save(self, ctx: Ctx) -> Response:
         flow = self._flow(ctx.params["name"])
-        values, problems = self._read_flow_form(ctx, flow.name)
+        values, problems = self._read_flow_form(ctx, flow.name, flow.configuration)
         if not problems:
             try:
                 self.store.update_flow(flow.name, **values)
@@ -1165,12 +1177,14 @@ def mount_dashboard(
     *,
     registry: ModuleRegistry | None = None,
     prefix: str = PREFIX,
+    throttle: FailureThrottle | None = None,
 ) -> Dashboard:
     """Mount the dashboard at ``prefix`` on ``app``; a registry it opens itself is closed
-    when the app shuts down."""
+    when the app shuts down. ``throttle`` counts the failed logins (give the API's, so that
+    wrong tokens from an address count together; a new one otherwise)."""
     from starlette.responses import RedirectResponse
 
-    dashboard = Dashboard(settings, store, registry=registry)
+    dashboard = Dashboard(settings, store, registry=registry, throttle=throttle)
     app.mount(prefix, dashboard.asgi_app(), name="dashboard")
     if not settings.api_token:
         log_event(_log, f"the dashboard ({prefix}) has no login until ADF_API_TOKEN is set")
