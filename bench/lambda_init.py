@@ -1,11 +1,13 @@
 """Lambda cold start: import time of each handler module against Powertools alone; package size.
 
-    scripts/sam-setup && .venv-sam/bin/sam build -t infra/template.yaml --build-dir build/sam
+    scripts/sam-setup && scripts/lambda-runtime-setup
+    .venv-sam/bin/sam build -t infra/template.yaml --build-dir build/sam
     .venv/bin/python bench/lambda_init.py [--runs 15] [--package build/sam] [--markdown]
 
-Each measurement is a fresh interpreter (``python -S``: no site-packages) whose only import
-path is one function's deployment package (``build/sam/<Function>``, what Lambda puts in
-``/var/task``), with the environment the SAM template sets, and, as in Lambda, whose ``/var/task`` is
+Each measurement is a fresh interpreter (``python -S``: no site-packages) whose import path
+is one function's deployment package (``build/sam/<Function>``, what Lambda puts in
+``/var/task``) and then the AWS SDK of Lambda's python3.11 runtime (``/var/runtime`` there:
+``.venv-lambda-runtime/python`` here, boto3 1.34, from ``scripts/lambda-runtime-setup``), with the environment the SAM template sets, and, as in Lambda, whose ``/var/task`` is
 read-only, no bytecode written: only the ``.pyc`` the package ships are used (the build
 compiles them; the report says how many modules have one). It times ``import <module>``
 with ``time.perf_counter``. The baseline, measured in the same run and interleaved with the
@@ -70,6 +72,10 @@ sys.stdout.write(repr((time.perf_counter() - t) * 1000.0))
 """
 
 
+#: the runtime's own libraries (boto3, botocore, jmespath…): scripts/lambda-runtime-setup
+RUNTIME_DIR = ROOT / ".venv-lambda-runtime" / "python"
+
+
 def lambda_env(package: Path | None, state_dir: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADF_", "POWERTOOLS_", "PYTHON"))}
     env.update(
@@ -80,7 +86,7 @@ def lambda_env(package: Path | None, state_dir: str) -> dict[str, str]:
         LAMBDA_TASK_ROOT=str(package or ROOT),  # as in Lambda: Powertools enables tracing only there
     )
     if package is not None:
-        env["PYTHONPATH"] = str(package)
+        env["PYTHONPATH"] = os.pathsep.join([str(package), str(RUNTIME_DIR)])  # /var/task, then /var/runtime
         env["ADF_FLOWS_DIR"] = str(package / "flows")
         # /var/task is read-only in Lambda: only the bytecode the package ships is used, none is written
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -130,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     build = None if args.package == "-" else Path(args.package).resolve()
     if build is not None and not (build / "HttpFunction").is_dir():
         print(f"no SAM build in {build}: run `adf lambda build` (or give --package -)", file=sys.stderr)
+        return 2
+    if build is not None and not (RUNTIME_DIR / "boto3").is_dir():
+        print(f"no Lambda runtime libraries in {RUNTIME_DIR}: run scripts/lambda-runtime-setup", file=sys.stderr)
         return 2
     missing = [m for m in HANDLERS if not (ROOT / (m.replace(".", "/") + ".py")).exists()]
     if missing:

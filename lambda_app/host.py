@@ -10,7 +10,7 @@ environment (set by the SAM template's parameters):
                            ``memory://`` (default), ``redis://…``, ``sqlite:////tmp/adf/state.db``
 ``ADF_STATE_DIR``          a *writable* directory (``/tmp/adf`` on Lambda): runs persist checkpoints,
                            run records and dead-letter files there; unset or not writable: no files
-``ADF_ALLOW_PAYLOAD_SPEC`` ``true``: an HTTP/SQS payload may carry a whole flow spec (default false)
+``ADF_ALLOW_PAYLOAD_SPEC`` ignored (a warning): a request never carries a flow spec (:mod:`handlers.invoke_params`)
 ``ADF_VAR_<NAME>``         the **manifest** configuration layer (SAM parameters): variable
                            ``adf_<name>`` under :mod:`handlers.confignames`' rules —
                            ``ADF_VAR_SINK_TABLE`` → ``sink.table``, ``ADF_VAR_JSON`` → ``adf_json``,
@@ -21,33 +21,189 @@ environment (set by the SAM template's parameters):
 A host is built per invocation (cheap: the flow directory is re-read only when it changes,
 kept in a module cache keyed by the environment that shapes it), so tests may change the
 environment between calls.
+
+The Powertools objects: ``logger``, ``metrics`` and ``tracer`` use ``POWERTOOLS_SERVICE_NAME``
+(``adf`` when unset) and ``POWERTOOLS_METRICS_NAMESPACE`` (``ActiveDataFlow``). The engine's
+own log lines (``core.logs``: the ``adf.*`` loggers) go through the same Powertools handler,
+as top-level fields beside the invocation's keys: their ``fields`` flattened, the ``run_id``
+of the run they belong to, and ``location`` naming the engine function that logged
+(``core.engine.run_flow:1782``), not the logging helper it called. Every line, the handlers' own
+included, is redacted as core redacts (:mod:`core.redact`: secret-named keys, passwords in
+URLs, secret query parameters) right before it is written. Every invocation's metrics include
+Powertools' ``ColdStart`` metric on a cold start.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import os
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from core import logs as core_logs
+from core.redact import redact, redact_text
 from core.state import open_state_store
 from handlers.invoke_base import Invocation, LocalHost
 from lambda_app.tracing import make_tracer
 
-__all__ = ["VARIABLE_ENV_PREFIX", "LambdaHost", "count_run", "flows_dir", "get_host", "logger", "metrics", "tracer"]
+__all__ = [
+    "VARIABLE_ENV_PREFIX", "EngineLogHandler", "LambdaHost", "count_http", "count_run", "flows_dir", "get_host",
+    "logger", "metrics", "tracer",
+]
 
-SERVICE = "adf"
-NAMESPACE = "ActiveDataFlow"
+#: the service name of logs, metrics and traces: the function's ``POWERTOOLS_SERVICE_NAME``
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "adf"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ActiveDataFlow"
 #: environment variables carrying manifest-layer variables: ``ADF_VAR_SINK_TABLE`` → ``adf_sink_table``
 VARIABLE_ENV_PREFIX = "ADF_VAR_"
+#: the root of the engine's loggers (:func:`core.logs.get_logger` names them ``adf.<name>``)
+ENGINE_LOGGER = "adf"
+#: where a line was logged: the module's dotted name, the function and the line
+LOCATION = "%(module)s.%(funcName)s:%(lineno)d"
 
-logger = Logger(service=SERVICE)
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+def _redacted_json(log: dict[str, Any]) -> str:
+    """Powertools' serializer: the whole line through :func:`core.redact.redact` first."""
+    return json.dumps(redact(log), default=lambda o: redact_text(str(o)), separators=(",", ":"))
+
+
+class _Metrics(Metrics):
+    """Powertools ``Metrics`` whose ``log_metrics`` also records the ``ColdStart`` metric."""
+
+    def log_metrics(self, lambda_handler: Any = None, capture_cold_start_metric: bool = True,
+                    raise_on_empty_metrics: bool = False, default_dimensions: dict[str, str] | None = None,
+                    **kwargs: Any) -> Callable[..., Any]:
+        return super().log_metrics(lambda_handler, capture_cold_start_metric, raise_on_empty_metrics,
+                                   default_dimensions, **kwargs)
+
+
+logger = Logger(service=SERVICE, location=LOCATION, json_serializer=_redacted_json)
+metrics = _Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = make_tracer(SERVICE)
+
+
+# --------------------------------------------------------------------------- engine logs → Powertools
+
+# attributes every LogRecord has, and the keys Powertools writes itself: an engine field named
+# like one of them is written as ``field_<name>`` rather than lost or overwriting it
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message", "asctime", "location", "timestamp", "level", "service", "sampling_rate", "cold_start",
+    "function_name", "function_memory_size", "function_arn", "function_request_id", "correlation_id",
+    "xray_trace_id", "exception", "exception_name", "exception_notes", "stack_trace",
+}
+_FORWARDED = "_adf_forwarded"
+#: the engine's logging helpers, as (module, function): a line logged through one of them is
+#: located at the helper's caller, the code the line is about
+LOG_HELPERS = frozenset({("core.logs", "log_event"), ("handlers.invoke_base", "_log_line")})
+
+
+@functools.lru_cache(maxsize=1024)
+def _dotted(pathname: str) -> str | None:
+    """``core.engine`` for ``/var/task/core/engine.py``: the deepest ``sys.path`` entry that
+    holds the file gives the module's name (None when none does)."""
+    path = os.path.abspath(pathname)
+    best = ""
+    for entry in sys.path:
+        root = os.path.abspath(entry or ".")
+        if path.startswith(root + os.sep) and len(root) > len(best):
+            best = root
+    if not best:
+        return None
+    name = os.path.splitext(path[len(best) + 1 :])[0].replace(os.sep, ".")
+    return name.removesuffix(".__init__") or None
+
+
+def _helper(frame: FrameType) -> bool:
+    return (frame.f_globals.get("__name__"), frame.f_code.co_name) in LOG_HELPERS
+
+
+def _locate(record: logging.LogRecord) -> None:
+    """Point a line logged through a :data:`LOG_HELPERS` function at the helper's caller. A
+    logging handler runs inside the logging call, so the frames are still there: find the
+    one that logged, then step out of the helpers."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_filename == record.pathname
+                                     and frame.f_lineno == record.lineno and frame.f_code.co_name == record.funcName):
+        frame = frame.f_back
+    if frame is None or not _helper(frame):
+        return
+    while frame.f_back is not None and _helper(frame):
+        frame = frame.f_back
+    record.pathname = frame.f_code.co_filename
+    record.filename = os.path.basename(record.pathname)
+    record.lineno = frame.f_lineno
+    record.funcName = frame.f_code.co_name
+    record.module = str(frame.f_globals.get("__name__") or record.module)
+
+
+class EngineLogHandler(logging.Handler):
+    """Hands the engine's records (``adf.*``) to the Powertools handler as Powertools lines.
+
+    Each record is copied (other handlers of the same record see it unchanged) and shaped the
+    way the engine's own JSON lines are: the ``fields`` become top-level keys, the current
+    ``run_id`` (:data:`core.logs.run_id_var`) is added, and a line logged through
+    a logging helper (:data:`LOG_HELPERS`) is located at the helper's caller."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(ENGINE_LOGGER + "."):
+            return  # the Powertools logger's own line, when the service is called "adf"
+        try:
+            line = logging.makeLogRecord(dict(record.__dict__))
+            fields = line.__dict__.pop("fields", None)
+            if isinstance(fields, Mapping):
+                for key, value in fields.items():
+                    name = str(key)
+                    setattr(line, f"field_{name}" if name in _RECORD_ATTRS else name, value)
+            if getattr(line, "run_id", None) is None:
+                run_id = core_logs.run_id_var.get()
+                if run_id:
+                    line.run_id = run_id
+            _locate(line)
+            setattr(line, _FORWARDED, True)
+            self.target.handle(line)
+        except Exception:
+            self.handleError(record)
+
+
+class _PowertoolsLines(logging.Filter):
+    """On the Powertools handler: takes the engine's records only as :class:`EngineLogHandler`
+    shaped them (when the service is ``adf`` they also reach it unshaped, by propagation), and
+    gives every record its dotted module name for :data:`LOCATION`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.__dict__.pop(_FORWARDED, False) and record.name.startswith(ENGINE_LOGGER + "."):
+            return False
+        if "." not in record.module:
+            record.module = _dotted(record.pathname) or record.module
+        return True
+
+
+def _route_engine_logs() -> None:
+    target = logger.registered_handler
+    if not any(isinstance(f, _PowertoolsLines) for f in target.filters):
+        target.addFilter(_PowertoolsLines())
+    engine = logging.getLogger(ENGINE_LOGGER)
+    if not any(isinstance(h, EngineLogHandler) for h in engine.handlers):
+        engine.addHandler(EngineLogHandler(target))
+    if engine.name != logger.name:
+        engine.setLevel(logger.log_level)
+        engine.propagate = False  # the runtime's root handler would print each line again, as text
+
+
+_route_engine_logs()
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -79,7 +235,7 @@ def _writable(path: str) -> bool:
 
 
 class LambdaHost(LocalHost):
-    """Flows from the bundled directory (and the payload when allowed), the store named by
+    """Flows from the bundled directory, the store named by
     ``ADF_STATE_URL``, the ``ADF_VAR_*`` variables, ``persist`` only with a writable
     ``ADF_STATE_DIR`` (see the module doc)."""
 
@@ -124,3 +280,19 @@ def count_run(invocation: Invocation | None, *, ok: bool) -> None:
         metrics.add_metric(name="RecordsIn", unit=MetricUnit.Count, value=s.records_in)
         metrics.add_metric(name="RecordsOut", unit=MetricUnit.Count, value=s.records_out)
         metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=s.dead_letters)
+
+
+def count_http(status: int, *, run: bool) -> None:
+    """Metrics of one HTTP answer: ``HttpRequests``; ``HttpClientErrors`` for a 4xx (the request
+    was refused: a malformed body, an unknown flow — the client's mistake, not a failed flow) or
+    ``HttpErrors`` for a 5xx; and, when the request ran a flow (``run``), ``FlowRuns`` for an
+    answer below 400 or ``FlowFailures`` for a 5xx."""
+    metrics.add_metric(name="HttpRequests", unit=MetricUnit.Count, value=1)
+    if 400 <= status < 500:
+        metrics.add_metric(name="HttpClientErrors", unit=MetricUnit.Count, value=1)
+    elif status >= 500:
+        metrics.add_metric(name="HttpErrors", unit=MetricUnit.Count, value=1)
+    if run and status < 400:
+        metrics.add_metric(name="FlowRuns", unit=MetricUnit.Count, value=1)
+    elif run and status >= 500:
+        metrics.add_metric(name="FlowFailures", unit=MetricUnit.Count, value=1)

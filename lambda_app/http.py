@@ -11,7 +11,10 @@ Routes, bodies, status codes: :mod:`handlers.invoke_http` (``GET /flows``, ``GET
 * the :class:`~handlers.http.Response` → ``{statusCode, headers, body, isBase64Encoded: false}``;
   a streaming (NDJSON) answer is produced whole (Lambda buffers responses).
 
-An event that is not an HTTP event → 400 with a message.
+A body longer than ``ADF_MAX_BODY_BYTES`` (:func:`handlers.settings.max_body_bytes`; decoded
+length, a base64 body's told from its encoded length before decoding) → 413, nothing parsed.
+An event that is not an HTTP event → 400 with a message. What a request may set at all:
+:mod:`handlers.invoke_params`.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from aws_lambda_powertools.utilities.data_classes import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handlers.http import JSON_HEADERS, Request, Response
-from handlers.invoke import StreamingResponse, handle_http
-from lambda_app.host import get_host, logger, metrics, tracer
+from handlers.invoke import PayloadTooLarge, StreamingResponse, handle_http, refuse_http
+from handlers.settings import max_body_bytes
+from lambda_app.host import count_http, get_host, logger, metrics, tracer
 
 __all__ = ["handler", "to_request", "to_result"]
 
@@ -46,19 +50,39 @@ def _strip_stage(path: str, stage: str | None) -> str:
     return path
 
 
-def _body(raw: str | None, encoded: bool | None) -> bytes:
+def _body(raw: str | None, encoded: bool | None, limit: int | None = None) -> bytes:
+    """The body's bytes; raises :class:`~handlers.invoke.PayloadTooLarge` past ``limit``
+    (before decoding whenever the length already tells)."""
     if raw is None:
         return b""
     if not encoded:
-        return raw.encode("utf-8")
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise NotHttpEvent(f"the body is marked isBase64Encoded but is not base64: {exc}") from None
+        if limit is not None and len(raw) > limit:  # a character is at least one UTF-8 byte
+            raise PayloadTooLarge(limit, len(raw.encode("utf-8")))
+        data = raw.encode("utf-8")
+    else:
+        if limit is not None:
+            decoded = len(raw) // 4 * 3 - (len(raw) - len(raw.rstrip("=")))
+            if decoded > limit:
+                raise PayloadTooLarge(limit, decoded)
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise NotHttpEvent(f"the body is marked isBase64Encoded but is not base64: {exc}") from None
+    if limit is not None and len(data) > limit:
+        raise PayloadTooLarge(limit, len(data))
+    return data
 
 
-def to_request(event: dict[str, Any]) -> tuple[Request, str | None]:
-    """``(request, API Gateway request id)`` of an HTTP event; raises :class:`NotHttpEvent`."""
+def to_request(event: dict[str, Any], *, limit: int | None = None) -> tuple[Request, str | None]:
+    """``(request, API Gateway request id)`` of an HTTP event; raises :class:`NotHttpEvent`, and
+    :class:`~handlers.invoke.PayloadTooLarge` for a body longer than ``limit`` bytes."""
+    request, request_id, raw, encoded = _parts(event)
+    request.body = _body(raw, encoded, limit)
+    return request, request_id
+
+
+def _parts(event: dict[str, Any]) -> tuple[Request, str | None, str | None, bool]:
+    """The request without its body, the request id, the raw body and whether it is base64."""
     if not isinstance(event, dict):
         raise NotHttpEvent(f"expected an API Gateway / Function URL event (a JSON object), got {type(event).__name__}")
     if event.get("version") == "2.0" and isinstance(event.get("requestContext"), dict) and "http" in event["requestContext"]:
@@ -72,10 +96,10 @@ def to_request(event: dict[str, Any]) -> tuple[Request, str | None]:
             headers["cookie"] = "; ".join(v2.cookies)
         path = _strip_stage(v2.raw_path or ctx2.http.path or "/", ctx2.stage)
         request = Request(
-            ctx2.http.method, path, headers, dict(v2.query_string_parameters or {}),
-            _body(v2.body, v2.is_base64_encoded), ctx2.http.source_ip.split("/")[0] or None,
+            ctx2.http.method, path, headers, dict(v2.query_string_parameters or {}), b"",
+            ctx2.http.source_ip.split("/")[0] or None,
         )
-        return request, ctx2.request_id
+        return request, ctx2.request_id, v2.body, bool(v2.is_base64_encoded)
     if "httpMethod" in event and isinstance(event.get("requestContext"), dict):
         v1 = APIGatewayProxyEvent(event)
         ctx1 = v1.request_context
@@ -84,10 +108,9 @@ def to_request(event: dict[str, Any]) -> tuple[Request, str | None]:
         query = {k: v[-1] for k, v in (v1.multi_value_query_string_parameters or {}).items() if v}
         query.update(v1.query_string_parameters or {})
         request = Request(
-            v1.http_method, _strip_stage(v1.path or "/", ctx1.stage), headers, query,
-            _body(v1.body, v1.is_base64_encoded), ctx1.identity.source_ip,
+            v1.http_method, _strip_stage(v1.path or "/", ctx1.stage), headers, query, b"", ctx1.identity.source_ip,
         )
-        return request, ctx1.request_id
+        return request, ctx1.request_id, v1.body, bool(v1.is_base64_encoded)
     raise NotHttpEvent(
         "not an HTTP event: expected an API Gateway REST (httpMethod), HTTP API or Function URL (version 2.0) event"
     )
@@ -114,8 +137,13 @@ def _bad_event(message: str) -> dict[str, Any]:
 @metrics.log_metrics(raise_on_empty_metrics=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point (API Gateway REST / HTTP API / Function URL)."""
+    too_large: PayloadTooLarge | None = None
     try:
-        request, request_id = to_request(event)
+        request, request_id, raw, encoded = _parts(event)
+        try:
+            request.body = _body(raw, encoded, max_body_bytes())
+        except PayloadTooLarge as exc:  # answered below like any refused request: nothing parsed
+            too_large = exc
     except NotHttpEvent as exc:
         logger.warning("not an HTTP event", extra={"error": str(exc)})
         metrics.add_metric(name="BadEvents", unit="Count", value=1)
@@ -123,11 +151,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if request_id:
         logger.set_correlation_id(request_id)
         request.headers.setdefault("x-request-id", request_id)
-    response = handle_http(request, get_host(), base_path=os.environ.get("ADF_BASE_PATH", ""))
+    base_path = os.environ.get("ADF_BASE_PATH", "")
+    if too_large is not None:
+        response = refuse_http(request, get_host(), too_large, base_path=base_path)
+    else:
+        response = handle_http(request, get_host(), base_path=base_path)
     result = to_result(response)
-    metrics.add_metric(name="HttpRequests", unit="Count", value=1)
-    if result["statusCode"] >= 400:
-        metrics.add_metric(name="HttpErrors", unit="Count", value=1)
-    if "/run" in request.path and request.method in ("GET", "POST"):
-        metrics.add_metric(name="FlowRuns" if result["statusCode"] < 400 else "FlowFailures", unit="Count", value=1)
+    count_http(result["statusCode"], run=request.method in ("GET", "POST") and request.path.rstrip("/").endswith("/run"))
     return result

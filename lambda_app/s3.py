@@ -1,9 +1,12 @@
 """S3 ``ObjectCreated:*`` → run the flow routed for the object, on that object.
 
-The flow: ``ADF_S3_ROUTES`` (JSON ``{"bucket/prefix": "flow", "bucket": "flow"}``, the longest
-matching prefix wins), else ``ADF_DEFAULT_FLOW`` (:func:`handlers.invoke_events.object_route`).
-The run gets ``source.path = s3://bucket/key`` (key URL-decoded) in the payload layer, so the
-flow's ``file`` source reads exactly the new object (its format from the spec or the extension).
+The flow: ``ADF_S3_ROUTES`` (JSON ``{"bucket/prefix": "flow", "bucket": "flow"}``, or key prefixes
+of ``ADF_S3_ROUTES_BUCKET`` when that is set: :func:`routes`; the longest matching prefix of the
+URL-decoded key wins), else ``ADF_DEFAULT_FLOW`` (:func:`handlers.invoke_events.object_route`).
+The object is the run's input: its ``s3://bucket/key`` URL (key URL-decoded) becomes the
+``source.path`` of the flow's ``file`` source (:func:`handlers.invoke_events.run_event_flow`), so
+it reads exactly the new object (its format from the spec or the extension); a flow with another
+source refuses the event. Nothing else of the event configures the run.
 
 Other event names are skipped. A failed run raises after every record was tried (Lambda's
 asynchronous retries / the on-failure destination see it); with ``ADF_IDEMPOTENCY_TABLE`` set
@@ -17,6 +20,7 @@ import json
 import os
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -34,22 +38,38 @@ class S3RunError(RuntimeError):
 
 
 def routes() -> dict[str, str]:
-    """``ADF_S3_ROUTES`` parsed; raises ``ValueError`` when it is not a JSON object of strings."""
+    """``ADF_S3_ROUTES`` parsed, as ``{"bucket/prefix": "flow"}``; raises ``ValueError`` when it
+    is not a JSON object of strings.
+
+    With ``ADF_S3_ROUTES_BUCKET`` set (the SAM template sets it to its input bucket) the routes
+    are key prefixes of that bucket — ``{"incoming/orders/": "orders"}`` — as the template's
+    ``S3Routes`` parameter takes them (a route that already starts with the bucket's name is
+    taken as it is); without it, each route names its bucket."""
     raw = os.environ.get("ADF_S3_ROUTES") or ""
     if not raw.strip():
         return {}
     value = json.loads(raw)
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError('ADF_S3_ROUTES must be a JSON object {"bucket/prefix": "flow"}')
-    return {str(k): v for k, v in value.items()}
+    bucket = (os.environ.get("ADF_S3_ROUTES_BUCKET") or "").strip().strip("/")
+    if not bucket:
+        return {str(k): v for k, v in value.items()}
+    out: dict[str, str] = {}
+    for key, flow in value.items():
+        prefix = str(key).lstrip("/")
+        if prefix and prefix != bucket and not prefix.startswith(bucket + "/"):
+            prefix = f"{bucket}/{prefix}"
+        out[prefix or bucket] = flow
+    return out
 
 
 def _run_object(bucket: str, key: str, request_id: str) -> dict[str, Any]:
-    flow = object_route(routes(), bucket, key, os.environ.get("ADF_DEFAULT_FLOW"))
+    # the notification's key is URL-encoded ("batch+1/a%3Db.csv"): routes name keys as they are
+    flow = object_route(routes(), bucket, unquote_plus(key), os.environ.get("ADF_DEFAULT_FLOW"))
     url = object_url(bucket, key)
     try:
         invocation = run_event_flow(get_host(), flow, TriggerPayload(), trigger="s3",
-                                    config={"source": {"path": url}}, request_id=request_id, fields={"object": url})
+                                    object_url=url, request_id=request_id, fields={"object": url})
     except FlowFailed as exc:
         count_run(exc.invocation, ok=False)
         raise

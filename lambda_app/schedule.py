@@ -1,7 +1,9 @@
 """EventBridge schedule → one heartbeat tick (:func:`handlers.invoke.handle_cron`).
 
-The schedule lives in ``ADF_DATABASE_URL`` (:class:`handlers.schedule.sql.SqlScheduleStore`):
-PostgreSQL — RDS / Aurora — in production, SQLite in tests. Due flows are claimed with
+The schedule lives in the database :func:`lambda_app.secrets.database_url` names — read from
+Secrets Manager or SSM at cold start on Lambda, ``ADF_DATABASE_URL`` locally; none configured
+fails the invocation (:class:`handlers.schedule.sql.SqlScheduleStore`): PostgreSQL — RDS /
+Aurora — in production, SQLite in tests. Due flows are claimed with
 ``SELECT … FOR UPDATE SKIP LOCKED``, so overlapping invocations (a slow tick and the next
 one, a retry) never run a flow twice. The claimed runs execute in this invocation (sync mode)
 with the Lambda host's configuration layers. The schedule is judged at the invocation's
@@ -23,6 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from handlers.invoke_cron import handle_cron
 from handlers.settings import load_settings
 from lambda_app.host import get_host, logger, metrics, tracer
+from lambda_app.secrets import database_url
 
 __all__ = ["ScheduleTickError", "handler"]
 
@@ -54,7 +57,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.set_correlation_id(scheduled.get_id)
         logger.append_keys(rule=",".join(scheduled.resources or []), event_time=scheduled.time)
     settings = load_settings()
-    result = handle_cron(get_host(), _store(settings.database_url), settings)
+    result = handle_cron(get_host(), _store(database_url()), settings)
     if result.get("status") != "ok":
         metrics.add_metric(name="TickErrors", unit="Count", value=1)
         raise ScheduleTickError(f"{result.get('error')} (error_id {result.get('error_id')})")

@@ -1,9 +1,11 @@
 """SQS batch → one flow run per message, with partial batch failure reporting.
 
-Each message body is a flow invocation ``{"flow": name, "records": [...], "config": {...}}``,
-or a bare array of records (or an object without ``flow``) whose flow is the message
-attribute ``flow`` (String), else ``ADF_DEFAULT_FLOW`` (:func:`handlers.invoke_events.parse_flow_message`).
-A malformed body, an unknown flow, a refused configuration or a failed run makes *that* message
+Each message body is a flow invocation ``{"flow": name, "records": [...], "params": {...}}``
+(``params``: values of the flow's declared parameters; any other key refuses the message, see
+:mod:`handlers.invoke_params`), or a bare array of records (or an object without ``flow``) whose
+flow is the message attribute ``flow`` (String), else ``ADF_DEFAULT_FLOW``
+(:func:`handlers.invoke_events.parse_flow_message`).
+A malformed body, an unknown flow, a refused key or parameter value or a failed run makes *that* message
 fail: it is listed in ``{"batchItemFailures": [{"itemIdentifier": messageId}]}`` (the event
 source mapping needs ``FunctionResponseTypes: [ReportBatchItemFailures]``) and SQS redelivers
 it — after ``maxReceiveCount`` it goes to the queue's dead-letter queue; nothing is swallowed.
@@ -19,6 +21,8 @@ import os
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.base import FailureResponse
+from aws_lambda_powertools.utilities.batch.exceptions import ExceptionInfo
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -29,8 +33,20 @@ from lambda_app.idempotency import once
 
 __all__ = ["handler", "process_record"]
 
+
+class _LoggedBatchProcessor(BatchProcessor):
+    """Powertools' ``BatchProcessor`` that logs why each message failed (one line per message,
+    with its id and the reason)."""
+
+    def failure_handler(self, record: Any, exception: ExceptionInfo) -> FailureResponse:
+        kind, exc = exception[0], exception[1]
+        reason = f"{kind.__name__ if kind else 'Error'}: {exc}"
+        logger.warning("message failed", extra={"message_id": getattr(record, "message_id", None), "reason": reason})
+        return super().failure_handler(record, exception)
+
+
 # A batch whose every message failed is answered with every message listed too (not an exception).
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+processor = _LoggedBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 _context: list[Any] = [None]
 
 
@@ -74,5 +90,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name="SqsMessages", unit="Count", value=len(event.get("Records") or []))
     if failed:
         metrics.add_metric(name="SqsFailedMessages", unit="Count", value=failed)
-        logger.warning("messages failed", extra={"failed": [f["itemIdentifier"] for f in result["batchItemFailures"]]})
+        logger.warning("batch had failed messages", extra={"failed": failed, "messages": len(event.get("Records") or [])})
     return dict(result)

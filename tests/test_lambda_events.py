@@ -112,6 +112,22 @@ def test_s3_event_runs_the_routed_flow_on_the_object_end_to_end(env: Path, s3: A
     assert read_jsonl(s3, OUT, "orders/result.jsonl") == ROWS
 
 
+def test_routes_are_key_prefixes_of_the_routes_bucket_matched_decoded(
+        env: Path, s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # as the SAM template sets them: S3Routes relative to its input bucket, keys as users write them
+    monkeypatch.setenv("ADF_S3_ROUTES", json.dumps({"incoming/day 1/": "orders", "incoming/": "ingest"}))
+    monkeypatch.setenv("ADF_S3_ROUTES_BUCKET", BUCKET)
+    assert s3_handler.routes() == {f"{BUCKET}/incoming/day 1/": "orders", f"{BUCKET}/incoming/": "ingest"}
+    key = "incoming/day 1/a+b.csv"
+    put = s3.put_object(Bucket=BUCKET, Key=key, Body=_csv(ROWS))
+    result = s3_handler.handler(s3_event("incoming/day+1/a%2Bb.csv", etag=put["ETag"].strip('"')), Context())
+    [run] = result["results"]
+    assert (run["flow"], run["object"], run["records_out"]) == ("orders", f"s3://{BUCKET}/{key}", 7)
+    # another bucket's object is not under the routes' bucket
+    with pytest.raises(s3_handler.S3RunError, match="no flow is routed"):
+        s3_handler.handler(s3_event("incoming/day+1/x.csv", etag="e9", bucket=OUT), Context())
+
+
 def test_same_sink_contents_as_the_local_runner(env: Path, s3: Any) -> None:
     key = "incoming/parity.csv"
     s3.put_object(Bucket=BUCKET, Key=key, Body=_csv(ROWS))

@@ -18,14 +18,22 @@ def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = write_flows(tmp_path / "flows", {
         "echo": {
             "source": {"type": "payload"},
-            "steps": [{"type": "python", "function": "flowlib.steps:double"}],
+            "params": {"below": {"type": "integer", "default": 100}},
+            "steps": [{"type": "python", "function": "flowlib.steps:double"},
+                      {"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}],
             "sink": {"type": "response"},
             "runtime": {"batch_size": 2},
         },
-        "to_file": {"source": {"type": "payload"}, "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
+        "to_file": {
+            "source": {"type": "payload"},
+            "params": {"min_a": {"type": "integer", "default": 0}},
+            "steps": [{"type": "filter", "field": "a", "op": "ge", "value": "${params.min_a}"}],
+            "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")},
+        },
         "numbers": {
             "source": {"type": "memory", "records": [{"n": i} for i in range(5)]},
-            "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 3}],
+            "params": {"below": {"type": "integer", "default": 3}},
+            "steps": [{"type": "filter", "field": "n", "op": "lt", "value": "${params.below}"}],
             "sink": {"type": "response"},
         },
     })
@@ -88,8 +96,8 @@ def test_rest_v1_post_json_with_base64_body_runs_the_flow() -> None:
     assert body["request_id"] == headers["x-request-id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
 
 
-def test_rest_v1_get_with_query_configuration() -> None:
-    status, _, body = call(rest("GET", "/flows/numbers/run", query={"steps.0.value": "2"}))
+def test_rest_v1_get_with_query_parameters() -> None:
+    status, _, body = call(rest("GET", "/flows/numbers/run", query={"below": "2"}))
     assert status == 200, body
     assert [r["n"] for r in body["records"]] == [0, 1]
 
@@ -103,15 +111,16 @@ def test_rest_v1_strips_the_stage_and_a_base_path(monkeypatch: pytest.MonkeyPatc
     assert status == 200 and body["name"] == "echo"
 
 
-def test_rest_v1_x_adf_headers_configure_the_run(tmp_path: Path) -> None:
-    other = tmp_path / "other.jsonl"
-    status, _, body = call(rest("POST", "/flows/to_file/run", body=[{"a": 1}], headers={"X-ADF-Sink.Path": str(other)}))
+def test_rest_v1_x_adf_headers_give_the_declared_parameters(tmp_path: Path) -> None:
+    status, _, body = call(rest("POST", "/flows/to_file/run", body=[{"a": 1}, {"a": 5}],
+                                headers={"X-ADF-Param-Min-A": "2"}))
     assert status == 200, body
-    assert [json.loads(line) for line in other.read_text().splitlines()] == [{"a": 1}]
+    out = tmp_path / "out.jsonl"
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"a": 5}]
 
 
 def test_http_api_v2_get_query_and_post_json() -> None:
-    status, _, body = call(v2("http-api", "GET", "/flows/numbers/run", query="steps.0.value=1"))
+    status, _, body = call(v2("http-api", "GET", "/flows/numbers/run", query="below=1"))
     assert status == 200, body
     assert [r["n"] for r in body["records"]] == [0]
     status, _, body = call(v2("http-api", "POST", "/flows/echo/run", body={"records": [{"n": 5}]}, stage="prod"))
@@ -131,9 +140,9 @@ def test_function_url_get_post_and_headers() -> None:
     status, _, body = call(v2("url", "GET", "/flows"))
     assert status == 200 and len(body["flows"]) == 3
     status, _, body = call(v2("url", "POST", "/flows/echo/run", body={"records": [{"n": 1}, {"n": 2}, {"n": 3}]},
-                              headers={"x-adf-runtime.batch-size": "1"}))
+                              headers={"x-adf-param-below": "3"}))
     assert status == 200, body
-    assert body["records_out"] == 3
+    assert (body["records_in"], body["records_out"]) == (3, 2)
 
 
 def test_streaming_is_returned_whole() -> None:
@@ -152,7 +161,8 @@ def test_streaming_is_returned_whole() -> None:
         (lambda: rest("GET", "/flows/nope/run"), 404, "no flow named"),
         (lambda: rest("DELETE", "/flows/echo/run"), 405, "not allowed"),
         (lambda: rest("POST", "/flows/numbers/run", body=[{"n": 1}]), 422, "payload"),
-        (lambda: rest("GET", "/flows/echo/run", headers={"X-ADF-Bogus": "1"}), 400, "X-ADF"),
+        (lambda: rest("GET", "/flows/echo/run", headers={"X-ADF-Bogus": "1"}), 400, "x-adf-bogus"),
+        (lambda: rest("GET", "/flows/echo/run", query={"below": "lots"}), 422, "below"),
         (lambda: event("sqs-receive-message"), 400, "not an HTTP event"),
         (lambda: rest("POST", "/flows/echo/run", body=None) | {"body": "%%%", "isBase64Encoded": True}, 400, "base64"),
     ],
@@ -162,6 +172,46 @@ def test_bad_input_is_a_4xx_with_a_message(ev: Any, status: int, fragment: str) 
     assert got == status, body
     text = json.dumps(body)
     assert fragment in text
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADF_MAX_BODY_BYTES", "100")
+    big = {"records": [{"n": i} for i in range(40)]}  # ~400 bytes of JSON
+    raw = json.dumps(big)
+    # REST v1 with a base64 body: judged by its decoded length
+    status, headers, body = call(rest("POST", "/flows/to_file/run", body=big))
+    assert status == 413, body
+    assert "too large" in body["error"] and "100" in body["error"] and body["error_id"]
+    assert headers["x-request-id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    # an HTTP API body, plain and base64; a Function URL body
+    assert call(v2("http-api", "POST", "/flows/echo/run", body=big))[0] == 413
+    ev = v2("http-api", "POST", "/flows/echo/run")
+    ev["body"], ev["isBase64Encoded"] = base64.b64encode(raw.encode()).decode(), True
+    assert call(ev)[0] == 413
+    assert call(v2("url", "POST", "/flows/echo/run", body=big))[0] == 413
+    # nothing of it was parsed: malformed JSON past the limit is a 413, not a 400; nothing ran
+    junk = rest("POST", "/flows/to_file/run") | {"body": "{" * 500, "isBase64Encoded": False}
+    assert call(junk)[0] == 413
+    assert not (tmp_path / "out.jsonl").exists()
+    # the limit is in bytes: 67 characters of which 55 take two bytes each
+    ev = v2("url", "POST", "/flows/echo/run")
+    ev["body"], ev["isBase64Encoded"] = json.dumps([{"s": "é" * 55}], ensure_ascii=False), False
+    assert len(ev["body"]) < 100 < len(ev["body"].encode())
+    assert call(ev)[0] == 413
+    small = [{"n": 1}]
+    assert len(json.dumps(small)) < 100
+    status, _, body = call(v2("url", "POST", "/flows/echo/run", body=small))
+    assert status == 200 and body["records"] == [{"n": 1, "doubled": 2}]
+
+
+def test_the_default_limit_is_lambdas_own_six_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ADF_MAX_BODY_BYTES", raising=False)
+    from handlers.settings import max_body_bytes
+
+    assert max_body_bytes() == 6 * 1024 * 1024
+    records = [{"n": 1, "pad": "x" * 1000}] * 6500  # ~6.6 MB
+    status, _, body = call(v2("url", "POST", "/flows/echo/run", body=records))
+    assert status == 413 and "6291456" in body["error"]
 
 
 def test_metrics_are_flushed_per_invocation(capsys: pytest.CaptureFixture[str]) -> None:
