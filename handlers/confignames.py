@@ -84,8 +84,14 @@ Path = list[str]
 
 
 def flow_slug(name: str) -> str:
-    """``orders-to-db`` → ``orders_to_db``: lower case, other runs of characters → ``_``."""
-    return _SLUG_RE.sub("_", name.lower()).strip("_")
+    """A flow name as it appears in variable names (``adf_flow_<slug>_json``), always a valid
+    Spin 3 snake-case identifier: lower case, other runs of characters → ``_``, a word that
+    starts with a digit gets an ``n`` in front, no word at all → ``flow``.
+
+    ``orders-to-db`` → ``orders_to_db``, ``orders_2024`` → ``orders_n2024``, ``2nd-pass`` →
+    ``n2nd_pass``, ``Bestellungen-Köln`` → ``bestellungen_k_ln``."""
+    words = [w for w in _SLUG_RE.split(name.lower()) if w]
+    return "_".join("n" + w if w[0].isdigit() else w for w in words) or "flow"
 
 
 def _keys(node: Any) -> set[str]:

@@ -37,7 +37,12 @@ from spin_app.manifest import (
     DEFAULT_CRON_EXPRESSION,
     DEFAULT_WASM_DIR,
     GENERATED_MARKER,
+    MIN_SPIN_VERSION,
+    PINNED_PLUGINS,
+    PLUGIN_RELEASE_URL,
+    SPIN_MAJOR,
     TRIGGER_KINDS,
+    TRIGGER_PLUGINS,
     FlowFile,
     ManifestOptions,
     ValidationReport,
@@ -47,6 +52,7 @@ from spin_app.manifest import (
     parse_route,
     plan_routes,
     render_manifest,
+    slug_collisions,
     stage_files,
     validate_manifest,
 )
@@ -94,6 +100,7 @@ def _load_flows(paths: Sequence[str]) -> tuple[list[FlowFile], list[str]]:
         if f.name in seen:
             problems.append(f"two specs define flow {f.name!r}: {seen[f.name]} and {f.path}")
         seen[f.name] = f.path
+    problems += slug_collisions(seen)
     return flows, problems
 
 
@@ -134,7 +141,15 @@ def _generate(args: argparse.Namespace, flow_paths: Sequence[str], manifest_dir:
         mqtt_address=args.mqtt_address,
         base_dir=base_dir,
     )
-    return render_manifest(flows, plan, options, manifest_dir), 0
+    text = render_manifest(flows, plan, options, manifest_dir)
+    # The one checker: what Spin 3 or a pinned trigger plugin would refuse is never written.
+    report = validate_manifest(os.path.join(manifest_dir, manifest_file), build_check=None, text=text)
+    refused = report.errors if not args.no_check else report.rule_errors
+    if refused:
+        _problems(f"adf: refused: the generated manifest breaks {len(refused)} rule(s) (docs/SPIN.md, "
+                  "\"Manifest rules\")", refused)
+        return None, 2
+    return text, 0
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -151,7 +166,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wasm-dir", default=DEFAULT_WASM_DIR,
                    help=f"where the components' .wasm files are, relative to the manifest (default {DEFAULT_WASM_DIR})")
     p.add_argument("--cron-expression", default=DEFAULT_CRON_EXPRESSION,
-                   help=f"tick of the cron trigger, 7 fields (default {DEFAULT_CRON_EXPRESSION!r})")
+                   help="tick of the cron trigger: 6 fields, second minute hour day-of-month month day-of-week "
+                        f"(default {DEFAULT_CRON_EXPRESSION!r})")
     p.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=1, help="QoS of the MQTT subscriptions")
     p.add_argument("--redis-address", default="redis://127.0.0.1:6379", help="default of the redis_address variable")
     p.add_argument("--mqtt-address", default="mqtt://127.0.0.1:1883", help="default of the mqtt_address variable")
@@ -394,6 +410,80 @@ def _spin_missing(manifest: str) -> int:
 _KEEP_RESIDENT = "SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT"
 
 
+def _version_tuple(text: str) -> tuple[int, int, int] | None:
+    import re
+
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def plugin_install_commands(plugin: str) -> list[str]:
+    """The commands that install the pinned release of a trigger plugin."""
+    version = PINNED_PLUGINS[plugin]
+    url = PLUGIN_RELEASE_URL.format(name=plugin, version=version)
+    return [f"spin plugins update && spin plugins install {plugin} --version {version} --yes",
+            f"(or: spin plugins install --url {url} --yes)"]
+
+
+def _installed_plugins(spin: str) -> dict[str, str]:
+    """``{name: version}`` from ``spin plugins list --installed``: JSON with ``--format json``,
+    else its text lines ``<name> <version> [installed]``."""
+    import re
+
+    out: dict[str, str] = {}
+    res = subprocess.run([spin, "plugins", "list", "--installed", "--format", "json"], capture_output=True,
+                         text=True, check=False)
+    if res.returncode == 0:
+        try:
+            for item in json.loads(res.stdout):
+                if isinstance(item, dict) and item.get("name") and item.get("version"):
+                    out[str(item["name"])] = str(item["version"])
+            return out
+        except ValueError:
+            pass
+    res = subprocess.run([spin, "plugins", "list", "--installed"], capture_output=True, text=True, check=False)
+    for line in res.stdout.splitlines():
+        m = re.match(r"^\s*([A-Za-z0-9][\w.-]*)\s+v?(\d+\.\d+\.\d+\S*)", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def check_spin_versions(spin: str, trigger_kinds: Sequence[str]) -> list[str]:
+    """Problems with the installed Spin and trigger plugins (empty: fine), each saying what to run.
+
+    Spin must be 3.x and at least :data:`MIN_SPIN_VERSION`; each trigger plugin the manifest
+    uses must be its :data:`PINNED_PLUGINS` release.
+    """
+    minimum = ".".join(map(str, MIN_SPIN_VERSION))
+    try:
+        res = subprocess.run([spin, "--version"], capture_output=True, text=True, check=False, timeout=30)
+        found = _version_tuple(res.stdout + res.stderr)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"cannot run `{spin} --version`: {exc}"]
+    if found is None:
+        return [f"`spin --version` printed no version ({(res.stdout + res.stderr).strip()!r}); "
+                f"install Spin {minimum} or later 3.x: {SPIN_INSTALL_URL}"]
+    shown = ".".join(map(str, found))
+    if found[0] != SPIN_MAJOR or found < MIN_SPIN_VERSION:
+        return [f"Spin {shown} is installed; these components need Spin {minimum} or a later {SPIN_MAJOR}.x "
+                f"(they import spin:postgres@4.0.0, first in Spin 3.4); install it: {SPIN_INSTALL_URL}"]
+    problems: list[str] = []
+    plugins = [TRIGGER_PLUGINS[k] for k in TRIGGER_KINDS if k in trigger_kinds and k in TRIGGER_PLUGINS]
+    if not plugins:
+        return problems
+    installed = _installed_plugins(spin)
+    for plugin in plugins:
+        want, have = PINNED_PLUGINS[plugin], installed.get(plugin)
+        if have == want:
+            continue
+        state = "is not installed" if have is None else f"{have} is installed"
+        steps = ([] if have is None else [f"spin plugins uninstall {plugin}"]) + plugin_install_commands(plugin)
+        problems.append(f"{plugin} {state}; this app needs {plugin} {want} (the last release for Spin 3): "
+                        + "; ".join(steps))
+    return problems
+
+
 def _run_spin(args: argparse.Namespace, verb: str) -> int:
     spin = shutil.which("spin")
     if spin is None:
@@ -403,6 +493,19 @@ def _run_spin(args: argparse.Namespace, verb: str) -> int:
         if not report.ok:
             _print_report(report, False)
             return 2
+    if not args.no_version_check:
+        kinds: list[str] = []
+        if verb == "up":  # the trigger plugins run locally; Fermyon Cloud brings its own
+            try:
+                with open(args.manifest, "rb") as fh:
+                    kinds = list(tomllib.load(fh).get("trigger") or {})
+            except (OSError, tomllib.TOMLDecodeError):
+                kinds = []
+        problems = check_spin_versions(spin, kinds)
+        if problems:
+            _problems(f"adf: refused: {len(problems)} version problem(s) (--no-version-check skips this)", problems)
+            return 2
+    if not args.no_validate:
         if verb == "deploy":
             local_only = sorted({k for k in report.triggers if k != "http"})
             if local_only:
@@ -525,25 +628,50 @@ def _local_step_modules(flow: FlowFile) -> list[str]:
     return out
 
 
-def _local_data_files(flow: FlowFile) -> tuple[list[str], list[str]]:
-    """(relative paths of the files a ``file`` source reads, paths init cannot copy)."""
+def project_root() -> str:
+    """The directory the project's packages were installed from (``core/``, ``spin_app/``,
+    ``examples/`` side by side in a source checkout), found from this module, not the cwd."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _resolve_input(path: str) -> str:
+    """A ``--flow`` path: as given (relative to the cwd), else inside the project (``examples/...``)."""
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    candidate = os.path.join(project_root(), path)
+    return candidate if os.path.exists(candidate) else path
+
+
+def _local_data_files(flow: FlowFile) -> tuple[list[tuple[str, str]], list[str]]:
+    """((host file, relative path inside the app) for the files a ``file`` source reads,
+    problems: paths init cannot copy, or that match no file)."""
     import glob
 
     if flow.spec.source.get("type") != "file":
         return [], []
     raw = flow.spec.source.get("path")
     paths = [raw] if isinstance(raw, str) else [p for p in raw or [] if isinstance(p, str)]
-    files: list[str] = []
-    skipped: list[str] = []
+    files: list[tuple[str, str]] = []
+    problems: list[str] = []
     for path in paths:
+        if "://" in path:
+            continue  # refused by check_flow_for_spin
         norm = os.path.normpath(path)
-        if "://" in path or os.path.isabs(path) or norm.split(os.sep)[0] == "..":
-            skipped.append(path)
+        if os.path.isabs(path) or norm.split(os.sep)[0] == "..":
+            problems.append(f"flow {flow.name}: file source path {path!r} lies outside the app; Spin mounts only "
+                            "files inside the application directory: give a path relative to the working directory")
             continue
-        for match in sorted(glob.glob(norm, recursive=True)):
-            if os.path.isfile(match) and match not in files:
-                files.append(match)
-    return files, skipped
+        found: list[str] = []
+        for base in dict.fromkeys([os.getcwd(), os.path.dirname(flow.path), project_root()]):
+            found = [m for m in sorted(glob.glob(os.path.join(base, norm), recursive=True)) if os.path.isfile(m)]
+            if found:
+                files += [(m, os.path.relpath(m, base)) for m in found
+                          if all(rel != os.path.relpath(m, base) for _h, rel in files)]
+                break
+        if not found:
+            problems.append(f"flow {flow.name}: file source path {path!r} matches no file (looked in the working "
+                            f"directory, next to the spec and in {project_root()}); the app would mount nothing")
+    return files, problems
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -555,7 +683,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
         _err(f"refusing to scaffold into {args.dir or args.name}: it exists and is not empty")
         return 2
-    flows, problems = _load_flows(args.flow or [])
+    flows, problems = _load_flows([_resolve_input(p) for p in args.flow or []])
     if problems:
         _problems(f"adf: invalid flow spec(s): {len(problems)} problem(s)", problems)
         return 2
@@ -573,12 +701,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
             module_dest = os.path.join(flows_dir, os.path.basename(module))
             if all(d != module_dest for _s, d in copies):
                 copies.append((module, module_dest))
+    uncopyable: list[str] = []
     for f in flows:
-        data, skipped = _local_data_files(f)
-        copies += [(path, os.path.join(target, path)) for path in data]
-        for path in skipped:
-            print(f"adf: warning: flow {f.name}: {path} is not copied into the app (only relative local paths "
-                  "are); the manifest mounts it from where it is", file=sys.stderr)
+        data, data_problems = _local_data_files(f)
+        copies += [(host, os.path.join(target, rel)) for host, rel in data]
+        uncopyable += data_problems
+    if uncopyable:
+        _problems(f"adf: refused: {len(uncopyable)} file(s) cannot be copied into the app", uncopyable)
+        return 2
     starter: list[tuple[str, str]] = []
     if not flows:
         flow = name.replace("-", "_")
@@ -595,8 +725,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         if existed:
             os.makedirs(target, exist_ok=True)
 
-    os.makedirs(flows_dir, exist_ok=True)
     try:
+        os.makedirs(flows_dir, exist_ok=True)
         for src, dest in copies:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             if os.path.isdir(src):
@@ -611,11 +741,15 @@ def _cmd_init(args: argparse.Namespace) -> int:
         if manifest is None:
             undo()
             return code
+        with open(os.path.join(target, "spin.toml"), "w", encoding="utf-8") as fh:
+            fh.write(manifest)
+    except OSError as exc:
+        undo()
+        _err(f"cannot create the app in {args.dir or args.name}: {exc}; nothing was left behind")
+        return 1
     except BaseException:
         undo()
         raise
-    with open(os.path.join(target, "spin.toml"), "w", encoding="utf-8") as fh:
-        fh.write(manifest)
     flow_args = " ".join(f"--flow {os.path.relpath(p, target)}" for p in spec_paths)
     route_args = " ".join([*(f"--trigger {t}" for t in args.trigger or []), *(f"--route {r}" for r in args.route or [])])
     with open(os.path.join(target, "README.md"), "w", encoding="utf-8") as fh:
@@ -684,5 +818,7 @@ def register(sub: Any) -> None:
         p = ssub.add_parser(verb, help=text, description=f"{text}; arguments after -- go to spin.")
         p.add_argument("--manifest", default="spin.toml")
         p.add_argument("--no-validate", action="store_true", help="skip `adf spin validate`")
+        p.add_argument("--no-version-check", action="store_true",
+                       help="skip the check of the Spin and trigger plugin versions")
         p.add_argument("spin_args", nargs=argparse.REMAINDER, help="arguments for spin (after --)")
         p.set_defaults(func=handler)

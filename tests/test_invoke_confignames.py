@@ -154,3 +154,13 @@ def test_expand_dotted() -> None:
     assert expand_dotted({"a.b": 1, "a": {"c.d": 2}}) == {"a": {"b": 1, "c": {"d": 2}}}
     with pytest.raises(ValueError, match="empty segment"):
         expand_dotted({"a..b": 1})
+
+
+def test_flow_slugs_of_digit_led_words_reach_the_flow() -> None:
+    # Spin 3 refuses a variable word that starts with a digit: `orders_2024` is addressed as orders_n2024
+    assert flow_slug("orders_2024") == "orders_n2024" and flow_slug("2nd-pass") == "n2nd_pass"
+    assert flow_slug("Bestellungen-Köln") == "bestellungen_k_ln" and flow_slug("---") == "flow"
+    spec = {"source": {"type": "payload"}, "sink": {"type": "response"}}
+    additions, ignored = variables_config({"adf_flow_orders_n2024_json": '{"runtime": {"batch_size": 7}}'},
+                                          "orders_2024", spec)
+    assert ignored == [] and additions and additions[0][0] == {"runtime": {"batch_size": 7}}

@@ -25,8 +25,13 @@ INFRA_COMMAND = [
     "--flow", "examples/spin/orders_snapshot.yaml",
     "--trigger", "http", "--route", "http=orders_publish", "--route", "redis:orders=orders_publish",
     "--route", "mqtt:orders/+/incoming=orders_publish", "--route", "cron=orders_snapshot",
-    "--out", "infra/spin.toml",
-]
+    "--out", "spin.toml",
+]  # run in infra/: the app mounts only files inside its own directory (infra/examples/...)
+#: infra/ holds copies of these (Spin mounts files only from inside the app directory)
+INFRA_COPIES = ["examples/spin/orders_enrich.yaml", "examples/spin/orders_publish.yaml",
+                "examples/spin/orders_snapshot.yaml", "examples/spin/order_steps.py",
+                "examples/orders/data/orders-1.csv", "examples/orders/data/orders-2.csv",
+                "examples/orders/data/orders-3.csv"]
 
 
 def adf(*args: str, cwd: Path = ROOT, path: str | None = None,
@@ -94,7 +99,7 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def generate(project: Path, *extra: str, out: str = "app/spin.toml") -> subprocess.CompletedProcess[str]:
+def generate(project: Path, *extra: str, out: str = "spin.toml") -> subprocess.CompletedProcess[str]:
     flows = [a for name in ("priced", "published", "forwarded", "cached") for a in ("--flow", f"flows/{name}.yaml")]
     return adf("spin", "manifest", *flows, "--out", out, *extra, cwd=project)
 
@@ -107,7 +112,7 @@ def test_manifest_is_a_spin3_manifest_with_variables_triggers_and_components(pro
                    "--route", "redis:returns=published", "--route", "mqtt:shop/+/orders=priced",
                    "--route", "http=priced", "--route", "cron=cached", "--route", "http=forwarded")
     assert res.returncode == 0, res.stderr
-    m = load(project / "app" / "spin.toml")
+    m = load(project / "spin.toml")
 
     assert m["spin_manifest_version"] == 2
     assert m["application"]["name"] == "shop" and m["application"]["version"] == "0.1.0"
@@ -130,15 +135,15 @@ def test_manifest_is_a_spin3_manifest_with_variables_triggers_and_components(pro
     # Spin's Redis trigger does not tell a component the channel: one component per channel
     assert m["trigger"]["redis"] == [{"channel": "orders", "component": "adf-redis-orders"},
                                      {"channel": "returns", "component": "adf-redis-returns"}]
-    assert m["trigger"]["cron"] == [{"component": "adf-cron", "cron_expression": "0/10 * * * * * *"}]
-    assert len(m["trigger"]["cron"][0]["cron_expression"].split()) == 7
+    assert m["trigger"]["cron"] == [{"component": "adf-cron", "cron_expression": "*/10 * * * * *"}]
+    assert len(m["trigger"]["cron"][0]["cron_expression"].split()) == 6  # croner: no year field
     assert m["trigger"]["mqtt"] == [{"component": "adf-mqtt", "topic": "shop/+/orders", "qos": "1"}]
 
     http = m["component"]["adf-http"]
     assert http["source"] == "build/spin/http.wasm"
     assert http["files"] == [
-        {"source": "../flows/forwarded.yaml", "destination": "/flows/forwarded.yaml"},
-        {"source": "../flows/priced.yaml", "destination": "/flows/priced.yaml"},
+        {"source": "flows/forwarded.yaml", "destination": "/flows/forwarded.yaml"},
+        {"source": "flows/priced.yaml", "destination": "/flows/priced.yaml"},
     ]
     assert http["key_value_stores"] == ["default"] and http["sqlite_databases"] == ["default"]
     assert http["allowed_outbound_hosts"] == ["https://api.example.com"]
@@ -149,7 +154,7 @@ def test_manifest_is_a_spin3_manifest_with_variables_triggers_and_components(pro
     assert hv["adf_json"] == "{{ adf_json }}" and hv["adf_log_level"] == "{{ log_level }}"
     assert hv["adf_flow_forwarded_sink_headers"] == "{{ adf_flow_forwarded_sink_headers }}"
     assert http["build"]["command"] == "adf spin build --manifest spin.toml --out build/spin --trigger http"
-    assert "../flows/shop_steps.py" in http["build"]["watch"] and "../flows/priced.yaml" in http["build"]["watch"]
+    assert "flows/shop_steps.py" in http["build"]["watch"] and "flows/priced.yaml" in http["build"]["watch"]
 
     orders = m["component"]["adf-redis-orders"]
     assert orders["source"] == "build/spin/redis.wasm"
@@ -162,11 +167,11 @@ def test_manifest_is_a_spin3_manifest_with_variables_triggers_and_components(pro
     cron = m["component"]["adf-cron"]
     assert json.loads(cron["variables"]["adf_routes"]) == {"cached": 60}  # runtime.interval_seconds
     # the file source's directory is mounted where the flow reads it (the component's cwd is /)
-    assert {"source": "../data/in", "destination": "/data/in"} in cron["files"]
+    assert {"source": "data/in", "destination": "/data/in"} in cron["files"]
     mqtt = m["component"]["adf-mqtt"]
     assert json.loads(mqtt["variables"]["adf_routes"]) == {"shop/+/orders": "priced"}
 
-    res = adf("spin", "validate", "--manifest", "app/spin.toml", "--no-build-check", cwd=project)
+    res = adf("spin", "validate", "--manifest", "spin.toml", "--no-build-check", cwd=project)
     assert res.returncode == 0, res.stdout
     assert "5 component(s)" in res.stdout
 
@@ -204,7 +209,7 @@ def test_manifest_check_reports_drift_and_never_clobbers_a_hand_written_manifest
 
 
 def test_infra_manifest_is_what_the_generator_makes_and_validates() -> None:
-    res = adf(*INFRA_COMMAND, "--check")
+    res = adf(*INFRA_COMMAND, "--check", cwd=ROOT / "infra")
     assert res.returncode == 0, res.stdout + res.stderr
 
     res = adf("spin", "validate", "--manifest", "infra/spin.toml", "--no-build-check", "--json")
@@ -219,6 +224,18 @@ def test_infra_manifest_is_what_the_generator_makes_and_validates() -> None:
         report = json.loads(res.stdout)
         assert res.returncode == 2
         assert report["errors"] and all("run `adf spin build`" in e for e in report["errors"])
+
+
+def test_infra_copies_of_the_example_flows_are_identical_to_the_originals() -> None:
+    manifest = load(ROOT / "infra" / "spin.toml")
+    mounted = {f["source"] for c in manifest["component"].values() for f in c.get("files", [])}
+    assert all(not s.startswith("..") and not s.startswith("/") for s in mounted), mounted
+    for rel in INFRA_COPIES:
+        assert (ROOT / "infra" / rel).read_bytes() == (ROOT / rel).read_bytes(), (
+            f"infra/{rel} differs from {rel}: copy it again (cp {rel} infra/{rel}) and regenerate infra/spin.toml")
+    copied = sorted(str(p.relative_to(ROOT / "infra")) for p in (ROOT / "infra" / "examples").rglob("*") if p.is_file()
+                    and "__pycache__" not in p.parts)
+    assert copied == sorted(INFRA_COPIES)
 
 
 # --------------------------------------------------------------------------- validate
@@ -300,7 +317,7 @@ def test_validate_lists_every_manifest_problem(tmp_path: Path) -> None:
         "trigger.http[1]: HTTP route '/a/.../b': the '...' wildcard must be the whole last segment",
         "trigger.redis[0]: 'channel' must be a non-empty string",
         "trigger.redis[0]: no Redis address",
-        "trigger.cron[0]: cron_expression '*/5 * * * *' has 5 field(s); spin-trigger-cron needs 7",
+        "trigger.cron[0]: cron_expression '*/5 * * * *' has 5 field(s); spin-trigger-cron needs 6",
         "trigger.mqtt[0]: MQTT topic 'sensors/#/x': '#' must be the whole last level",
         "trigger.mqtt[0]: qos must be 0, 1 or 2, got '3'",
         "trigger.mqtt[0]: [application.trigger.mqtt] address is required",
@@ -377,12 +394,12 @@ def test_flows_that_cannot_run_inside_spin_are_refused_naming_flow_connector_and
 
 def test_a_file_source_must_be_mounted_into_the_component(project: Path) -> None:
     assert generate(project, "--route", "cron=cached").returncode == 0
-    manifest = project / "app" / "spin.toml"
+    manifest = project / "spin.toml"
     text = manifest.read_text()
-    mount = '    { source = "../data/in", destination = "/data/in" },\n'
+    mount = '    { source = "data/in", destination = "/data/in" },\n'
     assert mount in text
     manifest.write_text(text.replace(mount, ""))
-    res = adf("spin", "validate", "--manifest", "app/spin.toml", "--no-build-check", cwd=project)
+    res = adf("spin", "validate", "--manifest", "spin.toml", "--no-build-check", cwd=project)
     assert res.returncode == 2
     assert ("flow cached: source 'file': path 'data/in/*.jsonl' is read at /data/in inside the component, "
             "but no files entry of component adf-cron mounts it") in res.stdout
@@ -445,11 +462,17 @@ def test_up_and_deploy_without_the_spin_cli_exit_127_and_say_what_to_do(tmp_path
     assert "python -m spin_app.host serve build/spin/http.wasm" in res.stderr
 
 
-def _fake_spin(tmp_path: Path, script: str) -> str:
-    """A ``spin`` executable running the shell ``script``; returns a PATH that finds it first."""
+def _fake_spin(tmp_path: Path, script: str, *, version: str = "spin 3.4.1 (2a1b3c4 2025-09-10)",
+               plugins: str = "") -> str:
+    """A ``spin`` executable running the shell ``script`` (after answering ``--version`` with
+    ``version`` and ``plugins list`` with ``plugins``); returns a PATH that finds it first."""
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "spin").write_text(f"#!/bin/sh\n{script}\n")
+    head = (f'if [ "$1" = "--version" ]; then echo "{version}"; exit 0; fi\n'
+            'if [ "$1" = "plugins" ]; then\n'
+            '  case "$*" in *json*) echo "not a flag" >&2; exit 2;; esac\n'
+            f"  printf '%s' '{plugins}'; exit 0\nfi\n")
+    (fake / "spin").write_text(f"#!/bin/sh\n{head}{script}\n")
     (fake / "spin").chmod(0o755)
     return f"{fake}:/usr/bin:/bin"
 
@@ -511,34 +534,34 @@ def test_build_validates_then_hands_the_manifest_to_the_spin_build(project: Path
 
     monkeypatch.setattr(build_module, "build", fake_build)
     monkeypatch.chdir(project)
-    assert main(["spin", "build", "--manifest", "app/spin.toml"]) == 0
+    assert main(["spin", "build", "--manifest", "spin.toml"]) == 0
     out = capsys.readouterr().out
     assert "built 2 component(s)" in out and "http.wasm  2.0 MB" in out
     (call,) = calls
-    assert call["out_dir"] == str(project / "app" / "build" / "spin")
+    assert call["out_dir"] == str(project / "build" / "spin")
     assert call["triggers"] == ("http", "redis")
     assert call["flows"] == [str(project / "flows" / f"{n}.yaml") for n in ("cached", "forwarded", "priced", "published")]
     assert call["routes"]["redis"] == {"orders": "published"}
     assert "adf_flow_priced_json" in call["variables"] and "adf_trigger" not in call["variables"]
     assert call["strip"] is True
-    assert main(["spin", "validate", "--manifest", "app/spin.toml"]) == 0  # the .wasm files exist now
+    assert main(["spin", "validate", "--manifest", "spin.toml"]) == 0  # the .wasm files exist now
 
     # an invalid manifest is never built
     (project / "flows" / "priced.yaml").write_text("name: priced\nsource: {type: payload}\nsink: {type: sql}\n")
-    assert main(["spin", "build", "--manifest", "app/spin.toml"]) == 2
+    assert main(["spin", "build", "--manifest", "spin.toml"]) == 2
     assert len(calls) == 1 and "flow priced: sink 'sql'" in capsys.readouterr().out
 
     monkeypatch.setattr(spin_cli, "_componentize_available", lambda: False)
     (project / "flows" / "priced.yaml").write_text("name: priced\nsource: {type: payload}\nsink: {type: response}\n")
-    assert main(["spin", "build", "--manifest", "app/spin.toml"]) == 127
+    assert main(["spin", "build", "--manifest", "spin.toml"]) == 127
     assert "pip install 'active-data-flow[spin]'" in capsys.readouterr().err
 
 
 def test_stage_copies_the_files_a_component_mounts(project: Path) -> None:
     assert generate(project, "--route", "cron=cached").returncode == 0
-    res = adf("spin", "stage", "--manifest", "app/spin.toml", cwd=project)
+    res = adf("spin", "stage", "--manifest", "spin.toml", cwd=project)
     assert res.returncode == 0, res.stderr
-    root = project / "app" / ".spin" / "files" / "adf-cron"
+    root = project / ".spin" / "files" / "adf-cron"
     assert (root / "flows" / "cached.yaml").read_text() == (project / "flows" / "cached.yaml").read_text()
     assert (root / "data" / "in" / "a.jsonl").exists()
 
@@ -546,13 +569,13 @@ def test_stage_copies_the_files_a_component_mounts(project: Path) -> None:
 @pytest.mark.slow
 def test_build_writes_a_component_the_size_it_reports(project: Path) -> None:
     assert generate(project, "--route", "http=priced").returncode == 0
-    res = adf("spin", "build", "--manifest", "app/spin.toml", "--json", cwd=project)
+    res = adf("spin", "build", "--manifest", "spin.toml", "--json", cwd=project)
     assert res.returncode == 0, res.stderr
     built = json.loads(res.stdout.splitlines()[-1])
     wasm = Path(built["wasm"]["http"]["path"])
-    assert wasm == project / "app" / "build" / "spin" / "http.wasm"
+    assert wasm == project / "build" / "spin" / "http.wasm"
     assert wasm.read_bytes()[:4] == b"\0asm" and built["wasm"]["http"]["bytes"] == wasm.stat().st_size
-    assert adf("spin", "validate", "--manifest", "app/spin.toml", cwd=project).returncode == 0
+    assert adf("spin", "validate", "--manifest", "spin.toml", cwd=project).returncode == 0
 
 
 def test_the_build_bundles_the_step_modules_a_flow_imports(tmp_path: Path) -> None:
