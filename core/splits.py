@@ -140,6 +140,19 @@ class Origins:
             self._segments.append((self.count + start, n, seg_base, key, values))
         self.count += count
 
+    def to_list(self) -> list[list[Any]]:
+        """Plain data (JSON) for :meth:`from_list`: the batch's origins sent to another process."""
+        return [[start, n, base, key, list(values) if isinstance(values, Sequence) else values]
+                for start, n, base, key, values in self._segments]
+
+    @classmethod
+    def from_list(cls, data: Sequence[Sequence[Any]]) -> Origins:
+        out = cls()
+        for start, n, base, key, values in data:
+            out._segments.append((int(start), int(n), dict(base), key, values))
+            out.count = max(out.count, int(start) + int(n))
+        return out
+
     def of(self, index: int) -> dict[str, Any]:
         """The origin of record ``index`` of the batch (``{}`` when out of range)."""
         for start, n, base, key, values in self._segments:

@@ -12,8 +12,10 @@ descriptors):
 * the client asks the source's enumerator for every split and sends the splits, as JSON
   descriptors, through ``from_collection``; Flink spreads them over the parallel subtasks;
 * ``read``: a ``flat_map`` that reads each split with the core ``SourceReader``; the elements
-  that flow between the operators are batches of records (a JSON array each, up to
-  ``runtime.batch_size``), so PyFlink's per-element cost is paid once per batch;
+  that flow between the operators are batches of records (a JSON object each, up to
+  ``runtime.batch_size`` records with their origins: see :func:`_pack`), so PyFlink's
+  per-element cost is paid once per batch, and a step's or the sink's dead letter says where
+  its record came from (file and line…), as under the local runner;
 * each step: a ``flat_map`` running the core step on each batch; a record a step fails on
   goes to the dead-letter destination (one JSON Lines file per subtask in the run directory,
   merged by the client, or the spec's ``dead_letter`` sink);
@@ -60,6 +62,7 @@ from core.splits import (  # noqa: E402
     CollectingEnumeratorContext,
     DeadLetter,
     DetachedReaderContext,
+    Origins,
     ReaderStatus,
     Split,
 )
@@ -92,10 +95,46 @@ def all_splits(source: Any, parallelism: int = 1, limit: int = 1_000_000) -> lis
 
 
 def _letter_dict(letter: DeadLetter, flow: str, run_id: str) -> dict[str, Any]:
+    from core.engine import _now_iso
+
     data = letter.to_dict() if hasattr(letter, "to_dict") else dict(vars(letter))
     data.setdefault("flow", flow)
     data.setdefault("run_id", run_id)
+    data.setdefault("ts", _now_iso())
     return data
+
+
+def _pack(records: list[Any], origins: Origins | None, positions: list[int] | None) -> str:
+    """One element between the operators: the batch's records, the origins of the batch the read
+    operator made (``o``), and — once a step dropped or added records — each record's position
+    in that batch (``p``; -1: a record a step made anew)."""
+    return json.dumps({"r": records, "o": None if origins is None else origins.to_list(), "p": positions},
+                      default=str)
+
+
+def _unpack(value: str) -> tuple[list[Any], Origins | None, list[int] | None]:
+    data = json.loads(value)
+    return data["r"], None if data["o"] is None else Origins.from_list(data["o"]), data["p"]
+
+
+def _origin(origins: Origins | None, positions: list[int] | None, index: int) -> dict[str, Any]:
+    """The origin of record ``index`` of an element (as the local runner's ``_OriginTracker`` says it)."""
+    if origins is None or index < 0:
+        return {}
+    at = index if positions is None else positions[index]
+    if at < 0:  # a record a step made anew: only its batch is known
+        return {"batch_from": origins.of(0), "batch_records": origins.count}
+    return origins.of(at)
+
+
+def _origins_of(origins: Origins | None, positions: list[int] | None, count: int) -> Origins | None:
+    """The origins of an element's ``count`` records, for a :class:`~core.splits.ReaderBatch`."""
+    if origins is None or positions is None:
+        return origins
+    out = Origins()
+    for i in range(count):
+        out.add(1, _origin(origins, positions, i))
+    return out
 
 
 class _Files:
@@ -152,7 +191,7 @@ def _functions() -> dict[str, Any]:
                         self.counts["dead_letters"] += 1
                     self.counts["records_in"] += len(batch.records) + len(batch.dead_letters)
                     if batch.records:  # a batch per element: the per-element cost of PyFlink is paid per batch
-                        yield json.dumps(batch.records, default=str)
+                        yield _pack(batch.records, batch.origins, None)
                     # Flink takes the batch from here: an acknowledging source (Rafka) acknowledges
                     # it now — under Flink, when the read operator hands it on (see the module doc)
                     reader.notify_checkpoint_complete()
@@ -190,26 +229,41 @@ def _functions() -> dict[str, Any]:
                                                reader_id=ctx.get_index_of_this_subtask())
             self.step.run_context.extras["context"] = dict(self.flow.context)
             self.step.open()
+            self.tracker: _StageTracker | None = None  # while a batch goes through the step
+            self.origins: Origins | None = None
+            self.positions: list[int] | None = None
             self.files = _Files(self.run_dir, f"step{self.index}", ctx.get_index_of_this_subtask())
             self.counts = {"dead_letters": 0, "filtered": 0, "fanned_out": 0}
 
         def _error(self, record: Any, exc: BaseException, step: str) -> None:
             from core.redact import redact_text
 
+            tracker = self.tracker
+            origin: dict[str, Any] = {} if tracker is None else _origin(self.origins, self.positions, tracker.index_of(record))
             letter = DeadLetter(record, redact_text(f"{type(exc).__name__}: {exc}"), "step", type(exc).__name__,
-                                step=step)
+                                origin=origin, step=step)
+            if tracker is not None:
+                tracker.failed.append(letter)
             self.files.letter(_letter_dict(letter, self.flow.name, self.run_id))
             self.counts["dead_letters"] += 1
 
         def flat_map(self, value: str) -> Iterator[str]:
-            records = json.loads(value)
+            from core.engine import _OriginTracker
+            from core.splits import ReaderBatch
+
+            records, self.origins, self.positions = _unpack(value)
+            self.tracker = _StageTracker(_OriginTracker(ReaderBatch(records, ReaderStatus.MORE_AVAILABLE)), records)
             failed_before = self.counts["dead_letters"]
-            out = self.step.process_batch(records, self._error)
+            try:
+                out = self.step.process_batch(records, self._error)
+            finally:
+                tracker, self.tracker = self.tracker, None
             # what the step dropped (filtered) or added (fan-out), as the local runner counts it
             net = len(records) - len(out) - (self.counts["dead_letters"] - failed_before)
             self.counts["filtered" if net > 0 else "fanned_out"] += abs(net)
             if out:  # routing decisions are not followed under Flink: the record goes on
-                yield json.dumps([getattr(r, "record", r) if type(r) is not dict else r for r in out], default=str)
+                plain = [getattr(r, "record", r) if type(r) is not dict else r for r in out]
+                yield _pack(plain, self.origins, tracker.positions_after(plain, self.positions))
 
         def close(self) -> None:
             self.step.close()
@@ -246,8 +300,14 @@ def _functions() -> dict[str, Any]:
         def map(self, value: str) -> int:
             # an element is already a batch (up to runtime.batch_size records): write it now, so
             # an unbounded job's records reach the sink as they come
-            self.buffer.extend(json.loads(value))
+            from core.splits import ReaderBatch
+
+            records, origins, positions = _unpack(value)
             self._flush()
+            if records:
+                counts = self.pipeline.commit(ReaderBatch(records=records, status=ReaderStatus.MORE_AVAILABLE,
+                                                          origins=_origins_of(origins, positions, len(records))))
+                self.dead += counts.dead_letters
             return 0
 
         def close(self) -> None:
@@ -256,6 +316,30 @@ def _functions() -> dict[str, Any]:
             self.files.close({"records_out": self.pipeline.records_out, "dead_letters": self.dead})
 
     return {"ReadSplits": ReadSplits, "Step": Step, "WriteSink": WriteSink}
+
+
+class _StageTracker:
+    """Where the records of one step's input and output sit in the element's batch: the local
+    runner's ``_OriginTracker`` over one step."""
+
+    def __init__(self, tracker: Any, records: list[Any]) -> None:
+        self.tracker, self.records = tracker, records
+        self.failed: list[DeadLetter] = []
+        self._ids: dict[int, int] | None = None
+
+    def index_of(self, record: Any) -> int:
+        """The position of ``record`` (one of the step's input records) in its input; -1: none."""
+        if self._ids is None:
+            self._ids = {id(r): i for i, r in enumerate(self.records)}
+        return self._ids.get(id(record), -1)
+
+    def positions_after(self, out: list[Any], before: list[int] | None) -> list[int] | None:
+        """The positions of the step's output records in the element's batch (None: the same as before)."""
+        self.tracker.step_done(out, self.failed)
+        local = self.tracker._positions(1)
+        if local is None:
+            return before
+        return [p if p < 0 or before is None else before[p] for p in local]
 
 
 def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str,

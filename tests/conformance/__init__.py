@@ -1,0 +1,1 @@
+"""One flow spec, run on every target, with the same output and the same accounting."""
