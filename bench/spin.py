@@ -3,11 +3,20 @@
     .venv/bin/python bench/spin.py [--requests 200] [--out build/bench-spin]
 
 Builds the HTTP and MQTT components for one small flow (payload → filter → response), serves
-HTTP under the local wasmtime host (a fresh instance per request, as Spin does) with the
-host's engine settings (the pooling allocator, ``SPIN_WASMTIME_*`` variables: see
-``spin_app/engine.py``), with Spin's own default keep-resident size and with on-demand
-allocation, and under the Node host (fresh, and with ``--reuse-instance`` for comparison),
-delivers MQTT messages with the wasmtime host, and runs the same flow natively
+HTTP under the local wasmtime host (a fresh instance per request, as Spin does) in two modes,
+side by side:
+
+* *host mode* — the host's engine settings (the pooling allocator, keep-resident 32 MiB:
+  ``spin_app/engine.py``), a finished instance's slot reset on a thread of its own after the
+  answer went out (``deferred_reset=True``), so the next request starts on a warm slot;
+* *Spin-like* — each instance dropped where it ran, before the next request is taken
+  (``deferred_reset=False``, as Spin drops an instance at the end of its request), with
+  Spin's default settings (keep-resident 2 MiB: any Spin 3) and with
+  ``SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT=33554432`` (the tuning ``adf spin up`` passes;
+  the ``*_KEEP_RESIDENT`` variables exist from Spin 3.3 on, spinframework/spin#3065);
+
+and, for comparison, on-demand allocation and the Node host (fresh, and with
+``--reuse-instance``); delivers MQTT messages in both modes, and runs the same flow natively
 (``run_flow(persist=False)`` in this process) as the baseline.
 HTTP latency is measured as HTTP load generators (wrk, hey, oha) measure it: requests one
 after another over a kept-alive connection; the same with a new connection per request
@@ -36,6 +45,12 @@ sys.path.insert(0, str(ROOT))
 FLOW = {"name": "small", "source": {"type": "payload"},
         "steps": [{"type": "filter", "field": "n", "op": "lt", "value": 50}], "sink": {"type": "response"}}
 BODY = json.dumps({"records": [{"n": i, "s": "x" * 20} for i in range(20)]}).encode()
+
+
+#: the first Spin release that reads SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT and
+#: SPIN_WASMTIME_TABLE_KEEP_RESIDENT (spinframework/spin#3065, merged 2025-03-31; before it
+#: Spin's keep-resident sizes were fixed at 2 MiB / 512 KiB)
+KEEP_RESIDENT_SINCE = "3.3"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -120,17 +135,28 @@ def main() -> int:
     state = out / "state"
     shutil.rmtree(state, ignore_errors=True)
     host_default = EngineSettings.from_env()
-    runs: list[tuple[str, bool, EngineSettings | None, str]] = [
-        ("wasmtime", False, host_default, f"the host's settings ({_describe(host_default)})"),
-        ("wasmtime", False, replace(host_default, keep_resident=2 * MiB), "Spin's default keep-resident (2 MiB)"),
-        ("wasmtime", False, replace(host_default, pooling=False), "on-demand allocation (no pool)"),
-        ("node", False, None, ""),
-        ("node", True, None, ""),
+    spin_default = replace(host_default, keep_resident=2 * MiB)
+    print(f"note: Spin reads SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT / SPIN_WASMTIME_TABLE_KEEP_RESIDENT from "
+          f"Spin {KEEP_RESIDENT_SINCE} on (spinframework/spin#3065); an older Spin always keeps 2 MiB")
+    # (engine, reuse, settings, deferred reset, label, key for the comparison)
+    runs: list[tuple[str, bool, EngineSettings | None, bool, str, str]] = [
+        ("wasmtime", False, host_default, True, f"host mode: {_describe(host_default)}, slot reset after the answer",
+         "host"),
+        ("wasmtime", False, spin_default, False, "Spin-like: Spin's default keep-resident (2 MiB, any Spin 3), "
+         "instance dropped before the next request", "spin"),
+        ("wasmtime", False, host_default, False, f"Spin-like, tuned: keep-resident 32 MiB "
+         f"(SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT, Spin >= {KEEP_RESIDENT_SINCE}), instance dropped before the "
+         "next request", "spin-tuned"),
+        ("wasmtime", False, spin_default, True, "Spin's default keep-resident (2 MiB), slot reset after the answer", ""),
+        ("wasmtime", False, replace(host_default, pooling=False), True, "on-demand allocation (no pool)", ""),
+        ("node", False, None, True, "", ""),
+        ("node", True, None, True, "", ""),
     ]
-    for engine, reuse, settings, label in runs:
+    p50s: dict[str, float] = {}
+    for engine, reuse, settings, deferred, label, key in runs:
         t = time.perf_counter()
         with HttpHost(paths["http"], state_dir=str(state), reuse_instance=reuse, engine=engine,
-                      engine_settings=settings) as host:
+                      engine_settings=settings, deferred_reset=deferred) as host:
             first = http_latencies(host.url, 1)[0]
             ttfr = (time.perf_counter() - t) * 1000
             lat = http_latencies(host.url, args.requests)
@@ -140,25 +166,41 @@ def main() -> int:
         mode = "one instance for all requests" if reuse else "fresh instance per request (as Spin)"
         mode += f", {label}" if label else ""
         mem = [m for m in memory if m]
+        if key:
+            p50s[key] = pct(lat, 50)
         print(f"HTTP under the {engine} host, {mode}: time to first response {ttfr:.0f} ms (first request "
               f"{first:.1f} ms), p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, p50 / native p50 = "
               f"{pct(lat, 50) / pct(native, 50):.1f}x (target p50 <= 10 ms); a new connection per request: "
               f"p50 {pct(fresh, 50):.2f} ms, p95 {pct(fresh, 95):.2f} ms"
               + (f"; wasm memory after a request {pct(mem, 50) / 1e6:.1f} MB (p50 of the host's log lines)" if mem else ""))
 
-    t = time.perf_counter()
-    mqtt = ComponentHost(paths["mqtt"], state=SpinState(str(state)), engine_settings=host_default)
-    mqtt.mqtt(BODY, "bench/in")
-    ttfr = (time.perf_counter() - t) * 1000
-    lat = []
-    for _ in range(args.requests):
+    if {"host", "spin", "spin-tuned"} <= set(p50s):
+        print(f"HTTP p50, Spin-like / host mode: {p50s['spin'] / p50s['host']:.2f}x with Spin's default "
+              f"keep-resident ({p50s['spin']:.2f} vs {p50s['host']:.2f} ms), {p50s['spin-tuned'] / p50s['host']:.2f}x "
+              f"tuned (keep-resident 32 MiB, Spin >= {KEEP_RESIDENT_SINCE}: {p50s['spin-tuned']:.2f} ms)")
+
+    # MQTT: a message delivered straight to handle-message (no broker), both modes
+    mqtt_runs = [("host mode", host_default, True, "host"), ("Spin-like", spin_default, False, "spin"),
+                 (f"Spin-like, tuned (Spin >= {KEEP_RESIDENT_SINCE})", host_default, False, "spin-tuned")]
+    mqtt_p50: dict[str, float] = {}
+    for label, settings, deferred, key in mqtt_runs:
         t = time.perf_counter()
+        mqtt = ComponentHost(paths["mqtt"], state=SpinState(str(state)), engine_settings=settings,
+                             deferred_reset=deferred)
         mqtt.mqtt(BODY, "bench/in")
-        lat.append((time.perf_counter() - t) * 1000)
-    print(f"MQTT under the wasmtime host (fresh instance per message, {_describe(mqtt.engine_settings)}): "
-          f"first message {ttfr:.0f} ms "
-          f"(incl. compile or cache load), p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, "
-          f"p50 / native p50 = {pct(lat, 50) / pct(native, 50):.1f}x")
+        ttfr = (time.perf_counter() - t) * 1000
+        lat = []
+        for _ in range(args.requests):
+            t = time.perf_counter()
+            mqtt.mqtt(BODY, "bench/in")
+            lat.append((time.perf_counter() - t) * 1000)
+        mqtt.close()
+        mqtt_p50[key] = pct(lat, 50)
+        print(f"MQTT under the wasmtime host, {label} (fresh instance per message, {_describe(mqtt.engine_settings)}): "
+              f"first message {ttfr:.0f} ms (incl. compile or cache load), p50 {pct(lat, 50):.2f} ms, "
+              f"p95 {pct(lat, 95):.2f} ms, p50 / native p50 = {pct(lat, 50) / pct(native, 50):.1f}x")
+    print(f"MQTT p50, Spin-like / host mode: {mqtt_p50['spin'] / mqtt_p50['host']:.2f}x with Spin's default "
+          f"keep-resident, {mqtt_p50['spin-tuned'] / mqtt_p50['host']:.2f}x tuned")
     print(f"mean native {statistics.mean(native):.2f} ms over {args.requests} runs")
     return 0
 

@@ -47,7 +47,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRIGGERS", "BuildError", "build", "bundle_source", "source_digest"]
+__all__ = [
+    "MIN_SPIN_VERSION", "SPIN_INTERFACES", "TRIGGERS", "BuildError", "build", "bundle_source", "component_imports",
+    "source_digest", "spin_version_problems",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIGGERS = ("http", "redis", "cron", "mqtt")
@@ -59,6 +62,117 @@ _ENTRY = {
     "mqtt": ("spin_app.mqtt_component", ["-d", "{wit}", "-w", "mqtt-component", "--world-module", "mqtt_world"],
              ["-m", "spin_sdk=spin-imports"]),
 }
+#: The oldest Spin release that runs every component built here: spin-sdk 3.4.1's
+#: ``spin-imports`` world imports ``spin:postgres/postgres@4.0.0``, first in Spin 3.4 (all four
+#: components import it, used or not: a host that lacks an import cannot instantiate one).
+MIN_SPIN_VERSION = "3.4"
+
+_WASI_0_2_0 = (
+    "cli/environment", "cli/exit", "cli/stdin", "cli/stdout", "cli/stderr", "cli/terminal-input",
+    "cli/terminal-output", "cli/terminal-stdin", "cli/terminal-stdout", "cli/terminal-stderr",
+    "clocks/monotonic-clock", "clocks/wall-clock", "filesystem/types", "filesystem/preopens", "io/error", "io/poll",
+    "io/streams", "random/random", "random/insecure", "random/insecure-seed", "sockets/network",
+    "sockets/instance-network", "sockets/udp", "sockets/udp-create-socket", "sockets/tcp",
+    "sockets/tcp-create-socket", "sockets/ip-name-lookup", "http/types", "http/outgoing-handler",
+)
+
+#: Every interface a component may import → the first Spin release that provides it (from
+#: Spin's ``wit/`` worlds and pull requests: WASI 0.2.0 with Wasmtime 17 in Spin 2.2, spinframework/spin#2250;
+#: the ``fermyon:spin@2.0.0`` interfaces with Spin 2.0; ``world3`` — wasi:keyvalue draft2,
+#: wasi:config/store, spin:postgres@3.0.0 — with Spin 3.0; spin:sqlite@3.0.0 in 3.3, #3095;
+#: spin:postgres@4.0.0 in 3.4). The trigger plugins' own types (``*-types``) come from the
+#: plugin (spin-trigger-cron / spin-trigger-mqtt), whose Spin 3 releases need Spin 3.0.
+#: ``tests/test_spin_imports.py`` fails on an import missing here or newer than
+#: :data:`MIN_SPIN_VERSION`.
+SPIN_INTERFACES: dict[str, str] = {
+    **{f"wasi:{name}@0.2.0": "2.2" for name in _WASI_0_2_0},
+    "fermyon:spin/key-value@2.0.0": "2.0",
+    "fermyon:spin/llm@2.0.0": "2.0",
+    "fermyon:spin/mqtt@2.0.0": "2.0",
+    "fermyon:spin/mysql@2.0.0": "2.0",
+    "fermyon:spin/postgres@2.0.0": "2.0",
+    "fermyon:spin/rdbms-types@2.0.0": "2.0",
+    "fermyon:spin/redis@2.0.0": "2.0",
+    "fermyon:spin/sqlite@2.0.0": "2.0",
+    "fermyon:spin/variables@2.0.0": "2.0",
+    # the unversioned (Spin 1.x) package, still provided by Spin 2 and 3: the Redis trigger's
+    # fermyon:spin/inbound-redis export takes its payload type from here
+    "fermyon:spin/redis-types": "2.0",
+    "wasi:config/store@0.2.0-draft-2024-09-27": "3.0",
+    "wasi:keyvalue/store@0.2.0-draft2": "3.0",
+    "wasi:keyvalue/atomics@0.2.0-draft2": "3.0",
+    "wasi:keyvalue/batch@0.2.0-draft2": "3.0",
+    "spin:postgres/postgres@3.0.0": "3.0",
+    "spin:sqlite/sqlite@3.0.0": "3.3",
+    "spin:postgres/postgres@4.0.0": "3.4",
+    # the trigger plugins' types (spin_app/wit/deps)
+    "fermyon:spin-cron/cron-types@2.0.0": "3.0",
+    "spin:mqtt-trigger/spin-mqtt-types": "3.0",
+}
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def _leb128(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def component_imports(wasm: str | os.PathLike[str] | bytes) -> list[str]:
+    """The names of the interfaces (and functions) a built component imports, read from its
+    top-level import sections (no compilation: ``wasmtime.component.Component(...).type.imports``
+    gives the same names after compiling it). Type imports (``use``d types) are left out."""
+    data = wasm if isinstance(wasm, bytes) else Path(wasm).read_bytes()
+    if data[:4] != b"\0asm" or data[6:8] != b"\x01\x00":
+        raise BuildError(f"{wasm if not isinstance(wasm, bytes) else 'the bytes'}: not a WebAssembly component")
+    names: list[str] = []
+    i = 8
+    while i < len(data):
+        section = data[i]
+        size, i = _leb128(data, i + 1)
+        end = i + size
+        if section == 10:  # an import section: vec(importname externdesc)
+            count, j = _leb128(data, i)
+            for _ in range(count):
+                if data[j] != 0x00:
+                    raise BuildError(f"an import name of an unknown form (0x{data[j]:02x})")
+                length, j = _leb128(data, j + 1)
+                name = data[j : j + length].decode("utf-8")
+                j += length
+                kind = data[j]
+                j += 1
+                if kind == 0x00:  # core module: 0x11 typeidx
+                    _, j = _leb128(data, j + 1)
+                elif kind == 0x03:  # type: eq typeidx | sub resource
+                    j = _leb128(data, j + 1)[1] if data[j] == 0x00 else j + 1
+                else:  # func, value, component, instance: an index
+                    _, j = _leb128(data, j)
+                if kind in (0x01, 0x04, 0x05):
+                    names.append(name)
+        i = end
+    return names
+
+
+def spin_version_problems(imports: Iterable[str], minimum: str = MIN_SPIN_VERSION) -> list[str]:
+    """What in ``imports`` Spin ``minimum`` cannot provide (unknown, or first in a later release)."""
+    problems = []
+    for name in imports:
+        first = SPIN_INTERFACES.get(name)
+        if first is None:
+            problems.append(f"{name}: not in SPIN_INTERFACES (which Spin release provides it?)")
+        elif _version_key(first) > _version_key(minimum):
+            problems.append(f"{name}: needs Spin {first}, newer than the documented minimum {minimum}")
+    return problems
+
+
 # Component variables whose values feed the manifest layer of a flow's configuration.
 _BASE_VARIABLES = ("adf_json",)
 

@@ -12,13 +12,17 @@ provide the same Spin imports over the same files, so they can share a state dir
 ``fermyon:spin/key-value``      ``<state>/key_value.json`` (``{label: {key: base64}}``)
 ``fermyon:spin/sqlite``         ``<state>/sqlite_db.db`` (``default``), ``<state>/<name>.db``
 ``fermyon:spin/redis``          a real Redis server (redis-py)
+``fermyon:spin/mqtt``           a real MQTT broker (paho-mqtt; ``mqtt://`` / ``mqtts://``)
 ``fermyon:spin/variables``      ``variables=`` / ``--var``, ``SPIN_VARIABLE_<NAME>`` env
 ``wasi:config/store``           the same variables
 ``wasi:http/outgoing-handler``  real outbound requests (wasmtime's WASI HTTP; urllib for HTTP)
 anything else                   traps when called
 ==============================  =====================================================
 
-Like Spin, every event gets a fresh instance of the component.
+Like Spin, every event gets a fresh instance of the component. By default a finished
+instance's pool slot is reset on a thread of its own after the answer went out
+(``deferred_reset``); ``deferred_reset=False`` (``--spin-like``) drops it where it ran,
+before the next event is taken, as Spin drops an instance at the end of its event.
 
 Command line::
 
@@ -58,7 +62,7 @@ __all__ = ["ComponentHost", "GuestError", "HttpHost", "SpinState", "main"]
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_JS = ROOT / "scripts" / "spin_host" / "serve.mjs"
 
-_KV, _REDIS, _SQLITE = 1, 2, 3  # host resource type ids
+_KV, _REDIS, _SQLITE, _MQTT = 1, 2, 3, 4  # host resource type ids
 
 
 class GuestError(RuntimeError):
@@ -118,6 +122,7 @@ class SpinState:
         os.makedirs(self.state_dir, exist_ok=True)
         self._lock = threading.RLock()
         self._redis: dict[str, Any] = {}
+        self._mqtt: dict[tuple[str, str, str], Any] = {}
         self._kv_cache: tuple[tuple[int, int, int], dict[str, dict[str, str]]] | None = None
 
     # -- key-value (same JSON file as the Node host) ----------------------------------
@@ -195,11 +200,57 @@ class SpinState:
                 self._redis[address] = client
             return client
 
+    # -- outbound MQTT ---------------------------------------------------------------
+
+    def mqtt(self, address: str, username: str = "", password: str = "", keep_alive: int = 30) -> Any:
+        """A connected paho-mqtt client for ``mqtt://host[:port]`` (``mqtts://``: TLS), one per
+        address and credentials, kept for the host's life (Spin keeps its connections too)."""
+        from urllib.parse import urlsplit
+
+        key = (address, username, password)
+        with self._lock:
+            client = self._mqtt.get(key)
+            if client is not None:
+                return client
+            import paho.mqtt.client as paho
+            from paho.mqtt.enums import CallbackAPIVersion
+
+            parts = urlsplit(address)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError(f"not an mqtt:// address: {address!r}")
+            client = paho.Client(CallbackAPIVersion.VERSION2,
+                                 client_id=f"adf-spin-out-{os.getpid()}-{len(self._mqtt)}-{os.urandom(3).hex()}")
+            if username or password:
+                client.username_pw_set(username, password)
+            if parts.scheme == "mqtts":
+                client.tls_set()
+            connected = threading.Event()
+            outcome: list[Any] = []
+
+            def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+                outcome.append(reason)
+                connected.set()
+
+            client.on_connect = on_connect
+            client.connect(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+                           keepalive=max(int(keep_alive), 1) if keep_alive else 60)
+            client.loop_start()
+            if not connected.wait(10) or getattr(outcome[0], "is_failure", False):
+                client.loop_stop()
+                raise ConnectionError(f"the broker at {address} refused the connection: {outcome[:1] or 'no answer'}")
+            self._mqtt[key] = client
+            return client
+
     def close(self) -> None:
         for client in self._redis.values():
             with contextlib.suppress(Exception):
                 client.close()
         self._redis.clear()
+        for client in self._mqtt.values():
+            with contextlib.suppress(Exception):
+                client.disconnect()
+                client.loop_stop()
+        self._mqtt.clear()
 
 
 # --------------------------------------------------------------------------- the wasmtime host
@@ -257,8 +308,12 @@ class ComponentHost:
         python_wasi: bool = True,
         on_line: Callable[[str], None] | None = None,
         engine_settings: EngineSettings | None = None,
+        deferred_reset: bool = True,
     ) -> None:
         wt = _import_wasmtime()
+        #: True: a finished instance is dropped (its pool slot reset) on the reaper's thread,
+        #: after the answer; False: where it ran, before the next event (as in Spin)
+        self.deferred_reset = deferred_reset
         self.on_line = on_line
         self._wt = wt
         self.wasm = str(wasm)
@@ -282,7 +337,7 @@ class ComponentHost:
         else:
             self.linker.add_wasip2()
             self.linker.add_wasi_http()
-        self._tables = {_KV: _Table(), _REDIS: _Table(), _SQLITE: _Table()}
+        self._tables = {_KV: _Table(), _REDIS: _Table(), _SQLITE: _Table(), _MQTT: _Table()}
         self._define_spin_imports()
         self._define_stubs()
 
@@ -441,14 +496,44 @@ class ComponentHost:
                 sq.add_func("[static]connection.open", sq_open)
                 sq.add_func("[method]connection.execute", sq_execute)
 
+            # fermyon:spin/mqtt@2.0.0 (outbound MQTT): a real broker through paho-mqtt
+            with root.add_instance("fermyon:spin/mqtt@2.0.0") as mq:
+                mq.add_resource("connection", ResourceType.host(_MQTT), drop(_MQTT))
+
+                def mq_open(store: Any, address: str, username: str, password: str, keep_alive: int) -> Any:
+                    if not address.startswith(("mqtt://", "mqtts://")):
+                        return Variant("invalid-address")
+                    try:
+                        state.mqtt(address, username, password, keep_alive)
+                    except Exception as exc:
+                        return Variant("connection-failed", f"{type(exc).__name__}: {exc}")
+                    return ResourceHost.own(tables[_MQTT].add((address, username, password, keep_alive)), _MQTT)
+
+                def mq_publish(store: Any, res: Any, topic: str, payload: Any, qos: Any) -> Any:
+                    try:
+                        client = state.mqtt(*tables[_MQTT].get(rep(store, res)))
+                        info = client.publish(topic, bytes(payload), qos=_qos(qos))
+                        if info.rc != 0:
+                            return Variant("other", f"publish failed (paho rc {info.rc})")
+                        if _qos(qos) > 0:
+                            info.wait_for_publish(10)  # the broker acknowledged it
+                            if not info.is_published():
+                                return Variant("other", "the broker did not acknowledge the message in 10 s")
+                    except Exception as exc:
+                        return Variant("other", f"{type(exc).__name__}: {exc}")
+                    return None
+
+                mq.add_func("[static]connection.open", mq_open)
+                mq.add_func("[method]connection.publish", mq_publish)
+
     _PROVIDED = (
         "wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/",
         "wasi:http/", "fermyon:spin/key-value@", "fermyon:spin/variables@", "fermyon:spin/redis@",
-        "fermyon:spin/sqlite@", "wasi:config/store@",
+        "fermyon:spin/sqlite@", "wasi:config/store@", "fermyon:spin/mqtt@",
     )
 
     def _define_stubs(self) -> None:
-        """Every other import (LLM, PostgreSQL, MySQL, MQTT outbound...) fails when called.
+        """Every other import (LLM, PostgreSQL, MySQL...) fails when called.
 
         (``Linker.define_unknown_imports_as_traps`` would also shadow the WASI imports the
         linker matches by semver, so the stubs are defined from the component's own types.)
@@ -527,7 +612,9 @@ class ComponentHost:
                 for r in list(table.items):
                     table.drop(r)
             # dropping the store resets its pool slot: after the answer, on the reaper's thread
-            reaper.drop(store, self.engine_settings.spare_slots if self.wasi is not None else 0)
+            # (deferred_reset), else here, before the next event (as Spin drops an instance)
+            deferred = self.wasi is not None and self.deferred_reset
+            reaper.drop(store, self.engine_settings.spare_slots if deferred else 0)
 
     def _export(self, store: Any, instance: Any, names: Sequence[str]) -> Any:
         """The first of ``names`` (``func`` or ``interface#func``) the instance exports."""
@@ -620,6 +707,13 @@ def _trap(what: str) -> Callable[..., Any]:
     return fail
 
 
+def _qos(value: Any) -> int:
+    """The WIT ``qos`` enum as the host gets it (its case name, or an index) → 0, 1, 2."""
+    if isinstance(value, int):
+        return value
+    return {"at-most-once": 0, "at-least-once": 1, "exactly-once": 2}.get(str(value), 1)
+
+
 def _sql_value(v: Any) -> Any:
     if isinstance(v, bool):
         return int(v)
@@ -664,11 +758,12 @@ class WasmtimeHttpServer:
         memory_limit: int | None = None,
         emit: Callable[[str], None] | None = None,
         engine_settings: EngineSettings | None = None,
+        deferred_reset: bool = True,
     ) -> None:
         self.component = ComponentHost(
             wasm, state=SpinState(state_dir, load_variables(variables)), env=env,
             dirs={os.path.abspath(h): g for h, g in (dirs or {}).items()}, memory_limit=memory_limit,
-            python_wasi=True, on_line=emit, engine_settings=engine_settings,
+            python_wasi=True, on_line=emit, engine_settings=engine_settings, deferred_reset=deferred_reset,
         )
         self.emit = emit or (lambda line: None)
         self.bind = (host, port)
@@ -841,6 +936,7 @@ class HttpHost:
         engine: str = "wasmtime",
         memory_limit: int | None = None,
         engine_settings: EngineSettings | None = None,
+        deferred_reset: bool = True,
     ) -> None:
         if engine not in ("wasmtime", "node"):
             raise ValueError(f"engine must be 'wasmtime' or 'node', got {engine!r}")
@@ -849,6 +945,7 @@ class HttpHost:
         self.engine = engine
         self.memory_limit = memory_limit
         self.engine_settings = engine_settings
+        self.deferred_reset = deferred_reset
         self._wasmtime: WasmtimeHttpServer | None = None
         self.wasm = os.path.abspath(wasm)  # node runs from the project root
         self.port = port
@@ -928,7 +1025,7 @@ class HttpHost:
         server = WasmtimeHttpServer(
             self.wasm, port=self.port, host=self.host, state_dir=self.state_dir, variables=self.variables,
             env=self.env, dirs=self.dirs, memory_limit=self.memory_limit, emit=emit,
-            engine_settings=self.engine_settings,
+            engine_settings=self.engine_settings, deferred_reset=self.deferred_reset,
         )
         server.start()
         self._wasmtime = server
@@ -936,7 +1033,8 @@ class HttpHost:
         self.ready_ms = round((time.perf_counter() - t0) * 1000, 1)
         settings = server.component.engine_settings
         emit(json.dumps({"event": "listening", "url": self.url, "component": self.wasm, "ready_ms": self.ready_ms,
-                         "engine": "wasmtime", "pooling": settings.pooling, "keep_resident": settings.keep_resident}))
+                         "engine": "wasmtime", "pooling": settings.pooling, "keep_resident": settings.keep_resident,
+                         "deferred_reset": self.deferred_reset}))
         return self
 
     def stop(self) -> None:
@@ -981,7 +1079,8 @@ def _component_host(args: argparse.Namespace) -> ComponentHost:
     for d in args.dir or []:
         host_dir, _, guest = d.partition(":")
         dirs[os.path.abspath(host_dir)] = guest or "/"
-    return ComponentHost(args.component, state=state, env=_pairs(args.env), dirs=dirs, echo_stdout=True)
+    return ComponentHost(args.component, state=state, env=_pairs(args.env), dirs=dirs, echo_stdout=True,
+                         deferred_reset=not args.spin_like)
 
 
 def _report(kind: str, fn: Callable[[], None]) -> bool:
@@ -1006,6 +1105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--vars-file", help="Spin variables from a JSON object")
         p.add_argument("--env", action="append", help="an environment variable of the component NAME=VALUE")
         p.add_argument("--dir", action="append", help="mount HOST[:GUEST] (like the manifest's files)")
+        p.add_argument("--spin-like", action="store_true",
+                       help="drop each finished instance before the next event, as Spin does (default: after the "
+                            "answer, on a thread of its own)")
 
     p = sub.add_parser("serve", help="serve an HTTP component (wasmtime, or Node: jco + preview2-shim)")
     common(p)
@@ -1045,7 +1147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.component, port=args.port, host=args.host, state_dir=args.state_dir,
             variables=load_variables(_pairs(args.var), args.vars_file), env=_pairs(args.env),
             dirs={os.path.abspath(d.partition(":")[0]): d.partition(":")[2] or "/" for d in args.dir or []},
-            reuse_instance=args.reuse_instance, engine=args.engine,
+            reuse_instance=args.reuse_instance, engine=args.engine, deferred_reset=not args.spin_like,
         )
         if args.engine == "node":
             return subprocess.call(http.command(), cwd=str(ROOT))

@@ -66,6 +66,7 @@ from typing import Any
 from core.errors import AdfError, ConfigError, SpecError
 from core.registry import Registry
 from core.spec import FlowSpec, load_spec_file, parse_spec
+from spin_app.build import MIN_SPIN_VERSION as _BUILD_MIN_SPIN
 
 __all__ = [
     "ALLOWED_SINKS",
@@ -128,7 +129,8 @@ COMPONENT_VARIABLES: tuple[str, ...] = ("adf_trigger", "adf_flows", "adf_routes"
 #: Variables that steer a component and are not flow configuration.
 CONTROL_VARIABLES: tuple[str, ...] = (
     "adf_trigger", "adf_flows", "adf_routes", "adf_channel", "adf_response_channel", "adf_redis_address",
-    "adf_base_path", "adf_log_level",
+    "adf_base_path", "adf_log_level", "adf_mqtt_address", "adf_mqtt_username", "adf_mqtt_password",
+    "adf_mqtt_response_topic", "adf_mqtt_response_via", "adf_max_body_bytes",
 )
 
 ALLOWED_SOURCES: dict[str, str] = {
@@ -233,9 +235,11 @@ _APP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # (``adf spin manifest``, ``init`` and ``validate`` all run :func:`validate_manifest`). Each
 # refusal names its rule (:data:`RULES`) so a reader can find where it comes from.
 
-#: The oldest Spin the components run on: they import ``spin:postgres@4.0.0`` (first in Spin
-#: 3.4) and ``spin:sqlite@3.0.0`` (first in Spin 3.3).
-MIN_SPIN_VERSION: tuple[int, int, int] = (3, 4, 0)
+#: The oldest Spin the components run on, as a version tuple: :data:`spin_app.build.MIN_SPIN_VERSION`
+#: (the components import ``spin:postgres@4.0.0``, first in Spin 3.4; ``tests/test_spin_imports.py``
+#: checks every built component's imports against it).
+MIN_SPIN_VERSION: tuple[int, int, int] = tuple(  # type: ignore[assignment]
+    int(p) for p in (_BUILD_MIN_SPIN + ".0.0").split(".")[:3])
 #: The Spin major version the manifests and the pinned plugins are made for.
 SPIN_MAJOR = 3
 #: Trigger plugins by trigger kind (HTTP and Redis are built into Spin).
@@ -1252,6 +1256,8 @@ def render_manifest(flows: Sequence[FlowFile], plan: Mapping[str, Mapping[str, s
             uses_redis_var = True
             if "{{ redis_address }}" not in hosts:
                 hosts.append("{{ redis_address }}")
+        if comp["kind"] == "mqtt" and "{{ mqtt_address }}" not in hosts:
+            hosts.append("{{ mqtt_address }}")  # the component publishes its results there (outbound MQTT)
         comp["hosts"] = hosts
         comp["needs_redis"] = needs_redis
     used_flows = sorted({f.name for comp in components for f in comp["flows"]})
@@ -1287,9 +1293,13 @@ def render_manifest(flows: Sequence[FlowFile], plan: Mapping[str, Mapping[str, s
         w.kv("redis_address", {"default": options.redis_address,
                                "description": "Redis of the Redis trigger and of outbound Redis"})
     if "mqtt" in plan:
-        w.kv("mqtt_address", {"default": options.mqtt_address, "description": "MQTT broker of the MQTT trigger"})
+        w.kv("mqtt_address", {"default": options.mqtt_address,
+                              "description": "MQTT broker of the MQTT trigger and of the results"})
         w.kv("mqtt_username", {"default": ""})
         w.kv("mqtt_password", {"default": "", "secret": True})
+        w.kv("mqtt_response_topic", {"default": "{topic}/results",
+                                     "description": "where a message's results are published ({topic}: its topic)"})
+        w.kv("mqtt_response_via", {"default": "mqtt", "description": "mqtt, or redis (outbound Redis)"})
 
     for comp in components:
         kind = comp["kind"]
@@ -1338,6 +1348,9 @@ def render_manifest(flows: Sequence[FlowFile], plan: Mapping[str, Mapping[str, s
             w.kv("adf_routes", _json(comp["routes"]))
         if kind == "redis":
             w.kv("adf_channel", comp["channel"])
+        if kind == "mqtt":
+            for name in ("address", "username", "password", "response_topic", "response_via"):
+                w.kv(f"adf_mqtt_{name}", f"{{{{ mqtt_{name} }}}}")
         if comp["needs_redis"]:
             w.kv("adf_redis_address", "{{ redis_address }}")
         w.kv("adf_log_level", "{{ log_level }}")

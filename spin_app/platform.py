@@ -10,6 +10,9 @@ readable message instead of spin-sdk's ``Err(...)`` wrappers.
                            ``exists``, ``get_keys()``
 ``sqlite_open(name)``      a connection: ``execute(sql, params) -> (columns, rows)``
 ``redis_open(address)``    a connection: ``publish(channel, bytes)``, ``execute(cmd, args)``
+``mqtt_open(address)``     an outbound MQTT connection (``fermyon:spin/mqtt``; also
+                           ``username``, ``password``, ``keep_alive``):
+                           ``publish(topic, bytes, qos=1)``
 ``http_send(...)``         ``(status, headers, body)`` of an outbound request
 ``variable(name)``         a Spin variable or None (all of an event's variables are read with
                            one ``wasi:config/store`` get-all; ``begin_event()`` forgets them)
@@ -127,6 +130,20 @@ class _Redis:
         return [getattr(x, "value", None) for x in results]
 
 
+class _Mqtt:
+    def __init__(self, conn: Any, address: str) -> None:
+        self._conn = conn
+        self.address = address
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        from spin_sdk.wit.imports.mqtt import Qos
+
+        try:
+            self._conn.publish(topic, payload, Qos(qos))
+        except Exception as exc:
+            raise SpinCallError(f"MQTT publish to {topic!r} at {self.address}: {_describe(exc)}") from None
+
+
 class Platform:
     """The spin-sdk implementation (the one used inside a component)."""
 
@@ -189,6 +206,16 @@ class Platform:
         except Exception as exc:
             raise SpinCallError(
                 f"cannot connect to Redis at {address} ({_describe(exc)}); is it in allowed_outbound_hosts?"
+            ) from None
+
+    def mqtt_open(self, address: str, username: str = "", password: str = "", keep_alive: int = 30) -> _Mqtt:
+        from spin_sdk.wit.imports.mqtt import Connection
+
+        try:
+            return _Mqtt(Connection.open(address, username, password, keep_alive), address)
+        except Exception as exc:
+            raise SpinCallError(
+                f"cannot connect to the MQTT broker at {address} ({_describe(exc)}); is it in allowed_outbound_hosts?"
             ) from None
 
     def http_send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, str], bytes]:

@@ -17,6 +17,12 @@ routes               ``adf_routes`` (JSON key → flow)        ``ROUTES[kind]``
 Redis channel        ``adf_channel``                         the only Redis route, if one
 reply channel        ``adf_response_channel``                ``<channel>:results``
 outbound Redis       ``adf_redis_address``                   ``REDIS_ADDRESS``
+MQTT results topic   ``adf_mqtt_response_topic``             ``<topic>/results``
+                     (``{topic}``: the request's topic)
+MQTT results via     ``adf_mqtt_response_via``:              ``mqtt``
+                     ``mqtt`` or ``redis``
+outbound MQTT        ``adf_mqtt_address`` (mqtt://h:1883),   —
+                     ``adf_mqtt_username``/``_password``
 config (manifest)    ``adf_config`` / ``adf_*`` variables    ``VARIABLES`` (names to read)
 HTTP body limit      ``adf_max_body_bytes``, else the        6 MiB (:func:`max_body_bytes`)
                      ``ADF_MAX_BODY_BYTES`` environment
@@ -46,7 +52,8 @@ from spin_app import connectors
 from spin_app.platform import SpinCallError, platform
 
 __all__ = [
-    "SpinHost", "bundle", "bundle_base_path", "host", "max_body_bytes", "redis_channel", "schedule_store", "start",
+    "SpinHost", "bundle", "bundle_base_path", "host", "max_body_bytes", "mqtt_response_topic", "redis_channel",
+    "schedule_store", "start",
 ]
 
 # Standard-library modules that the modules below import inside functions.
@@ -91,7 +98,7 @@ def _preload() -> list[str]:
 
 # The spin-sdk modules the platform seam (spin_app.platform) imports inside functions.
 for _name in ("spin_sdk.key_value", "spin_sdk.redis", "spin_sdk.sqlite", "spin_sdk.variables",
-              "spin_sdk.wit.imports.redis", "spin_sdk.wit.imports.sqlite", "spin_sdk.wit.imports.outgoing_handler",
+              "spin_sdk.wit.imports.redis", "spin_sdk.wit.imports.mqtt", "spin_sdk.wit.imports.sqlite", "spin_sdk.wit.imports.outgoing_handler",
               "spin_sdk.wit.imports.types", "spin_sdk.wit.imports.streams", "spin_sdk.wit.imports.wasi_config_store"):
     importlib.import_module(_name)
 
@@ -131,7 +138,7 @@ class SpinHost(FlowHost):
     ``persist`` is False (no writable files: no checkpoints, one in-process reader, dead
     letters in the summary); the key-value store (``default``) is the ``kv`` config layer
     and the flows' state store; spin.toml variables are the manifest layer; results are
-    published with outbound Redis.
+    published with outbound Redis (the MQTT component's with outbound MQTT by default).
     """
 
     persist = False
@@ -198,12 +205,32 @@ class SpinHost(FlowHost):
         return dict(os.environ)
 
     def publish(self, channel: str, message: bytes) -> None:
+        """A result: the MQTT component publishes it on MQTT (outbound ``fermyon:spin/mqtt``,
+        QoS 1) unless ``adf_mqtt_response_via`` is ``redis``; the others with outbound Redis."""
+        if self.kind == "mqtt":
+            via = (platform().variable("adf_mqtt_response_via") or "mqtt").strip().lower()
+            if via == "mqtt":
+                self._publish_mqtt(channel, message)
+                return
+            if via != "redis":
+                raise PublishUnsupported(f"adf_mqtt_response_via is {via!r}: expected 'mqtt' or 'redis'")
         address = platform().variable("adf_redis_address") or _bundled("REDIS_ADDRESS", None)
         if not address:
             raise PublishUnsupported(
                 f"cannot publish to {channel!r}: set the adf_redis_address variable (outbound Redis)"
             )
         platform().redis_open(address).publish(channel, message)
+
+    def _publish_mqtt(self, topic: str, message: bytes) -> None:
+        address = platform().variable("adf_mqtt_address")
+        if not address:
+            raise PublishUnsupported(
+                f"cannot publish to the MQTT topic {topic!r}: set the adf_mqtt_address variable "
+                "(outbound MQTT, mqtt://host:port), or adf_mqtt_response_via=redis"
+            )
+        conn = platform().mqtt_open(address, platform().variable("adf_mqtt_username") or "",
+                                    platform().variable("adf_mqtt_password") or "", MQTT_KEEP_ALIVE_SECONDS)
+        conn.publish(topic, message, 1)
 
     def memory_bytes(self) -> int | None:
         return None
@@ -248,6 +275,20 @@ def redis_channel(routes: Mapping[str, str]) -> str:
         return str(channel)
     exact = [k for k in routes if not any(c in k for c in "*?[")]
     return exact[0] if len(exact) == 1 else "adf"
+
+
+#: the keep-alive the outbound MQTT connection asks for (one publish per event)
+MQTT_KEEP_ALIVE_SECONDS = 30
+
+
+def mqtt_response_topic(topic: str) -> str | None:
+    """Where the MQTT component publishes a message's result (a message's ``reply_to`` wins):
+    ``adf_mqtt_response_topic``, ``{topic}`` in it replaced by the request's topic; None (the
+    default ``<topic>/results``) when the variable is not set."""
+    given = platform().variable("adf_mqtt_response_topic")
+    if not given:
+        return None
+    return str(given).replace("{topic}", topic)
 
 
 def bundle_base_path() -> str:

@@ -568,3 +568,172 @@ def test_messages_from_the_real_mosquitto_are_delivered_to_the_component(compone
     finally:
         bridge.stop()
     assert _kv(tmp_path)["readings/hall"] == {"id": "hall", "t": 19}
+
+
+# --------------------------------------------------------------------------- MQTT results
+
+MOSQUITTO = "mqtt://127.0.0.1:1883"
+
+
+class _Subscriber:
+    """A paho-mqtt client subscribed to ``topic`` on the real Mosquitto, collecting messages."""
+
+    def __init__(self, topic: str) -> None:
+        import queue
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"adf-test-sub-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = lambda c, u, msg: self.messages.put((msg.topic, bytes(msg.payload)))
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", 1883)
+        self.client.loop_start()
+        assert subscribed.wait(10), "could not subscribe on Mosquitto"
+
+    def get(self, timeout: float = 10) -> tuple[str, dict[str, Any]]:
+        topic, payload = self.messages.get(timeout=timeout)
+        return topic, json.loads(payload)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_an_mqtt_message_s_result_is_published_on_mqtt(components: dict[str, str], tmp_path: Path) -> None:
+    from spin_app.host import ComponentHost, SpinState
+
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    sub = _Subscriber(f"adf-test/{room}/#")
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path), {"adf_mqtt_address": MOSQUITTO}))
+    try:
+        host.mqtt(json.dumps({"records": [{"id": room, "t": 20.5}]}).encode(), f"adf-test/{room}/temp")
+        topic, got = sub.get()
+        # by default on <topic>/results, through outbound MQTT (fermyon:spin/mqtt) to the broker
+        assert topic == f"adf-test/{room}/temp/results"
+        assert (got["flow"], got["status"], got["trigger"], got["channel"]) == (
+            "readings", "success", "mqtt", f"adf-test/{room}/temp")
+        assert got["records_out"] == 1 and _kv(tmp_path)[f"readings/{room}"] == {"id": room, "t": 20.5}
+        # an error is published too (no route: code 404, with its error id)
+        host.mqtt(b'{"records": []}', f"adf-test/{room}/humidity")
+        topic, error = sub.get()
+        assert topic == f"adf-test/{room}/humidity/results"
+        assert error["status"] == "error" and error["code"] == 404 and error["error_id"]
+        assert sub.messages.empty()
+    finally:
+        sub.close()
+        host.close()
+
+
+def test_the_mqtt_response_topic_is_configurable_and_a_message_s_reply_to_wins(
+    components: dict[str, str], tmp_path: Path
+) -> None:
+    from spin_app.host import ComponentHost, SpinState
+
+    run = uuid.uuid4().hex[:8]
+    sub = _Subscriber(f"adf-test-out/{run}/#")
+    variables = {"adf_mqtt_address": MOSQUITTO, "adf_mqtt_response_via": "mqtt",
+                 "adf_mqtt_response_topic": f"adf-test-out/{run}/{{topic}}"}
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path), variables))
+    try:
+        host.mqtt(json.dumps({"records": [{"id": "c1", "t": 1}]}).encode(), "adf-test/cellar/temp")
+        topic, got = sub.get()
+        assert topic == f"adf-test-out/{run}/adf-test/cellar/temp" and got["status"] == "success"
+        host.mqtt(json.dumps({"records": [{"id": "c2", "t": 2}], "reply_to": f"adf-test-out/{run}/mine"}).encode(),
+                  "adf-test/cellar/temp")
+        topic, got = sub.get()
+        assert (topic, got["reply_to"], got["records_out"]) == (f"adf-test-out/{run}/mine", f"adf-test-out/{run}/mine", 1)
+    finally:
+        sub.close()
+        host.close()
+
+
+def test_mqtt_results_published_through_redis_when_configured(components: dict[str, str], tmp_path: Path) -> None:
+    import redis
+
+    from spin_app.host import ComponentHost, SpinState
+
+    channel = f"adf-test-mqtt-results-{uuid.uuid4().hex[:8]}"
+    pubsub = redis.Redis.from_url(REDIS).pubsub()
+    pubsub.subscribe(channel)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    variables = {"adf_mqtt_response_via": "redis", "adf_redis_address": REDIS, "adf_mqtt_response_topic": channel,
+                 "adf_mqtt_address": "mqtt://127.0.0.1:9"}  # not used: the results go through Redis
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path), variables))
+    try:
+        host.mqtt(json.dumps({"records": [{"id": "r1", "t": 3}]}).encode(), "adf-test/attic/temp")
+        got = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and got is None:
+            m = pubsub.get_message(timeout=1)
+            if m and m["type"] == "message":
+                got = json.loads(m["data"])
+        assert got is not None, host.stdout_lines[-5:]
+        assert (got["flow"], got["status"], got["reply_to"], got["channel"]) == (
+            "readings", "success", channel, "adf-test/attic/temp")
+    finally:
+        pubsub.close()
+        host.close()
+
+
+def test_an_mqtt_result_that_cannot_be_published_is_logged_and_the_run_still_counts(
+    components: dict[str, str], tmp_path: Path
+) -> None:
+    from spin_app.host import ComponentHost, SpinState
+
+    cases = {
+        "no address": {},
+        "no broker there": {"adf_mqtt_address": "mqtt://127.0.0.1:9"},
+        "not an mqtt address": {"adf_mqtt_address": "http://127.0.0.1:1883"},
+        "unknown way": {"adf_mqtt_address": MOSQUITTO, "adf_mqtt_response_via": "carrier-pigeon"},
+    }
+    for i, (case, variables) in enumerate(cases.items()):
+        host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path), variables))
+        try:
+            host.mqtt(json.dumps({"records": [{"id": f"u{i}", "t": i}]}).encode(), "adf-test/porch/temp")
+        finally:
+            host.close()
+        line = next(json.loads(x) for x in reversed(host.stdout_lines) if '"published"' in x)
+        assert line["published"] is False and line["publish_error"] and line["status"] == "success", (case, line)
+        assert _kv(tmp_path)[f"readings/u{i}"] == {"id": f"u{i}", "t": i}
+
+
+def test_a_message_from_mosquitto_is_answered_on_mosquitto(components: dict[str, str], tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    from spin_app.host import ComponentHost, MqttBridge, SpinState
+
+    room = f"loop-{uuid.uuid4().hex[:8]}"
+    sub = _Subscriber(f"adf-test/{room}/temp/results")
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path), {"adf_mqtt_address": MOSQUITTO}))
+    bridge = MqttBridge(host, MOSQUITTO, f"adf-test/{room}/+")
+    bridge.start()
+    try:
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", 1883)
+        pub.loop_start()
+        pub.publish(f"adf-test/{room}/temp", json.dumps({"records": [{"id": room, "t": 5}]}), qos=1).wait_for_publish(5)
+        topic, got = sub.get(timeout=30)
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        bridge.stop()
+        sub.close()
+        host.close()
+    assert topic == f"adf-test/{room}/temp/results" and got["status"] == "success" and got["records_out"] == 1
+
+
+def test_the_spin_like_mode_drops_each_instance_before_the_next_event(components: dict[str, str], tmp_path: Path) -> None:
+    from spin_app.engine import reaper
+    from spin_app.host import ComponentHost, SpinState
+
+    host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)), deferred_reset=False)
+    try:
+        for i in range(3):
+            host.mqtt(json.dumps({"records": [{"id": f"s{i}", "t": i}]}).encode(), "adf-test/shed/temp")
+            assert reaper._pending == 0  # nothing was left for the reaper's thread
+    finally:
+        host.close()
+    assert [_kv(tmp_path)[f"readings/s{i}"]["t"] for i in range(3)] == [0, 1, 2]

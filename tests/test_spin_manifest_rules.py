@@ -237,3 +237,16 @@ def test_spin_up_refuses_missing_plugins(tmp_path: Path) -> None:
     res = adf("spin", "up", cwd=app, path=f"{os.path.dirname(spin)}:/usr/bin:/bin")
     assert res.returncode == 2 and "trigger-cron is not installed" in res.stderr, res.stderr
     assert "ran up" not in res.stdout
+
+
+def test_the_mqtt_component_may_publish_its_results_on_the_broker() -> None:
+    import tomllib
+
+    manifest = tomllib.loads((ROOT / "infra" / "spin.toml").read_text(encoding="utf-8"))
+    mqtt = manifest["component"]["adf-mqtt"]
+    assert "{{ mqtt_address }}" in mqtt["allowed_outbound_hosts"]
+    names = ("address", "username", "password", "response_topic", "response_via")
+    assert {f"adf_mqtt_{n}": f"{{{{ mqtt_{n} }}}}" for n in names}.items() <= mqtt["variables"].items()
+    variables = manifest["variables"]
+    assert variables["mqtt_response_topic"]["default"] == "{topic}/results"
+    assert variables["mqtt_response_via"]["default"] == "mqtt" and variables["mqtt_password"]["secret"] is True
