@@ -5,11 +5,14 @@ steps: [...], sink: {...}, runtime: {...}}``) assembled from layers. Precedence,
 first, is :data:`LAYERS`::
 
     default < manifest (spec file, spin.toml variables, SAM parameters) < kv (key-value
-    store) < env (environment variables) < payload (trigger payload, ``adf run --set``)
+    store) < env (environment variables) < payload (``adf run --set``)
 
 Merge rule: mappings merge deeply; scalars and lists replace what was there; a key that is
 an integer (``"0"``) addresses an item of a list that already exists at that place, so
-``ADF__STEPS__0__FUEL=10`` sets ``steps[0].fuel`` and keeps the rest of the step.
+``ADF__STEPS__0__FUEL=10`` sets ``steps[0].fuel`` and keeps the rest of the step. A layer
+that gives a component section (``source``, ``sink``, ``dead_letter``, a step) another
+``type`` replaces that section: ``ADF__SINK__TYPE=stdout`` turns a file sink into a stdout
+sink without its ``path`` (set the new type's attributes in the same layer or above).
 
 The resolved configuration (:class:`ResolvedConfig`) remembers, for every leaf, the layer
 and origin that set it and the ones it overrode; :meth:`ResolvedConfig.explain` reports it
@@ -121,6 +124,18 @@ def _sort_key(path: str) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(s), "") if s.isdigit() else (1, 0, s) for s in path.split("."))
 
 
+#: the sections that name a component by ``type`` (and each item of ``steps``)
+_TYPED_SECTIONS = frozenset({"source", "sink", "dead_letter"})
+
+
+def _switches_type(path: _Path, current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when ``new`` gives the component section at ``path`` (``sink``, ``steps.2``…) another
+    ``type`` than it has: the section is then replaced, not merged — the attributes of the old
+    type (a file sink's ``path``, its defaults) do not belong to the new one."""
+    typed = (len(path) == 1 and path[0] in _TYPED_SECTIONS) or (len(path) == 2 and path[0] == "steps")
+    return typed and "type" in new and "type" in current and new["type"] != current["type"]
+
+
 class _Merger:
     """Applies layer additions in order, tracking the provenance of every leaf."""
 
@@ -145,7 +160,7 @@ class _Merger:
                 slot = key
                 exists, current = key in target, target.get(key)
             if exists and isinstance(new, dict):
-                if isinstance(current, dict):
+                if isinstance(current, dict) and not _switches_type(here, current, new):
                     self._merge(current, new, here, layer, origin)
                     continue
                 if isinstance(current, list) and new and self._indexes_list(current, new, here, origin):
@@ -415,7 +430,8 @@ def env_values(environ: Mapping[str, str], flow_name: str | None = None) -> list
     ``__`` and lower-cased; values go through :func:`parse_value`. When ``flow_name`` is
     given, ``ADF_<FLOW>__...`` variables (see :func:`flow_env_prefix`) are read too and come
     after - so they win over - the generic ones. Within each group, shallower paths come
-    first (``ADF__STEPS`` before ``ADF__STEPS__0__FUEL``), then by name. Each origin is
+    first (``ADF__STEPS`` before ``ADF__STEPS__0__FUEL``), then a ``type`` (which may replace
+    its section: see the module doc) before its siblings, then by name. Each origin is
     ``"environment NAME"``. Other variables (``ADF_STATE_DIR``, ``PATH``) are ignored; an
     ``ADF__`` variable with an empty segment raises :class:`ConfigError`.
     """
@@ -440,7 +456,7 @@ def env_values(environ: Mapping[str, str], flow_name: str | None = None) -> list
     return [
         (_nest(segments, parse_value(raw)), f"environment {name}")
         for group in (generic, scoped)
-        for _depth, name, segments, raw in sorted(group, key=lambda g: (g[0], g[1]))
+        for _depth, name, segments, raw in sorted(group, key=lambda g: (g[0], g[2][-1] != "type", g[1]))
     ]
 
 

@@ -393,3 +393,34 @@ def test_redact_helpers() -> None:
         "secret": None,
     }
     assert data["a"]["password"] == "x"
+
+
+@pytest.mark.parametrize("layer", ["env", "kv", "set", "variables"])
+def test_a_layer_that_changes_a_components_type_replaces_its_section(tmp_path: Path, layer: str) -> None:
+    from core.loader import load_flow
+
+    spec = {"name": "switch", "source": {"type": "memory", "records": [{"id": 1}]},
+            "steps": [{"type": "filter", "field": "id", "op": "gt", "value": 0}],
+            "sink": {"type": "file", "path": str(tmp_path / "out.jsonl"), "mode": "overwrite"}}
+    change = {"sink": {"type": "stdout"}, "steps": {"0": {"type": "python", "function": "json:dumps"}}}
+    environ: dict[str, str] = {}
+    store = SqliteStateStore(str(tmp_path / "kv.db"))
+    kwargs: dict[str, Any] = {}
+    if layer == "env":
+        environ = {"ADF__SINK__TYPE": "stdout", "ADF_SWITCH__STEPS__0__TYPE": "python",
+                   "ADF_SWITCH__STEPS__0__FUNCTION": "json:dumps"}
+    elif layer == "kv":
+        store.set("config/switch", change)
+    elif layer == "set":
+        kwargs["payload"] = change
+    else:
+        kwargs["extra"] = [("manifest", change, "spin.toml variables")]
+    loaded = load_flow(spec, environ=environ, store=store, **kwargs)
+    assert loaded.spec.sink == {"type": "stdout"} or (loaded.spec.sink["type"] == "stdout"
+                                                      and "path" not in loaded.spec.sink), loaded.spec.sink
+    assert loaded.spec.steps[0]["type"] == "python" and "field" not in loaded.spec.steps[0]
+    # the same type merges as before: one attribute changes, the others stay
+    same = load_flow(spec, environ={"ADF__SINK__MODE": "append"}, store=store if layer != "kv" else None,
+                     use_store=layer != "kv")
+    assert same.spec.sink["path"] == str(tmp_path / "out.jsonl") and same.spec.sink["mode"] == "append"
+    store.close()
