@@ -29,8 +29,8 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
-import yaml
 from flowlib.scheduling import pg_database
+from lambda_build import RUNTIME_DIR, Build
 from lambda_env import event, rest_event, s3_put_event, sqs_event, v2_event
 from moto_endpoint import moto_endpoint
 
@@ -39,8 +39,6 @@ from handlers.schedule.sql import SqlScheduleStore
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "infra" / "template.yaml"
-RUNTIME_DIR = ROOT / ".venv-lambda-runtime" / "python"
 #: what the package must not hold: the runtime's SDK (and its dependencies), and what nothing imports
 NOT_SHIPPED = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "jmespath", "pydantic", "pydantic_core")
 MAX_ZIP_BYTES = 30 * 1000 * 1000
@@ -89,53 +87,8 @@ with open(out_file, "w") as f:
 # --------------------------------------------------------------------------- the build
 
 
-def _sam() -> str:
-    sam = ROOT / ".venv-sam" / "bin" / "sam"
-    if not sam.exists():
-        subprocess.run([str(ROOT / "scripts" / "sam-setup")], check=True, timeout=900)
-    return str(sam)
-
-
-class _TemplateLoader(yaml.SafeLoader):
-    """Reads a SAM template's short forms (!Ref, !If…) as plain values: only Handler is read."""
-
-
-_TemplateLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
-@dataclass(frozen=True)
-class Build:
-    root: Path
-    handlers: dict[str, str]  # function -> handler ("lambda_app.http.handler")
-
-    def function(self, name: str) -> Path:
-        return self.root / name
-
-
-@pytest.fixture(scope="session")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    """``sam build`` of the template, once per session."""
-    home = tmp_path_factory.mktemp("sam-home")
-    out = tmp_path_factory.mktemp("sam-build") / "sam"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", SAM_CLI_TELEMETRY="0", HOME=str(home))
-    r = subprocess.run([_sam(), "build", "-t", str(TEMPLATE), "--build-dir", str(out)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    built = yaml.load((out / "template.yaml").read_text(), Loader=_TemplateLoader)
-    handlers = {name: res["Properties"]["Handler"] for name, res in built["Resources"].items()
-                if res.get("Type") == "AWS::Serverless::Function"}
-    assert handlers, "the template has no functions"
-    return Build(out, handlers)
-
-
-@pytest.fixture(scope="session")
-def runtime_dir() -> Path:
-    """The Lambda runtime's own boto3/botocore (installed once, outside the repo's venvs)."""
-    if not (RUNTIME_DIR / "boto3").is_dir():
-        subprocess.run([str(ROOT / "scripts" / "lambda-runtime-setup")], check=True, timeout=600)
-    return RUNTIME_DIR
-
+# ``build`` and ``runtime_dir`` are the session's (tests/conftest.py): one ``sam build`` for
+# every suite that runs the packages (this one and tests/conformance)
 
 # --------------------------------------------------------------------------- invoking a built function
 

@@ -1,14 +1,13 @@
 """What the conformance suite shares: the spec and its data, what one target's run came to
-(:class:`Outcome`), and the builds (``sam build``, the Spin components), cached across runs by
-the hash of what goes into them."""
+(:class:`Outcome`), and the Spin components built with its flows (cached across runs by the
+hash of what goes into them). The Lambda package is the session's ``sam build`` (``build``,
+``runtime_dir``: tests/conftest.py), the one tests/test_lambda_package.py runs."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -88,19 +87,7 @@ def read_letters(path: str | os.PathLike[str] | None) -> list[dict[str, Any]]:
     return jsonl_records(Path(path).read_text(encoding="utf-8"))
 
 
-# --------------------------------------------------------------------------- cached builds
-
-
-def _digest(paths: Iterable[Path], extra: str = "") -> str:
-    h = hashlib.sha256(extra.encode())
-    for base in paths:
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in files:
-            if "__pycache__" in path.parts or path.suffix == ".pyc":
-                continue
-            h.update(str(path.relative_to(ROOT)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:24]
+# --------------------------------------------------------------------------- cached Spin builds
 
 
 def _cached(kind: str, key: str) -> tuple[Path, Path]:
@@ -113,52 +100,6 @@ def _keep_only(out: Path) -> None:
     for other in out.parent.iterdir():
         if other != out and other.is_dir() and len(other.name) == 24 and all(c in "0123456789abcdef" for c in other.name):
             shutil.rmtree(other, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class SamBuild:
-    root: Path
-    handlers: dict[str, str]
-
-    def function(self, name: str) -> Path:
-        return self.root / name
-
-
-@pytest.fixture(scope="session")
-def sam_build() -> SamBuild:
-    """``sam build`` of infra/template.yaml with the real CLI (.venv-sam), as
-    tests/test_lambda_package.py does it; kept in the temp dir by the hash of its inputs."""
-    from test_lambda_package import _sam, _TemplateLoader
-
-    key = _digest([ROOT / d for d in ("core", "handlers", "lambda_app", "infra", "examples")] + [ROOT / "pyproject.toml"])
-    out, tmp = _cached("sam", key)
-    if not (out / "template.yaml").exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        home = tmp.with_name(tmp.name + "-home")
-        home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", SAM_CLI_TELEMETRY="0", HOME=str(home))
-        r = subprocess.run([_sam(), "build", "-t", str(ROOT / "infra" / "template.yaml"), "--build-dir", str(tmp)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        _keep_only(out)
-    built = yaml.load((out / "template.yaml").read_text(), Loader=_TemplateLoader)
-    handlers = {name: res["Properties"]["Handler"] for name, res in built["Resources"].items()
-                if res.get("Type") == "AWS::Serverless::Function"}
-    return SamBuild(out, handlers)
-
-
-@pytest.fixture(scope="session")
-def lambda_runtime() -> Path:
-    """The python3.11 Lambda runtime's own boto3/botocore (scripts/lambda-runtime-setup)."""
-    from test_lambda_package import RUNTIME_DIR
-
-    if not (RUNTIME_DIR / "boto3").is_dir():
-        subprocess.run([str(ROOT / "scripts" / "lambda-runtime-setup")], check=True, timeout=600)
-    return RUNTIME_DIR
 
 
 #: the flows bundled into the Spin components: the spec as it is, but for its sink (a component

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lambda_build import Build
 
 from .conftest import (
     CSV,
@@ -56,7 +57,6 @@ from .conftest import (
     SPIN_KV_PREFIX,
     STEPS,
     Outcome,
-    SamBuild,
     jsonl_records,
     read_letters,
 )
@@ -162,11 +162,11 @@ IN_BUCKET, OUT_BUCKET = "adf-conformance-in", "adf-conformance-out"
 
 
 @pytest.fixture(scope="module")
-def lambda_s3(sam_build: SamBuild, lambda_runtime: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+def lambda_s3(build: Build, runtime_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     import boto3
     from lambda_env import s3_put_event
     from moto_endpoint import moto_endpoint
-    from test_lambda_package import Build, invoke
+    from test_lambda_package import invoke
 
     tmp = tmp_path_factory.mktemp("lambda")
     flows = tmp / "flows"  # the function's flows directory (the template's FlowsDir)
@@ -180,7 +180,7 @@ def lambda_s3(sam_build: SamBuild, lambda_runtime: Path, tmp_path_factory: pytes
         key = "incoming/day 1/input.csv"
         put = s3.put_object(Bucket=IN_BUCKET, Key=key, Body=CSV.read_bytes())
         event = s3_put_event(IN_BUCKET, "incoming/day+1/input.csv", etag=put["ETag"].strip('"'))
-        got = invoke(Build(sam_build.root, sam_build.handlers), lambda_runtime, "S3Function", [event], tmp,
+        got = invoke(build, runtime_dir, "S3Function", [event], tmp,
                      ADF_FLOWS_DIR=str(flows), AWS_ENDPOINT_URL=url,
                      ADF_S3_ROUTES=json.dumps({f"{IN_BUCKET}/incoming/": FLOW}),
                      ADF_CONFORMANCE__SINK__PATH=f"s3://{OUT_BUCKET}/conformance/out.jsonl")

@@ -1,0 +1,248 @@
+"""Flows packaged with `adf flink package` and submitted with `flink run` to a standalone cluster
+(one JobManager, two TaskManagers, started from the apache-flink wheel's scripts on loopback:
+tests/flink_cluster.py). When `unshare` works here (root), each TaskManager has a private
+/tmp and working directory, so nothing passes by reading the client's files: the packages and
+the step modules live in pytest's tmp_path (under /tmp), only the data is in a shared directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flink_job.cli import flink_python
+from tests.flink_cluster import FLINK_PYTHON, FlinkCluster, descendants, unshare_works
+
+pytestmark = [pytest.mark.slow, pytest.mark.flink]
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "flink_data"
+ORDERS_SINK_ENV = "ADF_ORDERS_TO_SQLITE__SINK"  # the operators' environment layer of the example flow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[FlinkCluster]:
+    if flink_python() is None:
+        pytest.fail("PyFlink is not installed: run scripts/flink-setup")
+    c = FlinkCluster(taskmanagers=2, private=unshare_works())
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        c.cleanup()
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Path]:
+    """A directory the client and the TaskManagers both see (not under the client's /tmp)."""
+    d = Path(tempfile.mkdtemp(prefix="adf-flink-shared-", dir="/var/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def adf(*args: str, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def readme_command(pkg: Path) -> list[str]:
+    """The submit command of the package's README, word for word."""
+    lines = [ln.strip() for ln in (pkg / "README.txt").read_text().splitlines() if ln.strip().startswith("flink run ")]
+    assert len(lines) == 1, (pkg / "README.txt").read_text()
+    return shlex.split(lines[0])
+
+
+def submit(cluster: FlinkCluster, pkg: Path, *flags: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the README's command with the cluster's `flink` (flags such as -p / -d go after `run`)."""
+    cmd = readme_command(pkg)
+    assert cmd[:2] == ["flink", "run"]
+    return cluster.flink("run", *flags, *cmd[2:], cwd=str(cwd), timeout=timeout)
+
+
+def summary_line(out: str) -> str:
+    return [ln for ln in out.splitlines() if " on Flink " in ln][-1]
+
+
+def test_package_refuses_paths_only_the_client_sees(tmp_path: Path) -> None:
+    r = adf("flink", "package", "examples/orders/flow.yaml", "--out", str(tmp_path / "pkg"),
+            env={ORDERS_SINK_ENV: json.dumps({"type": "file", "path": str(tmp_path / "out.jsonl")})})
+    assert r.returncode == 2
+    assert "source.path: 'examples/orders/data/*.csv'" in r.stderr and "--shared" in r.stderr
+    assert f"sink.path: '{tmp_path / 'out.jsonl'}'" in r.stderr
+    assert not (tmp_path / "pkg" / "adf-flink.zip").exists()
+
+
+def test_the_example_flow_packaged_and_submitted_as_its_readme_says(cluster: FlinkCluster, shared: Path,
+                                                                     tmp_path: Path) -> None:
+    out = shared / "orders-flink.jsonl"
+    local_out = tmp_path / "orders-local.jsonl"
+    r = adf("run", "examples/orders/flow.yaml", env={ORDERS_SINK_ENV: json.dumps(
+        {"type": "file", "path": str(local_out), "format": "jsonl"}), "ADF_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode in (0, 1) and local_out.exists(), r.stderr[-2000:]
+    pkg = tmp_path / "pkg"
+    r = adf("flink", "package", "examples/orders/flow.yaml", "--out", str(pkg), "--shared", str(ROOT / "examples"),
+            "--shared", str(shared), "--python", FLINK_PYTHON,
+            env={ORDERS_SINK_ENV: json.dumps({"type": "file", "path": str(out), "format": "jsonl"})})
+    assert r.returncode == 0, r.stderr
+    import zipfile
+
+    names = zipfile.ZipFile(pkg / "adf-flink.zip").namelist()
+    assert "transforms.py" in names and "core/engine.py" in names and "flink_job/job.py" in names
+    started = time.monotonic()
+    r = submit(cluster, pkg, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    line = summary_line(r.stdout)
+    assert "orders_to_sqlite: partial on Flink (parallelism 1): 1200 in, 1080 out, 2 dead letters" in line, line
+    local = sorted(json.loads(x)["id"] for x in local_out.read_text().splitlines())
+    flink = sorted(json.loads(x)["id"] for x in out.read_text().splitlines())
+    assert flink == local and len(flink) == 1080
+    by_id = {json.loads(x)["id"]: json.loads(x) for x in local_out.read_text().splitlines()}
+    assert all(by_id[rec["id"]] == rec for rec in map(json.loads, out.read_text().splitlines()))
+    # the dead letters came back to the client from the job (no shared run directory)
+    letters = list((pkg / "runs" / "orders_to_sqlite" / "flink-runs").glob("*/dead_letters.jsonl"))
+    assert len(letters) == 1 and len(letters[0].read_text().splitlines()) == 2
+    print(f"example flow on the cluster: {time.monotonic() - started:.1f} s")
+
+
+def test_a_300k_record_flow_on_two_taskmanagers(cluster: FlinkCluster, shared: Path, tmp_path: Path) -> None:
+    n = 300_000
+    data = shared / "big"
+    data.mkdir()
+    with open(data / "in.jsonl", "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": i, "name": f"n{i % 1000}", "v": i % 97}) + "\n")
+    spec_dir = tmp_path / "flow"  # the step module only on the client: the package carries it
+    spec_dir.mkdir()
+    shutil.copy(DATA / "slow_steps.py", spec_dir / "bigsteps.py")
+    (spec_dir / "big.json").write_text(json.dumps({
+        "name": "big", "source": {"type": "file", "path": str(data / "in.jsonl"), "format": "jsonl",
+                                  "split_bytes": 2 << 20},
+        "steps": [{"type": "python", "function": "bigsteps:tag"}],
+        "sink": {"type": "file", "path": str(data / "out.jsonl"), "format": "jsonl"},
+        "runtime": {"batch_size": 1000}}))
+    pkg = tmp_path / "pkg"
+    r = adf("flink", "package", str(spec_dir / "big.json"), "--out", str(pkg), "--shared", str(shared),
+            "--python", FLINK_PYTHON, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    started = time.monotonic()
+    r = submit(cluster, pkg, "-p", "2", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert f"big: success on Flink (parallelism 2): {n} in, {n} out, 0 dead letters" in summary_line(r.stdout)
+    ids = sorted(json.loads(x)["id"] for x in (data / "out.jsonl").read_text().splitlines())
+    assert ids == list(range(n))
+    print(f"{n} records on 2 TaskManagers: {elapsed:.1f} s ({n / elapsed:,.0f} rec/s with submission)")
+
+
+def test_a_python_error_in_a_worker_reaches_the_client_with_its_traceback(cluster: FlinkCluster, shared: Path,
+                                                                           tmp_path: Path) -> None:
+    (shared / "one.jsonl").write_text('{"id": 1}\n')
+    spec_dir = tmp_path / "flow"
+    spec_dir.mkdir()
+    shutil.copy(DATA / "fails_on_workers.py", spec_dir / "fails_on_workers.py")
+    (spec_dir / "fails.json").write_text(json.dumps({
+        "name": "fails", "source": {"type": "file", "path": str(shared / "one.jsonl"), "format": "jsonl"},
+        "steps": [{"type": "python", "function": "fails_on_workers:same"}],
+        "sink": {"type": "file", "path": str(shared / "fails-out.jsonl"), "format": "jsonl"}}))
+    pkg = tmp_path / "pkg"
+    r = adf("flink", "package", str(spec_dir / "fails.json"), "--out", str(pkg), "--shared", str(shared),
+            "--python", FLINK_PYTHON, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = submit(cluster, pkg, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "Traceback (most recent call last):" in r.stderr and "fails_on_workers.py" in r.stderr, r.stderr[-3000:]
+    line = summary_line(r.stdout)
+    assert "fails: failed on Flink" in line
+    assert "RuntimeError: this module refuses to load in a Flink worker (on purpose)" in line, line
+
+
+def test_a_detached_submission_prints_the_job_id_and_status_reports_the_end(cluster: FlinkCluster, shared: Path,
+                                                                            tmp_path: Path) -> None:
+    (shared / "det.jsonl").write_text("".join(json.dumps({"id": i, "v": i}) + "\n" for i in range(1000)))
+    spec = tmp_path / "det.json"
+    spec.write_text(json.dumps({
+        "name": "det", "source": {"type": "file", "path": str(shared / "det.jsonl"), "format": "jsonl"},
+        "sink": {"type": "file", "path": str(shared / "det-out.jsonl"), "format": "jsonl"}}))
+    pkg = tmp_path / "pkg"
+    assert adf("flink", "package", str(spec), "--out", str(pkg), "--shared", str(shared), "--python", FLINK_PYTHON,
+               cwd=tmp_path).returncode == 0
+    r = submit(cluster, pkg, "-d", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " in, " not in r.stdout  # no summary of a job that has not run yet
+    found = re.search(r"submitted to Flink as job ([0-9a-f]{32})", r.stdout)
+    assert found, r.stdout
+    r = adf("flink", "status", found.group(1), "--rest", cluster.rest, "--wait", "120", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    status = json.loads(r.stdout)
+    assert status["state"] == "FINISHED"
+    assert [op["name"] for op in status["operators"]][-1].startswith("sink")
+    assert len((shared / "det-out.jsonl").read_text().splitlines()) == 1000
+
+
+def test_python_workers_of_a_killed_taskmanager_stop(cluster: FlinkCluster, shared: Path, tmp_path: Path) -> None:
+    (shared / "slow.jsonl").write_text("".join(json.dumps({"id": i, "v": i}) + "\n" for i in range(40_000)))
+    flow_dir = tmp_path / "flow"
+    flow_dir.mkdir()
+    shutil.copy(DATA / "slow_steps.py", flow_dir / "slow_steps.py")
+    (flow_dir / "slow.json").write_text(json.dumps({
+        "name": "slow", "source": {"type": "file", "path": str(shared / "slow.jsonl"), "format": "jsonl",
+                                   "split_bytes": 64 << 10},
+        "steps": [{"type": "python", "function": "slow_steps:slow"}],
+        "sink": {"type": "file", "path": str(shared / "slow-out.jsonl"), "format": "jsonl"},
+        "runtime": {"batch_size": 100}}))
+    pkg = tmp_path / "pkg"
+    assert adf("flink", "package", str(flow_dir / "slow.json"), "--out", str(pkg), "--shared", str(shared),
+               "--python", FLINK_PYTHON, cwd=tmp_path).returncode == 0
+    r = submit(cluster, pkg, "-d", "-p", "2", cwd=tmp_path)
+    job = re.search(r"submitted to Flink as job ([0-9a-f]{32})", r.stdout)
+    assert job, r.stdout + r.stderr[-3000:]
+    try:
+        jvm = cluster.jvm_pid(cluster.taskmanagers[0])
+        deadline, workers = time.monotonic() + 90, []
+        while time.monotonic() < deadline and not workers:
+            workers = [p for p in descendants(jvm) if "beam_boot" in _cmdline(p)]
+            time.sleep(0.5)
+        assert workers, "no Python worker started under TaskManager 0"
+        time.sleep(2)  # the workers are reading and writing now
+        cluster.kill_taskmanager(0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not [p for p in workers if _alive(p)], "Python workers outlived their TaskManager"
+    finally:
+        cluster.flink("cancel", job.group(1), timeout=60)
+        cluster.add_taskmanager()  # two again, for any test after this one
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _unused(_: Any) -> None:  # keep the imports a reader may want when extending these tests
+    pass
