@@ -10,6 +10,12 @@ fresh process, so Flink's start-up (JVM, mini-cluster, Python workers: several s
 counted — that is what a user of `adf flink run` waits for. A second figure subtracts the
 time of the same Flink job over 10 records (start-up and tear-down) to show the steady
 throughput.
+
+``--cluster`` runs the same job on a standalone cluster as well (one JobManager and two
+TaskManagers of one slot each on loopback, started from the wheel's scripts by
+tests/flink_cluster.py, not counted): packaged with ``adf flink package`` and submitted with
+``flink run -p N`` exactly as the package's README says; the figure is the wall time of
+``flink run`` (client start, submission, the job, the summary).
 """
 
 from __future__ import annotations
@@ -65,9 +71,38 @@ def flink(python: str, inp: Path, work: Path, parallelism: int, tag: str) -> flo
     return elapsed
 
 
+def on_cluster(inp: Path, work: Path, parallelisms: tuple[int, ...]) -> dict[int, float]:
+    import shlex
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from flink_cluster import FLINK_PYTHON, FlinkCluster
+
+    out = work / "cluster-out.jsonl"
+    spec_path = work / "cluster.json"
+    spec_path.write_text(json.dumps(spec(inp, out, "bench_flink_cluster")))
+    pkg = work / "pkg"
+    r = subprocess.run([sys.executable, "-m", "core.cli", "flink", "package", str(spec_path), "--out", str(pkg),
+                        "--shared", str(work), "--python", FLINK_PYTHON], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if r.returncode:
+        raise RuntimeError(r.stderr)
+    line = next(ln.strip() for ln in (pkg / "README.txt").read_text().splitlines() if ln.strip().startswith("flink run"))
+    times: dict[int, float] = {}
+    with FlinkCluster(taskmanagers=2) as cluster:
+        for p in parallelisms:
+            out.unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            r = cluster.flink("run", "-p", str(p), *shlex.split(line)[2:], cwd=str(work))
+            times[p] = time.perf_counter() - t0
+            if r.returncode or " success on Flink " not in r.stdout:
+                raise RuntimeError(r.stdout[-2000:] + r.stderr[-2000:])
+    return times
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=40_000)
+    ap.add_argument("--cluster", action="store_true", help="also on a standalone cluster (flink run)")
     args = ap.parse_args()
     from flink_job.cli import flink_python
 
@@ -75,7 +110,8 @@ def main() -> int:
     if python is None:
         print("PyFlink is not installed: run scripts/flink-setup", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
+    # not under /tmp: a TaskManager may have a private /tmp (tests/flink_cluster.py)
+    with tempfile.TemporaryDirectory(dir="/var/tmp" if args.cluster else None) as tmp:
         work = Path(tmp)
         inp, tiny = work / "in.jsonl", work / "tiny.jsonl"
         size = make_input(inp, args.records)
@@ -98,6 +134,11 @@ def main() -> int:
             print(f"| {p} | {args.records / t_local:,.0f} | {args.records / t_flink:,.0f} | "
                   f"{args.records / steady:,.0f} | {t_local / t_flink:.2f}x |")
         print(f"\nFlink start-up and tear-down (a 10-record job): {start:.1f} s")
+        if args.cluster:
+            print("\n| parallelism | standalone cluster, `flink run` (rec/s) | wall time (s) |")
+            print("|---:|---:|---:|")
+            for p, t in on_cluster(inp, work, (1, 2)).items():
+                print(f"| {p} | {args.records / t:,.0f} | {t:.1f} |")
     return 0
 
 

@@ -4,7 +4,8 @@
 
     python -m flink_job.job examples/orders/flow.yaml [--parallelism 2] [--json]
     adf flink run examples/orders/flow.yaml --parallelism 2          # the same, through the CLI
-    flink run -py flink_job/job.py -pyfs adf-flink.zip -- flow.yaml  # on a cluster (adf flink package)
+    adf flink package flow.yaml --out pkg --shared /data              # for a cluster: see pkg/README.txt
+    flink run -py pkg/job.py -pyfs pkg/adf-flink.zip -pyexec PY -pyclientexec PY pkg/flow.json
 
 How the flow maps onto Flink (PyFlink has no Python source API, so splits travel as
 descriptors):
@@ -17,16 +18,28 @@ descriptors):
   per-element cost is paid once per batch, and a step's or the sink's dead letter says where
   its record came from (file and line…), as under the local runner;
 * each step: a ``flat_map`` running the core step on each batch; a record a step fails on
-  goes to the dead-letter destination (one JSON Lines file per subtask in the run directory,
-  merged by the client, or the spec's ``dead_letter`` sink);
+  is a dead letter;
 * the sink: a function with ``open``/``close`` that writes what reaches it
   with the core sink, a batch per element (retries, then record-by-record isolation into dead
   letters, as the local runner does).
 
+Counts and dead letters (:class:`_Outbox`): in a bounded, attached job they travel with the
+elements to the sink operator, whose output the client collects (``execute_and_collect``): the
+summary comes from the job, not from files, and no filesystem is shared with the TaskManagers.
+The sink operator writes the dead letters to the flow's ``dead_letter`` sink when it has one;
+otherwise the client writes them to its run directory. An unbounded job and a detached one
+(``flink run -d``: the client prints the job id and returns) write counts and dead letters to
+files in each worker's run directory (the client's on the local mini-cluster; the TaskManager
+host's temporary directory on a cluster), and count ``adf_*`` Flink metrics
+(``adf flink status``).
+
 A bounded source runs in BATCH mode; an unbounded one in STREAMING mode with checkpointing
-(``runtime.checkpoint_interval_ms``, default 10 s). Parallelism: ``--parallelism``, else the
-spec's ``runtime.parallelism``. The job's result is a run summary like the local runner's.
-Routing between steps (``next``) is not supported under Flink: the steps run in order.
+(``runtime.checkpoint_interval_ms``, default 10 s). Parallelism: ``--parallelism``, else — under
+``flink run`` — Flink's (``-p``, the cluster's default), else the spec's ``runtime.parallelism``.
+Routing between steps (``next``) is not supported under Flink: the steps run in order. Under
+``flink run``, the workers' interpreter is the one ``-pyexec`` (``python.executable``) names;
+the local mini-cluster uses this interpreter. Every operator's ``open()`` starts a watchdog
+(:mod:`flink_job.watchdog`): a Python worker whose TaskManager JVM is gone kills itself.
 
 Acknowledgements: a source that acknowledges what it read (Rafka: ``XACK``) does so when the
 read operator hands a batch on, not after the sink wrote it as the local runner does — the
@@ -104,17 +117,22 @@ def _letter_dict(letter: DeadLetter, flow: str, run_id: str) -> dict[str, Any]:
     return data
 
 
-def _pack(records: list[Any], origins: Origins | None, positions: list[int] | None) -> str:
+def _pack(records: list[Any], origins: Origins | None, positions: list[int] | None,
+          carried: Mapping[str, Any] | None = None) -> str:
     """One element between the operators: the batch's records, the origins of the batch the read
     operator made (``o``), and — once a step dropped or added records — each record's position
-    in that batch (``p``; -1: a record a step made anew)."""
-    return json.dumps({"r": records, "o": None if origins is None else origins.to_list(), "p": positions},
-                      default=str)
+    in that batch (``p``; -1: a record a step made anew). A bounded job's element also carries
+    the counts (``c``) and dead letters (``d``) of the operators it went through (:class:`_Outbox`)."""
+    data: dict[str, Any] = {"r": records, "o": None if origins is None else origins.to_list(), "p": positions}
+    if carried:
+        data.update(carried)
+    return json.dumps(data, default=str)
 
 
-def _unpack(value: str) -> tuple[list[Any], Origins | None, list[int] | None]:
+def _unpack(value: str) -> tuple[list[Any], Origins | None, list[int] | None, dict[str, Any]]:
     data = json.loads(value)
-    return data["r"], None if data["o"] is None else Origins.from_list(data["o"]), data["p"]
+    carried = {k: data[k] for k in ("c", "d") if k in data}
+    return data["r"], None if data["o"] is None else Origins.from_list(data["o"]), data["p"], carried
 
 
 def _origin(origins: Origins | None, positions: list[int] | None, index: int) -> dict[str, Any]:
@@ -158,24 +176,98 @@ class _Files:
             json.dump(dict(counts), f)
 
 
+class _Outbox:
+    """What an operator reports besides its records: counts and dead letters.
+
+    A bounded job *carries* them downstream in the elements (``c``: counts, ``d``: dead letters),
+    so the client gets them back through ``execute_and_collect`` — no filesystem is shared
+    between the client and the TaskManagers — and the sink operator writes the dead letters to
+    the flow's ``dead_letter`` sink when it has one. An unbounded job (whose collect would never
+    end) and a detached one write them to files in the worker's run directory instead.
+    """
+
+    def __init__(self, flow: Any, run_id: str, run_dir: str, op: str, subtask: int, carry: bool,
+                 metrics: Any = None) -> None:
+        self.flow_name, self.run_id, self.carry = flow.name, run_id, carry
+        self.metrics = metrics  # the operator's Flink metric group: counters adf_<count> (REST, while it runs)
+        self._counters: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+        self.pending: dict[str, int] = {}
+        self.letters: list[dict[str, Any]] = []
+        self.files = None if carry else _Files(run_dir, op, subtask)
+
+    def count(self, key: str, n: int = 1) -> None:
+        if n:
+            self.counts[key] = self.counts.get(key, 0) + n
+            if self.metrics is not None:
+                counter = self._counters.get(key)
+                if counter is None:
+                    counter = self._counters[key] = self.metrics.counter(f"adf_{key}")
+                counter.inc(n)
+            if self.carry:
+                self.pending[key] = self.pending.get(key, 0) + n
+
+    def letter(self, letter: DeadLetter) -> None:
+        self.count("dead_letters")
+        if self.files is not None:
+            self.files.letter(_letter_dict(letter, self.flow_name, self.run_id))
+        else:
+            self.letters.append(_letter_dict(letter, self.flow_name, self.run_id))
+
+    def rows(self, rows: list[dict[str, Any]]) -> None:
+        """Dead letters already made into rows (the sink's, from its writer)."""
+        if self.files is not None:
+            for row in rows:
+                self.files.letter(row)
+        else:
+            self.letters.extend(rows)
+
+    def take(self, carried: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What goes downstream with the next element: what came in (``carried``) and what this added."""
+        counts = dict((carried or {}).get("c") or {})
+        for k, v in self.pending.items():
+            counts[k] = counts.get(k, 0) + v
+        letters = [*((carried or {}).get("d") or []), *self.letters]
+        self.pending, self.letters = {}, []
+        return {"c": counts, "d": letters} if (counts or letters) else {}
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.close(self.counts)
+
+
+def _worker_dir(run_dir: str | None, flow: str, run_id: str) -> str:
+    """The run directory a subtask writes to: the client's on the local mini-cluster, else one
+    of the TaskManager host's own (nothing is assumed shared with the client)."""
+    if run_dir:
+        return run_dir
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "adf-flink", flow, run_id)
+
+
 def _functions() -> dict[str, Any]:
     """The PyFlink functions (imported here: pyflink is needed only to run a job)."""
     from pyflink.datastream.functions import FlatMapFunction, MapFunction, RuntimeContext
 
     class ReadSplits(FlatMapFunction):  # type: ignore[misc]
-        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str) -> None:
-            self.spec, self.run_id, self.run_dir = dict(spec), run_id, run_dir
+        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False) -> None:
+            self.spec, self.run_id, self.run_dir, self.carry = dict(spec), run_id, run_dir, carry
 
         def open(self, ctx: RuntimeContext) -> None:
+            from flink_job.watchdog import watch_parent
+
+            watch_parent()
             self.flow = parse_spec(self.spec)
+            run_dir = _worker_dir(self.run_dir, self.flow.name, self.run_id)
             cls = registry.resolve("source", self.flow.source["type"])
             self.source = cls({k: v for k, v in self.flow.source.items() if k != "type"})
-            self.source.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=self.run_dir,
+            self.source.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=run_dir,
                                                  reader_id=ctx.get_index_of_this_subtask(),
                                                  parallelism=ctx.get_number_of_parallel_subtasks())
             self.batch = int(self.flow.runtime.get("batch_size", 500))
-            self.files = _Files(self.run_dir, "read", ctx.get_index_of_this_subtask())
-            self.counts = {"records_in": 0, "dead_letters": 0, "splits": 0}
+            self.out = _Outbox(self.flow, self.run_id, run_dir, "read", ctx.get_index_of_this_subtask(), self.carry,
+                               ctx.get_metrics_group())
 
         def flat_map(self, descriptor: str) -> Iterator[str]:
             split = self.source.split_from_dict(json.loads(descriptor))
@@ -187,11 +279,10 @@ def _functions() -> dict[str, Any]:
                 while True:
                     batch = reader.poll_batch(self.batch)
                     for letter in batch.dead_letters:
-                        self.files.letter(_letter_dict(letter, self.flow.name, self.run_id))
-                        self.counts["dead_letters"] += 1
-                    self.counts["records_in"] += len(batch.records) + len(batch.dead_letters)
+                        self.out.letter(letter)
+                    self.out.count("records_in", len(batch.records) + len(batch.dead_letters))
                     if batch.records:  # a batch per element: the per-element cost of PyFlink is paid per batch
-                        yield _pack(batch.records, batch.origins, None)
+                        yield _pack(batch.records, batch.origins, None, self.out.take())
                     # Flink takes the batch from here: an acknowledging source (Rafka) acknowledges
                     # it now — under Flink, when the read operator hands it on (see the module doc)
                     reader.notify_checkpoint_complete()
@@ -203,19 +294,26 @@ def _functions() -> dict[str, Any]:
                         time.sleep(float(self.flow.runtime.get("idle_sleep_s", 0.05)))
             finally:
                 reader.close()
-            self.counts["splits"] += 1
+            self.out.count("splits")
+            rest = self.out.take()
+            if rest:  # the split's last counts and dead letters, in an element of no records
+                yield _pack([], None, None, rest)
 
         def close(self) -> None:
-            self.files.close(self.counts)
+            self.out.close()
 
     class Step(FlatMapFunction):  # type: ignore[misc]
-        def __init__(self, spec: Mapping[str, Any], index: int, run_id: str, run_dir: str) -> None:
-            self.spec, self.index, self.run_id, self.run_dir = dict(spec), index, run_id, run_dir
+        def __init__(self, spec: Mapping[str, Any], index: int, run_id: str, run_dir: str | None,
+                     carry: bool = False) -> None:
+            self.spec, self.index, self.run_id, self.run_dir, self.carry = dict(spec), index, run_id, run_dir, carry
 
         def open(self, ctx: RuntimeContext) -> None:
             from core.steps import build_steps
+            from flink_job.watchdog import watch_parent
 
+            watch_parent()
             self.flow = parse_spec(self.spec)
+            run_dir = _worker_dir(self.run_dir, self.flow.name, self.run_id)
             if self.index < 0:  # the spec's schema: validation and coercion, as the local runner does
                 from core.engine import _SchemaStep
                 from core.records import Schema
@@ -225,15 +323,15 @@ def _functions() -> dict[str, Any]:
                 self.step = build_steps([self.flow.steps[self.index]], registry.resolve)[0]
                 if self.step.name.startswith("steps[0]:"):  # named as the local runner names it
                     self.step.name = f"steps[{self.index}]:" + self.step.name[len("steps[0]:"):]
-            self.step.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=self.run_dir,
+            self.step.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=run_dir,
                                                reader_id=ctx.get_index_of_this_subtask())
             self.step.run_context.extras["context"] = dict(self.flow.context)
             self.step.open()
             self.tracker: _StageTracker | None = None  # while a batch goes through the step
             self.origins: Origins | None = None
             self.positions: list[int] | None = None
-            self.files = _Files(self.run_dir, f"step{self.index}", ctx.get_index_of_this_subtask())
-            self.counts = {"dead_letters": 0, "filtered": 0, "fanned_out": 0}
+            self.out = _Outbox(self.flow, self.run_id, run_dir, f"step{self.index}", ctx.get_index_of_this_subtask(),
+                               self.carry, ctx.get_metrics_group())
 
         def _error(self, record: Any, exc: BaseException, step: str) -> None:
             from core.redact import redact_text
@@ -244,76 +342,90 @@ def _functions() -> dict[str, Any]:
                                 origin=origin, step=step)
             if tracker is not None:
                 tracker.failed.append(letter)
-            self.files.letter(_letter_dict(letter, self.flow.name, self.run_id))
-            self.counts["dead_letters"] += 1
+            self.out.letter(letter)
 
         def flat_map(self, value: str) -> Iterator[str]:
             from core.engine import _OriginTracker
             from core.splits import ReaderBatch
 
-            records, self.origins, self.positions = _unpack(value)
+            records, self.origins, self.positions, carried = _unpack(value)
+            if not records:  # counts and dead letters only: pass them on
+                yield _pack([], None, None, self.out.take(carried))
+                return
             self.tracker = _StageTracker(_OriginTracker(ReaderBatch(records, ReaderStatus.MORE_AVAILABLE)), records)
-            failed_before = self.counts["dead_letters"]
+            failed_before = self.out.counts.get("dead_letters", 0)
             try:
                 out = self.step.process_batch(records, self._error)
             finally:
                 tracker, self.tracker = self.tracker, None
             # what the step dropped (filtered) or added (fan-out), as the local runner counts it
-            net = len(records) - len(out) - (self.counts["dead_letters"] - failed_before)
-            self.counts["filtered" if net > 0 else "fanned_out"] += abs(net)
+            net = len(records) - len(out) - (self.out.counts.get("dead_letters", 0) - failed_before)
+            self.out.count("filtered" if net > 0 else "fanned_out", abs(net))
+            extra = self.out.take(carried)
             if out:  # routing decisions are not followed under Flink: the record goes on
                 plain = [getattr(r, "record", r) if type(r) is not dict else r for r in out]
-                yield _pack(plain, self.origins, tracker.positions_after(plain, self.positions))
+                yield _pack(plain, self.origins, tracker.positions_after(plain, self.positions), extra)
+            elif extra:
+                yield _pack([], None, None, extra)
 
         def close(self) -> None:
             self.step.close()
-            self.files.close(self.counts)
+            self.out.close()
 
     class WriteSink(MapFunction):  # type: ignore[misc]
-        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str) -> None:
-            self.spec, self.run_id, self.run_dir = dict(spec), run_id, run_dir
+        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False) -> None:
+            self.spec, self.run_id, self.run_dir, self.carry = dict(spec), run_id, run_dir, carry
 
         def open(self, ctx: RuntimeContext) -> None:
             from core.engine import _Pipeline
+            from flink_job.watchdog import watch_parent
 
+            watch_parent()
             flow = parse_spec(self.spec)
             flow.steps = []  # the steps ran upstream
             flow.schema = None
             subtask = ctx.get_index_of_this_subtask()
-            self.run_ctx = RunContext(flow_name=flow.name, run_id=self.run_id, state_dir=self.run_dir,
+            run_dir = _worker_dir(self.run_dir, flow.name, self.run_id)
+            self.run_ctx = RunContext(flow_name=flow.name, run_id=self.run_id, state_dir=run_dir,
                                       reader_id=subtask, parallelism=ctx.get_number_of_parallel_subtasks())
-            letters_dir = os.path.join(self.run_dir, f"sink-{subtask}")
-            self.pipeline = _Pipeline(flow, self.run_ctx, letters_dir, registry)
+            if self.carry or flow.dead_letter:
+                # the sink's dead letters: kept in memory and carried on (or the dead-letter sink's)
+                self.pipeline = _Pipeline(flow, self.run_ctx, None, registry)
+                self.pipeline.dead.KEEP = sys.maxsize
+            else:
+                self.pipeline = _Pipeline(flow, self.run_ctx, os.path.join(run_dir, f"sink-{subtask}"), registry)
             self.pipeline.open()
-            self.buffer: list[Any] = []
-            self.files = _Files(self.run_dir, "sink", subtask)
-            self.dead = 0
+            self.out = _Outbox(flow, self.run_id, run_dir, "sink", subtask, self.carry, ctx.get_metrics_group())
 
-        def _flush(self) -> None:
-            from core.splits import ReaderBatch
-
-            if self.buffer:
-                counts = self.pipeline.commit(ReaderBatch(records=self.buffer, status=ReaderStatus.MORE_AVAILABLE))
-                self.dead += counts.dead_letters
-                self.buffer = []
-
-        def map(self, value: str) -> int:
+        def map(self, value: str) -> str:
             # an element is already a batch (up to runtime.batch_size records): write it now, so
             # an unbounded job's records reach the sink as they come
             from core.splits import ReaderBatch
 
-            records, origins, positions = _unpack(value)
-            self._flush()
+            records, origins, positions, carried = _unpack(value)
             if records:
+                before = self.pipeline.records_out
                 counts = self.pipeline.commit(ReaderBatch(records=records, status=ReaderStatus.MORE_AVAILABLE,
                                                           origins=_origins_of(origins, positions, len(records))))
-                self.dead += counts.dead_letters
-            return 0
+                self.out.count("records_out", self.pipeline.records_out - before)
+                self.out.count("dead_letters", counts.dead_letters)
+                kept = self.pipeline.dead.kept
+                if kept:
+                    self.out.rows(list(kept))
+                    kept.clear()
+            if not self.carry:
+                return ""
+            taken = self.out.take(carried)
+            dead_sink = getattr(self.pipeline.dead, "_sink", None)
+            if dead_sink is not None and taken.get("d"):  # the upstream operators' dead letters
+                dead_sink.write_batch(taken["d"])
+                dead_sink.flush()
+                taken["d"] = []
+            return json.dumps(taken, default=str)
 
         def close(self) -> None:
-            self._flush()
             self.pipeline.close()
-            self.files.close({"records_out": self.pipeline.records_out, "dead_letters": self.dead})
+            self.out.close()
 
     return {"ReadSplits": ReadSplits, "Step": Step, "WriteSink": WriteSink}
 
@@ -342,9 +454,19 @@ class _StageTracker:
         return [p if p < 0 or before is None else before[p] for p in local]
 
 
-def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str,
-              splits: list[Split]) -> Any:
-    """The PyFlink environment with the job's graph (run it with ``env.execute``)."""
+def submitted_by_flink_cli() -> bool:
+    """Whether this process is the client of ``flink run -py`` (whose Python driver hands it the
+    gateway's port), as opposed to ``python -m flink_job.job`` starting a local mini-cluster."""
+    return "PYFLINK_GATEWAY_PORT" in os.environ
+
+
+def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str | None,
+              splits: list[Split], carry: bool = False) -> Any:
+    """The PyFlink environment with the job's graph, and the sink's stream (run it with
+    ``env.execute``; with ``carry``, collect the sink's stream: counts and dead letters).
+
+    ``run_dir``: where the subtasks write (the client's on the mini-cluster); None on a cluster,
+    where each TaskManager host uses a directory of its own."""
     from pyflink.common import Configuration, Types
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
@@ -352,9 +474,13 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
     cls = registry.resolve("source", flow.source["type"])
     source = cls({k: v for k, v in flow.source.items() if k != "type"})
     config = Configuration()
-    config.set_string("python.executable", sys.executable)
-    config.set_string("python.client.executable", sys.executable)
-    config.set_string("python.pythonpath", str(ROOT))
+    if not submitted_by_flink_cli():
+        # the local mini-cluster: its workers are this interpreter with this project. Under
+        # `flink run`, -pyexec / -pyclientexec / python.executable in the cluster's configuration
+        # say which interpreter the workers use, and -pyfs ships the project.
+        config.set_string("python.executable", sys.executable)
+        config.set_string("python.client.executable", sys.executable)
+        config.set_string("python.pythonpath", str(ROOT))
     env = StreamExecutionEnvironment.get_execution_environment(config)
     p = int(parallelism or flow.runtime.get("parallelism", 1) or 1)
     env.set_parallelism(p)
@@ -367,15 +493,123 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
     raw = dict(flow.raw)
     descriptors = [json.dumps(s.to_dict(), default=str) for s in splits]
     stream = env.from_collection(descriptors, type_info=Types.STRING()).rebalance()
-    stream = stream.flat_map(fns["ReadSplits"](raw, run_id, run_dir), output_type=Types.STRING()).name("read")
+    stream = stream.flat_map(fns["ReadSplits"](raw, run_id, run_dir, carry), output_type=Types.STRING()).name("read")
     if flow.schema is not None:
-        stream = stream.flat_map(fns["Step"](raw, -1, run_id, run_dir), output_type=Types.STRING()).name("schema")
+        stream = stream.flat_map(fns["Step"](raw, -1, run_id, run_dir, carry), output_type=Types.STRING()).name("schema")
     for i, step in enumerate(flow.steps):
-        stream = stream.flat_map(fns["Step"](raw, i, run_id, run_dir), output_type=Types.STRING()) \
+        stream = stream.flat_map(fns["Step"](raw, i, run_id, run_dir, carry), output_type=Types.STRING()) \
             .name(f"step {i}: {step.get('type', 'python')}")
-    written = stream.map(fns["WriteSink"](raw, run_id, run_dir), output_type=Types.INT()).name("sink")
-    written.filter(lambda _: False).print()  # a terminal operator; nothing reaches it
-    return env
+    written = stream.map(fns["WriteSink"](raw, run_id, run_dir, carry), output_type=Types.STRING()).name("sink")
+    if not carry:
+        written.filter(lambda _: False).print()  # a terminal operator; nothing reaches it
+    return env, written
+
+
+def _flink_parallelism() -> int | None:
+    """The parallelism ``flink run`` gives the job (``-p``, else the cluster's default)."""
+    try:
+        from pyflink.datastream import StreamExecutionEnvironment
+
+        value = int(StreamExecutionEnvironment.get_execution_environment().get_parallelism())
+    except Exception:
+        return None
+    return value if value > 0 else None
+
+
+def attached() -> bool:
+    """False when the job is submitted detached (``flink run -d``)."""
+    try:
+        from pyflink.datastream import StreamExecutionEnvironment
+        from pyflink.java_gateway import get_gateway
+
+        env = StreamExecutionEnvironment.get_execution_environment()
+        options = get_gateway().jvm.org.apache.flink.configuration.DeploymentOptions
+        return bool(env._j_stream_execution_environment.getConfiguration().get(options.ATTACHED))
+    except Exception:
+        return True
+
+
+def python_traceback(text: str) -> str | None:
+    """The Python traceback inside a Java exception's text (a worker's error as the client gets
+    it: a ``Py4JJavaError`` whose causes hold the worker's traceback), or None."""
+    start = text.rfind("Traceback (most recent call last):")
+    if start < 0:
+        return None
+    lines: list[str] = []
+    for line in text[start:].splitlines():
+        if line.startswith(("\tat ", "\t... ", "Caused by:")):
+            break
+        lines.append(line)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines) if lines else None
+
+
+def _rest_url() -> str | None:
+    """The JobManager's REST URL from the configuration ``flink run`` uses."""
+    try:
+        from pyflink.datastream import StreamExecutionEnvironment
+        from pyflink.java_gateway import get_gateway
+
+        conf = StreamExecutionEnvironment.get_execution_environment()._j_stream_execution_environment.getConfiguration()
+        options = get_gateway().jvm.org.apache.flink.configuration.RestOptions
+        host = conf.get(options.ADDRESS) or "localhost"
+        return f"http://{host}:{int(conf.get(options.PORT))}"
+    except Exception:
+        return None
+
+
+def _after_restart(job_name: str, timeout: float = 600) -> str | None:
+    """After the collect of a job broke off because the job restarted: wait for the job to end
+    (REST API) and describe it — its final state and the Python traceback of the failure."""
+    import urllib.request
+
+    rest = _rest_url()
+    if rest is None:
+        return None
+
+    def get(path: str) -> Any:
+        with urllib.request.urlopen(rest + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        jobs = [j for j in get("/jobs/overview").get("jobs", []) if j.get("name") == job_name]
+        if not jobs:
+            return None
+        job_id = jobs[0]["jid"]
+        deadline = time.monotonic() + timeout
+        state = jobs[0].get("state")
+        while state not in ("FINISHED", "FAILED", "CANCELED") and time.monotonic() < deadline:
+            time.sleep(1)
+            state = get(f"/jobs/{job_id}").get("state")
+        history = get(f"/jobs/{job_id}/exceptions").get("exceptionHistory", {}).get("entries") or []
+    except OSError:
+        return None
+    cause = None
+    for entry in history:
+        tb = python_traceback(entry.get("stacktrace") or "")
+        if tb is not None:
+            sys.stderr.write(f"adf: job {job_id} failed in a Python worker:\n{tb}\n")
+            last = [ln for ln in tb.splitlines() if ln.strip() and not ln.startswith(" ")]
+            cause = last[-1].strip() if last else None
+            break
+        cause = cause or (entry.get("exceptionName") or "") + ": " + (entry.get("stacktrace") or "").split("\n")[0]
+    what = f"job {job_id} restarted ({cause or 'cause unknown'}) and ended {state}"
+    if state == "FINISHED":
+        what += ("; its counts are not known (the client's collection broke off at the restart) and the sink may "
+                 "hold what the first attempt wrote twice: see `adf flink status " + job_id + "`")
+    return what
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line saying why the job failed: the worker's Python exception when there is one."""
+    text = str(exc)
+    tb = python_traceback(text)
+    if tb is not None:
+        sys.stderr.write("adf: the job failed in a Python worker:\n" + tb + "\n")
+        last = [ln for ln in tb.splitlines() if ln.strip() and not ln.startswith(" ")]
+        return last[-1].strip() if last else tb.splitlines()[-1].strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _merge(run_dir: str) -> tuple[dict[str, int], str | None, list[dict[str, Any]]]:
@@ -401,15 +635,22 @@ def _merge(run_dir: str) -> tuple[dict[str, int], str | None, list[dict[str, Any
 
 def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_dir: str | None = None) -> dict[str, Any]:
     """Run ``spec`` (a mapping or a spec file) on Flink's local mini-cluster (or the cluster
-    `flink run` submits to) and return a run summary."""
+    `flink run` submits to) and return a run summary.
+
+    A bounded job's counts and dead letters come back from the job itself (see
+    :class:`_Outbox`): nothing is read from the TaskManagers' filesystems. A detached
+    submission (``flink run -d``) returns at once with the job's id (status ``submitted``)."""
     from core.engine import default_state_root
 
-    flow = load_flow(spec, origin="flink").spec  # every configuration layer, resolved once here
+    cluster = submitted_by_flink_cli()
+    # every configuration layer, resolved once here (a package holds its key-value layer already)
+    flow = load_flow(spec, origin="flink", use_store=not cluster).spec
     raw = dict(flow.raw)
-    # the subtasks import step modules from where the client does: beside the spec file, and
-    # resolve relative paths from the client's working directory
-    extra_path = [os.path.dirname(os.path.abspath(spec))] if isinstance(spec, str) else []
-    raw["python_path"] = [*raw.get("python_path", []), *extra_path, os.getcwd()]
+    if not cluster:
+        # the mini-cluster's subtasks import step modules from where the client does: beside the
+        # spec file, and the working directory (on a cluster: the package's zip, see `adf flink package`)
+        extra_path = [os.path.dirname(os.path.abspath(spec))] if isinstance(spec, str) else []
+        raw["python_path"] = [*raw.get("python_path", []), *extra_path, os.getcwd()]
     flow.raw = raw
     if any(s.get("next") is not None for s in flow.steps):
         raise AdfError("routing between steps ('next') is not supported under Flink: the steps run in order")
@@ -419,20 +660,65 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     os.makedirs(run_dir, exist_ok=True)
     cls = registry.resolve("source", flow.source["type"])
     source = cls({k: v for k, v in flow.source.items() if k != "type"})
+    if cluster and not parallelism:  # `flink run -p N`, else the cluster's parallelism.default
+        parallelism = _flink_parallelism()
     p = int(parallelism or flow.runtime.get("parallelism", 1) or 1)
     source.run_context = RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p)
     splits = all_splits(source, p)
+    bounded = source.boundedness is Boundedness.BOUNDED
     started = time.time()
-    status, error = "success", None
+    status, error, job_id = "success", None, None
+    totals = {"records_in": 0, "records_out": 0, "dead_letters": 0, "splits": 0, "filtered": 0, "fanned_out": 0}
+    letters: list[dict[str, Any]] = []
+    destination: str | None = None
+    worker_dir = None if cluster else run_dir
+    name = f"adf {flow.name} {run_id}"  # unique: the client finds its job by name on the REST API
     try:
-        env = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=run_dir, splits=splits)
-        env.execute(f"adf {flow.name}")
+        is_attached = attached()
+        env, written = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=worker_dir, splits=splits,
+                                 carry=bounded and is_attached)
+        if not is_attached:
+            client = env.execute_async(name)
+            job_id = str(client.get_job_id())
+            summary = {"flow": flow.name, "run_id": run_id, "status": "submitted", "runtime": "flink",
+                       "job_id": job_id, "parallelism": p, "splits": len(splits), "run_dir": run_dir,
+                       "error": None}
+            with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+            return summary
+        if bounded:
+            results = written.execute_and_collect(name)
+            # not closed when the collection fails: closing cancels the job, which may still
+            # finish after a restart (see _after_restart)
+            for value in results:
+                if not value:
+                    continue
+                data = json.loads(value)
+                for k, v in (data.get("c") or {}).items():
+                    totals[k] = totals.get(k, 0) + int(v)
+                letters.extend(data.get("d") or [])
+            results.close()
+        else:
+            env.execute(name)
     except Exception as exc:  # the job failed: report it like the local runner does
-        status, error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    totals, destination, letters = _merge(run_dir)
+        status, error = "failed", _error_text(exc)
+        if cluster and "Job restarted" in str(exc):
+            # the collected counts broke off when the job restarted (a worker failed, a TaskManager
+            # was lost): wait for the job's end and say why it restarted, from the REST API
+            error = _after_restart(name) or error
+    if not bounded and not cluster:
+        totals, destination, letters = _merge(run_dir)
+    elif letters:
+        destination = os.path.join(run_dir, "dead_letters.jsonl")
+        with open(destination, "w", encoding="utf-8") as f:
+            for letter in letters:
+                f.write(json.dumps(letter, default=str) + "\n")
+    elif flow.dead_letter and totals["dead_letters"]:
+        destination = f"sink {flow.dead_letter.get('type')}"
+    dead = totals["dead_letters"]
     counts = BatchCounts(
         records_in=totals["records_in"], records_out=totals["records_out"], filtered=totals["filtered"],
-        fanned_out=totals["fanned_out"], dead_letters=len(letters),
+        fanned_out=totals["fanned_out"], dead_letters=dead,
     )
     tally = ReasonTally()
     for letter in letters:
@@ -450,7 +736,7 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
         "flow": flow.name, "run_id": run_id, "status": status, "runtime": "flink", "parallelism": p,
         "records_in": counts.records_in, "records_out": counts.records_out, "filtered": counts.filtered,
         "fanned_out": counts.fanned_out, "in_flight": counts.in_flight,
-        "dead_letters": len(letters), "dead_letter_reasons": tally.top(), "splits": len(splits),
+        "dead_letters": dead, "dead_letter_reasons": tally.top(), "splits": len(splits),
         "duration_s": round(time.time() - started, 3),
         "dead_letter_destination": destination, "error": error, "run_dir": run_dir,
     }
@@ -469,11 +755,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(args.spec, parallelism=args.parallelism, state_dir=args.state_dir)
     if args.json:
         print(json.dumps(summary))
+    elif summary["status"] == "submitted":  # detached: the job runs on; `adf flink status JOB_ID` tells
+        print(f"{summary['flow']}: submitted to Flink as job {summary['job_id']} (detached; "
+              f"adf flink status {summary['job_id']} --rest URL)")
     else:
         print(f"{summary['flow']}: {summary['status']} on Flink (parallelism {summary['parallelism']}): "
               f"{summary['records_in']} in, {summary['records_out']} out, {summary['dead_letters']} dead letters "
               f"in {summary['duration_s']} s" + (f" — {summary['error']}" if summary["error"] else ""))
-    return 0 if summary["status"] in ("success", "partial") else 1
+    return 0 if summary["status"] in ("success", "partial", "submitted") else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
         cluster.kill_taskmanager(0)                     # SIGKILL the JVM
         cluster.add_taskmanager()                       # a replacement
 
-Every process runs in the foreground of its own session (``jobmanager.sh start-foreground``
+Every process runs in the foreground of its own process group (``jobmanager.sh start-foreground``
 execs the JVM, so the child's pid is the JVM's), with a configuration directory, log
 directory and pid directory of its own; the ports are free ones. :meth:`stop` kills what
 :meth:`start` started, by process group, and is called on ``__exit__`` (a failing test too).
@@ -123,7 +123,7 @@ class FlinkCluster:
             cmd = [script, "start-foreground"]
         proc = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
                                 cwd=None if self.private and what == "taskmanager" else str(self.dir / f"{what}-{index}"),
-                                start_new_session=True)
+                                process_group=0)
         out.close()
         self._all.append(proc)
         return proc
@@ -162,17 +162,18 @@ class FlinkCluster:
 
     def stop(self) -> None:
         for proc in reversed(self._all):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            # the whole group, even when its JVM is gone already: the Python workers it started
+            # are in it (a killed TaskManager's orphans too)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for proc in self._all:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 pass
-        # the Python workers of a TaskManager run in its process group (its session): gone too;
+        # the Python workers of a TaskManager run in its process group: gone too;
         # any left (a worker that ignored the group kill) are found by their cluster directory
         for pid in _pids_mentioning(str(self.dir)):
             try:

@@ -100,14 +100,23 @@ def test_adf_flink_run_and_package(python: str, tmp_path: Path) -> None:
     assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "partial"
     out = tmp_path / "pkg"
     r = subprocess.run([sys.executable, "-m", "core.cli", "flink", "package", str(spec_path), "--out", str(out),
-                        "-r", "SQLAlchemy>=2", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "-r", "SQLAlchemy>=2", "--shared", str(tmp_path), "--json"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     import zipfile
 
     names = zipfile.ZipFile(out / "adf-flink.zip").namelist()
     assert "core/engine.py" in names and "flink_job/job.py" in names
+    assert "flowlib/steps.py" in names  # the step modules the flow imports, from its python_path
     assert (out / "job.py").exists() and (out / "orders.json").exists()
+    packaged = json.loads((out / "orders.json").read_text())
+    assert "python_path" not in packaged and packaged["source"]["path"] == str(tmp_path / "in" / "*.csv")
     assert "SQLAlchemy>=2" in (out / "requirements.txt").read_text()
+    assert "-pyreq" in (out / "README.txt").read_text()
+    # a path only this machine sees is refused, named
+    r = subprocess.run([sys.executable, "-m", "core.cli", "flink", "package", str(spec_path), "--out",
+                        str(tmp_path / "pkg2")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "source.path" in r.stderr and "sink.url" in r.stderr
 
 
 @pytest.mark.redis

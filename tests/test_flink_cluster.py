@@ -17,12 +17,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from flink_cluster import FLINK_PYTHON, FlinkCluster, descendants, unshare_works
 
 from flink_job.cli import flink_python
-from tests.flink_cluster import FLINK_PYTHON, FlinkCluster, descendants, unshare_works
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
@@ -165,10 +164,12 @@ def test_a_python_error_in_a_worker_reaches_the_client_with_its_traceback(cluste
     assert r.returncode == 0, r.stderr
     r = submit(cluster, pkg, cwd=tmp_path)
     assert r.returncode != 0
-    assert "Traceback (most recent call last):" in r.stderr and "fails_on_workers.py" in r.stderr, r.stderr[-3000:]
+    both = r.stdout + r.stderr  # the client Python's stderr comes out through the `flink` CLI
+    assert "Traceback (most recent call last):" in both and "in parse_spec" in both, both[-6000:]
     line = summary_line(r.stdout)
     assert "fails: failed on Flink" in line
     assert "RuntimeError: this module refuses to load in a Flink worker (on purpose)" in line, line
+    assert "and ended FAILED" in line  # after the cluster's restart attempts
 
 
 def test_a_detached_submission_prints_the_job_id_and_status_reports_the_end(cluster: FlinkCluster, shared: Path,
@@ -190,7 +191,8 @@ def test_a_detached_submission_prints_the_job_id_and_status_reports_the_end(clus
     assert r.returncode == 0, r.stdout + r.stderr
     status = json.loads(r.stdout)
     assert status["state"] == "FINISHED"
-    assert [op["name"] for op in status["operators"]][-1].startswith("sink")
+    assert "sink" in status["operators"][-1]["name"]
+    print("status of a finished detached job:", json.dumps(status))
     assert len((shared / "det-out.jsonl").read_text().splitlines()) == 1000
 
 
@@ -212,14 +214,19 @@ def test_python_workers_of_a_killed_taskmanager_stop(cluster: FlinkCluster, shar
     job = re.search(r"submitted to Flink as job ([0-9a-f]{32})", r.stdout)
     assert job, r.stdout + r.stderr[-3000:]
     try:
-        jvm = cluster.jvm_pid(cluster.taskmanagers[0])
-        deadline, workers = time.monotonic() + 90, []
+        deadline, victim = time.monotonic() + 90, -1
+        workers: list[int] = []
         while time.monotonic() < deadline and not workers:
-            workers = [p for p in descendants(jvm) if "beam_boot" in _cmdline(p)]
+            for i, tm in enumerate(cluster.taskmanagers):
+                if tm.poll() is None:
+                    found = [p for p in descendants(cluster.jvm_pid(tm)) if "beam_boot" in _cmdline(p)]
+                    if found:
+                        workers, victim = found, i
+                        break
             time.sleep(0.5)
-        assert workers, "no Python worker started under TaskManager 0"
+        assert workers, "no Python worker started: " + json.dumps(cluster.get(f"/jobs/{job.group(1)}"))[:2000]
         time.sleep(2)  # the workers are reading and writing now
-        cluster.kill_taskmanager(0)
+        cluster.kill_taskmanager(victim)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_alive(p) for p in workers):
             time.sleep(0.2)
@@ -242,7 +249,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
-
-
-def _unused(_: Any) -> None:  # keep the imports a reader may want when extending these tests
-    pass
