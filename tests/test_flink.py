@@ -203,3 +203,18 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
         admin.delete_topic(topic)
+
+
+@pytest.mark.parametrize(("mode", "copies"), [("overwrite", 1), ("append", 2)])
+def test_a_rerun_overwrites_the_file_sink_once_as_locally(python: str, tmp_path: Path, mode: str, copies: int) -> None:
+    _orders(tmp_path / "in", files=3, rows=50)
+    out = tmp_path / "out.jsonl"
+    spec = {"name": "orders_file", "source": {"type": "file", "path": str(tmp_path / "in" / "*.csv"), "format": "csv"},
+            "sink": {"type": "file", "path": str(out), "mode": mode}}
+    spec_path = tmp_path / "orders.json"
+    spec_path.write_text(json.dumps(spec))
+    for _ in range(2):  # parallelism 2: both subtasks append to the file the client prepared once
+        summary = _flink(python, spec_path, tmp_path, 2)
+        assert (summary["status"], summary["records_out"]) == ("success", 150), summary
+    ids = sorted(json.loads(line)["id"] for line in out.read_text().splitlines())
+    assert ids == sorted(str(i) for i in range(150) for _ in range(copies))
