@@ -11,7 +11,9 @@ How the flow maps onto Flink (PyFlink has no Python source API, so splits travel
 descriptors):
 
 * the client asks the source's enumerator for every split and sends the splits, as JSON
-  descriptors, through ``from_collection``; Flink spreads them over the parallel subtasks;
+  descriptors, through ``from_collection``; Flink spreads them over the parallel subtasks
+  (a bounded source's one by one; an unbounded source's dealt into one group per subtask,
+  read together, so that every split is read: :func:`_assignments`);
 * ``read``: a ``flat_map`` that reads each split with the core ``SourceReader``; the elements
   that flow between the operators are batches of records (a JSON object each, up to
   ``runtime.batch_size`` records with their origins: see :func:`_pack`), so PyFlink's
@@ -270,9 +272,10 @@ def _functions() -> dict[str, Any]:
                                ctx.get_metrics_group())
 
         def flat_map(self, descriptor: str) -> Iterator[str]:
-            split = self.source.split_from_dict(json.loads(descriptor))
+            # one element: the splits one reader reads together (see _assignments)
+            splits = [self.source.split_from_dict(d) for d in json.loads(descriptor)]
             reader = self.source.create_reader(DetachedReaderContext(self.source.run_context.reader_id))
-            reader.add_splits([split])
+            reader.add_splits(splits)
             reader.notify_no_more_splits()
             reader.start()
             try:
@@ -294,7 +297,7 @@ def _functions() -> dict[str, Any]:
                         time.sleep(float(self.flow.runtime.get("idle_sleep_s", 0.05)))
             finally:
                 reader.close()
-            self.out.count("splits")
+            self.out.count("splits", len(splits))
             rest = self.out.take()
             if rest:  # the split's last counts and dead letters, in an element of no records
                 yield _pack([], None, None, rest)
@@ -460,6 +463,22 @@ def submitted_by_flink_cli() -> bool:
     return "PYFLINK_GATEWAY_PORT" in os.environ
 
 
+def _assignments(splits: list[Split], parallelism: int, bounded: bool) -> list[list[Split]]:
+    """The read operator's elements: the splits each reader call reads.
+
+    Bounded: one split an element, so the subtasks share the splits as they finish them. An
+    unbounded split is never finished, so a subtask would read only the first it gets: the
+    splits are dealt round-robin into one group per subtask (``rebalance`` hands each subtask
+    one), and a reader reads its group together (a Rafka reader: one ``XREADGROUP`` over its
+    partitions) — every split is read, whatever the ratio of splits to parallelism."""
+    if bounded:
+        return [[s] for s in splits]
+    groups: list[list[Split]] = [[] for _ in range(max(1, min(parallelism, len(splits))))]
+    for i, split in enumerate(splits):
+        groups[i % len(groups)].append(split)
+    return groups
+
+
 def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str | None,
               splits: list[Split], carry: bool = False) -> Any:
     """The PyFlink environment with the job's graph, and the sink's stream (run it with
@@ -491,7 +510,8 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
         env.enable_checkpointing(int(flow.runtime.get("checkpoint_interval_ms", 10_000)))
     fns = _functions()
     raw = dict(flow.raw)
-    descriptors = [json.dumps(s.to_dict(), default=str) for s in splits]
+    descriptors = [json.dumps([s.to_dict() for s in group], default=str)
+                   for group in _assignments(splits, p, source.boundedness is Boundedness.BOUNDED)]
     stream = env.from_collection(descriptors, type_info=Types.STRING()).rebalance()
     stream = stream.flat_map(fns["ReadSplits"](raw, run_id, run_dir, carry), output_type=Types.STRING()).name("read")
     if flow.schema is not None:

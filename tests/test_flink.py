@@ -168,7 +168,7 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
     url = "redis://127.0.0.1:6379"
     topic = f"flink-stream-{uuid.uuid4().hex[:8]}"
     admin = Admin(url)
-    admin.create_topic(topic, 2)
+    admin.create_topic(topic, 3)  # more partitions than subtasks: every one must be read
     out = tmp_path / "stream.jsonl"
     spec_path = tmp_path / "stream.json"
     spec_path.write_text(json.dumps({
