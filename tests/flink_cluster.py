@@ -13,7 +13,8 @@ directory and pid directory of its own; the ports are free ones. :meth:`stop` ki
 ``private=True`` runs each TaskManager under ``unshare --mount`` with an empty tmpfs on
 ``/tmp`` and a working directory of its own: a job can then read only what is on the
 shared filesystem (not the client's ``/tmp``, where pytest's ``tmp_path`` lives). The cluster's
-own directory is therefore not under ``/tmp`` (``/var/tmp`` by default).
+own directory is therefore not under ``/tmp`` (``/var/tmp`` by default); a project checked out
+under ``/tmp`` is bound back into the TaskManager's view, at its own path.
 """
 
 from __future__ import annotations
@@ -115,8 +116,14 @@ class FlinkCluster:
         out = open(self.log_dir / f"{what}-{index}.console", "wb")
         if what == "taskmanager" and self.private:
             work = f"/tmp/tm-{index}"
+            # the project (its .venv-flink runs the TaskManager) stays visible where it is, also
+            # when it was checked out under /tmp: bound aside, then back over the new tmpfs
+            keep = f"{self.dir}/keep-{index}"
+            inside = ROOT == Path("/tmp") or Path("/tmp") in ROOT.parents
+            setup = (f"mkdir -p {keep} && mount --bind {ROOT} {keep} && mount -t tmpfs tmpfs /tmp && "
+                     f"mkdir -p {ROOT} && mount --bind {keep} {ROOT}") if inside else "mount -t tmpfs tmpfs /tmp"
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   f"mount -t tmpfs tmpfs /tmp && mkdir -p {work} && cd {work} && exec {script} start-foreground"]
+                   f"{setup} && mkdir -p {work} && cd {work} && exec {script} start-foreground"]
         else:
             work_dir = self.dir / f"{what}-{index}"
             work_dir.mkdir(exist_ok=True)
