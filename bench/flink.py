@@ -9,7 +9,8 @@ interpreter's environment; the Flink job with the Flink environment's interprete
 fresh process, so Flink's start-up (JVM, mini-cluster, Python workers: several seconds) is
 counted — that is what a user of `adf flink run` waits for. A second figure subtracts the
 time of the same Flink job over 10 records (start-up and tear-down) to show the steady
-throughput.
+throughput. The baseline, same run: the same work as a plain PyFlink job (bench/flink_native.py:
+a FileSource of lines → ``map`` → a FileSink; target: the engine's job ≥ 0.8x its throughput).
 
 ``--cluster`` runs the same job on a standalone cluster as well (one JobManager and two
 TaskManagers of one slot each on loopback, started from the wheel's scripts by
@@ -71,6 +72,18 @@ def flink(python: str, inp: Path, work: Path, parallelism: int, tag: str) -> flo
     return elapsed
 
 
+def native(python: str, inp: Path, work: Path, parallelism: int, tag: str) -> float:
+    """The same work as a plain PyFlink job (bench/flink_native.py), in a fresh process."""
+    out = work / f"native-{tag}-{parallelism}"
+    t0 = time.perf_counter()
+    r = subprocess.run([python, str(ROOT / "bench" / "flink_native.py"), str(inp), str(out), str(parallelism)],
+                       cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if r.returncode:
+        raise RuntimeError(f"the native job failed: {r.stderr[-2000:]}")
+    return elapsed
+
+
 def on_cluster(inp: Path, work: Path, parallelisms: tuple[int, ...]) -> dict[int, float]:
     import shlex
 
@@ -122,17 +135,21 @@ def main() -> int:
         for p in (1, 2):
             t_local = local(inp, work, p)
             t_flink = flink(python, inp, work, p, "full")
+            t_native = native(python, inp, work, p, "full")
             steady = t_flink - start if t_flink > start * 1.2 else float("nan")  # too close to tell
-            rows.append((p, t_local, t_flink, steady))
+            rows.append((p, t_local, t_flink, steady, t_native))
             print(f"parallelism {p}: local {args.records / t_local:,.0f} rec/s ({t_local:.1f} s), "
                   f"flink {args.records / t_flink:,.0f} rec/s ({t_flink:.1f} s; {args.records / steady:,.0f} rec/s "
-                  f"without the {start:.1f} s start-up), flink / local = {t_local / t_flink:.2f}x")
+                  f"without the {start:.1f} s start-up), flink / local = {t_local / t_flink:.2f}x; "
+                  f"plain PyFlink {args.records / t_native:,.0f} rec/s ({t_native:.1f} s), "
+                  f"the engine's job / plain PyFlink = {t_native / t_flink:.2f}x (target >= 0.8x)")
         print("\n| parallelism | local runner (rec/s) | Flink, whole run (rec/s) | Flink without start-up (rec/s) "
-              "| Flink / local |")
-        print("|---:|---:|---:|---:|---:|")
-        for p, t_local, t_flink, steady in rows:
+              "| Flink / local | plain PyFlink job (rec/s) | engine's job / plain PyFlink |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for p, t_local, t_flink, steady, t_native in rows:
             print(f"| {p} | {args.records / t_local:,.0f} | {args.records / t_flink:,.0f} | "
-                  f"{args.records / steady:,.0f} | {t_local / t_flink:.2f}x |")
+                  f"{args.records / steady:,.0f} | {t_local / t_flink:.2f}x | {args.records / t_native:,.0f} | "
+                  f"{t_native / t_flink:.2f}x |")
         print(f"\nFlink start-up and tear-down (a 10-record job): {start:.1f} s")
         if args.cluster:
             print("\n| parallelism | standalone cluster, `flink run` (rec/s) | wall time (s) |")

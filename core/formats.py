@@ -61,6 +61,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import re
 from bisect import bisect_right
@@ -1279,12 +1280,16 @@ class _OnDemand(Sequence[int]):
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return [self._at(k) for k in range(*i.indices(len(self)))]
+            return self.to_list()[i]
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
         return self._at(i)
+
+    def to_list(self) -> list[int]:
+        """Every number, in one pass (asking :meth:`_at` for each can cost O(n²))."""
+        return [self._at(k) for k in range(len(self))]
 
 
 class _LineOffsets(_OnDemand):
@@ -1302,6 +1307,11 @@ class _LineOffsets(_OnDemand):
     def _at(self, i: int) -> int:
         return self._base + sum(map(len, self._lines[:i]))
 
+    def to_list(self) -> list[int]:
+        if not self._lines:
+            return []
+        return list(itertools.accumulate(map(len, self._lines[:-1]), initial=self._base))
+
 
 class _StartLines(_OnDemand):
     """The first line of each row of a pass, from the line counts after each."""
@@ -1317,6 +1327,10 @@ class _StartLines(_OnDemand):
 
     def _at(self, i: int) -> int:
         return self._first + (self._ends[i - 1] if i else 0)
+
+    def to_list(self) -> list[int]:
+        first = self._first
+        return [first, *(first + e for e in self._ends[:-1])] if self._ends else []
 
 
 def _touches(bad: dict[int, str], first: int, last: int) -> int:

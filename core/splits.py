@@ -99,6 +99,15 @@ class DeadLetter:
         return out
 
 
+def _as_list(values: Sequence[Any] | int | None) -> list[Any] | int | None:
+    """A segment's values as plain data: an on-demand sequence (core.formats) gives all of them
+    in one pass (``to_list``) rather than one look-up each."""
+    if values is None or isinstance(values, int):
+        return values
+    whole = getattr(values, "to_list", None)
+    return list(whole() if callable(whole) else values)
+
+
 class Origins:
     """Where each record of a batch came from, without a dict per record.
 
@@ -142,8 +151,7 @@ class Origins:
 
     def to_list(self) -> list[list[Any]]:
         """Plain data (JSON) for :meth:`from_list`: the batch's origins sent to another process."""
-        return [[start, n, base, key, list(values) if isinstance(values, Sequence) else values]
-                for start, n, base, key, values in self._segments]
+        return [[start, n, base, key, _as_list(values)] for start, n, base, key, values in self._segments]
 
     @classmethod
     def from_list(cls, data: Sequence[Sequence[Any]]) -> Origins:
