@@ -427,6 +427,27 @@ class Checkpoints:
 # --------------------------------------------------------------------------- the pipeline of one reader
 
 
+def setup_destinations(
+    spec: FlowSpec, run_ctx: RunContext, reg: Registry, *, run_dir: str | None = None, sink: Sink | None = None
+) -> None:
+    """Prepare a new run's sink and dead-letter sink, once, before anything is read (a file sink's
+    ``mode: overwrite`` truncates here; every writer then appends): the local coordinator and the
+    Flink client both call it. A destination that cannot be reached is retried within
+    ``runtime.sink_retry``; then :class:`SinkUnavailableError`."""
+    if sink is None:
+        sink = reg.resolve("sink", spec.sink["type"])({k: v for k, v in spec.sink.items() if k != "type"})
+    sink.run_context = run_ctx
+    policy = RetryPolicy.from_config(spec.runtime.get("sink_retry"), "runtime.sink_retry")
+    dead = DeadLetterWriter(spec.dead_letter, run_ctx, run_dir, reg)
+    for what, setup in ((f"sink {redact_text(sink.describe())}", sink.setup), (f"dead-letter {dead.destination}", dead.setup)):
+        try:
+            retry_call(setup, policy=policy, retryable=is_unavailable, what=what)
+        except RetriesExhausted as exc:
+            raise SinkUnavailableError(
+                f"{exc}; nothing was read yet: make it reachable and run the flow again"
+            ) from exc.last
+
+
 class _OriginTracker:
     """Finds where a record of a batch came from, for the origin of a step's or the sink's dead letter.
 
@@ -1142,18 +1163,8 @@ class _Run:
     def setup_sinks(self, pipeline_sink: Sink | None = None) -> None:
         if self.resumed:
             return
-        cls = self.reg.resolve("sink", self.spec.sink["type"])
-        sink: Sink = pipeline_sink or cls({k: v for k, v in self.spec.sink.items() if k != "type"})
-        sink.run_context = self.run_ctx
-        policy = RetryPolicy.from_config(self.runtime.get("sink_retry"), "runtime.sink_retry")
-        dead = DeadLetterWriter(self.spec.dead_letter, self.run_ctx, self.run_dir if self.persist else None, self.reg)
-        for what, setup in ((f"sink {redact_text(sink.describe())}", sink.setup), (f"dead-letter {dead.destination}", dead.setup)):
-            try:
-                retry_call(setup, policy=policy, retryable=is_unavailable, what=what)
-            except RetriesExhausted as exc:
-                raise SinkUnavailableError(
-                    f"{exc}; nothing was read yet: make it reachable and run the flow again"
-                ) from exc.last
+        setup_destinations(self.spec, self.run_ctx, self.reg, run_dir=self.run_dir if self.persist else None,
+                           sink=pipeline_sink)
 
     def report(self, counts: BatchCounts | Mapping[str, int] | None, d_bytes: int, finished: int,
                reasons: Mapping[str, Any] | None = None) -> None:

@@ -653,27 +653,6 @@ def _merge(run_dir: str) -> tuple[dict[str, int], str | None, list[dict[str, Any
     return totals, destination, letters
 
 
-def _setup_sinks(flow: Any, run_ctx: RunContext) -> None:
-    """Prepare the sink and the dead-letter sink once per run, here in the client, before any
-    subtask writes — as the local runner's coordinator does: a file sink's ``mode: overwrite``
-    truncates the file (or deletes the S3 object and its parts) once, and every subtask then
-    appends. (The package refuses a local sink path the client and the workers do not share.)"""
-    from core.engine import DeadLetterWriter
-    from core.redact import redact_text
-    from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_call
-
-    cls = registry.resolve("sink", flow.sink["type"])
-    sink = cls({k: v for k, v in flow.sink.items() if k != "type"})
-    sink.run_context = run_ctx
-    dead = DeadLetterWriter(flow.dead_letter, run_ctx, None, registry)
-    policy = RetryPolicy.from_config(flow.runtime.get("sink_retry"), "runtime.sink_retry")
-    for what, setup in ((f"sink {redact_text(sink.describe())}", sink.setup), (f"dead-letter {dead.destination}", dead.setup)):
-        try:
-            retry_call(setup, policy=policy, retryable=is_unavailable, what=what)
-        except RetriesExhausted as exc:
-            raise AdfError(f"{exc}; nothing was submitted: make it reachable and run the flow again") from exc
-
-
 def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_dir: str | None = None) -> dict[str, Any]:
     """Run ``spec`` (a mapping or a spec file) on Flink's local mini-cluster (or the cluster
     `flink run` submits to) and return a run summary.
@@ -707,7 +686,12 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     source.run_context = RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p)
     splits = all_splits(source, p)
     bounded = source.boundedness is Boundedness.BOUNDED
-    _setup_sinks(flow, RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p))
+    from core.engine import setup_destinations
+
+    # the sink and the dead-letter sink, prepared once here before any subtask writes, as the
+    # local coordinator does (a file sink's `mode: overwrite` truncates once; the subtasks append)
+    setup_destinations(flow, RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p),
+                       registry)
     started = time.time()
     status, error, job_id = "success", None, None
     totals = {"records_in": 0, "records_out": 0, "dead_letters": 0, "splits": 0, "filtered": 0, "fanned_out": 0}
