@@ -58,6 +58,7 @@ Byte-range splits
 
 from __future__ import annotations
 
+import abc
 import codecs
 import csv
 import io
@@ -1271,12 +1272,19 @@ class _Feed:
 
 class _OnDemand(Sequence[int]):
     """A sequence of numbers computed one at a time when asked (origins are looked up only for
-    the rare record a step or the sink rejects); subclasses give ``__len__`` and ``_at``."""
+    the rare record a step or the sink rejects); subclasses give ``__len__``, ``_at`` and
+    ``to_list``."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def _at(self, i: int) -> int:
-        raise NotImplementedError
+        """Number ``i`` alone (for the one record a dead letter is about)."""
+
+    @abc.abstractmethod
+    def to_list(self) -> list[int]:
+        """Every number, in one pass (origins sent to another process): asking :meth:`_at`
+        for each would cost O(n²)."""
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
@@ -1286,10 +1294,6 @@ class _OnDemand(Sequence[int]):
         if not 0 <= i < len(self):
             raise IndexError(i)
         return self._at(i)
-
-    def to_list(self) -> list[int]:
-        """Every number, in one pass (asking :meth:`_at` for each can cost O(n²))."""
-        return [self._at(k) for k in range(len(self))]
 
 
 class _LineOffsets(_OnDemand):
