@@ -45,7 +45,7 @@ from handlers.invoke_base import (
 )
 from handlers.invoke_params import RequestParams
 
-__all__ = ["object_route", "object_url", "parse_flow_message", "run_event_flow"]
+__all__ = ["object_key", "object_route", "object_url", "parse_flow_message", "run_event_flow"]
 
 _MESSAGE_KEYS = ("flow", "records", "params")
 
@@ -93,9 +93,15 @@ def object_route(routes: Mapping[str, str], bucket: str, key: str, default: str 
     raise NotFound(f"no flow is routed for s3://{full} (routes: {', '.join(sorted(routes)) or 'none'}; no default flow)")
 
 
+def object_key(key: str) -> str:
+    """An S3 event's object key as it is named: notifications URL-encode it (``a+b%3D.csv`` →
+    ``a b=.csv``). Routes and URLs use the decoded key."""
+    return unquote_plus(key)
+
+
 def object_url(bucket: str, key: str) -> str:
-    """``s3://bucket/key`` with the event's URL-encoded key decoded (``a+b%3D.csv`` → ``a b=.csv``)."""
-    return f"s3://{bucket}/{unquote_plus(key)}"
+    """``s3://bucket/key`` with the event's URL-encoded key decoded (:func:`object_key`)."""
+    return f"s3://{bucket}/{object_key(key)}"
 
 
 def run_event_flow(

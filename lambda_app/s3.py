@@ -20,13 +20,12 @@ import json
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handlers.invoke_base import FlowFailed, TriggerPayload
-from handlers.invoke_events import object_route, object_url, run_event_flow
+from handlers.invoke_events import object_key, object_route, object_url, run_event_flow
 from lambda_app.host import count_run, get_host, logger, metrics, tracer
 from lambda_app.idempotency import once
 
@@ -64,8 +63,7 @@ def routes() -> dict[str, str]:
 
 
 def _run_object(bucket: str, key: str, request_id: str) -> dict[str, Any]:
-    # the notification's key is URL-encoded ("batch+1/a%3Db.csv"): routes name keys as they are
-    flow = object_route(routes(), bucket, unquote_plus(key), os.environ.get("ADF_DEFAULT_FLOW"))
+    flow = object_route(routes(), bucket, object_key(key), os.environ.get("ADF_DEFAULT_FLOW"))
     url = object_url(bucket, key)
     try:
         invocation = run_event_flow(get_host(), flow, TriggerPayload(), trigger="s3",
