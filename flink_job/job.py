@@ -52,6 +52,7 @@ those entries; run such flows with the local runner when at-least-once matters m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -82,7 +83,10 @@ from core.splits import (  # noqa: E402
     Split,
 )
 
-__all__ = ["all_splits", "build_job", "main", "run"]
+__all__ = ["all_splits", "assemble_parts", "build_job", "main", "run"]
+
+#: the byte ranges a file source is cut into under Flink when its spec sets no ``split_bytes``
+SPLIT_BYTES = 4 << 20
 
 
 def all_splits(source: Any, parallelism: int = 1, limit: int = 1_000_000) -> list[Split]:
@@ -133,8 +137,14 @@ def _pack(records: list[Any], origins: Origins | None, positions: list[int] | No
 
 def _unpack(value: str) -> tuple[list[Any], Origins | None, list[int] | None, dict[str, Any]]:
     data = json.loads(value)
-    carried = {k: data[k] for k in ("c", "d") if k in data}
+    carried = {k: data[k] for k in ("c", "d", "k", "e") if k in data}
     return data["r"], None if data["o"] is None else Origins.from_list(data["o"]), data["p"], carried
+
+
+def _marks(carried: Mapping[str, Any]) -> dict[str, Any]:
+    """What an element says about its split besides counts: ``k``, the bounded split it comes
+    from; ``e``, the split's end (the sink then commits the split's part: :class:`_Parts`)."""
+    return {key: carried[key] for key in ("k", "e") if key in carried}
 
 
 def _origin(origins: Origins | None, positions: list[int] | None, index: int) -> dict[str, Any]:
@@ -253,8 +263,20 @@ def _functions() -> dict[str, Any]:
     from pyflink.datastream.functions import FlatMapFunction, MapFunction, RuntimeContext
 
     class ReadSplits(FlatMapFunction):  # type: ignore[misc]
-        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False) -> None:
+        """The read operator. Its input is a number from the job's ``NumberSequenceSource`` (a
+        FLIP-27 source whose split assignment and positions are Flink's checkpointed state):
+
+        * bounded: number ``k`` is split ``k`` of ``work`` — one call reads that split whole and
+          then returns, so a checkpoint barrier passes between splits and a restart resumes after
+          the last split the checkpoint covers;
+        * unbounded: a number is a tick — one call polls the subtask's group of splits once, and
+          first acknowledges what the previous tick read (by then the sink wrote it: the operators
+          run chained in one worker, an element after the other)."""
+
+        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False,
+                     work: list[list[dict[str, Any]]] | None = None, bounded: bool = True) -> None:
             self.spec, self.run_id, self.run_dir, self.carry = dict(spec), run_id, run_dir, carry
+            self.work, self.bounded = list(work or []), bounded
 
         def open(self, ctx: RuntimeContext) -> None:
             from flink_job.watchdog import watch_parent
@@ -264,17 +286,29 @@ def _functions() -> dict[str, Any]:
             run_dir = _worker_dir(self.run_dir, self.flow.name, self.run_id)
             cls = registry.resolve("source", self.flow.source["type"])
             self.source = cls({k: v for k, v in self.flow.source.items() if k != "type"})
+            self.subtask, self.parallelism = ctx.get_index_of_this_subtask(), ctx.get_number_of_parallel_subtasks()
             self.source.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=run_dir,
-                                                 reader_id=ctx.get_index_of_this_subtask(),
-                                                 parallelism=ctx.get_number_of_parallel_subtasks())
+                                                 reader_id=self.subtask, parallelism=self.parallelism)
             self.batch = int(self.flow.runtime.get("batch_size", 500))
-            self.out = _Outbox(self.flow, self.run_id, run_dir, "read", ctx.get_index_of_this_subtask(), self.carry,
+            self.idle = float(self.flow.runtime.get("idle_sleep_s", 0.05))
+            self.discovery = float(self.flow.runtime.get("discovery_interval_s", 10))
+            self.out = _Outbox(self.flow, self.run_id, run_dir, "read", self.subtask, self.carry,
                                ctx.get_metrics_group())
+            self.reader: Any = None  # unbounded: this subtask's reader, across ticks
+            self.known: set[str] = set()
+            self.discovered_at = 0.0
 
-        def flat_map(self, descriptor: str) -> Iterator[str]:
-            # one element: the splits one reader reads together (see _assignments)
-            splits = [self.source.split_from_dict(d) for d in json.loads(descriptor)]
-            reader = self.source.create_reader(DetachedReaderContext(self.source.run_context.reader_id))
+        def flat_map(self, number: int) -> Iterator[str]:
+            if self.bounded:
+                yield from self._read_split(int(number))
+            else:
+                yield from self._tick()
+
+        def _read_split(self, k: int) -> Iterator[str]:
+            if k >= len(self.work):
+                return
+            splits = [self.source.split_from_dict(d) for d in self.work[k]]
+            reader = self.source.create_reader(DetachedReaderContext(self.subtask))
             reader.add_splits(splits)
             reader.notify_no_more_splits()
             reader.start()
@@ -285,24 +319,61 @@ def _functions() -> dict[str, Any]:
                         self.out.letter(letter)
                     self.out.count("records_in", len(batch.records) + len(batch.dead_letters))
                     if batch.records:  # a batch per element: the per-element cost of PyFlink is paid per batch
-                        yield _pack(batch.records, batch.origins, None, self.out.take())
-                    # Flink takes the batch from here: an acknowledging source (Rafka) acknowledges
-                    # it now — under Flink, when the read operator hands it on (see the module doc)
+                        yield _pack(batch.records, batch.origins, None, {**self.out.take(), "k": k})
                     reader.notify_checkpoint_complete()
                     if batch.status is ReaderStatus.END_OF_INPUT:
                         break
                     if batch.status is ReaderStatus.NOTHING_AVAILABLE and not batch.records:
                         # not the end, even of a bounded split (a stream not yet read up to its
                         # end id): only END_OF_INPUT ends it
-                        time.sleep(float(self.flow.runtime.get("idle_sleep_s", 0.05)))
+                        time.sleep(self.idle)
             finally:
                 reader.close()
             self.out.count("splits", len(splits))
-            rest = self.out.take()
-            if rest:  # the split's last counts and dead letters, in an element of no records
-                yield _pack([], None, None, rest)
+            # the split's end (its last counts and dead letters): the sink commits the split's part here
+            yield _pack([], None, None, {**self.out.take(), "k": k, "e": 1})
+
+        def _tick(self) -> Iterator[str]:
+            if self.reader is None:
+                mine = [self.source.split_from_dict(d) for d in
+                        (self.work[self.subtask] if self.subtask < len(self.work) else [])]
+                self.known = {s.split_id for s in mine}
+                self.out.count("splits", len(mine))
+                self.reader = self.source.create_reader(DetachedReaderContext(self.subtask))
+                self.reader.add_splits(mine)
+                self.reader.start()
+                self.discovered_at = time.monotonic()
+            else:
+                # what the previous tick read is written by now: acknowledge it (Rafka: XACK)
+                self.reader.notify_checkpoint_complete()
+            if self.discovery > 0 and time.monotonic() - self.discovered_at >= self.discovery:
+                self._discover()
+            batch = self.reader.poll_batch(self.batch)
+            for letter in batch.dead_letters:
+                self.out.letter(letter)
+            self.out.count("records_in", len(batch.records) + len(batch.dead_letters))
+            if batch.records:
+                yield _pack(batch.records, batch.origins, None, self.out.take())
+            elif batch.status is not ReaderStatus.END_OF_INPUT:
+                time.sleep(self.idle)
+
+        def _discover(self) -> None:
+            """New splits (a topic's new partitions): dealt to the subtasks as at submission."""
+            self.discovered_at = time.monotonic()
+            try:
+                groups = _assignments(all_splits(self.source, self.parallelism), self.parallelism, False)
+            except Exception:  # the source is unreachable just now: try again at the next interval
+                return
+            mine = groups[self.subtask] if self.subtask < len(groups) else []
+            new = [s for s in mine if s.split_id not in self.known]
+            if new:
+                self.known.update(s.split_id for s in new)
+                self.reader.add_splits(new)
+                self.out.count("splits", len(new))
 
         def close(self) -> None:
+            if self.reader is not None:
+                self.reader.close()
             self.out.close()
 
     class Step(FlatMapFunction):  # type: ignore[misc]
@@ -352,8 +423,9 @@ def _functions() -> dict[str, Any]:
             from core.splits import ReaderBatch
 
             records, self.origins, self.positions, carried = _unpack(value)
-            if not records:  # counts and dead letters only: pass them on
-                yield _pack([], None, None, self.out.take(carried))
+            marks = _marks(carried)
+            if not records:  # counts and dead letters only (or a split's end): pass them on
+                yield _pack([], None, None, {**self.out.take(carried), **marks})
                 return
             self.tracker = _StageTracker(_OriginTracker(ReaderBatch(records, ReaderStatus.MORE_AVAILABLE)), records)
             failed_before = self.out.counts.get("dead_letters", 0)
@@ -367,17 +439,19 @@ def _functions() -> dict[str, Any]:
             extra = self.out.take(carried)
             if out:  # routing decisions are not followed under Flink: the record goes on
                 plain = [getattr(r, "record", r) if type(r) is not dict else r for r in out]
-                yield _pack(plain, self.origins, tracker.positions_after(plain, self.positions), extra)
+                yield _pack(plain, self.origins, tracker.positions_after(plain, self.positions), {**extra, **marks})
             elif extra:
-                yield _pack([], None, None, extra)
+                yield _pack([], None, None, {**extra, **marks})
 
         def close(self) -> None:
             self.step.close()
             self.out.close()
 
     class WriteSink(MapFunction):  # type: ignore[misc]
-        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False) -> None:
+        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False,
+                     parts: str | None = None) -> None:
             self.spec, self.run_id, self.run_dir, self.carry = dict(spec), run_id, run_dir, carry
+            self.parts_dir = parts  # a file sink's output, committed split by split (see _Parts)
 
         def open(self, ctx: RuntimeContext) -> None:
             from core.engine import _Pipeline
@@ -399,6 +473,7 @@ def _functions() -> dict[str, Any]:
                 self.pipeline = _Pipeline(flow, self.run_ctx, os.path.join(run_dir, f"sink-{subtask}"), registry)
             self.pipeline.open()
             self.out = _Outbox(flow, self.run_id, run_dir, "sink", subtask, self.carry, ctx.get_metrics_group())
+            self.parts = None if self.parts_dir is None else _Parts(self.parts_dir)
 
         def map(self, value: str) -> str:
             # an element is already a batch (up to runtime.batch_size records): write it now, so
@@ -406,7 +481,13 @@ def _functions() -> dict[str, Any]:
             from core.splits import ReaderBatch
 
             records, origins, positions, carried = _unpack(value)
-            if records:
+            if self.parts is not None and "k" in carried:
+                if records:
+                    self.parts.write(int(carried["k"]), records)
+                    self.out.count("records_out", len(records))
+                if carried.get("e"):
+                    self.parts.commit(int(carried["k"]))
+            elif records:
                 before = self.pipeline.records_out
                 counts = self.pipeline.commit(ReaderBatch(records=records, status=ReaderStatus.MORE_AVAILABLE,
                                                           origins=_origins_of(origins, positions, len(records))))
@@ -427,10 +508,114 @@ def _functions() -> dict[str, Any]:
             return json.dumps(taken, default=str)
 
         def close(self) -> None:
+            if self.parts is not None:
+                self.parts.abort()
             self.pipeline.close()
             self.out.close()
 
     return {"ReadSplits": ReadSplits, "Step": Step, "WriteSink": WriteSink}
+
+
+class _Parts:
+    """A bounded job's file output, committed split by split: exactly once, whatever restarts.
+
+    The records of split ``k`` go to a temporary file of their own; at the split's end the file is
+    renamed to ``part-<k>.jsonl`` (atomically, after ``fsync``). A split that a restart reads
+    again — from the last checkpoint on — writes a new temporary file and replaces its part
+    whole, so each split's records are in the output once, however often it was read. The
+    client joins the parts, in split order, into the sink's file when the job ended
+    (:func:`assemble_parts`): the file is then the one ``adf run`` writes."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self._open: dict[int, tuple[int, str]] = {}
+
+    @staticmethod
+    def final(directory: str, k: int) -> str:
+        return os.path.join(directory, f"part-{k:06d}.jsonl")
+
+    def _fd(self, k: int) -> int:
+        entry = self._open.get(k)
+        if entry is None:
+            tmp = os.path.join(self.dir, f"part-{k:06d}.{uuid.uuid4().hex[:12]}.tmp")
+            entry = self._open[k] = (os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), tmp)
+        return entry[0]
+
+    def write(self, k: int, records: list[Any]) -> None:
+        from core.formats import encode_jsonl
+
+        data = memoryview(encode_jsonl(records))
+        fd = self._fd(k)
+        while data:
+            data = data[os.write(fd, data):]
+
+    def commit(self, k: int) -> None:
+        fd = self._fd(k)
+        tmp = self._open.pop(k)[1]
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.final(self.dir, k))
+
+    def abort(self) -> None:
+        """Parts not committed (the job is cancelled or fails): their temporary files go."""
+        for fd, tmp in self._open.values():
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._open.clear()
+
+
+def parts_dir(flow: Any) -> str | None:
+    """Where a bounded job's file sink commits its parts (None: the sink writes directly). One
+    directory per sink file: a job resumed from a savepoint finds the parts committed before it."""
+    sink = flow.sink
+    path = str(sink.get("path") or "")
+    if sink.get("type") != "file" or not path or "://" in path:
+        return None
+    return f"{path}.adf-parts"
+
+
+def assemble_parts(flow: Any, directory: str, count: int, run_ctx: RunContext) -> None:
+    """Join the committed parts ``0 … count-1`` into the file sink's file (prepared by the client
+    before the job, as :func:`~core.engine.setup_destinations` prepares every run's sink), then
+    remove them. JSON Lines parts are copied as they are; any other format is written through
+    the file sink, so the file is the one the local runner writes."""
+    import shutil
+
+    missing = [k for k in range(count) if not os.path.exists(_Parts.final(directory, k))]
+    if missing:
+        raise AdfError(f"the job ended, but the parts of {len(missing)} of its {count} splits are missing "
+                       f"from {directory} (first: split {missing[0]}): the output is incomplete")
+    cls = registry.resolve("sink", "file")
+    sink = cls({**{k: v for k, v in flow.sink.items() if k != "type"}, "mode": "append"})
+    sink.run_context = run_ctx
+    if getattr(sink, "format", None) == "jsonl":
+        with open(sink.path, "ab") as out:
+            for k in range(count):
+                with open(_Parts.final(directory, k), "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+            if sink.config.get("fsync"):
+                out.flush()
+                os.fsync(out.fileno())
+    else:
+        sink.open()
+        try:
+            for k in range(count):
+                with open(_Parts.final(directory, k), encoding="utf-8") as part:
+                    batch: list[Any] = []
+                    for line in part:
+                        batch.append(json.loads(line))
+                        if len(batch) >= 5000:
+                            sink.write_batch(batch)
+                            batch = []
+                    if batch:
+                        sink.write_batch(batch)
+        finally:
+            sink.close()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 class _StageTracker:
@@ -480,18 +665,28 @@ def _assignments(splits: list[Split], parallelism: int, bounded: bool) -> list[l
 
 
 def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str | None,
-              splits: list[Split], carry: bool = False) -> Any:
+              splits: list[Split], carry: bool = False, parts: str | None = None) -> Any:
     """The PyFlink environment with the job's graph, and the sink's stream (run it with
     ``env.execute``; with ``carry``, collect the sink's stream: counts and dead letters).
 
+    Every job runs in STREAMING mode with checkpoints (``runtime.checkpoint_interval_ms``,
+    default 10 s). Its source is a ``NumberSequenceSource`` — a FLIP-27 source: Flink assigns
+    its number ranges to the subtasks and checkpoints each reader's position. A bounded flow's
+    number ``k`` is its split ``k`` (read whole by one call); an unbounded flow's numbers are
+    ticks, one poll of the subtask's splits each (:class:`ReadSplits`). Each Python call
+    returns, so checkpoint barriers pass between them (one element a bundle).
+
     ``run_dir``: where the subtasks write (the client's on the mini-cluster); None on a cluster,
-    where each TaskManager host uses a directory of its own."""
-    from pyflink.common import Configuration, Types
-    from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+    where each TaskManager host uses a directory of its own. ``parts``: the directory a bounded
+    job's file sink commits its parts to (:class:`_Parts`)."""
+    from pyflink.common import Configuration, Types, WatermarkStrategy
+    from pyflink.datastream import CheckpointingMode, RuntimeExecutionMode, StreamExecutionEnvironment
+    from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
     flow = parse_spec(spec)
     cls = registry.resolve("source", flow.source["type"])
     source = cls({k: v for k, v in flow.source.items() if k != "type"})
+    bounded = source.boundedness is Boundedness.BOUNDED
     config = Configuration()
     if not submitted_by_flink_cli():
         # the local mini-cluster: its workers are this interpreter with this project. Under
@@ -500,26 +695,31 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
         config.set_string("python.executable", sys.executable)
         config.set_string("python.client.executable", sys.executable)
         config.set_string("python.pythonpath", str(ROOT))
+        # one process, one machine: a failure is not worth a restart (a cluster's own
+        # restart-strategy applies under `flink run`)
+        config.set_string("restart-strategy.type", "none")
+    # one element a bundle: the Java operator hands the Python worker a split (or a tick) and
+    # waits for it, so a checkpoint barrier never waits behind elements sent ahead
+    config.set_string("python.fn-execution.bundle.size", "1")
+    config.set_string("python.operator-chaining.enabled", "true")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     p = int(parallelism or flow.runtime.get("parallelism", 1) or 1)
     env.set_parallelism(p)
-    if source.boundedness is Boundedness.BOUNDED:
-        env.set_runtime_mode(RuntimeExecutionMode.BATCH)
-    else:
-        env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
-        env.enable_checkpointing(int(flow.runtime.get("checkpoint_interval_ms", 10_000)))
+    env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
+    env.enable_checkpointing(int(flow.runtime.get("checkpoint_interval_ms") or 10_000), CheckpointingMode.EXACTLY_ONCE)
     fns = _functions()
     raw = dict(flow.raw)
-    descriptors = [json.dumps([s.to_dict() for s in group], default=str)
-                   for group in _assignments(splits, p, source.boundedness is Boundedness.BOUNDED)]
-    stream = env.from_collection(descriptors, type_info=Types.STRING()).rebalance()
-    stream = stream.flat_map(fns["ReadSplits"](raw, run_id, run_dir, carry), output_type=Types.STRING()).name("read")
+    groups = [[s.to_dict() for s in group] for group in _assignments(splits, p, bounded)]
+    numbers = NumberSequenceSource(0, max(len(groups), 1) - 1) if bounded else NumberSequenceSource(0, 2**62)
+    stream = env.from_source(numbers, WatermarkStrategy.no_watermarks(), "splits" if bounded else "ticks")
+    stream = stream.flat_map(fns["ReadSplits"](raw, run_id, run_dir, carry, groups, bounded),
+                             output_type=Types.STRING()).name("read")
     if flow.schema is not None:
         stream = stream.flat_map(fns["Step"](raw, -1, run_id, run_dir, carry), output_type=Types.STRING()).name("schema")
     for i, step in enumerate(flow.steps):
         stream = stream.flat_map(fns["Step"](raw, i, run_id, run_dir, carry), output_type=Types.STRING()) \
             .name(f"step {i}: {step.get('type', 'python')}")
-    written = stream.map(fns["WriteSink"](raw, run_id, run_dir, carry), output_type=Types.STRING()).name("sink")
+    written = stream.map(fns["WriteSink"](raw, run_id, run_dir, carry, parts), output_type=Types.STRING()).name("sink")
     if not carry:
         written.filter(lambda _: False).print()  # a terminal operator; nothing reaches it
     return env, written
@@ -547,6 +747,20 @@ def attached() -> bool:
         return bool(env._j_stream_execution_environment.getConfiguration().get(options.ATTACHED))
     except Exception:
         return True
+
+
+def restore_path() -> str | None:
+    """The savepoint or checkpoint ``flink run -s PATH`` restores the job from (None: a new run)."""
+    try:
+        from pyflink.datastream import StreamExecutionEnvironment
+        from pyflink.java_gateway import get_gateway
+
+        env = StreamExecutionEnvironment.get_execution_environment()
+        options = get_gateway().jvm.org.apache.flink.configuration.StateRecoveryOptions
+        value = env._j_stream_execution_environment.getConfiguration().get(options.SAVEPOINT_PATH)
+    except Exception:
+        return None
+    return str(value) if value else None
 
 
 def python_traceback(text: str) -> str | None:
@@ -579,9 +793,9 @@ def _rest_url() -> str | None:
         return None
 
 
-def _after_restart(job_name: str, timeout: float = 600) -> str | None:
-    """After the collect of a job broke off because the job restarted: wait for the job to end
-    (REST API) and describe it — its final state and the Python traceback of the failure."""
+def _job_end(job_name: str, timeout: float = 600) -> str | None:
+    """After the job failed (or its collection broke off): wait for its end on the REST API and
+    describe it — how often it restarted, its final state and the Python traceback of the failure."""
     import urllib.request
 
     rest = _rest_url()
@@ -609,16 +823,12 @@ def _after_restart(job_name: str, timeout: float = 600) -> str | None:
     for entry in history:
         tb = python_traceback(entry.get("stacktrace") or "")
         if tb is not None:
-            sys.stderr.write(f"adf: job {job_id} failed in a Python worker:\n{tb}\n")
             last = [ln for ln in tb.splitlines() if ln.strip() and not ln.startswith(" ")]
             cause = last[-1].strip() if last else None
             break
         cause = cause or (entry.get("exceptionName") or "") + ": " + (entry.get("stacktrace") or "").split("\n")[0]
-    what = f"job {job_id} restarted ({cause or 'cause unknown'}) and ended {state}"
-    if state == "FINISHED":
-        what += ("; its counts are not known (the client's collection broke off at the restart) and the sink may "
-                 "hold what the first attempt wrote twice: see `adf flink status " + job_id + "`")
-    return what
+    restarts = max(0, len(history) - (state == "FAILED"))
+    return f"job {job_id} restarted {restarts} times ({cause or 'cause unknown'}) and ended {state}"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -671,6 +881,12 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
         # spec file, and the working directory (on a cluster: the package's zip, see `adf flink package`)
         extra_path = [os.path.dirname(os.path.abspath(spec))] if isinstance(spec, str) else []
         raw["python_path"] = [*raw.get("python_path", []), *extra_path, os.getcwd()]
+    if flow.source.get("type") == "file" and flow.source.get("split_bytes") is None:
+        # a split is what a checkpoint (and a restart) is counted in: a big file is cut into
+        # byte ranges, so that a barrier passes while it is read (formats that cannot be cut,
+        # a JSON array…, stay one split)
+        flow.source = {**flow.source, "split_bytes": int(flow.runtime.get("flink_split_bytes") or SPLIT_BYTES)}
+        raw["source"] = dict(flow.source)
     flow.raw = raw
     if any(s.get("next") is not None for s in flow.steps):
         raise AdfError("routing between steps ('next') is not supported under Flink: the steps run in order")
@@ -690,8 +906,11 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
 
     # the sink and the dead-letter sink, prepared once here before any subtask writes, as the
     # local coordinator does (a file sink's `mode: overwrite` truncates once; the subtasks append)
-    setup_destinations(flow, RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p),
-                       registry)
+    restoring = restore_path() if cluster else None
+    if restoring is None:
+        setup_destinations(flow, RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p),
+                           registry)
+    # else: a job resumed from a savepoint goes on with what the sink holds (as a resumed local run)
     started = time.time()
     status, error, job_id = "success", None, None
     totals = {"records_in": 0, "records_out": 0, "dead_letters": 0, "splits": 0, "filtered": 0, "fanned_out": 0}
@@ -699,10 +918,18 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     destination: str | None = None
     worker_dir = None if cluster else run_dir
     name = f"adf {flow.name} {run_id}"  # unique: the client finds its job by name on the REST API
+    parts: str | None = None
     try:
         is_attached = attached()
+        # a bounded, attached job's file sink commits split by split and the client joins the
+        # parts at the end (exactly once); detached, nobody joins them: the subtasks append
+        parts = parts_dir(flow) if bounded and is_attached else None
+        if parts is not None and restoring is None and os.path.isdir(parts):
+            import shutil
+
+            shutil.rmtree(parts)  # a failed run's: not this run's output
         env, written = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=worker_dir, splits=splits,
-                                 carry=bounded and is_attached)
+                                 carry=bounded and is_attached, parts=parts)
         if not is_attached:
             client = env.execute_async(name)
             job_id = str(client.get_job_id())
@@ -715,7 +942,7 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
         if bounded:
             results = written.execute_and_collect(name)
             # not closed when the collection fails: closing cancels the job, which may still
-            # finish after a restart (see _after_restart)
+            # finish after a restart (see _job_end)
             for value in results:
                 if not value:
                     continue
@@ -724,14 +951,16 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
                     totals[k] = totals.get(k, 0) + int(v)
                 letters.extend(data.get("d") or [])
             results.close()
+            if parts is not None:
+                assemble_parts(flow, parts, len(splits),
+                               RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p))
         else:
             env.execute(name)
     except Exception as exc:  # the job failed: report it like the local runner does
         status, error = "failed", _error_text(exc)
-        if cluster and "Job restarted" in str(exc):
-            # the collected counts broke off when the job restarted (a worker failed, a TaskManager
-            # was lost): wait for the job's end and say why it restarted, from the REST API
-            error = _after_restart(name) or error
+        if cluster:  # how the job ended, after the cluster's restart strategy gave up (REST API)
+            end = _job_end(name)
+            error = f"{error} — {end}" if end else error
     if not bounded and not cluster:
         totals, destination, letters = _merge(run_dir)
     elif letters:
