@@ -59,6 +59,7 @@ import os
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -260,51 +261,47 @@ def _worker_dir(run_dir: str | None, flow: str, run_id: str) -> str:
 
 def _functions() -> dict[str, Any]:
     """The PyFlink functions (imported here: pyflink is needed only to run a job)."""
-    from pyflink.datastream.functions import FlatMapFunction, MapFunction, RuntimeContext
+    from pyflink.datastream.functions import (
+        FlatMapFunction,
+        KeyedProcessFunction,
+        MapFunction,
+        RuntimeContext,
+    )
+
+    def open_read(fn: Any, ctx: RuntimeContext) -> None:
+        """What both read operators set up: the flow, its source and the outbox."""
+        from flink_job.watchdog import watch_parent
+
+        watch_parent()
+        fn.flow = parse_spec(fn.spec)
+        run_dir = _worker_dir(fn.run_dir, fn.flow.name, fn.run_id)
+        cls = registry.resolve("source", fn.flow.source["type"])
+        fn.source = cls({k: v for k, v in fn.flow.source.items() if k != "type"})
+        fn.subtask, fn.parallelism = ctx.get_index_of_this_subtask(), ctx.get_number_of_parallel_subtasks()
+        fn.source.run_context = RunContext(flow_name=fn.flow.name, run_id=fn.run_id, state_dir=run_dir,
+                                           reader_id=fn.subtask, parallelism=fn.parallelism)
+        fn.batch = int(fn.flow.runtime.get("batch_size", 500))
+        fn.idle = float(fn.flow.runtime.get("idle_sleep_s", 0.05))
+        fn.discovery = float(fn.flow.runtime.get("discovery_interval_s", 10))
+        fn.out = _Outbox(fn.flow, fn.run_id, run_dir, "read", fn.subtask, fn.carry, ctx.get_metrics_group())
 
     class ReadSplits(FlatMapFunction):  # type: ignore[misc]
-        """The read operator. Its input is a number from the job's ``NumberSequenceSource`` (a
-        FLIP-27 source whose split assignment and positions are Flink's checkpointed state):
-
-        * bounded: number ``k`` is split ``k`` of ``work`` — one call reads that split whole and
-          then returns, so a checkpoint barrier passes between splits and a restart resumes after
-          the last split the checkpoint covers;
-        * unbounded: a number is a tick — one call polls the subtask's group of splits once, and
-          first acknowledges what the previous tick read (by then the sink wrote it: the operators
-          run chained in one worker, an element after the other)."""
+        """A bounded flow's read operator. Its input is a number from the job's
+        ``NumberSequenceSource`` (a FLIP-27 source: Flink assigns its number ranges to the subtasks
+        and checkpoints each reader's position): number ``k`` is split ``k`` of ``work``. One call
+        reads that split whole and returns, so a checkpoint barrier passes between splits and a
+        restart resumes after the last split the checkpoint covers."""
 
         def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False,
-                     work: list[list[dict[str, Any]]] | None = None, bounded: bool = True) -> None:
+                     work: list[list[dict[str, Any]]] | None = None) -> None:
             self.spec, self.run_id, self.run_dir, self.carry = dict(spec), run_id, run_dir, carry
-            self.work, self.bounded = list(work or []), bounded
+            self.work = list(work or [])
 
         def open(self, ctx: RuntimeContext) -> None:
-            from flink_job.watchdog import watch_parent
+            open_read(self, ctx)
 
-            watch_parent()
-            self.flow = parse_spec(self.spec)
-            run_dir = _worker_dir(self.run_dir, self.flow.name, self.run_id)
-            cls = registry.resolve("source", self.flow.source["type"])
-            self.source = cls({k: v for k, v in self.flow.source.items() if k != "type"})
-            self.subtask, self.parallelism = ctx.get_index_of_this_subtask(), ctx.get_number_of_parallel_subtasks()
-            self.source.run_context = RunContext(flow_name=self.flow.name, run_id=self.run_id, state_dir=run_dir,
-                                                 reader_id=self.subtask, parallelism=self.parallelism)
-            self.batch = int(self.flow.runtime.get("batch_size", 500))
-            self.idle = float(self.flow.runtime.get("idle_sleep_s", 0.05))
-            self.discovery = float(self.flow.runtime.get("discovery_interval_s", 10))
-            self.out = _Outbox(self.flow, self.run_id, run_dir, "read", self.subtask, self.carry,
-                               ctx.get_metrics_group())
-            self.reader: Any = None  # unbounded: this subtask's reader, across ticks
-            self.known: set[str] = set()
-            self.discovered_at = 0.0
-
-        def flat_map(self, number: int) -> Iterator[str]:
-            if self.bounded:
-                yield from self._read_split(int(number))
-            else:
-                yield from self._tick()
-
-        def _read_split(self, k: int) -> Iterator[str]:
+        def flat_map(self, k: int) -> Iterator[str]:
+            k = int(k)
             if k >= len(self.work):
                 return
             splits = [self.source.split_from_dict(d) for d in self.work[k]]
@@ -333,47 +330,90 @@ def _functions() -> dict[str, Any]:
             # the split's end (its last counts and dead letters): the sink commits the split's part here
             yield _pack([], None, None, {**self.out.take(), "k": k, "e": 1})
 
-        def _tick(self) -> Iterator[str]:
-            if self.reader is None:
-                mine = [self.source.split_from_dict(d) for d in
-                        (self.work[self.subtask] if self.subtask < len(self.work) else [])]
-                self.known = {s.split_id for s in mine}
-                self.out.count("splits", len(mine))
-                self.reader = self.source.create_reader(DetachedReaderContext(self.subtask))
-                self.reader.add_splits(mine)
-                self.reader.start()
-                self.discovered_at = time.monotonic()
+        def close(self) -> None:
+            self.out.close()
+
+    class ReadKeyed(KeyedProcessFunction):  # type: ignore[misc]
+        """An unbounded flow's read operator: keyed by reader group (one key a subtask,
+        :func:`_subtask_keys`), driven by ticks (the ``NumberSequenceSource``'s numbers). One
+        call polls the group's splits once and returns, so barriers pass.
+
+        The group's reader positions (its splits' ``snapshot_state``) and the splits it knows are
+        the key's ``ValueState``: checkpoints and savepoints hold them, and a restarted or restored
+        job's reader goes on from there (a file from its offset; a Rafka partition from its
+        consumer's pending entries). Every call first acknowledges what the previous call read —
+        written by then: the operators after this one run chained in the same worker, an element
+        after the other. A split found later (a new partition, a new file of a watched
+        directory) goes to the group its id hashes to."""
+
+        def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool,
+                     work: list[list[dict[str, Any]]], keys: list[int]) -> None:
+            self.spec, self.run_id, self.run_dir, self.carry = dict(spec), run_id, run_dir, carry
+            self.work, self.keys = list(work), list(keys)
+
+        def open(self, ctx: RuntimeContext) -> None:
+            from pyflink.common import Types
+            from pyflink.datastream.state import ValueStateDescriptor
+
+            open_read(self, ctx)
+            self.state = ctx.get_state(ValueStateDescriptor("adf-reader", Types.STRING()))
+            self.group_of = {key: g for g, key in enumerate(self.keys)}
+            self.readers: dict[int, list[Any]] = {}  # group -> [reader, known split ids, last discovery]
+
+        def _reader(self, g: int) -> list[Any]:
+            saved = self.state.value()
+            if saved:  # restored from a checkpoint or savepoint
+                data = json.loads(saved)
+                splits = [self.source.split_from_dict(d) for d in data["splits"]]
+                known = set(data["known"])
             else:
-                # what the previous tick read is written by now: acknowledge it (Rafka: XACK)
-                self.reader.notify_checkpoint_complete()
-            if self.discovery > 0 and time.monotonic() - self.discovered_at >= self.discovery:
-                self._discover()
-            batch = self.reader.poll_batch(self.batch)
+                splits = [self.source.split_from_dict(d) for d in (self.work[g] if g < len(self.work) else [])]
+                known = {str(d.get("split_id")) for group in self.work for d in group}
+                self.out.count("splits", len(splits))
+            reader = self.source.create_reader(DetachedReaderContext(self.subtask))
+            reader.add_splits(splits)
+            reader.start()
+            return [reader, known, time.monotonic()]
+
+        def _discover(self, g: int, entry: list[Any]) -> None:
+            entry[2] = time.monotonic()
+            try:
+                found = all_splits(self.source, len(self.keys))
+            except Exception:  # the source is unreachable just now: try again at the next interval
+                return
+            known: set[str] = entry[1]
+            new = [s for s in found if s.split_id not in known]
+            known.update(s.split_id for s in new)
+            mine = [s for s in new if zlib.crc32(s.split_id.encode()) % len(self.keys) == g]
+            if mine:
+                entry[0].add_splits(mine)
+                self.out.count("splits", len(mine))
+
+        def process_element(self, tick: int, ctx: Any) -> Iterator[str]:
+            g = self.group_of.get(ctx.get_current_key(), 0)
+            entry = self.readers.get(g)
+            if entry is None:
+                entry = self.readers[g] = self._reader(g)
+            else:
+                # what the previous call read is written by now: acknowledge it (Rafka: XACK)
+                entry[0].notify_checkpoint_complete()
+            if self.discovery > 0 and time.monotonic() - entry[2] >= self.discovery:
+                self._discover(g, entry)
+            reader = entry[0]
+            batch = reader.poll_batch(self.batch)
             for letter in batch.dead_letters:
                 self.out.letter(letter)
             self.out.count("records_in", len(batch.records) + len(batch.dead_letters))
+            self.state.update(json.dumps({"splits": [s.to_dict() for s in reader.snapshot_state()],
+                                          "known": sorted(entry[1])}, default=str))
             if batch.records:
                 yield _pack(batch.records, batch.origins, None, self.out.take())
             elif batch.status is not ReaderStatus.END_OF_INPUT:
                 time.sleep(self.idle)
 
-        def _discover(self) -> None:
-            """New splits (a topic's new partitions): dealt to the subtasks as at submission."""
-            self.discovered_at = time.monotonic()
-            try:
-                groups = _assignments(all_splits(self.source, self.parallelism), self.parallelism, False)
-            except Exception:  # the source is unreachable just now: try again at the next interval
-                return
-            mine = groups[self.subtask] if self.subtask < len(groups) else []
-            new = [s for s in mine if s.split_id not in self.known]
-            if new:
-                self.known.update(s.split_id for s in new)
-                self.reader.add_splits(new)
-                self.out.count("splits", len(new))
-
         def close(self) -> None:
-            if self.reader is not None:
-                self.reader.close()
+            for entry in self.readers.values():
+                entry[0].close()
             self.out.close()
 
     class Step(FlatMapFunction):  # type: ignore[misc]
@@ -513,7 +553,7 @@ def _functions() -> dict[str, Any]:
             self.pipeline.close()
             self.out.close()
 
-    return {"ReadSplits": ReadSplits, "Step": Step, "WriteSink": WriteSink}
+    return {"ReadSplits": ReadSplits, "ReadKeyed": ReadKeyed, "Step": Step, "WriteSink": WriteSink}
 
 
 class _Parts:
@@ -710,10 +750,22 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
     fns = _functions()
     raw = dict(flow.raw)
     groups = [[s.to_dict() for s in group] for group in _assignments(splits, p, bounded)]
-    numbers = NumberSequenceSource(0, max(len(groups), 1) - 1) if bounded else NumberSequenceSource(0, 2**62)
-    stream = env.from_source(numbers, WatermarkStrategy.no_watermarks(), "splits" if bounded else "ticks")
-    stream = stream.flat_map(fns["ReadSplits"](raw, run_id, run_dir, carry, groups, bounded),
-                             output_type=Types.STRING()).name("read")
+    if bounded:
+        numbers = env.from_source(NumberSequenceSource(0, max(len(groups), 1) - 1), WatermarkStrategy.no_watermarks(),
+                                  "splits").uid("adf-splits")
+        stream = numbers.flat_map(fns["ReadSplits"](raw, run_id, run_dir, carry, groups), output_type=Types.STRING())
+    else:
+        # ticks, keyed so that each subtask owns one reader group and its state. A tick is
+        # padded to a network buffer's size (32 KiB): only a few queue between the operators,
+        # so a barrier — a savepoint's is always aligned — never waits behind thousands of them
+        env.set_max_parallelism(MAX_PARALLELISM)
+        groups += [[] for _ in range(p - len(groups))]  # a group a subtask: splits found later go there too
+        keys = _subtask_keys(p)
+        ticks = env.from_source(NumberSequenceSource(0, 2**62), WatermarkStrategy.no_watermarks(), "ticks").uid("adf-ticks")
+        padded = ticks.map(_Tick(keys), output_type=Types.TUPLE([Types.LONG(), Types.STRING()])).name("tick").uid("adf-tick")
+        stream = padded.key_by(_tick_key, key_type=Types.LONG()) \
+            .process(fns["ReadKeyed"](raw, run_id, run_dir, carry, groups, keys), output_type=Types.STRING())
+    stream = stream.name("read").uid("adf-read")
     if flow.schema is not None:
         stream = stream.flat_map(fns["Step"](raw, -1, run_id, run_dir, carry), output_type=Types.STRING()).name("schema")
     for i, step in enumerate(flow.steps):
@@ -723,6 +775,43 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
     if not carry:
         written.filter(lambda _: False).print()  # a terminal operator; nothing reaches it
     return env, written
+
+
+#: the job's maximum parallelism (key groups): fixed, so that savepoints restore onto the same keys
+MAX_PARALLELISM = 128
+
+
+def _subtask_keys(parallelism: int) -> list[int]:
+    """One key per subtask: ``keys[i]`` is a key Flink hands to subtask ``i`` (Flink hashes keys
+    to key groups, so keys 0…p-1 could land on one subtask and leave another idle)."""
+    from pyflink.java_gateway import get_gateway
+
+    assign = get_gateway().jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment.assignKeyToParallelOperator
+    found: dict[int, int] = {}
+    key = 0
+    while len(found) < parallelism:
+        found.setdefault(int(assign(key, MAX_PARALLELISM, parallelism)), key)
+        key += 1
+    return [found[i] for i in range(parallelism)]
+
+
+#: a tick's size: a network buffer (Flink's default memory segment), see build_job
+TICK_BYTES = 32 << 10
+
+
+class _Tick:
+    """A tick: the key of the reader group whose turn it is, and padding (see build_job)."""
+
+    def __init__(self, keys: list[int]) -> None:
+        self.keys = keys
+        self.pad = "." * TICK_BYTES
+
+    def __call__(self, tick: int) -> tuple[int, str]:
+        return self.keys[int(tick) % len(self.keys)], self.pad
+
+
+def _tick_key(tick: tuple[int, str]) -> int:
+    return int(tick[0])
 
 
 def _flink_parallelism() -> int | None:

@@ -174,7 +174,7 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
     spec_path.write_text(json.dumps({
         "name": "rafka_stream", "source": {"type": "rafka", "url": url, "topic": topic, "group": "g", "bounded": False},
         "sink": {"type": "file", "path": str(out), "format": "jsonl"},
-        "runtime": {"checkpoint_interval_ms": 1000}}))
+        "runtime": {"checkpoint_interval_ms": 1000, "discovery_interval_s": 1}}))
 
     def ids() -> list[int]:
         return sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) if out.exists() else []
@@ -198,6 +198,18 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
         producer.flush()
         wait_for(150)
         assert ids() == list(range(150))
+        # a partition added while the job runs is found and read
+        admin.add_partitions(topic, 4)
+        producer = Producer(url)
+        producer.send_batch(topic, [{"id": i} for i in range(150, 350)], key_field="id")
+        producer.flush()
+        import redis
+
+        from core.connectors.rafka import stream_key
+
+        assert redis.Redis.from_url(url).xlen(stream_key(topic, 3)) > 0  # the new partition has entries
+        wait_for(350)
+        assert ids() == list(range(350))
         assert proc.poll() is None  # still running: a streaming job does not end by itself
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -218,3 +230,46 @@ def test_a_rerun_overwrites_the_file_sink_once_as_locally(python: str, tmp_path:
         assert (summary["status"], summary["records_out"]) == ("success", 150), summary
     ids = sorted(json.loads(line)["id"] for line in out.read_text().splitlines())
     assert ids == sorted(str(i) for i in range(150) for _ in range(copies))
+
+
+def test_a_watched_directory_is_a_streaming_job_that_reads_each_new_file_once(python: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(100)))
+    out = tmp_path / "watched.jsonl"
+    spec_path = tmp_path / "watch.json"
+    spec_path.write_text(json.dumps({
+        "name": "watched", "source": {"type": "file", "path": str(inbox / "*.jsonl"), "watch": True},
+        "sink": {"type": "file", "path": str(out), "format": "jsonl"},
+        "runtime": {"checkpoint_interval_ms": 1000, "discovery_interval_s": 1, "idle_sleep_s": 0.05}}))
+
+    def ids() -> list[int]:
+        return sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) if out.exists() else []
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 120
+        while len(ids()) < n and time.monotonic() < deadline:
+            time.sleep(0.25)
+
+    proc = subprocess.Popen([python, "-m", "flink_job.job", str(spec_path), "-p", "2", "--state-dir",
+                             str(tmp_path / "state")], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                                                      "HOME": str(tmp_path)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(100)
+        assert ids() == list(range(100)), proc.poll()
+        for name, first in (("b", 100), ("c", 250)):  # files that appear while the job runs
+            tmp = inbox / f".{name}.part"
+            tmp.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(first, first + 150)))
+            tmp.rename(inbox / f"{name}.jsonl")
+        wait_for(400)
+        time.sleep(3)  # more discoveries: nothing is read twice
+        assert ids() == list(range(400))
+        assert proc.poll() is None  # watching: the job does not end by itself
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)

@@ -300,7 +300,7 @@ def test_a_taskmanager_killed_mid_job_and_replaced_the_job_resumes_and_writes_ea
         parts = list(data.glob("out.jsonl.adf-parts/part-*.jsonl"))
         assert _checkpoints(cluster, job).get("completed", 0) >= 1, cluster.get(f"/jobs/{job}/checkpoints")
         assert client.poll() is None, "the job ended before a TaskManager could be killed"
-        cluster.kill_taskmanager(0)
+        cluster.kill_taskmanager(next(i for i, tm in enumerate(cluster.taskmanagers) if tm.poll() is None))
         killed_after = len(parts)
         cluster.wait_for_taskmanager_loss(1)
         cluster.add_taskmanager()
