@@ -7,15 +7,16 @@
     adf flink package flow.yaml --out pkg --shared /data              # for a cluster: see pkg/README.txt
     flink run -py pkg/job.py -pyfs pkg/adf-flink.zip -pyexec PY -pyclientexec PY pkg/flow.json
 
-How the flow maps onto Flink (PyFlink has no Python source API, so splits travel as
-descriptors):
+How the flow maps onto Flink (PyFlink has no Python source API; docs/FLINK.md says more):
 
-* the client asks the source's enumerator for every split and sends the splits, as JSON
-  descriptors, through ``from_collection``; Flink spreads them over the parallel subtasks
-  (a bounded source's one by one; an unbounded source's dealt into one group per subtask,
-  read together, so that every split is read: :func:`_assignments`);
-* ``read``: a ``flat_map`` that reads each split with the core ``SourceReader``; the elements
-  that flow between the operators are batches of records (a JSON object each, up to
+* the job's source is Flink's ``NumberSequenceSource`` (FLIP-27: Flink assigns its number
+  ranges to the subtasks and checkpoints each reader's position). A bounded flow's number ``k``
+  is split ``k`` of those the source's enumerator listed at submission, read whole by one call
+  of :class:`ReadSplits` chained after the source. An unbounded flow's numbers are ticks, keyed
+  by reader group (one group a subtask): each tick polls the group once, and the group's
+  reader positions are keyed state (``ReadKeyed``). Each call returns and the Python bundle is
+  one element, so checkpoint barriers pass between calls;
+* the elements between the operators are batches of records (a JSON object each, up to
   ``runtime.batch_size`` records with their origins: see :func:`_pack`), so PyFlink's
   per-element cost is paid once per batch, and a step's or the sink's dead letter says where
   its record came from (file and line…), as under the local runner;
@@ -23,7 +24,8 @@ descriptors):
   is a dead letter;
 * the sink: a function with ``open``/``close`` that writes what reaches it
   with the core sink, a batch per element (retries, then record-by-record isolation into dead
-  letters, as the local runner does).
+  letters, as the local runner does). A bounded, attached job's file sink commits each split's
+  records as a part of its own instead (:class:`_Parts`): exactly once across restarts.
 
 Counts and dead letters (:class:`_Outbox`): in a bounded, attached job they travel with the
 elements to the sink operator, whose output the client collects (``execute_and_collect``): the
@@ -35,18 +37,18 @@ files in each worker's run directory (the client's on the local mini-cluster; th
 host's temporary directory on a cluster), and count ``adf_*`` Flink metrics
 (``adf flink status``).
 
-A bounded source runs in BATCH mode; an unbounded one in STREAMING mode with checkpointing
-(``runtime.checkpoint_interval_ms``, default 10 s). Parallelism: ``--parallelism``, else — under
-``flink run`` — Flink's (``-p``, the cluster's default), else the spec's ``runtime.parallelism``.
-Routing between steps (``next``) is not supported under Flink: the steps run in order. Under
-``flink run``, the workers' interpreter is the one ``-pyexec`` (``python.executable``) names;
-the local mini-cluster uses this interpreter. Every operator's ``open()`` starts a watchdog
-(:mod:`flink_job.watchdog`): a Python worker whose TaskManager JVM is gone kills itself.
+Every job runs in STREAMING mode with checkpoints (``runtime.checkpoint_interval_ms``, default
+10 s). Parallelism: ``--parallelism``, else — under ``flink run`` — Flink's (``-p``, the
+cluster's default), else the spec's ``runtime.parallelism``. Routing between steps (``next``)
+is not supported under Flink: the steps run in order. Under ``flink run``, the workers'
+interpreter is the one ``-pyexec`` (``python.executable``) names; the local mini-cluster uses
+this interpreter. Every operator's ``open()`` starts a watchdog (:mod:`flink_job.watchdog`): a
+Python worker whose TaskManager JVM is gone kills itself.
 
-Acknowledgements: a source that acknowledges what it read (Rafka: ``XACK``) does so when the
-read operator hands a batch on, not after the sink wrote it as the local runner does — the
-hand-off does not cross Flink operators. A job that fails after that point does not re-read
-those entries; run such flows with the local runner when at-least-once matters more than scale.
+Acknowledgements: PyFlink gives Python functions no checkpoint-complete hook, so a source that
+acknowledges what it read (Rafka: ``XACK``) does so at the reader's next poll — after the
+sink, chained in the same worker, wrote it. Entries not yet written stay pending and are read
+again after a restart.
 """
 
 from __future__ import annotations
@@ -689,12 +691,11 @@ def submitted_by_flink_cli() -> bool:
 
 
 def _assignments(splits: list[Split], parallelism: int, bounded: bool) -> list[list[Split]]:
-    """The read operator's elements: the splits each reader call reads.
+    """The read operator's work: the splits each reader reads together.
 
-    Bounded: one split an element, so the subtasks share the splits as they finish them. An
-    unbounded split is never finished, so a subtask would read only the first it gets: the
-    splits are dealt round-robin into one group per subtask (``rebalance`` hands each subtask
-    one), and a reader reads its group together (a Rafka reader: one ``XREADGROUP`` over its
+    Bounded: one split each, read by whichever subtask the source's number ``k`` goes to. An
+    unbounded split is never finished, so the splits are dealt round-robin into one group per
+    subtask, and a reader reads its group together (a Rafka reader: one ``XREADGROUP`` over its
     partitions) — every split is read, whatever the ratio of splits to parallelism."""
     if bounded:
         return [[s] for s in splits]

@@ -148,7 +148,9 @@ class FlinkCluster:
 
     def add_taskmanager(self, timeout: float = 120) -> subprocess.Popen[bytes]:
         """Start one more TaskManager and wait until the JobManager counts it."""
-        want = self.overview().get("taskmanagers", 0) + 1
+        # the live TaskManager processes and this one (not the JobManager's count: it still holds
+        # a killed TaskManager until its heartbeat times out)
+        want = sum(1 for tm in self.taskmanagers if tm.poll() is None) + 1
         proc = self._spawn("taskmanager", len(self.taskmanagers))
         self.taskmanagers.append(proc)
         self.wait_for_taskmanagers(want, timeout)
@@ -221,8 +223,10 @@ class FlinkCluster:
         raise TimeoutError(f"{n} TaskManagers not registered after {timeout} s: {self.logs()[-3000:]}")
 
     def wait_for_taskmanager_loss(self, n: int, timeout: float = 60) -> None:
+        """Wait until the JobManager counts at most ``n`` TaskManagers (a REST call that fails
+        says nothing: asked again)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.overview().get("taskmanagers", 0) > n:
+        while time.monotonic() < deadline and self.overview().get("taskmanagers", n + 1) > n:
             time.sleep(0.5)
 
     def logs(self) -> str:
