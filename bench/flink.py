@@ -16,7 +16,8 @@ a FileSource of lines → ``map`` → a FileSink; target: the engine's job ≥ 0
 TaskManagers of one slot each on loopback, started from the wheel's scripts by
 tests/flink_cluster.py, not counted): packaged with ``adf flink package`` and submitted with
 ``flink run -p N`` exactly as the package's README says; the figure is the wall time of
-``flink run`` (client start, submission, the job, the summary).
+``flink run`` (client start, submission, the job, the summary). The plain PyFlink job runs on
+the same cluster the same way (``flink run -py bench/flink_native.py``), as its baseline.
 """
 
 from __future__ import annotations

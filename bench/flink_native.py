@@ -4,8 +4,9 @@
 
 A ``FileSource`` of text lines over the JSONL input → ``map`` (``json.loads``, the
 ``transforms:enrich`` step of bench/transforms.py, ``json.dumps``) → a ``FileSink`` of rows,
-in BATCH mode on the local mini-cluster — what a PyFlink user would write by hand for the
-job the engine runs from its spec. Prints the number of records written.
+in BATCH mode — what a PyFlink user would write by hand for the job the engine runs from its
+spec. Runs on the local mini-cluster, or on a cluster under ``flink run -py bench/flink_native.py
+… IN OUT P`` (bench/flink.py --cluster). Prints the number of records written.
 """
 
 from __future__ import annotations

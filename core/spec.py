@@ -113,7 +113,7 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("stop_after_s", float, check=_positive, help="unbounded sources: stop after this many seconds"),
     Attribute("state_dir", str, help="checkpoints and dead letters (default $ADF_STATE_DIR or ./.adf)"),
     Attribute("checkpoint_interval_ms", int, check=_positive,
-              help="under Flink: the checkpoint interval (default 10000)"),
+              help="under Flink: the checkpoint interval (default 2000 for bounded sources, 10000 for unbounded)"),
     Attribute("flink_split_bytes", int, check=_positive,
               help="under Flink: the byte ranges a file source without split_bytes is cut into (default 4 MiB)"),
 )
