@@ -273,3 +273,24 @@ def test_a_watched_directory_is_a_streaming_job_that_reads_each_new_file_once(py
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+
+
+def test_a_file_sink_is_the_file_adf_run_writes_also_at_parallelism_2(python: str, tmp_path: Path) -> None:
+    """The parts each split commits are joined in split order: the CSV file is byte for byte the
+    local runner's, whichever subtask read which split."""
+    _orders(tmp_path / "in", files=3, rows=400)
+
+    def spec(out: Path) -> dict[str, Any]:
+        return {"name": "csv_out", "source": {"type": "file", "path": str(tmp_path / "in" / "*.csv"), "format": "csv",
+                                              "split_bytes": 2048},
+                "sink": {"type": "file", "path": str(out)}, "runtime": {"batch_size": 50}}
+
+    local = run_flow(spec(tmp_path / "local.csv"), state_dir=str(tmp_path / "local-state"))
+    assert local.status == "success"
+    spec_path = tmp_path / "csv.json"
+    spec_path.write_text(json.dumps(spec(tmp_path / "flink.csv")))
+    summary = _flink(python, spec_path, tmp_path, 2)
+    assert (summary["status"], summary["records_in"], summary["records_out"]) == ("success", 1200, 1200), summary
+    assert summary["splits"] > 6  # the files were cut into byte ranges
+    assert (tmp_path / "flink.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert not (tmp_path / "flink.csv.adf-parts").exists()
