@@ -346,6 +346,8 @@ def job_status(job_id: str, rest: str) -> dict[str, Any]:
             for item in values:
                 key = item["id"].rsplit("adf_", 1)[1]
                 out["counts"][key] = out["counts"].get(key, 0) + int(float(item.get("sum", 0)))
+    if job.get("state") == "FINISHED":
+        out.update(_finished_run(rest, job_id))
     if job.get("state") == "FAILED":
         try:
             exc = _rest_get(rest, f"/jobs/{job_id}/exceptions")
@@ -355,6 +357,32 @@ def job_status(job_id: str, rest: str) -> dict[str, Any]:
             text = ""
         out["error"] = python_traceback(text) or text.splitlines()[0] if text else None
     return out
+
+
+def _finished_run(rest: str, job_id: str) -> dict[str, Any]:
+    """A finished detached bounded job's run: its file sink's parts joined into the file and its
+    counts and dead letters added up, from what the job committed (:func:`flink_job.job.finish_detached`;
+    where: the job's parameters). Nothing when the job has no such report."""
+    from flink_job.job import REPORT_KEY, finish_detached
+
+    try:
+        config = _rest_get(rest, f"/jobs/{job_id}/config")
+    except OSError:
+        return {}
+    report = ((config.get("execution-config") or {}).get("user-config") or {}).get(REPORT_KEY)
+    if not report:
+        return {}
+    data = json.loads(report)
+    if not os.path.isdir(data["parts"]) and not os.path.exists(f"{data['parts']}.summary-{data['run_id']}.json"):
+        return {"summary_error": f"the run's parts directory {data['parts']} is not visible here: run "
+                                 "`adf flink status` where the sink's filesystem is mounted"}
+    try:
+        summary = finish_detached(data)
+    except AdfError as exc:
+        return {"summary_error": str(exc)}
+    if summary is None:
+        return {}
+    return {"summary": summary, "counts": {k: summary[k] for k in _COUNTS if k in summary}}
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -379,8 +407,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  {op['name']}: {op['status']}, {op['elements_in']} elements in, {op['elements_out']} out")
         if status["counts"]:
             print("  " + ", ".join(f"{k} {v}" for k, v in status["counts"].items()))
+        if status.get("summary"):
+            sm = status["summary"]
+            print(f"  {sm['flow']}: {sm['status']}: {sm['records_in']} in, {sm['records_out']} out, "
+                  f"{sm['dead_letters']} dead letters; written to {sm['output']}"
+                  + (f"; dead letters in {sm['dead_letter_destination']}" if sm.get("dead_letter_destination") else "")
+                  + (f" — {sm['error']}" if sm.get("error") else ""))
+        if status.get("summary_error"):
+            print("  " + status["summary_error"])
         if status.get("error"):
             print(status["error"])
+    if status.get("summary", {}).get("status") == "failed":
+        return 1
     return {"FINISHED": 0, "FAILED": 1, "CANCELED": 1}.get(status["state"], 3)
 
 

@@ -88,6 +88,9 @@ from core.splits import (  # noqa: E402
 
 __all__ = ["all_splits", "assemble_parts", "build_job", "main", "run"]
 
+#: the job parameter that holds what ``adf flink status`` needs to finish a detached run
+REPORT_KEY = "adf.report"
+
 #: the byte ranges a file source is cut into under Flink when its spec sets no ``split_bytes``
 SPLIT_BYTES = 4 << 20
 
@@ -523,12 +526,12 @@ def _functions() -> dict[str, Any]:
             from core.splits import ReaderBatch
 
             records, origins, positions, carried = _unpack(value)
-            if self.parts is not None and "k" in carried:
+            parts = self.parts
+            k = int(carried["k"]) if parts is not None and "k" in carried else None
+            if parts is not None and k is not None:
                 if records:
-                    self.parts.write(int(carried["k"]), records)
+                    parts.write(k, records)
                     self.out.count("records_out", len(records))
-                if carried.get("e"):
-                    self.parts.commit(int(carried["k"]))
             elif records:
                 before = self.pipeline.records_out
                 counts = self.pipeline.commit(ReaderBatch(records=records, status=ReaderStatus.MORE_AVAILABLE,
@@ -540,6 +543,8 @@ def _functions() -> dict[str, Any]:
                     self.out.rows(list(kept))
                     kept.clear()
             if not self.carry:
+                if parts is not None and k is not None and carried.get("e"):
+                    parts.commit(k)
                 return ""
             taken = self.out.take(carried)
             dead_sink = getattr(self.pipeline.dead, "_sink", None)
@@ -547,6 +552,10 @@ def _functions() -> dict[str, Any]:
                 dead_sink.write_batch(taken["d"])
                 dead_sink.flush()
                 taken["d"] = []
+            if parts is not None and k is not None:  # the split's counts and dead letters go with its part
+                parts.tally(k, taken)
+                if carried.get("e"):
+                    parts.commit(k)
             return json.dumps(taken, default=str)
 
         def close(self) -> None:
@@ -572,10 +581,24 @@ class _Parts:
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
         self._open: dict[int, tuple[int, str]] = {}
+        self._tally: dict[int, dict[str, Any]] = {}
 
     @staticmethod
     def final(directory: str, k: int) -> str:
         return os.path.join(directory, f"part-{k:06d}.jsonl")
+
+    @staticmethod
+    def meta(directory: str, k: int) -> str:
+        """Split ``k``'s counts and dead letters, committed just before its part (a detached job's
+        summary: :func:`finish_detached`)."""
+        return os.path.join(directory, f"part-{k:06d}.meta.json")
+
+    def tally(self, k: int, taken: Mapping[str, Any]) -> None:
+        """Add what an element of split ``k`` carried (counts, dead letters) to the split's tally."""
+        acc = self._tally.setdefault(k, {"c": {}, "d": []})
+        for key, n in (taken.get("c") or {}).items():
+            acc["c"][key] = acc["c"].get(key, 0) + int(n)
+        acc["d"].extend(taken.get("d") or [])
 
     def _fd(self, k: int) -> int:
         entry = self._open.get(k)
@@ -593,6 +616,13 @@ class _Parts:
             data = data[os.write(fd, data):]
 
     def commit(self, k: int) -> None:
+        meta = self._tally.pop(k, {"c": {}, "d": []})
+        tmp_meta = self.meta(self.dir, k) + f".{uuid.uuid4().hex[:12]}.tmp"
+        with open(tmp_meta, "w", encoding="utf-8") as f:
+            json.dump(meta, f, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_meta, self.meta(self.dir, k))
         fd = self._fd(k)
         tmp = self._open.pop(k)[1]
         try:
@@ -660,6 +690,61 @@ def assemble_parts(flow: Any, directory: str, count: int, run_ctx: RunContext) -
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The summary of a detached bounded job that FINISHED, from what its subtasks committed
+    (``report``: what the client left in the job's parameters, see :func:`run`): its file
+    sink's parts are joined into the file (once: a second call reads the summary written by the
+    first) and the splits' counts and dead letters added up. None: the job has no parts to join
+    (its sink is not a local file)."""
+    parts = report.get("parts")
+    if not parts:
+        return None
+    flow = parse_spec(report["spec"])
+    done = f"{parts}.summary-{report['run_id']}.json"
+    if os.path.exists(done):
+        with open(done, encoding="utf-8") as f:
+            return dict(json.load(f))
+    count = int(report["splits"])
+    totals: dict[str, int] = {k: 0 for k in ("records_in", "records_out", "dead_letters", "splits", "filtered",
+                                             "fanned_out")}
+    letters: list[Any] = []
+    for k in range(count):
+        meta_path = _Parts.meta(parts, k)
+        if not os.path.exists(meta_path):
+            break  # assemble_parts names what is missing
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        for key, n in (meta.get("c") or {}).items():
+            totals[key] = totals.get(key, 0) + int(n)
+        letters.extend(meta.get("d") or [])
+    assemble_parts(flow, parts, count, RunContext(flow_name=flow.name, run_id=report["run_id"],
+                                                  state_dir=os.path.dirname(parts) or ".", parallelism=1))
+    counts = BatchCounts(records_in=totals["records_in"], records_out=totals["records_out"],
+                         filtered=totals["filtered"], fanned_out=totals["fanned_out"],
+                         dead_letters=totals["dead_letters"])
+    tally = ReasonTally()
+    for letter in letters:
+        tally.add(str(letter.get("reason", "")))
+    try:
+        counts.check(f"flow {flow.name!r} on Flink")
+        status, problem = verdict(counts, flow.runtime.get("max_dead_letter_ratio"), tally.top())
+        error = str(problem) if problem is not None else None
+    except AdfError as exc:
+        status, error = "failed", str(exc)
+    destination = None
+    if letters:
+        destination = f"{parts}.dead_letters-{report['run_id']}.jsonl"
+        with open(destination, "w", encoding="utf-8") as f:
+            for letter in letters:
+                f.write(json.dumps(letter, default=str) + "\n")
+    summary = {"flow": flow.name, "run_id": report["run_id"], "status": status, "runtime": "flink",
+               **totals, "dead_letter_reasons": tally.top(), "dead_letter_destination": destination,
+               "error": error, "output": str(flow.sink.get("path"))}
+    with open(done, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
 class _StageTracker:
     """Where the records of one step's input and output sit in the element's batch: the local
     runner's ``_OriginTracker`` over one step."""
@@ -706,7 +791,8 @@ def _assignments(splits: list[Split], parallelism: int, bounded: bool) -> list[l
 
 
 def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str | None,
-              splits: list[Split], carry: bool = False, parts: str | None = None) -> Any:
+              splits: list[Split], carry: bool = False, parts: str | None = None,
+              collected: bool | None = None) -> Any:
     """The PyFlink environment with the job's graph, and the sink's stream (run it with
     ``env.execute``; with ``carry``, collect the sink's stream: counts and dead letters).
 
@@ -720,7 +806,9 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
 
     ``run_dir``: where the subtasks write (the client's on the mini-cluster); None on a cluster,
     where each TaskManager host uses a directory of its own. ``parts``: the directory a bounded
-    job's file sink commits its parts to (:class:`_Parts`)."""
+    job's file sink commits its parts to (:class:`_Parts`). ``collected``: whether the client
+    collects the sink's stream (default: ``carry``; a detached bounded job carries its counts to
+    the sink, which commits them with the parts, and nobody collects them)."""
     from pyflink.common import Configuration, Types, WatermarkStrategy
     from pyflink.datastream import CheckpointingMode, RuntimeExecutionMode, StreamExecutionEnvironment
     from pyflink.datastream.connectors.number_seq import NumberSequenceSource
@@ -777,7 +865,7 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
         stream = stream.flat_map(fns["Step"](raw, i, run_id, run_dir, carry), output_type=Types.STRING()) \
             .name(f"step {i}: {step.get('type', 'python')}")
     written = stream.map(fns["WriteSink"](raw, run_id, run_dir, carry, parts), output_type=Types.STRING()).name("sink")
-    if not carry:
+    if not (carry if collected is None else collected):
         written.filter(lambda _: False).print()  # a terminal operator; nothing reaches it
     return env, written
 
@@ -1015,16 +1103,19 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     parts: str | None = None
     try:
         is_attached = attached()
-        # a bounded, attached job's file sink commits split by split and the client joins the
-        # parts at the end (exactly once); detached, nobody joins them: the subtasks append
-        parts = parts_dir(flow) if bounded and is_attached else None
+        # a bounded job's file sink commits split by split (exactly once); the client joins the
+        # parts at the end, or — detached — `adf flink status` once the job finished
+        parts = parts_dir(flow) if bounded else None
         if parts is not None and restoring is None and os.path.isdir(parts):
             import shutil
 
             shutil.rmtree(parts)  # a failed run's: not this run's output
         env, written = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=worker_dir, splits=splits,
-                                 carry=bounded and is_attached, parts=parts)
+                                 carry=bounded, parts=parts, collected=bounded and is_attached)
         if not is_attached:
+            if parts is not None:  # what `adf flink status` needs to finish the run, kept with the job
+                env.get_config().set_global_job_parameters({REPORT_KEY: json.dumps(
+                    {"run_id": run_id, "parts": parts, "splits": len(splits), "spec": flow.raw}, default=str)})
             client = env.execute_async(name)
             job_id = str(client.get_job_id())
             summary = {"flow": flow.name, "run_id": run_id, "status": "submitted", "runtime": "flink",
@@ -1106,7 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
     elif summary["status"] == "submitted":  # detached: the job runs on; `adf flink status JOB_ID` tells
         print(f"{summary['flow']}: submitted to Flink as job {summary['job_id']} (detached; "
-              f"adf flink status {summary['job_id']} --rest URL)")
+              f"adf flink status {summary['job_id']} --rest URL: the job's state, and once it finished its "
+              "counts, with a file sink's parts joined into the file)")
     else:
         print(f"{summary['flow']}: {summary['status']} on Flink (parallelism {summary['parallelism']}): "
               f"{summary['records_in']} in, {summary['records_out']} out, {summary['dead_letters']} dead letters "

@@ -193,6 +193,13 @@ def test_a_detached_submission_prints_the_job_id_and_status_reports_the_end(clus
     assert status["state"] == "FINISHED"
     assert "sink" in status["operators"][-1]["name"]
     print("status of a finished detached job:", json.dumps(status))
+    # the run's summary from what the job committed with its parts; the parts joined into the file
+    assert status["summary"]["status"] == "success", status
+    assert (status["counts"]["records_in"], status["counts"]["records_out"]) == (1000, 1000), status
+    assert len((shared / "det-out.jsonl").read_text().splitlines()) == 1000
+    assert not (shared / "det-out.jsonl.adf-parts").exists()
+    again = adf("flink", "status", found.group(1), "--rest", cluster.rest, "--json")
+    assert json.loads(again.stdout)["summary"] == status["summary"]  # joined once
     assert len((shared / "det-out.jsonl").read_text().splitlines()) == 1000
 
 
