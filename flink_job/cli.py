@@ -238,6 +238,10 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
     if problems:
         raise PackageError(problems)
     spec.pop("python_path", None)  # the step modules are in the zip, which is on the workers' path
+    warnings = []
+    if not spec.get("dead_letter") and not _bounded(spec):
+        warnings.append("an unbounded flow's dead letters, without a dead_letter sink, stay in files on each "
+                        "TaskManager host (/tmp/adf-flink/…): give the flow a dead_letter sink the workers reach")
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "adf-flink.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -279,12 +283,26 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
         + (f"requirements.txt: what the workers pip-install: {', '.join(reqs)}.\n" if reqs else
            "No requirements: core needs only the standard library.\n")
         + (f"Installed on the workers already, not bundled: {', '.join(installed)}.\n" if installed else "")
+        + "".join(f"Note: {w}.\n" for w in warnings)
         + "\nThe client prints the run summary; its counts and dead letters come back from the job\n"
         f"(dead letters into {resolved / 'runs'}/<flow>/flink-runs/<run id>/ unless the flow has a dead_letter sink).\n")
     (out / "submit.sh").write_text("#!/bin/sh\n# the command of README.txt\nexec " + line.replace("flink run", '"${FLINK:-flink}" run', 1) + ' "$@"\n')
     (out / "submit.sh").chmod(0o755)
     return {"archive": str(archive), "job": str(out / "job.py"), "spec": spec_name, "modules": sorted(modules),
-            "requirements": reqs, "installed": installed, "command": command}
+            "requirements": reqs, "installed": installed, "command": command, "warnings": warnings}
+
+
+def _bounded(spec: Mapping[str, Any]) -> bool:
+    """Whether the spec's source is bounded (True when that cannot be told without reaching it)."""
+    from core.registry import registry
+    from core.splits import Boundedness
+
+    try:
+        source = dict(spec.get("source") or {})
+        cls = registry.resolve("source", str(source.pop("type", "")))
+        return bool(cls(source).boundedness is Boundedness.BOUNDED)
+    except Exception:
+        return True
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
@@ -301,6 +319,9 @@ def _cmd_package(args: argparse.Namespace) -> int:
         except AdfError as exc:
             _err(f"{spec}: {exc}")
             return 2
+    for m in manifests:
+        for warning in m["warnings"]:
+            _err(f"{m['spec']}: {warning}")
     if args.json:
         print(json.dumps(manifests[0] if len(manifests) == 1 else manifests))
     else:

@@ -213,6 +213,14 @@ class _Outbox:
         self.pending: dict[str, int] = {}
         self.letters: list[dict[str, Any]] = []
         self.files = None if carry else _Files(run_dir, op, subtask)
+        self.dead: Any = None  # an uncarried job's dead letters go straight to the flow's dead-letter sink
+        if not carry and flow.dead_letter and op != "sink":  # (the sink operator's own go there already)
+            from core.engine import DeadLetterWriter
+
+            self.dead = DeadLetterWriter(flow.dead_letter, RunContext(flow_name=flow.name, run_id=run_id,
+                                                                      state_dir=run_dir, reader_id=subtask),
+                                         None, registry)
+            self.dead.open()
 
     def count(self, key: str, n: int = 1) -> None:
         if n:
@@ -227,7 +235,9 @@ class _Outbox:
 
     def letter(self, letter: DeadLetter) -> None:
         self.count("dead_letters")
-        if self.files is not None:
+        if self.dead is not None:
+            self.dead.write([letter])
+        elif self.files is not None:
             self.files.letter(_letter_dict(letter, self.flow_name, self.run_id))
         else:
             self.letters.append(_letter_dict(letter, self.flow_name, self.run_id))
@@ -250,6 +260,8 @@ class _Outbox:
         return {"c": counts, "d": letters} if (counts or letters) else {}
 
     def close(self) -> None:
+        if self.dead is not None:
+            self.dead.close()
         if self.files is not None:
             self.files.close(self.counts)
 
@@ -1148,6 +1160,8 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
             error = f"{error} — {end}" if end else error
     if not bounded and not cluster:
         totals, destination, letters = _merge(run_dir)
+        if destination is None and flow.dead_letter and totals["dead_letters"]:
+            destination = f"sink {flow.dead_letter.get('type')}"
     elif letters:
         destination = os.path.join(run_dir, "dead_letters.jsonl")
         with open(destination, "w", encoding="utf-8") as f:

@@ -245,6 +245,7 @@ def test_a_watched_directory_is_a_streaming_job_that_reads_each_new_file_once(py
     spec_path.write_text(json.dumps({
         "name": "watched", "source": {"type": "file", "path": str(inbox / "*.jsonl"), "watch": True},
         "sink": {"type": "file", "path": str(out), "format": "jsonl"},
+        "dead_letter": {"type": "file", "path": str(tmp_path / "dead.jsonl"), "format": "jsonl"},
         "runtime": {"checkpoint_interval_ms": 1000, "discovery_interval_s": 1, "idle_sleep_s": 0.05}}))
 
     def ids() -> list[int]:
@@ -264,11 +265,16 @@ def test_a_watched_directory_is_a_streaming_job_that_reads_each_new_file_once(py
         assert ids() == list(range(100)), proc.poll()
         for name, first in (("b", 100), ("c", 250)):  # files that appear while the job runs
             tmp = inbox / f".{name}.part"
-            tmp.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(first, first + 150)))
+            tmp.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(first, first + 150))
+                           + ("not json\n" if name == "b" else ""))
             tmp.rename(inbox / f"{name}.jsonl")
         wait_for(400)
         time.sleep(3)  # more discoveries: nothing is read twice
         assert ids() == list(range(400))
+        # a streaming job's dead letters go to the flow's dead-letter sink, with where they came from
+        letters = [json.loads(x) for x in (tmp_path / "dead.jsonl").read_text().splitlines()]
+        assert len(letters) == 1 and letters[0]["stage"] == "source", letters
+        assert "b.jsonl" in json.dumps(letters[0]) and letters[0]["record"] == "not json", letters
         assert proc.poll() is None  # watching: the job does not end by itself
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -413,6 +413,7 @@ def test_a_streaming_rafka_job_checkpoints_takes_a_savepoint_and_resumes_from_it
     r = adf("flink", "package", str(spec), "--out", str(pkg), "--shared", str(shared), "--python", FLINK_PYTHON,
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "give the flow a dead_letter sink" in r.stderr  # its dead letters would stay on the workers
 
     def ids() -> list[int]:
         return [json.loads(x)["id"] for x in out.read_text().splitlines()] if out.exists() else []
