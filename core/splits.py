@@ -412,6 +412,17 @@ class SourceReader(abc.ABC):
         """The records of the last poll are written by the sink and the state after it is
         checkpointed: a source that acknowledges what it read (a message queue, a consumer
         group) acknowledges them now, never earlier (at-least-once)."""
+        self.acknowledge(self.take_acknowledgement())
+
+    def take_acknowledgement(self) -> Any:
+        """What :meth:`notify_checkpoint_complete` would acknowledge now, taken from the reader as
+        a token of plain JSON values, for a runner that acknowledges on a schedule of its own
+        (Flink: once the checkpoint that covers the write completed; the token may be kept in
+        that checkpoint). None: nothing to acknowledge."""
+        return None
+
+    def acknowledge(self, token: Any) -> None:
+        """Acknowledge what :meth:`take_acknowledgement` returned (None: nothing)."""
 
     def close(self) -> None:
         """Release resources."""

@@ -46,9 +46,10 @@ this interpreter. Every operator's ``open()`` starts a watchdog (:mod:`flink_job
 Python worker whose TaskManager JVM is gone kills itself.
 
 Acknowledgements: PyFlink gives Python functions no checkpoint-complete hook, so a source that
-acknowledges what it read (Rafka: ``XACK``) does so at the reader's next poll — after the
-sink, chained in the same worker, wrote it. Entries not yet written stay pending and are read
-again after a restart.
+acknowledges what it read (Rafka: ``XACK``) does so once the JobManager's REST API says a
+checkpoint covering the write completed (``ReadKeyed._release``); the tokens not acknowledged
+yet are keyed state, acknowledged by a job restored from them. Without the REST API (the local
+mini-cluster) an entry is acknowledged at the reader's next poll, after the sink wrote it.
 """
 
 from __future__ import annotations
@@ -90,6 +91,46 @@ __all__ = ["all_splits", "assemble_parts", "build_job", "main", "run"]
 
 #: the job parameter that holds what ``adf flink status`` needs to finish a detached run
 REPORT_KEY = "adf.report"
+#: the job parameters with the JobManager's REST URL and the job's name (checkpoint-gated acks)
+REST_KEY, JOB_KEY = "adf.rest", "adf.job"
+
+
+class _CompletedCheckpoints:
+    """When the job's latest completed checkpoint was triggered (epoch seconds, JobManager
+    clock), from the REST API, asked at most twice a second; 0 while none completed or the API
+    does not answer (nothing is acknowledged then: entries stay pending, read again after a
+    restart)."""
+
+    def __init__(self, rest: str, job_name: str) -> None:
+        self.rest, self.job_name = rest.rstrip("/"), job_name
+        self.job_id: str | None = None
+        self.trigger = 0.0
+        self.asked = 0.0
+
+    def _get(self, path: str) -> Any:
+        import urllib.request
+
+        with urllib.request.urlopen(self.rest + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    def latest(self) -> float:
+        now = time.monotonic()
+        if now - self.asked < 0.5:
+            return self.trigger
+        self.asked = now
+        try:
+            if self.job_id is None:
+                jobs = [j for j in self._get("/jobs/overview").get("jobs", [])
+                        if j.get("name") == self.job_name and j.get("state") == "RUNNING"]
+                if not jobs:
+                    return self.trigger
+                self.job_id = str(jobs[0]["jid"])
+            completed = ((self._get(f"/jobs/{self.job_id}/checkpoints").get("latest") or {}).get("completed") or {})
+            if completed.get("trigger_timestamp"):
+                self.trigger = max(self.trigger, float(completed["trigger_timestamp"]) / 1000)
+        except (OSError, ValueError, KeyError):
+            pass
+        return self.trigger
 
 #: the byte ranges a file source is cut into under Flink when its spec sets no ``split_bytes``
 SPLIT_BYTES = 4 << 20
@@ -358,10 +399,11 @@ def _functions() -> dict[str, Any]:
         The group's reader positions (its splits' ``snapshot_state``) and the splits it knows are
         the key's ``ValueState``: checkpoints and savepoints hold them, and a restarted or restored
         job's reader goes on from there (a file from its offset; a Rafka partition from its
-        consumer's pending entries). Every call first acknowledges what the previous call read —
-        written by then: the operators after this one run chained in the same worker, an element
-        after the other. A split found later (a new partition, a new file of a watched
-        directory) goes to the group its id hashes to."""
+        consumer's pending entries). Every call first takes what the previous call read — written
+        by then: the operators after this one run chained in the same worker, an element after
+        the other — for acknowledgement once a checkpoint covers it (:meth:`_release`). A split
+        found later (a new partition, a new file of a watched directory) goes to the group its id
+        hashes to."""
 
         def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool,
                      work: list[list[dict[str, Any]]], keys: list[int]) -> None:
@@ -370,12 +412,17 @@ def _functions() -> dict[str, Any]:
 
         def open(self, ctx: RuntimeContext) -> None:
             from pyflink.common import Types
-            from pyflink.datastream.state import ValueStateDescriptor
+            from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
             open_read(self, ctx)
             self.state = ctx.get_state(ValueStateDescriptor("adf-reader", Types.STRING()))
+            # acknowledgement tokens of what was written and not acknowledged yet (see _release)
+            self.unacked = ctx.get_list_state(ListStateDescriptor("adf-unacked", Types.STRING()))
             self.group_of = {key: g for g, key in enumerate(self.keys)}
             self.readers: dict[int, list[Any]] = {}  # group -> [reader, known split ids, last discovery]
+            self.held: dict[int, list[tuple[float, Any]]] = {}  # group -> [(taken at, token)]
+            rest, job = ctx.get_job_parameter(REST_KEY, ""), ctx.get_job_parameter(JOB_KEY, "")
+            self.checkpoints = _CompletedCheckpoints(rest, job) if rest and job else None
 
         def _reader(self, g: int) -> list[Any]:
             saved = self.state.value()
@@ -390,7 +437,33 @@ def _functions() -> dict[str, Any]:
             reader = self.source.create_reader(DetachedReaderContext(self.subtask))
             reader.add_splits(splits)
             reader.start()
+            if saved:
+                # written before the checkpoint this job was restored from: acknowledged now, so
+                # they are not read again
+                for token in self.unacked.get() or []:
+                    reader.acknowledge(json.loads(token))
+                self.unacked.clear()
             return [reader, known, time.monotonic()]
+
+        def _release(self, g: int, reader: Any) -> None:
+            """Acknowledge what the checkpoints cover: a token taken (after its records were
+            written) before the latest completed checkpoint was triggered, by the JobManager's
+            clock, less a second for the clocks' skew. Tokens not acknowledged yet are keyed state:
+            a job restored from a checkpoint acknowledges those it holds (:meth:`_reader`)."""
+            held = self.held.get(g)
+            if not held or self.checkpoints is None:
+                return
+            covered_until = self.checkpoints.latest() - 1.0
+            ready = [token for at, token in held if at < covered_until]
+            if not ready:
+                return
+            merged: dict[str, list[str]] = {}
+            for token in ready:
+                for key, ids in token.items():
+                    merged.setdefault(key, []).extend(ids)
+            reader.acknowledge(merged)
+            self.held[g] = rest = [(at, token) for at, token in held if at >= covered_until]
+            self.unacked.update([json.dumps(token) for _, token in rest])
 
         def _discover(self, g: int, entry: list[Any]) -> None:
             entry[2] = time.monotonic()
@@ -412,8 +485,16 @@ def _functions() -> dict[str, Any]:
             if entry is None:
                 entry = self.readers[g] = self._reader(g)
             else:
-                # what the previous call read is written by now: acknowledge it (Rafka: XACK)
-                entry[0].notify_checkpoint_complete()
+                # what the previous call read is written by now: acknowledged once a checkpoint
+                # covers it (Rafka: XACK), or — without the JobManager's REST API (the local
+                # mini-cluster) — now, after the write
+                token = entry[0].take_acknowledgement()
+                if token and self.checkpoints is None:
+                    entry[0].acknowledge(token)
+                elif token:
+                    self.held.setdefault(g, []).append((time.time(), token))
+                    self.unacked.add(json.dumps(token))
+                self._release(g, entry[0])
             if self.discovery > 0 and time.monotonic() - entry[2] >= self.discovery:
                 self._discover(g, entry)
             reader = entry[0]
@@ -1124,10 +1205,16 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
             shutil.rmtree(parts)  # a failed run's: not this run's output
         env, written = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=worker_dir, splits=splits,
                                  carry=bounded, parts=parts, collected=bounded and is_attached)
+        params: dict[str, str] = {}
+        rest = _rest_url() if cluster and not bounded else None
+        if rest:  # an unbounded job's readers acknowledge what a completed checkpoint covers
+            params.update({REST_KEY: rest, JOB_KEY: name})
+        if not is_attached and parts is not None:  # what `adf flink status` needs to finish the run
+            params[REPORT_KEY] = json.dumps({"run_id": run_id, "parts": parts, "splits": len(splits),
+                                             "spec": flow.raw}, default=str)
+        if params:
+            env.get_config().set_global_job_parameters(params)
         if not is_attached:
-            if parts is not None:  # what `adf flink status` needs to finish the run, kept with the job
-                env.get_config().set_global_job_parameters({REPORT_KEY: json.dumps(
-                    {"run_id": run_id, "parts": parts, "splits": len(splits), "spec": flow.raw}, default=str)})
             client = env.execute_async(name)
             job_id = str(client.get_job_id())
             summary = {"flow": flow.name, "run_id": run_id, "status": "submitted", "runtime": "flink",

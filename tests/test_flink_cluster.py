@@ -392,12 +392,15 @@ def test_a_taskmanager_killed_mid_job_and_replaced_the_job_resumes_from_its_chec
 
 def test_a_streaming_rafka_job_checkpoints_takes_a_savepoint_and_resumes_from_it(
         cluster: FlinkCluster, shared: Path, tmp_path: Path) -> None:
-    """3 partitions at parallelism 2: every partition read; checkpoints complete; `flink stop`
-    takes a savepoint, records sent while the job is stopped are read by the job resumed from it
-    (`flink run -s`), and no record is lost."""
+    """3 partitions at parallelism 2: every partition read; checkpoints complete; entries are
+    acknowledged once a checkpoint covers them; `flink stop` takes a savepoint right after records
+    were written, records sent while the job is stopped are read by the job resumed from it
+    (`flink run -s`): every record once — nothing lost, nothing read twice."""
     import uuid
 
-    from core.connectors.rafka import Admin, Producer
+    import redis
+
+    from core.connectors.rafka import Admin, Producer, stream_key
 
     url = "redis://127.0.0.1:6379"
     topic = f"flink-sp-{uuid.uuid4().hex[:8]}"
@@ -414,6 +417,7 @@ def test_a_streaming_rafka_job_checkpoints_takes_a_savepoint_and_resumes_from_it
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "give the flow a dead_letter sink" in r.stderr  # its dead letters would stay on the workers
+    client_r = redis.Redis.from_url(url)
 
     def ids() -> list[int]:
         return [json.loads(x)["id"] for x in out.read_text().splitlines()] if out.exists() else []
@@ -422,6 +426,15 @@ def test_a_streaming_rafka_job_checkpoints_takes_a_savepoint_and_resumes_from_it
         deadline = time.monotonic() + timeout
         while len(set(ids())) < n and time.monotonic() < deadline:
             time.sleep(0.25)
+
+    def pending() -> int:
+        return sum(int(client_r.xpending(stream_key(topic, p), "g")["pending"]) for p in range(3))
+
+    def wait_for_no_pending(timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while pending() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        return pending()
 
     producer = Producer(url)
     jobs: list[str] = []
@@ -442,26 +455,36 @@ def test_a_streaming_rafka_job_checkpoints_takes_a_savepoint_and_resumes_from_it
         # (a checkpoint due while the tasks were still starting counts as failed, without a history entry)
         assert first.get("completed", 0) >= 2, first
         assert not [h for h in history if h.get("status") == "FAILED"], history
+        assert wait_for_no_pending() == 0  # acknowledged once checkpoints covered them
+        # written just before the savepoint: not acknowledged yet, held in the job's state
+        producer.send_batch(topic, [{"id": i} for i in range(3000, 4000)], key_field="id")
+        producer.flush()
+        wait_for(4000)
         savepoints = shared / "savepoints"
         r = cluster.flink("stop", "--savepointPath", str(savepoints), jobs[0], timeout=180)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         saved = re.search(r"Savepoint completed\. Path: (\S+)", r.stdout)
         assert saved, r.stdout
         assert cluster.get(f"/jobs/{jobs[0]}")["state"] == "FINISHED"
+        unacked_at_stop = pending()
         # sent while no job runs: the resumed job reads them
-        producer.send_batch(topic, [{"id": i} for i in range(3000, 4500)], key_field="id")
+        producer.send_batch(topic, [{"id": i} for i in range(4000, 5500)], key_field="id")
         producer.flush()
         r = submit(cluster, pkg, "-d", "-p", "2", "-s", saved.group(1), cwd=tmp_path)
         found = re.search(r"submitted to Flink as job ([0-9a-f]{32})", r.stdout)
         assert found, r.stdout + r.stderr[-3000:]
         jobs.append(found.group(1))
-        wait_for(4500)
+        wait_for(5500)
+        assert wait_for_no_pending() == 0
+        time.sleep(2)  # nothing more arrives
         got = ids()
-        assert set(got) == set(range(4500)), sorted(set(range(4500)) - set(got))[:20]
+        assert sorted(got) == list(range(5500)), (len(got), sorted(set(range(5500)) - set(got))[:20])
         restored = cluster.get(f"/jobs/{jobs[1]}/checkpoints").get("latest", {}).get("restored") or {}
         assert restored.get("is_savepoint") is True, restored
-        print(f"streaming: checkpoints before the savepoint {first}; {len(got) - 4500} duplicates of 4500")
+        print(f"streaming: checkpoints before the savepoint {first}; {unacked_at_stop} entries written and "
+              "not acknowledged at the savepoint, acknowledged by the resumed job from its state; no duplicates")
     finally:
         for job in jobs:
             cluster.flink("cancel", job, timeout=60)
+        client_r.close()
         admin.delete_topic(topic)

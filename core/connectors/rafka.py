@@ -1077,6 +1077,8 @@ class RafkaSourceReader(SourceReader):
         self._claim_every = max(source.config["claim_idle_ms"] / 2000.0, 0.05)
         self._claimed_at = time.monotonic()
         self._inflight: dict[str, list[Any]] = {}
+        # ids taken for a later acknowledgement (take_acknowledgement) and not acknowledged yet
+        self._unconfirmed: set[str] = set()
         self._loads = codec().loads
         self._metadata = bool(source.config["metadata"])
 
@@ -1288,8 +1290,9 @@ class RafkaSourceReader(SourceReader):
         origins = Origins()
         count = int(self.source.config["batch"] or max_records)
         skip: set[Any] | None = None
-        if self._inflight:  # the last batch was never confirmed (no checkpoint): do not return it twice
-            skip = {i for ids in self._inflight.values() for i in ids}
+        if self._inflight or self._unconfirmed:  # returned, not yet confirmed: never returned twice
+            returned = {_text(i) for ids in self._inflight.values() for i in ids} | self._unconfirmed
+            skip = returned | {i.encode() for i in returned}  # ids come as bytes or text, by client
         helds = [h for h in self._held.values() if not h.done]
         draining = [h for h in helds if h.draining]
         if draining:
@@ -1328,9 +1331,18 @@ class RafkaSourceReader(SourceReader):
             status = ReaderStatus.NOTHING_AVAILABLE
         return ReaderBatch(records, status, dead, finished, origins=origins if origins.count == len(records) else None)
 
-    def notify_checkpoint_complete(self) -> None:
-        """Acknowledge (``XACK``) every entry of the batches returned since the last call."""
-        inflight = self._inflight
+    def take_acknowledgement(self) -> dict[str, list[str]] | None:
+        """The ids of the batches returned since the last call (or the last acknowledgement), per stream."""
+        inflight, self._inflight = self._inflight, {}
+        token = {_text(key): [_text(i) for i in ids] for key, ids in inflight.items()}
+        for ids in token.values():
+            self._unconfirmed.update(ids)
+        return token or None
+
+    def acknowledge(self, token: Any) -> None:
+        """``XACK`` the ids of a :meth:`take_acknowledgement` token (``notify_checkpoint_complete``:
+        every entry of the batches returned since the last call)."""
+        inflight: dict[str, list[Any]] = token or {}
         if not inflight:
             return
         if len(inflight) == 1:
@@ -1341,7 +1353,8 @@ class RafkaSourceReader(SourceReader):
             for key, ids in inflight.items():
                 pipe.execute_command("XACK", key, self.group, *ids)
             pipe.execute()
-        self._inflight = {}
+        for ids in inflight.values():
+            self._unconfirmed.difference_update(ids)
 
     def close(self) -> None:
         # Unacknowledged entries stay pending for this consumer name: the next reader re-reads them.
