@@ -670,3 +670,42 @@ def test_cli_create_produce_describe_consume_grow_and_delete(admin: Admin, tmp_p
 def test_cli_reports_an_unreachable_server() -> None:
     res = cli("describe", "anything", "--url", "redis://127.0.0.1:1/0")
     assert res.returncode == 1 and "ConnectionError" in res.stderr
+
+
+def test_a_reader_hands_out_acknowledgements_for_later_and_never_returns_their_entries_twice(
+    new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """What a runner acknowledging on a schedule of its own uses (Flink: after a checkpoint): a
+    token of the entries read so far, plain JSON, acknowledged later — meanwhile those entries
+    are not returned again, even when the reader re-reads its own pending list."""
+    from core.connectors.base import RunContext
+    from core.splits import DetachedReaderContext
+    from flink_job.job import all_splits
+
+    topic = new_topic(1)
+    with Producer(URL) as producer:
+        producer.send_batch(topic, [{"n": i} for i in range(10)])
+    source = RafkaSource(url=URL, topic=topic, group="g", bounded=False, claim_idle_ms=50, block_ms=50)
+    source.run_context = RunContext(flow_name="acks", run_id="r", state_dir=str(tmp_path))
+    reader = source.create_reader(DetachedReaderContext(0))
+    reader.add_splits(all_splits(source))
+    reader.start()
+    client = redis.Redis.from_url(URL)
+    try:
+        def pending() -> int:
+            return int(client.xpending(rafka.stream_key(topic, 0), "g")["pending"])
+
+        assert [r["n"] for r in reader.poll_batch(4).records] == [0, 1, 2, 3]
+        token = json.loads(json.dumps(reader.take_acknowledgement()))  # plain JSON: kept in a checkpoint
+        assert sum(len(ids) for ids in token.values()) == 4
+        time.sleep(0.3)  # past claim_idle_ms: the reader takes its own pending entries over again
+        later = [r["n"] for _ in range(5) for r in reader.poll_batch(100).records]
+        assert later == [4, 5, 6, 7, 8, 9]  # 0-3 are pending, not read twice
+        assert pending() == 10
+        reader.acknowledge(token)
+        assert pending() == 6
+        reader.notify_checkpoint_complete()  # the rest: everything returned since
+        assert pending() == 0
+    finally:
+        reader.close()
+        client.close()
