@@ -63,6 +63,25 @@ def _flink(python: str, spec_path: Path, tmp: Path, parallelism: int) -> dict[st
     return summary
 
 
+def _start_streaming(python: str, spec_path: Path, tmp: Path) -> subprocess.Popen[bytes]:
+    """A streaming job at parallelism 2 on the mini-cluster, in its own process group (kill it)."""
+    return subprocess.Popen([python, "-m", "flink_job.job", str(spec_path), "-p", "2", "--state-dir", str(tmp / "state")],
+                            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _ids(out: Path) -> list[int]:
+    return sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) if out.exists() else []
+
+
+def _wait_for(out: Path, n: int, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(_ids(out)) < n and time.monotonic() < deadline:
+        time.sleep(0.25)
+
+
 def _rows(db: Path) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as conn:
         return sorted(conn.execute("select id, n, customer from orders"))
@@ -160,7 +179,6 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
 ) -> None:
     import os
     import signal
-    import time
     import uuid
 
     from core.connectors.rafka import Admin, Producer
@@ -177,20 +195,15 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
         "runtime": {"checkpoint_interval_ms": 1000, "discovery_interval_s": 1}}))
 
     def ids() -> list[int]:
-        return sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) if out.exists() else []
+        return _ids(out)
 
     def wait_for(n: int) -> None:
-        deadline = time.monotonic() + 120
-        while len(ids()) < n and time.monotonic() < deadline:
-            time.sleep(0.25)
+        _wait_for(out, n)
 
     producer = Producer(url)
     producer.send_batch(topic, [{"id": i} for i in range(100)], key_field="id")
     producer.flush()
-    proc = subprocess.Popen([python, "-m", "flink_job.job", str(spec_path), "-p", "2", "--state-dir",
-                             str(tmp_path / "state")], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-                                                                      "HOME": str(tmp_path)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _start_streaming(python, spec_path, tmp_path)
     try:
         wait_for(100)
         assert ids() == list(range(100)), proc.poll()
@@ -249,17 +262,12 @@ def test_a_watched_directory_is_a_streaming_job_that_reads_each_new_file_once(py
         "runtime": {"checkpoint_interval_ms": 1000, "discovery_interval_s": 1, "idle_sleep_s": 0.05}}))
 
     def ids() -> list[int]:
-        return sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) if out.exists() else []
+        return _ids(out)
 
     def wait_for(n: int) -> None:
-        deadline = time.monotonic() + 120
-        while len(ids()) < n and time.monotonic() < deadline:
-            time.sleep(0.25)
+        _wait_for(out, n)
 
-    proc = subprocess.Popen([python, "-m", "flink_job.job", str(spec_path), "-p", "2", "--state-dir",
-                             str(tmp_path / "state")], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-                                                                      "HOME": str(tmp_path)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _start_streaming(python, spec_path, tmp_path)
     try:
         wait_for(100)
         assert ids() == list(range(100)), proc.poll()
