@@ -114,6 +114,10 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("state_dir", str, help="checkpoints and dead letters (default $ADF_STATE_DIR or ./.adf)"),
     Attribute("checkpoint_interval_ms", int, check=_positive,
               help="under Flink: the checkpoint interval (default 2000 for bounded sources, 10000 for unbounded)"),
+    Attribute("flink_report_dir", str,
+              help="under Flink: a directory the TaskManagers and the client share, where a detached bounded job "
+                   "commits each split's counts (`adf flink package` sets it to the first --shared directory's "
+                   ".adf-flink-runs)"),
     Attribute("flink_split_bytes", int, check=_positive,
               help="under Flink: the byte ranges a file source without split_bytes is cut into (default 4 MiB)"),
 )

@@ -229,6 +229,9 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
     loaded = load_flow(spec_path, payload=payload, payload_origin="--set", origin=spec_path)
     spec = json.loads(json.dumps(loaded.spec.raw, default=str))
     problems = pin_paths(spec, shared, cwd)
+    if shared and not (spec.get("runtime") or {}).get("flink_report_dir"):
+        # where a detached bounded job commits its splits' counts (`adf flink status` adds them up)
+        spec.setdefault("runtime", {})["flink_report_dir"] = os.path.join(os.path.abspath(shared[0]), ".adf-flink-runs")
     search = [os.path.dirname(os.path.abspath(spec_path)),
               *(os.path.abspath(p) for p in spec.get("python_path") or []), cwd]
     modules, installed, missing = bundle_modules(step_modules(spec), search)
@@ -394,9 +397,10 @@ def _finished_run(rest: str, job_id: str) -> dict[str, Any]:
     if not report:
         return {}
     data = json.loads(report)
-    if not os.path.isdir(data["parts"]) and not os.path.exists(f"{data['parts']}.summary-{data['run_id']}.json"):
-        return {"summary_error": f"the run's parts directory {data['parts']} is not visible here: run "
-                                 "`adf flink status` where the sink's filesystem is mounted"}
+    where = data.get("parts") or data.get("metas")
+    if not os.path.isdir(where) and not os.path.exists(f"{where}.summary-{data['run_id']}.json"):
+        return {"summary_error": f"the run's directory {where} is not visible here: run `adf flink status` "
+                                 "where the filesystem the job wrote it to is mounted"}
     try:
         summary = finish_detached(data)
     except AdfError as exc:

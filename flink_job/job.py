@@ -587,9 +587,10 @@ def _functions() -> dict[str, Any]:
 
     class WriteSink(MapFunction):  # type: ignore[misc]
         def __init__(self, spec: Mapping[str, Any], run_id: str, run_dir: str | None, carry: bool = False,
-                     parts: str | None = None) -> None:
+                     parts: str | None = None, metas: str | None = None) -> None:
             self.spec, self.run_id, self.run_dir, self.carry = dict(spec), run_id, run_dir, carry
             self.parts_dir = parts  # a file sink's output, committed split by split (see _Parts)
+            self.metas_dir = metas  # another sink's split tallies (a detached job's summary)
 
         def open(self, ctx: RuntimeContext) -> None:
             from core.engine import _Pipeline
@@ -612,6 +613,7 @@ def _functions() -> dict[str, Any]:
             self.pipeline.open()
             self.out = _Outbox(flow, self.run_id, run_dir, "sink", subtask, self.carry, ctx.get_metrics_group())
             self.parts = None if self.parts_dir is None else _Parts(self.parts_dir)
+            self.metas = self.parts or (None if self.metas_dir is None else _Parts(self.metas_dir))
 
         def map(self, value: str) -> str:
             # an element is already a batch (up to runtime.batch_size records): write it now, so
@@ -645,10 +647,14 @@ def _functions() -> dict[str, Any]:
                 dead_sink.write_batch(taken["d"])
                 dead_sink.flush()
                 taken["d"] = []
-            if parts is not None and k is not None:  # the split's counts and dead letters go with its part
-                parts.tally(k, taken)
+            metas = self.metas
+            if metas is not None and "k" in carried:  # the split's counts and dead letters go with its part
+                metas.tally(int(carried["k"]), taken)
                 if carried.get("e"):
-                    parts.commit(k)
+                    if parts is not None:
+                        parts.commit(int(carried["k"]))
+                    else:
+                        metas.commit_meta(int(carried["k"]))
             return json.dumps(taken, default=str)
 
         def close(self) -> None:
@@ -708,7 +714,8 @@ class _Parts:
         while data:
             data = data[os.write(fd, data):]
 
-    def commit(self, k: int) -> None:
+    def commit_meta(self, k: int) -> None:
+        """Commit split ``k``'s tally (its counts and dead letters) by rename."""
         meta = self._tally.pop(k, {"c": {}, "d": []})
         tmp_meta = self.meta(self.dir, k) + f".{uuid.uuid4().hex[:12]}.tmp"
         with open(tmp_meta, "w", encoding="utf-8") as f:
@@ -716,6 +723,10 @@ class _Parts:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_meta, self.meta(self.dir, k))
+
+    def commit(self, k: int) -> None:
+        """Commit split ``k``: its tally, then its part."""
+        self.commit_meta(k)
         fd = self._fd(k)
         tmp = self._open.pop(k)[1]
         try:
@@ -787,13 +798,15 @@ def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
     """The summary of a detached bounded job that FINISHED, from what its subtasks committed
     (``report``: what the client left in the job's parameters, see :func:`run`): its file
     sink's parts are joined into the file (once: a second call reads the summary written by the
-    first) and the splits' counts and dead letters added up. None: the job has no parts to join
-    (its sink is not a local file)."""
+    first) and the splits' counts and dead letters added up — also for another sink, whose
+    splits' tallies the job committed to ``runtime.flink_report_dir`` (``metas``). None: the job
+    left no tallies."""
     parts = report.get("parts")
-    if not parts:
+    metas = report.get("metas") or parts
+    if not metas:
         return None
     flow = parse_spec(report["spec"])
-    done = f"{parts}.summary-{report['run_id']}.json"
+    done = f"{parts}.summary-{report['run_id']}.json" if parts else os.path.join(metas, "summary.json")
     if os.path.exists(done):
         with open(done, encoding="utf-8") as f:
             return dict(json.load(f))
@@ -801,17 +814,22 @@ def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
     totals: dict[str, int] = {k: 0 for k in ("records_in", "records_out", "dead_letters", "splits", "filtered",
                                              "fanned_out")}
     letters: list[Any] = []
+    missing = [k for k in range(count) if not os.path.exists(_Parts.meta(metas, k))]
+    if missing and not parts:  # (with parts, assemble_parts names what is missing)
+        raise AdfError(f"the job ended, but the counts of {len(missing)} of its {count} splits are missing from "
+                       f"{metas} (first: split {missing[0]})")
     for k in range(count):
-        meta_path = _Parts.meta(parts, k)
+        meta_path = _Parts.meta(metas, k)
         if not os.path.exists(meta_path):
-            break  # assemble_parts names what is missing
+            break
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         for key, n in (meta.get("c") or {}).items():
             totals[key] = totals.get(key, 0) + int(n)
         letters.extend(meta.get("d") or [])
-    assemble_parts(flow, parts, count, RunContext(flow_name=flow.name, run_id=report["run_id"],
-                                                  state_dir=os.path.dirname(parts) or ".", parallelism=1))
+    if parts:
+        assemble_parts(flow, parts, count, RunContext(flow_name=flow.name, run_id=report["run_id"],
+                                                      state_dir=os.path.dirname(parts) or ".", parallelism=1))
     counts = BatchCounts(records_in=totals["records_in"], records_out=totals["records_out"],
                          filtered=totals["filtered"], fanned_out=totals["fanned_out"],
                          dead_letters=totals["dead_letters"])
@@ -826,13 +844,14 @@ def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
         status, error = "failed", str(exc)
     destination = None
     if letters:
-        destination = f"{parts}.dead_letters-{report['run_id']}.jsonl"
+        destination = (f"{parts}.dead_letters-{report['run_id']}.jsonl" if parts
+                       else os.path.join(metas, "dead_letters.jsonl"))
         with open(destination, "w", encoding="utf-8") as f:
             for letter in letters:
                 f.write(json.dumps(letter, default=str) + "\n")
     summary = {"flow": flow.name, "run_id": report["run_id"], "status": status, "runtime": "flink",
                **totals, "dead_letter_reasons": tally.top(), "dead_letter_destination": destination,
-               "error": error, "output": str(flow.sink.get("path"))}
+               "error": error, "output": str(flow.sink.get("path") or flow.sink.get("table") or flow.sink.get("type"))}
     with open(done, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -885,7 +904,7 @@ def _assignments(splits: list[Split], parallelism: int, bounded: bool) -> list[l
 
 def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, run_dir: str | None,
               splits: list[Split], carry: bool = False, parts: str | None = None,
-              collected: bool | None = None) -> Any:
+              collected: bool | None = None, metas: str | None = None) -> Any:
     """The PyFlink environment with the job's graph, and the sink's stream (run it with
     ``env.execute``; with ``carry``, collect the sink's stream: counts and dead letters).
 
@@ -957,7 +976,8 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
     for i, step in enumerate(flow.steps):
         stream = stream.flat_map(fns["Step"](raw, i, run_id, run_dir, carry), output_type=Types.STRING()) \
             .name(f"step {i}: {step.get('type', 'python')}")
-    written = stream.map(fns["WriteSink"](raw, run_id, run_dir, carry, parts), output_type=Types.STRING()).name("sink")
+    written = stream.map(fns["WriteSink"](raw, run_id, run_dir, carry, parts, metas), output_type=Types.STRING()) \
+        .name("sink")
     if not (carry if collected is None else collected):
         written.filter(lambda _: False).print()  # a terminal operator; nothing reaches it
     return env, written
@@ -1203,15 +1223,19 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
             import shutil
 
             shutil.rmtree(parts)  # a failed run's: not this run's output
+        # a detached bounded job's other sinks: the splits' tallies go to the report directory
+        report_root = flow.runtime.get("flink_report_dir")
+        metas = (os.path.join(str(report_root), flow.name, run_id)
+                 if bounded and not is_attached and parts is None and report_root else None)
         env, written = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=worker_dir, splits=splits,
-                                 carry=bounded, parts=parts, collected=bounded and is_attached)
+                                 carry=bounded, parts=parts, collected=bounded and is_attached, metas=metas)
         params: dict[str, str] = {}
         rest = _rest_url() if cluster and not bounded else None
         if rest:  # an unbounded job's readers acknowledge what a completed checkpoint covers
             params.update({REST_KEY: rest, JOB_KEY: name})
-        if not is_attached and parts is not None:  # what `adf flink status` needs to finish the run
-            params[REPORT_KEY] = json.dumps({"run_id": run_id, "parts": parts, "splits": len(splits),
-                                             "spec": flow.raw}, default=str)
+        if not is_attached and (parts or metas):  # what `adf flink status` needs to finish the run
+            params[REPORT_KEY] = json.dumps({"run_id": run_id, "parts": parts, "metas": metas or parts,
+                                             "splits": len(splits), "spec": flow.raw}, default=str)
         if params:
             env.get_config().set_global_job_parameters(params)
         if not is_attached:

@@ -203,6 +203,41 @@ def test_a_detached_submission_prints_the_job_id_and_status_reports_the_end(clus
     assert len((shared / "det-out.jsonl").read_text().splitlines()) == 1000
 
 
+def test_a_detached_job_with_a_database_sink_reports_its_counts_when_done(cluster: FlinkCluster, shared: Path,
+                                                                        tmp_path: Path) -> None:
+    """A sink that is not a file: the job commits each split's counts to the package's shared
+    directory (runtime.flink_report_dir), and `adf flink status` adds them up once it finished."""
+    import sqlite3
+
+    (shared / "det-db.jsonl").write_text("".join(json.dumps({"id": i, "v": i}) + "\n" for i in range(2000))
+                                         + "not json\n")
+    db = shared / "det.db"
+    spec = tmp_path / "detdb.json"
+    spec.write_text(json.dumps({
+        "name": "detdb", "source": {"type": "file", "path": str(shared / "det-db.jsonl"), "format": "jsonl",
+                                    "split_bytes": 8192},
+        "sink": {"type": "sql", "url": f"sqlite:///{db}", "table": "t", "mode": "upsert", "key": "id"}}))
+    pkg = tmp_path / "pkg"
+    assert adf("flink", "package", str(spec), "--out", str(pkg), "--shared", str(shared), "--python", FLINK_PYTHON,
+               cwd=tmp_path).returncode == 0
+    assert json.loads((pkg / "detdb.json").read_text())["runtime"]["flink_report_dir"].startswith(str(shared))
+    r = submit(cluster, pkg, "-d", cwd=tmp_path)
+    found = re.search(r"submitted to Flink as job ([0-9a-f]{32})", r.stdout)
+    assert found, r.stdout + r.stderr[-3000:]
+    r = adf("flink", "status", found.group(1), "--rest", cluster.rest, "--wait", "120", "--json")
+    status = json.loads(r.stdout)
+    assert status["state"] == "FINISHED", status
+    summary = status["summary"]
+    assert (summary["status"], summary["records_in"], summary["records_out"], summary["dead_letters"]) == \
+        ("partial", 2001, 2000, 1), summary
+    letters = [json.loads(x) for x in Path(summary["dead_letter_destination"]).read_text().splitlines()]
+    assert len(letters) == 1 and letters[0]["record"] == "not json"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*), min(id), max(id) from t").fetchone() == (2000, 0, 1999)
+    r = adf("flink", "status", found.group(1), "--rest", cluster.rest)  # the text form, a second time
+    assert r.returncode == 0 and "detdb: partial: 2001 in, 2000 out, 1 dead letters" in r.stdout, r.stdout
+
+
 def test_python_workers_of_a_killed_taskmanager_stop(cluster: FlinkCluster, shared: Path, tmp_path: Path) -> None:
     (shared / "slow.jsonl").write_text("".join(json.dumps({"id": i, "v": i}) + "\n" for i in range(40_000)))
     flow_dir = tmp_path / "flow"
