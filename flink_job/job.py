@@ -842,7 +842,7 @@ def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
         error = str(problem) if problem is not None else None
     except AdfError as exc:
         status, error = "failed", str(exc)
-    destination = None
+    destination = f"sink {flow.dead_letter.get('type')}" if flow.dead_letter and totals["dead_letters"] else None
     if letters:
         destination = (f"{parts}.dead_letters-{report['run_id']}.jsonl" if parts
                        else os.path.join(metas, "dead_letters.jsonl"))
@@ -1227,8 +1227,12 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
         report_root = flow.runtime.get("flink_report_dir")
         metas = (os.path.join(str(report_root), flow.name, run_id)
                  if bounded and not is_attached and parts is None and report_root else None)
+        # counts and dead letters travel with the elements when someone takes them at the end:
+        # the client (attached), the parts' or the report directory's tallies (detached); else each
+        # operator writes them itself (files; dead letters to the flow's dead-letter sink)
+        carry = bounded and (is_attached or parts is not None or metas is not None)
         env, written = build_job(flow.raw, parallelism=p, run_id=run_id, run_dir=worker_dir, splits=splits,
-                                 carry=bounded, parts=parts, collected=bounded and is_attached, metas=metas)
+                                 carry=carry, parts=parts, collected=bounded and is_attached, metas=metas)
         params: dict[str, str] = {}
         rest = _rest_url() if cluster and not bounded else None
         if rest:  # an unbounded job's readers acknowledge what a completed checkpoint covers
