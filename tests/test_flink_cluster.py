@@ -6,6 +6,7 @@ the step modules live in pytest's tmp_path (under /tmp), only the data is in a s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,9 +295,6 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-HEARTBEAT_TIMEOUT_S = 6.0  # the test cluster's heartbeat.timeout (tests/flink_cluster.py)
-
-
 def _written(sink: str, data: Path, url: str, topic: str) -> int:
     """Records the kill test's sink holds now (the file sink: its committed parts)."""
     if sink == "file":
@@ -358,23 +357,37 @@ def test_a_taskmanager_killed_mid_job_and_replaced_the_job_resumes_from_its_chec
     r = adf("flink", "package", str(flow_dir / "kill.json"), "--out", str(pkg), "--shared", str(shared),
             "--python", FLINK_PYTHON, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # what the append sink holds, sampled while the job runs: how much was written between the
+    # last checkpoint before the kill and the restore is the bound of its duplicates
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                samples.append((time.time(), _written(sink, data, url, topic)))
+            stop.wait(0.1)
+
     cmd = readme_command(pkg)
     client = subprocess.Popen([*cluster.flink_cmd(), "run", "-p", "2", *cmd[2:]], cwd=str(tmp_path),
                               env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         job = _job_by_name(cluster, f"adf kill_{sink} ")
+        if sink != "file":
+            threading.Thread(target=sample, daemon=True).start()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and _checkpoints(cluster, job).get("completed", 0) < 1:
             time.sleep(0.2)
         assert _checkpoints(cluster, job).get("completed", 0) >= 1, cluster.get(f"/jobs/{job}/checkpoints")
         assert client.poll() is None, "the job ended before a TaskManager could be killed"
+        before_kill = cluster.get(f"/jobs/{job}/checkpoints")["latest"]["completed"]["trigger_timestamp"] / 1000
         written_before = _written(sink, data, url, topic)
-        running_for = time.time() - cluster.get(f"/jobs/{job}")["start-time"] / 1000
         cluster.kill_taskmanager(next(i for i, tm in enumerate(cluster.taskmanagers) if tm.poll() is None))
         cluster.wait_for_taskmanager_loss(1)
         cluster.add_taskmanager()
         out, err = client.communicate(timeout=600)
     finally:
+        stop.set()
         if client.poll() is None:
             client.kill()
     assert client.returncode == 0, out[-3000:] + err[-5000:]
@@ -413,15 +426,16 @@ def test_a_taskmanager_killed_mid_job_and_replaced_the_job_resumes_from_its_chec
             client_r.close()
         assert set(ids) == set(range(n))  # nothing lost
         duplicates = len(ids) - n
-        # at most what was written after the last checkpoint before the loss, until Flink noticed
-        # it (heartbeat.timeout: the other subtask writes on meanwhile) — one checkpoint interval,
-        # the checkpoint's own time and the detection, at the rate the job wrote before the kill —
-        # and the splits in progress
-        rate = written_before / running_for
-        longest = max((h.get("end_to_end_duration", 0) for h in details.get("history") or []), default=0) / 1000
-        bound = rate * (interval_s + longest + HEARTBEAT_TIMEOUT_S) + 2 * split_records
-        assert duplicates <= bound, (duplicates, bound)
-    print(f"{sink}: {written_before} written in {running_for:.1f} s before the kill; restarts {len(history)}; "
+        # at most what was written after the last checkpoint completed before the kill (a restore
+        # goes back to it or to a later one) until the job was restored — the other subtask writes
+        # on until Flink notices the loss (heartbeat.timeout) — and the splits then in progress
+        restored_at = details["latest"]["restored"]["restore_timestamp"] / 1000
+        at_checkpoint = max((w for t, w in samples if t <= before_kill), default=0)
+        at_restore = min((w for t, w in samples if t >= restored_at), default=len(ids))
+        bound = at_restore - at_checkpoint + 2 * split_records
+        assert duplicates <= bound, (duplicates, bound, at_checkpoint, at_restore)
+        print(f"written after the last checkpoint before the kill until the restore: {at_restore - at_checkpoint}")
+    print(f"{sink}: {written_before} written before the kill; restarts {len(history)}; "
           f"checkpoints {_checkpoints(cluster, job)}; duplicates {duplicates}")
 
 
