@@ -96,8 +96,8 @@ class FlinkCluster:
             "heartbeat.interval": 1000, "heartbeat.timeout": 6000,
             "pekko.ask.timeout": "30 s",
             "restart-strategy.type": "fixed-delay",
-            "restart-strategy.fixed-delay.attempts": 3,
-            "restart-strategy.fixed-delay.delay": "1 s",
+            "restart-strategy.fixed-delay.attempts": 10,  # a replaced TaskManager may take a few on a loaded host
+            "restart-strategy.fixed-delay.delay": "2 s",
             "env.pid.dir": str(self.dir / "pid"),
             **(extra_conf or {}),
         }
