@@ -794,6 +794,27 @@ def assemble_parts(flow: Any, directory: str, count: int, run_ctx: RunContext) -
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def _judge(flow: Any, totals: Mapping[str, int], letters: list[Any], status: str,
+           error: str | None) -> tuple[BatchCounts, ReasonTally, str, str | None]:
+    """A Flink run's counts, dead-letter reasons and verdict: the same accounting as every other
+    target (in = out + filtered + dead letters) when the job succeeded; else its failure stands."""
+    counts = BatchCounts(records_in=totals["records_in"], records_out=totals["records_out"],
+                         filtered=totals["filtered"], fanned_out=totals["fanned_out"],
+                         dead_letters=totals["dead_letters"])
+    tally = ReasonTally()
+    for letter in letters:
+        tally.add(str(letter.get("reason", "")))
+    if status != "success":
+        counts.settle_in_flight()
+        return counts, tally, status, error
+    try:
+        counts.check(f"flow {flow.name!r} on Flink")
+        status, problem = verdict(counts, flow.runtime.get("max_dead_letter_ratio"), tally.top())
+        return counts, tally, status, str(problem) if problem is not None else None
+    except AdfError as exc:
+        return counts, tally, "failed", str(exc)
+
+
 def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
     """The summary of a detached bounded job that FINISHED, from what its subtasks committed
     (``report``: what the client left in the job's parameters, see :func:`run`): its file
@@ -830,18 +851,7 @@ def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
     if parts:
         assemble_parts(flow, parts, count, RunContext(flow_name=flow.name, run_id=report["run_id"],
                                                       state_dir=os.path.dirname(parts) or ".", parallelism=1))
-    counts = BatchCounts(records_in=totals["records_in"], records_out=totals["records_out"],
-                         filtered=totals["filtered"], fanned_out=totals["fanned_out"],
-                         dead_letters=totals["dead_letters"])
-    tally = ReasonTally()
-    for letter in letters:
-        tally.add(str(letter.get("reason", "")))
-    try:
-        counts.check(f"flow {flow.name!r} on Flink")
-        status, problem = verdict(counts, flow.runtime.get("max_dead_letter_ratio"), tally.top())
-        error = str(problem) if problem is not None else None
-    except AdfError as exc:
-        status, error = "failed", str(exc)
+    _, tally, status, error = _judge(flow, totals, letters, "success", None)
     destination = f"sink {flow.dead_letter.get('type')}" if flow.dead_letter and totals["dead_letters"] else None
     if letters:
         destination = (f"{parts}.dead_letters-{report['run_id']}.jsonl" if parts
@@ -1285,22 +1295,7 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     elif flow.dead_letter and totals["dead_letters"]:
         destination = f"sink {flow.dead_letter.get('type')}"
     dead = totals["dead_letters"]
-    counts = BatchCounts(
-        records_in=totals["records_in"], records_out=totals["records_out"], filtered=totals["filtered"],
-        fanned_out=totals["fanned_out"], dead_letters=dead,
-    )
-    tally = ReasonTally()
-    for letter in letters:
-        tally.add(str(letter.get("reason", "")))
-    if status == "success":
-        try:  # the same accounting and verdict as every other target
-            counts.check(f"flow {flow.name!r} on Flink")
-            status, problem = verdict(counts, flow.runtime.get("max_dead_letter_ratio"), tally.top())
-            error = str(problem) if problem is not None else None
-        except AdfError as exc:
-            status, error = "failed", str(exc)
-    else:
-        counts.settle_in_flight()
+    counts, tally, status, error = _judge(flow, totals, letters, status, error)
     summary = {
         "flow": flow.name, "run_id": run_id, "status": status, "runtime": "flink", "parallelism": p,
         "records_in": counts.records_in, "records_out": counts.records_out, "filtered": counts.filtered,
