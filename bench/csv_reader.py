@@ -65,7 +65,7 @@ READER = """
 import hashlib, sys, time
 sys.path.insert(0, {root!r})
 from core.connectors.file import FileSource
-from core.splits import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
+from core.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 t0 = time.perf_counter()
 source = FileSource(path={path!r})
 context = CollectingEnumeratorContext()

@@ -73,7 +73,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 import redis  # imported before the clock starts, as the raw loop does
 import core.connectors.rafka
-from core.connectors.base import Sink
+from core.sink import Sink
 from core.engine import run_flow
 from core.registry import register
 

@@ -231,3 +231,23 @@ def column_names(value: Any) -> str | None:
     if dupes:
         return f"column {dupes[0]!r} is listed twice"
     return None
+
+
+def checked_init(
+    obj: Configurable,
+    config: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+    cross_check: Callable[[Mapping[str, Any]], list[str]],
+) -> None:
+    """Validate like :class:`Configurable` plus ``cross_check`` (the problems that involve
+    several attributes); report every problem at once as one :class:`ConfigError`."""
+    problems: list[str] = []
+    try:
+        Configurable.__init__(obj, config, **kwargs)
+        values: Mapping[str, Any] = obj.config
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        values = {**dict(config or {}), **kwargs}
+    problems.extend(cross_check(values))
+    if problems:
+        raise ConfigError(f"{obj._kind()} {obj.type_name!r}", problems)

@@ -41,17 +41,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.codec import codec
-from core.connectors.base import RunContext, Sink
+from core.context import RunContext
 from core.errors import AdfError, SinkUnavailableError, SpecError
 from core.ids import new_id
 from core.logs import get_logger, log_event, run_id_var
 from core.outcome import BatchCounts, ReasonTally, verdict
-from core.records import Record
+from core.record import DeadLetter, Record
 from core.redact import redact_text
 from core.registry import Registry, registry
 from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_call, unavailable_reason
-from core.splits import (
-    DeadLetter,
+from core.sink import Sink
+from core.source import (
+    InlineContexts,
     Origins,
     ReaderBatch,
     ReaderStatus,
@@ -61,15 +62,14 @@ from core.splits import (
     SplitEnumerator,
     SplitEnumeratorContext,
 )
-from core.steps import Routed, Step, build_steps
+from core.step import Routed, Step, flow_steps
 
 if TYPE_CHECKING:
-    from core.connectors.base import Source
+    from core.source import Source
     from core.spec import FlowSpec
 
 __all__ = [
     "DeadLetterWriter",
-    "InlineContexts",
     "Progress",
     "ReplayResult",
     "RunSummary",
@@ -77,7 +77,6 @@ __all__ = [
     "default_state_root",
     "replay_dead_letters",
     "run_flow",
-    "single_reader",
 ]
 
 _log = get_logger("engine")
@@ -534,7 +533,7 @@ class _Pipeline:
         self.spec = spec
         self.runtime = spec.runtime
         self.run_ctx = run_ctx
-        self.steps: list[Step] = _build_steps(spec, reg)
+        self.steps: list[Step] = flow_steps(spec, reg)
         run_ctx.extras.setdefault("context", dict(spec.context))
         if spec.schema is not None:
             run_ctx.extras.setdefault("schema", spec.schema)
@@ -803,101 +802,7 @@ def _sink_error_kind(exc: BaseException) -> str:
     return "unknown"
 
 
-def _build_steps(spec: FlowSpec, reg: Registry) -> list[Step]:
-    steps: list[Step] = []
-    if spec.schema is not None:
-        from core.records import Schema
-
-        steps.append(_SchemaStep(Schema.from_spec(spec.schema)))
-    steps.extend(build_steps(spec.steps, reg.resolve))
-    if spec.flow_class is not None:
-        flow = spec.flow_class(spec.config)
-        steps.extend(flow.build_steps())
-    return steps
-
-
-class _SchemaStep(Step):
-    """Validates (and coerces) each record against the spec's ``schema``."""
-
-    def __init__(self, schema: Any) -> None:
-        super().__init__({})
-        self.schema = schema
-        self.name = "schema"
-
-    def process_batch(self, records: list[Record], on_error: Any) -> list[Record]:
-        validate = self.schema.validate
-        out: list[Record] = []
-        for record in records:
-            try:
-                out.append(validate(record))
-            except Exception as exc:
-                on_error(record, exc, self.name)
-        return out
-
-
 # --------------------------------------------------------------------------- contexts
-
-
-class InlineContexts(SplitEnumeratorContext, SourceReaderContext):
-    """Both contexts for one enumerator and one reader in the same process."""
-
-    def __init__(self, record: Callable[[Split, int], bool] | None = None) -> None:
-        # ``record(split, reader_id)`` checkpoints an assignment; False: a stale copy, skip it
-        self.enumerator: SplitEnumerator | None = None
-        self.reader: SourceReader | None = None
-        self._record = record
-        self._again = False
-
-    @property
-    def parallelism(self) -> int:
-        return 1
-
-    def registered_readers(self) -> list[int]:
-        return [0] if self.reader is not None else []
-
-    def assign_split(self, split: Split, reader_id: int) -> None:
-        assert self.reader is not None
-        if self._record is not None and not self._record(split, reader_id):
-            self._again = True
-            return
-        self.reader.add_splits([split])
-
-    def signal_no_more_splits(self, reader_id: int) -> None:
-        assert self.reader is not None
-        self.reader.notify_no_more_splits()
-
-    @property
-    def reader_id(self) -> int:
-        return 0
-
-    def send_split_request(self) -> None:
-        assert self.enumerator is not None
-        self.enumerator.handle_split_request(0)
-        while self._again:  # a stale copy was skipped: ask again
-            self._again = False
-            self.enumerator.handle_split_request(0)
-
-
-def single_reader(source: Source, batch_size: int = 500) -> Iterator[ReaderBatch]:
-    """Run ``source`` with one reader in this process, yielding its batches (no checkpoints)."""
-    ctx = InlineContexts()
-    enumerator = source.create_enumerator(ctx)
-    ctx.enumerator = enumerator
-    enumerator.start()
-    reader = source.create_reader(ctx)
-    ctx.reader = reader
-    reader.start()
-    try:
-        while True:
-            batch = reader.poll_batch(batch_size)
-            yield batch
-            if batch.status is ReaderStatus.END_OF_INPUT:
-                return
-            if batch.status is ReaderStatus.NOTHING_AVAILABLE and not batch.records:
-                return
-    finally:
-        reader.close()
-        enumerator.close()
 
 
 class _ProcessEnumeratorContext(SplitEnumeratorContext):

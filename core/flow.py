@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from core.attributes import Attribute, validate_config
 from core.errors import SpecError
 from core.registry import Registry
-from core.steps import FunctionStep, Step
+from core.step import FunctionStep, Step
 
 if TYPE_CHECKING:
     from core.engine import RunSummary

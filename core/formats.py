@@ -74,8 +74,7 @@ from typing import IO, Any
 
 from core.codec import codec
 from core.errors import SourceDataError
-from core.records import Record
-from core.splits import DeadLetter
+from core.record import DeadLetter, Record
 
 __all__ = [
     "DEFAULT_MAX_FIELD_BYTES",

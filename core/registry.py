@@ -54,8 +54,8 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "response": "core.connectors.memory:ResponseSink",
     },
     "step": {
-        "python": "core.steps:PythonStep",
-        "filter": "core.steps:FilterStep",
+        "python": "core.step:PythonStep",
+        "filter": "core.step:FilterStep",
         "http": "core.steps_io:HttpStep",
         "sql": "core.steps_io:SqlStep",
         "wasm": "core.wasm.step:WasmStep",

@@ -51,7 +51,7 @@ from core.errors import AdfError, ConfigError, SpecError
 from core.redact import REDACTED
 from core.refs import ReferenceError_, has_refs, param_refs, resolve_params
 from core.registry import Registry, registry
-from core.steps import step_id_problems
+from core.step import step_id_problems
 
 __all__ = [
     "PARAM_TYPES",
@@ -498,7 +498,7 @@ def parse_spec(
             problems.append(f"runtime: {exc}")
     schema = raw.get("schema")
     if schema is not None:
-        from core.records import Schema
+        from core.record import Schema
 
         try:
             Schema.from_spec(schema)

@@ -39,10 +39,10 @@ from typing import Any
 
 from core.attributes import Attribute
 from core.errors import AdfError, ConfigError
-from core.records import Record
+from core.record import Record
 from core.refs import resolve
 from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_after_seconds, retry_call
-from core.steps import ErrorHandler, Step
+from core.step import ErrorHandler, Step
 
 __all__ = ["HttpStep", "HttpStepError", "SqlStep"]
 

@@ -298,7 +298,7 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
 def _bounded(spec: Mapping[str, Any]) -> bool:
     """Whether the spec's source is bounded (True when that cannot be told without reaching it)."""
     from core.registry import registry
-    from core.splits import Boundedness
+    from core.source import Boundedness
 
     try:
         source = dict(spec.get("source") or {})

@@ -71,21 +71,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # under `flink run -py`, the project is beside this file
     sys.path.insert(0, str(ROOT))
 
-from core.connectors.base import RunContext  # noqa: E402
+from core.context import RunContext  # noqa: E402
 from core.errors import AdfError  # noqa: E402
 from core.loader import load_flow  # noqa: E402
 from core.outcome import BatchCounts, ReasonTally, verdict  # noqa: E402
+from core.record import DeadLetter  # noqa: E402
 from core.registry import registry  # noqa: E402
-from core.spec import parse_spec  # noqa: E402
-from core.splits import (  # noqa: E402
+from core.source import (  # noqa: E402
     Boundedness,
     CollectingEnumeratorContext,
-    DeadLetter,
     DetachedReaderContext,
     Origins,
     ReaderStatus,
     Split,
 )
+from core.spec import parse_spec  # noqa: E402
 
 __all__ = ["all_splits", "assemble_parts", "build_job", "main", "run"]
 
@@ -205,7 +205,7 @@ def _origin(origins: Origins | None, positions: list[int] | None, index: int) ->
 
 
 def _origins_of(origins: Origins | None, positions: list[int] | None, count: int) -> Origins | None:
-    """The origins of an element's ``count`` records, for a :class:`~core.splits.ReaderBatch`."""
+    """The origins of an element's ``count`` records, for a :class:`~core.source.ReaderBatch`."""
     if origins is None or positions is None:
         return origins
     out = Origins()
@@ -520,17 +520,17 @@ def _functions() -> dict[str, Any]:
             self.spec, self.index, self.run_id, self.run_dir, self.carry = dict(spec), index, run_id, run_dir, carry
 
         def open(self, ctx: RuntimeContext) -> None:
-            from core.steps import build_steps
+            from core.step import build_steps
             from flink_job.watchdog import watch_parent
 
             watch_parent()
             self.flow = parse_spec(self.spec)
             run_dir = _worker_dir(self.run_dir, self.flow.name, self.run_id)
             if self.index < 0:  # the spec's schema: validation and coercion, as the local runner does
-                from core.engine import _SchemaStep
-                from core.records import Schema
+                from core.record import Schema
+                from core.step import SchemaStep
 
-                self.step: Any = _SchemaStep(Schema.from_spec(self.flow.schema))
+                self.step: Any = SchemaStep(Schema.from_spec(self.flow.schema))
             else:
                 self.step = build_steps([self.flow.steps[self.index]], registry.resolve)[0]
                 if self.step.name.startswith("steps[0]:"):  # named as the local runner names it
@@ -558,7 +558,7 @@ def _functions() -> dict[str, Any]:
 
         def flat_map(self, value: str) -> Iterator[str]:
             from core.engine import _OriginTracker
-            from core.splits import ReaderBatch
+            from core.source import ReaderBatch
 
             records, self.origins, self.positions, carried = _unpack(value)
             marks = _marks(carried)
@@ -618,7 +618,7 @@ def _functions() -> dict[str, Any]:
         def map(self, value: str) -> str:
             # an element is already a batch (up to runtime.batch_size records): write it now, so
             # an unbounded job's records reach the sink as they come
-            from core.splits import ReaderBatch
+            from core.source import ReaderBatch
 
             records, origins, positions, carried = _unpack(value)
             parts = self.parts

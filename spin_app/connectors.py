@@ -41,11 +41,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.attributes import Attribute
-from core.connectors.base import Sink, Source
 from core.connectors.memory import MemorySplit, _MemoryEnumerator, _MemoryReader
 from core.errors import ConfigError
-from core.records import Record
-from core.splits import SourceReader, SourceReaderContext, Split, SplitEnumerator, SplitEnumeratorContext
+from core.record import Record
+from core.sink import Sink
+from core.source import (
+    Source,
+    SourceReader,
+    SourceReaderContext,
+    Split,
+    SplitEnumerator,
+    SplitEnumeratorContext,
+)
 from core.state import StateStore
 from spin_app.platform import SpinCallError, platform
 

@@ -1172,7 +1172,8 @@ def spin_registry() -> Registry:
     without changing the process-wide one."""
     import importlib
 
-    from core.connectors.base import Sink, Source
+    from core.sink import Sink
+    from core.source import Source
 
     reg = Registry()
     try:

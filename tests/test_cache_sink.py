@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.connectors.base import RunContext
 from core.connectors.cache import CacheSink
+from core.context import RunContext
 from core.errors import ConfigError, RecordValidationError
 from core.state import MemoryStateStore, RedisStateStore, SqliteStateStore
 

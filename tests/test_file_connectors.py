@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from core.connectors.base import RunContext
 from core.connectors.file import FileReadError, FileSink, FileSource, FileSplit, NoFilesError, parse_size
 from core.connectors.stdout import StdoutSink
+from core.context import RunContext
 from core.engine import run_flow
 from core.errors import ConfigError, SourceDataError
-from core.splits import DeadLetter, ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
+from core.record import DeadLetter
+from core.source import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
 
 
 class _ReaderCtx(SourceReaderContext):

@@ -34,7 +34,7 @@ from core.formats import (
     read_jsonl,
     split_json_elements,
 )
-from core.splits import DeadLetter
+from core.record import DeadLetter
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from core.connectors.file import FileSource
 from core.engine import run_flow
 from core.formats import aligned_boundaries, count_lines
-from core.splits import DetachedReaderContext, ReaderStatus
+from core.source import DetachedReaderContext, ReaderStatus
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"

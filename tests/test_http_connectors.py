@@ -36,7 +36,7 @@ from core.connectors.memory import MemorySink
 from core.engine import run_flow
 from core.errors import ConfigError
 from core.logs import JsonFormatter
-from core.splits import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
+from core.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 from core.state import MemoryStateStore, SqliteStateStore
 
 

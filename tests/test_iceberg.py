@@ -22,7 +22,6 @@ import pyiceberg
 import pytest
 from moto_endpoint import moto_endpoint
 
-from core.connectors.base import RunContext
 from core.connectors.iceberg import (
     IcebergSink,
     IcebergSource,
@@ -32,10 +31,11 @@ from core.connectors.iceberg import (
     parse_type,
 )
 from core.connectors.memory import MemorySink
-from core.engine import InlineContexts, run_flow, single_reader
+from core.context import RunContext
+from core.engine import run_flow
 from core.errors import ConfigError, RecordValidationError
+from core.source import InlineContexts, ReaderStatus, Split, single_reader
 from core.spec import parse_spec
-from core.splits import ReaderStatus, Split
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "adf-iceberg"

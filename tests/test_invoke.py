@@ -14,10 +14,10 @@ import pytest
 
 from core.connectors.memory import ResponseSink
 from core.logs import JsonFormatter
-from core.records import Record
+from core.record import Record
 from core.registry import registry
 from core.state import MemoryStateStore
-from core.steps import ErrorHandler, Step
+from core.step import ErrorHandler, Step
 from handlers import streaming
 from handlers.http import Request, Response
 from handlers.invoke import (

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.connectors.base import RunContext
 from core.connectors.memory import PayloadSource, ResponseSink
+from core.context import RunContext
 from core.engine import run_flow
 from core.errors import ConfigError
 from core.registry import registry

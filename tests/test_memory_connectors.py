@@ -7,11 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.connectors.base import RunContext
 from core.connectors.memory import MemorySink, MemorySource, MemorySplit
-from core.engine import InlineContexts
+from core.context import RunContext
 from core.errors import ConfigError
-from core.splits import ReaderStatus
+from core.source import InlineContexts, ReaderStatus
 
 RECORDS = [{"n": i} for i in range(10)]
 

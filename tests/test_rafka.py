@@ -678,8 +678,8 @@ def test_a_reader_hands_out_acknowledgements_for_later_and_never_returns_their_e
     """What a runner acknowledging on a schedule of its own uses (Flink: after a checkpoint): a
     token of the entries read so far, plain JSON, acknowledged later — meanwhile those entries
     are not returned again, even when the reader re-reads its own pending list."""
-    from core.connectors.base import RunContext
-    from core.splits import DetachedReaderContext
+    from core.context import RunContext
+    from core.source import DetachedReaderContext
     from flink_job.job import all_splits
 
     topic = new_topic(1)

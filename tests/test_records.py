@@ -11,9 +11,9 @@ from typing import Annotated, Any, ClassVar, Optional
 
 import pytest
 
-import core.records
+import core.record
 from core.errors import RecordValidationError, SpecError
-from core.records import FIELD_TYPES, MISSING, Field, Schema, TypedRecord
+from core.record import FIELD_TYPES, MISSING, Field, Schema, TypedRecord
 
 D = decimal.Decimal
 
@@ -588,6 +588,6 @@ def test_typed_record_base_has_an_empty_schema() -> None:
 
 
 def test_docstring_examples_hold() -> None:
-    result = doctest.testmod(core.records, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(core.record, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10
     assert result.failed == 0

@@ -14,9 +14,9 @@ import pytest
 from moto_endpoint import moto_endpoint
 
 from core.connectors import _s3
-from core.connectors.base import RunContext
 from core.connectors.file import FileSink, FileSource, FileSplit, NoFilesError
-from core.splits import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
+from core.context import RunContext
+from core.source import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
 
 BUCKET = "adf-test"
 

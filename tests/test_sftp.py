@@ -29,14 +29,14 @@ from typing import Any
 
 import pytest
 
-from core.connectors.base import RunContext
 from core.connectors.file import FileSplit
 from core.connectors.memory import MemorySink
 from core.connectors.sftp import SftpAuthError, SftpError, SftpHostKeyError, SftpSink, SftpSource
+from core.context import RunContext
 from core.engine import run_flow
 from core.errors import ConfigError
 from core.logs import JsonFormatter
-from core.splits import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
+from core.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 
 SSHD = "/usr/sbin/sshd"
 SETUP_HINT = "run `bash scripts/sftp-setup` (installs openssh-server and paramiko)"

@@ -589,11 +589,11 @@ def test_the_build_bundles_the_step_modules_a_flow_imports(tmp_path: Path) -> No
     spec = {
         "name": "f", "source": {"type": "payload"}, "sink": {"type": "response"}, "python_path": [str(lib)],
         "steps": [{"type": "python", "function": "pkg_steps.prices:f"}, {"type": "python", "function": "flat_steps:g"},
-                  {"type": "filter", "function": "json:loads"}, {"type": "python", "function": "core.steps:build_steps"}],
+                  {"type": "filter", "function": "json:loads"}, {"type": "python", "function": "core.step:build_steps"}],
     }
     found = step_module_sources({"f": spec})
     assert found == {"pkg_steps": lib / "pkg_steps", "flat_steps": lib / "flat_steps.py"}
-    assert "STEP_MODULES = ['core.steps', 'flat_steps', 'json', 'pkg_steps.prices']" in bundle_source([spec])
+    assert "STEP_MODULES = ['core.step', 'flat_steps', 'json', 'pkg_steps.prices']" in bundle_source([spec])
     missing = dict(spec, steps=[{"type": "python", "function": "nowhere_to_be_found:f"}])
     with pytest.raises(BuildError, match="nowhere_to_be_found"):
         step_module_sources({"f": missing})

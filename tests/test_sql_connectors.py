@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from core.connectors.base import RunContext
 from core.connectors.sql import SqlRangeSplit, SqlSink, SqlSource
-from core.engine import InlineContexts
+from core.context import RunContext
 from core.errors import ConfigError, MissingExtraError, RecordValidationError
-from core.splits import ReaderStatus
+from core.source import InlineContexts, ReaderStatus
 from core.state import MemoryStateStore, SqliteStateStore
 
 ROOT = Path(__file__).resolve().parent.parent

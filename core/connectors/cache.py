@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from core.attributes import Attribute
 from core.codec import codec
-from core.connectors.base import Sink
 from core.errors import MissingExtraError, RecordValidationError
-from core.records import Record
+from core.record import Record
 from core.redact import redact_text
+from core.sink import Sink
 
 if TYPE_CHECKING:
     from core.state import StateStore

@@ -73,7 +73,6 @@ from typing import Any
 
 from core.attributes import Attribute, one_character
 from core.connectors import _s3
-from core.connectors.base import Sink, Source
 from core.errors import AdfError, ConfigError, SourceDataError
 from core.formats import (
     DEFAULT_MAX_FIELD_BYTES,
@@ -98,12 +97,14 @@ from core.formats import (
     skip_bom,
     split_json_elements,
 )
-from core.records import Record
-from core.splits import (
+from core.record import Record
+from core.sink import Sink
+from core.source import (
     Boundedness,
     Origins,
     ReaderBatch,
     ReaderStatus,
+    Source,
     SourceReader,
     SourceReaderContext,
     Split,
@@ -488,7 +489,7 @@ class FileSourceReader(SplitReader):
 
     After every batch ``split.position`` is the offset and line number just after the last
     line returned, so a snapshot resumes exactly there. Each batch says where its records
-    came from (:class:`~core.splits.Origins`): ``{"file", "line"}`` with the record's first
+    came from (:class:`~core.source.Origins`): ``{"file", "line"}`` with the record's first
     line (``{"file", "index"}`` for a JSON array element; ``{"file", "offset"}``, the byte
     offset of the line, in a JSON Lines byte range whose first line number is not counted).
     An error while reading is raised as :class:`FileReadError` or

@@ -81,16 +81,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.attributes import Attribute, at_least_one
-from core.connectors.base import Sink, Source
 from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavailableError
 from core.logs import get_logger, log_event
-from core.records import Record
+from core.record import DeadLetter, Record
 from core.redact import redact_text
 from core.retry import RetriesExhausted, RetryPolicy, retry_after_seconds, retry_call
-from core.splits import (
-    DeadLetter,
+from core.sink import Sink
+from core.source import (
     ReaderBatch,
     ReaderStatus,
+    Source,
     SourceReader,
     SourceReaderContext,
     Split,

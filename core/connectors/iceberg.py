@@ -56,17 +56,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.attributes import Attribute, column_names
+from core.attributes import Attribute, checked_init, column_names
 from core.codec import codec
-from core.connectors.base import Sink, Source, checked_init
 from core.errors import ConfigError, MissingExtraError, RecordValidationError
 from core.logs import get_logger
-from core.records import Record
+from core.record import Record
 from core.redact import redact_text
 from core.retry import RetriesExhausted, RetryPolicy, retry_call
-from core.splits import (
+from core.sink import Sink
+from core.source import (
     ReaderBatch,
     ReaderStatus,
+    Source,
     SourceReader,
     SourceReaderContext,
     Split,

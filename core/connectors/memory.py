@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from core.attributes import Attribute, at_least_one, not_negative
-from core.connectors.base import Sink, Source
-from core.records import Record
-from core.splits import (
-    DeadLetter,
+from core.record import DeadLetter, Record
+from core.sink import Sink
+from core.source import (
     Origins,
     ReaderBatch,
     ReaderStatus,
+    Source,
     SourceReader,
     SourceReaderContext,
     Split,

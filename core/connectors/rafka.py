@@ -51,17 +51,17 @@ from typing import Any, NamedTuple, Self
 
 from core.attributes import Attribute, not_negative
 from core.codec import codec
-from core.connectors.base import Sink, Source
 from core.errors import AdfError, ConfigError, MissingExtraError, RecordValidationError
 from core.logs import get_logger, log_event
-from core.records import Record
+from core.record import DeadLetter, Record
 from core.redact import redact_text
-from core.splits import (
+from core.sink import Sink
+from core.source import (
     Boundedness,
-    DeadLetter,
     Origins,
     ReaderBatch,
     ReaderStatus,
+    Source,
     SourceReader,
     SourceReaderContext,
     Split,

@@ -58,7 +58,6 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any, cast
 
 from core.attributes import Attribute, one_character
-from core.connectors.base import Sink, Source
 from core.connectors.file import (
     FileSource,
     FileSourceReader,
@@ -83,8 +82,16 @@ from core.formats import (
     skip_bom,
 )
 from core.logs import get_logger, log_event
-from core.records import Record
-from core.splits import SourceReader, SourceReaderContext, Split, SplitEnumerator, SplitEnumeratorContext
+from core.record import Record
+from core.sink import Sink
+from core.source import (
+    Source,
+    SourceReader,
+    SourceReaderContext,
+    Split,
+    SplitEnumerator,
+    SplitEnumeratorContext,
+)
 
 __all__ = [
     "SftpAuthError",

@@ -54,17 +54,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Attribute, at_least_one, column_names
+from core.attributes import Attribute, at_least_one, checked_init, column_names
 from core.codec import codec
-from core.connectors.base import Sink, Source, checked_init
 from core.errors import ConfigError, MissingExtraError, RecordValidationError
 from core.logs import get_logger
-from core.records import Record
+from core.record import Record
 from core.redact import redact_text
-from core.splits import (
+from core.sink import Sink
+from core.source import (
     Origins,
     ReaderBatch,
     ReaderStatus,
+    Source,
     SourceReader,
     SourceReaderContext,
     Split,
@@ -226,7 +227,7 @@ def _decode_cursor(value: Any) -> Any:
 
 
 def _friendly(value: Any) -> Any:
-    """A database value as JSON-friendly Python (the convention of :mod:`core.records`)."""
+    """A database value as JSON-friendly Python (the convention of :mod:`core.record`)."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, decimal.Decimal):
@@ -283,7 +284,7 @@ def _schema_types(spec: Any) -> dict[str, str]:
     """``{field: schema type}`` of the flow's ``schema`` (empty without one)."""
     if spec is None:
         return {}
-    from core.records import Schema
+    from core.record import Schema
 
     return {f.name: f.type for f in Schema.from_spec(spec).fields}
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.attributes import Attribute, one_character
-from core.connectors.base import Sink
 from core.formats import CsvEncoder, encode_jsonl
-from core.records import Record
+from core.record import Record
+from core.sink import Sink
 
 __all__ = ["StdoutSink"]
 

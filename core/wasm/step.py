@@ -41,10 +41,10 @@ from typing import Any
 
 from core.attributes import Attribute
 from core.errors import AdfError, ConfigError
-from core.records import Record
+from core.record import Record
 from core.refs import resolve
 from core.retry import RetriesExhausted, RetryPolicy, retry_call
-from core.steps import ErrorHandler, Routed, Step
+from core.step import ErrorHandler, Routed, Step
 from core.wasm.errors import WasmAbiError, WasmError, WasmPermissionDenied
 from core.wasm.limits import Limits
 from core.wasm.permissions import PermissionSet

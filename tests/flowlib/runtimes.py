@@ -8,7 +8,7 @@ from core.engine import RunSummary
 from core.registry import registry
 from core.runtime import Runtime
 from core.spec import FlowSpec
-from core.steps import build_steps
+from core.step import build_steps
 
 
 class DryRun(Runtime):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.attributes import Attribute
-from core.connectors.base import Sink
+from core.sink import Sink
 
 
 class _JsonlSink(Sink):

@@ -1,4 +1,4 @@
-"""Records flowing through the engine, and the schemas that check them.
+"""Records flowing through the engine, the schemas that check them, and dead letters.
 
 At run time a record is always a plain ``dict[str, Any]`` (:data:`Record`): the engine moves
 about 100k records a second and never wraps them. A :class:`Schema` is optional; when a flow
@@ -34,7 +34,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from core.attributes import MISSING
@@ -43,6 +43,7 @@ from core.errors import RecordValidationError, SpecError
 __all__ = [
     "FIELD_TYPES",
     "MISSING",
+    "DeadLetter",
     "ExtraPolicy",
     "Field",
     "Record",
@@ -806,3 +807,32 @@ class TypedRecord:
     def errors(cls, record: Mapping[str, Any]) -> list[RecordValidationError]:
         """Same contract as :meth:`Schema.errors` with this class's schema."""
         return cls.__schema__.errors(record)
+
+
+@dataclass
+class DeadLetter:
+    """A record (or raw input) that could not go through, and why.
+
+    ``origin`` says where it came from (``{"file": …, "line": …}``), ``stage`` is
+    ``source``, ``step`` or ``sink``.
+    """
+
+    record: Any
+    reason: str
+    stage: str
+    error_type: str = ""
+    origin: dict[str, Any] = field(default_factory=dict)
+    step: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "stage": self.stage,
+            "reason": self.reason,
+            "error_type": self.error_type,
+            "record": self.record,
+        }
+        if self.origin:
+            out["origin"] = self.origin
+        if self.step is not None:
+            out["step"] = self.step
+        return out

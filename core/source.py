@@ -1,4 +1,4 @@
-"""Flink FLIP-27 style source interfaces: splits, the enumerator, readers and their contexts.
+"""The source: Flink FLIP-27 style splits, the enumerator, readers, their contexts and the factory.
 
 The pieces and who owns what:
 
@@ -13,25 +13,28 @@ The pieces and who owns what:
 * the two contexts are the only way they talk, so each piece is testable with a fake
   context.
 
-A ``Source`` (see :mod:`core.connectors.base`) is the factory of both.
+A :class:`Source` is the factory of both: a pure factory, it holds no run state.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.records import Record
+from core.attributes import Configurable
+from core.context import RunContext
+from core.record import DeadLetter, Record
 
 __all__ = [
     "Boundedness",
-    "DeadLetter",
+    "InlineContexts",
     "Origins",
     "ReaderBatch",
     "ReaderStatus",
+    "Source",
     "SourceReader",
     "SourceReaderContext",
     "Split",
@@ -39,6 +42,7 @@ __all__ = [
     "SplitEnumeratorContext",
     "SplitReader",
     "StaticSplitEnumerator",
+    "single_reader",
 ]
 
 
@@ -68,35 +72,6 @@ class Split:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Split:
         return cls(**dict(data))
-
-
-@dataclass
-class DeadLetter:
-    """A record (or raw input) that could not go through, and why.
-
-    ``origin`` says where it came from (``{"file": …, "line": …}``), ``stage`` is
-    ``source``, ``step`` or ``sink``.
-    """
-
-    record: Any
-    reason: str
-    stage: str
-    error_type: str = ""
-    origin: dict[str, Any] = field(default_factory=dict)
-    step: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "stage": self.stage,
-            "reason": self.reason,
-            "error_type": self.error_type,
-            "record": self.record,
-        }
-        if self.origin:
-            out["origin"] = self.origin
-        if self.step is not None:
-            out["step"] = self.step
-        return out
 
 
 def _as_list(values: Sequence[Any] | int | None) -> list[Any] | int | None:
@@ -208,10 +183,6 @@ class SplitEnumeratorContext(abc.ABC):
         """How many readers the run has."""
 
     @abc.abstractmethod
-    def registered_readers(self) -> list[int]:
-        """Ids of the readers currently alive."""
-
-    @abc.abstractmethod
     def assign_split(self, split: Split, reader_id: int) -> None:
         """Give ``split`` to reader ``reader_id``."""
 
@@ -246,9 +217,6 @@ class CollectingEnumeratorContext(SplitEnumeratorContext):
     @property
     def parallelism(self) -> int:
         return self._parallelism
-
-    def registered_readers(self) -> list[int]:
-        return list(range(self._parallelism))
 
     def assign_split(self, split: Split, reader_id: int) -> None:
         self.assigned.append(split)
@@ -524,3 +492,111 @@ class SplitReader(SourceReader):
         if self._current is not None:
             self.close_split(self._current)
             self._current = None
+
+
+class Source(Configurable, abc.ABC):
+    """A factory of split enumerators and source readers.
+
+    Subclasses set ``type_name`` and ``attributes`` and implement the three factory
+    methods. ``run_context`` is set by the engine before the enumerator or a reader is created.
+    """
+
+    run_context: RunContext = RunContext()
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "source"
+
+    @property
+    def boundedness(self) -> Boundedness:
+        return Boundedness.BOUNDED
+
+    @abc.abstractmethod
+    def create_enumerator(
+        self, context: SplitEnumeratorContext, checkpoint: Mapping[str, Any] | None = None
+    ) -> SplitEnumerator:
+        """A new enumerator, or one restored from ``checkpoint`` (its ``snapshot_state``)."""
+
+    @abc.abstractmethod
+    def create_reader(self, context: SourceReaderContext) -> SourceReader: ...
+
+    @abc.abstractmethod
+    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
+        """Rebuild a split (with its position) from :meth:`Split.to_dict`."""
+
+    def total_work(self, splits: Sequence[Split]) -> int | None:
+        """Total input bytes of ``splits`` when known (drives the progress bar), else None."""
+        return None
+
+    def on_run_success(self) -> None:
+        """Called once in the coordinator after the whole run committed (incremental sources save their cursor)."""
+
+    def each(self, batch_size: int = 500) -> Iterator[Record]:
+        """Yield every record with one reader in this process (bounded sources; for scripts and tests).
+
+        Records that could not be parsed are skipped here; the engine sends them to the
+        dead-letter destination instead.
+        """
+        for batch in single_reader(self, batch_size):
+            yield from batch.records
+            if batch.status is ReaderStatus.END_OF_INPUT:
+                return
+
+
+class InlineContexts(SplitEnumeratorContext, SourceReaderContext):
+    """Both contexts for one enumerator and one reader in the same process."""
+
+    def __init__(self, record: Callable[[Split, int], bool] | None = None) -> None:
+        # ``record(split, reader_id)`` checkpoints an assignment; False: a stale copy, skip it
+        self.enumerator: SplitEnumerator | None = None
+        self.reader: SourceReader | None = None
+        self._record = record
+        self._again = False
+
+    @property
+    def parallelism(self) -> int:
+        return 1
+
+    def assign_split(self, split: Split, reader_id: int) -> None:
+        assert self.reader is not None
+        if self._record is not None and not self._record(split, reader_id):
+            self._again = True
+            return
+        self.reader.add_splits([split])
+
+    def signal_no_more_splits(self, reader_id: int) -> None:
+        assert self.reader is not None
+        self.reader.notify_no_more_splits()
+
+    @property
+    def reader_id(self) -> int:
+        return 0
+
+    def send_split_request(self) -> None:
+        assert self.enumerator is not None
+        self.enumerator.handle_split_request(0)
+        while self._again:  # a stale copy was skipped: ask again
+            self._again = False
+            self.enumerator.handle_split_request(0)
+
+
+def single_reader(source: Source, batch_size: int = 500) -> Iterator[ReaderBatch]:
+    """Run ``source`` with one reader in this process, yielding its batches (no checkpoints)."""
+    ctx = InlineContexts()
+    enumerator = source.create_enumerator(ctx)
+    ctx.enumerator = enumerator
+    enumerator.start()
+    reader = source.create_reader(ctx)
+    ctx.reader = reader
+    reader.start()
+    try:
+        while True:
+            batch = reader.poll_batch(batch_size)
+            yield batch
+            if batch.status is ReaderStatus.END_OF_INPUT:
+                return
+            if batch.status is ReaderStatus.NOTHING_AVAILABLE and not batch.records:
+                return
+    finally:
+        reader.close()
+        enumerator.close()

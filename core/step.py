@@ -24,14 +24,21 @@ import functools
 import inspect
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from core.attributes import Attribute, Configurable
 from core.errors import ConfigError
-from core.records import Record
+from core.record import Record
 from core.registry import import_path
 
-__all__ = ["ErrorHandler", "FilterStep", "FunctionStep", "PythonStep", "Routed", "Step", "build_steps", "step_id_problems"]
+if TYPE_CHECKING:
+    from core.registry import Registry
+    from core.spec import FlowSpec
+
+__all__ = [
+    "ErrorHandler", "FilterStep", "FunctionStep", "PythonStep", "Routed", "SchemaStep", "Step", "build_steps",
+    "flow_steps", "step_id_problems",
+]
 
 #: ``on_error(record, exception, step_name)`` — called for a record the step failed on.
 ErrorHandler = Callable[[Any, BaseException, str], None]
@@ -297,3 +304,36 @@ def build_steps(specs: Sequence[Mapping[str, Any]], resolve: Callable[[str, str]
     if problems:
         raise ConfigError("steps", problems)
     return steps
+
+
+def flow_steps(spec: FlowSpec, reg: Registry) -> list[Step]:
+    """A flow's steps in order: its schema's (when it has one), the spec's, its class's."""
+    steps: list[Step] = []
+    if spec.schema is not None:
+        from core.record import Schema
+
+        steps.append(SchemaStep(Schema.from_spec(spec.schema)))
+    steps.extend(build_steps(spec.steps, reg.resolve))
+    if spec.flow_class is not None:
+        flow = spec.flow_class(spec.config)
+        steps.extend(flow.build_steps())
+    return steps
+
+
+class SchemaStep(Step):
+    """Validates (and coerces) each record against the spec's ``schema``."""
+
+    def __init__(self, schema: Any) -> None:
+        super().__init__({})
+        self.schema = schema
+        self.name = "schema"
+
+    def process_batch(self, records: list[Record], on_error: Any) -> list[Record]:
+        validate = self.schema.validate
+        out: list[Record] = []
+        for record in records:
+            try:
+                out.append(validate(record))
+            except Exception as exc:
+                on_error(record, exc, self.name)
+        return out
