@@ -184,7 +184,7 @@ def replay(run: RunDir, flow: Any, *, store: Any = None) -> dict[str, Any]:
     """
     from core.codec import codec
     from core.engine import replay_dead_letters
-    from core.flow import as_spec
+    from core.spec import as_spec
 
     spec = as_spec(flow)
     if spec.name != run.flow:

@@ -31,7 +31,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.attributes import Attribute, validate_config
-from core.errors import SpecError
 from core.registry import Registry
 from core.step import FunctionStep, Step
 
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from core.engine import RunSummary
     from core.spec import FlowSpec
 
-__all__ = ["DataFlow", "as_spec"]
+__all__ = ["DataFlow"]
 
 
 class DataFlow:
@@ -123,18 +122,3 @@ class DataFlow:
 
         spec = cls.spec({"config": dict(config)} if config else None, params=params)
         return run_flow(spec, **kwargs)
-
-
-def as_spec(flow: Any, reg: Registry | None = None) -> FlowSpec:
-    """A :class:`FlowSpec` from a spec, a mapping, or a :class:`DataFlow` class or instance."""
-    from core.spec import FlowSpec, parse_spec
-
-    if isinstance(flow, FlowSpec):
-        return flow
-    if isinstance(flow, type) and issubclass(flow, DataFlow):
-        return flow.spec(reg=reg)
-    if isinstance(flow, DataFlow):
-        return type(flow).spec({"config": flow.config} if flow.config else None, reg=reg)
-    if isinstance(flow, Mapping):
-        return parse_spec(flow, reg=reg)
-    raise SpecError([f"cannot run {type(flow).__name__}: give a spec mapping, a FlowSpec or a DataFlow subclass"])

@@ -42,6 +42,7 @@ __all__ = [
     "DeadLetterShareError",
     "ReasonTally",
     "describe_dead_letters",
+    "judge",
     "verdict",
 ]
 
@@ -200,3 +201,14 @@ def verdict(counts: BatchCounts, max_ratio: float | None, reasons: Iterable[Mapp
             f"({told}). Fix the cause, then `adf dead-letters replay` the run"
         )
     return "partial", None
+
+
+def judge(counts: BatchCounts, max_ratio: float | None, reasons: Iterable[Mapping[str, Any]], where: str
+          ) -> tuple[str, AdfError | None]:
+    """The status of a run that ended without an error, on every target: its counts must add up
+    (:meth:`BatchCounts.check`, else ``failed``), then :func:`verdict` decides."""
+    try:
+        counts.check(where)
+    except AdfError as exc:
+        return "failed", exc
+    return verdict(counts, max_ratio, reasons)

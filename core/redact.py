@@ -10,7 +10,7 @@ The tools, all pure functions of the standard library:
   a stored flow configuration shown by the management API or the dashboard has its secrets
   replaced by :data:`MASK`; when it is saved again, :func:`unmask` puts the stored secret back
   wherever the masked value came back unchanged (secrets are write-only).
-  :func:`flow_secret_keys` names the secret attributes a flow configuration's connectors and
+  :func:`core.spec.flow_secret_keys` names the secret attributes a flow configuration's connectors and
   steps declare (``Attribute(..., secret=True)``), for both.
 
 Redaction replaces a secret with :data:`REDACTED` (``"***"``); it never raises on odd input.
@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["MASK", "REDACTED", "flow_secret_keys", "is_secret_key", "mask", "redact", "redact_text", "unmask"]
+__all__ = ["MASK", "REDACTED", "is_secret_key", "mask", "redact", "redact_text", "unmask"]
 
 #: What a secret is replaced with.
 REDACTED = "***"
@@ -241,32 +241,3 @@ def unmask(value: Any, stored: Any, secret_keys: Iterable[str] = ()) -> tuple[An
         for where in sorted(leftovers)
     ]
     return restored, problems
-
-
-def flow_secret_keys(configuration: Any) -> set[str]:
-    """Dotted paths of the secret attributes (``Attribute(..., secret=True)``) of the source,
-    sink, dead-letter sink and steps a flow configuration names (``sink.url``,
-    ``steps.2.headers``); types that are not installed contribute none. Secret key *names*
-    (``password``, ``token``…) and URL credentials are hidden by :func:`mask` anyway."""
-    from core.registry import registry
-    from core.spec import FlowSpec
-
-    if not isinstance(configuration, Mapping):
-        return set()
-
-    def section(key: str) -> dict[str, Any]:
-        value = configuration.get(key)
-        return dict(value) if isinstance(value, Mapping) and isinstance(value.get("type"), str) else {}
-
-    spec = FlowSpec(name="", source=section("source"), sink=section("sink"), dead_letter=section("dead_letter"))
-    keys = spec.secret_keys()
-    steps = configuration.get("steps")
-    for i, step in enumerate(steps if isinstance(steps, list) else []):
-        if not isinstance(step, Mapping):
-            continue
-        try:
-            cls = registry.resolve("step", str(step.get("type") or "python"))
-            keys.update(f"steps.{i}.{k}" for k in cls.secret_keys())
-        except Exception:  # an unknown or unloadable step type declares nothing here
-            continue
-    return keys

@@ -136,6 +136,13 @@ class Origins:
             out.count = max(out.count, int(start) + int(n))
         return out
 
+    def locate(self, index: int) -> dict[str, Any]:
+        """The origin of record ``index``; ``-1`` is a record a step made anew, of which only the
+        batch is known (its first origin and its size)."""
+        if index < 0:
+            return {"batch_from": self.of(0), "batch_records": self.count}
+        return self.of(index)
+
     def of(self, index: int) -> dict[str, Any]:
         """The origin of record ``index`` of the batch (``{}`` when out of range)."""
         for start, n, base, key, values in self._segments:

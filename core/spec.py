@@ -58,7 +58,9 @@ __all__ = [
     "RUNTIME_ATTRIBUTES",
     "SPEC_KEYS",
     "FlowSpec",
+    "as_spec",
     "describe_params",
+    "flow_secret_keys",
     "load_spec_file",
     "parse_params",
     "parse_spec",
@@ -549,3 +551,45 @@ def spec_defaults(raw: Mapping[str, Any], reg: Registry | None = None) -> dict[s
             continue
         out[section] = {a.name: a.default for a in cls.attributes if a.default is not MISSING}
     return out
+
+
+def as_spec(flow: Any, reg: Registry | None = None) -> FlowSpec:
+    """A :class:`FlowSpec` from a spec, a mapping, or a class-form flow — a
+    :class:`~core.flow.DataFlow` subclass or instance, known by its ``spec`` and ``to_spec_dict``."""
+    if isinstance(flow, FlowSpec):
+        return flow
+    if isinstance(flow, Mapping):
+        return parse_spec(flow, reg=reg)
+    cls: Any = flow if isinstance(flow, type) else type(flow)
+    if callable(getattr(cls, "spec", None)) and callable(getattr(cls, "to_spec_dict", None)):
+        if flow is cls:
+            return cls.spec(reg=reg)  # type: ignore[no-any-return]
+        config = getattr(flow, "config", None)
+        return cls.spec({"config": config} if config else None, reg=reg)  # type: ignore[no-any-return]
+    raise SpecError([f"cannot run {type(flow).__name__}: give a spec mapping, a FlowSpec or a DataFlow subclass"])
+
+
+def flow_secret_keys(configuration: Any) -> set[str]:
+    """Dotted paths of the secret attributes (``Attribute(..., secret=True)``) of the source,
+    sink, dead-letter sink and steps a flow configuration names (``sink.url``,
+    ``steps.2.headers``); types that are not installed contribute none. Secret key *names*
+    (``password``, ``token``…) and URL credentials are hidden by :func:`mask` anyway."""
+    if not isinstance(configuration, Mapping):
+        return set()
+
+    def section(key: str) -> dict[str, Any]:
+        value = configuration.get(key)
+        return dict(value) if isinstance(value, Mapping) and isinstance(value.get("type"), str) else {}
+
+    spec = FlowSpec(name="", source=section("source"), sink=section("sink"), dead_letter=section("dead_letter"))
+    keys = spec.secret_keys()
+    steps = configuration.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if not isinstance(step, Mapping):
+            continue
+        try:
+            cls = registry.resolve("step", str(step.get("type") or "python"))
+            keys.update(f"steps.{i}.{k}" for k in cls.secret_keys())
+        except Exception:  # an unknown or unloadable step type declares nothing here
+            continue
+    return keys

@@ -72,9 +72,19 @@ if str(ROOT) not in sys.path:  # under `flink run -py`, the project is beside th
     sys.path.insert(0, str(ROOT))
 
 from core.context import RunContext  # noqa: E402
+from core.engine import (  # noqa: E402
+    DeadLetterWriter,
+    OriginTracker,
+    Pipeline,
+    ReaderLoop,
+    count_step,
+    default_state_root,
+    setup_destinations,
+)
 from core.errors import AdfError  # noqa: E402
+from core.ids import new_run_id, utc_now_iso  # noqa: E402
 from core.loader import load_flow  # noqa: E402
-from core.outcome import BatchCounts, ReasonTally, verdict  # noqa: E402
+from core.outcome import BatchCounts, ReasonTally, judge  # noqa: E402
 from core.record import DeadLetter  # noqa: E402
 from core.registry import registry  # noqa: E402
 from core.source import (  # noqa: E402
@@ -161,12 +171,10 @@ def all_splits(source: Any, parallelism: int = 1, limit: int = 1_000_000) -> lis
 
 
 def _letter_dict(letter: DeadLetter, flow: str, run_id: str) -> dict[str, Any]:
-    from core.engine import _now_iso
-
     data = letter.to_dict() if hasattr(letter, "to_dict") else dict(vars(letter))
     data.setdefault("flow", flow)
     data.setdefault("run_id", run_id)
-    data.setdefault("ts", _now_iso())
+    data.setdefault("ts", utc_now_iso())
     return data
 
 
@@ -195,13 +203,10 @@ def _marks(carried: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _origin(origins: Origins | None, positions: list[int] | None, index: int) -> dict[str, Any]:
-    """The origin of record ``index`` of an element (as the local runner's ``_OriginTracker`` says it)."""
+    """The origin of record ``index`` of an element (as the local runner's :class:`~core.engine.OriginTracker` says it)."""
     if origins is None or index < 0:
         return {}
-    at = index if positions is None else positions[index]
-    if at < 0:  # a record a step made anew: only its batch is known
-        return {"batch_from": origins.of(0), "batch_records": origins.count}
-    return origins.of(at)
+    return origins.locate(index if positions is None else positions[index])
 
 
 def _origins_of(origins: Origins | None, positions: list[int] | None, count: int) -> Origins | None:
@@ -256,8 +261,6 @@ class _Outbox:
         self.files = None if carry else _Files(run_dir, op, subtask)
         self.dead: Any = None  # an uncarried job's dead letters go straight to the flow's dead-letter sink
         if not carry and flow.dead_letter and op != "sink":  # (the sink operator's own go there already)
-            from core.engine import DeadLetterWriter
-
             self.dead = DeadLetterWriter(flow.dead_letter, RunContext(flow_name=flow.name, run_id=run_id,
                                                                       state_dir=run_dir, reader_id=subtask),
                                          None, registry)
@@ -367,15 +370,19 @@ def _functions() -> dict[str, Any]:
             reader.add_splits(splits)
             reader.notify_no_more_splits()
             reader.start()
+            # poll → write (emit downstream: the operators after this one run chained, so the
+            # element is written when the generator is resumed) → acknowledge; the checkpoint is
+            # Flink's, whose barrier passes after this split
+            loop = ReaderLoop(reader, self.batch)
             try:
                 while True:
-                    batch = reader.poll_batch(self.batch)
+                    batch = loop.poll()
                     for letter in batch.dead_letters:
                         self.out.letter(letter)
                     self.out.count("records_in", len(batch.records) + len(batch.dead_letters))
                     if batch.records:  # a batch per element: the per-element cost of PyFlink is paid per batch
                         yield _pack(batch.records, batch.origins, None, {**self.out.take(), "k": k})
-                    reader.notify_checkpoint_complete()
+                    loop.commit(batch)
                     if batch.status is ReaderStatus.END_OF_INPUT:
                         break
                     if batch.status is ReaderStatus.NOTHING_AVAILABLE and not batch.records:
@@ -557,7 +564,6 @@ def _functions() -> dict[str, Any]:
             self.out.letter(letter)
 
         def flat_map(self, value: str) -> Iterator[str]:
-            from core.engine import _OriginTracker
             from core.source import ReaderBatch
 
             records, self.origins, self.positions, carried = _unpack(value)
@@ -565,15 +571,17 @@ def _functions() -> dict[str, Any]:
             if not records:  # counts and dead letters only (or a split's end): pass them on
                 yield _pack([], None, None, {**self.out.take(carried), **marks})
                 return
-            self.tracker = _StageTracker(_OriginTracker(ReaderBatch(records, ReaderStatus.MORE_AVAILABLE)), records)
+            self.tracker = _StageTracker(OriginTracker(ReaderBatch(records, ReaderStatus.MORE_AVAILABLE)), records)
             failed_before = self.out.counts.get("dead_letters", 0)
             try:
                 out = self.step.process_batch(records, self._error)
             finally:
                 tracker, self.tracker = self.tracker, None
             # what the step dropped (filtered) or added (fan-out), as the local runner counts it
-            net = len(records) - len(out) - (self.out.counts.get("dead_letters", 0) - failed_before)
-            self.out.count("filtered" if net > 0 else "fanned_out", abs(net))
+            counts = BatchCounts()
+            count_step(counts, len(records), len(out), self.out.counts.get("dead_letters", 0) - failed_before)
+            self.out.count("filtered", counts.filtered)
+            self.out.count("fanned_out", counts.fanned_out)
             extra = self.out.take(carried)
             if out:  # routing decisions are not followed under Flink: the record goes on
                 plain = [getattr(r, "record", r) if type(r) is not dict else r for r in out]
@@ -593,7 +601,6 @@ def _functions() -> dict[str, Any]:
             self.metas_dir = metas  # another sink's split tallies (a detached job's summary)
 
         def open(self, ctx: RuntimeContext) -> None:
-            from core.engine import _Pipeline
             from flink_job.watchdog import watch_parent
 
             watch_parent()
@@ -606,10 +613,10 @@ def _functions() -> dict[str, Any]:
                                       reader_id=subtask, parallelism=ctx.get_number_of_parallel_subtasks())
             if self.carry or flow.dead_letter:
                 # the sink's dead letters: kept in memory and carried on (or the dead-letter sink's)
-                self.pipeline = _Pipeline(flow, self.run_ctx, None, registry)
+                self.pipeline = Pipeline(flow, self.run_ctx, None, registry)
                 self.pipeline.dead.KEEP = sys.maxsize
             else:
-                self.pipeline = _Pipeline(flow, self.run_ctx, os.path.join(run_dir, f"sink-{subtask}"), registry)
+                self.pipeline = Pipeline(flow, self.run_ctx, os.path.join(run_dir, f"sink-{subtask}"), registry)
             self.pipeline.open()
             self.out = _Outbox(flow, self.run_id, run_dir, "sink", subtask, self.carry, ctx.get_metrics_group())
             self.parts = None if self.parts_dir is None else _Parts(self.parts_dir)
@@ -807,12 +814,8 @@ def _judge(flow: Any, totals: Mapping[str, int], letters: list[Any], status: str
     if status != "success":
         counts.settle_in_flight()
         return counts, tally, status, error
-    try:
-        counts.check(f"flow {flow.name!r} on Flink")
-        status, problem = verdict(counts, flow.runtime.get("max_dead_letter_ratio"), tally.top())
-        return counts, tally, status, str(problem) if problem is not None else None
-    except AdfError as exc:
-        return counts, tally, "failed", str(exc)
+    status, problem = judge(counts, flow.runtime.get("max_dead_letter_ratio"), tally.top(), f"flow {flow.name!r} on Flink")
+    return counts, tally, status, str(problem) if problem is not None else None
 
 
 def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -869,7 +872,7 @@ def finish_detached(report: Mapping[str, Any]) -> dict[str, Any] | None:
 
 class _StageTracker:
     """Where the records of one step's input and output sit in the element's batch: the local
-    runner's ``_OriginTracker`` over one step."""
+    runner's :class:`~core.engine.OriginTracker` over one step."""
 
     def __init__(self, tracker: Any, records: list[Any]) -> None:
         self.tracker, self.records = tracker, records
@@ -1175,7 +1178,6 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     A bounded job's counts and dead letters come back from the job itself (see
     :class:`_Outbox`): nothing is read from the TaskManagers' filesystems. A detached
     submission (``flink run -d``) returns at once with the job's id (status ``submitted``)."""
-    from core.engine import default_state_root
 
     cluster = submitted_by_flink_cli()
     # every configuration layer, resolved once here (a package holds its key-value layer already)
@@ -1195,7 +1197,7 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     flow.raw = raw
     if any(s.get("next") is not None for s in flow.steps):
         raise AdfError("routing between steps ('next') is not supported under Flink: the steps run in order")
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     root = state_dir or default_state_root()
     run_dir = os.path.join(root, flow.name, "flink-runs", run_id)
     os.makedirs(run_dir, exist_ok=True)
@@ -1207,7 +1209,6 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     source.run_context = RunContext(flow_name=flow.name, run_id=run_id, state_dir=run_dir, parallelism=p)
     splits = all_splits(source, p)
     bounded = source.boundedness is Boundedness.BOUNDED
-    from core.engine import setup_destinations
 
     # the sink and the dead-letter sink, prepared once here before any subtask writes, as the
     # local coordinator does (a file sink's `mode: overwrite` truncates once; the subtasks append)

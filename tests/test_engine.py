@@ -304,7 +304,7 @@ def test_readers_are_forked_while_no_thread_is_writing_a_log_line(tmp_path: Path
     import logging
     import threading
 
-    from core import engine
+    from core.engine import processes as engine
 
     in_emit, finish_emit, forked = threading.Event(), threading.Event(), threading.Event()
 

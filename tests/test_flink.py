@@ -125,7 +125,7 @@ def test_adf_flink_run_and_package(python: str, tmp_path: Path) -> None:
     import zipfile
 
     names = zipfile.ZipFile(out / "adf-flink.zip").namelist()
-    assert "core/engine.py" in names and "flink_job/job.py" in names
+    assert "core/engine/__init__.py" in names and "core/engine/loop.py" in names and "flink_job/job.py" in names
     assert "flowlib/steps.py" in names  # the step modules the flow imports, from its python_path
     assert (out / "job.py").exists() and (out / "orders.json").exists()
     packaged = json.loads((out / "orders.json").read_text())

@@ -103,7 +103,7 @@ def test_the_example_flow_packaged_and_submitted_as_its_readme_says(cluster: Fli
     import zipfile
 
     names = zipfile.ZipFile(pkg / "adf-flink.zip").namelist()
-    assert "transforms.py" in names and "core/engine.py" in names and "flink_job/job.py" in names
+    assert "transforms.py" in names and "core/engine/__init__.py" in names and "core/engine/loop.py" in names and "flink_job/job.py" in names
     started = time.monotonic()
     r = submit(cluster, pkg, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]

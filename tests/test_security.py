@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.redact import MASK, flow_secret_keys, mask, unmask
+from core.redact import MASK, mask, unmask
+from core.spec import flow_secret_keys
 from handlers.security import (
     MIN_TOKEN_LENGTH,
     FailureThrottle,

@@ -8,7 +8,7 @@ the scheduler, :func:`handlers.http.handle_heartbeat` or a run's dead letters (t
 the dashboard's run page uses too, in :mod:`handlers.web.dashboard`); every error body is
 ``{"error": message, ...}``.
 
-Access and body size are decided by :class:`handlers.web.app.RequestGuard` before a route
+Access and body size are decided by :class:`handlers.web.guard.RequestGuard` before a route
 runs (the routes' own ``api_access`` dependency states the same rule, for the OpenAPI
 document and as a second line). A flow's configuration goes out with its secrets masked
 (:func:`core.redact.mask`) and comes back through :func:`core.redact.unmask`: a masked value
@@ -39,7 +39,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.logs import get_logger
-from core.redact import flow_secret_keys, mask, unmask
+from core.redact import mask, unmask
+from core.spec import flow_secret_keys
 from handlers import scheduler
 from handlers.dead_letters import (
     DeadLetterError,
@@ -60,7 +61,7 @@ from handlers.schedule.store import (
 )
 from handlers.security import TOKEN_HEADER, FailureThrottle, authorize_api, unstorable
 from handlers.settings import Settings
-from handlers.web.app import RequestGuard
+from handlers.web.guard import RequestGuard
 
 __all__ = ["build_app"]
 

@@ -53,7 +53,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from core.logs import get_logger, log_event
-from core.redact import flow_secret_keys, mask, unmask
+from core.redact import mask, unmask
+from core.spec import flow_secret_keys
 from handlers.dead_letters import (
     DeadLetterError,
     describe_replay,

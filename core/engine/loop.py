@@ -1,0 +1,102 @@
+"""The at-least-once loop of one reader: poll → write → checkpoint → acknowledge.
+
+Every target reads through this loop:
+
+1. **poll** a batch from the :class:`~core.source.SourceReader`;
+2. **write** it: the caller's ``write`` sends it through the steps into the sink and writes its
+   dead letters (:meth:`core.engine.Pipeline.commit`); when it returns, the sink has flushed;
+3. **checkpoint**: the caller's ``checkpoint`` stores the reader's unfinished splits with their
+   positions (:meth:`~core.source.SourceReader.snapshot_state`) and the splits it finished;
+4. **acknowledge**: :meth:`~core.source.SourceReader.notify_checkpoint_complete` lets the
+   source release what the checkpoint covers (a stream's entries, a queue's messages).
+
+Only in this order: a process that dies after 2 and before 3 writes that batch again when the run
+resumes (at-least-once; exactly-once with an upsert sink), and nothing is acknowledged that a
+checkpoint does not cover. The local runner drives the whole loop (:meth:`ReaderLoop.run`, one
+reader in the coordinator or one per process); a Flink operator writes by emitting the batch
+downstream, so it calls :meth:`ReaderLoop.poll` and :meth:`ReaderLoop.commit` around its own
+``yield`` and leaves step 3 to Flink's checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from core.source import ReaderBatch, ReaderStatus, SourceReader
+
+__all__ = ["ReaderLoop"]
+
+#: ``write(batch)``: steps → sink → dead letters, durable when it returns; what it returns
+#: (the batch's counts) is passed on to ``committed``
+Write = Callable[[ReaderBatch], Any]
+#: ``checkpoint(reader, batch)``: store the reader's positions and the splits the batch finished
+Checkpoint = Callable[[SourceReader, ReaderBatch], None]
+#: ``committed(batch, written)``: the batch is written, checkpointed and acknowledged
+Committed = Callable[[ReaderBatch, Any], None]
+
+
+def has_content(batch: ReaderBatch) -> bool:
+    """Whether a polled batch needs a commit: records, dead letters or finished splits."""
+    return bool(batch.records or batch.dead_letters or batch.finished_splits)
+
+
+class ReaderLoop:
+    """Drives one :class:`~core.source.SourceReader` through poll → write → checkpoint → acknowledge."""
+
+    def __init__(
+        self,
+        reader: SourceReader,
+        batch_size: int,
+        *,
+        checkpoint: Checkpoint | None = None,
+        committed: Committed | None = None,
+    ) -> None:
+        self.reader = reader
+        self.batch_size = batch_size
+        self._checkpoint = checkpoint
+        self._committed = committed
+
+    def poll(self) -> ReaderBatch:
+        """Step 1: the reader's next batch (possibly empty)."""
+        return self.reader.poll_batch(self.batch_size)
+
+    def commit(self, batch: ReaderBatch, written: Any = None) -> None:
+        """Steps 3 and 4, once the caller has written ``batch`` (step 2); nothing for an empty batch."""
+        if not has_content(batch):
+            return
+        if self._checkpoint is not None:
+            self._checkpoint(self.reader, batch)
+        self.reader.notify_checkpoint_complete()
+        if self._committed is not None:
+            self._committed(batch, written)
+
+    def run(
+        self,
+        write: Write,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_idle: Callable[[], None] | None = None,
+        before_poll: Callable[[], bool] | None = None,
+    ) -> bool | None:
+        """Loop until the input ends (True) or ``should_stop()`` says so after a batch (False).
+
+        ``write`` is called for a batch with records or dead letters (a batch that only finished
+        splits is checkpointed without a write). ``on_idle`` runs when the reader had nothing
+        (wait there: sleep, discover new splits, wait for a message). ``before_poll`` runs before
+        every poll; when it returns False the loop ends at once (None) — the process that owns
+        the run is gone and the next run resumes from the checkpoints.
+        """
+        while True:
+            if before_poll is not None and not before_poll():
+                return None
+            batch = self.poll()
+            if has_content(batch):
+                written = write(batch) if (batch.records or batch.dead_letters) else None
+                self.commit(batch, written)
+            if batch.status is ReaderStatus.END_OF_INPUT:
+                return True
+            if should_stop():
+                return False
+            if batch.status is ReaderStatus.NOTHING_AVAILABLE and on_idle is not None:
+                on_idle()
