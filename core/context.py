@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
-__all__ = ["RunContext"]
+__all__ = ["RunContext", "RunContextSlot"]
 
 
 @dataclass
@@ -25,3 +25,29 @@ class RunContext:
     parallelism: int = 1
     store: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+class RunContextSlot:
+    """The ``run_context`` attribute of sources and sinks: the engine sets it before it uses the
+    connector; until then each instance has a :class:`RunContext` of its own (never one shared by
+    every instance of a class, which one connector's changes would leak into another's)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = f"_{name}_value"
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> RunContextSlot: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> RunContext: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> RunContext | RunContextSlot:
+        if obj is None:
+            return self
+        found = obj.__dict__.get(self.key)
+        if found is None:
+            found = obj.__dict__[self.key] = RunContext()
+        return found
+
+    def __set__(self, obj: object, value: RunContext) -> None:
+        obj.__dict__[self.key] = value

@@ -19,7 +19,7 @@ import abc
 from collections.abc import Sequence
 
 from core.attributes import Configurable
-from core.context import RunContext
+from core.context import RunContextSlot
 from core.record import Record
 
 __all__ = ["Sink"]
@@ -44,9 +44,10 @@ class Sink(Configurable, abc.ABC):
     size fails the run (records would otherwise vanish without a trace).
     """
 
-    run_context: RunContext = RunContext()
-    #: True when writing the same record twice leaves one copy (upsert by key):
-    #: then a resumed run is exactly-once.
+    run_context = RunContextSlot()
+    #: True when writing the same record twice leaves one copy (upsert by key): then the batch a
+    #: resumed run writes again collapses, and the run is exactly-once (the coordinator says so
+    #: when it resumes).
     idempotent: bool = False
 
     @classmethod

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.attributes import Configurable
-from core.context import RunContext
+from core.context import RunContextSlot
 from core.record import DeadLetter, Record
 
 __all__ = [
@@ -187,11 +187,12 @@ class SplitEnumeratorContext(abc.ABC):
     @property
     @abc.abstractmethod
     def parallelism(self) -> int:
-        """How many readers the run has."""
+        """How many readers the run has (fixed for the run)."""
 
     @abc.abstractmethod
     def assign_split(self, split: Split, reader_id: int) -> None:
-        """Give ``split`` to reader ``reader_id``."""
+        """Give ``split`` to reader ``reader_id``. Called by the enumerator while it answers a
+        request; the coordinator records the assignment before the reader hears of it."""
 
     @abc.abstractmethod
     def signal_no_more_splits(self, reader_id: int) -> None:
@@ -266,19 +267,33 @@ class SplitEnumerator(abc.ABC):
         self.context = context
 
     @abc.abstractmethod
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Discover the initial splits, or take them from the checkpoint it was created with.
+
+        Called once, in the coordinator, before any reader asks; it may reach the source (list
+        files, read partitions) and raise when the source cannot be reached (the run then fails
+        before reading). It must not assign anything yet: readers ask."""
 
     @abc.abstractmethod
-    def handle_split_request(self, reader_id: int) -> None: ...
+    def handle_split_request(self, reader_id: int) -> None:
+        """Answer one request of reader ``reader_id`` through the context: assign it a split,
+        or signal no more splits (bounded, nothing left), or do nothing for now (unbounded: the
+        reader asks again). Called by the coordinator whenever a reader asks; must not block."""
 
     @abc.abstractmethod
-    def add_splits_back(self, splits: Sequence[Split], reader_id: int) -> None: ...
+    def add_splits_back(self, splits: Sequence[Split], reader_id: int) -> None:
+        """Take back ``splits`` (with their positions) of a reader that failed, or of the
+        checkpoint a resumed run starts from (``reader_id`` -1); they must be handed out again,
+        before new work. Called by the coordinator; must never drop one."""
 
     def add_reader(self, reader_id: int) -> None:
         """A reader registered; most enumerators wait for its request instead."""
 
     @abc.abstractmethod
-    def snapshot_state(self) -> dict[str, Any]: ...
+    def snapshot_state(self) -> dict[str, Any]:
+        """JSON-serialisable state from which a new enumerator resumes (``create_enumerator(ctx,
+        checkpoint)``): at least the splits not assigned yet. Called by the coordinator between
+        assignments; must not change the enumerator."""
 
     def discover(self) -> None:
         """Look for new splits (called periodically for unbounded sources)."""
@@ -313,7 +328,8 @@ class StaticSplitEnumerator(SplitEnumerator):
         """Every split the source has now (called at start and, if unbounded, periodically)."""
 
     @abc.abstractmethod
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split: ...
+    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
+        """Rebuild a split of this source (with its position) from :meth:`Split.to_dict`."""
 
     def start(self) -> None:
         if self._checkpoint is not None:
@@ -372,16 +388,28 @@ class SourceReader(abc.ABC):
         """Called once before the first poll."""
 
     @abc.abstractmethod
-    def add_splits(self, splits: Sequence[Split]) -> None: ...
+    def add_splits(self, splits: Sequence[Split]) -> None:
+        """Take ``splits`` to read (from the enumerator, or from a checkpoint with positions: read
+        each from its position). Called between polls, in the reader's own process; must not read."""
 
     @abc.abstractmethod
-    def notify_no_more_splits(self) -> None: ...
+    def notify_no_more_splits(self) -> None:
+        """No more splits will come: once the splits it holds are done, :meth:`poll_batch` says
+        ``END_OF_INPUT``. Called between polls."""
 
     @abc.abstractmethod
-    def poll_batch(self, max_records: int) -> ReaderBatch: ...
+    def poll_batch(self, max_records: int) -> ReaderBatch:
+        """Up to ``max_records`` records (and the input it could not parse, as dead letters with
+        their position). Called by the reader loop (:mod:`core.engine.loop`) again and again; must
+        not block for long and must never return a record twice unless the run resumed from a
+        checkpoint taken before it. With nothing to read: an empty batch, ``NOTHING_AVAILABLE``
+        (and a split request through the context when it holds no split)."""
 
     @abc.abstractmethod
-    def snapshot_state(self) -> list[Split]: ...
+    def snapshot_state(self) -> list[Split]:
+        """The unfinished splits, each with the position *after* the last record returned. Called
+        by the reader loop after the batch was written, for the checkpoint; must not change the
+        reader."""
 
     def notify_checkpoint_complete(self) -> None:
         """The records of the last poll are written by the sink and the state after it is
@@ -508,7 +536,7 @@ class Source(Configurable, abc.ABC):
     methods. ``run_context`` is set by the engine before the enumerator or a reader is created.
     """
 
-    run_context: RunContext = RunContext()
+    run_context = RunContextSlot()
 
     @classmethod
     def _kind(cls) -> str:
@@ -522,14 +550,18 @@ class Source(Configurable, abc.ABC):
     def create_enumerator(
         self, context: SplitEnumeratorContext, checkpoint: Mapping[str, Any] | None = None
     ) -> SplitEnumerator:
-        """A new enumerator, or one restored from ``checkpoint`` (its ``snapshot_state``)."""
+        """A new enumerator, or one restored from ``checkpoint`` (its ``snapshot_state``).
+        Called once per run, in the coordinator; must not discover yet (that is ``start``)."""
 
     @abc.abstractmethod
-    def create_reader(self, context: SourceReaderContext) -> SourceReader: ...
+    def create_reader(self, context: SourceReaderContext) -> SourceReader:
+        """A new reader, in the process that will read (a reader process, a Flink subtask). Called
+        once per reader; must not read or connect yet (that is ``start`` and ``poll_batch``)."""
 
     @abc.abstractmethod
     def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        """Rebuild a split (with its position) from :meth:`Split.to_dict`."""
+        """Rebuild a split (with its position) from :meth:`Split.to_dict`: splits travel between
+        processes and into checkpoints as plain data. Must accept every dict ``to_dict`` made."""
 
     def total_work(self, splits: Sequence[Split]) -> int | None:
         """Total input bytes of ``splits`` when known (drives the progress bar), else None."""

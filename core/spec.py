@@ -22,7 +22,7 @@ Parameters
 ----------
 ``params`` declares the values a run may be given from outside — by an HTTP request, a
 Redis / MQTT / SQS message — and is the *only* thing such a request can set besides its
-records (see :mod:`handlers.invoke_params`). Each entry is ``name: {type, default, required,
+records (see :mod:`handlers.invoke.params`). Each entry is ``name: {type, default, required,
 choices, secret, help}`` or just ``name: <type>``; the types are :data:`PARAM_TYPES`
 (``string``, ``integer``, ``number``, ``boolean``, ``list``, ``mapping``, ``json`` — anything).
 Parameters are :class:`~core.attributes.Attribute` values underneath: a class-form flow's

@@ -81,7 +81,10 @@ class Step(Configurable, abc.ABC):
 
     @abc.abstractmethod
     def process_batch(self, records: list[Record], on_error: ErrorHandler) -> list[Record]:
-        """Return the records to pass on; report each record that fails through ``on_error``."""
+        """Return the records to pass on (fewer: filtered; more: fanned out; ``Routed`` items
+        when ``can_route``); report each record that fails through ``on_error(record, exc,
+        self.name)`` and go on. Called by the pipeline once per batch, in the reader's process;
+        must not raise for one bad record (a raise fails the run) and must not keep the records."""
 
     def close(self) -> None:
         """Called once per reader at the end."""

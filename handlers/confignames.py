@@ -5,7 +5,7 @@ settings — carry configuration into a flow run without being JSON documents: t
 the **manifest** layer (after the spec file itself, so they win over it; kv and the
 environment still win over them). They are the operators' settings. A request's names
 (query parameters, ``X-ADF-*`` headers) never address configuration: a request may give only
-the values of the flow's declared parameters (:mod:`handlers.invoke_params`).
+the values of the flow's declared parameters (:mod:`handlers.invoke.params`).
 
 Values are parsed like ``--set`` values (:func:`core.config.parse_value`: JSON when it is
 valid JSON — ``10``, ``true``, ``[1,2]``, ``{"a":1}`` — else the string itself).

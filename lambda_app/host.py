@@ -10,7 +10,7 @@ environment (set by the SAM template's parameters):
                            ``memory://`` (default), ``redis://…``, ``sqlite:////tmp/adf/state.db``
 ``ADF_STATE_DIR``          a *writable* directory (``/tmp/adf`` on Lambda): runs persist checkpoints,
                            run records and dead-letter files there; unset or not writable: no files
-``ADF_ALLOW_PAYLOAD_SPEC`` ignored (a warning): a request never carries a flow spec (:mod:`handlers.invoke_params`)
+``ADF_ALLOW_PAYLOAD_SPEC`` ignored (a warning): a request never carries a flow spec (:mod:`handlers.invoke.params`)
 ``ADF_VAR_<NAME>``         the **manifest** configuration layer (SAM parameters): variable
                            ``adf_<name>`` under :mod:`handlers.confignames`' rules —
                            ``ADF_VAR_SINK_TABLE`` → ``sink.table``, ``ADF_VAR_JSON`` → ``adf_json``,
@@ -52,7 +52,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from core import logs as core_logs
 from core.redact import redact, redact_text
 from core.state import open_state_store
-from handlers.invoke_base import Invocation, LocalHost
+from handlers.invoke.host import LocalHost
+from handlers.invoke.run import Invocation
 from lambda_app.tracing import make_tracer
 
 __all__ = [
@@ -103,7 +104,8 @@ _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
 _FORWARDED = "_adf_forwarded"
 #: the engine's logging helpers, as (module, function): a line logged through one of them is
 #: located at the helper's caller, the code the line is about
-LOG_HELPERS = frozenset({("core.logs", "log_event"), ("handlers.invoke_base", "_log_line")})
+LOG_HELPERS = frozenset({("core.logs", "log_event"), ("handlers.invoke.envelope", "log_line"),
+                         ("handlers.invoke.envelope", "log")})
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,6 +1,6 @@
 """API Gateway (REST v1, HTTP API v2) and Function URL events → :func:`handlers.invoke.handle_http`.
 
-Routes, bodies, status codes: :mod:`handlers.invoke_http` (``GET /flows``, ``GET /flows/{name}``,
+Routes, bodies, status codes: :mod:`handlers.invoke.http` (``GET /flows``, ``GET /flows/{name}``,
 ``GET|POST /flows/{name}/run``). This module only translates:
 
 * the event → :class:`handlers.http.Request`: method, path (REST: ``path``; HTTP API / Function
@@ -14,7 +14,7 @@ Routes, bodies, status codes: :mod:`handlers.invoke_http` (``GET /flows``, ``GET
 A body longer than ``ADF_MAX_BODY_BYTES`` (:func:`handlers.settings.max_body_bytes`; decoded
 length, a base64 body's told from its encoded length before decoding) → 413, nothing parsed.
 An event that is not an HTTP event → 400 with a message. What a request may set at all:
-:mod:`handlers.invoke_params`.
+:mod:`handlers.invoke.params`.
 """
 
 from __future__ import annotations

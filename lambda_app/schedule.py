@@ -22,7 +22,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handlers.invoke_cron import handle_cron
+from handlers.invoke.cron import handle_cron
 from handlers.settings import load_settings
 from lambda_app.host import get_host, logger, metrics, tracer
 from lambda_app.secrets import database_url

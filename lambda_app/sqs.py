@@ -2,9 +2,9 @@
 
 Each message body is a flow invocation ``{"flow": name, "records": [...], "params": {...}}``
 (``params``: values of the flow's declared parameters; any other key refuses the message, see
-:mod:`handlers.invoke_params`), or a bare array of records (or an object without ``flow``) whose
+:mod:`handlers.invoke.params`), or a bare array of records (or an object without ``flow``) whose
 flow is the message attribute ``flow`` (String), else ``ADF_DEFAULT_FLOW``
-(:func:`handlers.invoke_events.parse_flow_message`).
+(:func:`handlers.invoke.events.parse_flow_message`).
 A malformed body, an unknown flow, a refused key or parameter value or a failed run makes *that* message
 fail: it is listed in ``{"batchItemFailures": [{"itemIdentifier": messageId}]}`` (the event
 source mapping needs ``FunctionResponseTypes: [ReportBatchItemFailures]``) and SQS redelivers
@@ -26,8 +26,8 @@ from aws_lambda_powertools.utilities.batch.exceptions import ExceptionInfo
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handlers.invoke_base import FlowFailed
-from handlers.invoke_events import parse_flow_message, run_event_flow
+from handlers.invoke.errors import FlowFailed
+from handlers.invoke.events import parse_flow_message, run_event_flow
 from lambda_app.host import count_run, get_host, logger, metrics, tracer
 from lambda_app.idempotency import once
 

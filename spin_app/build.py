@@ -20,7 +20,7 @@ four components have the same imports. With ``strip`` the debug sections are rem
 
 Routes (``routes``; each kind defaults as shown):
 
-* ``http``: every bundled flow is served at ``/flows/<name>`` (see :mod:`handlers.invoke_http`);
+* ``http``: every bundled flow is served at ``/flows/<name>`` (see :mod:`handlers.invoke.http`);
 * ``redis``: ``{channel: flow}``, default ``{"adf:<flow>": flow}`` for each flow;
 * ``mqtt``: ``{topic filter: flow}``, default ``{"adf/<flow>": flow}``;
 * ``cron``: ``{flow: interval seconds}``, default the flows with ``runtime.interval_seconds``.

@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.attributes import Attribute
-from core.connectors.memory import MemorySplit, _MemoryEnumerator, _MemoryReader
+from core.connectors.memory import MemoryEnumerator, MemoryReader, MemorySplit
 from core.errors import ConfigError
 from core.record import Record
 from core.sink import Sink
@@ -95,10 +95,10 @@ class _FetchedSource(Source):
         """The records of the one split (read once, when the reader starts)."""
 
     def create_enumerator(self, context: SplitEnumeratorContext, checkpoint: Mapping[str, Any] | None = None) -> SplitEnumerator:
-        return _MemoryEnumerator(context, checkpoint, 1)
+        return MemoryEnumerator(context, checkpoint, 1)
 
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
-        return _MemoryReader(context, self.fetch())
+        return MemoryReader(context, self.fetch())
 
     def split_from_dict(self, data: Mapping[str, Any]) -> Split:
         return MemorySplit.from_dict(data)

@@ -29,7 +29,7 @@ HTTP body limit      ``adf_max_body_bytes``, else the        6 MiB (:func:`max_b
 ===================  ======================================  ==================================
 
 What a request (HTTP, a Redis or MQTT message) may set is the same everywhere: its records
-and the flow's declared parameters (:mod:`handlers.invoke_params`).
+and the flow's declared parameters (:mod:`handlers.invoke.params`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ _SKIP = (
 #: the trigger this component is built for: its entry module is being imported right now
 KIND = next((k for k in ("http", "redis", "cron", "mqtt") if f"spin_app.{k}_component" in sys.modules), None)
 # Only the cron component runs the heartbeat's scheduler (and reads its settings file).
-_CRON_ONLY = ("handlers.invoke_cron", "handlers.scheduler", "handlers.schedule", "handlers.settings",
+_CRON_ONLY = ("handlers.invoke.cron", "handlers.scheduler", "handlers.schedule", "handlers.settings",
               "handlers.security")
 
 

@@ -149,3 +149,19 @@ def test_core_imports_nothing_of_the_hosts() -> None:
         for target in targets if target.split(".")[0] != "core"
     )
     assert not wrong, wrong
+
+
+def test_no_module_takes_a_private_name_of_another() -> None:
+    """A name with a leading underscore is its module's own: another module that needs it needs a
+    public name. (``spin_app._bundle`` is generated into a component at build time.)"""
+    taken = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if node.module.split(".")[0] not in PACKAGES:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__") and alias.name != "_bundle":
+                    taken.append(f"{name} takes {node.module}.{alias.name}")
+    assert not taken, taken

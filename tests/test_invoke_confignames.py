@@ -1,6 +1,6 @@
 """How spin.toml variables name configuration paths (handlers.confignames), and how X-ADF-*
 headers name a flow's declared parameters — the only thing a header may set
-(handlers.invoke_params)."""
+(handlers.invoke.params)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from core.spec import parse_params
 from handlers.confignames import expand_dotted, flow_slug, resolve_words, variables_config
-from handlers.invoke_base import BadRequest
-from handlers.invoke_params import RefusedRequest, RequestParams, request_values
+from handlers.invoke.errors import BadRequest
+from handlers.invoke.params import RefusedRequest, RequestParams, request_values
 
 SPEC: dict[str, Any] = {
     "name": "orders-to-db",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from handlers.invoke_events import object_route
+from handlers.invoke.events import object_route
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infra" / "template.yaml"
@@ -29,7 +29,7 @@ FUNCTIONS = {
     "SqsFunction": "lambda_app.sqs.handler",
     "S3Function": "lambda_app.s3.handler",
 }
-#: the handler's routes (handlers.invoke_http)
+#: the handler's routes (handlers.invoke.http)
 ROUTES = {"GET /flows", "GET /flows/{name}", "GET /flows/{name}/run", "POST /flows/{name}/run"}
 NO_VALUE = {"Ref": "AWS::NoValue"}
 #: actions AWS offers no resource-level permission for: "*" is the only possible Resource

@@ -469,7 +469,7 @@ def test_sqs_messages_with_a_probe_fail_alone_and_change_nothing(
 
 
 def test_an_sqs_probe_is_refused_by_the_shared_rule_naming_the_key(target: Path, trap: Trap, tmp_path: Path) -> None:
-    from handlers.invoke_events import parse_flow_message, run_event_flow
+    from handlers.invoke.events import parse_flow_message, run_event_flow
 
     host = LocalHost(flow_specs(tmp_path / "to_file.jsonl"), persist=False, environ={})
     for _probe, body, key in body_probes(target, trap):

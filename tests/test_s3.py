@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto_endpoint import moto_endpoint
 
-from core.connectors import _s3
+from core.connectors import s3 as _s3
 from core.connectors.file import FileSink, FileSource, FileSplit, NoFilesError
 from core.context import RunContext
 from core.source import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.attributes import Attribute, one_character
-from core.connectors import _s3
+from core.connectors import s3
 from core.errors import AdfError, ConfigError, SourceDataError
 from core.formats import (
     DEFAULT_MAX_FIELD_BYTES,
@@ -137,7 +137,7 @@ class NoFilesError(ConfigError):
         self.patterns = list(patterns)
         cwd = os.getcwd()
         problems = [
-            f"no files match {p!r}" + ("" if _s3.is_s3(p) or os.path.isabs(p) else f" (relative to {cwd})")
+            f"no files match {p!r}" + ("" if s3.is_s3(p) or os.path.isabs(p) else f" (relative to {cwd})")
             for p in self.patterns
         ]
         super().__init__("source 'file'", problems)
@@ -331,7 +331,7 @@ class FileSource(Source):
             base = pattern.rsplit("/", 1)[-1]
             ext = os.path.splitext(base)[1]
             # "data/*" or "data/*.j*": the files found will tell; "data.txt", "x*.txt": they cannot
-            if fmt is None and ((ext and not _s3.has_magic(ext)) or not _s3.has_magic(base)):
+            if fmt is None and ((ext and not s3.has_magic(ext)) or not s3.has_magic(base)):
                 problems.append(
                     f"cannot tell the format of {pattern!r} from its extension; set 'format' to one of "
                     + ", ".join(FORMATS)
@@ -372,8 +372,8 @@ class FileSource(Source):
 
     def open_stream(self, path: str, start: int = 0, end: int | None = None, buffer_size: int = 1 << 18) -> Any:
         """A buffered binary stream over ``[start, end)`` of ``path`` (local or S3), ``tell()`` absolute."""
-        if _s3.is_s3(path):
-            return _s3.open_read(
+        if s3.is_s3(path):
+            return s3.open_read(
                 path, start, end, endpoint_url=self.endpoint_url, region=self.region, buffer_size=max(buffer_size, 1 << 20)
             )
         return open_range(open(path, "rb", buffering=0), start, end, buffer_size)
@@ -383,11 +383,11 @@ class FileSource(Source):
         out: list[tuple[str, int]] = []
         seen: set[str] = set()
         for pattern in self.paths:
-            if _s3.is_s3(pattern):
-                found = _s3.list_objects(pattern, endpoint_url=self.endpoint_url, region=self.region)
+            if s3.is_s3(pattern):
+                found = s3.list_objects(pattern, endpoint_url=self.endpoint_url, region=self.region)
             else:
                 expanded = os.path.expanduser(pattern)
-                names = _glob.glob(expanded, recursive=True) if _s3.has_magic(expanded) else [expanded]
+                names = _glob.glob(expanded, recursive=True) if s3.has_magic(expanded) else [expanded]
                 found = []
                 for name in sorted(names):
                     with contextlib.suppress(OSError):
@@ -743,7 +743,7 @@ class FileSink(Sink):
                 [f"cannot tell the format of {self.path!r} from its extension; set 'format' to jsonl or csv"],
             )
         self.format: str = fmt
-        self.is_s3 = _s3.is_s3(self.path)
+        self.is_s3 = s3.is_s3(self.path)
         self.delimiter: str = self.config["delimiter"] or ("\t" if self.path.lower().endswith(".tsv") else ",")
         self.encoding = normalize_encoding(self.config["encoding"])
         self._fd: int | None = None
@@ -778,8 +778,8 @@ class FileSink(Sink):
         if self.is_s3:
             if self.config["mode"] == "overwrite":
                 stem, ext = _split_ext(self.path)
-                parts = _s3.list_objects(_glob.escape(stem) + ".part-*" + _glob.escape(ext), **self._s3_kwargs())
-                _s3.delete([self.path] + [url for url, _ in parts], **self._s3_kwargs())
+                parts = s3.list_objects(_glob.escape(stem) + ".part-*" + _glob.escape(ext), **self._s3_kwargs())
+                s3.delete([self.path] + [url for url, _ in parts], **self._s3_kwargs())
             return
         parent = os.path.dirname(self.path)
         if parent:
@@ -802,7 +802,7 @@ class FileSink(Sink):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if self.config["mode"] == "append" and not os.path.exists(target):
                 tmp = target + ".download"
-                if _s3.download(self.object_url(), tmp, **self._s3_kwargs()):
+                if s3.download(self.object_url(), tmp, **self._s3_kwargs()):
                     os.replace(tmp, target)
         else:
             parent = os.path.dirname(target)
@@ -867,7 +867,7 @@ class FileSink(Sink):
             os.close(fd)
         if self.is_s3 and self._buffer is not None:
             # The buffer stays in the run's state dir: a resumed run appends to it and uploads it again.
-            _s3.upload(self._buffer, self.object_url(), **self._s3_kwargs())
+            s3.upload(self._buffer, self.object_url(), **self._s3_kwargs())
 
 
 def _split_ext(path: str) -> tuple[str, str]:

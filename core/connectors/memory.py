@@ -85,7 +85,7 @@ class MemorySplit(Split):
     count: int = 1
 
 
-class _MemoryEnumerator(StaticSplitEnumerator):
+class MemoryEnumerator(StaticSplitEnumerator):
     def __init__(
         self, context: SplitEnumeratorContext, checkpoint: Mapping[str, Any] | None, splits: int
     ) -> None:
@@ -99,7 +99,7 @@ class _MemoryEnumerator(StaticSplitEnumerator):
         return MemorySplit.from_dict(data)
 
 
-class _MemoryReader(SplitReader):
+class MemoryReader(SplitReader):
     def __init__(self, context: SourceReaderContext, records: list[dict[str, Any]]) -> None:
         super().__init__(context)
         self._records = records
@@ -133,10 +133,10 @@ class MemorySource(Source):
     def create_enumerator(
         self, context: SplitEnumeratorContext, checkpoint: Mapping[str, Any] | None = None
     ) -> SplitEnumerator:
-        return _MemoryEnumerator(context, checkpoint, int(self.option("splits")))
+        return MemoryEnumerator(context, checkpoint, int(self.option("splits")))
 
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
-        return _MemoryReader(context, [dict(r) for r in self.option("records")])
+        return MemoryReader(context, [dict(r) for r in self.option("records")])
 
     def split_from_dict(self, data: Mapping[str, Any]) -> Split:
         return MemorySplit.from_dict(data)

@@ -109,7 +109,7 @@ def _json_text(value: Any) -> str:
     return codec().dumps(value).decode("utf-8")
 
 
-def _normalise_url(url: str) -> str:
+def normalise_url(url: str) -> str:
     """``postgres://`` and driver-less ``postgresql://`` mean psycopg 3 (the ``postgres`` extra)."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme.lower() in ("postgres", "postgresql"):
@@ -124,7 +124,7 @@ def _backend(url: str) -> str:
 def _create_engine(url: str, what: str) -> Engine:
     """A SQLAlchemy engine for ``url``; missing packages and bad URLs get clear errors."""
     sa = _import_sqlalchemy(what)
-    url = _normalise_url(url)
+    url = normalise_url(url)
     backend = _backend(url)
     kwargs: dict[str, Any] = {"json_serializer": _json_text}
     try:
@@ -153,11 +153,11 @@ def _create_engine(url: str, what: str) -> Engine:
     except sa.exc.ArgumentError as exc:
         raise ConfigError(what, [f"'url': {redact_text(str(exc))}"]) from None
     if backend == "sqlite":
-        _begin_immediate(sa, engine)
+        begin_immediate(sa, engine)
     return engine
 
 
-def _begin_immediate(sa: Any, engine: Engine) -> None:
+def begin_immediate(sa: Any, engine: Engine) -> None:
     """Make every SQLite transaction take the write lock when it begins.
 
     With SQLite's default deferred transactions, two processes that both read and then

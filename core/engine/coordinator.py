@@ -233,7 +233,10 @@ class Coordinator:
         self.save_enumerator(enumerator)
         for reader_id in self.checkpoints.reader_ids():
             self.checkpoints.remove_reader(reader_id)
-        log_event(_log, "resuming from checkpoint", returned_splits=len(returned))
+        sink = self._sink()
+        # what the batch each reader wrote after its last checkpoint becomes when it is written again
+        log_event(_log, "resuming from checkpoint", returned_splits=len(returned),
+                  delivery="exactly-once" if sink is not None and sink.idempotent else "at-least-once")
         return enumerator
 
     def unfinished(self, reader_id: int, assigned: Mapping[str, Any]) -> list[Split]:
@@ -384,13 +387,18 @@ class Coordinator:
                     json.dump(summary.to_dict(), f, indent=2)
         return summary
 
-    def _describe_sink(self) -> str:
+    def _sink(self) -> Sink | None:
+        """The flow's sink as configured (not opened), to describe it; None when it cannot be made."""
         try:
             cls = self.reg.resolve("sink", self.spec.sink["type"])
             sink: Sink = cls({k: v for k, v in self.spec.sink.items() if k != "type"})
-            return redact_text(sink.describe())
+            return sink
         except Exception:
-            return str(self.spec.sink.get("type"))
+            return None
+
+    def _describe_sink(self) -> str:
+        sink = self._sink()
+        return redact_text(sink.describe()) if sink is not None else str(self.spec.sink.get("type"))
 
 
 class ReaderFailed(AdfError):

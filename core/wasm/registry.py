@@ -292,10 +292,10 @@ def _fingerprint(raw_key: bytes) -> str:
 
 
 def _make_engine(url: str) -> Any:
-    from core.connectors.sql import _begin_immediate, _normalise_url
+    from core.connectors.sql import begin_immediate, normalise_url
 
     sa = _sa()
-    url = _normalise_url(url)
+    url = normalise_url(url)
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as exc:
@@ -317,7 +317,7 @@ def _make_engine(url: str) -> Any:
     except sa.exc.ArgumentError as exc:
         raise ValueError(f"invalid database URL {redact_text(url)!r}: {redact_text(str(exc))}") from None
     if backend == "sqlite":
-        _begin_immediate(sa, engine)  # writers queue up instead of failing with "database is locked"
+        begin_immediate(sa, engine)  # writers queue up instead of failing with "database is locked"
     return engine
 
 

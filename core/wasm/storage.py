@@ -95,9 +95,9 @@ class LocalStorage(Storage):
 
 class S3Storage(Storage):
     def __init__(self, url: str, *, endpoint_url: str | None = None) -> None:
-        from core.connectors import _s3
+        from core.connectors import s3
 
-        bucket, prefix = _s3.parse_url(url if url.endswith("/") else url + "/")
+        bucket, prefix = s3.parse_url(url if url.endswith("/") else url + "/")
         self.bucket, self.prefix = bucket, prefix
         self.url = url.rstrip("/")
         self.endpoint_url = endpoint_url
@@ -105,9 +105,9 @@ class S3Storage(Storage):
 
     def _c(self) -> Any:
         if self._client is None:
-            from core.connectors import _s3
+            from core.connectors import s3
 
-            self._client = _s3.client(self.endpoint_url)
+            self._client = s3.client(self.endpoint_url)
         return self._client
 
     def _key(self, key: str) -> str:

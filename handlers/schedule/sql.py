@@ -50,7 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from core.connectors.sql import _begin_immediate, _normalise_url
+from core.connectors.sql import begin_immediate, normalise_url
 from core.errors import MissingExtraError
 from core.redact import redact_text
 from handlers.schedule.store import (
@@ -119,7 +119,7 @@ def _import_alembic() -> Any:
 def _make_engine(url: str) -> Engine:
     """An engine for ``url`` (``postgresql://`` means psycopg 3); clear errors for missing packages."""
     sa = _import_sqlalchemy()
-    url = _normalise_url(url)
+    url = normalise_url(url)
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as exc:
@@ -151,7 +151,7 @@ def _make_engine(url: str) -> Engine:
 
         sa.event.listen(engine, "connect", _pragmas)
         # Every transaction takes the write lock when it begins: concurrent heartbeats queue.
-        _begin_immediate(sa, engine)
+        begin_immediate(sa, engine)
     return engine
 
 
@@ -497,7 +497,7 @@ class SqlScheduleStore(ScheduleStore):
     """
 
     def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
-        self.url = _normalise_url(url)
+        self.url = normalise_url(url)
         self._sa = _import_sqlalchemy()
         self._engine = _make_engine(self.url)
         self.dialect: str = self._engine.dialect.name

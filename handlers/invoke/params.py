@@ -3,7 +3,7 @@
 One rule for every trigger that carries outside input: HTTP (the Lambda handler, the Spin
 component, the web app's ``/invoke`` routes — all through :func:`handlers.invoke.handle_http`),
 Redis and MQTT messages (:func:`handlers.invoke.handle_message`), SQS messages and S3 events
-(:mod:`handlers.invoke_events`). A flow's source, sink, steps, dead letters, runtime, state,
+(:mod:`handlers.invoke.events`). A flow's source, sink, steps, dead letters, runtime, state,
 paths, URLs, Python functions — its spec — come from its operators only: the spec file, the
 manifest variables (spin.toml, SAM parameters), the key-value store, the environment, ``adf run
 --set``. A request brings **records** (for a ``payload`` source) and **values of the parameters
@@ -50,7 +50,7 @@ from typing import Any
 from core.attributes import Attribute
 from core.config import parse_value
 from core.spec import describe_params
-from handlers.invoke_base import BadRequest, InvokeError
+from handlers.invoke.errors import BadRequest, InvokeError
 
 __all__ = [
     "BODY_KEYS",
@@ -161,7 +161,7 @@ class RequestParams:
 
     def add_headers(self, headers: Mapping[str, str]) -> None:
         """``X-ADF-Params`` and ``X-ADF-Param-*``; any other ``X-ADF-*`` header is refused.
-        Raises :class:`~handlers.invoke_base.BadRequest` for an ``X-ADF-Params`` that is not
+        Raises :class:`~handlers.invoke.BadRequest` for an ``X-ADF-Params`` that is not
         a JSON object."""
         singles: list[_Entry] = []
         for raw_name, raw_value in headers.items():

@@ -22,14 +22,14 @@ Configuration layers — the operators' (lowest first, as everywhere — :mod:`c
 How variable *names* map to config paths: :mod:`handlers.confignames`. A request — HTTP
 body, query string, headers; a Redis, MQTT or SQS message; an S3 event — never reaches these
 layers: it may give only the values of the parameters the flow declares and its records
-(:mod:`handlers.invoke_params`; anything else is refused with 400 naming it). Records
+(:mod:`handlers.invoke.params`; anything else is refused with 400 naming it). Records
 (``{"records": [...]}`` or a bare JSON array) become the run's ``source.records`` when the
 flow's source is ``payload``; they are set after the layers are resolved (records are data:
 running a thousand of them through the layer bookkeeping costs ~30 ms natively) and a flow
 with another source refuses them (422).
 
-HTTP routes, status codes and streaming: :mod:`handlers.invoke_http`. Redis / MQTT
-messages: :mod:`handlers.invoke_messages`. Cron ticks: :mod:`handlers.invoke_cron`. All of
+HTTP routes, status codes and streaming: :mod:`handlers.invoke.http`. Redis / MQTT
+messages: :mod:`handlers.invoke.messages`. Cron ticks: :mod:`handlers.invoke.cron`. All of
 their public names are importable from here.
 
 Logging: one JSON line per request/message/tick on the ``adf.invoke`` logger with
@@ -45,36 +45,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from handlers.invoke_base import (
-    KV_FLOW_PREFIX,
+from handlers.invoke.errors import (
     BadRequest,
-    ErrorContext,
-    ErrorHandler,
     FlowFailed,
-    FlowHost,
     Forbidden,
-    Invocation,
     InvokeError,
-    LocalHost,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    PreparedRun,
     PublishUnsupported,
-    TriggerPayload,
-    describe_flow,
-    execute_flow,
-    flow_names,
-    invoke_flow,
-    list_flows,
-    lookup_spec,
-    parse_trigger_payload,
-    prepare_flow,
-    run_named_flow,
     status_for,
 )
-from handlers.invoke_http import NDJSON, RESERVED_QUERY, handle_http, refuse_http
-from handlers.invoke_messages import (
+from handlers.invoke.host import (
+    KV_FLOW_PREFIX,
+    ErrorContext,
+    ErrorHandler,
+    FlowHost,
+    LocalHost,
+    flow_names,
+    lookup_spec,
+)
+from handlers.invoke.http import NDJSON, RESERVED_QUERY, handle_http, refuse_http
+from handlers.invoke.messages import (
     KINDS,
     default_reply_channel,
     handle_message,
@@ -82,11 +74,22 @@ from handlers.invoke_messages import (
     parse_routes,
     route_for,
 )
-from handlers.invoke_params import InvalidParams, RefusedRequest, RequestParams
+from handlers.invoke.params import InvalidParams, RefusedRequest, RequestParams
+from handlers.invoke.payload import TriggerPayload, parse_trigger_payload
+from handlers.invoke.run import (
+    Invocation,
+    PreparedRun,
+    describe_flow,
+    execute_flow,
+    invoke_flow,
+    list_flows,
+    prepare_flow,
+    run_named_flow,
+)
 from handlers.streaming import StreamingResponse
 
 if TYPE_CHECKING:
-    from handlers.invoke_cron import handle_cron, host_executor
+    from handlers.invoke.cron import handle_cron, host_executor
 
 __all__ = [
     "KINDS",
@@ -138,7 +141,7 @@ def __getattr__(name: str) -> Any:
     # The cron tick (and with it the scheduler and the schedule store) loads on first use: an
     # HTTP or message handler never needs it, and a Spin component other than cron leaves it out.
     if name in ("handle_cron", "host_executor"):
-        from handlers import invoke_cron
+        from handlers.invoke import cron
 
-        return getattr(invoke_cron, name)
+        return getattr(cron, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

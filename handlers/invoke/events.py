@@ -7,7 +7,7 @@ adapter (MinIO webhooks, a Redis list worker) calls the same functions:
   "params": {...}}``, or a bare array of records (or an object without ``flow``) whose flow comes
   from the transport (a message attribute, a default). As for every request, ``params`` are the
   values of the flow's declared parameters and any other key is refused
-  (:mod:`handlers.invoke_params`);
+  (:mod:`handlers.invoke.params`);
 * :func:`object_route` / :func:`object_url` — which flow an object-created event runs
   (``{"bucket/prefix": "flow"}``, the longest matching prefix wins) and the ``s3://`` URL of the
   object (event keys are URL-encoded, ``+`` for a space): the object is the run's input, read by
@@ -23,27 +23,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
-from core.ids import new_id
-from handlers.invoke_base import (
-    BadRequest,
-    FlowFailed,
-    FlowHost,
-    Invocation,
-    NotFound,
-    TriggerPayload,
-    _log_line,
-    _memory,
-    _ms,
-    _summary_fields,
-    invoke_flow,
-    parse_trigger_payload,
-)
-from handlers.invoke_params import RequestParams
+from handlers.invoke.envelope import Envelope, summary_fields
+from handlers.invoke.errors import BadRequest, FlowFailed, NotFound
+from handlers.invoke.host import FlowHost
+from handlers.invoke.params import RequestParams
+from handlers.invoke.payload import TriggerPayload, parse_trigger_payload
+from handlers.invoke.run import Invocation, invoke_flow
 
 __all__ = ["object_key", "object_route", "object_url", "parse_flow_message", "run_event_flow"]
 
@@ -115,23 +104,22 @@ def run_event_flow(
     fields: Mapping[str, Any] | None = None,
 ) -> Invocation:
     """Run ``flow`` with the payload's records and parameters (keys the payload may not set
-    refuse it: :class:`~handlers.invoke_params.RefusedRequest`), and, for an object-created
+    refuse it: :class:`~handlers.invoke.params.RefusedRequest`), and, for an object-created
     event, ``object_url`` (:func:`object_url`) as the path its ``file`` source reads.
     Logs one line (``trigger``, ``flow``, counts, ``duration_ms``). Raises :class:`FlowFailed`
-    for a failed run, and what :func:`handlers.invoke_base.prepare_flow` raises."""
-    started = time.perf_counter()
-    request_id = request_id or new_id()
+    for a failed run, and what :func:`handlers.invoke.prepare_flow` raises."""
+    envelope = Envelope(trigger, host, request_id)
     params = RequestParams.from_payload(payload.params, payload.refused)
-    base = {"request_id": request_id, "trigger": trigger, "flow": flow, **(fields or {})}
+    base = {"flow": flow, **(fields or {})}
     try:
         invocation = invoke_flow(host, flow, params=params, records=payload.records, object_url=object_url,
-                                 request_id=request_id)
+                                 request_id=envelope.request_id)
     except Exception as exc:
-        _log_line(logging.WARNING, f"{trigger} event refused", {**base, "error": str(exc), "duration_ms": _ms(started)})
+        envelope.log(logging.WARNING, f"{trigger} event refused", {**base, "error": str(exc)}, memory=False)
         raise
-    line = {**base, **_summary_fields(invocation), "duration_ms": _ms(started), "memory_bytes": _memory(host)}
+    line = {**base, **summary_fields(invocation)}
     if not invocation.ok:
-        _log_line(logging.ERROR, f"{trigger} event: flow failed", line)
+        envelope.log(logging.ERROR, f"{trigger} event: flow failed", line)
         raise FlowFailed(invocation)
-    _log_line(logging.INFO, f"{trigger} event: flow ran", line)
+    envelope.log(logging.INFO, f"{trigger} event: flow ran", line)
     return invocation

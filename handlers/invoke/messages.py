@@ -9,28 +9,16 @@ import fnmatch
 import json
 import logging
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from core.ids import new_id
 from core.redact import redact_text
-from handlers.invoke_base import (
-    _PAYLOAD_KEYS,
-    FlowFailed,
-    FlowHost,
-    NotFound,
-    _error_fields,
-    _error_message,
-    _log_line,
-    _memory,
-    _ms,
-    _new_error_id,
-    invoke_flow,
-    parse_trigger_payload,
-    status_for,
-)
-from handlers.invoke_params import RequestParams
+from handlers.invoke.envelope import Envelope
+from handlers.invoke.errors import FlowFailed, NotFound, new_error_id, status_for
+from handlers.invoke.host import FlowHost
+from handlers.invoke.params import RequestParams
+from handlers.invoke.payload import PAYLOAD_KEYS, parse_trigger_payload
+from handlers.invoke.run import invoke_flow
 
 __all__ = ["KINDS", "default_reply_channel", "handle_message", "mqtt_topic_matches", "parse_routes", "route_for"]
 
@@ -123,7 +111,7 @@ def handle_message(
 
     ``payload``: JSON ``{"records": [...], "params": {...}, "reply_to": "channel"}`` or a bare
     array of records; empty means ``{}``. ``params`` are values of the flow's declared
-    parameters; any other key is refused (code 400, see :mod:`handlers.invoke_params`).
+    parameters; any other key is refused (code 400, see :mod:`handlers.invoke.params`).
     The result — the same body as the HTTP answer, plus ``trigger``, ``channel``,
     ``reply_to``; on errors ``status: "error"``, ``error``, ``error_id``, ``code`` (the HTTP
     status it would have) and ``problems`` — is published as JSON to ``reply_to`` (``null``:
@@ -133,9 +121,8 @@ def handle_message(
     channel that no route names exactly is skipped (``status: "skipped"``; no feedback loop
     through a wildcard route). Never raises into the host.
     """
-    started = time.perf_counter()
-    request_id = new_id()
-    result: dict[str, Any] = {"trigger": kind, "channel": channel_or_topic, "request_id": request_id}
+    envelope = Envelope(kind, host)
+    result: dict[str, Any] = {"trigger": kind, "channel": channel_or_topic, "request_id": envelope.request_id}
     reply_to: str | None = reply_channel or default_reply_channel(kind, channel_or_topic)
     error: BaseException | None = None
     try:
@@ -143,9 +130,9 @@ def handle_message(
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if channel_or_topic not in routes and _is_results_channel(kind, channel_or_topic):
             result.update(status="skipped", reason="a results channel: not routed (no feedback loop)", published=False)
-            _log_line(logging.INFO, f"{kind} message skipped", {**result, "duration_ms": _ms(started)})
+            envelope.log(logging.INFO, f"{kind} message skipped", result, memory=False)
             return result
-        message = parse_trigger_payload(payload, allowed=(*_PAYLOAD_KEYS, "reply_to"))
+        message = parse_trigger_payload(payload, allowed=(*PAYLOAD_KEYS, "reply_to"))
         if message.reply_to_given:
             reply_to = message.reply_to
         flow = route_for(kind, channel_or_topic, routes)
@@ -154,21 +141,18 @@ def handle_message(
         result["flow"] = flow
         invocation = invoke_flow(
             host, flow, params=RequestParams.from_payload(message.params, message.refused), records=message.records,
-            request_id=request_id,
+            request_id=envelope.request_id,
         )
         result.update(invocation.body())
         result["trigger"], result["channel"] = kind, channel_or_topic
         if not invocation.ok:
             error = FlowFailed(invocation)
-            result["error_id"] = _new_error_id()
+            result["error_id"] = new_error_id()
             result["code"] = error.status
     except Exception as exc:
         error = exc
-        error_id = _new_error_id()
-        result.update(
-            status="error", error=_error_message(exc, error_id), error_id=error_id, code=status_for(exc),
-            **{k: v for k, v in _error_fields(exc).items() if k in ("problems", "flows", "refused", "declared_params")},
-        )
+        result.update(status="error", code=status_for(exc),
+                      **envelope.error(exc, keys=("problems", "flows", "refused", "declared_params")))
     result["reply_to"] = reply_to
     if reply_to:
         try:
@@ -184,7 +168,6 @@ def handle_message(
         for k in ("request_id", "trigger", "channel", "flow", "run_id", "status", "records_in", "records_out",
                   "dead_letters", "error_id", "code", "reply_to", "published", "publish_error")
     }
-    fields.update(duration_ms=_ms(started), memory_bytes=_memory(host))
     if isinstance(error, FlowFailed):
         fields.update(error=result.get("error"), error_type=error.invocation.summary.error_type,
                       backtrace=error.invocation.summary.backtrace)
@@ -192,6 +175,6 @@ def handle_message(
         fields["error"] = result.get("error")
     level = logging.ERROR if error is not None or "publish_error" in result else logging.INFO
     unexpected = error if error is not None and status_for(error) >= 500 and not isinstance(error, FlowFailed) else None
-    _log_line(level, f"{kind} message {result.get('status')}", fields, unexpected)
+    envelope.log(level, f"{kind} message {result.get('status')}", fields, unexpected)
     return result
 

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core.ids import new_id
-from handlers.invoke_base import (
-    FlowHost,
-    _error_message,
-    _log_line,
-    _memory,
-    _ms,
-    _new_error_id,
-    _prepare,
-    execute_flow,
-)
+from handlers.invoke.envelope import Envelope
+from handlers.invoke.host import FlowHost
+from handlers.invoke.run import execute_flow, prepare
 
 if TYPE_CHECKING:
     from handlers.schedule.store import RunRecord, ScheduleStore
@@ -52,7 +43,7 @@ def host_executor(host: FlowHost) -> Callable[..., RunRecord]:
             flow = store.get_flow(run.flow_name)
             raw = dict(flow.configuration)
             raw.setdefault("name", flow.name)
-            prepared = _prepare(host, flow.name, raw, None, None, None, run_id)
+            prepared = prepare(host, flow.name, raw, None, None, None, run_id)
             outcome = scheduler.outcome_from_summary(execute_flow(host, prepared).summary)
         except Exception as exc:
             outcome = scheduler.outcome_from_exception(exc)
@@ -88,9 +79,8 @@ def handle_cron(
     """
     from handlers import scheduler
 
-    started = time.perf_counter()
-    request_id = new_id()
-    out: dict[str, Any] = {"trigger": "cron", "request_id": request_id}
+    envelope = Envelope("cron", host)
+    out: dict[str, Any] = {"trigger": "cron", "request_id": envelope.request_id}
     error: BaseException | None = None
     try:
         result = scheduler.tick(
@@ -110,10 +100,8 @@ def handle_cron(
         )
     except Exception as exc:
         error = exc
-        error_id = _new_error_id()
-        out.update(status="error", error=_error_message(exc, error_id), error_id=error_id)
-    out["duration_ms"] = _ms(started)
+        out.update(status="error", **envelope.error(exc, keys=()))
+    out["duration_ms"] = envelope.elapsed_ms()
     fields = {k: v for k, v in out.items() if k != "runs"}
-    fields["memory_bytes"] = _memory(host)
-    _log_line(logging.ERROR if error is not None else logging.INFO, f"cron tick {out['status']}", fields, error)
+    envelope.log(logging.ERROR if error is not None else logging.INFO, f"cron tick {out['status']}", fields, error)
     return out

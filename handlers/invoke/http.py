@@ -5,7 +5,7 @@ Routes: ``GET /flows`` (``{"flows": [{name, description, source, sink}]}``),
 where each value comes from — ``declared_params``, ``params`` — their values for this
 request — and ``ignored_variables``), ``GET|POST /flows/{name}/run``.
 
-A request sets only what :mod:`handlers.invoke_params` allows: the flow's declared
+A request sets only what :mod:`handlers.invoke.params` allows: the flow's declared
 parameters — ``X-ADF-Params`` / ``X-ADF-Param-<name>`` headers < the query string
 (``?vat=0.19``; ``stream`` and ``progress_interval`` are not parameters) < the POST body's
 ``params`` — and, for a POST, its records: the JSON body ``{"records": [...], "params": {...}}``
@@ -67,30 +67,19 @@ from urllib.parse import parse_qsl, unquote
 
 from core.ids import new_id
 from handlers.http import JSON_HEADERS, Request, Response
-from handlers.invoke_base import (
+from handlers.invoke.envelope import Envelope, level_for, log_line, summary_fields
+from handlers.invoke.errors import (
     BadRequest,
-    ErrorContext,
     FlowFailed,
-    FlowHost,
     MethodNotAllowed,
     NotFound,
-    PreparedRun,
-    TriggerPayload,
-    _error_fields,
-    _error_message,
-    _level,
-    _log_line,
-    _memory,
-    _new_error_id,
-    _summary_fields,
-    describe_flow,
-    execute_flow,
-    list_flows,
-    parse_trigger_payload,
-    prepare_flow,
+    new_error_id,
     status_for,
 )
-from handlers.invoke_params import RequestParams
+from handlers.invoke.host import ErrorContext, FlowHost
+from handlers.invoke.params import RequestParams
+from handlers.invoke.payload import TriggerPayload, parse_trigger_payload
+from handlers.invoke.run import PreparedRun, describe_flow, execute_flow, list_flows, prepare_flow
 from handlers.streaming import StreamingResponse, ndjson_line
 
 if TYPE_CHECKING:
@@ -124,11 +113,11 @@ class _HttpCall:
     """One HTTP request: routing, answering, logging."""
 
     def __init__(self, request: Request, host: FlowHost, base_path: str) -> None:
-        self.started = time.perf_counter()
+        self.envelope = Envelope("http", host, _request_id(request.headers))
         self.request = request
         self.host = host
         self.base_path = base_path.rstrip("/")
-        self.request_id = _request_id(request.headers)
+        self.request_id = self.envelope.request_id
         self.flow: str | None = None
         self.fields: dict[str, Any] = {}
 
@@ -136,18 +125,14 @@ class _HttpCall:
 
     def log(self, status: int, exc: BaseException | None = None, *, level: int | None = None, **more: Any) -> None:
         fields: dict[str, Any] = {
-            "request_id": self.request_id,
-            "trigger": "http",
             "method": self.request.method,
             "path": self.request.path,
             "status": status,
             "flow": self.flow,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
-            "memory_bytes": _memory(self.host),
             **self.fields,
             **more,
         }
-        _log_line(level or _level(status), f"http {self.request.method} {status}", fields, exc)
+        self.envelope.log(level or level_for(status), f"http {self.request.method} {status}", fields, exc)
 
     def answer(self, response: Response) -> Response:
         response.headers["x-request-id"] = self.request_id
@@ -155,21 +140,20 @@ class _HttpCall:
         return response
 
     def fail(self, exc: BaseException) -> Response | StreamingResponse:
-        error_id = _new_error_id()
+        error_id = new_error_id()
         status = status_for(exc)
         context = ErrorContext(self.request_id, error_id, "http", status, self.flow, self.request)
         custom = self._custom(exc, context)
         # Tracebacks for what the handler did not expect; a failed run logs its own backtrace.
         unexpected = status >= 500 and not isinstance(exc, FlowFailed)
         if isinstance(exc, FlowFailed):
-            self.fields.update(_summary_fields(exc.invocation))
+            self.fields.update(summary_fields(exc.invocation))
         if custom is not None:
             custom.headers["x-request-id"] = self.request_id
             self.log(custom.status, exc if unexpected else None, error_id=error_id, custom_handler=True)
             return custom
         try:
-            fields = _error_fields(exc)
-            body = {"error": fields.pop("error", None) or _error_message(exc, error_id), "error_id": error_id, **fields}
+            body = self.envelope.error(exc, error_id=error_id)
         except MemoryError:
             body = {"error": "out of memory while answering", "error_id": error_id}
         headers = dict(JSON_HEADERS)
@@ -188,7 +172,7 @@ class _HttpCall:
             try:
                 answer: Response | StreamingResponse | None = handler(exc, context)
             except Exception as again:
-                _log_line(logging.ERROR, "custom error handler raised; using the default answer",
+                log_line(logging.ERROR, "custom error handler raised; using the default answer",
                           {"request_id": self.request_id, "handler": getattr(handler, "__name__", repr(handler))}, again)
                 return None
             if answer is not None:
@@ -246,7 +230,7 @@ class _HttpCall:
         invocation = execute_flow(self.host, prepared)
         if not invocation.ok:
             raise FlowFailed(invocation)
-        self.fields.update(_summary_fields(invocation))
+        self.fields.update(summary_fields(invocation))
         return self.answer(Response(200, invocation.body()))
 
     def stream(self, prepared: PreparedRun, interval: float) -> StreamingResponse:
@@ -264,7 +248,7 @@ class _HttpCall:
                     emit(ndjson_line(event))
                 except Exception as exc:  # the client went away: finish the run, stop writing
                     broken.append(exc)
-                    _log_line(logging.WARNING, "stream closed by the client; the run goes on",
+                    log_line(logging.WARNING, "stream closed by the client; the run goes on",
                               {"request_id": self.request_id, "error": f"{type(exc).__name__}: {exc}"})
 
             def on_progress(progress: Progress) -> None:
@@ -279,19 +263,18 @@ class _HttpCall:
             try:
                 invocation = execute_flow(self.host, prepared, on_progress=on_progress)
                 body = invocation.body()
-                self.fields.update(_summary_fields(invocation))
+                self.fields.update(summary_fields(invocation))
                 if not invocation.ok:
-                    error_id = _new_error_id()
+                    error_id = new_error_id()
                     body["error_id"] = error_id
                     body["code"] = FlowFailed(invocation).status
                     self.fields["error_id"] = error_id
                 send({"event": "summary", **body})
                 self.log(200, streamed=True, level=None if invocation.ok else logging.ERROR)
             except Exception as exc:
-                error_id = _new_error_id()
-                send({"event": "error", "error": _error_message(exc, error_id), "error_id": error_id,
-                      "code": status_for(exc)})
-                self.log(200, exc, streamed=True, error_id=error_id)
+                error = self.envelope.error(exc, keys=())
+                send({"event": "error", **error, "code": status_for(exc)})
+                self.log(200, exc, streamed=True, error_id=error["error_id"])
 
         return StreamingResponse(200, headers, produce)
 
@@ -314,6 +297,6 @@ def refuse_http(request: Request, host: FlowHost, error: BaseException, *, base_
     """Answer ``request`` with ``error`` as :func:`handle_http` answers its errors (status,
     ``{"error", "error_id", ...}``, ``X-Request-Id``, the host's error handlers, one log line),
     without routing it or looking at its body: for an adapter that refuses a request before
-    reading it, e.g. :class:`~handlers.invoke_base.PayloadTooLarge` (413)."""
+    reading it, e.g. :class:`~handlers.invoke.PayloadTooLarge` (413)."""
     call = _HttpCall(request, host, base_path)
     return call.fail(error)
