@@ -262,7 +262,7 @@ def load_spec_file(path: str) -> dict[str, Any]:
     return data
 
 
-def _param_attribute(name: Any, decl: Any) -> tuple[Attribute | None, list[str]]:
+def _param_attribute(name: Any, decl: Any) -> tuple[Attribute | None, list[str]]:  # noqa: C901
     where = f"params.{name}"
     if not isinstance(name, str) or not _PARAM_NAME_RE.match(name):
         return None, [f"params: {name!r} is not a parameter name (letters, digits and '_', not first a digit)"]
@@ -410,7 +410,7 @@ def _component_problems(kind: str, section: str, spec: Any, reg: Registry) -> li
     return []
 
 
-def parse_spec(
+def parse_spec(  # noqa: C901
     raw: Mapping[str, Any],
     *,
     reg: Registry | None = None,

@@ -320,7 +320,7 @@ def _worker_dir(run_dir: str | None, flow: str, run_id: str) -> str:
     return os.path.join(tempfile.gettempdir(), "adf-flink", flow, run_id)
 
 
-def _functions() -> dict[str, Any]:
+def _functions() -> dict[str, Any]:  # noqa: C901
     """The PyFlink functions (imported here: pyflink is needed only to run a job)."""
     from pyflink.datastream.functions import (
         FlatMapFunction,
@@ -1171,7 +1171,7 @@ def _merge(run_dir: str) -> tuple[dict[str, int], str | None, list[dict[str, Any
     return totals, destination, letters
 
 
-def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_dir: str | None = None) -> dict[str, Any]:
+def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_dir: str | None = None) -> dict[str, Any]:  # noqa: C901
     """Run ``spec`` (a mapping or a spec file) on Flink's local mini-cluster (or the cluster
     `flink run` submits to) and return a run summary.
 

@@ -215,7 +215,7 @@ def _json_object(raw: str, where: str) -> dict[str, Any]:
     return expand_dotted(value)
 
 
-def variables_config(
+def variables_config(  # noqa: C901
     variables: Mapping[str, str],
     flow_name: str,
     spec: Mapping[str, Any],

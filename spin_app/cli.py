@@ -244,7 +244,7 @@ def _componentize_available() -> bool:
     return importlib.util.find_spec("componentize_py") is not None or shutil.which("componentize-py") is not None
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
+def _cmd_build(args: argparse.Namespace) -> int:  # noqa: C901
     report = validate_manifest(args.manifest, build_check=None)
     if not report.ok:
         _print_report(report, args.json)
@@ -674,7 +674,7 @@ def _local_data_files(flow: FlowFile) -> tuple[list[tuple[str, str]], list[str]]
     return files, problems
 
 
-def _cmd_init(args: argparse.Namespace) -> int:
+def _cmd_init(args: argparse.Namespace) -> int:  # noqa: C901
     name = _slug(args.name)
     if not name or name != args.name:
         _err(f"app name {args.name!r}: use lower-case letters, digits and '-' (e.g. {name or 'my-flows'!r})")

@@ -291,7 +291,8 @@ class SpinSqliteExec:
         self._db = platform().sqlite_open(database)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._db.execute(sql, list(params))[1]
+        rows: list[tuple[Any, ...]] = self._db.execute(sql, list(params))[1]
+        return rows
 
 
 # --------------------------------------------------------------------------- outbound Redis

@@ -17,7 +17,7 @@ from handlers.settings import Settings
 from spin_app import runtime
 
 
-class CronWorld(cron_world.CronWorld):
+class CronWorld(cron_world.CronWorld):  # type: ignore[misc]
     def handle_cron_event(self, metadata: cron_types.Metadata) -> None:
         host = runtime.host("cron")
         try:

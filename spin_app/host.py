@@ -363,7 +363,7 @@ class ComponentHost:
 
     # -- the Spin imports ----------------------------------------------------------------
 
-    def _define_spin_imports(self) -> None:
+    def _define_spin_imports(self) -> None:  # noqa: C901
         wt = self._wt
         Variant, ResourceHost, ResourceType = wt.component.Variant, wt.component.ResourceHost, wt.component.ResourceType
         state = self.state
@@ -1041,8 +1041,9 @@ class HttpHost:
         if self._wasmtime is not None:
             self._wasmtime.stop()
             self._wasmtime = None
-            if getattr(self, "_log_sink", None) is not None:
-                self._log_sink.close()
+            log_sink = getattr(self, "_log_sink", None)
+            if log_sink is not None:
+                log_sink.close()
                 self._log_sink = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -1204,11 +1205,16 @@ def _serve_redis(host: ComponentHost, address: str, channel: str, count: int | N
     pubsub.subscribe(channel)
     print(json.dumps({"event": "subscribed", "channel": channel, "address": address}), flush=True)
     n = 0
-    for message in pubsub.listen():
+    for message in pubsub.listen():  # type: ignore[no-untyped-call]
         if message.get("type") != "message":
             continue
         data = message["data"]
-        _report("redis", lambda data=data: host.redis(data if isinstance(data, bytes) else str(data).encode()))
+        body = data if isinstance(data, bytes) else str(data).encode()
+
+        def deliver(body: bytes = body) -> Any:
+            return host.redis(body)
+
+        _report("redis", deliver)
         n += 1
         if count is not None and n >= count:
             break
@@ -1253,7 +1259,8 @@ class MqttBridge:
         import paho.mqtt.client as mqtt
 
         url = urlparse(self.address if "://" in self.address else f"mqtt://{self.address}")
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"adf-spin-host-{os.getpid()}-{id(self)}")
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
+                             client_id=f"adf-spin-host-{os.getpid()}-{id(self)}")
         if url.username:
             client.username_pw_set(url.username, url.password)
 

@@ -38,6 +38,7 @@ from spin_sdk.wit.types import Ok
 import handlers.settings  # noqa: F401 - imported at build time: the body limit is read with it
 from handlers.http import Request
 from handlers.invoke import PayloadTooLarge, handle_http, refuse_http
+from handlers.streaming import StreamingResponse
 from spin_app import runtime
 from spin_app.platform import BodyTooLarge, read_to_end
 
@@ -85,8 +86,8 @@ class IncomingHandler(exports.IncomingHandler):
         else:
             answer = handle_http(req, host, base_path=base_path)
         out_headers = dict(answer.headers)
-        streaming = hasattr(answer, "write_to")
-        payload = b"" if streaming else answer.encoded()
+        streaming = isinstance(answer, StreamingResponse)
+        payload = b"" if isinstance(answer, StreamingResponse) else answer.encoded()
         if not streaming:
             out_headers["content-length"] = str(len(payload))
         response = OutgoingResponse(Fields.from_list([(k, v.encode("utf-8")) for k, v in out_headers.items()]))
@@ -99,7 +100,7 @@ class IncomingHandler(exports.IncomingHandler):
             for i in range(0, len(chunk), _CHUNK):
                 stream.blocking_write_and_flush(chunk[i : i + _CHUNK])
 
-        if streaming:
+        if isinstance(answer, StreamingResponse):
             answer.write_to(write, max_chunk=_CHUNK)
         else:
             write(payload)

@@ -888,7 +888,7 @@ def _catches_import_error(node: ast.expr | None) -> bool:
                                                       "BaseException") for n in names)
 
 
-def _scan_module(name: str, spec: ModuleSpec, search: list[str], label: str, found: Findings,
+def _scan_module(name: str, spec: ModuleSpec, search: list[str], label: str, found: Findings,  # noqa: C901
                  seen: set[str], entry_attr: str | None = None, via: str = "") -> None:
     """Refuse compiled modules and imports of modules that cannot load in a component (recursively
     through the project's own modules; installed packages are checked, not read)."""
@@ -1218,7 +1218,7 @@ def secret_variables(flow: FlowFile, reg: Registry | None = None) -> dict[str, s
     return out
 
 
-def render_manifest(flows: Sequence[FlowFile], plan: Mapping[str, Mapping[str, str]],
+def render_manifest(flows: Sequence[FlowFile], plan: Mapping[str, Mapping[str, str]],  # noqa: C901
                     options: ManifestOptions, manifest_dir: str, reg: Registry | None = None) -> str:
     """The text of ``spin.toml`` for ``flows`` routed by ``plan`` (see :func:`plan_routes`)."""
     manifest_dir = os.path.abspath(manifest_dir)
@@ -1442,7 +1442,7 @@ def _variable_name_problem(name: str) -> str | None:
     return f"variable name {name!r} is invalid: {problem} (lower_snake_case){_rule('id')}"
 
 
-def validate_manifest(path: str, *, build_check: bool | None = True, reg: Registry | None = None,
+def validate_manifest(path: str, *, build_check: bool | None = True, reg: Registry | None = None,  # noqa: C901
                       text: str | None = None) -> ValidationReport:
     """Check a manifest and every flow it bundles; see ``adf spin validate``. The one checker of
     Spin 3's rules (:data:`RULES`): the generator runs it on what it is about to write (``text``,
@@ -1612,7 +1612,7 @@ def _check_app_trigger(kind: str, conf: Mapping[str, Any], err: Any) -> None:
             f"(the plugin parses it without resolving variables){rule}")
 
 
-def _check_trigger_entry(kind: str, where: str, entry: Mapping[str, Any], app_triggers: Mapping[str, Any],
+def _check_trigger_entry(kind: str, where: str, entry: Mapping[str, Any], app_triggers: Mapping[str, Any],  # noqa: C901
                          err: Any) -> None:
     allowed = _TRIGGER_KEYS.get(kind)
     if allowed is not None:
@@ -1679,7 +1679,7 @@ def _parse_json_variable(cid: str, name: str, value: Any, err: Any) -> Any:
     return data
 
 
-def _check_component(cid: str, comp: Any, base: str, served: list[tuple[str, dict[str, Any]]],
+def _check_component(cid: str, comp: Any, base: str, served: list[tuple[str, dict[str, Any]]],  # noqa: C901
                      declared: Mapping[str, Any], flow_cache: dict[str, FlowFile | None],
                      report: ValidationReport, build_check: bool | None, reg: Registry | None,
                      check_refs: Any) -> None:

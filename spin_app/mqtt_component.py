@@ -18,7 +18,7 @@ from handlers.invoke import handle_message
 from spin_app import runtime
 
 
-class MqttWorld(mqtt_world.MqttWorld):
+class MqttWorld(mqtt_world.MqttWorld):  # type: ignore[misc]
     def handle_message(self, message: bytes, metadata: spin_mqtt_types.Metadata) -> None:
         host = runtime.host("mqtt")
         topic = metadata.topic

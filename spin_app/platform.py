@@ -21,7 +21,7 @@ readable message instead of spin-sdk's ``Err(...)`` wrappers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["BodyTooLarge", "Platform", "SpinCallError", "platform", "read_to_end", "use"]
@@ -240,7 +240,7 @@ def _wasi_http_send(method: str, url: str, headers: Mapping[str, str], body: byt
     from spin_sdk.wit.imports import types as t
     from spin_sdk.wit.types import Ok
 
-    methods = {"GET": t.Method_Get, "HEAD": t.Method_Head, "POST": t.Method_Post, "PUT": t.Method_Put,
+    methods: dict[str, Callable[[], Any]] = {"GET": t.Method_Get, "HEAD": t.Method_Head, "POST": t.Method_Post, "PUT": t.Method_Put,
                "DELETE": t.Method_Delete, "CONNECT": t.Method_Connect, "OPTIONS": t.Method_Options,
                "TRACE": t.Method_Trace, "PATCH": t.Method_Patch}
     parts = urlsplit(url)

@@ -544,7 +544,7 @@ def _to_uuid_bytes(value: Any) -> bytes:
     raise TypeError(f"expected a UUID, got {type(value).__name__}")
 
 
-def _writer(pa: Any, dtype: Any) -> Callable[[Any], Any] | None:
+def _writer(pa: Any, dtype: Any) -> Callable[[Any], Any] | None:  # noqa: C901
     """How a record value becomes a value pyarrow accepts for ``dtype`` (None: as it is)."""
     t = pa.types
     if isinstance(dtype, pa.ExtensionType):

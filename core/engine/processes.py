@@ -143,9 +143,7 @@ class ProcessReaders:
                     for reader_id in sorted(self.waiting):  # readers still waiting for work
                         self._request(reader_id)
                 if (self.run.stopping or (deadline is not None and now >= deadline)) and not stop_sent:
-                    for i in self.inboxes:
-                        if i not in self.done:
-                            self.send(i, ("stop",))
+                    self._stop_all()
                     stop_sent = True
                 if not messages:
                     self._check_readers()
@@ -156,15 +154,25 @@ class ProcessReaders:
                     proc.kill()
             raise
         finally:
-            for proc in self.processes.values():
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()
-            for conn in self.outboxes.values():
-                conn.close()
-            self.outboxes.clear()
-            self.run.enumerator.close()
+            self._end()
         return not stop_sent
+
+    def _stop_all(self) -> None:
+        """Tell every reader still running to stop after its current batch."""
+        for i in self.inboxes:
+            if i not in self.done:
+                self.send(i, ("stop",))
+
+    def _end(self) -> None:
+        """Wait for the reader processes (killing one that does not end), close the channels and the enumerator."""
+        for proc in self.processes.values():
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        for conn in self.outboxes.values():
+            conn.close()
+        self.outboxes.clear()
+        self.run.enumerator.close()
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind, reader_id = msg[0], msg[1]

@@ -404,7 +404,7 @@ def _test_result(args: argparse.Namespace, *, ok: bool, output: Any = None, fuel
     return code
 
 
-def _cmd_test(args: argparse.Namespace) -> int:
+def _cmd_test(args: argparse.Namespace) -> int:  # noqa: C901
     from core.redact import redact_text
     from core.wasm.limits import Limits
     from core.wasm.permissions import PermissionSet

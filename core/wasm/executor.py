@@ -513,7 +513,7 @@ def _effective_host(compiled: CompiledModule, host: HostContext | None) -> HostC
     return dataclasses.replace(h, **changes) if changes else h  # shallow: the same context dict
 
 
-def _describe(rt: _Runtime, module: Any, sha: str, module_id: str) -> CompiledModule:
+def _describe(rt: _Runtime, module: Any, sha: str, module_id: str) -> CompiledModule:  # noqa: C901
     w = rt.wasmtime
     functions: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     memories: dict[str, Any] = {}
@@ -1141,7 +1141,7 @@ def _classify(exc: BaseException, rt: _Runtime, limits: Limits, module_id: str, 
     return error
 
 
-def _classify_inner(exc: BaseException, rt: _Runtime, limits: Limits, module_id: str, *, fuel: int, memory: int,
+def _classify_inner(exc: BaseException, rt: _Runtime, limits: Limits, module_id: str, *, fuel: int, memory: int,  # noqa: C901
                     stderr: bytes) -> BaseException:
     w = rt.wasmtime
     who = f"module {module_id}"

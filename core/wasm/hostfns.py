@@ -470,7 +470,7 @@ def _name_at(toks: list[tuple[str, str]], i: int, *, target: bool = False) -> tu
     return ".".join(parts), i
 
 
-def classify_sql(sql: str) -> SqlShape:
+def classify_sql(sql: str) -> SqlShape:  # noqa: C901
     """Which tables one SQL statement reads and writes, and whether it writes at all.
 
     A lexical parse (strings, comments and quoted identifiers understood): ``FROM`` / ``JOIN``

@@ -519,7 +519,7 @@ class ModuleRegistry:
 
     # ----------------------------------------------------------------- modules
 
-    def upload(
+    def upload(  # noqa: C901
         self,
         module_id: str,
         version: str,

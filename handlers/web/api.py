@@ -310,7 +310,7 @@ INVOKE_PREFIX = "/invoke"
 _RunId = Annotated[int, Path(ge=0, le=MAX_INT, description="the run's id")]
 
 
-def build_app(
+def build_app(  # noqa: C901
     settings: Settings, store: ScheduleStore, *, owns_store: bool, flow_host: FlowHost | None = None
 ) -> FastAPI:
     """The ASGI app over ``store``; closes the store at shutdown when ``owns_store``.
