@@ -72,7 +72,7 @@ FLOW = """
 import sys, time
 sys.path.insert(0, {root!r})
 import redis  # imported before the clock starts, as the raw loop does
-import core.connectors.rafka
+import core.connectors.rafka.source
 from core.sink import Sink
 from core.engine import run_flow
 from core.registry import register

@@ -1,0 +1,3 @@
+"""ActiveDataFlow's engine: records, sources, steps, sinks and the run (standard library only)."""
+
+__version__ = "0.1.0"

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core import __version__
 from core.attributes import describe_attributes
 from core.config import parse_set_args
 from core.errors import AdfError, ConfigError
@@ -381,6 +382,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adf", description="ActiveDataFlow: run data flows (source -> steps -> sink).")
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default: info, warning on a terminal)")
+    parser.add_argument("--version", action="version", version=f"adf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a flow")

@@ -13,14 +13,13 @@ reaches it. What a request may give — the values of the parameters a flow decl
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from core.config import ResolvedConfig, flow_name_of, resolve_flow_config
 from core.errors import SpecError
-from core.registry import Registry, import_path, registry
+from core.registry import Registry, add_import_path, import_path, registry
 from core.spec import FlowSpec, load_spec_file, parse_spec, spec_defaults
 from core.state import StateStore, default_state_dir, open_state_store
 
@@ -49,13 +48,13 @@ def read_flow_ref(ref: Any) -> tuple[dict[str, Any], Any, str]:
     if os.path.exists(ref) or ref.endswith((".yaml", ".yml", ".json")):
         raw = load_spec_file(ref)
         # Step modules next to the spec, or in the working directory, import without packaging.
-        _add_import_path(os.path.dirname(os.path.abspath(ref)))
-        _add_import_path(os.getcwd())
+        add_import_path(os.path.dirname(os.path.abspath(ref)))
+        add_import_path(os.getcwd())
         return raw, None, ref
     if ":" in ref:
         from core.flow import DataFlow
 
-        _add_import_path(os.getcwd())
+        add_import_path(os.getcwd())
         try:
             cls = import_path(ref)
         except (ImportError, AttributeError, ValueError) as exc:
@@ -64,11 +63,6 @@ def read_flow_ref(ref: Any) -> tuple[dict[str, Any], Any, str]:
             raise SpecError([f"{ref!r} is not a DataFlow subclass"])
         return cls.to_spec_dict(), cls, f"class {ref}"
     raise SpecError([f"spec file {ref!r} does not exist (give a .yaml/.json path or 'module:FlowClass')"])
-
-
-def _add_import_path(path: str) -> None:
-    if path not in sys.path:
-        sys.path.append(path)
 
 
 def _typed_sections(raw: Mapping[str, Any], payload: Mapping[str, Any] | None) -> dict[str, Any]:

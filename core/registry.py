@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from core.errors import MissingExtraError, RegistryError, UnavailableTypeError
@@ -94,6 +94,15 @@ def import_path(path: str) -> Any:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def add_import_path(path: str) -> None:
+    """Make the modules under ``path`` importable — the step modules beside a spec file or in a
+    stored flow's ``python_path``, a flow class in the working directory, a host's specs
+    directory. The one place the project changes ``sys.path``: ``path`` is appended once, after
+    every entry already there, so it never shadows an installed package."""
+    if path not in sys.path:
+        sys.path.append(path)
 
 
 def _is_entry_point(target: Any) -> bool:
@@ -172,6 +181,17 @@ class Registry:
             self._entries[kind][name] = cls
             return cls
         return target
+
+    def build(self, kind: str, section: Mapping[str, Any], run_context: Any = None, **overrides: Any) -> Any:
+        """A source, sink or step from its spec section: the class its ``type`` names, configured
+        with the rest of the section (and ``overrides``; a step's ``id`` and ``next`` belong to the
+        pipeline, not to the step). ``run_context``, when given, is set on it before it is returned.
+        Raises what :meth:`resolve` raises, and :class:`~core.errors.ConfigError` for the section."""
+        own = ("type", "id", "next") if kind == "step" else ("type",)
+        made = self.resolve(kind, section.get("type", ""))({**{k: v for k, v in section.items() if k not in own}, **overrides})
+        if run_context is not None:
+            made.run_context = run_context
+        return made
 
 
 registry = Registry()

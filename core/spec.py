@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +49,7 @@ from core.attributes import MISSING, Attribute, validate_config
 from core.errors import AdfError, ConfigError, SpecError
 from core.redact import REDACTED
 from core.refs import ReferenceError_, has_refs, param_refs, resolve_params
-from core.registry import Registry, registry
+from core.registry import Registry, add_import_path, registry
 from core.step import step_id_problems
 
 __all__ = [
@@ -447,9 +446,7 @@ def parse_spec(  # noqa: C901
     for entry in python_path:
         # Step modules of a stored flow (heartbeat, Lambda…) import from here, as they did
         # next to the spec file.
-        path = os.path.abspath(entry)
-        if path not in sys.path:
-            sys.path.append(path)
+        add_import_path(os.path.abspath(entry))
     for section, kind in (("source", "source"), ("sink", "sink")):
         if section not in raw:
             problems.append(f"'{section}' is required")

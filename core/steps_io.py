@@ -12,7 +12,8 @@ an API, look up or write rows, run business logic in a sandbox.
   One request per record; ``${record.x}`` / ``${context.x}`` resolved in ``url``, ``headers``
   and ``body`` (a mapping or list is sent as JSON). The answer — parsed JSON, else text — is put
   under ``into`` (default ``http``; ``into: null`` drops it, ``merge: true`` merges a JSON object
-  into the record). 429 and 5xx are retried with backoff (``Retry-After`` honoured, capped at 30
+  into the record). 408, 429, 5xx and network errors are retried with backoff by the connectors'
+  client (:mod:`core.http_client`: ``Retry-After`` honoured, capped at 30
   s); any other status outside ``expect`` fails the record (dead letter with the status and
   the start of the body).
 
@@ -32,16 +33,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 from core.attributes import Attribute
 from core.errors import AdfError, ConfigError
+from core.http_client import HttpClient, HttpNetworkError
 from core.record import Record
 from core.refs import resolve
-from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_after_seconds, retry_call
 from core.step import ErrorHandler, Step
 
 __all__ = ["HttpStep", "HttpStepError", "SqlStep"]
@@ -51,14 +50,6 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 class HttpStepError(AdfError):
     """A request that failed for good (status outside ``expect``, or retries exhausted)."""
-
-
-class _RetryableAnswer(Exception):
-    """A 429 or 5xx answer: worth another attempt (``Retry-After`` honoured)."""
-
-    def __init__(self, status: int, raw: bytes, retry_after: str | None) -> None:
-        super().__init__(f"the server answered {status}")
-        self.status, self.raw, self.retry_after = status, raw, retry_after
 
 
 def _context(step: Step) -> dict[str, Any]:
@@ -116,35 +107,15 @@ class HttpStep(Step):
                 data = str(body).encode()
         expect = self.option("expect")
         method = self.option("method")
-        timeout = float(self.option("timeout_s"))
-
-        def attempt() -> tuple[int, bytes]:
-            req = urllib.request.Request(url, data=data, headers=headers, method=method)
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    return resp.status, resp.read()
-            except urllib.error.HTTPError as err:
-                status, raw = err.code, err.read()
-                if status == 429 or status >= 500:
-                    raise _RetryableAnswer(status, raw, err.headers.get("Retry-After")) from None
-                return status, raw
-
-        policy = RetryPolicy(
-            window_s=float("inf"), first_delay_s=float(self.option("retry_backoff_s")), max_delay_s=30.0,
-            max_attempts=max(0, int(self.option("retries"))) + 1,
+        client = HttpClient(
+            what=f"step {self.name!r}", headers={}, auth=None, timeout=float(self.option("timeout_s")),
+            retries=max(0, int(self.option("retries"))), backoff=float(self.option("retry_backoff_s")), max_backoff=30.0,
         )
         try:
-            status, raw = retry_call(
-                attempt, policy=policy, what=f"step {self.name!r}",
-                retryable=lambda exc: isinstance(exc, _RetryableAnswer) or is_unavailable(exc),
-                wait_hint=lambda exc: retry_after_seconds(exc.retry_after) if isinstance(exc, _RetryableAnswer) else None,
-            )
-        except RetriesExhausted as exc:
-            if not isinstance(exc.last, _RetryableAnswer):
-                raise HttpStepError(f"{method} {url}: {exc.last}") from exc.last
-            status, raw = exc.last.status, exc.last.raw
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            answer = client.send(method, url, data, headers)
+        except HttpNetworkError as exc:
             raise HttpStepError(f"{method} {url}: {exc}") from exc
+        status, raw = answer.status, answer.body
         ok = status in expect if expect else 200 <= status < 300
         if ok:
             text = raw.decode("utf-8", "replace")

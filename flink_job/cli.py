@@ -350,7 +350,7 @@ def _rest_get(rest: str, path: str) -> Any:
 def job_status(job_id: str, rest: str) -> dict[str, Any]:
     """A job's state from the JobManager's REST API: state, duration, each operator's elements in
     and out, the ``adf_*`` counters while the job runs, and the Python traceback of a failure."""
-    from flink_job.job import python_traceback
+    from flink_job.cluster import python_traceback
 
     job = _rest_get(rest, f"/jobs/{job_id}")
     out: dict[str, Any] = {"job_id": job_id, "name": job.get("name"), "state": job.get("state"),
@@ -387,7 +387,8 @@ def _finished_run(rest: str, job_id: str) -> dict[str, Any]:
     """A finished detached bounded job's run: its file sink's parts joined into the file and its
     counts and dead letters added up, from what the job committed (:func:`flink_job.job.finish_detached`;
     where: the job's parameters). Nothing when the job has no such report."""
-    from flink_job.job import REPORT_KEY, finish_detached
+    from flink_job.cluster import REPORT_KEY
+    from flink_job.report import finish_detached
 
     try:
         config = _rest_get(rest, f"/jobs/{job_id}/config")

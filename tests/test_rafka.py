@@ -24,7 +24,7 @@ import pytest
 import redis
 from adf_runs import children, finish, start_run, wait_for_lines
 
-from core.connectors import rafka
+import core.connectors.rafka.client as rafka
 from core.connectors.memory import MemorySink
 from core.connectors.rafka import (
     Admin,

@@ -66,26 +66,24 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import http.client
 import json
-import logging
 import math
 import os
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from core.attributes import Attribute, at_least_one
 from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavailableError
+from core.http_client import HttpClient, HttpNetworkError, HttpResponse, is_retryable_status
 from core.logs import get_logger, log_event
 from core.record import DeadLetter, Record
 from core.redact import redact_text
-from core.retry import RetriesExhausted, RetryPolicy, retry_after_seconds, retry_call
+from core.retry import retry_after_seconds
 from core.sink import Sink
 from core.source import (
     ReaderBatch,
@@ -305,108 +303,10 @@ def _auth_header(auth: Mapping[str, Any] | None) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------- the client
 
 
-@dataclass
-class _Response:
-    status: int
-    headers: Any
-    body: bytes
-    url: str
-    attempts: int
-
-    def header(self, name: str) -> str | None:
-        value = self.headers.get(name) if self.headers is not None else None
-        return str(value) if value is not None else None
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or status >= 500
-
-
-@dataclass
-class _Client:
-    """Sends requests with the configured headers, auth, timeout and retries."""
-
-    what: str
-    headers: dict[str, str]
-    auth: tuple[str, str] | None
-    timeout: float
-    retries: int
-    backoff: float
-    max_backoff: float
-    sleep: Callable[[float], None] = field(default=time.sleep)
-
-    def send(
-        self, method: str, url: str, data: bytes | None = None, headers: Mapping[str, str] | None = None
-    ) -> _Response:
-        """The final answer after retrying 408/429/5xx and network errors; raises only when the network failed."""
-        shown = redact_text(url)
-        attempts = [0]
-
-        def attempt() -> _Response:
-            attempts[0] += 1
-            req = urllib.request.Request(url, data=data, method=method)
-            for key, value in {**self.headers, **(headers or {})}.items():
-                req.add_header(key, value)
-            if self.auth is not None:
-                req.add_unredirected_header(*self.auth)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return _Response(resp.status, resp.headers, resp.read(), resp.geturl(), attempts[0])
-            except urllib.error.HTTPError as err:
-                with contextlib.closing(err):
-                    body = err.read() if err.fp is not None else b""
-                result = _Response(err.code, err.headers, body, url, attempts[0])
-                if _retryable(result.status):
-                    raise _RetryableAnswer(result) from None
-                return result
-
-        def log(exc: BaseException, attempt: int, wait: float) -> None:
-            if isinstance(exc, _RetryableAnswer):
-                log_event(_log, "request answered a retryable status; retrying", logging.WARNING, what=self.what,
-                          url=shown, status=exc.response.status, attempt=attempt, wait_s=round(wait, 3))
-            else:
-                log_event(_log, "request failed; retrying", logging.WARNING, what=self.what, url=shown,
-                          error=redact_text(str(getattr(exc, "reason", None) or exc)), attempt=attempt,
-                          wait_s=round(wait, 3))
-
-        policy = RetryPolicy(window_s=float("inf"), first_delay_s=self.backoff, max_delay_s=self.max_backoff,
-                             max_attempts=self.retries + 1)
-        try:
-            return retry_call(
-                attempt, policy=policy, what=self.what, on_retry=log, sleep=self.sleep,
-                retryable=lambda exc: isinstance(exc, (_RetryableAnswer, *_NETWORK_ERRORS)),
-                wait_hint=lambda exc: (retry_after_seconds(exc.response.header("Retry-After"))
-                                       if isinstance(exc, _RetryableAnswer) else None),
-            )
-        except RetriesExhausted as exc:
-            if isinstance(exc.last, _RetryableAnswer):
-                return exc.last.response  # the final answer: the caller says what it means
-            reason = getattr(exc.last, "reason", None) or exc.last
-            raise _NetworkError(f"{self.what}: {method} {shown} failed after {exc.attempts} attempt(s): {reason}") from None
-        except _NETWORK_ERRORS as exc:  # pragma: no cover - every network error is retryable
-            raise _NetworkError(f"{self.what}: {method} {shown} failed: {exc}") from None
-
-
-#: what a request raises when the network, not the server, failed
-_NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException)
-
-
-class _RetryableAnswer(Exception):
-    """A 408/429/5xx answer, worth another attempt (``Retry-After`` honoured)."""
-
-    def __init__(self, response: _Response) -> None:
-        super().__init__(f"the server answered {response.status}")
-        self.response = response
-
-
-class _NetworkError(AdfError):
-    """The server could not be reached after every retry."""
-
-
-def _client(what: str, config: Mapping[str, Any], accept: str) -> _Client:
+def _client(what: str, config: Mapping[str, Any], accept: str) -> HttpClient:
     headers = {"User-Agent": _USER_AGENT, "Accept": accept}
     headers.update({str(k): str(v) for k, v in (config.get("headers") or {}).items()})
-    return _Client(
+    return HttpClient(
         what=what,
         headers=headers,
         auth=_auth_header(config.get("auth")),
@@ -617,7 +517,7 @@ class HttpSource(Source):
             return with_params(self.url, {**self._base_params(split), **extra})
         return str(nxt)
 
-    def fetch(self, url: str) -> tuple[_Response, Any]:
+    def fetch(self, url: str) -> tuple[HttpResponse, Any]:
         """GET (or POST) ``url``; the answer and its parsed JSON. Raises :class:`HttpSourceError`."""
         method = self.config["method"]
         body = self.config["body"]
@@ -629,7 +529,7 @@ class HttpSource(Source):
         shown = redact_text(url)
         try:
             resp = self.client.send(method, url, data, headers)
-        except _NetworkError as exc:
+        except HttpNetworkError as exc:
             raise HttpSourceError(str(exc)) from None
         if not 200 <= resp.status < 300:
             tries = f" after {resp.attempts} attempts" if resp.attempts > 1 else ""
@@ -656,7 +556,7 @@ class HttpSource(Source):
             )
         return items
 
-    def next_state(self, split: HttpSplit, nxt: Any, url: str, resp: _Response, doc: Any, items: list[Any]) -> tuple[Any, bool]:
+    def next_state(self, split: HttpSplit, nxt: Any, url: str, resp: HttpResponse, doc: Any, items: list[Any]) -> tuple[Any, bool]:
         """``(next state, ended)`` after the page of state ``nxt``."""
         if split.kind == "pages":
             return int(nxt) + 1, not items or int(nxt) >= split.last
@@ -916,14 +816,14 @@ class HttpSink(Sink):
         shown = redact_text(self.url)
         try:
             resp = self.client.send(self.method, self.url, body, headers)
-        except _NetworkError as exc:
+        except HttpNetworkError as exc:
             raise HttpSinkError(str(exc)) from None
         if 200 <= resp.status < 300:
             return
         snippet = _snippet(resp.body)
         if resp.status in (401, 403):
             raise HttpAuthError(f"{self.method} {shown} answered {resp.status} (check 'auth' and 'headers'): {snippet}")
-        if _retryable(resp.status):
+        if is_retryable_status(resp.status):
             raise HttpSinkError(
                 f"{self.method} {shown} answered {resp.status} after {resp.attempts} attempt(s): {snippet}"
             )

@@ -100,9 +100,7 @@ class Coordinator:
     # -- set-up ------------------------------------------------------------------
 
     def _source(self) -> Source:
-        cls = self.reg.resolve("source", self.spec.source["type"])
-        source: Source = cls({k: v for k, v in self.spec.source.items() if k != "type"})
-        source.run_context = self.run_ctx
+        source: Source = self.reg.build("source", self.spec.source, self.run_ctx)
         return source
 
     def lock(self) -> None:
@@ -390,8 +388,7 @@ class Coordinator:
     def _sink(self) -> Sink | None:
         """The flow's sink as configured (not opened), to describe it; None when it cannot be made."""
         try:
-            cls = self.reg.resolve("sink", self.spec.sink["type"])
-            sink: Sink = cls({k: v for k, v in self.spec.sink.items() if k != "type"})
+            sink: Sink = self.reg.build("sink", self.spec.sink)
             return sink
         except Exception:
             return None

@@ -56,9 +56,7 @@ class DeadLetterWriter:
         self._fd: int | None = None
         self._sink: Sink | None = None
         if spec:
-            cls = reg.resolve("sink", spec.get("type", ""))
-            self._sink = cls({k: v for k, v in spec.items() if k != "type"})
-            self._sink.run_context = run_ctx
+            self._sink = reg.build("sink", spec, run_ctx)
             self.destination = f"sink {self._sink.describe()}"
             self.path: str | None = None
         elif run_dir is None or keep_all:

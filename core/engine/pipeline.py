@@ -38,7 +38,7 @@ def setup_destinations(
     Flink client both call it. A destination that cannot be reached is retried within
     ``runtime.sink_retry``; then :class:`SinkUnavailableError`."""
     if sink is None:
-        sink = reg.resolve("sink", spec.sink["type"])({k: v for k, v in spec.sink.items() if k != "type"})
+        sink = reg.build("sink", spec.sink)
     sink.run_context = run_ctx
     policy = RetryPolicy.from_config(spec.runtime.get("sink_retry"), "runtime.sink_retry")
     dead = DeadLetterWriter(spec.dead_letter, run_ctx, run_dir, reg)
@@ -141,9 +141,7 @@ class Pipeline:
         for step in self.steps:
             step.run_context = run_ctx
         self.routing = any(step.can_route or step.static_next is not None for step in self.steps)
-        sink_cls = reg.resolve("sink", spec.sink["type"])
-        self.sink: Sink = sink_cls({k: v for k, v in spec.sink.items() if k != "type"})
-        self.sink.run_context = run_ctx
+        self.sink: Sink = reg.build("sink", spec.sink, run_ctx)
         self.sink_retry = RetryPolicy.from_config(self.runtime.get("sink_retry"), "runtime.sink_retry")
         self.dead = DeadLetterWriter(spec.dead_letter, run_ctx, run_dir, reg, self.sink_retry)
         self.totals = BatchCounts()

@@ -310,9 +310,7 @@ def _reader_main(
     ctx = RunContext(**{**run_ctx.__dict__, "reader_id": reader_id})
     pipeline = None
     try:
-        cls = registry.resolve("source", spec.source["type"])
-        source: Source = cls({k: v for k, v in spec.source.items() if k != "type"})
-        source.run_context = ctx
+        source: Source = registry.build("source", spec.source, ctx)
         pipeline = Pipeline(spec, ctx, run_dir, registry)
         pipeline.open()
         reader = source.create_reader(_ProcessReaderContext(reader_id, outbox))

@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import MissingExtraError
+from core.ids import utc_now_iso
 from core.logs import get_logger, log_event
 from core.redact import redact_text
 from core.wasm.errors import ModuleIntegrityError, ModuleNotFoundInRegistry, SignatureError
@@ -145,14 +146,10 @@ def version_key(version: str) -> tuple[Any, ...]:
     return (major, minor, patch, 0, parts)
 
 
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _iso(value: Any) -> str:
     """A timestamp as UTC ISO text with milliseconds and ``Z`` (so text order is time order)."""
     if value is None or value == "":
-        return _now_iso()
+        return utc_now_iso()
     when: _dt.datetime | None = None
     if isinstance(value, _dt.datetime):
         when = value
@@ -585,7 +582,7 @@ class ModuleRegistry:
             raise SignatureError(message)
 
         sha = hashlib.sha256(wasm).hexdigest()
-        now = _now_iso()
+        now = utc_now_iso()
         record = ModuleRecord(id=module_id, version=version, sha256=sha, size=len(wasm), permissions=perms,
                               author=author, signed=sig_text is not None, description=description or "",
                               created_at=now, storage_key=f"modules/{module_id}/{version}/{sha}.wasm")
@@ -696,7 +693,7 @@ class ModuleRegistry:
         t = self._t.modules
         with self._engine.begin() as conn:
             conn.execute(sa.update(t).where(t.c.module_id == record.id, t.c.version == record.version)
-                         .values(permissions=_json(perms.to_list()), updated_at=_now_iso()))
+                         .values(permissions=_json(perms.to_list()), updated_at=utc_now_iso()))
         before, after = set(record.permissions.to_list()), set(perms.to_list())
         if before != after:
             self.audit({"event": "permissions_changed", "module_id": record.id, "resource": record.ref,
@@ -719,7 +716,7 @@ class ModuleRegistry:
             found = conn.execute(sa.select(t.c.author).where(t.c.author == author, t.c.fingerprint == fingerprint))
             if found.first() is None:
                 conn.execute(t.insert().values(author=author, fingerprint=fingerprint,
-                                               public_key=base64.b64encode(raw).decode(), added_at=_now_iso()))
+                                               public_key=base64.b64encode(raw).decode(), added_at=utc_now_iso()))
         log_event(_log, "wasm author key registered", author=author, fingerprint=fingerprint[:16])
 
     def authors(self) -> builtins.list[str]:
@@ -770,7 +767,7 @@ class ModuleRegistry:
         try:
             with self._engine.begin() as conn:
                 conn.execute(self._t.alerts.insert().values(
-                    ts=_now_iso(), kind=kind, module_id=module_id, version=version, message=redact_text(message),
+                    ts=utc_now_iso(), kind=kind, module_id=module_id, version=version, message=redact_text(message),
                     detail=_json(detail)))
         except Exception as exc:  # the refusal itself must still happen
             log_event(_log, "could not record a wasm security alert", 40, kind=kind, error=str(exc))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.logs import get_logger
 from core.redact import redact_text
+from core.registry import add_import_path
 from core.state import MemoryStateStore, SqliteStateStore, StateStore
 from handlers.invoke.errors import PublishUnsupported
 
@@ -179,8 +180,7 @@ class LocalHost(FlowHost):
         self._lock = threading.Lock()
         if isinstance(specs, str | os.PathLike):
             self._dir = os.path.abspath(os.fspath(specs))
-            if self._dir not in sys.path:
-                sys.path.append(self._dir)
+            add_import_path(self._dir)
         elif specs is not None:
             self._specs = {name: {"name": name, **dict(spec)} for name, spec in specs.items()}
         self._store = store
