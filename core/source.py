@@ -327,9 +327,12 @@ class StaticSplitEnumerator(SplitEnumerator):
     def discover_splits(self) -> list[Split]:
         """Every split the source has now (called at start and, if unbounded, periodically)."""
 
-    @abc.abstractmethod
+    #: the split type it hands out: :meth:`split_from_dict` rebuilds its checkpoint's splits with it
+    split_class: type[Split] = Split
+
     def split_from_dict(self, data: Mapping[str, Any]) -> Split:
         """Rebuild a split of this source (with its position) from :meth:`Split.to_dict`."""
+        return self.split_class.from_dict(data)
 
     def start(self) -> None:
         if self._checkpoint is not None:
@@ -558,10 +561,14 @@ class Source(Configurable, abc.ABC):
         """A new reader, in the process that will read (a reader process, a Flink subtask). Called
         once per reader; must not read or connect yet (that is ``start`` and ``poll_batch``)."""
 
-    @abc.abstractmethod
+    #: the split type of this source: :meth:`split_from_dict` rebuilds splits with it
+    split_class: type[Split] = Split
+
     def split_from_dict(self, data: Mapping[str, Any]) -> Split:
         """Rebuild a split (with its position) from :meth:`Split.to_dict`: splits travel between
-        processes and into checkpoints as plain data. Must accept every dict ``to_dict`` made."""
+        processes and into checkpoints as plain data. Must accept every dict ``to_dict`` made.
+        By default ``split_class.from_dict``: a source sets ``split_class`` rather than this."""
+        return self.split_class.from_dict(data)
 
     def total_work(self, splits: Sequence[Split]) -> int | None:
         """Total input bytes of ``splits`` when known (drives the progress bar), else None."""

@@ -268,8 +268,7 @@ class FileSplitEnumerator(StaticSplitEnumerator):
         super().__init__(context, checkpoint, unbounded=source.watch)
         self.source = source
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return FileSplit.from_dict(data)
+    split_class = FileSplit
 
     def discover_splits(self) -> list[Split]:
         files = self.source.list_files()
@@ -477,8 +476,7 @@ class FileSource(Source):
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
         return FileSourceReader(context, self)
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return FileSplit.from_dict(data)
+    split_class = FileSplit
 
     def total_work(self, splits: Sequence[Split]) -> int | None:
         return sum(s.remaining_bytes() for s in splits if isinstance(s, FileSplit))

@@ -350,8 +350,7 @@ class _HttpEnumerator(StaticSplitEnumerator):
         super().__init__(context, checkpoint)
         self.source = source
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return HttpSplit.from_dict(data)
+    split_class = HttpSplit
 
     def discover_splits(self) -> list[Split]:
         return list(self.source.plan_splits())
@@ -634,8 +633,7 @@ class HttpSource(Source):
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
         return _HttpReader(context, self)
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return HttpSplit.from_dict(data)
+    split_class = HttpSplit
 
     def describe(self) -> str:
         return f"http {self.config['method']} {redact_text(self.url)}"

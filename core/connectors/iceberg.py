@@ -1093,8 +1093,7 @@ class _IcebergEnumerator(StaticSplitEnumerator):
         finally:
             self._source.release_catalog()  # reader processes open their own
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return IcebergSplit.from_dict(data)
+    split_class = IcebergSplit
 
 
 @dataclass
@@ -1330,8 +1329,7 @@ class IcebergSource(_CatalogUser, Source):
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
         return _IcebergReader(context, self)
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return IcebergSplit.from_dict(data)
+    split_class = IcebergSplit
 
     def total_work(self, splits: Sequence[Split]) -> int | None:
         return sum(s.remaining_bytes() for s in splits if isinstance(s, IcebergSplit))

@@ -95,8 +95,7 @@ class MemoryEnumerator(StaticSplitEnumerator):
     def discover_splits(self) -> list[Split]:
         return [MemorySplit(f"memory-{i}", None, i, self._splits) for i in range(self._splits)]
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return MemorySplit.from_dict(data)
+    split_class = MemorySplit
 
 
 class MemoryReader(SplitReader):
@@ -138,8 +137,7 @@ class MemorySource(Source):
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
         return MemoryReader(context, [dict(r) for r in self.option("records")])
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return MemorySplit.from_dict(data)
+    split_class = MemorySplit
 
     def describe(self) -> str:
         return f"memory ({len(self.option('records'))} records)"
@@ -209,9 +207,6 @@ class _PayloadEnumerator(StaticSplitEnumerator):
     def discover_splits(self) -> list[Split]:
         return [Split("payload-0")]
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return Split.from_dict(data)
-
 
 class _PayloadReader(SplitReader):
     def __init__(self, context: SourceReaderContext, items: list[Any]) -> None:
@@ -269,9 +264,6 @@ class PayloadSource(Source):
 
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
         return _PayloadReader(context, list(self.option("records") or []))
-
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return Split.from_dict(data)
 
     def describe(self) -> str:
         return f"payload ({len(self.option('records') or [])} records)"

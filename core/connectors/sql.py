@@ -716,8 +716,7 @@ class _SqlEnumerator(StaticSplitEnumerator):
         splits, self.upper = self._source.plan_splits()
         return list(splits)
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return SqlRangeSplit.from_dict(data)
+    split_class = SqlRangeSplit
 
     def snapshot_state(self) -> dict[str, Any]:
         state = super().snapshot_state()
@@ -975,8 +974,7 @@ class SqlSource(Source):
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
         return _SqlReader(context, self)
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return SqlRangeSplit.from_dict(data)
+    split_class = SqlRangeSplit
 
     def on_run_success(self) -> None:
         """Save the run's upper cursor bound (incremental mode; a run that read nothing keeps the old one)."""
