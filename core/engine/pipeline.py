@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from core.context import RunContext
@@ -295,36 +294,29 @@ class Pipeline:
             )
 
     def _write(self, records: list[Record], letters: list[DeadLetter], counts: BatchCounts, tracker: OriginTracker) -> None:
+        """Deliver the batch; an error of a kind we cannot tell is retried ``runtime.retries`` times
+        (backoff from ``runtime.retry_backoff_s``, doubling) before the refused records are looked for."""
+        retries = int(self.runtime.get("retries", 3))
+        delay = float(self.runtime.get("retry_backoff_s", 0.1))
+        fail_fast = self.runtime.get("sink_error_policy") == "fail"
+        policy = RetryPolicy(window_s=float("inf"), first_delay_s=delay, max_delay_s=delay * 2 ** max(retries, 0),
+                             jitter=0.0, max_attempts=max(retries, 0) + 1)
+
+        def log(exc: BaseException, attempt: int, wait: float) -> None:
+            log_event(_log, "sink write failed; retrying", logging.WARNING, attempt=attempt, retries=retries,
+                      error=redact_text(f"{type(exc).__name__}: {exc}"))
+
         try:
-            self._deliver(records)
+            retry_call(lambda: self._deliver(records), policy=policy, what=f"sink {self._sink_name}", on_retry=log,
+                       retryable=lambda exc: not fail_fast and _sink_error_kind(exc) == "unknown")
             counts.records_out += len(records)
             return
+        except RetriesExhausted as exc:
+            error: BaseException = exc.last
         except Exception as exc:
-            error: Exception = exc
-        kind = _sink_error_kind(error)
-        if kind == "fatal" or self.runtime.get("sink_error_policy") == "fail":
+            error = exc
+        if _sink_error_kind(error) == "fatal" or fail_fast:
             raise error
-        if kind == "unknown":
-            # A reason we cannot tell: a few retries of the whole batch before looking for bad records.
-            retries = int(self.runtime.get("retries", 3))
-            delay = float(self.runtime.get("retry_backoff_s", 0.1))
-            for attempt in range(retries):
-                log_event(
-                    _log, "sink write failed; retrying", logging.WARNING,
-                    attempt=attempt + 1, retries=retries, error=redact_text(f"{type(error).__name__}: {error}"),
-                )
-                time.sleep(delay * (2**attempt))
-                try:
-                    self._deliver(records)
-                    counts.records_out += len(records)
-                    return
-                except Exception as exc:
-                    error = exc
-                kind = _sink_error_kind(error)
-                if kind == "fatal":
-                    raise error
-                if kind == "record":
-                    break
         self._isolate(records, error, letters, counts, tracker)
 
     def _isolate(
