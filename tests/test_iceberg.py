@@ -612,7 +612,7 @@ def test_two_writer_processes_commit_to_one_table(tmp_path: Path) -> None:
 
 
 def test_a_split_resumes_across_arrow_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.connectors import iceberg
+    from core.connectors.iceberg import source as iceberg
 
     real = iceberg._record_batches
 
