@@ -20,6 +20,9 @@ Example:
 >>> schema = Schema.from_spec({"id": "integer", "paid": "boolean", "day": "date"})
 >>> schema.validate({"id": "42", "paid": "yes", "day": "20240131", "note": "kept"})
 {'id': 42, 'paid': True, 'day': '2024-01-31', 'note': 'kept'}
+
+The field types, their coercions and the three ways to declare a schema are one table of rules
+kept together (a type's parser beside its name), which is why this file is longer than most.
 """
 
 from __future__ import annotations

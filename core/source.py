@@ -14,6 +14,10 @@ The pieces and who owns what:
   context.
 
 A :class:`Source` is the factory of both: a pure factory, it holds no run state.
+
+The file is one contract and is read as one: the interfaces with their contract docstrings,
+the two base classes that do the bookkeeping (:class:`StaticSplitEnumerator`,
+:class:`SplitReader`) and the in-process contexts; that is why it is a little over 600 lines.
 """
 
 from __future__ import annotations
