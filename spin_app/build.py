@@ -338,8 +338,9 @@ def _stage(stage: Path, bundle: str, modules: Mapping[str, Path] | None = None) 
     _copy_tree(ROOT / "core", stage / "core")
     _copy_tree(ROOT / "handlers", stage / "handlers")
     _copy_tree(ROOT / "spin_app", stage / "spin_app")
-    for name in ("host.py", "build.py", "strip.py"):  # host-side modules, never in a component
+    for name in ("host.py", "wasi_host.py", "build.py", "strip.py"):  # host-side modules, never in a component
         (stage / "spin_app" / name).unlink(missing_ok=True)
+    shutil.rmtree(stage / "spin_app" / "local_host", ignore_errors=True)  # the local Spin host (wasmtime)
     (stage / "spin_app" / "_bundle.py").write_text(bundle, encoding="utf-8")
     shutil.copytree(_spin_sdk_dir(), stage / "spin_sdk", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     wit = stage.parent / "wit"
