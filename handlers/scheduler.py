@@ -3,7 +3,8 @@
 The HTTP heartbeat (:mod:`handlers.http`), ``adf heartbeat`` from cron, and later Lambda's
 EventBridge schedule and Spin's cron trigger all call :func:`tick`; ``adf worker`` runs a
 :class:`Worker`; "trigger now" (API, CLI) calls :func:`trigger_run`. They share one path
-to the engine, :func:`execute_run`.
+from a claimed run to the engine, :func:`execute_run`; a host that resolves and runs flows
+its own way (:func:`handlers.invoke.cron.host_executor`) gives it its :data:`FlowRunner`.
 
 A tick::
 
@@ -44,18 +45,18 @@ import os
 import signal
 import socket
 import threading
-import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.ids import new_id
 from core.logs import get_logger, log_event
 from core.redact import redact_text
-from core.retry import RetriesExhausted, is_unavailable, retry_call
-from core.retry import RetryPolicy as Backoff
+from core.retry import RetriesExhausted
+from handlers.schedule.leases import LeaseKeeper, durable_write
 from handlers.schedule.store import (
+    FlowRecord,
     RetryPolicy,
     RunOutcome,
     RunRecord,
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MODES",
     "Executor",
+    "FlowRunner",
     "HeartbeatResult",
     "StopEvent",
     "Worker",
@@ -79,9 +81,12 @@ __all__ = [
     "engine_run_id",
     "execute_run",
     "load_scheduled_flow",
+    "outcome_from_exception",
     "outcome_from_summary",
     "record_outcome",
     "retry_policy",
+    "run_on_runtime",
+    "scheduled_spec",
     "tick",
     "trigger_run",
 ]
@@ -93,12 +98,15 @@ OUTCOME_STATUS = {"success": "success", "partial": "partial", "stopped": "succes
 #: How many dead-letter reasons a partial run's message names.
 _REASONS_SHOWN = 3
 
-T = TypeVar("T")
-
 _log = get_logger("scheduler")
 
 #: Runs one claimed run to its end: ``executor(store, run, settings, worker_id=...)``.
 Executor = Callable[..., RunRecord]
+#: Runs a scheduled flow the way a host does: ``runner(flow, run_id, settings)`` — the flow
+#: as the store holds it now (:func:`scheduled_spec` is its spec), the engine run id to run
+#: under, the heartbeat's settings — and returns the engine's
+#: :class:`~core.engine.RunSummary`; it may raise (the run is then recorded failed).
+FlowRunner = Callable[[FlowRecord, str, Settings], Any]
 
 
 class StopEvent(Protocol):
@@ -136,20 +144,6 @@ def engine_run_id(run: RunRecord) -> str:
     return f"run-{run.id}-{new_id(8)}"
 
 
-def durable_write(
-    call: Callable[[], T], *, what: str, window_s: float, sleep: Callable[[float], None] = time.sleep
-) -> T:
-    """``call()`` — a write to the schedule store — retried while the database cannot be
-    reached (:func:`core.retry.is_unavailable`: a dropped or refused connection, a server
-    shutting down, a locked SQLite file) for at most ``window_s`` seconds. A dropped pooled
-    connection is replaced on the next try, so one lost connection costs one quick retry.
-    Raises :class:`core.retry.RetriesExhausted` when the window runs out, any other error at once.
-    ``call`` must be safe to repeat: a write whose commit was lost with its connection may
-    have been applied."""
-    policy = Backoff(window_s=max(window_s, 0.0), first_delay_s=0.1, max_delay_s=max(min(window_s / 4.0, 5.0), 0.1))
-    return retry_call(call, policy=policy, retryable=is_unavailable, what=what, sleep=sleep)
-
-
 @dataclass
 class HeartbeatResult:
     """What one tick did. ``flows_due``: due flows it found (including those skipped because
@@ -175,81 +169,6 @@ class HeartbeatResult:
             "run_ids": list(self.run_ids),
             "timestamp": self.timestamp,
         }
-
-
-# --------------------------------------------------------------------------- leases
-
-
-class _Stopped(Exception):
-    """The lease keeper was stopped while it waited to retry."""
-
-
-class _LeaseKeeper:
-    """Renews the leases of ``run_ids`` every ``lease_seconds / 3`` in a daemon thread; a
-    renewal that meets a dropped connection is retried until the next one is due."""
-
-    def __init__(self, store: ScheduleStore, worker_id: str, lease_seconds: float, run_ids: Iterable[int]) -> None:
-        self.store = store
-        self.worker_id = worker_id
-        self.lease_seconds = lease_seconds
-        self.lost: set[int] = set()
-        self._ids = set(run_ids)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"adf-lease-{worker_id}", daemon=True)
-
-    def __enter__(self) -> _LeaseKeeper:
-        if self._ids:
-            try:
-                self._thread.start()
-            except RuntimeError:  # no threads (a WebAssembly component): runs finish within one lease
-                pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def discard(self, run_id: int) -> None:
-        with self._lock:
-            self._ids.discard(run_id)
-
-    def _loop(self) -> None:
-        interval = max(self.lease_seconds / 3.0, 0.05)
-        # The first renewal comes at once: a claimed run's lease counts from its claim, and a
-        # slow claim (a busy database) may have used most of it before this thread starts.
-        while True:
-            with self._lock:
-                ids = set(self._ids)
-            if ids:
-                self._renew(ids)
-            if self._stop.wait(interval):
-                return
-
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise _Stopped
-
-    def _renew(self, ids: set[int]) -> None:
-        try:
-            held = durable_write(
-                lambda: self.store.renew_leases(ids, self.worker_id, lease_seconds=self.lease_seconds),
-                what="renewing leases", window_s=self.lease_seconds / 3.0, sleep=self._sleep,
-            )
-        except _Stopped:
-            return
-        except Exception as exc:  # the database is still away: try again at the next interval
-            log_event(_log, "lease renewal failed", logging.WARNING, worker_id=self.worker_id,
-                      error=redact_text(f"{type(exc).__name__}: {exc}"))
-            return
-        lost = ids - held
-        if lost:
-            with self._lock:
-                self._ids -= lost
-            self.lost |= lost
-            log_event(_log, "lease lost: the run was expired and handed to another attempt", logging.WARNING,
-                      worker_id=self.worker_id, run_ids=sorted(lost))
 
 
 # --------------------------------------------------------------------------- one run
@@ -293,6 +212,21 @@ def outcome_from_summary(summary: Any) -> RunOutcome:
     return outcome
 
 
+def scheduled_spec(flow: FlowRecord) -> dict[str, Any]:
+    """The spec of a scheduled flow as the schedule store holds it: its configuration, named
+    after the flow unless the configuration names itself."""
+    spec = dict(flow.configuration)
+    spec.setdefault("name", flow.name)
+    return spec
+
+
+def _load(flow: FlowRecord, settings: Settings, *, use_store: bool) -> LoadedFlow:
+    from core.loader import load_flow
+
+    state_layer = ("default", {"runtime": {"state_dir": settings.state_dir}}, "heartbeat settings (ADF_STATE_DIR)")
+    return load_flow(scheduled_spec(flow), extra=[state_layer], use_store=use_store)
+
+
 def load_scheduled_flow(
     store: ScheduleStore, flow_name: str, settings: Settings, *, use_store: bool = True
 ) -> LoadedFlow:
@@ -316,49 +250,49 @@ def load_scheduled_flow(
             if loaded.store is not None:
                 loaded.store.close()
     """
-    from core.loader import load_flow
-
-    flow = store.get_flow(flow_name)
-    spec = dict(flow.configuration)
-    spec.setdefault("name", flow.name)
-    state_layer = ("default", {"runtime": {"state_dir": settings.state_dir}}, "heartbeat settings (ADF_STATE_DIR)")
-    return load_flow(spec, extra=[state_layer], use_store=use_store)
+    return _load(store.get_flow(flow_name), settings, use_store=use_store)
 
 
-def _run_flow(store: ScheduleStore, run: RunRecord, settings: Settings, run_id: str | None = None) -> RunOutcome:
-    """Load the flow's latest configuration (:func:`load_scheduled_flow`), run it on its
-    runtime (engine run id ``run_id``, default :func:`engine_run_id`), and say how it went."""
-    from core.runtime import run as run_on_runtime
+def run_on_runtime(flow: FlowRecord, run_id: str, settings: Settings) -> Any:
+    """The heartbeat's :data:`FlowRunner`: the flow resolved through every configuration
+    layer as :func:`load_scheduled_flow` does, run on its runtime (:func:`core.runtime.run`)
+    with its state store, which is closed afterwards."""
+    from core.runtime import run as run_on
 
-    loaded = None
+    loaded = _load(flow, settings, use_store=True)
     try:
-        loaded = load_scheduled_flow(store, run.flow_name, settings)
-        summary = run_on_runtime(
-            loaded.spec, state_dir=settings.state_dir, run_id=run_id or engine_run_id(run), store=loaded.store
-        )
-    except Exception as exc:  # an invalid spec, a missing flow, a runtime that raised
-        return outcome_from_exception(exc)
+        return run_on(loaded.spec, state_dir=settings.state_dir, run_id=run_id, store=loaded.store)
     finally:
-        if loaded is not None and loaded.store is not None:
+        if loaded.store is not None:
             try:
                 loaded.store.close()
             except Exception as exc:
                 log_event(_log, "closing the flow's state store failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
-    return outcome_from_summary(summary)
 
 
-def execute_run(store: ScheduleStore, run: RunRecord, settings: Settings, *, worker_id: str) -> RunRecord:
-    """Execute a run leased to ``worker_id`` and record how it ended.
+def execute_run(
+    store: ScheduleStore,
+    run: RunRecord,
+    settings: Settings,
+    *,
+    worker_id: str,
+    runner: FlowRunner = run_on_runtime,
+    threads: bool = True,
+) -> RunRecord:
+    """Execute a run leased to ``worker_id`` and record how it ended: the one path from a
+    claimed run to a flow run, whatever the host.
 
-    The flow's configuration is read from the store now (an update is applied on the next
-    run), resolved by :func:`load_scheduled_flow` and run with
-    :func:`core.runtime.run` (engine run id :func:`engine_run_id`, recorded when the run
-    starts, or the id of the flow's unfinished checkpoint, which the engine resumes). The
-    lease is renewed in the background while it runs. A failure — a failed summary, or an
-    exception while loading — is recorded as ``failed`` with its error and backtrace
-    (secrets redacted); it is never raised. The outcome is written by :func:`record_outcome`.
-    Returns the finished run (or the run as it stands when its lease was lost before it
-    started, or when its outcome could not be written).
+    The run starts with its lease (engine run id :func:`engine_run_id`, recorded when the
+    run starts — the engine may instead resume the flow's unfinished checkpoint under its
+    own id). The flow's configuration is read from the store now (an update is applied on
+    the next run) and handed to ``runner`` — the host's layers and the host's way of running
+    a flow; by default :func:`run_on_runtime`, the heartbeat's. With ``threads`` the lease
+    is renewed in the background while the flow runs; without (a host that has no threads,
+    such as a WebAssembly component) the run must end within its lease. A failure — a
+    failed summary, or an exception while loading — is recorded as ``failed`` with its
+    error and backtrace (secrets redacted); it is never raised. The outcome is written by
+    :func:`record_outcome`. Returns the finished run (or the run as it stands when its lease
+    was lost before it started, or when its outcome could not be written).
     """
     run_id = engine_run_id(run)
     started = durable_write(
@@ -370,8 +304,13 @@ def execute_run(store: ScheduleStore, run: RunRecord, settings: Settings, *, wor
         return store.get_run(run.id)
     log_event(_log, "run started", run=run.id, flow=run.flow_name, attempt=run.attempt, worker_id=worker_id,
               engine_run_id=run_id)
-    with _LeaseKeeper(store, worker_id, settings.lease_seconds, [run.id]):
-        outcome = _run_flow(store, started, settings, run_id)
+    with LeaseKeeper(store, worker_id, settings.lease_seconds, [run.id] if threads else []):
+        try:
+            summary = runner(store.get_flow(run.flow_name), run_id, settings)
+        except Exception as exc:  # an invalid spec, a missing flow, a runtime that raised
+            outcome = outcome_from_exception(exc)
+        else:
+            outcome = outcome_from_summary(summary)
     return record_outcome(store, started, outcome, settings, worker_id=worker_id)
 
 
@@ -485,7 +424,7 @@ def tick(
                 finished.append(_record_crash(store, run, exc))
 
         # Runs waiting their turn keep their leases, or another heartbeat would retry them.
-        with _LeaseKeeper(store, worker_id, settings.lease_seconds, result.run_ids) as keeper:
+        with LeaseKeeper(store, worker_id, settings.lease_seconds, result.run_ids) as keeper:
             for run in claim.runs:
                 keeper.discard(run.id)  # execute_run renews its own run's lease
                 run_one(run)

@@ -16,38 +16,26 @@ from handlers.invoke.host import FlowHost
 from handlers.invoke.run import execute_flow, prepare
 
 if TYPE_CHECKING:
-    from handlers.schedule.store import RunRecord, ScheduleStore
+    from handlers.schedule.store import FlowRecord, RunRecord, ScheduleStore
     from handlers.settings import Settings
 
 __all__ = ["handle_cron", "host_executor"]
 
 
-
 def host_executor(host: FlowHost) -> Callable[..., RunRecord]:
     """A :data:`handlers.scheduler.Executor` that runs claimed runs with the host's layers,
-    store and ``persist`` (the flow's spec is the one in the schedule store). The run's
-    start, its engine run id and the record of its outcome are the heartbeat's own
-    (:func:`handlers.scheduler.engine_run_id`, :func:`~handlers.scheduler.outcome_from_summary`,
-    :func:`~handlers.scheduler.record_outcome`). It starts no threads, so it runs inside a component."""
+    store and ``persist`` (the flow's spec is the one in the schedule store): the heartbeat's
+    :func:`handlers.scheduler.execute_run` — its start with the lease, its engine run id,
+    the record of its outcome — with this host's way of running a flow. It starts no
+    threads, so it runs inside a component."""
     from handlers import scheduler
 
+    def run_on_host(flow: FlowRecord, run_id: str, settings: Settings) -> Any:
+        prepared = prepare(host, flow.name, scheduler.scheduled_spec(flow), None, None, None, run_id)
+        return execute_flow(host, prepared).summary
+
     def execute(store: ScheduleStore, run: RunRecord, settings: Settings, *, worker_id: str) -> RunRecord:
-        run_id = scheduler.engine_run_id(run)
-        started = scheduler.durable_write(
-            lambda: store.start_run(run.id, worker_id, lease_seconds=settings.lease_seconds, engine_run_id=run_id),
-            what=f"starting run {run.id}", window_s=settings.lease_seconds,
-        )
-        if started is None:
-            return store.get_run(run.id)
-        try:
-            flow = store.get_flow(run.flow_name)
-            raw = dict(flow.configuration)
-            raw.setdefault("name", flow.name)
-            prepared = prepare(host, flow.name, raw, None, None, None, run_id)
-            outcome = scheduler.outcome_from_summary(execute_flow(host, prepared).summary)
-        except Exception as exc:
-            outcome = scheduler.outcome_from_exception(exc)
-        return scheduler.record_outcome(store, started, outcome, settings, worker_id=worker_id)
+        return scheduler.execute_run(store, run, settings, worker_id=worker_id, runner=run_on_host, threads=False)
 
     return execute
 
