@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from core.errors import MissingExtraError
 from core.ids import utc_now_iso
 from core.redact import redact_text
+from core.service_db import service_engine
 from core.wasm.permissions import PermissionSet
 
 __all__ = [
@@ -49,7 +49,6 @@ MODULE_ID_MAX = 128
 #: ``MAJOR.MINOR.PATCH`` with an optional ``-pre.release``
 VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?")
 VERSION_MAX = 64
-_SQLITE_BUSY_TIMEOUT = 30
 
 
 # --------------------------------------------------------------------------- records
@@ -184,32 +183,11 @@ def sqlalchemy_module() -> Any:
 
 def make_engine(url: str) -> Any:
     """A SQLAlchemy engine for the registry database at ``url``."""
-    from core.connectors.sql import begin_immediate, normalise_url
+    from core.connectors.sql import begin_immediate
 
-    sa = sqlalchemy_module()
-    url = normalise_url(url)
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ValueError(f"invalid database URL {redact_text(url)!r}: {redact_text(str(exc))}") from None
-    backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {}
-    if backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
-        database = parsed.database
-        if not database or database == ":memory:":
-            kwargs["poolclass"] = sa.pool.StaticPool
-        elif not database.startswith("file:"):
-            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-    try:
-        engine = sa.create_engine(parsed, **kwargs)
-    except ImportError as exc:
-        extra = "postgres" if backend == "postgresql" else "wasm"
-        raise MissingExtraError(exc.name or str(exc), extra, f"{_WHAT} ({backend})") from exc
-    except sa.exc.ArgumentError as exc:
-        raise ValueError(f"invalid database URL {redact_text(url)!r}: {redact_text(str(exc))}") from None
-    if backend == "sqlite":
-        begin_immediate(sa, engine)  # writers queue up instead of failing with "database is locked"
+    engine = service_engine(url, what=_WHAT, extra="wasm")
+    if engine.dialect.name == "sqlite":
+        begin_immediate(sqlalchemy_module(), engine)  # writers queue up instead of failing with "database is locked"
     return engine
 
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from core.connectors.sql import normalise_url
 from core.errors import MissingExtraError
 from core.redact import redact_text
+from core.service_db import service_engine
 from handlers.schedule.dialects import SQLITE, Dialect, dialect_named
 from handlers.schedule.policy import PortScheduleStore
 from handlers.schedule.store import as_utc
@@ -73,7 +74,6 @@ __all__ = [
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 #: ``pg_advisory_lock`` key held while migrating (a stable 32-bit number).
 ADVISORY_LOCK_KEY = zlib.crc32(b"active_data_flow.schedule.migrations")
-_SQLITE_BUSY_TIMEOUT = 30
 #: A pooled PostgreSQL connection idle this long is pinged before use.
 _PING_AFTER_IDLE = 5.0
 _WHAT = "the heartbeat schedule store"
@@ -104,27 +104,8 @@ def _import_alembic() -> Any:
 def _make_engine(url: str) -> Engine:
     """An engine for ``url`` (``postgresql://`` means psycopg 3); clear errors for missing packages."""
     sa = _import_sqlalchemy()
-    url = normalise_url(url)
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ValueError(f"invalid database URL {redact_text(url)!r}: {redact_text(str(exc))}") from None
-    backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {}
-    if backend == "sqlite":
-        database = parsed.database
-        kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
-        if not database or database == ":memory:":
-            kwargs["poolclass"] = sa.pool.StaticPool  # one shared in-memory database
-        elif not database.startswith("file:"):
-            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-    try:
-        engine: Engine = sa.create_engine(parsed, **kwargs)
-    except ImportError as exc:
-        extra = "postgres" if backend == "postgresql" else "web"
-        raise MissingExtraError(exc.name or str(exc), extra, f"{_WHAT} ({backend})") from exc
-    except sa.exc.ArgumentError as exc:
-        raise ValueError(f"invalid database URL {redact_text(url)!r}: {redact_text(str(exc))}") from None
+    engine: Engine = service_engine(url, what=_WHAT, extra="web")
+    backend = engine.dialect.name
     if backend == "postgresql":
         _ping_idle_connections(sa, engine)
     if backend == "sqlite":
