@@ -15,6 +15,10 @@ import this layer). Standard library only at module level; the build imports
 Exit codes: 0 success; 1 a build failed or ``manifest --check`` found drift; 2 invalid input (a
 manifest, a flow that cannot run inside Spin, a command line); 127 a required tool (the ``spin``
 CLI, componentize-py) is not installed. ``up``/``deploy`` return ``spin``'s own exit code.
+
+The module is longer than most (the command line of every ``adf spin`` verb and the starter
+project ``init`` writes); the work itself lives in :mod:`spin_app.build`, :mod:`spin_app.manifest`
+and :mod:`spin_app.local_host`.
 """
 
 from __future__ import annotations
