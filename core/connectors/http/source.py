@@ -1,90 +1,37 @@
-"""HTTP source and sink: JSON APIs over ``http://`` / ``https://`` with the standard library.
+"""The ``http`` source: records from a paginated JSON API, in page splits when the total is known.
 
-``http`` source
-    ``{type: http, url: https://api.example.com/orders, records_path: data.items,
-    pagination: {type: next_link, path: links.next}}`` — each response must be JSON;
-    ``records_path`` is the dotted path of the records list in it (``""``: the body is the
-    list; a number in a path indexes a list). A response that is not JSON, or whose
-    ``records_path`` is not a list, fails the run with :class:`HttpSourceError` (a
-    misconfiguration); an element of the list that is not an object becomes a dead letter.
-
-    Pagination kinds (``pagination.type``):
-
-    * ``next_link`` — the next page's URL is at ``path`` in the body (default ``links.next``;
-      relative URLs are resolved against the request); stops when it is missing or empty;
-    * ``link_header`` — the next page's URL is the ``Link: <…>; rel="next"`` header;
-    * ``page`` — ``param`` (default ``page``) counts from ``start`` (default 1), with
-      ``size_param``/``size`` sent when set; stops at an empty page;
-    * ``offset`` — ``param`` (default ``offset``) from ``start`` (default 0) moved by the
-      number of records received, ``limit_param``/``limit`` (default ``limit``/100); stops at
-      an empty page;
-    * ``cursor`` — the next cursor is at ``path`` (default ``meta.next_cursor``) and sent
-      as ``param`` (default ``cursor``); stops when the cursor is missing, unchanged, or
-      the page is empty.
-
-    Splits: for ``page`` and ``offset`` with ``total_path`` (the total number of records in
-    the first response) or ``total_pages_path``, the enumerator fetches the first page
-    once, and makes one split per ``pages_per_split`` pages (default 1), so parallel
-    readers fetch different pages. Otherwise the source is one sequential split. A split's
-    position is ``{"next": <next URL | page | offset | cursor | page index>, "skip":
-    <records of that page already read>, "pages": <pages read>, "value": <incremental
-    value>}``, so a resumed run continues with the page it stopped in.
-
-    ``incremental: {param: since, path_in_record: updated_at}`` remembers the largest
-    ``path_in_record`` value read by a successful run in the flow's state store (key
-    ``http_cursor/<flow>/<hash of url>``); the next run sends it as ``param`` on every
-    request. With ``pagination.type: cursor`` and no ``path_in_record``, the last cursor
-    received is remembered instead and the next run starts from it.
-
-    429, 408 and 5xx answers and network errors are retried ``retries`` times with
-    exponential backoff (``retry_backoff_s`` doubled each time, at most ``max_backoff_s``);
-    a ``Retry-After`` header (seconds or an HTTP date) replaces the computed wait, capped
-    the same way.
-
-``http`` sink
-    ``{type: http, url: …, method: POST, batch_size: 100, format: json_array}`` — one
-    request per ``batch_size`` records, the body a JSON array, NDJSON, or one object per
-    request (``single``). Each request carries ``Idempotency-Key`` (the header named by
-    ``idempotency_key_header``; ``""`` turns it off): a hash of the run id and the body, so
-    a retried request carries the same key. 429/408/5xx are retried like the source, then
-    fail the run (:class:`HttpSinkError`; the checkpoint lets the next run resume); 401 and
-    403 fail the run at once (:class:`HttpAuthError`: credentials are a configuration
-    matter). Any other 4xx raises :class:`HttpRejected`, a
-    :class:`~core.errors.RecordValidationError`: the engine then writes the batch's records
-    one by one and dead-letters those the server refuses, with the status and the body of
-    the answer. Records of the batch that the server already took are not sent again
-    while the engine isolates the refused ones.
-
-``auth`` (both): ``{type: bearer, token: …}``, ``{type: basic, username: …, password: …}``
-or ``{type: header, name: X-Api-Key, value: …}``. ``auth`` and ``headers`` are secret
-attributes: redacted in logs, run records and ``adf config explain``. Credentials are
-not sent again after a redirect.
+:class:`HttpSource` builds each page's request and reads its answer (the pagination kinds of
+:mod:`core.connectors.http.paging`), plans the splits and keeps the incremental value; its
+reader hands out a page's records over as many polls as they need.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from core.attributes import Attribute, at_least_one
-from core.errors import AdfError, ConfigError, RecordValidationError, SinkUnavailableError
-from core.http_client import HttpClient, HttpNetworkError, HttpResponse, is_retryable_status
+from core.connectors.http.common import COMMON_ATTRIBUTES, answer_snippet, check_url, make_client
+from core.connectors.http.paging import (
+    PAGINATION_KEYS,
+    check_pagination,
+    json_path,
+    parse_link_header,
+    with_params,
+)
+from core.errors import AdfError, ConfigError
+from core.http_client import HttpNetworkError, HttpResponse
 from core.logs import get_logger, log_event
 from core.record import DeadLetter, Record
 from core.redact import redact_text
-from core.retry import retry_after_seconds
-from core.sink import Sink
 from core.source import (
     ReaderBatch,
     ReaderStatus,
@@ -98,128 +45,15 @@ from core.source import (
     StaticSplitEnumerator,
 )
 
-__all__ = [
-    "HttpAuthError",
-    "HttpRejected",
-    "HttpSink",
-    "HttpSinkError",
-    "HttpSource",
-    "HttpSourceError",
-    "HttpSplit",
-    "json_path",
-    "parse_link_header",
-    "retry_after_seconds",
-]
-
 _log = get_logger("connectors.http")
 
-_USER_AGENT = "active-data-flow/0.1"
-_PAGINATION_KEYS: dict[str, dict[str, Any]] = {
-    "next_link": {"path": "links.next"},
-    "link_header": {},
-    "page": {
-        "param": "page", "start": 1, "size_param": None, "size": None,
-        "total_path": None, "total_pages_path": None, "pages_per_split": 1,
-    },
-    "offset": {
-        "param": "offset", "start": 0, "limit_param": "limit", "limit": 100,
-        "total_path": None, "total_pages_path": None, "pages_per_split": 1,
-    },
-    "cursor": {"param": "cursor", "path": "meta.next_cursor"},
-}
-_AUTH_KEYS = {"bearer": ("token",), "basic": ("username", "password"), "header": ("name", "value")}
 _INCREMENTAL_KEYS = ("param", "path_in_record", "initial")
 _MISSING: Any = object()
-_SNIPPET = 500
 
 
 class HttpSourceError(AdfError):
     """The API answered something the source cannot read (an error status, not JSON, no records list)."""
 
-
-class HttpSinkError(SinkUnavailableError):
-    """The sink's server kept failing (5xx/429/network) after every retry: the run fails and can resume."""
-
-
-class HttpAuthError(SinkUnavailableError):
-    """401/403: the credentials are wrong, for every record alike; the run fails."""
-
-
-class HttpRejected(RecordValidationError):
-    """The server refused the records of a request (a 4xx other than 401/403/408/429).
-
-    ``status`` and ``body`` are the answer's; the engine dead-letters each refused record
-    with this message.
-    """
-
-    def __init__(self, method: str, url: str, status: int, body: str) -> None:
-        self.status = status
-        self.body = body
-        self.field = "(request)"
-        self.reason = f"{method} {url} answered {status}: {body}"
-        Exception.__init__(self, self.reason)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def json_path(doc: Any, path: str | None, default: Any = None) -> Any:
-    """The value at dotted ``path`` in ``doc`` (``""``/None: ``doc`` itself); numbers index lists."""
-    if not path:
-        return doc
-    cur = doc
-    for part in path.split("."):
-        if isinstance(cur, Mapping):
-            if part not in cur:
-                return default
-            cur = cur[part]
-        elif isinstance(cur, list) and re.fullmatch(r"-?\d+", part):
-            i = int(part)
-            if not -len(cur) <= i < len(cur):
-                return default
-            cur = cur[i]
-        else:
-            return default
-    return cur
-
-
-_LINK_RE = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]+)*)")
-
-
-def parse_link_header(value: str | None) -> dict[str, str]:
-    """``{rel: url}`` of an RFC 8288 ``Link`` header (``<u1>; rel="next", <u2>; rel="last"``)."""
-    out: dict[str, str] = {}
-    if not value:
-        return out
-    for match in _LINK_RE.finditer(value):
-        url, params = match.group(1).strip(), match.group(2)
-        for param in params.split(";"):
-            name, _, raw = param.strip().partition("=")
-            if name.strip().lower() == "rel":
-                for rel in raw.strip().strip('"').split():
-                    out.setdefault(rel.lower(), url)
-    return out
-
-
-def with_params(url: str, params: Mapping[str, Any]) -> str:
-    """``url`` with the query parameters ``params`` set (replacing ones of the same name; None values dropped)."""
-    if not params:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k not in params]
-    for key, value in params.items():
-        if value is None:
-            continue
-        query.append((str(key), _param_text(value)))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping | list):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
 
 
 def _later(a: Any, b: Any) -> Any:
@@ -234,51 +68,6 @@ def _later(a: Any, b: Any) -> Any:
         return b if str(b) > str(a) else a
 
 
-def _snippet(raw: bytes) -> str:
-    text = raw[:_SNIPPET].decode("utf-8", "replace").strip()
-    return text + ("…" if len(raw) > _SNIPPET else "")
-
-
-def _check_url(value: Any) -> str | None:
-    return None if str(value).startswith(("http://", "https://")) else f"{value!r} must start with http:// or https://"
-
-
-def _check_nonneg(value: Any) -> str | None:
-    return None if value >= 0 else f"must be 0 or more, got {value}"
-
-
-
-
-def _check_auth(value: Any) -> str | None:
-    kind = value.get("type")
-    if kind not in _AUTH_KEYS:
-        return f"'type' must be one of {', '.join(_AUTH_KEYS)}, got {kind!r}"
-    need = _AUTH_KEYS[kind]
-    unknown = sorted(set(value) - {"type", *need})
-    if unknown:
-        return f"unknown key(s) {', '.join(map(repr, unknown))} for {kind} (accepted: {', '.join(need)})"
-    missing = [k for k in need if value.get(k) in (None, "")]
-    if missing:
-        return f"{kind} needs {', '.join(map(repr, missing))}"
-    return None
-
-
-def _check_pagination(value: Any) -> str | None:
-    kind = value.get("type")
-    if kind not in _PAGINATION_KEYS:
-        return f"'type' must be one of {', '.join(_PAGINATION_KEYS)}, got {kind!r}"
-    accepted = _PAGINATION_KEYS[kind]
-    unknown = sorted(set(value) - {"type", *accepted})
-    if unknown:
-        return f"unknown key(s) {', '.join(map(repr, unknown))} for {kind} (accepted: {', '.join(accepted) or 'none'})"
-    for key in ("start", "size", "limit", "pages_per_split"):
-        if key in value and value[key] is not None and (not isinstance(value[key], int) or isinstance(value[key], bool)):
-            return f"{key!r} must be an integer"
-    if value.get("total_path") and value.get("total_pages_path"):
-        return "give 'total_path' or 'total_pages_path', not both"
-    return None
-
-
 def _check_incremental(value: Any) -> str | None:
     unknown = sorted(set(value) - set(_INCREMENTAL_KEYS))
     if unknown:
@@ -286,49 +75,6 @@ def _check_incremental(value: Any) -> str | None:
     if value.get("path_in_record") and not value.get("param"):
         return "'param' (the query parameter that carries the remembered value) is required with 'path_in_record'"
     return None
-
-
-def _auth_header(auth: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    if not auth:
-        return None
-    kind = auth["type"]
-    if kind == "bearer":
-        return "Authorization", f"Bearer {auth['token']}"
-    if kind == "basic":
-        raw = f"{auth['username']}:{auth['password']}".encode()
-        return "Authorization", "Basic " + base64.b64encode(raw).decode("ascii")
-    return str(auth["name"]), str(auth["value"])
-
-
-# --------------------------------------------------------------------------- the client
-
-
-def _client(what: str, config: Mapping[str, Any], accept: str) -> HttpClient:
-    headers = {"User-Agent": _USER_AGENT, "Accept": accept}
-    headers.update({str(k): str(v) for k, v in (config.get("headers") or {}).items()})
-    return HttpClient(
-        what=what,
-        headers=headers,
-        auth=_auth_header(config.get("auth")),
-        timeout=float(config["timeout_s"]),
-        retries=int(config["retries"]),
-        backoff=float(config["retry_backoff_s"]),
-        max_backoff=float(config["max_backoff_s"]),
-    )
-
-
-_COMMON = (
-    Attribute("headers", dict, secret=True, help="request headers (values may hold secrets)"),
-    Attribute("auth", dict, secret=True, check=_check_auth,
-              help="{type: bearer, token} | {type: basic, username, password} | {type: header, name, value}"),
-    Attribute("timeout_s", float, default=30.0, help="seconds to wait for an answer"),
-    Attribute("retries", int, default=3, check=_check_nonneg, help="retries of 408/429/5xx answers and network errors"),
-    Attribute("retry_backoff_s", float, default=0.5, help="first retry wait; doubled each retry"),
-    Attribute("max_backoff_s", float, default=30.0, help="longest wait between retries (also caps Retry-After)"),
-)
-
-
-# --------------------------------------------------------------------------- source
 
 
 @dataclass
@@ -357,18 +103,18 @@ class _HttpEnumerator(StaticSplitEnumerator):
 
 
 class HttpSource(Source):
-    """Reads records from a paginated JSON API (see the module doc)."""
+    """Reads records from a paginated JSON API (see the package doc)."""
 
     type_name = "http"
     attributes = (
-        Attribute("url", str, required=True, check=_check_url, help="the first page's URL"),
+        Attribute("url", str, required=True, check=check_url, help="the first page's URL"),
         Attribute("method", str, default="GET", choices=("GET", "POST")),
         Attribute("params", dict, help="query parameters added to the URL"),
         Attribute("body", object, help="JSON body of POST requests"),
         Attribute("records_path", str, default="", help="dotted path of the records list ('' = the body is the list)"),
-        Attribute("pagination", dict, check=_check_pagination,
+        Attribute("pagination", dict, check=check_pagination,
                   help="{type: next_link|link_header|page|offset|cursor, ...}; default: one request"),
-        *_COMMON,
+        *COMMON_ATTRIBUTES,
         Attribute("max_pages", int, check=at_least_one, help="stop after this many pages"),
         Attribute("incremental", dict, check=_check_incremental,
                   help="{param, path_in_record}: remember the largest value read; next run sends it as param"),
@@ -380,7 +126,7 @@ class HttpSource(Source):
         pagination = self.config["pagination"] or {}
         kind = pagination.get("type")
         self.paging: str | None = kind
-        self.page_opts: dict[str, Any] = {**_PAGINATION_KEYS.get(kind or "", {}), **pagination} if kind else {}
+        self.page_opts: dict[str, Any] = {**PAGINATION_KEYS.get(kind or "", {}), **pagination} if kind else {}
         inc = self.config["incremental"]
         self.incremental: dict[str, Any] | None = dict(inc) if inc is not None else None
         if self.incremental is not None and not self.incremental.get("path_in_record") and kind != "cursor":
@@ -389,7 +135,7 @@ class HttpSource(Source):
                 ["'incremental' needs 'path_in_record' (the record field whose largest value is remembered), "
                  "or pagination type 'cursor' (the last cursor is remembered)"],
             )
-        self.client = _client("source 'http'", self.config, "application/json")
+        self.client = make_client("source 'http'", self.config, "application/json")
         self.results: dict[str, Any] = {}
 
     # -- incremental state -------------------------------------------------------
@@ -532,13 +278,13 @@ class HttpSource(Source):
             raise HttpSourceError(str(exc)) from None
         if not 200 <= resp.status < 300:
             tries = f" after {resp.attempts} attempts" if resp.attempts > 1 else ""
-            raise HttpSourceError(f"source 'http': {method} {shown} answered {resp.status}{tries}: {_snippet(resp.body)}")
+            raise HttpSourceError(f"source 'http': {method} {shown} answered {resp.status}{tries}: {answer_snippet(resp.body)}")
         try:
             doc = json.loads(resp.body.decode("utf-8-sig")) if resp.body.strip() else None
         except (UnicodeDecodeError, ValueError):
             kind = resp.header("Content-Type") or "no content type"
             raise HttpSourceError(
-                f"source 'http': {method} {shown} did not answer JSON ({kind}): {_snippet(resp.body)}"
+                f"source 'http': {method} {shown} did not answer JSON ({kind}): {answer_snippet(resp.body)}"
             ) from None
         return resp, doc
 
@@ -720,117 +466,3 @@ class _HttpReader(SplitReader):
             if done:
                 source.record_result(split, value)
         return ReaderBatch(records, ReaderStatus.MORE_AVAILABLE, dead, input_bytes=nbytes), done
-
-
-# --------------------------------------------------------------------------- sink
-
-
-_FORMATS = {"json_array": "application/json", "ndjson": "application/x-ndjson", "single": "application/json"}
-
-
-def _check_method(value: Any) -> str | None:
-    return None if str(value).upper() in ("POST", "PUT", "PATCH") else f"must be POST, PUT or PATCH, got {value!r}"
-
-
-class HttpSink(Sink):
-    """Sends records to an HTTP endpoint in batches (see the module doc)."""
-
-    type_name = "http"
-    attributes = (
-        Attribute("url", str, required=True, check=_check_url),
-        Attribute("method", str, default="POST", check=_check_method),
-        Attribute("batch_size", int, check=at_least_one,
-                  help="records per request (default 100; 1 = one record per request)"),
-        Attribute("format", str, default="json_array", choices=tuple(_FORMATS),
-                  help="json_array, ndjson, or single (one JSON object per request)"),
-        Attribute("idempotency_key_header", str, default="Idempotency-Key",
-                  help="header carrying a stable key per request body ('' = none)"),
-        *_COMMON,
-    )
-
-    def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.url: str = self.config["url"]
-        self.method: str = str(self.config["method"]).upper()
-        self.format: str = self.config["format"]
-        size = self.config["batch_size"]
-        if self.format == "single":
-            if size is not None and size != 1:
-                raise ConfigError("sink 'http'", [f"'batch_size' must be 1 with format 'single', got {size}"])
-            size = 1
-        self.batch_size: int = int(size or 100)
-        self.client = _client("sink 'http'", self.config, "application/json, */*;q=0.5")
-        # Records of the last failed write_batch that the server already took (by identity):
-        # the engine sends that batch again, or its records one by one, and those are skipped.
-        self._failed: list[Record] = []
-        self._failed_ids: set[int] = set()
-        self._delivered: set[int] = set()
-
-    def describe(self) -> str:
-        return f"http {self.method} {redact_text(self.url)} ({self.format})"
-
-    def encode(self, records: Sequence[Record]) -> bytes:
-        def dumps(value: Any) -> bytes:
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
-
-        if self.format == "ndjson":
-            return b"".join(dumps(r) + b"\n" for r in records)
-        if self.format == "single":
-            return dumps(records[0])
-        return dumps(list(records))
-
-    def idempotency_key(self, body: bytes) -> str:
-        """A stable key for ``body`` in this run: the same request retried carries the same key."""
-        digest = hashlib.sha256()
-        digest.update(self.run_context.run_id.encode())
-        digest.update(b"\n")
-        digest.update(body)
-        return digest.hexdigest()
-
-    def write_batch(self, records: Sequence[Record]) -> None:
-        if not records:
-            return
-        if self._failed_ids and all(id(r) in self._failed_ids for r in records):
-            todo = [r for r in records if id(r) not in self._delivered]
-        else:
-            self._failed, self._failed_ids, self._delivered = [], set(), set()
-            todo = list(records)
-        try:
-            for chunk in _chunks(todo, self.batch_size):
-                self._send(chunk)
-                self._delivered.update(id(r) for r in chunk)
-        except Exception:
-            if not self._failed_ids:
-                self._failed = list(records)
-                self._failed_ids = {id(r) for r in records}
-            raise
-
-    def _send(self, chunk: Sequence[Record]) -> None:
-        body = self.encode(chunk)
-        headers = {"Content-Type": _FORMATS[self.format]}
-        key_header = self.config["idempotency_key_header"]
-        if key_header:
-            headers[str(key_header)] = self.idempotency_key(body)
-        shown = redact_text(self.url)
-        try:
-            resp = self.client.send(self.method, self.url, body, headers)
-        except HttpNetworkError as exc:
-            raise HttpSinkError(str(exc)) from None
-        if 200 <= resp.status < 300:
-            return
-        snippet = _snippet(resp.body)
-        if resp.status in (401, 403):
-            raise HttpAuthError(f"{self.method} {shown} answered {resp.status} (check 'auth' and 'headers'): {snippet}")
-        if is_retryable_status(resp.status):
-            raise HttpSinkError(
-                f"{self.method} {shown} answered {resp.status} after {resp.attempts} attempt(s): {snippet}"
-            )
-        raise HttpRejected(self.method, shown, resp.status, snippet)
-
-    def close(self) -> None:
-        self._failed, self._failed_ids, self._delivered = [], set(), set()
-
-
-def _chunks(items: Sequence[Record], size: int) -> Iterable[Sequence[Record]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

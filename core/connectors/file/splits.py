@@ -1,0 +1,66 @@
+"""The file source's splits: a whole file or a byte range of one, and the enumerator that finds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.connectors.file.paths import NoFilesError, split_path
+from core.source import Split, SplitEnumeratorContext, StaticSplitEnumerator
+
+if TYPE_CHECKING:
+    from core.connectors.file.source import FileSource
+
+
+@dataclass
+class FileSplit(Split):
+    """A whole file (``end=None``) or the byte range ``[start, end)`` of one.
+
+    ``start_line`` is the 1-based line number at ``start``, or 0 when not counted yet (JSON
+    Lines ranges: the reader counts it only for a dead letter); ``size`` is the file size seen
+    at discovery. ``position`` is None (from ``start``), ``{"offset", "line"}`` (CSV, JSONL)
+    or ``{"index"}`` (JSON array).
+    """
+
+    path: str = ""
+    start: int = 0
+    end: int | None = None
+    start_line: int = 1
+    format: str = "jsonl"
+    size: int | None = None
+
+    def remaining_bytes(self) -> int:
+        """Bytes not read yet (for progress)."""
+        stop = self.end if self.end is not None else (self.size or 0)
+        pos = self.position
+        done = pos.get("offset", self.start) if isinstance(pos, dict) else self.start
+        return max(0, stop - int(done))
+
+
+class FileSplitEnumerator(StaticSplitEnumerator):
+    """Globs the source's paths into :class:`FileSplit` s (byte ranges with ``split_bytes``).
+
+    Bounded: raises :class:`NoFilesError` at start when nothing matches. Unbounded
+    (``watch``): every :meth:`discover` globs again and adds files not seen before.
+    """
+
+    def __init__(
+        self, context: SplitEnumeratorContext, source: FileSource, checkpoint: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(context, checkpoint, unbounded=source.watch)
+        self.source = source
+
+    split_class = FileSplit
+
+    def discover_splits(self) -> list[Split]:
+        files = self.source.list_files()
+        if not files and not self.unbounded:
+            raise NoFilesError(self.source.paths)
+        seen_paths = {split_path(s) for s in self._seen}
+        splits: list[Split] = []
+        for path, size in files:
+            if path in seen_paths:
+                continue
+            splits.extend(self.source.splits_of(path, size))
+        return splits

@@ -1,0 +1,437 @@
+"""The ``sql`` sink: records as rows of a table, inserted or upserted by key.
+
+A missing table is created with column types from the flow's schema and the first batch; each
+column gets its value conversion when the table is first loaded; each
+:meth:`SqlSink.write_batch` is one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from core.attributes import Attribute, at_least_one, checked_init, column_names
+from core.connectors.sql.engine import as_names, create_engine, import_sqlalchemy, json_text
+from core.errors import ConfigError, RecordValidationError
+from core.logs import get_logger
+from core.record import Record
+from core.redact import redact_text
+from core.sink import Sink
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.sql.schema import Table
+
+_log = get_logger("connectors.sql")
+
+
+def _infer_type(sa: Any, values: Iterable[Any], dialect: str, is_key: bool) -> Any:
+    kinds = set()
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            kinds.add("bool")
+        elif isinstance(value, int):
+            kinds.add("int")
+        elif isinstance(value, float):
+            kinds.add("float")
+        elif isinstance(value, dict | list):
+            kinds.add("json")
+        else:
+            kinds.add("text")
+    if kinds == {"bool"}:
+        return sa.Boolean()
+    if kinds == {"int"}:
+        return sa.BigInteger()
+    if kinds and kinds <= {"int", "float"}:
+        return sa.Double()
+    if kinds == {"json"} and not is_key:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return JSONB(none_as_null=True)
+        return sa.Text()
+    if is_key and dialect not in ("postgresql", "sqlite"):
+        return sa.String(255)  # MySQL and others cannot index an unbounded TEXT key
+    return sa.Text()
+
+
+def _schema_types(spec: Any) -> dict[str, str]:
+    """``{field: schema type}`` of the flow's ``schema`` (empty without one)."""
+    if spec is None:
+        return {}
+    from core.record import Schema
+
+    return {f.name: f.type for f in Schema.from_spec(spec).fields}
+
+
+def _declared_type(sa: Any, type_name: str, dialect: str, is_key: bool) -> Any:
+    """The column type for a field the flow's schema declares as ``type_name``."""
+    if type_name == "integer":
+        return sa.BigInteger()
+    if type_name == "number":
+        return sa.Double()
+    if type_name == "decimal":
+        return sa.Numeric()
+    if type_name == "boolean":
+        return sa.Boolean()
+    if type_name == "date":
+        return sa.Date()
+    if type_name == "datetime":
+        return sa.DateTime(timezone=True)
+    if type_name == "json" and not is_key:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return JSONB(none_as_null=True)
+        return sa.Text()
+    if is_key and dialect not in ("postgresql", "sqlite"):
+        return sa.String(255)
+    return sa.Text()
+
+
+def _text_value(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json_text(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    return value
+
+
+def _other_value(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json_text(value)
+    return value
+
+
+def _temporal_value(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse(value)
+            except ValueError:
+                return value  # the database reports the bad value
+        return value
+
+    return convert
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
+def _utc_naive(text: str) -> datetime.datetime:
+    value = datetime.datetime.fromisoformat(text)
+    if value.tzinfo is not None:
+        value = value.astimezone(datetime.UTC).replace(tzinfo=None)
+    return value
+
+
+def _decimal_value(value: Any) -> Any:
+    """Exact digits stay exact: a decimal string becomes a ``Decimal`` (not a float) for NUMERIC."""
+    if isinstance(value, str):
+        try:
+            return decimal.Decimal(value.strip())
+        except decimal.InvalidOperation:
+            return value  # the database reports the bad value
+    if isinstance(value, float):
+        return decimal.Decimal(repr(value))
+    return value
+
+
+class SqlSink(Sink):
+    """Writes records as rows of a table; see the package docstring for the configuration.
+
+    Contract:
+
+    * :meth:`open` creates the SQLAlchemy engine (one per process), :meth:`close` disposes it;
+      :meth:`write_batch` opens it itself when called without :meth:`open`;
+    * each :meth:`write_batch` is one transaction, so after it returns the rows are committed
+      (:meth:`flush` has nothing left to do);
+    * the columns written are ``columns`` when configured (other fields are ignored), else
+      every field of the batch; a field the table lacks raises
+      :class:`~core.errors.RecordValidationError` naming it before anything is written;
+      a column missing from a record is written as NULL; dict/list values are JSON text
+      in text columns;
+    * in upsert mode a key value must not be null, a batch holding a key twice keeps the
+      last record, and ``idempotent`` is true.
+    """
+
+    type_name = "sql"
+    attributes = (
+        Attribute(
+            "url", str, required=True, secret=True, help="SQLAlchemy database URL, e.g. sqlite:///out.db"
+        ),
+        Attribute("table", str, required=True, help="the table to write"),
+        Attribute(
+            "mode", str, default="insert", choices=("insert", "upsert"), help="insert, or upsert by key"
+        ),
+        Attribute("key", (str, list), check=column_names, help="key column(s); required for upsert"),
+        Attribute("batch_size", int, default=1000, check=at_least_one, help="rows per INSERT statement"),
+        Attribute(
+            "create_table", bool, default=True, help="create the table on the first batch when missing"
+        ),
+        Attribute("schema", str, help="database schema of the table"),
+        Attribute("columns", list, check=column_names, help="write only these columns"),
+    )
+
+    def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        checked_init(self, config, kwargs, self._cross_check)
+        self.mode: str = self.config["mode"]
+        self.key: list[str] = as_names(self.config["key"])
+        self.columns: list[str] | None = as_names(self.config["columns"]) or None
+        self.idempotent = self.mode == "upsert"
+        self._engine: Engine | None = None
+        self._table: Table | None = None
+        self._converters: dict[str, Callable[[Any], Any]] = {}
+        self._on_conflict = False
+
+    @staticmethod
+    def _cross_check(values: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        key = values.get("key")
+        if values.get("mode") == "upsert" and not key:
+            problems.append("'key': mode 'upsert' needs the key column(s) that identify a row")
+        columns = values.get("columns")
+        if isinstance(columns, list) and isinstance(key, str | list):
+            missing = [k for k in as_names(key) if k not in columns]
+            if missing:
+                problems.append(
+                    f"'key': key column(s) {', '.join(map(repr, missing))} must be among 'columns'"
+                )
+        return problems
+
+    # -- life cycle
+
+    @property
+    def _where(self) -> str:
+        return f"sink 'sql' (table {self.config['table']!r})"
+
+    def setup(self) -> None:
+        """Check once, in the coordinator, that the table exists or may be created."""
+        if self.config["create_table"]:
+            return
+        engine = create_engine(self.config["url"], self._where)
+        try:
+            sa = import_sqlalchemy(self._where)
+            if not sa.inspect(engine).has_table(self.config["table"], schema=self.config["schema"]):
+                raise ConfigError(
+                    self._where,
+                    [f"'table': {self._qualified_name()} does not exist and 'create_table' is false"],
+                )
+        finally:
+            engine.dispose()
+
+    def open(self) -> None:
+        if self._engine is None:
+            self._engine = create_engine(self.config["url"], self._where)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = None
+        self._table = None
+
+    def describe(self) -> str:
+        return f"{redact_text(self.config['url'])} table {self._qualified_name()}"
+
+    def _qualified_name(self) -> str:
+        schema = self.config["schema"]
+        return f"{schema}.{self.config['table']}" if schema else str(self.config["table"])
+
+    # -- writing
+
+    def write_batch(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        self.open()
+        assert self._engine is not None
+        sa = import_sqlalchemy(self._where)
+        table = self._table if self._table is not None else self._load_table(records)
+        names = self._column_names(records, table)
+        rows = self._rows(records, names)
+        if self.mode == "upsert":
+            rows = self._last_per_key(rows)
+        size = int(self.config["batch_size"])
+        try:
+            with self._engine.begin() as conn:
+                if self.mode == "upsert":
+                    self._upsert(sa, conn, table, names, rows, size)
+                else:
+                    for start in range(0, len(rows), size):
+                        conn.execute(table.insert(), rows[start : start + size])
+        except sa.exc.DBAPIError:
+            self._table = None  # the table may have changed: look at it again on the retry
+            raise
+
+    def _load_table(self, records: Sequence[Record]) -> Table:
+        assert self._engine is not None
+        sa = import_sqlalchemy(self._where)
+        name, schema = self.config["table"], self.config["schema"]
+        try:
+            table: Table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=self._engine)
+        except sa.exc.NoSuchTableError:
+            if not self.config["create_table"]:
+                raise ConfigError(
+                    self._where,
+                    [f"'table': {self._qualified_name()} does not exist and 'create_table' is false"],
+                ) from None
+            self._create_table(sa, records)
+            table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=self._engine)
+        self._prepare_table(sa, table)
+        self._table = table
+        return table
+
+    def _create_table(self, sa: Any, records: Sequence[Record]) -> None:
+        assert self._engine is not None
+        dialect = self._engine.dialect.name
+        names = list(self.columns or dict.fromkeys(k for r in records for k in r))
+        declared = _schema_types(self.run_context.extras.get("schema"))
+        if not self.columns:  # declared fields no record of this batch has yet are columns too
+            names.extend(n for n in declared if n not in names)
+        for k in self.key:
+            if k not in names:
+                names.insert(0, k)
+        columns = [
+            sa.Column(
+                n,
+                _declared_type(sa, declared[n], dialect, n in self.key) if n in declared
+                else _infer_type(sa, (r.get(n) for r in records), dialect, n in self.key),
+                primary_key=n in self.key,
+                nullable=n not in self.key,
+            )
+            for n in names
+        ]
+        table = sa.Table(self.config["table"], sa.MetaData(), *columns, schema=self.config["schema"])
+        from sqlalchemy.schema import CreateTable
+
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(CreateTable(table, if_not_exists=True))
+        except sa.exc.DBAPIError:
+            # Another reader process created it at the same moment (PostgreSQL can report
+            # that as a unique violation in its catalog even with IF NOT EXISTS).
+            if not sa.inspect(self._engine).has_table(self.config["table"], schema=self.config["schema"]):
+                raise
+        _log.info("created table %s with columns %s", self._qualified_name(), ", ".join(names))
+
+    def _prepare_table(self, sa: Any, table: Table) -> None:
+        """Choose per-column value conversions and how upserts are done."""
+        converters: dict[str, Callable[[Any], Any]] = {}
+        for column in table.columns:
+            ctype = column.type
+            if isinstance(ctype, sa.JSON):
+                # Python None must be SQL NULL, not the JSON literal null.
+                ctype.none_as_null = True
+                converters[column.name] = _keep
+            elif isinstance(ctype, sa.String):
+                converters[column.name] = _text_value
+            elif isinstance(ctype, sa.DateTime):
+                parse = datetime.datetime.fromisoformat
+                if self._engine is not None and self._engine.dialect.name == "sqlite":
+                    parse = _utc_naive  # SQLite's DATETIME keeps no offset: store UTC
+                converters[column.name] = _temporal_value(parse)
+            elif isinstance(ctype, sa.Numeric) and not isinstance(ctype, sa.Float):
+                converters[column.name] = _decimal_value
+            elif isinstance(ctype, sa.Date):
+                converters[column.name] = _temporal_value(datetime.date.fromisoformat)
+            elif isinstance(ctype, sa.Time):
+                converters[column.name] = _temporal_value(datetime.time.fromisoformat)
+            else:
+                converters[column.name] = _other_value
+        self._converters = converters
+        missing = [k for k in (self.columns or []) + self.key if k not in converters]
+        if missing:
+            raise ConfigError(
+                self._where,
+                [
+                    f"column {m!r} is not in table {self._qualified_name()} (its columns: {', '.join(converters)})"
+                    for m in dict.fromkeys(missing)
+                ],
+            )
+        assert self._engine is not None
+        self._on_conflict = False
+        if self.mode == "upsert":
+            unique = self._has_unique_key(sa, table)
+            self._on_conflict = unique and self._engine.dialect.name in ("postgresql", "sqlite")
+            if not unique:
+                _log.warning(
+                    "table %s has no primary key or unique constraint on %s: upsert deletes then inserts",
+                    self._qualified_name(),
+                    ", ".join(self.key),
+                )
+
+    def _has_unique_key(self, sa: Any, table: Table) -> bool:
+        wanted = set(self.key)
+        if {c.name for c in table.primary_key.columns} == wanted:
+            return True
+        for constraint in table.constraints:
+            if isinstance(constraint, sa.UniqueConstraint) and {c.name for c in constraint.columns} == wanted:
+                return True
+        return any(index.unique and {c.name for c in index.columns} == wanted for index in table.indexes)
+
+    def _column_names(self, records: Sequence[Record], table: Table) -> list[str]:
+        if self.columns is not None:
+            return list(self.columns)
+        names = list(dict.fromkeys(k for r in records for k in r))
+        for name in names:
+            if name not in self._converters:
+                raise RecordValidationError(
+                    name,
+                    f"table {self._qualified_name()} has no such column (its columns: "
+                    f"{', '.join(self._converters)}); add the column or drop the field in a step",
+                )
+        return names
+
+    def _rows(self, records: Sequence[Record], names: list[str]) -> list[dict[str, Any]]:
+        convert = [(n, self._converters[n]) for n in names]
+        rows = []
+        for record in records:
+            rows.append({n: None if (v := record.get(n)) is None else conv(v) for n, conv in convert})
+        if self.mode == "upsert":
+            for row in rows:
+                for k in self.key:
+                    if row.get(k) is None:
+                        raise RecordValidationError(k, "the upsert key is missing or null")
+        return rows
+
+    def _last_per_key(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # ON CONFLICT cannot update one row twice in a statement: the later record wins,
+        # as it would have if the records had been written one by one.
+        by_key: dict[Any, dict[str, Any]] = {}
+        for row in rows:
+            ident = tuple(json_text(row[k]) for k in self.key)
+            by_key.pop(ident, None)
+            by_key[ident] = row
+        return list(by_key.values())
+
+    def _upsert(
+        self, sa: Any, conn: Connection, table: Table, names: list[str], rows: list[dict[str, Any]], size: int
+    ) -> None:
+        if self._on_conflict:
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            dialect_insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            ins = dialect_insert(table)
+            updates = {n: ins.excluded[n] for n in names if n not in self.key}
+            stmt = (
+                ins.on_conflict_do_update(index_elements=self.key, set_=updates)
+                if updates
+                else ins.on_conflict_do_nothing(index_elements=self.key)
+            )
+            for start in range(0, len(rows), size):
+                conn.execute(stmt, rows[start : start + size])
+            return
+        binds = {k: f"adf_key_{i}" for i, k in enumerate(self.key)}
+        delete = table.delete().where(sa.and_(*[table.c[k] == sa.bindparam(b) for k, b in binds.items()]))
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            conn.execute(delete, [{b: row[k] for k, b in binds.items()} for row in chunk])
+            conn.execute(table.insert(), chunk)
+
