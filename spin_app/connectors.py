@@ -49,7 +49,6 @@ from core.source import (
     Source,
     SourceReader,
     SourceReaderContext,
-    Split,
     SplitEnumerator,
     SplitEnumeratorContext,
 )
@@ -100,8 +99,7 @@ class _FetchedSource(Source):
     def create_reader(self, context: SourceReaderContext) -> SourceReader:
         return MemoryReader(context, self.fetch())
 
-    def split_from_dict(self, data: Mapping[str, Any]) -> Split:
-        return MemorySplit.from_dict(data)
+    split_class = MemorySplit
 
 
 # --------------------------------------------------------------------------- key-value
