@@ -17,7 +17,7 @@ Contenders:
 * **hand loop** — the baseline: ``open(path, newline="")``, ``csv.reader``, the header row,
   then ``dict(zip(names, row))`` for every non-empty row;
 * **file source reader** — ``FileSource(path=…)``'s enumerator and reader, polled in
-  batches of ``--batch`` (``read_csv`` through :class:`~core.connectors.file.FileSourceReader`:
+  batches of ``--batch`` (``read_csv`` through :class:`~active_data_flow.connectors.file.FileSourceReader`:
   line accounting, ``max_field_bytes``, dead letters, positions for checkpoints, record origins).
 
 Each measurement runs in a fresh interpreter; the best of ``--repeat`` runs is kept. Both
@@ -64,8 +64,8 @@ print(n, digest.hexdigest(), elapsed)
 READER = """
 import hashlib, sys, time
 sys.path.insert(0, {root!r})
-from core.connectors.file import FileSource
-from core.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
+from active_data_flow.connectors.file import FileSource
+from active_data_flow.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 t0 = time.perf_counter()
 source = FileSource(path={path!r})
 context = CollectingEnumeratorContext()

@@ -57,7 +57,7 @@ print(time.perf_counter() - t0)
 ENGINE = """
 import sys, time
 sys.path.insert(0, {bench!r}); sys.path.insert(0, {root!r})
-from core.engine import run_flow
+from active_data_flow.engine import run_flow
 spec = {{
     "name": "bench_engine",
     "source": {{"type": "file", "path": {src!r}, "format": "jsonl", "split_bytes": {split_bytes}}},

@@ -49,7 +49,7 @@ def spec(inp: Path, out: Path, name: str) -> dict[str, object]:
 def local(inp: Path, work: Path, parallelism: int) -> float:
     s = spec(inp, work / f"local-{parallelism}.jsonl", f"bench_local_{parallelism}")
     s["runtime"] = {"batch_size": 500, "parallelism": parallelism}
-    code = ("import json, sys, time; from core.engine import run_flow; t = time.perf_counter(); "
+    code = ("import json, sys, time; from active_data_flow.engine import run_flow; t = time.perf_counter(); "
             f"r = run_flow(json.loads({json.dumps(json.dumps(s))}), state_dir={str(work / 'state')!r}, resume=False); "
             "assert r.status == 'success', r.error; print(time.perf_counter() - t)")
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def flink(python: str, inp: Path, work: Path, parallelism: int, tag: str) -> flo
     spec_path = work / f"flink-{tag}-{parallelism}.json"
     spec_path.write_text(json.dumps(spec(inp, work / f"flink-{tag}-{parallelism}.jsonl", f"bench_flink_{tag}")))
     t0 = time.perf_counter()
-    r = subprocess.run([python, "-m", "flink_job.job", str(spec_path), "--parallelism", str(parallelism),
+    r = subprocess.run([python, "-m", "active_data_flow.flink_job.job", str(spec_path), "--parallelism", str(parallelism),
                         "--state-dir", str(work / "state"), "--json"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     elapsed = time.perf_counter() - t0
@@ -95,7 +95,7 @@ def on_cluster(inp: Path, work: Path, parallelisms: tuple[int, ...]) -> dict[int
     spec_path = work / "cluster.json"
     spec_path.write_text(json.dumps(spec(inp, out, "bench_flink_cluster")))
     pkg = work / "pkg"
-    r = subprocess.run([sys.executable, "-m", "core.cli", "flink", "package", str(spec_path), "--out", str(pkg),
+    r = subprocess.run([sys.executable, "-m", "active_data_flow.cli", "flink", "package", str(spec_path), "--out", str(pkg),
                         "--shared", str(work), "--python", FLINK_PYTHON], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     if r.returncode:
@@ -128,7 +128,7 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=40_000)
     ap.add_argument("--cluster", action="store_true", help="also on a standalone cluster (flink run)")
     args = ap.parse_args()
-    from flink_job.cli import flink_python
+    from active_data_flow.flink_job.cli import flink_python
 
     python = flink_python()
     if python is None:

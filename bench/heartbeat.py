@@ -58,7 +58,7 @@ def _psycopg_url(url: str) -> str:
 
 
 def _store_client(url: str, batch: int, barrier: Any, out: Any) -> None:
-    from handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
 
     store = SqlScheduleStore(url, auto_migrate=False)
     store.claim_due(dt.datetime(2000, 1, 1, tzinfo=dt.UTC), limit=batch)  # warm the pool and statement cache
@@ -155,7 +155,7 @@ def _round(url: str, impl: str, clients: int, batch: int, flows: int) -> dict[st
 def _setup(url: str, flows: int) -> None:
     import psycopg
 
-    from handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
 
     with SqlScheduleStore(url) as store:  # migrations, and one flow through the validating API
         store.create_flow("flow-0", CONFIG, 3600)

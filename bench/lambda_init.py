@@ -16,7 +16,7 @@ Tracer, batch, data classes, typing; idempotency is imported on first use, as it
 boto3, which Lambda's runtime provides) and nothing of ours. Figures are medians of ``--runs``.
 Target: each handler adds ≤ 50 ms over the baseline. Both tracing settings of the template
 are measured: ``on`` (``Tracing: Active``, Powertools' X-Ray tracer) and ``off``
-(``POWERTOOLS_TRACE_DISABLED=true``, where ``lambda_app.tracing`` skips the X-Ray SDK). Two more
+(``POWERTOOLS_TRACE_DISABLED=true``, where ``active_data_flow.lambda_app.tracing`` skips the X-Ray SDK). Two more
 columns, for reading the figures: over a plain Powertools handler module (its ``Logger()``,
 ``Metrics()``, ``Tracer()`` with Powertools' defaults, which patch every library X-Ray knows)
 and over the same with ``Tracer(auto_patch=False)``: Powertools' tracer with the X-Ray SDK
@@ -45,10 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 HANDLERS = {  # module -> SAM function (its package)
-    "lambda_app.http": "HttpFunction",
-    "lambda_app.schedule": "ScheduleFunction",
-    "lambda_app.sqs": "SqsFunction",
-    "lambda_app.s3": "S3Function",
+    "active_data_flow.lambda_app.http": "HttpFunction",
+    "active_data_flow.lambda_app.schedule": "ScheduleFunction",
+    "active_data_flow.lambda_app.sqs": "SqsFunction",
+    "active_data_flow.lambda_app.s3": "S3Function",
 }
 POWERTOOLS = """\
 from aws_lambda_powertools import Logger, Metrics, Tracer

@@ -72,10 +72,10 @@ FLOW = """
 import sys, time
 sys.path.insert(0, {root!r})
 import redis  # imported before the clock starts, as the raw loop does
-import core.connectors.rafka.source
-from core.sink import Sink
-from core.engine import run_flow
-from core.registry import register
+import active_data_flow.connectors.rafka.source
+from active_data_flow.sink import Sink
+from active_data_flow.engine import run_flow
+from active_data_flow.registry import register
 
 @register("sink", "null")
 class NullSink(Sink):
@@ -129,8 +129,8 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
-    from core.codec import codec
-    from core.connectors.rafka import Admin, Producer, stream_key
+    from active_data_flow.codec import codec
+    from active_data_flow.connectors.rafka import Admin, Producer, stream_key
 
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     admin = Admin(args.url)

@@ -100,12 +100,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--out", default=str(ROOT / "build" / "bench-spin"))
     args = parser.parse_args()
-    from core.connectors.memory import ResponseSink
-    from core.engine import run_flow
-    from spin_app.build import build
-    from spin_app.engine import EngineSettings, MiB
-    from spin_app.host import ComponentHost, HttpHost, SpinState
-    from spin_app.strip import strip_file
+    from active_data_flow.connectors.memory import ResponseSink
+    from active_data_flow.engine import run_flow
+    from active_data_flow.spin_app.build import build
+    from active_data_flow.spin_app.engine import EngineSettings, MiB
+    from active_data_flow.spin_app.host import ComponentHost, HttpHost, SpinState
+    from active_data_flow.spin_app.strip import strip_file
 
     out = Path(args.out)
     report: dict[str, dict[str, float]] = {}

@@ -3,7 +3,7 @@
 Measured in one run, each against a baseline measured in the same run:
 
 * **per record**: a trivial memory-ABI function (it returns its input) called once per record
-  through a :class:`~core.wasm.executor.CallSession` (N small JSON records), against Python
+  through a :class:`~active_data_flow.wasm.executor.CallSession` (N small JSON records), against Python
   doing ``json.loads(json.dumps(record))`` per record — the (de)serialisation a step pays
   anyway. Overhead = (wasm - python) / N. For reference, also ``WasmExecutor.call`` per record
   (a fresh store and instance for every call).
@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 import wasmtime  # noqa: E402
 
-from core.wasm.cache import ModuleCache  # noqa: E402
-from core.wasm.executor import WasmExecutor, executor_engine_key  # noqa: E402
-from core.wasm.limits import Limits  # noqa: E402
+from active_data_flow.wasm.cache import ModuleCache  # noqa: E402
+from active_data_flow.wasm.executor import WasmExecutor, executor_engine_key  # noqa: E402
+from active_data_flow.wasm.limits import Limits  # noqa: E402
 
 # Returns its input: alloc hands out one buffer at 1024 (grown as needed), run answers (ptr, len).
 IDENTITY_WAT = """

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import ConfigError
+from active_data_flow.errors import ConfigError
 
 __all__ = [
     "MISSING",

@@ -18,11 +18,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core import __version__
-from core.attributes import describe_attributes
-from core.config import parse_set_args
-from core.errors import AdfError, ConfigError
-from core.logs import configure
+from active_data_flow import __version__
+from active_data_flow.attributes import describe_attributes
+from active_data_flow.config import parse_set_args
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.logs import configure
 
 __all__ = ["main"]
 
@@ -50,7 +50,7 @@ def parse_param_args(items: Sequence[str]) -> dict[str, Any]:
     text, read as the parameter's declared type when the spec is parsed (``0.19`` for a
     ``number``); a value that starts with ``[`` or ``{`` and is JSON is taken as JSON (for
     ``list``, ``mapping`` and ``json`` parameters). Later items win. Raises
-    :class:`~core.config.ConfigError` listing every item without ``=`` or without a name."""
+    :class:`~active_data_flow.config.ConfigError` listing every item without ``=`` or without a name."""
     out: dict[str, Any] = {}
     problems: list[str] = []
     for item in items:
@@ -72,7 +72,7 @@ def parse_param_args(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from core.loader import load_flow
+    from active_data_flow.loader import load_flow
 
     payload = parse_set_args(args.set or [])
     params = parse_param_args(getattr(args, "param", None) or [])
@@ -133,7 +133,7 @@ class _ProgressLines:
         if self.every <= 0 or now < self.next:
             return
         self.next = now + self.every
-        from core.logs import get_logger, log_event
+        from active_data_flow.logs import get_logger, log_event
 
         elapsed = now - self.started
         fields: dict[str, Any] = {
@@ -154,7 +154,7 @@ def _progress_interval() -> float:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from core.runtime import run
+    from active_data_flow.runtime import run
 
     loaded = _load(args)  # invalid specs: main() reports them with exit code 2
     spec = loaded.spec
@@ -191,7 +191,7 @@ _MARKS = {"success": "ok", "stopped": "ok", "partial": "PARTIAL"}
 
 
 def _print_summary(s: dict[str, Any], out: Any = None) -> None:
-    from core.outcome import describe_dead_letters
+    from active_data_flow.outcome import describe_dead_letters
 
     mark = _MARKS.get(s["status"], "FAILED")
     rate = s["records_in"] / s["duration_s"] if s["duration_s"] else 0.0
@@ -262,7 +262,7 @@ def _cmd_config_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_connectors(args: argparse.Namespace) -> int:
-    from core.registry import KINDS, registry
+    from active_data_flow.registry import KINDS, registry
 
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in KINDS:
@@ -297,13 +297,13 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
 
 
 def _state_root(args: argparse.Namespace) -> str:
-    from core.engine import default_state_root
+    from active_data_flow.engine import default_state_root
 
     return os.path.abspath(args.state_dir) if args.state_dir else default_state_root()
 
 
 def _cmd_dead_letters_list(args: argparse.Namespace) -> int:
-    from core.dead_letters import find_run, list_runs, read_letters
+    from active_data_flow.dead_letters import find_run, list_runs, read_letters
 
     root = _state_root(args)
     if not args.run:
@@ -327,7 +327,7 @@ def _cmd_dead_letters_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_dead_letters_show(args: argparse.Namespace) -> int:
-    from core.dead_letters import find_run, read_letters
+    from active_data_flow.dead_letters import find_run, read_letters
 
     letters = read_letters(find_run(args.run, _state_root(args)))
     wanted = set(args.number or [])
@@ -338,8 +338,8 @@ def _cmd_dead_letters_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_dead_letters_replay(args: argparse.Namespace) -> int:
-    from core.dead_letters import find_run, replay
-    from core.loader import load_flow
+    from active_data_flow.dead_letters import find_run, replay
+    from active_data_flow.loader import load_flow
 
     run = find_run(args.run, _state_root(args))
     ref = args.spec or run.flow_info().get("origin") or ""

@@ -16,7 +16,7 @@ sink without its ``path`` (set the new type's attributes in the same layer or ab
 
 The resolved configuration (:class:`ResolvedConfig`) remembers, for every leaf, the layer
 and origin that set it and the ones it overrode; :meth:`ResolvedConfig.explain` reports it
-with secrets redacted (see :mod:`core.redact`).
+with secrets redacted (see :mod:`active_data_flow.redact`).
 
 Sources of layer values:
 
@@ -35,11 +35,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ConfigError
-from core.redact import REDACTED, is_secret_key, redact
+from active_data_flow.errors import ConfigError
+from active_data_flow.redact import REDACTED, is_secret_key, redact
 
 if TYPE_CHECKING:
-    from core.state import StateStore
+    from active_data_flow.state import StateStore
 
 __all__ = [
     "ENV_PREFIX",
@@ -240,7 +240,7 @@ class LayeredConfig:
 
         ``secret_keys`` are dotted paths (``"sink.url"``) or bare key names (``"password"``)
         whose values :meth:`ResolvedConfig.explain` and :meth:`ResolvedConfig.as_dict_redacted`
-        hide, besides the keys :func:`core.redact.is_secret_key` recognises. Raises
+        hide, besides the keys :func:`active_data_flow.redact.is_secret_key` recognises. Raises
         :class:`ConfigError` naming the path and origin when an integer key addresses an
         index outside an existing list.
         """
@@ -329,7 +329,7 @@ class ResolvedConfig:
         """One :class:`Explanation` per leaf path, sorted by path (list indexes numerically).
 
         A leaf is a scalar or an empty mapping/list. Secret values are :data:`REDACTED`;
-        every string goes through :func:`core.redact.redact_text`.
+        every string goes through :func:`active_data_flow.redact.redact_text`.
         """
         rows = [
             Explanation(
@@ -364,7 +364,7 @@ class ResolvedConfig:
         return "\n".join(lines)
 
     def as_dict_redacted(self) -> dict[str, Any]:
-        """A redacted deep copy of :attr:`values` (see :func:`core.redact.redact`)."""
+        """A redacted deep copy of :attr:`values` (see :func:`active_data_flow.redact.redact`)."""
         result: dict[str, Any] = redact(self.values, self.secret_keys)
         return result
 

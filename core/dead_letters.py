@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import AdfError
+from active_data_flow.errors import AdfError
 
 __all__ = ["RunDir", "count_letters", "find_run", "list_runs", "read_letters", "replay"]
 
@@ -182,9 +182,9 @@ def replay(run: RunDir, flow: Any, *, store: Any = None) -> dict[str, Any]:
     (not replayable), "remaining"}``; the dead-letter file then holds only the remaining ones
     and the run's ``summary.json`` records the replay.
     """
-    from core.codec import codec
-    from core.engine import replay_dead_letters
-    from core.spec import as_spec
+    from active_data_flow.codec import codec
+    from active_data_flow.engine import replay_dead_letters
+    from active_data_flow.spec import as_spec
 
     spec = as_spec(flow)
     if spec.name != run.flow:

@@ -30,13 +30,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from core.attributes import Attribute, validate_config
-from core.registry import Registry
-from core.step import FunctionStep, Step
+from active_data_flow.attributes import Attribute, validate_config
+from active_data_flow.registry import Registry
+from active_data_flow.step import FunctionStep, Step
 
 if TYPE_CHECKING:
-    from core.engine import RunSummary
-    from core.spec import FlowSpec
+    from active_data_flow.engine import RunSummary
+    from active_data_flow.spec import FlowSpec
 
 __all__ = ["DataFlow"]
 
@@ -103,7 +103,7 @@ class DataFlow:
         params: Mapping[str, Any] | None = None,
     ) -> FlowSpec:
         """The validated spec; ``params``: values of the declared parameters (``configuration_attributes``)."""
-        from core.spec import parse_spec
+        from active_data_flow.spec import parse_spec
 
         spec = parse_spec(cls.to_spec_dict(overrides), reg=reg, params=params, flow_class=cls)
         cls(spec.config)  # configuration attributes checked before the run
@@ -113,12 +113,12 @@ class DataFlow:
     def run_now(
         cls, config: Mapping[str, Any] | None = None, *, params: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> RunSummary:
-        """Run this flow with the local runtime (``kwargs`` go to :func:`core.engine.run_flow`).
+        """Run this flow with the local runtime (``kwargs`` go to :func:`active_data_flow.engine.run_flow`).
 
         ``config`` is the flow's ``config`` section (as an operator's layer sets it), ``params``
         the values given for its declared parameters (as a request gives them); both end up in
         ``self.config``, ``params`` winning."""
-        from core.engine import run_flow
+        from active_data_flow.engine import run_flow
 
         spec = cls.spec({"config": dict(config)} if config else None, params=params)
         return run_flow(spec, **kwargs)

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import AdfError
-from core.logs import get_logger, log_event
-from core.redact import redact_text
-from core.retry import RetriesExhausted, RetryPolicy, retry_after_seconds, retry_call
+from active_data_flow.errors import AdfError
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.redact import redact_text
+from active_data_flow.retry import RetriesExhausted, RetryPolicy, retry_after_seconds, retry_call
 
 __all__ = ["NETWORK_ERRORS", "HttpClient", "HttpNetworkError", "HttpResponse", "RetryableAnswer", "is_retryable_status"]
 

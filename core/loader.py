@@ -7,7 +7,7 @@ class) < key-value store (``config/<flow>`` in the state store) < environment
 
 The payload layer is the operator's (``adf run --set``): a request (HTTP, a message) never
 reaches it. What a request may give — the values of the parameters a flow declares — is
-``params`` (see :mod:`core.spec`), checked against the declarations after the layers are resolved.
+``params`` (see :mod:`active_data_flow.spec`), checked against the declarations after the layers are resolved.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import ResolvedConfig, flow_name_of, resolve_flow_config
-from core.errors import SpecError
-from core.registry import Registry, add_import_path, import_path, registry
-from core.spec import FlowSpec, load_spec_file, parse_spec, spec_defaults
-from core.state import StateStore, default_state_dir, open_state_store
+from active_data_flow.config import ResolvedConfig, flow_name_of, resolve_flow_config
+from active_data_flow.errors import SpecError
+from active_data_flow.registry import Registry, add_import_path, import_path, registry
+from active_data_flow.spec import FlowSpec, load_spec_file, parse_spec, spec_defaults
+from active_data_flow.state import StateStore, default_state_dir, open_state_store
 
 __all__ = ["LoadedFlow", "load_flow", "read_flow_ref"]
 
@@ -52,7 +52,7 @@ def read_flow_ref(ref: Any) -> tuple[dict[str, Any], Any, str]:
         add_import_path(os.getcwd())
         return raw, None, ref
     if ":" in ref:
-        from core.flow import DataFlow
+        from active_data_flow.flow import DataFlow
 
         add_import_path(os.getcwd())
         try:
@@ -93,7 +93,7 @@ def load_flow(
     embedded SQLite file under the state directory; pass ``store`` to use another one, or
     ``use_store=False`` to skip the key-value layer. ``origin`` names where a spec mapping
     came from in ``adf config explain`` (a bundled file, a database row…). ``params``: values
-    of the flow's declared parameters (:func:`core.spec.parse_spec`).
+    of the flow's declared parameters (:func:`active_data_flow.spec.parse_spec`).
     """
     reg = reg or registry
     raw, flow_class, ref_origin = read_flow_ref(ref)

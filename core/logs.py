@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from core.redact import redact, redact_text
+from active_data_flow.redact import redact, redact_text
 
 __all__ = ["JsonFormatter", "configure", "get_logger", "log_event", "run_id_var"]
 

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from core.errors import AdfError
+from active_data_flow.errors import AdfError
 
 __all__ = [
     "AccountingError",

@@ -46,7 +46,7 @@ def _guard(handler: Handler) -> Handler:
     """Connection problems and Redis errors become one line on stderr and exit code 1."""
 
     def run(args: argparse.Namespace) -> int:
-        from core.errors import AdfError
+        from active_data_flow.errors import AdfError
 
         try:
             return handler(args)
@@ -56,7 +56,7 @@ def _guard(handler: Handler) -> Handler:
             module = type(exc).__module__ or ""
             if not module.startswith("redis"):
                 raise
-            from core.redact import redact_text
+            from active_data_flow.redact import redact_text
 
             _err(f"rafka: {type(exc).__name__}: {redact_text(str(exc))} (url {redact_text(args.url)})")
             return 1
@@ -78,7 +78,7 @@ def _jsonl(stream: IO[str]) -> Iterator[tuple[int, Any]]:
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    from core.connectors.rafka import Admin, TopicExistsError
+    from active_data_flow.connectors.rafka import Admin, TopicExistsError
 
     with Admin(args.url) as admin:
         try:
@@ -94,7 +94,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from core.connectors.rafka import Producer
+    from active_data_flow.connectors.rafka import Producer
 
     stream: IO[str] = open(args.file, encoding="utf-8") if args.file else sys.stdin
     count = 0
@@ -124,7 +124,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_consume(args: argparse.Namespace) -> int:
-    from core.connectors.rafka import Consumer
+    from active_data_flow.connectors.rafka import Consumer
 
     name = args.consumer or f"adf-cli-{socket.gethostname()}"
     consumer = Consumer(
@@ -186,7 +186,7 @@ def _print_describe(d: dict[str, Any]) -> None:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from core.connectors.rafka import Admin
+    from active_data_flow.connectors.rafka import Admin
 
     with Admin(args.url) as admin:
         data = admin.describe(args.topic)
@@ -198,7 +198,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_add_partitions(args: argparse.Namespace) -> int:
-    from core.connectors.rafka import Admin
+    from active_data_flow.connectors.rafka import Admin
 
     with Admin(args.url) as admin:
         meta = admin.add_partitions(args.topic, args.partitions)
@@ -207,7 +207,7 @@ def _cmd_add_partitions(args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from core.connectors.rafka import Admin
+    from active_data_flow.connectors.rafka import Admin
 
     if not args.yes:
         _err(f"deleting topic {args.topic!r} removes its entries and consumer groups; add --yes to confirm")
@@ -222,7 +222,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from core.connectors.rafka import Admin
+    from active_data_flow.connectors.rafka import Admin
 
     with Admin(args.url) as admin:
         names = admin.list_topics()

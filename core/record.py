@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
-from core.attributes import MISSING
-from core.errors import RecordValidationError, SpecError
+from active_data_flow.attributes import MISSING
+from active_data_flow.errors import RecordValidationError, SpecError
 
 __all__ = [
     "FIELD_TYPES",
@@ -266,7 +266,7 @@ class Field:
       declaration time, never mid-flow. :data:`MISSING` means "no default".
 
     Building a field with an unknown type, a bad name or a bad default raises
-    :class:`~core.errors.SpecError` listing every problem.
+    :class:`~active_data_flow.errors.SpecError` listing every problem.
 
     >>> Field("qty", "int", default="3")
     Field(name='qty', type='integer', required=True, default=3, nullable=False)
@@ -373,7 +373,7 @@ class Schema:
     ``extra`` says what :meth:`validate` does with fields the schema does not declare:
     ``"allow"`` (default) keeps them unchanged, ``"drop"`` leaves them out of the result,
     ``"forbid"`` rejects the record with "unexpected field (schema forbids extra fields)".
-    Duplicate names or an unknown policy raise :class:`~core.errors.SpecError`.
+    Duplicate names or an unknown policy raise :class:`~active_data_flow.errors.SpecError`.
 
     >>> schema = Schema([Field("id", "integer"), Field("name", "string")], extra="drop")
     >>> schema.names
@@ -426,7 +426,7 @@ class Schema:
         - a :class:`Schema` (returned unchanged) or a :class:`TypedRecord` subclass.
 
         ``extra`` overrides the policy found in the spec. Raises
-        :class:`~core.errors.SpecError` whose ``problems`` list every unknown type, missing or
+        :class:`~active_data_flow.errors.SpecError` whose ``problems`` list every unknown type, missing or
         duplicate name, unknown key and bad default.
 
         >>> Schema.from_spec([{"name": "id", "type": "int"}, {"name": "tags", "type": "json"}]).names
@@ -535,12 +535,12 @@ class Schema:
         ``"yes"`` → ``True``); dates and datetimes are normalised to ISO-8601 strings; decimals
         stay strings with their exact digits; a blank string counts as missing for every type
         but ``string`` and ``json``; defaults are filled in. Raises
-        :class:`~core.errors.RecordValidationError` naming the *first* bad field and why.
+        :class:`~active_data_flow.errors.RecordValidationError` naming the *first* bad field and why.
 
         >>> Schema.from_spec({"n": "integer"}).validate({"n": "abc"})
         Traceback (most recent call last):
         ...
-        core.errors.RecordValidationError: field 'n': expected integer, got 'abc'
+        active_data_flow.errors.RecordValidationError: field 'n': expected integer, got 'abc'
         """
         return self._check(record, None)
 
@@ -771,7 +771,7 @@ class TypedRecord:
     class-level default makes it not required and is filled in. Names starting with ``_`` and
     ``ClassVar`` annotations are not fields. Subclasses inherit and extend their parents' fields.
     The undeclared-field policy is a class keyword: ``class Order(TypedRecord, extra="forbid")``.
-    An unsupported annotation or a bad default raises :class:`~core.errors.SpecError` at class
+    An unsupported annotation or a bad default raises :class:`~active_data_flow.errors.SpecError` at class
     definition. Records stay plain dicts: the class is not instantiated.
 
     >>> class Order(TypedRecord, extra="drop"):

@@ -10,7 +10,7 @@ The tools, all pure functions of the standard library:
   a stored flow configuration shown by the management API or the dashboard has its secrets
   replaced by :data:`MASK`; when it is saved again, :func:`unmask` puts the stored secret back
   wherever the masked value came back unchanged (secrets are write-only).
-  :func:`core.spec.flow_secret_keys` names the secret attributes a flow configuration's connectors and
+  :func:`active_data_flow.spec.flow_secret_keys` names the secret attributes a flow configuration's connectors and
   steps declare (``Attribute(..., secret=True)``), for both.
 
 Redaction replaces a secret with :data:`REDACTED` (``"***"``); it never raises on odd input.

@@ -3,7 +3,7 @@
 * ``${params.name}`` — a parameter the flow declares (the spec's ``params:`` section, a class-form
   flow's ``configuration_attributes``). Parameters are the only values a request may give a flow,
   so they are resolved once, when the spec is parsed (:func:`resolve_params`, called by
-  :func:`core.spec.parse_spec` with the run's values): every step type sees the typed value, a
+  :func:`active_data_flow.spec.parse_spec` with the run's values): every step type sees the typed value, a
   python step's ``options`` included. They are resolved in ``steps`` and ``context`` only — the
   source, the sink, the dead letters and the runtime never take a request's value.
 * ``${context.x}`` and ``${record.y}`` — resolved for each call by the steps that support them

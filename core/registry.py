@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from core.errors import MissingExtraError, RegistryError, UnavailableTypeError
+from active_data_flow.errors import MissingExtraError, RegistryError, UnavailableTypeError
 
 __all__ = ["ENTRY_POINT_GROUPS", "KINDS", "Registry", "import_path", "register", "registry"]
 
@@ -32,36 +32,36 @@ ENTRY_POINT_GROUPS = {kind: f"active_data_flow.{kind}s" for kind in KINDS}
 
 _BUILTINS: dict[str, dict[str, str]] = {
     "source": {
-        "file": "core.connectors.file:FileSource",
-        "sql": "core.connectors.sql:SqlSource",
-        "memory": "core.connectors.memory:MemorySource",
-        "payload": "core.connectors.memory:PayloadSource",
-        "rafka": "core.connectors.rafka:RafkaSource",
-        "iceberg": "core.connectors.iceberg:IcebergSource",
-        "http": "core.connectors.http:HttpSource",
-        "sftp": "core.connectors.sftp:SftpSource",
+        "file": "active_data_flow.connectors.file:FileSource",
+        "sql": "active_data_flow.connectors.sql:SqlSource",
+        "memory": "active_data_flow.connectors.memory:MemorySource",
+        "payload": "active_data_flow.connectors.memory:PayloadSource",
+        "rafka": "active_data_flow.connectors.rafka:RafkaSource",
+        "iceberg": "active_data_flow.connectors.iceberg:IcebergSource",
+        "http": "active_data_flow.connectors.http:HttpSource",
+        "sftp": "active_data_flow.connectors.sftp:SftpSource",
     },
     "sink": {
-        "file": "core.connectors.file:FileSink",
-        "sql": "core.connectors.sql:SqlSink",
-        "rafka": "core.connectors.rafka:RafkaSink",
-        "iceberg": "core.connectors.iceberg:IcebergSink",
-        "http": "core.connectors.http:HttpSink",
-        "sftp": "core.connectors.sftp:SftpSink",
-        "cache": "core.connectors.cache:CacheSink",
-        "stdout": "core.connectors.stdout:StdoutSink",
-        "memory": "core.connectors.memory:MemorySink",
-        "response": "core.connectors.memory:ResponseSink",
+        "file": "active_data_flow.connectors.file:FileSink",
+        "sql": "active_data_flow.connectors.sql:SqlSink",
+        "rafka": "active_data_flow.connectors.rafka:RafkaSink",
+        "iceberg": "active_data_flow.connectors.iceberg:IcebergSink",
+        "http": "active_data_flow.connectors.http:HttpSink",
+        "sftp": "active_data_flow.connectors.sftp:SftpSink",
+        "cache": "active_data_flow.connectors.cache:CacheSink",
+        "stdout": "active_data_flow.connectors.stdout:StdoutSink",
+        "memory": "active_data_flow.connectors.memory:MemorySink",
+        "response": "active_data_flow.connectors.memory:ResponseSink",
     },
     "step": {
-        "python": "core.step:PythonStep",
-        "filter": "core.step:FilterStep",
-        "http": "core.steps_io:HttpStep",
-        "sql": "core.steps_io:SqlStep",
-        "wasm": "core.wasm.step:WasmStep",
+        "python": "active_data_flow.step:PythonStep",
+        "filter": "active_data_flow.step:FilterStep",
+        "http": "active_data_flow.steps_io:HttpStep",
+        "sql": "active_data_flow.steps_io:SqlStep",
+        "wasm": "active_data_flow.wasm.step:WasmStep",
     },
     "runtime": {
-        "local": "core.runtime:LocalRuntime",
+        "local": "active_data_flow.runtime:LocalRuntime",
     },
 }
 
@@ -81,7 +81,7 @@ _EXTRA_HINTS: dict[str, str] = {
 }
 
 T = TypeVar("T")
-_OWN_PACKAGES = {"core", "handlers", "spin_app", "lambda_app", "flink_job"}
+_OWN_PACKAGES = {"active_data_flow"}
 
 
 def import_path(path: str) -> Any:
@@ -186,7 +186,7 @@ class Registry:
         """A source, sink or step from its spec section: the class its ``type`` names, configured
         with the rest of the section (and ``overrides``; a step's ``id`` and ``next`` belong to the
         pipeline, not to the step). ``run_context``, when given, is set on it before it is returned.
-        Raises what :meth:`resolve` raises, and :class:`~core.errors.ConfigError` for the section."""
+        Raises what :meth:`resolve` raises, and :class:`~active_data_flow.errors.ConfigError` for the section."""
         own = ("type", "id", "next") if kind == "step" else ("type",)
         made = self.resolve(kind, section.get("type", ""))({**{k: v for k, v in section.items() if k not in own}, **overrides})
         if run_context is not None:

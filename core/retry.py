@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from core.errors import AdfError, ConfigError
-from core.logs import get_logger, log_event
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.logs import get_logger, log_event
 
 __all__ = [
     "RetriesExhausted",
@@ -182,7 +182,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 def _short(exc: BaseException) -> str:
-    from core.redact import redact_text
+    from active_data_flow.redact import redact_text
 
     text = str(exc).strip().splitlines()
     return redact_text(f"{type(exc).__name__}: {text[0] if text else ''}")
@@ -267,7 +267,7 @@ def _status_of(exc: BaseException) -> int | None:
 
 def unavailable_reason(exc: BaseException) -> str | None:
     """Why ``exc`` means the other side is unreachable or not ready; None when it does not."""
-    from core.errors import SinkUnavailableError
+    from active_data_flow.errors import SinkUnavailableError
 
     for current in _chain(exc):
         name = type(current).__name__

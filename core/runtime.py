@@ -19,11 +19,11 @@ import abc
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Configurable
+from active_data_flow.attributes import Configurable
 
 if TYPE_CHECKING:
-    from core.engine import RunSummary
-    from core.spec import FlowSpec
+    from active_data_flow.engine import RunSummary
+    from active_data_flow.spec import FlowSpec
 
 __all__ = ["LocalRuntime", "Runtime", "run"]
 
@@ -31,7 +31,7 @@ __all__ = ["LocalRuntime", "Runtime", "run"]
 class Runtime(Configurable, abc.ABC):
     """Runs a validated flow and returns its summary.
 
-    ``options`` are those of :func:`core.engine.run_flow` (``state_dir``, ``resume``,
+    ``options`` are those of :func:`active_data_flow.engine.run_flow` (``state_dir``, ``resume``,
     ``on_progress``, ``store``, ``run_id``); a runtime ignores the ones it has no use for.
     A failing flow is reported in the summary (``status="failed"``), not raised.
     """
@@ -50,14 +50,14 @@ class LocalRuntime(Runtime):
     type_name = "local"
 
     def run(self, spec: FlowSpec, **options: Any) -> RunSummary:
-        from core.engine import run_flow
+        from active_data_flow.engine import run_flow
 
         return run_flow(spec, **options)
 
 
 def run(spec: FlowSpec, runtime_config: Mapping[str, Any] | None = None, **options: Any) -> RunSummary:
     """Run ``spec`` on the runtime its ``runtime.type`` names."""
-    from core.registry import registry
+    from active_data_flow.registry import registry
 
     cls = registry.resolve("runtime", spec.runtime.get("type") or "local")
     runtime: Runtime = cls(runtime_config or {})

@@ -4,7 +4,7 @@ The heartbeat's schedule store and the WebAssembly module registry both keep the
 database named by URL (SQLite or PostgreSQL). :func:`service_engine` makes its engine the same
 way for both: ``postgres://`` and driver-less ``postgresql://`` mean psycopg 3, an invalid URL
 is a :class:`ValueError` naming it (secrets redacted), a missing driver a
-:class:`~core.errors.MissingExtraError` naming the extra to install, a SQLite file's directory
+:class:`~active_data_flow.errors.MissingExtraError` naming the extra to install, a SQLite file's directory
 is created, writers wait up to 30 s for SQLite's lock, and an in-memory SQLite database is one
 shared connection. Each store then adds what is its own (how its transactions begin, pings).
 SQLAlchemy is imported when an engine is made.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from core.errors import MissingExtraError
-from core.redact import redact_text
+from active_data_flow.errors import MissingExtraError
+from active_data_flow.redact import redact_text
 
 __all__ = ["SQLITE_BUSY_TIMEOUT", "service_engine"]
 
@@ -27,7 +27,7 @@ SQLITE_BUSY_TIMEOUT = 30
 def service_engine(url: str, *, what: str, extra: str) -> Any:
     """A SQLAlchemy engine for ``url``; ``what`` names the store in errors and ``extra`` is the
     extra that brings SQLAlchemy for it (a PostgreSQL URL asks for ``postgres``)."""
-    from core.connectors.sql import normalise_url
+    from active_data_flow.connectors.sql import normalise_url
 
     try:
         import sqlalchemy as sa

@@ -1,7 +1,7 @@
 """The sink: where a flow's records go.
 
 A :class:`Sink` takes a configuration mapping checked against the attributes the subclass
-declares (see :mod:`core.attributes`); every problem is reported at once.
+declares (see :mod:`active_data_flow.attributes`); every problem is reported at once.
 
 Example — a sink that collects records::
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from core.attributes import Configurable
-from core.context import RunContextSlot
-from core.record import Record
+from active_data_flow.attributes import Configurable
+from active_data_flow.context import RunContextSlot
+from active_data_flow.record import Record
 
 __all__ = ["Sink"]
 
@@ -35,11 +35,11 @@ class Sink(Configurable, abc.ABC):
     a crash of this process, because the engine checkpoints right after — and :meth:`close`.
 
     What the engine does with errors raised by ``write_batch`` / ``flush``: an outage (the
-    destination cannot be reached or is not ready: see :func:`core.retry.unavailable_reason`)
+    destination cannot be reached or is not ready: see :func:`active_data_flow.retry.unavailable_reason`)
     is retried within ``runtime.sink_retry``, then the run fails with its checkpoint; an
-    error about the records (:class:`~core.errors.RecordValidationError`, a constraint or
+    error about the records (:class:`~active_data_flow.errors.RecordValidationError`, a constraint or
     type error of the driver) makes the engine find the refused records by writing halves of
-    the batch, and dead-letters only those; a :class:`~core.errors.ConfigError` fails the run.
+    the batch, and dead-letters only those; a :class:`~active_data_flow.errors.ConfigError` fails the run.
     ``write_batch`` may return how many records it wrote: a number other than the batch's
     size fails the run (records would otherwise vanish without a trace).
     """

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.attributes import Configurable
-from core.context import RunContextSlot
-from core.record import DeadLetter, Record
+from active_data_flow.attributes import Configurable
+from active_data_flow.context import RunContextSlot
+from active_data_flow.record import DeadLetter, Record
 
 __all__ = [
     "Boundedness",
@@ -79,7 +79,7 @@ class Split:
 
 
 def _as_list(values: Sequence[Any] | int | None) -> list[Any] | int | None:
-    """A segment's values as plain data: an on-demand sequence (core.formats) gives all of them
+    """A segment's values as plain data: an on-demand sequence (active_data_flow.formats) gives all of them
     in one pass (``to_list``) rather than one look-up each."""
     if values is None or isinstance(values, int):
         return values
@@ -407,7 +407,7 @@ class SourceReader(abc.ABC):
     @abc.abstractmethod
     def poll_batch(self, max_records: int) -> ReaderBatch:
         """Up to ``max_records`` records (and the input it could not parse, as dead letters with
-        their position). Called by the reader loop (:mod:`core.engine.loop`) again and again; must
+        their position). Called by the reader loop (:mod:`active_data_flow.engine.loop`) again and again; must
         not block for long and must never return a record twice unless the run resumed from a
         checkpoint taken before it. With nothing to read: an empty batch, ``NOTHING_AVAILABLE``
         (and a split request through the context when it holds no split)."""

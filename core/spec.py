@@ -22,15 +22,15 @@ Parameters
 ----------
 ``params`` declares the values a run may be given from outside — by an HTTP request, a
 Redis / MQTT / SQS message — and is the *only* thing such a request can set besides its
-records (see :mod:`handlers.invoke.params`). Each entry is ``name: {type, default, required,
+records (see :mod:`active_data_flow.handlers.invoke.params`). Each entry is ``name: {type, default, required,
 choices, secret, help}`` or just ``name: <type>``; the types are :data:`PARAM_TYPES`
 (``string``, ``integer``, ``number``, ``boolean``, ``list``, ``mapping``, ``json`` — anything).
-Parameters are :class:`~core.attributes.Attribute` values underneath: a class-form flow's
+Parameters are :class:`~active_data_flow.attributes.Attribute` values underneath: a class-form flow's
 ``configuration_attributes`` are its declared parameters. A run's values are, lowest first, the
 declared ``default``, the entry of the same name in the spec's ``config`` section (the
 operators' layers: ``ADF_<FLOW>__CONFIG__VAT``, a Spin variable, the key-value store), and the
 values given to :func:`parse_spec` (a request's). Steps read them as ``${params.name}`` in
-their options (resolved here, before the steps are built: :func:`core.refs.resolve_params`);
+their options (resolved here, before the steps are built: :func:`active_data_flow.refs.resolve_params`);
 the run context may copy them (``context: {tier: "${params.tier}"}``); ``${params.…}`` anywhere
 else in a spec is an error. :attr:`FlowSpec.params` holds the values.
 """
@@ -45,12 +45,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.attributes import MISSING, Attribute, validate_config
-from core.errors import AdfError, ConfigError, SpecError
-from core.redact import REDACTED
-from core.refs import ReferenceError_, has_refs, param_refs, resolve_params
-from core.registry import Registry, add_import_path, registry
-from core.step import step_id_problems
+from active_data_flow.attributes import MISSING, Attribute, validate_config
+from active_data_flow.errors import AdfError, ConfigError, SpecError
+from active_data_flow.redact import REDACTED
+from active_data_flow.refs import ReferenceError_, has_refs, param_refs, resolve_params
+from active_data_flow.registry import Registry, add_import_path, registry
+from active_data_flow.step import step_id_problems
 
 __all__ = [
     "PARAM_TYPES",
@@ -80,7 +80,7 @@ def _ratio(v: Any) -> str | None:
 
 
 def _retry_policy(v: Any) -> str | None:
-    from core.retry import RetryPolicy
+    from active_data_flow.retry import RetryPolicy
 
     try:
         RetryPolicy.from_config(v, "sink_retry")
@@ -129,7 +129,7 @@ SPEC_KEYS = (
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-#: the type names of a declared parameter → the :class:`~core.attributes.Attribute` type
+#: the type names of a declared parameter → the :class:`~active_data_flow.attributes.Attribute` type
 PARAM_TYPES: dict[str, Any] = {
     "string": str,
     "integer": int,
@@ -312,7 +312,7 @@ def parse_params(section: Any) -> tuple[tuple[Attribute, ...], list[str]]:
     """The parameters a spec's ``params`` section declares, and every problem with it.
 
     ``{"vat": {"type": "number", "default": 0.2}, "region": "string"}`` → two
-    :class:`~core.attributes.Attribute` values (see the module doc for the keys and types).
+    :class:`~active_data_flow.attributes.Attribute` values (see the module doc for the keys and types).
     """
     if section is None:
         return (), []
@@ -424,7 +424,7 @@ def parse_spec(  # noqa: C901
     parameters (a request's; checked against the declarations like any configuration: an
     undeclared name, a wrong type, a value outside ``choices``, a missing required one are
     problems); ``${params.x}`` in ``steps`` and ``context`` is replaced by the values before
-    the steps are checked. ``flow_class``: a :class:`~core.flow.DataFlow` subclass, whose
+    the steps are checked. ``flow_class``: a :class:`~active_data_flow.flow.DataFlow` subclass, whose
     ``configuration_attributes`` are declared parameters too (its ``config`` is their values).
     """
     reg = reg or registry
@@ -497,7 +497,7 @@ def parse_spec(  # noqa: C901
             problems.append(f"runtime: {exc}")
     schema = raw.get("schema")
     if schema is not None:
-        from core.record import Schema
+        from active_data_flow.record import Schema
 
         try:
             Schema.from_spec(schema)
@@ -534,7 +534,7 @@ def parse_spec(  # noqa: C901
 
 def spec_defaults(raw: Mapping[str, Any], reg: Registry | None = None) -> dict[str, Any]:
     """The defaults layer for config explanation: runtime defaults and connector attribute defaults."""
-    from core.attributes import MISSING
+    from active_data_flow.attributes import MISSING
 
     reg = reg or registry
     out: dict[str, Any] = {"runtime": {a.name: a.default for a in RUNTIME_ATTRIBUTES if a.default is not MISSING}}
@@ -552,7 +552,7 @@ def spec_defaults(raw: Mapping[str, Any], reg: Registry | None = None) -> dict[s
 
 def as_spec(flow: Any, reg: Registry | None = None) -> FlowSpec:
     """A :class:`FlowSpec` from a spec, a mapping, or a class-form flow — a
-    :class:`~core.flow.DataFlow` subclass or instance, known by its ``spec`` and ``to_spec_dict``."""
+    :class:`~active_data_flow.flow.DataFlow` subclass or instance, known by its ``spec`` and ``to_spec_dict``."""
     if isinstance(flow, FlowSpec):
         return flow
     if isinstance(flow, Mapping):

@@ -26,8 +26,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from core.errors import ConfigError, MissingExtraError
-from core.redact import redact_text
+from active_data_flow.errors import ConfigError, MissingExtraError
+from active_data_flow.redact import redact_text
 
 if TYPE_CHECKING:
     import sqlite3

@@ -26,14 +26,14 @@ import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from core.attributes import Attribute, Configurable
-from core.errors import ConfigError
-from core.record import Record
-from core.registry import import_path
+from active_data_flow.attributes import Attribute, Configurable
+from active_data_flow.errors import ConfigError
+from active_data_flow.record import Record
+from active_data_flow.registry import import_path
 
 if TYPE_CHECKING:
-    from core.registry import Registry
-    from core.spec import FlowSpec
+    from active_data_flow.registry import Registry
+    from active_data_flow.spec import FlowSpec
 
 __all__ = [
     "ErrorHandler", "FilterStep", "FunctionStep", "PythonStep", "Routed", "SchemaStep", "Step", "build_steps",
@@ -313,7 +313,7 @@ def flow_steps(spec: FlowSpec, reg: Registry) -> list[Step]:
     """A flow's steps in order: its schema's (when it has one), the spec's, its class's."""
     steps: list[Step] = []
     if spec.schema is not None:
-        from core.record import Schema
+        from active_data_flow.record import Schema
 
         steps.append(SchemaStep(Schema.from_spec(spec.schema)))
     steps.extend(build_steps(spec.steps, reg.resolve))

@@ -13,7 +13,7 @@ an API, look up or write rows, run business logic in a sandbox.
   and ``body`` (a mapping or list is sent as JSON). The answer — parsed JSON, else text — is put
   under ``into`` (default ``http``; ``into: null`` drops it, ``merge: true`` merges a JSON object
   into the record). 408, 429, 5xx and network errors are retried with backoff by the connectors'
-  client (:mod:`core.http_client`: ``Retry-After`` honoured, capped at 30
+  client (:mod:`active_data_flow.http_client`: ``Retry-After`` honoured, capped at 30
   s); any other status outside ``expect`` fails the record (dead letter with the status and
   the start of the body).
 
@@ -36,12 +36,12 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from core.attributes import Attribute
-from core.errors import AdfError, ConfigError
-from core.http_client import HttpClient, HttpNetworkError
-from core.record import Record
-from core.refs import resolve
-from core.step import ErrorHandler, Step
+from active_data_flow.attributes import Attribute
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.http_client import HttpClient, HttpNetworkError
+from active_data_flow.record import Record
+from active_data_flow.refs import resolve
+from active_data_flow.step import ErrorHandler, Step
 
 __all__ = ["HttpStep", "HttpStepError", "SqlStep"]
 
@@ -163,7 +163,7 @@ class SqlStep(Step):
             try:
                 import sqlalchemy
             except ImportError as exc:
-                from core.errors import MissingExtraError
+                from active_data_flow.errors import MissingExtraError
 
                 raise MissingExtraError("SQLAlchemy", "sql", "the sql step with a non-SQLite URL") from exc
             self._engine = sqlalchemy.create_engine(url, pool_pre_ping=True)

@@ -22,11 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.errors import AdfError
+from active_data_flow.errors import AdfError
 
 ROOT = Path(__file__).resolve().parent.parent
 FLINK_VENV = ROOT / ".venv-flink"
-_PACKAGES = ("core", "flink_job")
+#: the folders the zip carries, and where each goes in the import package
+_PACKAGES = {"core": "active_data_flow", "flink_job": "active_data_flow/flink_job"}
 
 __all__ = ["flink_python", "register"]
 
@@ -52,16 +53,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         _err("Flink needs Java 17 (apt-get install openjdk-17-jre-headless) or JAVA_HOME")
         return 127
-    cmd = [python, "-m", "flink_job.job", args.spec]
+    cmd = [python, "-m", "active_data_flow.flink_job.job", args.spec]
     if args.parallelism:
         cmd += ["--parallelism", str(args.parallelism)]
     if args.state_dir:
         cmd += ["--state-dir", args.state_dir]
     if args.json:
         cmd.append("--json")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd)
 
 
 #: what a connector type needs on the workers (the extras of pyproject.toml)
@@ -221,8 +220,8 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
             set_values: list[str] | None = None) -> dict[str, Any]:
     """Write what ``flink run`` needs to run ``spec_path`` on a cluster into ``out`` (see
     :func:`_cmd_package`); raises :class:`PackageError`."""
-    from core.config import parse_set_args
-    from core.loader import load_flow
+    from active_data_flow.config import parse_set_args
+    from active_data_flow.loader import load_flow
 
     cwd = os.getcwd()
     payload = parse_set_args(set_values or []) or None
@@ -248,10 +247,10 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "adf-flink.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for pkg in _PACKAGES:
-            for path in sorted((ROOT / pkg).rglob("*")):
+        for folder, package in _PACKAGES.items():
+            for path in sorted((ROOT / folder).rglob("*")):
                 if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    zf.write(path, path.relative_to(ROOT))
+                    zf.write(path, f"{package}/{path.relative_to(ROOT / folder).as_posix()}")
         for arcname, path in sorted(modules.items()):
             zf.write(path, arcname)
     shutil.copy2(ROOT / "flink_job" / "job.py", out / "job.py")
@@ -282,9 +281,9 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
         "`adf flink package --python PATH`.\n\n"
         f"{spec_name}: the spec with every configuration layer resolved at packaging time and its\n"
         "file paths made absolute (they must be on a filesystem every TaskManager mounts).\n"
-        f"adf-flink.zip: the core and flink_job packages and the step modules: {', '.join(sorted(modules)) or 'none'}.\n"
+        f"adf-flink.zip: the engine and the Flink job (the active_data_flow package) and the step modules: {', '.join(sorted(modules)) or 'none'}.\n"
         + (f"requirements.txt: what the workers pip-install: {', '.join(reqs)}.\n" if reqs else
-           "No requirements: core needs only the standard library.\n")
+           "No requirements: the engine needs only the standard library.\n")
         + (f"Installed on the workers already, not bundled: {', '.join(installed)}.\n" if installed else "")
         + "".join(f"Note: {w}.\n" for w in warnings)
         + "\nThe client prints the run summary; its counts and dead letters come back from the job\n"
@@ -297,8 +296,8 @@ def package(spec_path: str, out: Path, *, shared: list[str], requirements: list[
 
 def _bounded(spec: Mapping[str, Any]) -> bool:
     """Whether the spec's source is bounded (True when that cannot be told without reaching it)."""
-    from core.registry import registry
-    from core.source import Boundedness
+    from active_data_flow.registry import registry
+    from active_data_flow.source import Boundedness
 
     try:
         source = dict(spec.get("source") or {})
@@ -350,7 +349,7 @@ def _rest_get(rest: str, path: str) -> Any:
 def job_status(job_id: str, rest: str) -> dict[str, Any]:
     """A job's state from the JobManager's REST API: state, duration, each operator's elements in
     and out, the ``adf_*`` counters while the job runs, and the Python traceback of a failure."""
-    from flink_job.cluster import python_traceback
+    from active_data_flow.flink_job.cluster import python_traceback
 
     job = _rest_get(rest, f"/jobs/{job_id}")
     out: dict[str, Any] = {"job_id": job_id, "name": job.get("name"), "state": job.get("state"),
@@ -385,10 +384,10 @@ def job_status(job_id: str, rest: str) -> dict[str, Any]:
 
 def _finished_run(rest: str, job_id: str) -> dict[str, Any]:
     """A finished detached bounded job's run: its file sink's parts joined into the file and its
-    counts and dead letters added up, from what the job committed (:func:`flink_job.job.finish_detached`;
+    counts and dead letters added up, from what the job committed (:func:`active_data_flow.flink_job.job.finish_detached`;
     where: the job's parameters). Nothing when the job has no such report."""
-    from flink_job.cluster import REPORT_KEY
-    from flink_job.report import finish_detached
+    from active_data_flow.flink_job.cluster import REPORT_KEY
+    from active_data_flow.flink_job.report import finish_detached
 
     try:
         config = _rest_get(rest, f"/jobs/{job_id}/config")

@@ -59,7 +59,7 @@ class CompletedCheckpoints:
 
 def submitted_by_flink_cli() -> bool:
     """Whether this process is the client of ``flink run -py`` (whose Python driver hands it the
-    gateway's port), as opposed to ``python -m flink_job.job`` starting a local mini-cluster."""
+    gateway's port), as opposed to ``python -m active_data_flow.flink_job.job`` starting a local mini-cluster."""
     return "PYFLINK_GATEWAY_PORT" in os.environ
 
 

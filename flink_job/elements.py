@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from core.ids import utc_now_iso
-from core.record import DeadLetter
-from core.source import (
+from active_data_flow.ids import utc_now_iso
+from active_data_flow.record import DeadLetter
+from active_data_flow.source import (
     Origins,
 )
 
@@ -48,14 +48,14 @@ def split_marks(carried: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def origin_at(origins: Origins | None, positions: list[int] | None, index: int) -> dict[str, Any]:
-    """The origin of record ``index`` of an element (as the local runner's :class:`~core.engine.OriginTracker` says it)."""
+    """The origin of record ``index`` of an element (as the local runner's :class:`~active_data_flow.engine.OriginTracker` says it)."""
     if origins is None or index < 0:
         return {}
     return origins.locate(index if positions is None else positions[index])
 
 
 def origins_of(origins: Origins | None, positions: list[int] | None, count: int) -> Origins | None:
-    """The origins of an element's ``count`` records, for a :class:`~core.source.ReaderBatch`."""
+    """The origins of an element's ``count`` records, for a :class:`~active_data_flow.source.ReaderBatch`."""
     if origins is None or positions is None:
         return origins
     out = Origins()
@@ -66,7 +66,7 @@ def origins_of(origins: Origins | None, positions: list[int] | None, count: int)
 
 class StageTracker:
     """Where the records of one step's input and output sit in the element's batch: the local
-    runner's :class:`~core.engine.OriginTracker` over one step."""
+    runner's :class:`~active_data_flow.engine.OriginTracker` over one step."""
 
     def __init__(self, tracker: Any, records: list[Any]) -> None:
         self.tracker, self.records = tracker, records

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m flink_job.job examples/orders/flow.yaml [--parallelism 2] [--json]
+    python -m active_data_flow.flink_job.job examples/orders/flow.yaml [--parallelism 2] [--json]
     adf flink run examples/orders/flow.yaml --parallelism 2          # the same, through the CLI
     adf flink package flow.yaml --out pkg --shared /data              # for a cluster: see pkg/README.txt
     flink run -py pkg/job.py -pyfs pkg/adf-flink.zip -pyexec PY -pyclientexec PY pkg/flow.json
@@ -17,7 +17,7 @@ How the flow maps onto Flink (PyFlink has no Python source API; docs/FLINK.md sa
   reader positions are keyed state (``ReadKeyed``). Each call returns and the Python bundle is
   one element, so checkpoint barriers pass between calls;
 * the elements between the operators are batches of records (a JSON object each, up to
-  ``runtime.batch_size`` records with their origins: see :func:`flink_job.elements.pack`), so PyFlink's
+  ``runtime.batch_size`` records with their origins: see :func:`active_data_flow.flink_job.elements.pack`), so PyFlink's
   per-element cost is paid once per batch, and a step's or the sink's dead letter says where
   its record came from (file and line…), as under the local runner;
 * each step: a ``flat_map`` running the core step on each batch; a record a step fails on
@@ -25,9 +25,9 @@ How the flow maps onto Flink (PyFlink has no Python source API; docs/FLINK.md sa
 * the sink: a function with ``open``/``close`` that writes what reaches it
   with the core sink, a batch per element (retries, then record-by-record isolation into dead
   letters, as the local runner does). A bounded, attached job's file sink commits each split's
-  records as a part of its own instead (:class:`flink_job.parts.Parts`): exactly once across restarts.
+  records as a part of its own instead (:class:`active_data_flow.flink_job.parts.Parts`): exactly once across restarts.
 
-Counts and dead letters (:class:`flink_job.outbox.Outbox`): in a bounded, attached job they travel with the
+Counts and dead letters (:class:`active_data_flow.flink_job.outbox.Outbox`): in a bounded, attached job they travel with the
 elements to the sink operator, whose output the client collects (``execute_and_collect``): the
 summary comes from the job, not from files, and no filesystem is shared with the TaskManagers.
 The sink operator writes the dead letters to the flow's ``dead_letter`` sink when it has one;
@@ -42,12 +42,12 @@ Every job runs in STREAMING mode with checkpoints (``runtime.checkpoint_interval
 cluster's default), else the spec's ``runtime.parallelism``. Routing between steps (``next``)
 is not supported under Flink: the steps run in order. Under ``flink run``, the workers'
 interpreter is the one ``-pyexec`` (``python.executable``) names; the local mini-cluster uses
-this interpreter. Every operator's ``open()`` starts a watchdog (:mod:`flink_job.watchdog`): a
+this interpreter. Every operator's ``open()`` starts a watchdog (:mod:`active_data_flow.flink_job.watchdog`): a
 Python worker whose TaskManager JVM is gone kills itself.
 
 Acknowledgements: PyFlink gives Python functions no checkpoint-complete hook, so a source that
 acknowledges what it read (Rafka: ``XACK``) does so once the JobManager's REST API says a
-checkpoint covering the write completed (``ReadKeyed._release`` in :mod:`flink_job.operators`); the tokens not acknowledged
+checkpoint covering the write completed (``ReadKeyed._release`` in :mod:`active_data_flow.flink_job.operators`); the tokens not acknowledged
 yet are keyed state, acknowledged by a job restored from them. Without the REST API (the local
 mini-cluster) an entry is acknowledged at the reader's next poll, after the sink wrote it.
 """
@@ -60,28 +60,15 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # under `flink run -py`, the project is beside this file (before core can load)
-    sys.path.insert(0, str(ROOT))
-
-from core.context import RunContext  # noqa: E402
-from core.engine import (  # noqa: E402
+from active_data_flow.context import RunContext
+from active_data_flow.engine import (
     default_state_root,
     setup_destinations,
 )
-from core.errors import AdfError  # noqa: E402
-from core.ids import new_run_id  # noqa: E402
-from core.loader import load_flow  # noqa: E402
-from core.registry import registry  # noqa: E402
-from core.source import (  # noqa: E402
-    Boundedness,
-    Split,
-)
-from core.spec import parse_spec  # noqa: E402
-from flink_job.cluster import (  # noqa: E402
+from active_data_flow.errors import AdfError
+from active_data_flow.flink_job.cluster import (
     JOB_KEY,
     REPORT_KEY,
     REST_KEY,
@@ -93,15 +80,23 @@ from flink_job.cluster import (  # noqa: E402
     restore_path,
     submitted_by_flink_cli,
 )
-from flink_job.operators import SPLIT_BYTES, all_splits, operator_classes  # noqa: E402
-from flink_job.parts import assemble_parts, parts_dir  # noqa: E402
-from flink_job.report import judge_run, merge_worker_files  # noqa: E402
+from active_data_flow.flink_job.operators import SPLIT_BYTES, all_splits, operator_classes
+from active_data_flow.flink_job.parts import assemble_parts, parts_dir
+from active_data_flow.flink_job.report import judge_run, merge_worker_files
+from active_data_flow.ids import new_run_id
+from active_data_flow.loader import load_flow
+from active_data_flow.registry import registry
+from active_data_flow.source import (
+    Boundedness,
+    Split,
+)
+from active_data_flow.spec import parse_spec
 
 __all__ = ["all_splits", "assemble_parts", "build_job", "main", "run"]
 
-# The pieces: flink_job.operators (the PyFlink functions), flink_job.elements (what travels between
-# them), flink_job.outbox (counts and dead letters), flink_job.parts (exactly-once file output),
-# flink_job.report (the summary), flink_job.cluster (job parameters, REST, submission).
+# The pieces: active_data_flow.flink_job.operators (the PyFlink functions), active_data_flow.flink_job.elements (what travels between
+# them), active_data_flow.flink_job.outbox (counts and dead letters), active_data_flow.flink_job.parts (exactly-once file output),
+# active_data_flow.flink_job.report (the summary), active_data_flow.flink_job.cluster (job parameters, REST, submission).
 
 
 def _assignments(splits: list[Split], parallelism: int, bounded: bool) -> list[list[Split]]:
@@ -135,7 +130,7 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
 
     ``run_dir``: where the subtasks write (the client's on the mini-cluster); None on a cluster,
     where each TaskManager host uses a directory of its own. ``parts``: the directory a bounded
-    job's file sink commits its parts to (:class:`flink_job.parts.Parts`). ``collected``: whether the client
+    job's file sink commits its parts to (:class:`active_data_flow.flink_job.parts.Parts`). ``collected``: whether the client
     collects the sink's stream (default: ``carry``; a detached bounded job carries its counts to
     the sink, which commits them with the parts, and nobody collects them)."""
     from pyflink.common import Configuration, Types, WatermarkStrategy
@@ -147,12 +142,12 @@ def build_job(spec: Mapping[str, Any], *, parallelism: int | None, run_id: str, 
     bounded = source.boundedness is Boundedness.BOUNDED
     config = Configuration()
     if not submitted_by_flink_cli():
-        # the local mini-cluster: its workers are this interpreter with this project. Under
-        # `flink run`, -pyexec / -pyclientexec / python.executable in the cluster's configuration
-        # say which interpreter the workers use, and -pyfs ships the project.
+        # the local mini-cluster: its workers are this interpreter, which has this project
+        # installed. Under `flink run`, -pyexec / -pyclientexec / python.executable in the
+        # cluster's configuration say which interpreter the workers use, and -pyfs ships the
+        # project (the zip holds the active_data_flow package).
         config.set_string("python.executable", sys.executable)
         config.set_string("python.client.executable", sys.executable)
-        config.set_string("python.pythonpath", str(ROOT))
         # one process, one machine: a failure is not worth a restart (a cluster's own
         # restart-strategy applies under `flink run`)
         config.set_string("restart-strategy.type", "none")
@@ -241,7 +236,7 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
     `flink run` submits to) and return a run summary.
 
     A bounded job's counts and dead letters come back from the job itself (see
-    :class:`flink_job.outbox.Outbox`): nothing is read from the TaskManagers' filesystems. A detached
+    :class:`active_data_flow.flink_job.outbox.Outbox`): nothing is read from the TaskManagers' filesystems. A detached
     submission (``flink run -d``) returns at once with the job's id (status ``submitted``)."""
 
     cluster = submitted_by_flink_cli()
@@ -375,7 +370,7 @@ def run(spec: Mapping[str, Any] | str, *, parallelism: int | None = None, state_
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="flink_job.job", description="Run a flow spec as a Flink job.")
+    ap = argparse.ArgumentParser(prog="active_data_flow.flink_job.job", description="Run a flow spec as a Flink job.")
     ap.add_argument("spec", help="flow spec file (YAML or JSON)")
     ap.add_argument("--parallelism", "-p", type=int, default=None)
     ap.add_argument("--state-dir", default=None, help="where the run directory goes (default: the state root)")

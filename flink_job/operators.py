@@ -10,28 +10,28 @@ import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from core.context import RunContext
-from core.engine import (
+from active_data_flow.context import RunContext
+from active_data_flow.engine import (
     OriginTracker,
     Pipeline,
     ReaderLoop,
     count_step,
 )
-from core.outcome import BatchCounts
-from core.record import DeadLetter
-from core.registry import registry
-from core.source import (
+from active_data_flow.flink_job.cluster import JOB_KEY, REST_KEY, CompletedCheckpoints
+from active_data_flow.flink_job.elements import StageTracker, origin_at, origins_of, pack, split_marks, unpack
+from active_data_flow.flink_job.outbox import Outbox, worker_dir
+from active_data_flow.flink_job.parts import Parts
+from active_data_flow.outcome import BatchCounts
+from active_data_flow.record import DeadLetter
+from active_data_flow.registry import registry
+from active_data_flow.source import (
     CollectingEnumeratorContext,
     DetachedReaderContext,
     Origins,
     ReaderStatus,
     Split,
 )
-from core.spec import parse_spec
-from flink_job.cluster import JOB_KEY, REST_KEY, CompletedCheckpoints
-from flink_job.elements import StageTracker, origin_at, origins_of, pack, split_marks, unpack
-from flink_job.outbox import Outbox, worker_dir
-from flink_job.parts import Parts
+from active_data_flow.spec import parse_spec
 
 __all__ = ['SPLIT_BYTES', 'all_splits', 'operator_classes']
 
@@ -75,7 +75,7 @@ def operator_classes() -> dict[str, Any]:  # noqa: C901
 
     def open_read(fn: Any, ctx: RuntimeContext) -> None:
         """What both read operators set up: the flow, its source and the outbox."""
-        from flink_job.watchdog import watch_parent
+        from active_data_flow.flink_job.watchdog import watch_parent
 
         watch_parent()
         fn.flow = parse_spec(fn.spec)
@@ -270,15 +270,15 @@ def operator_classes() -> dict[str, Any]:  # noqa: C901
             self.spec, self.index, self.run_id, self.run_dir, self.carry = dict(spec), index, run_id, run_dir, carry
 
         def open(self, ctx: RuntimeContext) -> None:
-            from core.step import build_steps
-            from flink_job.watchdog import watch_parent
+            from active_data_flow.flink_job.watchdog import watch_parent
+            from active_data_flow.step import build_steps
 
             watch_parent()
             self.flow = parse_spec(self.spec)
             run_dir = worker_dir(self.run_dir, self.flow.name, self.run_id)
             if self.index < 0:  # the spec's schema: validation and coercion, as the local runner does
-                from core.record import Schema
-                from core.step import SchemaStep
+                from active_data_flow.record import Schema
+                from active_data_flow.step import SchemaStep
 
                 self.step: Any = SchemaStep(Schema.from_spec(self.flow.schema))
             else:
@@ -296,7 +296,7 @@ def operator_classes() -> dict[str, Any]:  # noqa: C901
                                self.carry, ctx.get_metrics_group())
 
         def _error(self, record: Any, exc: BaseException, step: str) -> None:
-            from core.redact import redact_text
+            from active_data_flow.redact import redact_text
 
             tracker = self.tracker
             origin: dict[str, Any] = {} if tracker is None else origin_at(self.origins, self.positions, tracker.index_of(record))
@@ -307,7 +307,7 @@ def operator_classes() -> dict[str, Any]:  # noqa: C901
             self.out.letter(letter)
 
         def flat_map(self, value: str) -> Iterator[str]:
-            from core.source import ReaderBatch
+            from active_data_flow.source import ReaderBatch
 
             records, self.origins, self.positions, carried = unpack(value)
             marks = split_marks(carried)
@@ -344,7 +344,7 @@ def operator_classes() -> dict[str, Any]:  # noqa: C901
             self.metas_dir = metas  # another sink's split tallies (a detached job's summary)
 
         def open(self, ctx: RuntimeContext) -> None:
-            from flink_job.watchdog import watch_parent
+            from active_data_flow.flink_job.watchdog import watch_parent
 
             watch_parent()
             flow = parse_spec(self.spec)
@@ -368,7 +368,7 @@ def operator_classes() -> dict[str, Any]:  # noqa: C901
         def map(self, value: str) -> str:
             # an element is already a batch (up to runtime.batch_size records): write it now, so
             # an unbounded job's records reach the sink as they come
-            from core.source import ReaderBatch
+            from active_data_flow.source import ReaderBatch
 
             records, origins, positions, carried = unpack(value)
             parts = self.parts

@@ -7,13 +7,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from core.context import RunContext
-from core.engine import (
+from active_data_flow.context import RunContext
+from active_data_flow.engine import (
     DeadLetterWriter,
 )
-from core.record import DeadLetter
-from core.registry import registry
-from flink_job.elements import letter_dict
+from active_data_flow.flink_job.elements import letter_dict
+from active_data_flow.record import DeadLetter
+from active_data_flow.registry import registry
 
 __all__ = ['Outbox', 'OutboxFiles', 'worker_dir']
 

@@ -9,9 +9,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from core.context import RunContext
-from core.errors import AdfError
-from core.registry import registry
+from active_data_flow.context import RunContext
+from active_data_flow.errors import AdfError
+from active_data_flow.registry import registry
 
 __all__ = ['Parts', 'assemble_parts', 'parts_dir']
 
@@ -57,7 +57,7 @@ class Parts:
         return entry[0]
 
     def write(self, k: int, records: list[Any]) -> None:
-        from core.formats import encode_jsonl
+        from active_data_flow.formats import encode_jsonl
 
         data = memoryview(encode_jsonl(records))
         fd = self._fd(k)
@@ -106,7 +106,7 @@ def parts_dir(flow: Any) -> str | None:
 
 def assemble_parts(flow: Any, directory: str, count: int, run_ctx: RunContext) -> None:
     """Join the committed parts ``0 … count-1`` into the file sink's file (prepared by the client
-    before the job, as :func:`~core.engine.setup_destinations` prepares every run's sink), then
+    before the job, as :func:`~active_data_flow.engine.setup_destinations` prepares every run's sink), then
     remove them. JSON Lines parts are copied as they are; any other format is written through
     the file sink, so the file is the one the local runner writes."""
     import shutil

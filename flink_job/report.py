@@ -8,11 +8,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from core.context import RunContext
-from core.errors import AdfError
-from core.outcome import BatchCounts, ReasonTally, judge
-from core.spec import parse_spec
-from flink_job.parts import Parts, assemble_parts
+from active_data_flow.context import RunContext
+from active_data_flow.errors import AdfError
+from active_data_flow.flink_job.parts import Parts, assemble_parts
+from active_data_flow.outcome import BatchCounts, ReasonTally, judge
+from active_data_flow.spec import parse_spec
 
 __all__ = ['finish_detached', 'judge_run', 'merge_worker_files']
 

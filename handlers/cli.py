@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from handlers.schedule.store import FlowValidationError, NotFoundError, ScheduleStore
-from handlers.settings import Settings, SettingsError, load_settings
+from active_data_flow.handlers.schedule.store import FlowValidationError, NotFoundError, ScheduleStore
+from active_data_flow.handlers.settings import Settings, SettingsError, load_settings
 
 __all__ = ["register"]
 
@@ -32,7 +32,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _store(settings: Settings) -> ScheduleStore:
-    from handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
 
     return SqlScheduleStore(settings.database_url)
 
@@ -71,7 +71,7 @@ def _guard(handler: Handler) -> Handler:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from handlers.web.app import serve
+    from active_data_flow.handlers.web.app import serve
 
     settings = _settings(args)
     serve(settings, host=args.host, port=args.port)
@@ -79,7 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from handlers.scheduler import Worker
+    from active_data_flow.handlers.scheduler import Worker
 
     settings = _settings(args)
     store = _store(settings)
@@ -96,7 +96,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _heartbeat(args: argparse.Namespace) -> int:
-    from handlers.scheduler import tick
+    from active_data_flow.handlers.scheduler import tick
 
     settings = _settings(args)
     store = _store(settings)
@@ -118,8 +118,8 @@ def _heartbeat(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from core.redact import redact_text
-    from handlers.schedule.sql import current_revision, upgrade
+    from active_data_flow.handlers.schedule.sql import current_revision, upgrade
+    from active_data_flow.redact import redact_text
 
     settings = _settings(args)
     upgrade(settings.database_url)
@@ -128,7 +128,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_current(args: argparse.Namespace) -> int:
-    from handlers.schedule.sql import current_revision
+    from active_data_flow.handlers.schedule.sql import current_revision
 
     print(current_revision(_settings(args).database_url) or "(empty: run `adf db upgrade`)")
     return 0
@@ -161,8 +161,8 @@ def _with_store(fn: Callable[[argparse.Namespace, ScheduleStore], int]) -> Handl
 
 
 def _flows_add(args: argparse.Namespace, store: ScheduleStore) -> int:
-    from core.errors import AdfError
-    from core.spec import load_spec_file
+    from active_data_flow.errors import AdfError
+    from active_data_flow.spec import load_spec_file
 
     try:
         configuration = load_spec_file(args.spec)
@@ -208,7 +208,7 @@ def _flows_disable(args: argparse.Namespace, store: ScheduleStore) -> int:
 
 
 def _flows_trigger(args: argparse.Namespace, store: ScheduleStore) -> int:
-    from handlers.scheduler import trigger_run
+    from active_data_flow.handlers.scheduler import trigger_run
 
     run = trigger_run(store, _settings(args), args.name, trigger="cli", wait=not args.no_wait)
     _emit(args, run.to_dict(), _run_line(run))

@@ -5,9 +5,9 @@ settings — carry configuration into a flow run without being JSON documents: t
 the **manifest** layer (after the spec file itself, so they win over it; kv and the
 environment still win over them). They are the operators' settings. A request's names
 (query parameters, ``X-ADF-*`` headers) never address configuration: a request may give only
-the values of the flow's declared parameters (:mod:`handlers.invoke.params`).
+the values of the flow's declared parameters (:mod:`active_data_flow.handlers.invoke.params`).
 
-Values are parsed like ``--set`` values (:func:`core.config.parse_value`: JSON when it is
+Values are parsed like ``--set`` values (:func:`active_data_flow.config.parse_value`: JSON when it is
 valid JSON — ``10``, ``true``, ``[1,2]``, ``{"a":1}`` — else the string itself).
 
 Variables
@@ -58,10 +58,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from core.config import flow_env_prefix, parse_value
-from core.errors import AdfError
-from core.registry import Registry, registry
-from core.spec import RUNTIME_ATTRIBUTES, SPEC_KEYS
+from active_data_flow.config import flow_env_prefix, parse_value
+from active_data_flow.errors import AdfError
+from active_data_flow.registry import Registry, registry
+from active_data_flow.spec import RUNTIME_ATTRIBUTES, SPEC_KEYS
 
 __all__ = [
     "VARIABLE_PREFIX",

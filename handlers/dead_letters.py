@@ -1,7 +1,7 @@
 """A schedule run's dead letters, for the dashboard and the web API: where they are, reading
 them, and replaying them through the flow's current configuration in the schedule store.
 
-The engine's side (the files, the replay itself) is :mod:`core.dead_letters`; this module adds
+The engine's side (the files, the replay itself) is :mod:`active_data_flow.dead_letters`; this module adds
 what a heartbeat knows — the run's engine run id and state directory, the flow's stored
 configuration — and turns every refusal into a :class:`DeadLetterError` with the HTTP status
 that says why.
@@ -14,12 +14,17 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.logs import get_logger, log_event
-from handlers.schedule.store import ACTIVE_RUN_STATUSES, NotFoundError, RunRecord, ScheduleStore
-from handlers.settings import Settings
+from active_data_flow.handlers.schedule.store import (
+    ACTIVE_RUN_STATUSES,
+    NotFoundError,
+    RunRecord,
+    ScheduleStore,
+)
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.logs import get_logger, log_event
 
 if TYPE_CHECKING:
-    from core.dead_letters import RunDir
+    from active_data_flow.dead_letters import RunDir
 
 __all__ = [
     "DeadLetterError",
@@ -51,8 +56,8 @@ def run_directory(store: ScheduleStore, run: RunRecord, settings: Settings) -> R
     """The engine's directory of a schedule run (``<state dir>/<flow>/runs/<engine run id>``:
     its summary, its dead letters), or None when the run never started or the directory is
     not there. The state directory is the heartbeat's (``settings.state_dir``), or the one
-    the flow's configuration names (:func:`handlers.scheduler.load_scheduled_flow`)."""
-    from core.dead_letters import RunDir
+    the flow's configuration names (:func:`active_data_flow.handlers.scheduler.load_scheduled_flow`)."""
+    from active_data_flow.dead_letters import RunDir
 
     engine_id = run.engine_run_id
     if not engine_id or not _plain_name(engine_id) or not _plain_name(run.flow_name):
@@ -66,7 +71,7 @@ def run_directory(store: ScheduleStore, run: RunRecord, settings: Settings) -> R
     found = at(settings.state_dir)
     if found is not None:
         return found
-    from handlers import scheduler
+    from active_data_flow.handlers import scheduler
 
     try:
         loaded = scheduler.load_scheduled_flow(store, run.flow_name, settings, use_store=False)
@@ -80,7 +85,7 @@ def read_run_dead_letters(
     store: ScheduleStore, run: RunRecord, settings: Settings, *, offset: int = 0, limit: int | None = None
 ) -> tuple[RunDir, list[dict[str, Any]], int]:
     """A schedule run's directory, its current dead letters (``limit`` of them from the
-    ``offset``-th; each with its 1-based ``number``, :func:`core.dead_letters.read_letters`) and
+    ``offset``-th; each with its 1-based ``number``, :func:`active_data_flow.dead_letters.read_letters`) and
     how many it has in all. :class:`DeadLetterError` when the run has no directory (404) or its
     dead letters went to a configured ``dead_letter`` sink (409)."""
     directory = run_directory(store, run, settings)
@@ -102,8 +107,8 @@ def letters_of(
     """The current dead letters in a schedule run's directory (a page of them) and how many
     there are (:class:`DeadLetterError` 409 when they went to a configured ``dead_letter`` sink
     or cannot be read)."""
-    from core.dead_letters import count_letters, read_letters
-    from core.errors import AdfError
+    from active_data_flow.dead_letters import count_letters, read_letters
+    from active_data_flow.errors import AdfError
 
     try:
         return read_letters(directory, offset=offset, limit=limit), count_letters(directory)
@@ -117,7 +122,7 @@ def letters_of(
 
 def replay_run_dead_letters(store: ScheduleStore, run: RunRecord, settings: Settings) -> dict[str, Any]:
     """Replay a finished schedule run's dead letters through its flow's *current*
-    configuration in the schedule store (:func:`core.dead_letters.replay`) and return the
+    configuration in the schedule store (:func:`active_data_flow.dead_letters.replay`) and return the
     outcome: ``{"replayed", "written", "filtered", "fanned_out", "dead_letters" (failed
     again), "kept" (not replayable), "remaining"}``.
 
@@ -126,9 +131,9 @@ def replay_run_dead_letters(store: ScheduleStore, run: RunRecord, settings: Sett
     was deleted or its configuration is invalid now, its dead letters went to a ``dead_letter``
     sink, another replay of them is running, or the sink cannot be reached (nothing is
     removed from the dead letters then)."""
-    from core.dead_letters import replay
-    from core.errors import AdfError, SinkUnavailableError
-    from handlers import scheduler
+    from active_data_flow.dead_letters import replay
+    from active_data_flow.errors import AdfError, SinkUnavailableError
+    from active_data_flow.handlers import scheduler
 
     if run.status in ACTIVE_RUN_STATUSES:
         raise DeadLetterError(409, f"run #{run.id} is {run.status.replace('_', ' ')}: replay its dead letters "

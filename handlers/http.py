@@ -12,7 +12,7 @@ Every request, allowed or not, leaves two traces: a row in the store's heartbeat
 ``method_not_allowed`` 405, ``bad_request`` 400 or ``error`` 500) and a JSON log line on the
 ``adf.heartbeat`` logger carrying the same request id as the ``X-Request-Id`` response header.
 The log is kept to ``ADF_HEARTBEAT_LOG_KEEP`` rows and ``ADF_HEARTBEAT_LOG_DAYS`` days
-(:class:`~handlers.schedule.store.HeartbeatRetention`), so a flood of refused requests cannot
+(:class:`~active_data_flow.handlers.schedule.store.HeartbeatRetention`), so a flood of refused requests cannot
 grow it without bound.
 
 Example::
@@ -31,12 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.ids import new_id
-from core.logs import get_logger
+from active_data_flow.ids import new_id
+from active_data_flow.logs import get_logger
 
 if TYPE_CHECKING:  # the scheduler is loaded by the heartbeat's first request, not by every importer
-    from handlers.schedule.store import ScheduleStore
-    from handlers.settings import Settings
+    from active_data_flow.handlers.schedule.store import ScheduleStore
+    from active_data_flow.handlers.settings import Settings
 
 __all__ = ["JSON_HEADERS", "Request", "Response", "error_response", "handle_heartbeat"]
 
@@ -114,7 +114,7 @@ def _record(
     if response.status >= 400:
         fields["detail"] = detail
     _log.log(level, f"heartbeat {outcome} {response.status}", exc_info=exc_info, extra={"fields": fields})
-    from handlers.schedule.store import HeartbeatRetention
+    from active_data_flow.handlers.schedule.store import HeartbeatRetention
 
     try:
         store.log_heartbeat(
@@ -134,12 +134,12 @@ def _record(
 
 def handle_heartbeat(request: Request, settings: Settings, store: ScheduleStore) -> Response:
     """Answer one heartbeat request: POST only (405 with ``Allow``), authorise (see
-    :func:`handlers.security.authorize_heartbeat`), run one scheduler tick in the configured
+    :func:`active_data_flow.handlers.security.authorize_heartbeat`), run one scheduler tick in the configured
     mode (``?mode=sync|async`` overrides it for an authorised caller) and answer
     ``{flows_due, flows_triggered, run_ids, timestamp}``. Errors answer 500
     ``{error, error_id}``; the traceback goes only to the log."""
-    from handlers import scheduler
-    from handlers.security import authorize_heartbeat
+    from active_data_flow.handlers import scheduler
+    from active_data_flow.handlers.security import authorize_heartbeat
 
     started = time.perf_counter()
     request_id = new_id()

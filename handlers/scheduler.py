@@ -1,10 +1,10 @@
 """Transport-neutral scheduling: what every trigger of the heartbeat runtime calls.
 
-The HTTP heartbeat (:mod:`handlers.http`), ``adf heartbeat`` from cron, and later Lambda's
+The HTTP heartbeat (:mod:`active_data_flow.handlers.http`), ``adf heartbeat`` from cron, and later Lambda's
 EventBridge schedule and Spin's cron trigger all call :func:`tick`; ``adf worker`` runs a
 :class:`Worker`; "trigger now" (API, CLI) calls :func:`trigger_run`. They share one path
 from a claimed run to the engine, :func:`execute_run`; a host that resolves and runs flows
-its own way (:func:`handlers.invoke.cron.host_executor`) gives it its :data:`FlowRunner`.
+its own way (:func:`active_data_flow.handlers.invoke.cron.host_executor`) gives it its :data:`FlowRunner`.
 
 A tick::
 
@@ -50,12 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core.ids import new_id
-from core.logs import get_logger, log_event
-from core.redact import redact_text
-from core.retry import RetriesExhausted
-from handlers.schedule.leases import LeaseKeeper, durable_write
-from handlers.schedule.store import (
+from active_data_flow.handlers.schedule.leases import LeaseKeeper, durable_write
+from active_data_flow.handlers.schedule.store import (
     FlowRecord,
     RetryPolicy,
     RunOutcome,
@@ -64,10 +60,14 @@ from handlers.schedule.store import (
     as_utc,
     utcnow,
 )
-from handlers.settings import Settings
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.ids import new_id
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.redact import redact_text
+from active_data_flow.retry import RetriesExhausted
 
 if TYPE_CHECKING:
-    from core.loader import LoadedFlow
+    from active_data_flow.loader import LoadedFlow
 
 __all__ = [
     "MODES",
@@ -105,7 +105,7 @@ Executor = Callable[..., RunRecord]
 #: Runs a scheduled flow the way a host does: ``runner(flow, run_id, settings)`` — the flow
 #: as the store holds it now (:func:`scheduled_spec` is its spec), the engine run id to run
 #: under, the heartbeat's settings — and returns the engine's
-#: :class:`~core.engine.RunSummary`; it may raise (the run is then recorded failed).
+#: :class:`~active_data_flow.engine.RunSummary`; it may raise (the run is then recorded failed).
 FlowRunner = Callable[[FlowRecord, str, Settings], Any]
 
 
@@ -184,8 +184,8 @@ def outcome_from_exception(exc: BaseException) -> RunOutcome:
 
 
 def _dead_letter_line(summary: Any) -> str:
-    """The dead-letter count and its top reasons on one line (:func:`core.outcome.describe_dead_letters`)."""
-    from core.outcome import describe_dead_letters
+    """The dead-letter count and its top reasons on one line (:func:`active_data_flow.outcome.describe_dead_letters`)."""
+    from active_data_flow.outcome import describe_dead_letters
 
     reasons = list(getattr(summary, "dead_letter_reasons", None) or [])
     line = describe_dead_letters(int(summary.dead_letters or 0), reasons[:_REASONS_SHOWN])
@@ -193,7 +193,7 @@ def _dead_letter_line(summary: Any) -> str:
 
 
 def outcome_from_summary(summary: Any) -> RunOutcome:
-    """The schedule's record of an engine run (a :class:`core.engine.RunSummary`):
+    """The schedule's record of an engine run (a :class:`active_data_flow.engine.RunSummary`):
     ``success`` and ``stopped`` are a success, ``partial`` is partial — its message names
     the top dead-letter reasons — and anything else failed, with the error and backtrace."""
     status = OUTCOME_STATUS.get(summary.status, "failed")
@@ -221,7 +221,7 @@ def scheduled_spec(flow: FlowRecord) -> dict[str, Any]:
 
 
 def _load(flow: FlowRecord, settings: Settings, *, use_store: bool) -> LoadedFlow:
-    from core.loader import load_flow
+    from active_data_flow.loader import load_flow
 
     state_layer = ("default", {"runtime": {"state_dir": settings.state_dir}}, "heartbeat settings (ADF_STATE_DIR)")
     return load_flow(scheduled_spec(flow), extra=[state_layer], use_store=use_store)
@@ -231,21 +231,21 @@ def load_scheduled_flow(
     store: ScheduleStore, flow_name: str, settings: Settings, *, use_store: bool = True
 ) -> LoadedFlow:
     """The flow ``flow_name`` as the schedule store holds it now, resolved through every
-    configuration layer (:func:`core.loader.load_flow`) and validated: what a run of it
+    configuration layer (:func:`active_data_flow.loader.load_flow`) and validated: what a run of it
     executes, and what its dead letters are replayed through.
 
     Its ``runtime.state_dir`` is the heartbeat's state directory (``settings.state_dir``)
     unless the flow's own configuration names another one: checkpoints, run directories,
     dead letters and the key-value store live there. The flow's state store is opened unless
     ``use_store`` is false; closing it is the caller's part. Raises
-    :class:`~handlers.schedule.store.NotFoundError` for an unknown flow and
-    :class:`core.errors.SpecError` for a configuration that is no longer valid.
+    :class:`~active_data_flow.handlers.schedule.store.NotFoundError` for an unknown flow and
+    :class:`active_data_flow.errors.SpecError` for a configuration that is no longer valid.
 
     Example::
 
         loaded = load_scheduled_flow(store, "orders", settings)
         try:
-            summary = core.runtime.run(loaded.spec, state_dir=settings.state_dir, store=loaded.store)
+            summary = active_data_flow.runtime.run(loaded.spec, state_dir=settings.state_dir, store=loaded.store)
         finally:
             if loaded.store is not None:
                 loaded.store.close()
@@ -255,9 +255,9 @@ def load_scheduled_flow(
 
 def run_on_runtime(flow: FlowRecord, run_id: str, settings: Settings) -> Any:
     """The heartbeat's :data:`FlowRunner`: the flow resolved through every configuration
-    layer as :func:`load_scheduled_flow` does, run on its runtime (:func:`core.runtime.run`)
+    layer as :func:`load_scheduled_flow` does, run on its runtime (:func:`active_data_flow.runtime.run`)
     with its state store, which is closed afterwards."""
-    from core.runtime import run as run_on
+    from active_data_flow.runtime import run as run_on
 
     loaded = _load(flow, settings, use_store=True)
     try:
@@ -448,7 +448,7 @@ def trigger_run(
 ) -> RunRecord:
     """Run a flow now, whatever its schedule. ``wait=True``: execute it in this process and
     return the finished run; ``wait=False``: leave it pending for a worker.
-    Raises :class:`~handlers.schedule.store.NotFoundError` for an unknown flow."""
+    Raises :class:`~active_data_flow.handlers.schedule.store.NotFoundError` for an unknown flow."""
     if not wait:
         return store.create_run(flow_name, trigger=trigger)
     worker_id = default_worker_id(trigger)

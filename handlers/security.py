@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.settings import Settings
+from active_data_flow.handlers.settings import Settings
 
 __all__ = [
     "API_TOKEN_MESSAGE",

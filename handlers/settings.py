@@ -95,7 +95,7 @@ class Settings:
         for secret in ("heartbeat_token", "api_token"):
             if out[secret]:
                 out[secret] = "***"
-        from core.redact import redact_text
+        from active_data_flow.redact import redact_text
 
         out["database_url"] = redact_text(out["database_url"])
         return out

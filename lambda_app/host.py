@@ -1,21 +1,21 @@
 """The Lambda flow host and the Powertools objects every handler shares.
 
-:class:`LambdaHost` is a :class:`handlers.invoke.LocalHost` configured from the function's
+:class:`LambdaHost` is a :class:`active_data_flow.handlers.invoke.LocalHost` configured from the function's
 environment (set by the SAM template's parameters):
 
 =========================  ==========================================================================
 ``ADF_FLOWS_DIR``          directory of flow specs bundled in the deployment package; default
                            ``flows/`` next to ``lambda_app/`` when it exists, else ``/var/task/flows``
-``ADF_STATE_URL``          the key-value / state store (``core.state.open_state_store``):
+``ADF_STATE_URL``          the key-value / state store (``active_data_flow.state.open_state_store``):
                            ``memory://`` (default), ``redis://…``, ``sqlite:////tmp/adf/state.db``
 ``ADF_STATE_DIR``          a *writable* directory (``/tmp/adf`` on Lambda): runs persist checkpoints,
                            run records and dead-letter files there; unset or not writable: no files
-``ADF_ALLOW_PAYLOAD_SPEC`` ignored (a warning): a request never carries a flow spec (:mod:`handlers.invoke.params`)
+``ADF_ALLOW_PAYLOAD_SPEC`` ignored (a warning): a request never carries a flow spec (:mod:`active_data_flow.handlers.invoke.params`)
 ``ADF_VAR_<NAME>``         the **manifest** configuration layer (SAM parameters): variable
-                           ``adf_<name>`` under :mod:`handlers.confignames`' rules —
+                           ``adf_<name>`` under :mod:`active_data_flow.handlers.confignames`' rules —
                            ``ADF_VAR_SINK_TABLE`` → ``sink.table``, ``ADF_VAR_JSON`` → ``adf_json``,
                            ``ADF_VAR_FLOW_ORDERS_SINK_TABLE`` → ``sink.table`` of flow ``orders``
-``ADF__SINK__TABLE``       the **env** layer, as everywhere (:mod:`core.config`)
+``ADF__SINK__TABLE``       the **env** layer, as everywhere (:mod:`active_data_flow.config`)
 =========================  ==========================================================================
 
 A host is built per invocation (cheap: the flow directory is re-read only when it changes,
@@ -24,11 +24,11 @@ environment between calls.
 
 The Powertools objects: ``logger``, ``metrics`` and ``tracer`` use ``POWERTOOLS_SERVICE_NAME``
 (``adf`` when unset) and ``POWERTOOLS_METRICS_NAMESPACE`` (``ActiveDataFlow``). The engine's
-own log lines (``core.logs``: the ``adf.*`` loggers) go through the same Powertools handler,
+own log lines (``active_data_flow.logs``: the ``adf.*`` loggers) go through the same Powertools handler,
 as top-level fields beside the invocation's keys: their ``fields`` flattened, the ``run_id``
 of the run they belong to, and ``location`` naming the engine function that logged
-(``core.engine.run_flow:1782``), not the logging helper it called. Every line, the handlers' own
-included, is redacted as core redacts (:mod:`core.redact`: secret-named keys, passwords in
+(``active_data_flow.engine.run_flow:1782``), not the logging helper it called. Every line, the handlers' own
+included, is redacted as core redacts (:mod:`active_data_flow.redact`: secret-named keys, passwords in
 URLs, secret query parameters) right before it is written. Every invocation's metrics include
 Powertools' ``ColdStart`` metric on a cold start.
 """
@@ -49,12 +49,12 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from core import logs as core_logs
-from core.redact import redact, redact_text
-from core.state import open_state_store
-from handlers.invoke.host import LocalHost
-from handlers.invoke.run import Invocation
-from lambda_app.tracing import make_tracer
+from active_data_flow import logs as core_logs
+from active_data_flow.handlers.invoke.host import LocalHost
+from active_data_flow.handlers.invoke.run import Invocation
+from active_data_flow.lambda_app.tracing import make_tracer
+from active_data_flow.redact import redact, redact_text
+from active_data_flow.state import open_state_store
 
 __all__ = [
     "VARIABLE_ENV_PREFIX", "EngineLogHandler", "LambdaHost", "count_http", "count_run", "flows_dir", "get_host",
@@ -66,14 +66,14 @@ SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "adf"
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "ActiveDataFlow"
 #: environment variables carrying manifest-layer variables: ``ADF_VAR_SINK_TABLE`` → ``adf_sink_table``
 VARIABLE_ENV_PREFIX = "ADF_VAR_"
-#: the root of the engine's loggers (:func:`core.logs.get_logger` names them ``adf.<name>``)
+#: the root of the engine's loggers (:func:`active_data_flow.logs.get_logger` names them ``adf.<name>``)
 ENGINE_LOGGER = "adf"
 #: where a line was logged: the module's dotted name, the function and the line
 LOCATION = "%(module)s.%(funcName)s:%(lineno)d"
 
 
 def _redacted_json(log: dict[str, Any]) -> str:
-    """Powertools' serializer: the whole line through :func:`core.redact.redact` first."""
+    """Powertools' serializer: the whole line through :func:`active_data_flow.redact.redact` first."""
     return json.dumps(redact(log), default=lambda o: redact_text(str(o)), separators=(",", ":"))
 
 
@@ -104,13 +104,13 @@ _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
 _FORWARDED = "_adf_forwarded"
 #: the engine's logging helpers, as (module, function): a line logged through one of them is
 #: located at the helper's caller, the code the line is about
-LOG_HELPERS = frozenset({("core.logs", "log_event"), ("handlers.invoke.envelope", "log_line"),
-                         ("handlers.invoke.envelope", "log")})
+LOG_HELPERS = frozenset({("active_data_flow.logs", "log_event"), ("active_data_flow.handlers.invoke.envelope", "log_line"),
+                         ("active_data_flow.handlers.invoke.envelope", "log")})
 
 
 @functools.lru_cache(maxsize=1024)
 def _dotted(pathname: str) -> str | None:
-    """``core.engine`` for ``/var/task/core/engine.py``: the deepest ``sys.path`` entry that
+    """``active_data_flow.engine`` for ``/var/task/active_data_flow/engine/__init__.py``: the deepest ``sys.path`` entry that
     holds the file gives the module's name (None when none does)."""
     path = os.path.abspath(pathname)
     best = ""
@@ -152,7 +152,7 @@ class EngineLogHandler(logging.Handler):
 
     Each record is copied (other handlers of the same record see it unchanged) and shaped the
     way the engine's own JSON lines are: the ``fields`` become top-level keys, the current
-    ``run_id`` (:data:`core.logs.run_id_var`) is added, and a line logged through
+    ``run_id`` (:data:`active_data_flow.logs.run_id_var`) is added, and a line logged through
     a logging helper (:data:`LOG_HELPERS`) is located at the helper's caller."""
 
     def __init__(self, target: logging.Handler) -> None:

@@ -1,20 +1,20 @@
-"""API Gateway (REST v1, HTTP API v2) and Function URL events → :func:`handlers.invoke.handle_http`.
+"""API Gateway (REST v1, HTTP API v2) and Function URL events → :func:`active_data_flow.handlers.invoke.handle_http`.
 
-Routes, bodies, status codes: :mod:`handlers.invoke.http` (``GET /flows``, ``GET /flows/{name}``,
+Routes, bodies, status codes: :mod:`active_data_flow.handlers.invoke.http` (``GET /flows``, ``GET /flows/{name}``,
 ``GET|POST /flows/{name}/run``). This module only translates:
 
-* the event → :class:`handlers.http.Request`: method, path (REST: ``path``; HTTP API / Function
+* the event → :class:`active_data_flow.handlers.http.Request`: method, path (REST: ``path``; HTTP API / Function
   URL: ``rawPath``; a leading ``/<stage>`` is stripped, then ``ADF_BASE_PATH`` — a custom
   domain's base path mapping), headers (multi-value headers joined with ``", "``), query
   (single values; repeated keys: the last one), body (base64-decoded when ``isBase64Encoded``),
   source IP; the API Gateway request id becomes ``X-Request-Id`` unless the client sent one;
-* the :class:`~handlers.http.Response` → ``{statusCode, headers, body, isBase64Encoded: false}``;
+* the :class:`~active_data_flow.handlers.http.Response` → ``{statusCode, headers, body, isBase64Encoded: false}``;
   a streaming (NDJSON) answer is produced whole (Lambda buffers responses).
 
-A body longer than ``ADF_MAX_BODY_BYTES`` (:func:`handlers.settings.max_body_bytes`; decoded
+A body longer than ``ADF_MAX_BODY_BYTES`` (:func:`active_data_flow.handlers.settings.max_body_bytes`; decoded
 length, a base64 body's told from its encoded length before decoding) → 413, nothing parsed.
 An event that is not an HTTP event → 400 with a message. What a request may set at all:
-:mod:`handlers.invoke.params`.
+:mod:`active_data_flow.handlers.invoke.params`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from aws_lambda_powertools.utilities.data_classes import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handlers.http import JSON_HEADERS, Request, Response
-from handlers.invoke import PayloadTooLarge, StreamingResponse, handle_http, refuse_http
-from handlers.settings import max_body_bytes
-from lambda_app.host import count_http, get_host, logger, metrics, tracer
+from active_data_flow.handlers.http import JSON_HEADERS, Request, Response
+from active_data_flow.handlers.invoke import PayloadTooLarge, StreamingResponse, handle_http, refuse_http
+from active_data_flow.handlers.settings import max_body_bytes
+from active_data_flow.lambda_app.host import count_http, get_host, logger, metrics, tracer
 
 __all__ = ["handler", "to_request", "to_result"]
 
@@ -51,7 +51,7 @@ def _strip_stage(path: str, stage: str | None) -> str:
 
 
 def _body(raw: str | None, encoded: bool | None, limit: int | None = None) -> bytes:
-    """The body's bytes; raises :class:`~handlers.invoke.PayloadTooLarge` past ``limit``
+    """The body's bytes; raises :class:`~active_data_flow.handlers.invoke.PayloadTooLarge` past ``limit``
     (before decoding whenever the length already tells)."""
     if raw is None:
         return b""
@@ -75,7 +75,7 @@ def _body(raw: str | None, encoded: bool | None, limit: int | None = None) -> by
 
 def to_request(event: dict[str, Any], *, limit: int | None = None) -> tuple[Request, str | None]:
     """``(request, API Gateway request id)`` of an HTTP event; raises :class:`NotHttpEvent`, and
-    :class:`~handlers.invoke.PayloadTooLarge` for a body longer than ``limit`` bytes."""
+    :class:`~active_data_flow.handlers.invoke.PayloadTooLarge` for a body longer than ``limit`` bytes."""
     request, request_id, raw, encoded = _parts(event)
     request.body = _body(raw, encoded, limit)
     return request, request_id

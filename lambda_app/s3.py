@@ -2,9 +2,9 @@
 
 The flow: ``ADF_S3_ROUTES`` (JSON ``{"bucket/prefix": "flow", "bucket": "flow"}``, or key prefixes
 of ``ADF_S3_ROUTES_BUCKET`` when that is set: :func:`routes`; the longest matching prefix of the
-URL-decoded key wins), else ``ADF_DEFAULT_FLOW`` (:func:`handlers.invoke.events.object_route`).
+URL-decoded key wins), else ``ADF_DEFAULT_FLOW`` (:func:`active_data_flow.handlers.invoke.events.object_route`).
 The object is the run's input: its ``s3://bucket/key`` URL (key URL-decoded) becomes the
-``source.path`` of the flow's ``file`` source (:func:`handlers.invoke.events.run_event_flow`), so
+``source.path`` of the flow's ``file`` source (:func:`active_data_flow.handlers.invoke.events.run_event_flow`), so
 it reads exactly the new object (its format from the spec or the extension); a flow with another
 source refuses the event. Nothing else of the event configures the run.
 
@@ -24,11 +24,11 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handlers.invoke.errors import FlowFailed
-from handlers.invoke.events import object_key, object_route, object_url, run_event_flow
-from handlers.invoke.payload import TriggerPayload
-from lambda_app.host import count_run, get_host, logger, metrics, tracer
-from lambda_app.idempotency import once
+from active_data_flow.handlers.invoke.errors import FlowFailed
+from active_data_flow.handlers.invoke.events import object_key, object_route, object_url, run_event_flow
+from active_data_flow.handlers.invoke.payload import TriggerPayload
+from active_data_flow.lambda_app.host import count_run, get_host, logger, metrics, tracer
+from active_data_flow.lambda_app.idempotency import once
 
 __all__ = ["S3RunError", "handler", "routes"]
 

@@ -1,8 +1,8 @@
-"""EventBridge schedule → one heartbeat tick (:func:`handlers.invoke.handle_cron`).
+"""EventBridge schedule → one heartbeat tick (:func:`active_data_flow.handlers.invoke.handle_cron`).
 
-The schedule lives in the database :func:`lambda_app.secrets.database_url` names — read from
+The schedule lives in the database :func:`active_data_flow.lambda_app.secrets.database_url` names — read from
 Secrets Manager or SSM at cold start on Lambda, ``ADF_DATABASE_URL`` locally; none configured
-fails the invocation (:class:`handlers.schedule.sql.SqlScheduleStore`): PostgreSQL — RDS /
+fails the invocation (:class:`active_data_flow.handlers.schedule.sql.SqlScheduleStore`): PostgreSQL — RDS /
 Aurora — in production, SQLite in tests. Due flows are claimed with
 ``SELECT … FOR UPDATE SKIP LOCKED``, so overlapping invocations (a slow tick and the next
 one, a retry) never run a flow twice. The claimed runs execute in this invocation (sync mode)
@@ -11,7 +11,7 @@ time (not the event's ``time``: a late delivery must still see what is due now).
 
 Returns the tick result (``flows_due``, ``flows_triggered``, ``run_ids``, ``runs``, …); a tick
 that could not run (database unreachable) raises, so the invocation is reported failed.
-Other settings: :mod:`handlers.settings` (``ADF_LEASE_SECONDS``, ``ADF_CLAIM_LIMIT``, …).
+Other settings: :mod:`active_data_flow.handlers.settings` (``ADF_LEASE_SECONDS``, ``ADF_CLAIM_LIMIT``, …).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handlers.invoke.cron import handle_cron
-from handlers.settings import load_settings
-from lambda_app.host import get_host, logger, metrics, tracer
-from lambda_app.secrets import database_url
+from active_data_flow.handlers.invoke.cron import handle_cron
+from active_data_flow.handlers.settings import load_settings
+from active_data_flow.lambda_app.host import get_host, logger, metrics, tracer
+from active_data_flow.lambda_app.secrets import database_url
 
 __all__ = ["ScheduleTickError", "handler"]
 
@@ -38,7 +38,7 @@ class ScheduleTickError(RuntimeError):
 
 
 def _store(url: str) -> Any:
-    from handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
 
     with _lock:
         store = _stores.get(url)

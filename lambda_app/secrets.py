@@ -27,7 +27,7 @@ environments read the new value; :func:`forget` makes this one read it again.
 
 Example::
 
-    from lambda_app.secrets import database_url
+    from active_data_flow.lambda_app.secrets import database_url
     store = SqlScheduleStore(database_url())
 """
 

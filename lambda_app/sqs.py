@@ -2,9 +2,9 @@
 
 Each message body is a flow invocation ``{"flow": name, "records": [...], "params": {...}}``
 (``params``: values of the flow's declared parameters; any other key refuses the message, see
-:mod:`handlers.invoke.params`), or a bare array of records (or an object without ``flow``) whose
+:mod:`active_data_flow.handlers.invoke.params`), or a bare array of records (or an object without ``flow``) whose
 flow is the message attribute ``flow`` (String), else ``ADF_DEFAULT_FLOW``
-(:func:`handlers.invoke.events.parse_flow_message`).
+(:func:`active_data_flow.handlers.invoke.events.parse_flow_message`).
 A malformed body, an unknown flow, a refused key or parameter value or a failed run makes *that* message
 fail: it is listed in ``{"batchItemFailures": [{"itemIdentifier": messageId}]}`` (the event
 source mapping needs ``FunctionResponseTypes: [ReportBatchItemFailures]``) and SQS redelivers
@@ -12,7 +12,7 @@ it — after ``maxReceiveCount`` it goes to the queue's dead-letter queue; nothi
 The other messages succeed.
 
 With ``ADF_IDEMPOTENCY_TABLE`` set, a message whose flow and body were already processed
-(a redelivery, even with a new message id) does not run again (:mod:`lambda_app.idempotency`).
+(a redelivery, even with a new message id) does not run again (:mod:`active_data_flow.lambda_app.idempotency`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from aws_lambda_powertools.utilities.batch.exceptions import ExceptionInfo
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handlers.invoke.errors import FlowFailed
-from handlers.invoke.events import parse_flow_message, run_event_flow
-from lambda_app.host import count_run, get_host, logger, metrics, tracer
-from lambda_app.idempotency import once
+from active_data_flow.handlers.invoke.errors import FlowFailed
+from active_data_flow.handlers.invoke.events import parse_flow_message, run_event_flow
+from active_data_flow.lambda_app.host import count_run, get_host, logger, metrics, tracer
+from active_data_flow.lambda_app.idempotency import once
 
 __all__ = ["handler", "process_record"]
 

@@ -1,34 +1,35 @@
 """Build the Spin components: one ``.wasm`` per trigger kind, flows bundled in.
 
-:func:`build` stages the sources (``core``, ``handlers``, ``spin_app``, the installed
-``spin_sdk``) with a generated ``spin_app/_bundle.py`` — the specs of the given flow files
+:func:`build` stages the import package ``active_data_flow`` as it installs (``core/`` as the
+package, ``handlers/`` and ``spin_app/`` inside it) and the installed ``spin_sdk``, with a
+generated ``active_data_flow/spin_app/_bundle.py`` — the specs of the given flow files
 and the routes — and runs componentize-py once per trigger kind (two at a time):
 
 ==========  ============================  ================================================
 kind        world                         entry module
 ==========  ============================  ================================================
-``http``    ``spin-http`` (spin-sdk)      :mod:`spin_app.http_component`
-``redis``   ``spin-redis`` (spin-sdk)     :mod:`spin_app.redis_component`
-``cron``    ``cron-component`` (own WIT)  :mod:`spin_app.cron_component`
-``mqtt``    ``mqtt-component`` (own WIT)  :mod:`spin_app.mqtt_component`
+``http``    ``spin-http`` (spin-sdk)      :mod:`active_data_flow.spin_app.http_component`
+``redis``   ``spin-redis`` (spin-sdk)     :mod:`active_data_flow.spin_app.redis_component`
+``cron``    ``cron-component`` (own WIT)  :mod:`active_data_flow.spin_app.cron_component`
+``mqtt``    ``mqtt-component`` (own WIT)  :mod:`active_data_flow.spin_app.mqtt_component`
 ==========  ============================  ================================================
 
 The cron and MQTT worlds (``spin_app/wit``) export the trigger plugins' functions and take
 their imports from spin-sdk's ``spin-imports`` world (``-m spin_sdk=spin-imports``), so all
 four components have the same imports. With ``strip`` the debug sections are removed
-(:mod:`spin_app.strip`: ~36 MB → ~17 MB).
+(:mod:`active_data_flow.spin_app.strip`: ~36 MB → ~17 MB).
 
 Routes (``routes``; each kind defaults as shown):
 
-* ``http``: every bundled flow is served at ``/flows/<name>`` (see :mod:`handlers.invoke.http`);
+* ``http``: every bundled flow is served at ``/flows/<name>`` (see :mod:`active_data_flow.handlers.invoke.http`);
 * ``redis``: ``{channel: flow}``, default ``{"adf:<flow>": flow}`` for each flow;
 * ``mqtt``: ``{topic filter: flow}``, default ``{"adf/<flow>": flow}``;
 * ``cron``: ``{flow: interval seconds}``, default the flows with ``runtime.interval_seconds``.
 
 Component variables override all of this at run time (``adf_routes``, ``adf_channel`` ...:
-:mod:`spin_app.runtime`).
+:mod:`active_data_flow.spin_app.runtime`).
 
-    python -m spin_app.build --out build/spin flows/orders.yaml [--trigger http ...] [--no-strip]
+    python -m active_data_flow.spin_app.build --out build/spin flows/orders.yaml [--trigger http ...] [--no-strip]
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 TRIGGERS = ("http", "redis", "cron", "mqtt")
 _ENTRY = {
-    "http": ("spin_app.http_component", ["-w", "spin-http"], []),
-    "redis": ("spin_app.redis_component", ["-w", "spin-redis"], []),
-    "cron": ("spin_app.cron_component", ["-d", "{wit}", "-w", "cron-component", "--world-module", "cron_world"],
+    "http": ("active_data_flow.spin_app.http_component", ["-w", "spin-http"], []),
+    "redis": ("active_data_flow.spin_app.redis_component", ["-w", "spin-redis"], []),
+    "cron": ("active_data_flow.spin_app.cron_component", ["-d", "{wit}", "-w", "cron-component", "--world-module", "cron_world"],
              ["-m", "spin_sdk=spin-imports"]),
-    "mqtt": ("spin_app.mqtt_component", ["-d", "{wit}", "-w", "mqtt-component", "--world-module", "mqtt_world"],
+    "mqtt": ("active_data_flow.spin_app.mqtt_component", ["-d", "{wit}", "-w", "mqtt-component", "--world-module", "mqtt_world"],
              ["-m", "spin_sdk=spin-imports"]),
 }
 #: The oldest Spin release that runs every component built here: spin-sdk 3.4.1's
@@ -217,7 +218,7 @@ def _read_spec(path: str) -> dict[str, Any]:
     return data
 
 
-_OWN = ("core", "handlers", "spin_app", "spin_sdk")
+_OWN = ("active_data_flow", "spin_sdk")
 
 
 def _step_modules(spec: Mapping[str, Any]) -> list[str]:
@@ -266,7 +267,7 @@ def bundle_source(
     redis_address: str | None = None,
     variables: Iterable[str] = (),
 ) -> str:
-    """The text of ``spin_app/_bundle.py`` for these flows (spec paths or mappings) and routes."""
+    """The text of ``active_data_flow/spin_app/_bundle.py`` for these flows (spec paths or mappings) and routes."""
     specs: dict[str, dict[str, Any]] = {}
     for flow in flows:
         spec = dict(flow) if isinstance(flow, Mapping) else _read_spec(str(flow))
@@ -285,7 +286,7 @@ def bundle_source(
             for n, s in specs.items() if (s.get("runtime") or {}).get("interval_seconds")
         })),
     }
-    from handlers.confignames import flow_slug
+    from active_data_flow.handlers.confignames import flow_slug
 
     names = list(_BASE_VARIABLES) + [f"adf_flow_{flow_slug(n)}_json" for n in specs] + list(variables)
     modules = sorted({m for s in specs.values() for m in _step_modules(s)})
@@ -294,7 +295,7 @@ def bundle_source(
 
 def _python_literal(specs: Any, table: Any, names: Any, redis_address: Any, modules: Any = ()) -> str:
     return (
-        '"""Generated by spin_app.build: the flows and routes bundled into the components."""\n\n'
+        '"""Generated by active_data_flow.spin_app.build: the flows and routes bundled into the components."""\n\n'
         "import json\n\n"
         f"SPECS = json.loads({json.dumps(json.dumps(specs, sort_keys=True))})\n"
         f"ROUTES = json.loads({json.dumps(json.dumps(table, sort_keys=True))})\n"
@@ -335,13 +336,14 @@ def _stage(stage: Path, bundle: str, modules: Mapping[str, Path] | None = None) 
         else:
             stage.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, stage / f"{top}.py")
-    _copy_tree(ROOT / "core", stage / "core")
-    _copy_tree(ROOT / "handlers", stage / "handlers")
-    _copy_tree(ROOT / "spin_app", stage / "spin_app")
+    package = stage / "active_data_flow"  # the import package, laid out as it installs
+    _copy_tree(ROOT / "core", package)
+    _copy_tree(ROOT / "handlers", package / "handlers")
+    _copy_tree(ROOT / "spin_app", package / "spin_app")
     for name in ("host.py", "wasi_host.py", "build.py", "strip.py"):  # host-side modules, never in a component
-        (stage / "spin_app" / name).unlink(missing_ok=True)
-    shutil.rmtree(stage / "spin_app" / "local_host", ignore_errors=True)  # the local Spin host (wasmtime)
-    (stage / "spin_app" / "_bundle.py").write_text(bundle, encoding="utf-8")
+        (package / "spin_app" / name).unlink(missing_ok=True)
+    shutil.rmtree(package / "spin_app" / "local_host", ignore_errors=True)  # the local Spin host (wasmtime)
+    (package / "spin_app" / "_bundle.py").write_text(bundle, encoding="utf-8")
     shutil.copytree(_spin_sdk_dir(), stage / "spin_sdk", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     wit = stage.parent / "wit"
     shutil.rmtree(wit, ignore_errors=True)
@@ -405,7 +407,7 @@ def build(
         raw = path.stat().st_size
         stripped = raw
         if strip:
-            from spin_app.strip import strip_file
+            from active_data_flow.spin_app.strip import strip_file
 
             raw, stripped = strip_file(str(path))
         results[kind] = str(path)
@@ -416,7 +418,7 @@ def build(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spin_app.build", description="Build the Spin components.")
+    parser = argparse.ArgumentParser(prog="python -m active_data_flow.spin_app.build", description="Build the Spin components.")
     parser.add_argument("flows", nargs="*", help="flow spec files to bundle")
     parser.add_argument("--out", default="build/spin")
     parser.add_argument("--trigger", action="append", choices=TRIGGERS, help="build only these kinds (repeatable)")

@@ -2,7 +2,7 @@
 
 Registered through the ``active_data_flow.commands`` entry-point group (``core`` does not
 import this layer). Standard library only at module level; the build imports
-``spin_app.build`` (componentize-py) when it runs.
+``active_data_flow.spin_app.build`` (componentize-py) when it runs.
 
 =====================================  ==========================================================
 ``adf spin init NAME``                 a new app directory: spin.toml, flows/, README.md, .gitignore
@@ -17,8 +17,8 @@ manifest, a flow that cannot run inside Spin, a command line); 127 a required to
 CLI, componentize-py) is not installed. ``up``/``deploy`` return ``spin``'s own exit code.
 
 The module is longer than most (the command line of every ``adf spin`` verb and the starter
-project ``init`` writes); the work itself lives in :mod:`spin_app.build`, :mod:`spin_app.manifest`
-and :mod:`spin_app.local_host`.
+project ``init`` writes); the work itself lives in :mod:`active_data_flow.spin_app.build`, :mod:`active_data_flow.spin_app.manifest`
+and :mod:`active_data_flow.spin_app.local_host`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.errors import ConfigError
-from spin_app.manifest import (
+from active_data_flow.errors import ConfigError
+from active_data_flow.spin_app.manifest import (
     DEFAULT_CRON_EXPRESSION,
     DEFAULT_WASM_DIR,
     GENERATED_MARKER,
@@ -69,8 +69,8 @@ SPIN_INSTALL_URL = "https://spinframework.dev/v3/install"
 FERMYON_INSTALL_URL = "https://developer.fermyon.com/spin/v3/install"
 SPIN_EXTRA_HINT = "pip install 'active-data-flow[spin]'"
 #: Where the local Spin host (for development without the spin CLI) may live, most likely first.
-_LOCAL_HOST_MODULES = ("spin_app.host", "spin_app.local_host", "spin_app.localhost", "spin_app.dev_host",
-                       "scripts.spin_host")
+_LOCAL_HOST_MODULES = ("active_data_flow.spin_app.host", "active_data_flow.spin_app.local_host",
+                       "active_data_flow.spin_app.localhost", "active_data_flow.spin_app.dev_host", "scripts.spin_host")
 
 
 def _err(message: str) -> None:
@@ -281,10 +281,10 @@ def _cmd_build(args: argparse.Namespace) -> int:  # noqa: C901
         _err(f"componentize-py is not installed: {SPIN_EXTRA_HINT}")
         return 127
     try:
-        from spin_app.build import build
+        from active_data_flow.spin_app.build import build
     except ImportError as exc:
-        if (exc.name or "").startswith("spin_app"):
-            _err(f"the Spin build (spin_app.build) is not part of this installation: {exc}")
+        if (exc.name or "").startswith("active_data_flow.spin_app"):
+            _err(f"the Spin build (active_data_flow.spin_app.build) is not part of this installation: {exc}")
             return 1
         _err(f"the Spin build is unavailable ({exc}): {SPIN_EXTRA_HINT}")
         return 127
@@ -524,7 +524,7 @@ def _run_spin(args: argparse.Namespace, verb: str) -> int:
         # Spin resets only 2 MiB of a finished instance's memory in place and hands the rest
         # back to the kernel; a Python component then faults its heap in again on every
         # request (docs/SPIN.md, "The local Spin host"). The local host's size, unless one is set.
-        from spin_app.engine import EngineSettings
+        from active_data_flow.spin_app.engine import EngineSettings
 
         env[_KEEP_RESIDENT] = str(EngineSettings().keep_resident)
         print(f"adf: {_KEEP_RESIDENT}={env[_KEEP_RESIDENT]} (a Python component's heap is reset in place; "

@@ -1,6 +1,6 @@
 """Spin-native connectors: what a flow reads and writes inside a component (no sockets).
 
-Registered with :data:`core.registry.registry` by :func:`register` (the components call it
+Registered with :data:`active_data_flow.registry.registry` by :func:`register` (the components call it
 at start-up; ``adf spin validate`` knows the same names):
 
 ``kv`` (source and sink)
@@ -27,7 +27,7 @@ at start-up; ``adf spin validate`` knows the same names):
 The state store ``spin-kv://[label][/prefix]`` (:class:`SpinKvStateStore`) keeps core's
 JSON values with expiry times in the key-value store.
 
-Standard library only at module level; the Spin calls go through :mod:`spin_app.platform`.
+Standard library only at module level; the Spin calls go through :mod:`active_data_flow.spin_app.platform`.
 """
 
 from __future__ import annotations
@@ -40,20 +40,20 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute
-from core.connectors.memory import MemoryEnumerator, MemoryReader, MemorySplit
-from core.errors import ConfigError
-from core.record import Record
-from core.sink import Sink
-from core.source import (
+from active_data_flow.attributes import Attribute
+from active_data_flow.connectors.memory import MemoryEnumerator, MemoryReader, MemorySplit
+from active_data_flow.errors import ConfigError
+from active_data_flow.record import Record
+from active_data_flow.sink import Sink
+from active_data_flow.source import (
     Source,
     SourceReader,
     SourceReaderContext,
     SplitEnumerator,
     SplitEnumeratorContext,
 )
-from core.state import StateStore
-from spin_app.platform import SpinCallError, platform
+from active_data_flow.spin_app.platform import SpinCallError, platform
+from active_data_flow.state import StateStore
 
 __all__ = [
     "KvSink",
@@ -283,7 +283,7 @@ def _sql_param(value: Any) -> Any:
 
 class SpinSqliteExec:
     """``execute(sql, params) -> list of row tuples`` over Spin SQLite, the connection
-    :class:`handlers.schedule.sqlite_exec.ExecScheduleStore` runs on inside a component."""
+    :class:`active_data_flow.handlers.schedule.sqlite_exec.ExecScheduleStore` runs on inside a component."""
 
     def __init__(self, database: str = "default") -> None:
         self._db = platform().sqlite_open(database)
@@ -490,8 +490,8 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from core.registry import registry
-    from core.state import register_state_store
+    from active_data_flow.registry import registry
+    from active_data_flow.state import register_state_store
 
     for kind, cls in (
         ("source", KvSource), ("sink", KvSink),
@@ -499,6 +499,6 @@ def register() -> None:
         ("sink", SpinRedisSink),
         ("source", SpinHttpSource), ("sink", SpinHttpSink),
     ):
-        registry.register(kind, cls.type_name, cls, origin="spin_app.connectors")
+        registry.register(kind, cls.type_name, cls, origin="active_data_flow.spin_app.connectors")
     register_state_store("spin-kv", SpinKvStateStore.from_url)
     _registered = True

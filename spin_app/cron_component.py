@@ -12,9 +12,9 @@ import cron_world
 from cron_world.imports import cron_types
 from cron_world.types import Err
 
-from handlers.invoke import handle_cron
-from handlers.settings import Settings
-from spin_app import runtime
+from active_data_flow.handlers.invoke import handle_cron
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.spin_app import runtime
 
 
 class CronWorld(cron_world.CronWorld):  # type: ignore[misc]

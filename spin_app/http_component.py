@@ -1,6 +1,6 @@
-"""The HTTP component (world ``spin-http``): a request → :func:`handlers.invoke.handle_http`.
+"""The HTTP component (world ``spin-http``): a request → :func:`active_data_flow.handlers.invoke.handle_http`.
 
-The body is read only up to the limit (:func:`spin_app.runtime.max_body_bytes`, 6 MiB unless
+The body is read only up to the limit (:func:`active_data_flow.spin_app.runtime.max_body_bytes`, 6 MiB unless
 ``adf_max_body_bytes`` / ``ADF_MAX_BODY_BYTES`` says otherwise): a ``Content-Length`` past it
 is answered 413 without reading the body, and a body without one is read no further than one
 byte past the limit (413 too). Nothing of a refused body is parsed.
@@ -35,12 +35,12 @@ from spin_sdk.wit.imports.types import (
 )
 from spin_sdk.wit.types import Ok
 
-import handlers.settings  # noqa: F401 - imported at build time: the body limit is read with it
-from handlers.http import Request
-from handlers.invoke import PayloadTooLarge, handle_http, refuse_http
-from handlers.streaming import StreamingResponse
-from spin_app import runtime
-from spin_app.platform import BodyTooLarge, read_to_end
+import active_data_flow.handlers.settings  # noqa: F401 - imported at build time: the body limit is read with it
+from active_data_flow.handlers.http import Request
+from active_data_flow.handlers.invoke import PayloadTooLarge, handle_http, refuse_http
+from active_data_flow.handlers.streaming import StreamingResponse
+from active_data_flow.spin_app import runtime
+from active_data_flow.spin_app.platform import BodyTooLarge, read_to_end
 
 _METHODS = {
     Method_Get: "GET", Method_Head: "HEAD", Method_Post: "POST", Method_Put: "PUT", Method_Delete: "DELETE",

@@ -14,8 +14,8 @@ import mqtt_world
 from mqtt_world.imports import spin_mqtt_types
 from mqtt_world.types import Err
 
-from handlers.invoke import handle_message
-from spin_app import runtime
+from active_data_flow.handlers.invoke import handle_message
+from active_data_flow.spin_app import runtime
 
 
 class MqttWorld(mqtt_world.MqttWorld):  # type: ignore[misc]

@@ -1,7 +1,7 @@
-"""The Redis component (world ``spin-redis``): a message → :func:`handlers.invoke.handle_message`.
+"""The Redis component (world ``spin-redis``): a message → :func:`active_data_flow.handlers.invoke.handle_message`.
 
 Spin's Redis trigger does not say which channel a message came from, so the channel is the
-``adf_channel`` variable (one component per channel, see :mod:`spin_app.manifest`), else the
+``adf_channel`` variable (one component per channel, see :mod:`active_data_flow.spin_app.manifest`), else the
 only Redis route of the bundle. The result is published to the reply channel with outbound
 Redis (``adf_redis_address``).
 """
@@ -12,8 +12,8 @@ from spin_sdk.wit import exports
 from spin_sdk.wit.imports.redis_types import Error
 from spin_sdk.wit.types import Err
 
-from handlers.invoke import handle_message
-from spin_app import runtime
+from active_data_flow.handlers.invoke import handle_message
+from active_data_flow.spin_app import runtime
 
 
 class InboundRedis(exports.InboundRedis):

@@ -1,4 +1,4 @@
-"""What the four components share: the Spin :class:`~handlers.invoke.FlowHost`, the bundle
+"""What the four components share: the Spin :class:`~active_data_flow.handlers.invoke.FlowHost`, the bundle
 of flows and routes, the schedule store on Spin SQLite, and start-up.
 
 Importing this module (which every entry module does at build time, while componentize-py
@@ -7,7 +7,7 @@ and the standard-library modules they import lazily: inside a component only mod
 were imported at build time exist (the source files are not in the component).
 
 Where a component's settings come from (the component variables are those of
-:mod:`spin_app.manifest`; each one overrides the bundle):
+:mod:`active_data_flow.spin_app.manifest`; each one overrides the bundle):
 
 ===================  ======================================  ==================================
 setting              variable                                bundle (``spin_app/_bundle.py``)
@@ -29,7 +29,7 @@ HTTP body limit      ``adf_max_body_bytes``, else the        6 MiB (:func:`max_b
 ===================  ======================================  ==================================
 
 What a request (HTTP, a Redis or MQTT message) may set is the same everywhere: its records
-and the flow's declared parameters (:mod:`handlers.invoke.params`).
+and the flow's declared parameters (:mod:`active_data_flow.handlers.invoke.params`).
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import core
-import handlers
-from handlers.invoke import FlowHost, PublishUnsupported
-from spin_app import connectors
-from spin_app.platform import SpinCallError, platform
+import active_data_flow
+import active_data_flow.handlers
+from active_data_flow.handlers.invoke import FlowHost, PublishUnsupported
+from active_data_flow.spin_app import connectors
+from active_data_flow.spin_app.platform import SpinCallError, platform
 
 __all__ = [
     "SpinHost", "bundle", "bundle_base_path", "host", "max_body_bytes", "mqtt_response_topic", "redis_channel",
@@ -63,29 +63,33 @@ _LAZY_STDLIB = ("io", "difflib", "traceback")
 # native edges (web app, CLIs, the SQLAlchemy schedule store). Left out of the snapshot, they
 # keep every instance smaller; a flow that names one gets "not available here" (422).
 _SKIP = (
-    "handlers.web", "handlers.cli", "core.cli", "handlers.schedule.sql", "handlers.schedule.migrations",
-    "core.wasm", "core.steps_io", "core.rafka_cli", "core.connectors.sql", "core.connectors.iceberg",
-    "core.connectors.sftp", "core.connectors.rafka", "core.connectors.cache", "core.connectors.http",
+    "active_data_flow.handlers.web", "active_data_flow.handlers.cli", "active_data_flow.cli", "active_data_flow.handlers.schedule.sql", "active_data_flow.handlers.schedule.migrations",
+    "active_data_flow.wasm", "active_data_flow.steps_io", "active_data_flow.rafka_cli", "active_data_flow.connectors.sql", "active_data_flow.connectors.iceberg",
+    "active_data_flow.connectors.sftp", "active_data_flow.connectors.rafka", "active_data_flow.connectors.cache", "active_data_flow.connectors.http",
 )
 
 #: the trigger this component is built for: its entry module is being imported right now
-KIND = next((k for k in ("http", "redis", "cron", "mqtt") if f"spin_app.{k}_component" in sys.modules), None)
+KIND = next((k for k in ("http", "redis", "cron", "mqtt") if f"active_data_flow.spin_app.{k}_component" in sys.modules), None)
 # Only the cron component runs the heartbeat's scheduler (and reads its settings file).
-_CRON_ONLY = ("handlers.invoke.cron", "handlers.scheduler", "handlers.schedule", "handlers.settings",
-              "handlers.security")
+_CRON_ONLY = ("active_data_flow.handlers.invoke.cron", "active_data_flow.handlers.scheduler", "active_data_flow.handlers.schedule", "active_data_flow.handlers.settings",
+              "active_data_flow.handlers.security")
 
 
 def _preload() -> list[str]:
     """Import every stdlib-only module of the project now (at build time); return failures."""
     cron = KIND in ("cron", None)
-    skip = _SKIP if cron else _SKIP + _CRON_ONLY
+    # the component entry modules are not the engine's: they are being imported now
+    hosts = ("active_data_flow.spin_app", "active_data_flow.lambda_app", "active_data_flow.flink_job")
+    skip = _SKIP + hosts if cron else _SKIP + _CRON_ONLY + hosts
     failed = []
     for name in _LAZY_STDLIB + (("tomllib",) if cron else ()):  # tomllib: the settings file
         try:
             importlib.import_module(name)
         except Exception:
             failed.append(name)
-    for package in (core, handlers):
+    # the engine, then the handlers (a subpackage: in a component it lies inside the engine's
+    # folder, in a checkout beside it)
+    for package in (active_data_flow, active_data_flow.handlers):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             if any(info.name == s or info.name.startswith(s + ".") for s in skip):
                 continue
@@ -96,7 +100,7 @@ def _preload() -> list[str]:
     return failed
 
 
-# The spin-sdk modules the platform seam (spin_app.platform) imports inside functions.
+# The spin-sdk modules the platform seam (active_data_flow.spin_app.platform) imports inside functions.
 for _name in ("spin_sdk.key_value", "spin_sdk.redis", "spin_sdk.sqlite", "spin_sdk.variables",
               "spin_sdk.wit.imports.redis", "spin_sdk.wit.imports.mqtt", "spin_sdk.wit.imports.sqlite", "spin_sdk.wit.imports.outgoing_handler",
               "spin_sdk.wit.imports.types", "spin_sdk.wit.imports.streams", "spin_sdk.wit.imports.wasi_config_store"):
@@ -104,8 +108,8 @@ for _name in ("spin_sdk.key_value", "spin_sdk.redis", "spin_sdk.sqlite", "spin_s
 
 PRELOAD_FAILED = _preload()
 
-try:  # generated by spin_app.build into the component's sources
-    from spin_app import _bundle as bundle  # type: ignore[attr-defined]
+try:  # generated by active_data_flow.spin_app.build into the component's sources
+    from active_data_flow.spin_app import _bundle as bundle  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - a build without flows
     bundle = None
 
@@ -133,7 +137,7 @@ def _json_var(name: str) -> Any:
 
 
 class SpinHost(FlowHost):
-    """The :class:`~handlers.invoke.FlowHost` inside a Spin component.
+    """The :class:`~active_data_flow.handlers.invoke.FlowHost` inside a Spin component.
 
     ``persist`` is False (no writable files: no checkpoints, one in-process reader, dead
     letters in the summary); the key-value store (``default``) is the ``kv`` config layer
@@ -247,8 +251,8 @@ def _load_yaml(text: str) -> Any:
 
 def schedule_store() -> Any:
     """The heartbeat schedule on Spin SQLite, with the bundled cron flows registered."""
-    from handlers.schedule.sqlite_exec import ExecScheduleStore
-    from handlers.schedule.store import NotFoundError
+    from active_data_flow.handlers.schedule.sqlite_exec import ExecScheduleStore
+    from active_data_flow.handlers.schedule.store import NotFoundError
 
     store = ExecScheduleStore(connectors.SpinSqliteExec(_bundled("SQLITE_DATABASE", "default")))
     specs = SpinHost("cron").specs()
@@ -299,8 +303,8 @@ def bundle_base_path() -> str:
 def max_body_bytes() -> int:
     """The largest HTTP request body this event may bring: the ``adf_max_body_bytes`` variable,
     else the component's ``ADF_MAX_BODY_BYTES`` environment variable, read by
-    :func:`handlers.settings.max_body_bytes` (default 6 MiB). Raises its ``SettingsError``."""
-    from handlers.settings import max_body_bytes as read
+    :func:`active_data_flow.handlers.settings.max_body_bytes` (default 6 MiB). Raises its ``SettingsError``."""
+    from active_data_flow.handlers.settings import max_body_bytes as read
 
     given = platform().variable("adf_max_body_bytes")
     return read({"ADF_MAX_BODY_BYTES": given} if given else os.environ)
@@ -342,10 +346,16 @@ def warm_up() -> list[str]:
     import io
     import logging
 
-    from core.logs import JsonFormatter
-    from core.state import MemoryStateStore
-    from handlers.http import Request
-    from handlers.invoke import LocalHost, PayloadTooLarge, handle_http, handle_message, refuse_http
+    from active_data_flow.handlers.http import Request
+    from active_data_flow.handlers.invoke import (
+        LocalHost,
+        PayloadTooLarge,
+        handle_http,
+        handle_message,
+        refuse_http,
+    )
+    from active_data_flow.logs import JsonFormatter
+    from active_data_flow.state import MemoryStateStore
 
     logger = logging.getLogger("adf")
     sink = logging.StreamHandler(io.StringIO())
@@ -405,7 +415,7 @@ def start() -> None:
     """Register the Spin-native connectors and send the JSON logs to stdout (Spin's log)."""
     import logging
 
-    from core.logs import configure
+    from active_data_flow.logs import configure
 
     connectors.register()
     configure(os.environ.get("ADF_LOG_LEVEL", "INFO"), stream=sys.stdout)

@@ -7,7 +7,7 @@ component (types, imports, exports, code, data) is copied byte for byte, so the 
 component behaves exactly as the original; tracebacks from the Python code inside are
 unchanged (they come from the bundled Python, not from wasm names).
 
-    python -m spin_app.strip build/spin/http.wasm [-o out.wasm]
+    python -m active_data_flow.spin_app.strip build/spin/http.wasm [-o out.wasm]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def strip_file(src: str, dst: str | None = None) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spin_app.strip", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m active_data_flow.spin_app.strip", description=__doc__.splitlines()[0])
     parser.add_argument("component")
     parser.add_argument("-o", "--output")
     args = parser.parse_args(argv)

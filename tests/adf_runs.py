@@ -17,7 +17,7 @@ def start_run(spec_path: Path, state: Path) -> subprocess.Popen[str]:
     """`adf run SPEC --json` in its own process group, step modules importable from tests/."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "run", str(spec_path), "--json", "--state-dir", str(state)],
+        [sys.executable, "-m", "active_data_flow.cli", "run", str(spec_path), "--json", "--state-dir", str(state)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
 

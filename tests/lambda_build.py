@@ -20,7 +20,7 @@ RUNTIME_DIR = ROOT / ".venv-lambda-runtime" / "python"
 @dataclass(frozen=True)
 class Build:
     root: Path
-    handlers: dict[str, str]  # function -> handler ("lambda_app.http.handler")
+    handlers: dict[str, str]  # function -> handler ("active_data_flow.lambda_app.http.handler")
 
     def function(self, name: str) -> Path:
         return self.root / name

@@ -1,6 +1,6 @@
 """A real uvicorn server running the heartbeat web app in a background thread, for tests.
 
-The server is built by :func:`handlers.web.app.make_server` — the same configuration
+The server is built by :func:`active_data_flow.handlers.web.app.make_server` — the same configuration
 ``adf serve`` runs (no uvicorn proxy headers, JSON logs) — on a socket bound to a free port.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 
-from core.logs import JsonFormatter
-from handlers.schedule.store import ScheduleStore
-from handlers.settings import Settings
-from handlers.web.app import make_server
+from active_data_flow.handlers.schedule.store import ScheduleStore
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.handlers.web.app import make_server
+from active_data_flow.logs import JsonFormatter
 
 
 @contextlib.contextmanager

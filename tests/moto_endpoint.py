@@ -15,7 +15,7 @@ def moto_endpoint(*, export: bool = False) -> Iterator[tuple[str, pytest.MonkeyP
     boto3 client (core's S3 client, Powertools' DynamoDB client) talks to it."""
     from moto import server as moto_server
 
-    from core.connectors import s3 as _s3
+    from active_data_flow.connectors import s3 as _s3
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from live_server import live_server
 
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.schedule.store import NotFoundError
-from handlers.settings import Settings
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.schedule.store import NotFoundError
+from active_data_flow.handlers.settings import Settings
 
 pytestmark = pytest.mark.postgres
 

@@ -28,9 +28,9 @@ import httpx
 import pytest
 from live_server import client_from, live_server
 
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.security import AUTH_FAILURES, MIN_TOKEN_LENGTH
-from handlers.settings import Settings
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.security import AUTH_FAILURES, MIN_TOKEN_LENGTH
+from active_data_flow.handlers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -64,7 +64,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def adf_serve(tmp_path: Path, **env: str) -> Iterator[Served]:
-    """`adf serve` (python -m core.cli serve) on a free port, its log in a file."""
+    """`adf serve` (python -m active_data_flow.cli serve) on a free port, its log in a file."""
     port = _free_port()
     log = tmp_path / "serve.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ADF_")}
@@ -76,7 +76,7 @@ def adf_serve(tmp_path: Path, **env: str) -> Iterator[Served]:
     )
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "active_data_flow.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path, env=environ, stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"

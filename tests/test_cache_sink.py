@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.connectors.cache import CacheSink
-from core.context import RunContext
-from core.errors import ConfigError, RecordValidationError
-from core.state import MemoryStateStore, RedisStateStore, SqliteStateStore
+from active_data_flow.connectors.cache import CacheSink
+from active_data_flow.context import RunContext
+from active_data_flow.errors import ConfigError, RecordValidationError
+from active_data_flow.state import MemoryStateStore, RedisStateStore, SqliteStateStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ADF = [sys.executable, "-m", "core.cli"]
+ADF = [sys.executable, "-m", "active_data_flow.cli"]
 
 
 def adf(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -110,7 +110,7 @@ def test_validate_and_connectors() -> None:
 
 def test_config_explain_shows_each_layer_and_redacts_secrets(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    from core.state import SqliteStateStore
+    from active_data_flow.state import SqliteStateStore
 
     store = SqliteStateStore(str(state / "state.db"))
     store.set("config/orders_to_sqlite", {"runtime.batch_size": 50, "sink.table": "from_kv"})

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.config import (
+from active_data_flow.config import (
     LAYERS,
     Explanation,
     LayeredConfig,
@@ -19,9 +19,9 @@ from core.config import (
     parse_value,
     resolve_flow_config,
 )
-from core.errors import ConfigError
-from core.redact import REDACTED, is_secret_key, redact, redact_text
-from core.state import SqliteStateStore
+from active_data_flow.errors import ConfigError
+from active_data_flow.redact import REDACTED, is_secret_key, redact, redact_text
+from active_data_flow.state import SqliteStateStore
 
 SPEC = {
     "name": "orders",
@@ -397,7 +397,7 @@ def test_redact_helpers() -> None:
 
 @pytest.mark.parametrize("layer", ["env", "kv", "set", "variables"])
 def test_a_layer_that_changes_a_components_type_replaces_its_section(tmp_path: Path, layer: str) -> None:
-    from core.loader import load_flow
+    from active_data_flow.loader import load_flow
 
     spec = {"name": "switch", "source": {"type": "memory", "records": [{"id": 1}]},
             "steps": [{"type": "filter", "field": "id", "op": "gt", "value": 0}],

@@ -24,11 +24,11 @@ import httpx
 import pytest
 from live_server import client_from, live_server
 
-from core.wasm.registry import ModuleRegistry
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.schedule.store import RunRecord
-from handlers.settings import Settings
-from handlers.web.dashboard import parse_form
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.schedule.store import RunRecord
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.handlers.web.dashboard import parse_form
+from active_data_flow.wasm.registry import ModuleRegistry
 
 TOKEN = "dashboard-token-7"
 WAT = ('(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0) '
@@ -740,7 +740,7 @@ def test_the_multipart_parser_keeps_binary_content_exactly() -> None:
     ("application/x-www-form-urlencoded", b"a=%FF", 200),
 ])
 def test_malformed_form_bodies(content_type: str, body: bytes, status: int) -> None:
-    from handlers.web.dashboard import FormError
+    from active_data_flow.handlers.web.dashboard import FormError
 
     if status == 200:
         assert parse_form(content_type, body).get("a") == "\ufffd"

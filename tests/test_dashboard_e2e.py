@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 from live_server import live_server
 
-from core.wasm.errors import ModuleNotFoundInRegistry
-from core.wasm.registry import ModuleRegistry
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.settings import Settings
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.wasm.errors import ModuleNotFoundInRegistry
+from active_data_flow.wasm.registry import ModuleRegistry
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -285,7 +285,7 @@ def test_see_a_runs_dead_letters_and_replay_them_after_the_fix(
 ) -> None:
     from playwright.sync_api import expect
 
-    from handlers.scheduler import trigger_run
+    from active_data_flow.handlers.scheduler import trigger_run
 
     env = "ADF_E2E_DEAD_LETTERS_FIXED"
     monkeypatch.delenv(env, raising=False)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from core.attributes import Attribute
-from core.engine import run_flow
-from core.errors import RegistryError, SpecError
-from core.flow import DataFlow
-from core.registry import registry
+from active_data_flow.attributes import Attribute
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import RegistryError, SpecError
+from active_data_flow.flow import DataFlow
+from active_data_flow.registry import registry
 
 registry.register("sink", "flaky", "flowlib.sinks:FlakySink")
 registry.register("sink", "picky", "flowlib.sinks:PickySink")
@@ -202,7 +202,7 @@ def test_entry_point_plugins_are_discovered(tmp_path: Path, monkeypatch: pytest.
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: adf-plugin-demo\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[active_data_flow.sinks]\ndemo = flowlib.sinks:FlakySink\n")
     monkeypatch.syspath_prepend(str(site))
-    from core.registry import Registry
+    from active_data_flow.registry import Registry
 
     reg = Registry()
     assert "demo" in reg.names("sink")
@@ -212,12 +212,12 @@ def test_entry_point_plugins_are_discovered(tmp_path: Path, monkeypatch: pytest.
 
 def test_a_built_in_type_whose_module_is_not_in_the_build_is_named_as_unavailable() -> None:
     # as inside a Spin component, which carries only the connectors that can run there
-    from core.errors import UnavailableTypeError
-    from core.registry import Registry
-    from core.spec import parse_spec
+    from active_data_flow.errors import UnavailableTypeError
+    from active_data_flow.registry import Registry
+    from active_data_flow.spec import parse_spec
 
     reg = Registry()
-    reg._entries["source"]["sql"] = "core.connectors.not_in_this_build:SqlSource"
+    reg._entries["source"]["sql"] = "active_data_flow.connectors.not_in_this_build:SqlSource"
     with pytest.raises(UnavailableTypeError) as err:
         reg.resolve("source", "sql")
     assert "the source type 'sql' is not available here" in str(err.value)
@@ -225,7 +225,7 @@ def test_a_built_in_type_whose_module_is_not_in_the_build_is_named_as_unavailabl
         parse_spec({"name": "f", "source": {"type": "sql", "url": "sqlite://", "table": "t"},
                     "sink": {"type": "stdout"}}, reg=reg)
     assert "source: the source type 'sql' is not available here" in str(bad.value)
-    reg._entries["source"]["file"] = "core.connectors.file:NoSuchClass"  # a real bug stays an error of its own
+    reg._entries["source"]["file"] = "active_data_flow.connectors.file:NoSuchClass"  # a real bug stays an error of its own
     with pytest.raises((ImportError, AttributeError)):
         reg.resolve("source", "file")
 
@@ -304,7 +304,7 @@ def test_readers_are_forked_while_no_thread_is_writing_a_log_line(tmp_path: Path
     import logging
     import threading
 
-    from core.engine import processes as engine
+    from active_data_flow.engine import processes as engine
 
     in_emit, finish_emit, forked = threading.Event(), threading.Event(), threading.Event()
 

@@ -72,7 +72,7 @@ def _summary(res: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def test_the_example_flow_runs_with_the_installed_plugin(python: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    res = _run(python, "-m", "core.cli", "run", "examples/plugin/flow.yaml", "--json",
+    res = _run(python, "-m", "active_data_flow.cli", "run", "examples/plugin/flow.yaml", "--json",
                "--state-dir", tmp_path / "state", "--set", f"sink.directory={out}")
     summary = _summary(res)
 
@@ -96,7 +96,7 @@ def test_the_example_flow_runs_with_the_installed_plugin(python: Path, tmp_path:
 
 
 def test_adf_finds_the_plugin_types_through_their_entry_points(python: Path) -> None:
-    res = _run(python, "-m", "core.cli", "connectors", "--json")
+    res = _run(python, "-m", "active_data_flow.cli", "connectors", "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     listed = json.loads(res.stdout)
     source = next(row for row in listed["sources"] if row["type"] == "example_lines")
@@ -107,7 +107,7 @@ def test_adf_finds_the_plugin_types_through_their_entry_points(python: Path) -> 
     assert [a["name"] for a in sink["attributes"]] == ["directory", "fsync"]
     assert all(a.get("help") for a in source["attributes"] + sink["attributes"])
 
-    res = _run(python, "-m", "core.cli", "validate", "examples/plugin/flow.yaml")
+    res = _run(python, "-m", "active_data_flow.cli", "validate", "examples/plugin/flow.yaml")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -122,7 +122,8 @@ def test_the_plugin_tests_pass_in_the_virtualenv(python: Path) -> None:
 
 def test_the_main_distribution_leaves_the_plugin_out() -> None:
     with open(ROOT / "pyproject.toml", "rb") as f:
-        find = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]
-    assert "where" not in find or find["where"] == ["."]
+        setuptools = tomllib.load(f)["tool"]["setuptools"]
+    listed = [*setuptools["packages"], *setuptools["package-dir"].values()]
     for package in ("examples", "examples.plugin", "examples.plugin.src.adf_example_plugin", "adf_example_plugin"):
-        assert not any(fnmatch.fnmatchcase(package, pattern) for pattern in find["include"]), package
+        assert not any(fnmatch.fnmatchcase(package, pattern) for pattern in listed), package
+    # (the built wheel's contents: tests/test_packaging.py)

@@ -16,13 +16,20 @@ from typing import Any
 
 import pytest
 
-from core.connectors.file import FileReadError, FileSink, FileSource, FileSplit, NoFilesError, parse_size
-from core.connectors.stdout import StdoutSink
-from core.context import RunContext
-from core.engine import run_flow
-from core.errors import ConfigError, SourceDataError
-from core.record import DeadLetter
-from core.source import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
+from active_data_flow.connectors.file import (
+    FileReadError,
+    FileSink,
+    FileSource,
+    FileSplit,
+    NoFilesError,
+    parse_size,
+)
+from active_data_flow.connectors.stdout import StdoutSink
+from active_data_flow.context import RunContext
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import ConfigError, SourceDataError
+from active_data_flow.record import DeadLetter
+from active_data_flow.source import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
 
 
 class _ReaderCtx(SourceReaderContext):

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from core.engine import run_flow
-from flink_job.cli import flink_python
+from active_data_flow.engine import run_flow
+from active_data_flow.flink_job.cli import flink_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
@@ -55,7 +55,7 @@ def _spec(tmp: Path, db: Path, name: str) -> dict[str, Any]:
 
 
 def _flink(python: str, spec_path: Path, tmp: Path, parallelism: int) -> dict[str, Any]:
-    r = subprocess.run([python, "-m", "flink_job.job", str(spec_path), "--parallelism", str(parallelism),
+    r = subprocess.run([python, "-m", "active_data_flow.flink_job.job", str(spec_path), "--parallelism", str(parallelism),
                         "--state-dir", str(tmp / "state"), "--json"], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp)})
     assert r.stdout.strip(), r.stderr[-3000:]
@@ -65,7 +65,7 @@ def _flink(python: str, spec_path: Path, tmp: Path, parallelism: int) -> dict[st
 
 def _start_streaming(python: str, spec_path: Path, tmp: Path) -> subprocess.Popen[bytes]:
     """A streaming job at parallelism 2 on the mini-cluster, in its own process group (kill it)."""
-    return subprocess.Popen([python, "-m", "flink_job.job", str(spec_path), "-p", "2", "--state-dir", str(tmp / "state")],
+    return subprocess.Popen([python, "-m", "active_data_flow.flink_job.job", str(spec_path), "-p", "2", "--state-dir", str(tmp / "state")],
                             cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -113,19 +113,20 @@ def test_adf_flink_run_and_package(python: str, tmp_path: Path) -> None:
     _orders(tmp_path / "in", files=1, rows=20)
     spec_path = tmp_path / "orders.json"
     spec_path.write_text(json.dumps(_spec(tmp_path, tmp_path / "cli.db", "orders_cli")))
-    r = subprocess.run([sys.executable, "-m", "core.cli", "flink", "run", str(spec_path), "-p", "1", "--json",
+    r = subprocess.run([sys.executable, "-m", "active_data_flow.cli", "flink", "run", str(spec_path), "-p", "1", "--json",
                         "--state-dir", str(tmp_path / "state")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "partial"
     out = tmp_path / "pkg"
-    r = subprocess.run([sys.executable, "-m", "core.cli", "flink", "package", str(spec_path), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "active_data_flow.cli", "flink", "package", str(spec_path), "--out", str(out),
                         "-r", "SQLAlchemy>=2", "--shared", str(tmp_path), "--json"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     import zipfile
 
     names = zipfile.ZipFile(out / "adf-flink.zip").namelist()
-    assert "core/engine/__init__.py" in names and "core/engine/loop.py" in names and "flink_job/job.py" in names
+    assert "active_data_flow/engine/__init__.py" in names and "active_data_flow/engine/loop.py" in names
+    assert "active_data_flow/flink_job/job.py" in names and not [n for n in names if n.startswith(("core/", "flink_job/"))]
     assert "flowlib/steps.py" in names  # the step modules the flow imports, from its python_path
     assert (out / "job.py").exists() and (out / "orders.json").exists()
     packaged = json.loads((out / "orders.json").read_text())
@@ -133,7 +134,7 @@ def test_adf_flink_run_and_package(python: str, tmp_path: Path) -> None:
     assert "SQLAlchemy>=2" in (out / "requirements.txt").read_text()
     assert "-pyreq" in (out / "README.txt").read_text()
     # a path only this machine sees is refused, named
-    r = subprocess.run([sys.executable, "-m", "core.cli", "flink", "package", str(spec_path), "--out",
+    r = subprocess.run([sys.executable, "-m", "active_data_flow.cli", "flink", "package", str(spec_path), "--out",
                         str(tmp_path / "pkg2")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "source.path" in r.stderr and "sink.url" in r.stderr
 
@@ -142,7 +143,7 @@ def test_adf_flink_run_and_package(python: str, tmp_path: Path) -> None:
 def test_a_rafka_topic_gives_the_same_file_on_flink_as_locally(python: str, tmp_path: Path) -> None:
     import uuid
 
-    from core.connectors.rafka import Admin, Producer
+    from active_data_flow.connectors.rafka import Admin, Producer
 
     url = "redis://127.0.0.1:6379"
     topic = f"flink-{uuid.uuid4().hex[:8]}"
@@ -181,7 +182,7 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
     import signal
     import uuid
 
-    from core.connectors.rafka import Admin, Producer
+    from active_data_flow.connectors.rafka import Admin, Producer
 
     url = "redis://127.0.0.1:6379"
     topic = f"flink-stream-{uuid.uuid4().hex[:8]}"
@@ -218,7 +219,7 @@ def test_an_unbounded_source_runs_as_a_streaming_job_and_delivers_records_as_the
         producer.flush()
         import redis
 
-        from core.connectors.rafka import stream_key
+        from active_data_flow.connectors.rafka import stream_key
 
         assert redis.Redis.from_url(url).xlen(stream_key(topic, 3)) > 0  # the new partition has entries
         wait_for(350)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from flink_cluster import FLINK_PYTHON, FlinkCluster, descendants, unshare_works
 
-from flink_job.cli import flink_python
+from active_data_flow.flink_job.cli import flink_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
@@ -57,7 +57,7 @@ def shared() -> Iterator[Path]:
 
 def adf(*args: str, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "active_data_flow.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
@@ -103,7 +103,7 @@ def test_the_example_flow_packaged_and_submitted_as_its_readme_says(cluster: Fli
     import zipfile
 
     names = zipfile.ZipFile(pkg / "adf-flink.zip").namelist()
-    assert "transforms.py" in names and "core/engine/__init__.py" in names and "core/engine/loop.py" in names and "flink_job/job.py" in names
+    assert "transforms.py" in names and "active_data_flow/engine/__init__.py" in names and "active_data_flow/engine/loop.py" in names and "active_data_flow/flink_job/job.py" in names
     started = time.monotonic()
     r = submit(cluster, pkg, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
@@ -301,7 +301,7 @@ def _written(sink: str, data: Path, url: str, topic: str) -> int:
         return sum(len(p.read_bytes().splitlines()) for p in data.glob("out.jsonl.adf-parts/part-*.jsonl"))
     import redis
 
-    from core.connectors.rafka import stream_key
+    from active_data_flow.connectors.rafka import stream_key
 
     r = redis.Redis.from_url(url)
     try:
@@ -403,7 +403,7 @@ def test_a_taskmanager_killed_mid_job_and_replaced_the_job_resumes_from_its_chec
     else:
         import redis
 
-        from core.connectors.rafka import stream_key
+        from active_data_flow.connectors.rafka import stream_key
 
         client_r = redis.Redis.from_url(url)
         try:
@@ -419,7 +419,7 @@ def test_a_taskmanager_killed_mid_job_and_replaced_the_job_resumes_from_its_chec
                     ids.extend(json.loads(fields[b"v"])["id"]
                                for _, fields in entries)
                     last = entries[-1][0].decode()
-            from core.connectors.rafka import Admin
+            from active_data_flow.connectors.rafka import Admin
 
             Admin(url).delete_topic(topic)
         finally:
@@ -449,7 +449,7 @@ def test_a_streaming_rafka_job_checkpoints_takes_a_savepoint_and_resumes_from_it
 
     import redis
 
-    from core.connectors.rafka import Admin, Producer, stream_key
+    from active_data_flow.connectors.rafka import Admin, Producer, stream_key
 
     url = "redis://127.0.0.1:6379"
     topic = f"flink-sp-{uuid.uuid4().hex[:8]}"

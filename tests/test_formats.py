@@ -1,4 +1,4 @@
-"""core.formats: CSV / JSON array / JSON Lines parsing on real files, dead letters, split boundaries."""
+"""active_data_flow.formats: CSV / JSON array / JSON Lines parsing on real files, dead letters, split boundaries."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from core.errors import SourceDataError
-from core.formats import (
+from active_data_flow.errors import SourceDataError
+from active_data_flow.formats import (
     DEFAULT_MAX_FIELD_BYTES,
     CsvEncoder,
     CsvOptions,
@@ -34,7 +34,7 @@ from core.formats import (
     read_jsonl,
     split_json_elements,
 )
-from core.record import DeadLetter
+from active_data_flow.record import DeadLetter
 
 
 @contextlib.contextmanager

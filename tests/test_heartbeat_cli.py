@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def adf(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **env}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "active_data_flow.cli", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=120)
 
 

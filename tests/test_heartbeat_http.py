@@ -21,10 +21,10 @@ import httpx
 import pytest
 from live_server import LogCapture, client_from, live_server
 
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.schedule.sqlite_exec import ExecScheduleStore, Sqlite3Exec
-from handlers.schedule.store import Claim, HeartbeatRetention, ScheduleStore
-from handlers.settings import Settings
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.schedule.sqlite_exec import ExecScheduleStore, Sqlite3Exec
+from active_data_flow.handlers.schedule.store import Claim, HeartbeatRetention, ScheduleStore
+from active_data_flow.handlers.settings import Settings
 
 TOKEN = "hb-7f3c9a"
 RESULT_KEYS = {"flows_due", "flows_triggered", "run_ids", "timestamp"}

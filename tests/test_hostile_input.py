@@ -26,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.connectors.file import FileSource
-from core.engine import run_flow
-from core.formats import aligned_boundaries, count_lines
-from core.source import DetachedReaderContext, ReaderStatus
+from active_data_flow.connectors.file import FileSource
+from active_data_flow.engine import run_flow
+from active_data_flow.formats import aligned_boundaries, count_lines
+from active_data_flow.source import DetachedReaderContext, ReaderStatus
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"

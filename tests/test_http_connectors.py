@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from core.connectors.http import (
+from active_data_flow.connectors.http import (
     HttpSink,
     HttpSource,
     HttpSplit,
@@ -32,19 +32,19 @@ from core.connectors.http import (
     retry_after_seconds,
     with_params,
 )
-from core.connectors.memory import MemorySink
-from core.engine import run_flow
-from core.errors import ConfigError
-from core.logs import JsonFormatter
-from core.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
-from core.state import MemoryStateStore, SqliteStateStore
+from active_data_flow.connectors.memory import MemorySink
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import ConfigError
+from active_data_flow.logs import JsonFormatter
+from active_data_flow.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
+from active_data_flow.state import MemoryStateStore, SqliteStateStore
 
 
 def _explain(spec_file: Path) -> str:
     """``adf config explain --json`` output (a real process, like a user runs it)."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
-    res = subprocess.run([sys.executable, "-m", "core.cli", "config", "explain", str(spec_file), "--json"],
+    res = subprocess.run([sys.executable, "-m", "active_data_flow.cli", "config", "explain", str(spec_file), "--json"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return res.stdout

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyiceberg
 import pytest
 from moto_endpoint import moto_endpoint
+from package_tree import package_parent
 
-from core.connectors.iceberg import (
+from active_data_flow.connectors.iceberg import (
     IcebergSink,
     IcebergSource,
     IcebergSplit,
@@ -30,12 +31,12 @@ from core.connectors.iceberg import (
     parse_partition,
     parse_type,
 )
-from core.connectors.memory import MemorySink
-from core.context import RunContext
-from core.engine import run_flow
-from core.errors import ConfigError, RecordValidationError
-from core.source import InlineContexts, ReaderStatus, Split, single_reader
-from core.spec import parse_spec
+from active_data_flow.connectors.memory import MemorySink
+from active_data_flow.context import RunContext
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import ConfigError, RecordValidationError
+from active_data_flow.source import InlineContexts, ReaderStatus, Split, single_reader
+from active_data_flow.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "adf-iceberg"
@@ -476,7 +477,7 @@ def test_secret_attributes_are_redacted_in_the_spec() -> None:
         }
     )
     assert {"sink.access_key_id", "sink.secret_access_key", "sink.session_token"} <= spec.secret_keys()
-    from core.redact import redact
+    from active_data_flow.redact import redact
 
     shown = redact(
         {"sink": {"catalog": {"s3.secret-access-key": "SK", "uri": "postgresql://u:pw@db/cat"}}},
@@ -487,7 +488,7 @@ def test_secret_attributes_are_redacted_in_the_spec() -> None:
 
 def test_the_module_imports_with_only_the_standard_library() -> None:
     code = (
-        "import sys; import core.connectors.iceberg as m; "
+        f"import sys; sys.path[:0] = [{str(package_parent())!r}]; import active_data_flow.connectors.iceberg as m; "
         "print(m.IcebergSink.type_name, any(n.split('.')[0] in ('pyarrow', 'pyiceberg') for n in sys.modules))"
     )
     out = subprocess.run(
@@ -498,7 +499,7 @@ def test_the_module_imports_with_only_the_standard_library() -> None:
 
 
 def test_the_registry_resolves_the_iceberg_types() -> None:
-    from core.registry import registry
+    from active_data_flow.registry import registry
 
     assert registry.resolve("sink", "iceberg") is IcebergSink
     assert registry.resolve("source", "iceberg") is IcebergSource
@@ -612,7 +613,7 @@ def test_two_writer_processes_commit_to_one_table(tmp_path: Path) -> None:
 
 
 def test_a_split_resumes_across_arrow_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.connectors.iceberg import source as iceberg
+    from active_data_flow.connectors.iceberg import source as iceberg
 
     real = iceberg._record_batches
 

@@ -1,4 +1,4 @@
-"""handlers.invoke over HTTP with a LocalHost: routes, configuration layers, declared parameters,
+"""active_data_flow.handlers.invoke over HTTP with a LocalHost: routes, configuration layers, declared parameters,
 streaming, errors, logs. (What a request may not set is proven at length in test_request_safety.py.)"""
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ from typing import Any
 
 import pytest
 
-from core.connectors.memory import ResponseSink
-from core.logs import JsonFormatter
-from core.record import Record
-from core.registry import registry
-from core.state import MemoryStateStore
-from core.step import ErrorHandler, Step
-from handlers import streaming
-from handlers.http import Request, Response
-from handlers.invoke import (
+from active_data_flow.connectors.memory import ResponseSink
+from active_data_flow.handlers import streaming
+from active_data_flow.handlers.http import Request, Response
+from active_data_flow.handlers.invoke import (
     ErrorContext,
     FlowFailed,
     LocalHost,
@@ -29,6 +24,11 @@ from handlers.invoke import (
     handle_http,
     run_named_flow,
 )
+from active_data_flow.logs import JsonFormatter
+from active_data_flow.record import Record
+from active_data_flow.registry import registry
+from active_data_flow.state import MemoryStateStore
+from active_data_flow.step import ErrorHandler, Step
 
 # --------------------------------------------------------------------------- test steps
 

@@ -1,6 +1,6 @@
-"""How spin.toml variables name configuration paths (handlers.confignames), and how X-ADF-*
+"""How spin.toml variables name configuration paths (active_data_flow.handlers.confignames), and how X-ADF-*
 headers name a flow's declared parameters — the only thing a header may set
-(handlers.invoke.params)."""
+(active_data_flow.handlers.invoke.params)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from core.spec import parse_params
-from handlers.confignames import expand_dotted, flow_slug, resolve_words, variables_config
-from handlers.invoke.errors import BadRequest
-from handlers.invoke.params import RefusedRequest, RequestParams, request_values
+from active_data_flow.handlers.confignames import expand_dotted, flow_slug, resolve_words, variables_config
+from active_data_flow.handlers.invoke.errors import BadRequest
+from active_data_flow.handlers.invoke.params import RefusedRequest, RequestParams, request_values
+from active_data_flow.spec import parse_params
 
 SPEC: dict[str, Any] = {
     "name": "orders-to-db",

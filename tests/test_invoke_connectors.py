@@ -1,4 +1,4 @@
-"""The ``payload`` source and the ``response`` sink (core.connectors.memory), through the engine."""
+"""The ``payload`` source and the ``response`` sink (active_data_flow.connectors.memory), through the engine."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.connectors.memory import PayloadSource, ResponseSink
-from core.context import RunContext
-from core.engine import run_flow
-from core.errors import ConfigError
-from core.registry import registry
+from active_data_flow.connectors.memory import PayloadSource, ResponseSink
+from active_data_flow.context import RunContext
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import ConfigError
+from active_data_flow.registry import registry
 
 
 @pytest.fixture(autouse=True)

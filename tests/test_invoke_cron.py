@@ -1,4 +1,4 @@
-"""handlers.invoke.handle_cron: a cron tick runs the due flows of a schedule store (SQLite)
+"""active_data_flow.handlers.invoke.handle_cron: a cron tick runs the due flows of a schedule store (SQLite)
 with the host's configuration layers, store and persist setting."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from core.state import MemoryStateStore
-from handlers.invoke import LocalHost, handle_cron
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.settings import Settings
+from active_data_flow.handlers.invoke import LocalHost, handle_cron
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.state import MemoryStateStore
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""handlers.invoke.handle_message: routing (MQTT wildcards, Redis patterns), payloads, results
+"""active_data_flow.handlers.invoke.handle_message: routing (MQTT wildcards, Redis patterns), payloads, results
 published to the response channel — once through the real Redis on 127.0.0.1:6379."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from handlers.invoke import (
+from active_data_flow.handlers.invoke import (
     LocalHost,
     default_reply_channel,
     handle_message,

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from handlers.invoke import LocalHost
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.settings import Settings
-from handlers.web.api import build_app
+from active_data_flow.handlers.invoke import LocalHost
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.handlers.web.api import build_app
 
 SPECS = {
     "echo": {

@@ -1,7 +1,7 @@
-"""lambda_app.s3 and lambda_app.sqs against moto's server on 127.0.0.1 (S3 and DynamoDB over real HTTP).
+"""active_data_flow.lambda_app.s3 and active_data_flow.lambda_app.sqs against moto's server on 127.0.0.1 (S3 and DynamoDB over real HTTP).
 
 The S3 handler runs a flow reading the new object (s3:// source) and writing to S3 (file sink
-on s3://); the same spec run by core.engine.run_flow gives the same sink contents; SQS partial
+on s3://); the same spec run by active_data_flow.engine.run_flow gives the same sink contents; SQS partial
 batch failures name exactly the bad messages; Powertools idempotency (DynamoDB table in moto)
 keeps a redelivered S3 / SQS event from running the flow twice.
 """
@@ -20,10 +20,10 @@ from flowlib import steps
 from lambda_env import Context, event, write_flows
 from moto_endpoint import moto_endpoint
 
-from core.engine import run_flow
-from lambda_app import idempotency
-from lambda_app import s3 as s3_handler
-from lambda_app import sqs as sqs_handler
+from active_data_flow.engine import run_flow
+from active_data_flow.lambda_app import idempotency
+from active_data_flow.lambda_app import s3 as s3_handler
+from active_data_flow.lambda_app import sqs as sqs_handler
 
 BUCKET = "adf-lambda-in"
 OUT = "adf-lambda-out"

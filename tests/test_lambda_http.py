@@ -1,4 +1,4 @@
-"""lambda_app.http: API Gateway REST (v1), HTTP API (v2) and Function URL events, in-process."""
+"""active_data_flow.lambda_app.http: API Gateway REST (v1), HTTP API (v2) and Function URL events, in-process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from lambda_env import Context, event, write_flows
 
-from lambda_app import http
+from active_data_flow.lambda_app import http
 
 
 @pytest.fixture(autouse=True)
@@ -206,7 +206,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_parsed(tmp_path: Path, monkey
 
 def test_the_default_limit_is_lambdas_own_six_mib(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ADF_MAX_BODY_BYTES", raising=False)
-    from handlers.settings import max_body_bytes
+    from active_data_flow.handlers.settings import max_body_bytes
 
     assert max_body_bytes() == 6 * 1024 * 1024
     records = [{"n": 1, "pad": "x" * 1000}] * 6500  # ~6.6 MB

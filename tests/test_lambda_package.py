@@ -34,7 +34,7 @@ from lambda_build import RUNTIME_DIR, Build
 from lambda_env import event, rest_event, s3_put_event, sqs_event, v2_event
 from moto_endpoint import moto_endpoint
 
-from handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,9 @@ class Shipped:
         return sum(sum(v) if isinstance(v, list) else float(v) for m in self.metrics if (v := m.get(name)) is not None)
 
     def engine_lines(self) -> list[dict[str, Any]]:
-        return [line for line in self.logs if str(line.get("location", "")).startswith(("core.", "handlers."))]
+        """The lines of the engine and the handlers (not of the Lambda adapter itself)."""
+        return [line for line in self.logs if str(line.get("location", "")).startswith("active_data_flow.")
+                and not str(line.get("location", "")).startswith("active_data_flow.lambda_app.")]
 
 
 def lambda_environment(fn_dir: Path, name: str, state_dir: Path, **extra: str | None) -> dict[str, str]:
@@ -232,10 +234,12 @@ def test_every_package_holds_what_runs_not_what_the_runtime_has_and_fits(build: 
     assert set(build.handlers) == {"HttpFunction", "ScheduleFunction", "SqsFunction", "S3Function"}
     for function in build.handlers:
         fn = build.function(function)
-        for pkg in ("lambda_app", "core", "handlers", "aws_lambda_powertools", "aws_xray_sdk", "sqlalchemy",
-                    "psycopg", "yaml", "alembic"):
+        for pkg in ("active_data_flow/lambda_app", "active_data_flow", "active_data_flow/handlers", "aws_lambda_powertools",
+                    "aws_xray_sdk", "sqlalchemy", "psycopg", "yaml", "alembic"):
             assert (fn / pkg / "__init__.py").is_file(), f"{function} lacks {pkg}"
-        assert (fn / "handlers" / "schedule" / "migrations" / "env.py").is_file()
+        assert (fn / "active_data_flow" / "handlers" / "schedule" / "migrations" / "env.py").is_file()
+        # one import package: nothing generic at the top of the package
+        assert not [p for p in ("core", "handlers", "lambda_app") if (fn / p).exists()], function
         assert [p for p in NOT_SHIPPED if (fn / p).exists()] == [], function
         # the bundled example flows, flat (the loader reads one level), with their step modules
         assert {p.name for p in (fn / "flows").glob("*.py")} == {"transforms.py", "order_steps.py"}
@@ -281,7 +285,7 @@ def test_http_lists_the_bundled_flows_and_runs_one_for_every_event_shape(build: 
     finished = [line for line in got.logs if line.get("message") == "run finished"]
     assert {line["run_id"] for line in finished} == run_ids
     for line in finished:
-        assert line["location"].startswith("core.engine."), line
+        assert line["location"].startswith("active_data_flow.engine."), line
         assert line["service"] == "active-data-flow" and "fields" not in line and line["records_out"] == 2
     assert all(line["service"] == "active-data-flow" for line in got.logs)
     assert got.metric("ColdStart") == 1 and got.metric("HttpRequests") == len(events)
@@ -368,7 +372,7 @@ def test_the_tick_creates_the_schedule_tables_and_runs_due_flows_on_postgres(
         # the engine's lines: run ids at the top, located in the engine, the URL's password hidden
         by_run = {line["run_id"] for line in second.engine_lines() if line.get("run_id")}
         assert {r["run_id"] for r in result["runs"]} <= by_run
-        assert any(line["location"].startswith("handlers.scheduler.") for line in second.engine_lines())
+        assert any(line["location"].startswith("active_data_flow.handlers.scheduler.") for line in second.engine_lines())
         for shipped in (first, second):
             _secrets_absent(shipped)
 

@@ -1,4 +1,4 @@
-"""lambda_app.schedule: an EventBridge scheduled event ticks the heartbeat over SqlScheduleStore
+"""active_data_flow.lambda_app.schedule: an EventBridge scheduled event ticks the heartbeat over SqlScheduleStore
 (SQLite; PostgreSQL with a throwaway database under @pytest.mark.postgres)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from flowlib.scheduling import file_flow, pg_database
 from lambda_env import Context, event
 
-from handlers.schedule.sql import SqlScheduleStore
-from lambda_app import schedule
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.lambda_app import schedule
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,4 +1,4 @@
-"""lambda_app.secrets: the schedule database URL comes from Secrets Manager or SSM (moto's
+"""active_data_flow.lambda_app.secrets: the schedule database URL comes from Secrets Manager or SSM (moto's
 server on 127.0.0.1, over real HTTP), is read once per execution environment, and never
 reaches the environment, a log line or an error message; no configuration is refused.
 
@@ -22,9 +22,9 @@ from flowlib.scheduling import file_flow, pg_database
 from lambda_env import Context, event
 from moto_endpoint import moto_endpoint
 
-from handlers.schedule.sql import SqlScheduleStore
-from lambda_app import schedule, secrets
-from lambda_app.host import logger
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.lambda_app import schedule, secrets
+from active_data_flow.lambda_app.host import logger
 
 PASSWORD = "pw-Zq8v!never-logged"
 URL = f"postgresql+psycopg://adf:{PASSWORD}@db.internal:5432/adf"

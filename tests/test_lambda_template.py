@@ -19,17 +19,17 @@ from typing import Any
 import pytest
 import yaml
 
-from handlers.invoke.events import object_route
+from active_data_flow.handlers.invoke.events import object_route
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infra" / "template.yaml"
 FUNCTIONS = {
-    "HttpFunction": "lambda_app.http.handler",
-    "ScheduleFunction": "lambda_app.schedule.handler",
-    "SqsFunction": "lambda_app.sqs.handler",
-    "S3Function": "lambda_app.s3.handler",
+    "HttpFunction": "active_data_flow.lambda_app.http.handler",
+    "ScheduleFunction": "active_data_flow.lambda_app.schedule.handler",
+    "SqsFunction": "active_data_flow.lambda_app.sqs.handler",
+    "S3Function": "active_data_flow.lambda_app.s3.handler",
 }
-#: the handler's routes (handlers.invoke.http)
+#: the handler's routes (active_data_flow.handlers.invoke.http)
 ROUTES = {"GET /flows", "GET /flows/{name}", "GET /flows/{name}/run", "POST /flows/{name}/run"}
 NO_VALUE = {"Ref": "AWS::NoValue"}
 #: actions AWS offers no resource-level permission for: "*" is the only possible Resource
@@ -211,7 +211,7 @@ def test_per_trigger_default_flows(template: dict[str, Any]) -> None:
 
 def test_the_s3_routes_example_works_with_prefixes_of_the_input_bucket(
         template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from lambda_app.s3 import routes as s3_routes
+    from active_data_flow.lambda_app.s3 import routes as s3_routes
 
     param = template["Parameters"]["S3Routes"]
     example = json.loads(re.search(r"\{.*\}", param["Description"]).group(0))  # type: ignore[union-attr]
@@ -619,8 +619,9 @@ def test_sam_build(tmp_path: Path) -> None:
     assert (build_dir / "template.yaml").is_file()
     for name in FUNCTIONS:
         fn = build_dir / name
-        for pkg in ("lambda_app", "core", "handlers", "aws_lambda_powertools", "sqlalchemy", "yaml", "psycopg"):
+        for pkg in ("active_data_flow/lambda_app", "active_data_flow", "active_data_flow/handlers", "aws_lambda_powertools",
+                    "sqlalchemy", "yaml", "psycopg"):
             assert (fn / pkg / "__init__.py").is_file(), f"{name} lacks {pkg}"
-        assert (fn / "lambda_app" / "secrets.py").is_file()
+        assert (fn / "active_data_flow" / "lambda_app" / "secrets.py").is_file()
         assert (fn / "flows").is_dir()
         assert not (fn / "node_modules").exists() and not (fn / "tests").exists()

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, sys
 sys.path.insert(0, {tests!r})
-from lambda_app import http  # first: lambda_env turns tracing off when it is imported first
-from lambda_app.host import tracer
+from active_data_flow.lambda_app import http  # first: lambda_env turns tracing off when it is imported first
+from active_data_flow.lambda_app.host import tracer
 from lambda_env import Context, event
 ev = event("lambda-function-url")
 ev.update(rawPath="/flows/echo/run", body=json.dumps({{"records": [{{"n": 1}}, {{"n": 2}}]}}), isBase64Encoded=False)

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.connectors.memory import MemorySink, MemorySource, MemorySplit
-from core.context import RunContext
-from core.errors import ConfigError
-from core.source import InlineContexts, ReaderStatus
+from active_data_flow.connectors.memory import MemorySink, MemorySource, MemorySplit
+from active_data_flow.context import RunContext
+from active_data_flow.errors import ConfigError
+from active_data_flow.source import InlineContexts, ReaderStatus
 
 RECORDS = [{"n": i} for i in range(10)]
 

@@ -24,9 +24,9 @@ import pytest
 import redis
 from adf_runs import children, finish, start_run, wait_for_lines
 
-import core.connectors.rafka.client as rafka
-from core.connectors.memory import MemorySink
-from core.connectors.rafka import (
+import active_data_flow.connectors.rafka.client as rafka
+from active_data_flow.connectors.memory import MemorySink
+from active_data_flow.connectors.rafka import (
     Admin,
     Consumer,
     Producer,
@@ -40,7 +40,7 @@ from core.connectors.rafka import (
     partition_for,
     stream_key,
 )
-from core.engine import run_flow
+from active_data_flow.engine import run_flow
 
 pytestmark = pytest.mark.redis
 
@@ -127,7 +127,7 @@ def test_key_partitioning_is_stable_across_producers_and_processes(new_topic: Ca
     expected = {k: zlib.crc32(k.encode()) % 4 for k in keys}
     assert {k: partition_for(k, 4) for k in keys} == expected
     # another interpreter with another hash seed computes the same partitions
-    code = "import json,sys; from core.connectors.rafka import partition_for; " \
+    code = "import json,sys; from active_data_flow.connectors.rafka import partition_for; " \
            "print(json.dumps({k: partition_for(k, 4) for k in json.loads(sys.argv[1])}))"
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(keys)], capture_output=True, text=True, cwd=ROOT,
@@ -608,7 +608,7 @@ def test_a_rerun_with_less_parallelism_takes_over_the_pending_entries_of_the_gon
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ADF_RAFKA_URL": URL}
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", "rafka", *args], input=stdin, capture_output=True, text=True,
+        [sys.executable, "-m", "active_data_flow.cli", "rafka", *args], input=stdin, capture_output=True, text=True,
         cwd=ROOT, env=env, timeout=60,
     )
 
@@ -678,9 +678,9 @@ def test_a_reader_hands_out_acknowledgements_for_later_and_never_returns_their_e
     """What a runner acknowledging on a schedule of its own uses (Flink: after a checkpoint): a
     token of the entries read so far, plain JSON, acknowledged later — meanwhile those entries
     are not returned again, even when the reader re-reads its own pending list."""
-    from core.context import RunContext
-    from core.source import DetachedReaderContext
-    from flink_job.job import all_splits
+    from active_data_flow.context import RunContext
+    from active_data_flow.flink_job.job import all_splits
+    from active_data_flow.source import DetachedReaderContext
 
     topic = new_topic(1)
     with Producer(URL) as producer:

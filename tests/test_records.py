@@ -11,9 +11,9 @@ from typing import Annotated, Any, ClassVar, Optional
 
 import pytest
 
-import core.record
-from core.errors import RecordValidationError, SpecError
-from core.record import FIELD_TYPES, MISSING, Field, Schema, TypedRecord
+import active_data_flow.record
+from active_data_flow.errors import RecordValidationError, SpecError
+from active_data_flow.record import FIELD_TYPES, MISSING, Field, Schema, TypedRecord
 
 D = decimal.Decimal
 
@@ -588,6 +588,6 @@ def test_typed_record_base_has_an_empty_schema() -> None:
 
 
 def test_docstring_examples_hold() -> None:
-    result = doctest.testmod(core.record, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(active_data_flow.record, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10
     assert result.failed == 0

@@ -3,9 +3,9 @@
 Configuration probes — ``config`` in the body with a sink, steps, a source, runtime, state, dead
 letters, ``python_path`` or a whole ``spec``; the same keys at the top of the body, in ``params``,
 as dotted query parameters and as ``X-ADF-*`` headers, nested, dotted and in other cases — go
-through (a) ``lambda_app.http.handler`` with the event shapes ``sam local generate-event`` prints
+through (a) ``active_data_flow.lambda_app.http.handler`` with the event shapes ``sam local generate-event`` prints
 (REST v1, HTTP API v2, Function URL), (b) the web app's ``/invoke`` routes, (c)
-``handlers.invoke.handle_http`` itself, the SQS and S3 Lambda handlers and the Redis / MQTT
+``active_data_flow.handlers.invoke.handle_http`` itself, the SQS and S3 Lambda handlers and the Redis / MQTT
 message handler. Each is a 4xx naming the key and listing the declared parameters; the file a
 probe names is never written and the local HTTP server a probe points an ``http`` step or
 source at receives nothing.
@@ -34,10 +34,9 @@ from hypothesis import strategies as st
 from lambda_env import Context, event, write_flows
 from moto_endpoint import moto_endpoint
 
-from core.errors import ConfigError, SpecError
-from core.refs import resolve_params
-from handlers.http import Request, Response
-from handlers.invoke import (
+from active_data_flow.errors import ConfigError, SpecError
+from active_data_flow.handlers.http import Request, Response
+from active_data_flow.handlers.invoke import (
     RESERVED_QUERY,
     InvokeError,
     LocalHost,
@@ -48,6 +47,7 @@ from handlers.invoke import (
     prepare_flow,
     status_for,
 )
+from active_data_flow.refs import resolve_params
 
 SETTINGS = settings(
     derandomize=True,
@@ -331,7 +331,7 @@ def lambda_event(kind: str, method: str, path: str, *, body: Any = None, query: 
 
 
 def lambda_call(ev: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    from lambda_app import http as lambda_http
+    from active_data_flow.lambda_app import http as lambda_http
 
     result = lambda_http.handler(ev, Context())
     return result["statusCode"], json.loads(result["body"])
@@ -375,9 +375,9 @@ def test_a_lambda_host_asked_for_payload_specs_still_refuses_them(
 def web(tmp_path: Path) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from handlers.schedule.sql import SqlScheduleStore
-    from handlers.settings import Settings
-    from handlers.web.api import build_app
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.settings import Settings
+    from active_data_flow.handlers.web.api import build_app
 
     url = f"sqlite:///{tmp_path / 'schedule.db'}"
     settings = Settings(state_dir=str(tmp_path / "state"), database_url=url, api_token="tok-safety")
@@ -454,7 +454,7 @@ def sqs_batch(*bodies: tuple[str, str]) -> dict[str, Any]:
 def test_sqs_messages_with_a_probe_fail_alone_and_change_nothing(
     lambda_flows: Path, target: Path, trap: Trap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lambda_app import sqs as sqs_handler
+    from active_data_flow.lambda_app import sqs as sqs_handler
 
     monkeypatch.delenv("ADF_IDEMPOTENCY_TABLE", raising=False)
     probes = body_probes(target, trap)
@@ -469,7 +469,7 @@ def test_sqs_messages_with_a_probe_fail_alone_and_change_nothing(
 
 
 def test_an_sqs_probe_is_refused_by_the_shared_rule_naming_the_key(target: Path, trap: Trap, tmp_path: Path) -> None:
-    from handlers.invoke.events import parse_flow_message, run_event_flow
+    from active_data_flow.handlers.invoke.events import parse_flow_message, run_event_flow
 
     host = LocalHost(flow_specs(tmp_path / "to_file.jsonl"), persist=False, environ={})
     for _probe, body, key in body_probes(target, trap):
@@ -486,7 +486,7 @@ BUCKET = "adf-safety-in"
 def test_an_s3_event_sets_only_the_object_its_flow_reads(
     lambda_flows: Path, tmp_path: Path, target: Path, trap: Trap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lambda_app import s3 as s3_handler
+    from active_data_flow.lambda_app import s3 as s3_handler
 
     out = tmp_path / "objects.jsonl"
     write_flows(lambda_flows, {
@@ -560,8 +560,8 @@ def test_parameter_errors_are_422_listing_each_problem_and_the_declarations(host
 
 
 def test_the_class_form_declares_its_configuration_attributes_as_parameters(tmp_path: Path) -> None:
-    from core.attributes import Attribute
-    from core.flow import DataFlow
+    from active_data_flow.attributes import Attribute
+    from active_data_flow.flow import DataFlow
 
     class Scaled(DataFlow):
         name = "scaled"
@@ -585,7 +585,7 @@ def test_the_class_form_declares_its_configuration_attributes_as_parameters(tmp_
 
 
 def test_parameters_are_resolved_in_steps_and_context_only() -> None:
-    from core.spec import parse_spec
+    from active_data_flow.spec import parse_spec
 
     base = {"name": "f", "source": {"type": "payload"}, "sink": {"type": "response"},
             "params": {"table": {"type": "string", "default": "t"}}}

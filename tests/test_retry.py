@@ -1,4 +1,4 @@
-"""core.retry: what counts as an outage (real errors from real drivers and servers), and the
+"""active_data_flow.retry: what counts as an outage (real errors from real drivers and servers), and the
 one retry loop (backoff with jitter inside a window)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from core.errors import ConfigError, RecordValidationError, SinkUnavailableError
-from core.retry import (
+from active_data_flow.errors import ConfigError, RecordValidationError, SinkUnavailableError
+from active_data_flow.retry import (
     RetriesExhausted,
     RetryPolicy,
     is_unavailable,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from core.connectors.memory import MemorySink
-from core.engine import run_flow
-from core.errors import SpecError
-from core.refs import resolve
-from core.registry import registry
-from core.spec import parse_spec
+from active_data_flow.connectors.memory import MemorySink
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import SpecError
+from active_data_flow.refs import resolve
+from active_data_flow.registry import registry
+from active_data_flow.spec import parse_spec
 
 registry.register("step", "route_by_field", "flowlib.steps:RouteByField")
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from core.engine import SpecChangedError, run_flow
+from active_data_flow.engine import SpecChangedError, run_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def adf(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "active_data_flow.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=180)
 
 
@@ -401,7 +401,7 @@ def test_dead_letters_of_stream_records_name_topic_partition_and_entry(state_dir
 
     import redis
 
-    from core.connectors.rafka import Admin, Producer, stream_key
+    from active_data_flow.connectors.rafka import Admin, Producer, stream_key
 
     url, topic = "redis://127.0.0.1:6379", f"origins-{uuid.uuid4().hex[:8]}"
     admin = Admin(url)

@@ -13,10 +13,10 @@ import boto3
 import pytest
 from moto_endpoint import moto_endpoint
 
-from core.connectors import s3 as _s3
-from core.connectors.file import FileSink, FileSource, FileSplit, NoFilesError
-from core.context import RunContext
-from core.source import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
+from active_data_flow.connectors import s3 as _s3
+from active_data_flow.connectors.file import FileSink, FileSource, FileSplit, NoFilesError
+from active_data_flow.context import RunContext
+from active_data_flow.source import ReaderStatus, SourceReaderContext, Split, SplitEnumeratorContext
 
 BUCKET = "adf-test"
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 from flowlib.scheduling import file_flow
+from package_tree import package_parent
 
-from handlers import scheduler
-from handlers.schedule.sqlite_exec import ExecScheduleStore, Sqlite3Exec
-from handlers.schedule.store import (
+from active_data_flow.handlers import scheduler
+from active_data_flow.handlers.schedule.sqlite_exec import ExecScheduleStore, Sqlite3Exec
+from active_data_flow.handlers.schedule.store import (
     DuplicateFlowError,
     FlowValidationError,
     NotFoundError,
@@ -26,7 +27,7 @@ from handlers.schedule.store import (
     RunOutcome,
     utcnow,
 )
-from handlers.settings import Settings
+from active_data_flow.handlers.settings import Settings
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,10 +73,10 @@ def _config(tmp_path: Path, name: str = "out") -> dict[str, Any]:
 
 def test_the_module_imports_with_the_standard_library_only() -> None:
     probe = (
-        f"import sys, json; sys.path[:0] = [{str(ROOT)!r}]; before = set(sys.modules); "
-        "import handlers.schedule.sqlite_exec; "
+        f"import sys, json; sys.path[:0] = [{str(package_parent())!r}]; before = set(sys.modules); "
+        "import active_data_flow.handlers.schedule.sqlite_exec; "
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) "
-        "- {'core', 'handlers'} - {m.split('.')[0] for m in before})))"
+        "- {'active_data_flow'} - {m.split('.')[0] for m in before})))"
     )
     out = subprocess.run([sys.executable, "-S", "-E", "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
@@ -208,7 +209,7 @@ def test_a_tick_runs_the_due_flows_end_to_end(store: ExecScheduleStore, tmp_path
 def test_the_sqlalchemy_store_reads_what_the_exec_store_wrote(db: str, tmp_path: Path) -> None:
     import sqlalchemy  # noqa: F401 - the comparison store needs it
 
-    from handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
 
     exec_store = ExecScheduleStore(Sqlite3Exec(db))
     exec_store.create_flow("a", _config(tmp_path), 60)
@@ -313,7 +314,7 @@ def test_a_file_of_the_old_tables_is_upgraded_keeping_rows_and_counters(db: str,
 
 
 def test_a_file_of_the_sqlalchemy_stores_first_migration_gets_ids_that_are_never_reused(db: str, tmp_path: Path) -> None:
-    from handlers.schedule.sql import SqlScheduleStore, upgrade
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore, upgrade
 
     url = f"sqlite:///{db}"
     upgrade(url, "0001")

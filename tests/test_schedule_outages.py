@@ -22,9 +22,9 @@ from flowlib.scheduling import PG_ADMIN_URL, pg_database, read_jsonl
 from live_server import LogCapture
 from tcp_proxy import TcpProxy
 
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.scheduler import retry_policy, tick
-from handlers.settings import Settings
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.scheduler import retry_policy, tick
+from active_data_flow.handlers.settings import Settings
 
 pytestmark = pytest.mark.postgres
 

@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from flowlib.scheduling import pg_database
 
-from handlers.schedule.sql import sqlalchemy_tables, upgrade
-from handlers.schedule.sqlite_exec import ExecScheduleStore, Sqlite3Exec
-from handlers.schedule.tables import TABLES
+from active_data_flow.handlers.schedule.sql import sqlalchemy_tables, upgrade
+from active_data_flow.handlers.schedule.sqlite_exec import ExecScheduleStore, Sqlite3Exec
+from active_data_flow.handlers.schedule.tables import TABLES
 
 
 def _text(sql: Any) -> str:

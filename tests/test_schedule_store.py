@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flowlib.scheduling import file_flow, pg_database
+from package_tree import package_parent
 
-from handlers.schedule.sql import SqlScheduleStore, current_revision, head_revision, upgrade
-from handlers.schedule.store import (
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore, current_revision, head_revision, upgrade
+from active_data_flow.handlers.schedule.store import (
     FlowValidationError,
     NotFoundError,
     RetryPolicy,
@@ -34,11 +35,11 @@ STDLIB_PROBE = r"""
 import json, sys
 sys.path[:0] = [{root!r}]
 before = {{m.split(".")[0] for m in sys.modules}}
-import handlers.schedule.store, handlers.schedule.sql, handlers.scheduler
+import active_data_flow.handlers.schedule.store, active_data_flow.handlers.schedule.sql, active_data_flow.handlers.scheduler
 third_party = sorted({{m.split(".")[0] for m in sys.modules if not m.startswith("_")}}
-                     - set(sys.stdlib_module_names) - {{"core", "handlers"}} - before)
+                     - set(sys.stdlib_module_names) - {{"active_data_flow"}} - before)
 try:
-    handlers.schedule.sql.SqlScheduleStore("sqlite:///never.db")
+    active_data_flow.handlers.schedule.sql.SqlScheduleStore("sqlite:///never.db")
     error = None
 except ImportError as exc:
     error = str(exc)
@@ -84,7 +85,7 @@ def _raw(store: SqlScheduleStore, sql: str, params: dict[str, Any] | None = None
 def test_the_schedule_modules_import_with_the_standard_library_only() -> None:
     # -S: no site-packages (no SQLAlchemy): importing works, opening a store names the extra.
     out = subprocess.run(
-        [sys.executable, "-S", "-E", "-c", STDLIB_PROBE.format(root=str(ROOT))],
+        [sys.executable, "-S", "-E", "-c", STDLIB_PROBE.format(root=str(package_parent()))],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr

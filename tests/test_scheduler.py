@@ -31,11 +31,18 @@ from flowlib.scheduling import (
     worker_main,
 )
 
-from core.engine import RunSummary
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.schedule.store import NotFoundError, RetryPolicy, RunRecord, utcnow
-from handlers.scheduler import HeartbeatResult, Worker, execute_run, outcome_from_summary, tick, trigger_run
-from handlers.settings import Settings
+from active_data_flow.engine import RunSummary
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.schedule.store import NotFoundError, RetryPolicy, RunRecord, utcnow
+from active_data_flow.handlers.scheduler import (
+    HeartbeatResult,
+    Worker,
+    execute_run,
+    outcome_from_summary,
+    tick,
+    trigger_run,
+)
+from active_data_flow.handlers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -353,8 +360,8 @@ def test_sigterm_lets_the_worker_finish_its_run_then_exit(url: str, tmp_path: Pa
     settings = make_settings(url, tmp_path)
     [run_id] = tick(store, settings, mode="async").run_ids
     script = (
-        "import sys; from handlers.schedule.sql import SqlScheduleStore; from handlers.scheduler import Worker;"
-        "from handlers.settings import Settings;"
+        "import sys; from active_data_flow.handlers.schedule.sql import SqlScheduleStore; from active_data_flow.handlers.scheduler import Worker;"
+        "from active_data_flow.handlers.settings import Settings;"
         f"s = SqlScheduleStore({url!r});"
         f"n = Worker(s, Settings(state_dir={settings.state_dir!r}, database_url={url!r}), poll_seconds=0.05).run_forever();"
         "print('runs', n); sys.exit(0)"

@@ -1,6 +1,6 @@
 """Client address resolution, allowlists and token checks of the heartbeat and the management
-API, the failed-token throttle, the check of storable input (handlers.security), and the
-masking of secrets in values shown for editing (core.redact.mask / unmask)."""
+API, the failed-token throttle, the check of storable input (active_data_flow.handlers.security), and the
+masking of secrets in values shown for editing (active_data_flow.redact.mask / unmask)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from package_tree import package_parent
 
-from core.redact import MASK, mask, unmask
-from core.spec import flow_secret_keys
-from handlers.security import (
+from active_data_flow.handlers.security import (
     MIN_TOKEN_LENGTH,
     FailureThrottle,
     authorize_api,
@@ -26,7 +25,9 @@ from handlers.security import (
     token_ok,
     unstorable,
 )
-from handlers.settings import Settings
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.redact import MASK, mask, unmask
+from active_data_flow.spec import flow_secret_keys
 
 PROXIES = ["10.0.0.1", "10.0.1.0/24", "fd00::/8"]
 
@@ -175,12 +176,12 @@ PROBE = r"""
 import json, sys
 sys.path[:0] = [{root!r}]
 before = set(sys.modules)
-import handlers.http, handlers.security, handlers.web.app
-from handlers.http import Request
-from handlers.security import authorize_heartbeat
-from handlers.settings import Settings
+import active_data_flow.handlers.http, active_data_flow.handlers.security, active_data_flow.handlers.web.app
+from active_data_flow.handlers.http import Request
+from active_data_flow.handlers.security import authorize_heartbeat
+from active_data_flow.handlers.settings import Settings
 decision = authorize_heartbeat(Settings(heartbeat_token="t"), "::ffff:10.0.0.7", Request("POST", "/heartbeat", {{"X-Heartbeat-Token": "t"}}).headers)
-third_party = sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - {{"core", "handlers"}} - {{m.split(".")[0] for m in before}})
+third_party = sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - {{"active_data_flow"}} - {{m.split(".")[0] for m in before}})
 print(json.dumps({{"third_party": third_party, "status": decision.status, "client": decision.client}}))
 """
 
@@ -188,7 +189,7 @@ print(json.dumps({{"third_party": third_party, "status": decision.status, "clien
 def test_the_heartbeat_http_layer_imports_with_only_the_standard_library() -> None:
     # What the Lambda handler and the Spin component will import: no FastAPI, pydantic, uvicorn.
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-S", "-E", "-c", PROBE.format(root=str(root))],
+    out = subprocess.run([sys.executable, "-S", "-E", "-c", PROBE.format(root=str(package_parent()))],
                          capture_output=True, text=True, timeout=60, cwd=root)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"third_party": [], "status": 200, "client": "10.0.0.7"}

@@ -29,14 +29,14 @@ from typing import Any
 
 import pytest
 
-from core.connectors.file import FileSplit
-from core.connectors.memory import MemorySink
-from core.connectors.sftp import SftpAuthError, SftpError, SftpHostKeyError, SftpSink, SftpSource
-from core.context import RunContext
-from core.engine import run_flow
-from core.errors import ConfigError
-from core.logs import JsonFormatter
-from core.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
+from active_data_flow.connectors.file import FileSplit
+from active_data_flow.connectors.memory import MemorySink
+from active_data_flow.connectors.sftp import SftpAuthError, SftpError, SftpHostKeyError, SftpSink, SftpSource
+from active_data_flow.context import RunContext
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import ConfigError
+from active_data_flow.logs import JsonFormatter
+from active_data_flow.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 
 SSHD = "/usr/sbin/sshd"
 SETUP_HINT = "run `bash scripts/sftp-setup` (installs openssh-server and paramiko)"
@@ -147,7 +147,7 @@ def _explain(spec_file: Path) -> str:
     """``adf config explain --json`` output (a real process, like a user runs it)."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
-    res = subprocess.run([sys.executable, "-m", "core.cli", "config", "explain", str(spec_file), "--json"],
+    res = subprocess.run([sys.executable, "-m", "active_data_flow.cli", "config", "explain", str(spec_file), "--json"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return res.stdout

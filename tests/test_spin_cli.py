@@ -1,6 +1,6 @@
 """`adf spin …`: manifests, validation, scaffolding, and the hand-off to the spin CLI and the build.
 
-The commands run as real processes (``python -m core.cli``) except where a test replaces the
+The commands run as real processes (``python -m active_data_flow.cli``) except where a test replaces the
 componentize-py build with a recorder to see what ``adf spin build`` hands it.
 """
 
@@ -45,7 +45,7 @@ def adf(*args: str, cwd: Path = ROOT, path: str | None = None,
             environ.pop(name, None)
         else:
             environ[name] = value
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=environ,
+    return subprocess.run([sys.executable, "-m", "active_data_flow.cli", *args], cwd=cwd, env=environ,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -459,7 +459,7 @@ def test_up_and_deploy_without_the_spin_cli_exit_127_and_say_what_to_do(tmp_path
     assert res.returncode == 127
     assert "the `spin` CLI is not installed" in res.stderr
     assert "https://spinframework.dev/v3/install" in res.stderr
-    assert "python -m spin_app.host serve build/spin/http.wasm" in res.stderr
+    assert "python -m active_data_flow.spin_app.host serve build/spin/http.wasm" in res.stderr
 
 
 def _fake_spin(tmp_path: Path, script: str, *, version: str = "spin 3.4.1 (2a1b3c4 2025-09-10)",
@@ -514,9 +514,9 @@ def test_spin_up_keeps_a_python_components_heap_resident_unless_told_otherwise(t
 
 def test_build_validates_then_hands_the_manifest_to_the_spin_build(project: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from core.cli import main
-    from spin_app import build as build_module
-    from spin_app import cli as spin_cli
+    from active_data_flow.cli import main
+    from active_data_flow.spin_app import build as build_module
+    from active_data_flow.spin_app import cli as spin_cli
 
     assert generate(project, "--trigger", "http", "--route", "redis:orders=published", "--route", "http=priced",
                     "--route", "http=published").returncode == 0
@@ -579,7 +579,7 @@ def test_build_writes_a_component_the_size_it_reports(project: Path) -> None:
 
 
 def test_the_build_bundles_the_step_modules_a_flow_imports(tmp_path: Path) -> None:
-    from spin_app.build import BuildError, bundle_source, step_module_sources
+    from active_data_flow.spin_app.build import BuildError, bundle_source, step_module_sources
 
     lib = tmp_path / "lib"
     (lib / "pkg_steps").mkdir(parents=True)
@@ -589,11 +589,11 @@ def test_the_build_bundles_the_step_modules_a_flow_imports(tmp_path: Path) -> No
     spec = {
         "name": "f", "source": {"type": "payload"}, "sink": {"type": "response"}, "python_path": [str(lib)],
         "steps": [{"type": "python", "function": "pkg_steps.prices:f"}, {"type": "python", "function": "flat_steps:g"},
-                  {"type": "filter", "function": "json:loads"}, {"type": "python", "function": "core.step:build_steps"}],
+                  {"type": "filter", "function": "json:loads"}, {"type": "python", "function": "active_data_flow.step:build_steps"}],
     }
     found = step_module_sources({"f": spec})
     assert found == {"pkg_steps": lib / "pkg_steps", "flat_steps": lib / "flat_steps.py"}
-    assert "STEP_MODULES = ['core.step', 'flat_steps', 'json', 'pkg_steps.prices']" in bundle_source([spec])
+    assert "STEP_MODULES = ['active_data_flow.step', 'flat_steps', 'json', 'pkg_steps.prices']" in bundle_source([spec])
     missing = dict(spec, steps=[{"type": "python", "function": "nowhere_to_be_found:f"}])
     with pytest.raises(BuildError, match="nowhere_to_be_found"):
         step_module_sources({"f": missing})

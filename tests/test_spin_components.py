@@ -2,7 +2,7 @@
 
 The four components are built once per session (cached by source hash in the temp dir):
 HTTP runs under the Node host (jco + preview2-shim, ``scripts/spin_host``), Redis, cron and
-MQTT under the wasmtime host (``spin_app.host``), with the real Redis (127.0.0.1:6379) and
+MQTT under the wasmtime host (``active_data_flow.spin_app.host``), with the real Redis (127.0.0.1:6379) and
 Mosquitto (127.0.0.1:1883). Needs ``scripts/spin-setup``.
 """
 
@@ -77,7 +77,7 @@ def components() -> dict[str, str]:
     missing = _tools_missing()
     if missing:  # scripts/test (and CI) install them through scripts/spin-setup
         pytest.fail(missing)
-    from spin_app.build import build, source_digest
+    from active_data_flow.spin_app.build import build, source_digest
 
     key = source_digest(json.dumps([FLOWS, ROUTES], sort_keys=True))
     out = Path(tempfile.gettempdir()) / "adf-spin-cache" / key
@@ -138,7 +138,7 @@ def http(request: pytest.FixtureRequest, components: dict[str, str], peer: Any,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The HTTP component served by each local engine: wasmtime (WASI in Python) and Node (jco),
     configured as an operator would: outbound URLs and the body limit through Spin variables."""
-    from spin_app.host import HttpHost
+    from active_data_flow.spin_app.host import HttpHost
 
     state = tmp_path_factory.mktemp(f"spin-http-{request.param}")
     data = tmp_path_factory.mktemp(f"spin-data-{request.param}")
@@ -365,8 +365,8 @@ def test_a_request_cannot_reconfigure_a_flow_and_a_body_over_the_limit_is_413(ht
 
 
 def test_the_same_spec_gives_the_same_records_under_spin_and_the_local_runner(http: Any) -> None:
-    from core.connectors.memory import ResponseSink
-    from core.engine import run_flow
+    from active_data_flow.connectors.memory import ResponseSink
+    from active_data_flow.engine import run_flow
 
     spec = next(f for f in FLOWS if f["name"] == "numbers")
     summary = run_flow(dict(spec), persist=False)
@@ -383,7 +383,7 @@ def test_the_same_spec_gives_the_same_records_under_spin_and_the_local_runner(ht
 def test_a_redis_message_runs_the_flow_and_the_result_is_published(components: dict[str, str], tmp_path: Path) -> None:
     import redis
 
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     client = redis.Redis.from_url(REDIS)
     pubsub = client.pubsub()
@@ -422,7 +422,7 @@ def test_a_redis_message_runs_the_flow_and_the_result_is_published(components: d
 
 
 def test_a_cron_tick_runs_the_due_flows_from_the_spin_sqlite_schedule(components: dict[str, str], tmp_path: Path) -> None:
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     host = ComponentHost(components["cron"], state=SpinState(str(tmp_path)))
     host.cron(int(time.time()))
@@ -450,7 +450,7 @@ def _kv(state: Path) -> dict[str, Any]:
 
 
 def test_an_mqtt_message_runs_the_flow_its_topic_routes_to(components: dict[str, str], tmp_path: Path) -> None:
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)))
     host.mqtt(json.dumps({"records": [{"id": "a", "t": 21.5}]}).encode(), "adf-test/kitchen/temp")
@@ -467,7 +467,7 @@ def test_an_mqtt_message_runs_the_flow_its_topic_routes_to(components: dict[str,
 def test_a_message_that_exhausts_the_wasm_memory_limit_is_reported_and_the_host_goes_on(
     components: dict[str, str], tmp_path: Path
 ) -> None:
-    from spin_app.host import ComponentHost, GuestError, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, GuestError, SpinState
 
     # linear memory capped at 96 MB (the snapshot needs ~45): 40 MB of records cannot be parsed
     host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)), memory_limit=96 << 20)
@@ -485,7 +485,7 @@ def test_a_message_that_exhausts_the_wasm_memory_limit_is_reported_and_the_host_
 def test_a_request_that_exhausts_the_wasm_memory_limit_gets_an_error_and_the_server_goes_on(
     components: dict[str, str], tmp_path: Path
 ) -> None:
-    from spin_app.host import HttpHost
+    from active_data_flow.spin_app.host import HttpHost
 
     big = json.dumps({"records": [{"id": f"r{i}", "pad": "x" * 1000} for i in range(40_000)]}).encode()
     # a body limit above the 40 MB, so that it is read and parsed (6 MiB by default)
@@ -522,8 +522,8 @@ def _faults_per_message(host: Any, message: bytes, topic: str, n: int = 9) -> fl
 def test_the_pool_resets_each_instance_in_place_instead_of_faulting_its_memory_in_again(
     components: dict[str, str], tmp_path: Path
 ) -> None:
-    from spin_app.engine import EngineSettings
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.engine import EngineSettings
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     message = json.dumps({"records": [{"id": "pooled", "t": 7}]}).encode()
     faults = {}
@@ -541,8 +541,8 @@ def test_the_pool_resets_each_instance_in_place_instead_of_faulting_its_memory_i
 
 
 def test_a_pool_smaller_than_the_events_still_runs_every_one(components: dict[str, str], tmp_path: Path) -> None:
-    from spin_app.engine import EngineSettings
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.engine import EngineSettings
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)), engine_settings=EngineSettings(instances=2))
     try:
@@ -557,7 +557,7 @@ def test_a_pool_smaller_than_the_events_still_runs_every_one(components: dict[st
 def test_messages_from_the_real_mosquitto_are_delivered_to_the_component(components: dict[str, str], tmp_path: Path) -> None:
     import paho.mqtt.client as mqtt
 
-    from spin_app.host import ComponentHost, MqttBridge, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, MqttBridge, SpinState
 
     host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)))
     done = threading.Event()
@@ -609,7 +609,7 @@ class _Subscriber:
 
 
 def test_an_mqtt_message_s_result_is_published_on_mqtt(components: dict[str, str], tmp_path: Path) -> None:
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     room = f"room-{uuid.uuid4().hex[:8]}"
     sub = _Subscriber(f"adf-test/{room}/#")
@@ -636,7 +636,7 @@ def test_an_mqtt_message_s_result_is_published_on_mqtt(components: dict[str, str
 def test_the_mqtt_response_topic_is_configurable_and_a_message_s_reply_to_wins(
     components: dict[str, str], tmp_path: Path
 ) -> None:
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     run = uuid.uuid4().hex[:8]
     sub = _Subscriber(f"adf-test-out/{run}/#")
@@ -659,7 +659,7 @@ def test_the_mqtt_response_topic_is_configurable_and_a_message_s_reply_to_wins(
 def test_mqtt_results_published_through_redis_when_configured(components: dict[str, str], tmp_path: Path) -> None:
     import redis
 
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     channel = f"adf-test-mqtt-results-{uuid.uuid4().hex[:8]}"
     pubsub = redis.Redis.from_url(REDIS).pubsub()
@@ -687,7 +687,7 @@ def test_mqtt_results_published_through_redis_when_configured(components: dict[s
 def test_an_mqtt_result_that_cannot_be_published_is_logged_and_the_run_still_counts(
     components: dict[str, str], tmp_path: Path
 ) -> None:
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     cases = {
         "no address": {},
@@ -709,7 +709,7 @@ def test_an_mqtt_result_that_cannot_be_published_is_logged_and_the_run_still_cou
 def test_a_message_from_mosquitto_is_answered_on_mosquitto(components: dict[str, str], tmp_path: Path) -> None:
     import paho.mqtt.client as mqtt
 
-    from spin_app.host import ComponentHost, MqttBridge, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, MqttBridge, SpinState
 
     room = f"loop-{uuid.uuid4().hex[:8]}"
     sub = _Subscriber(f"adf-test/{room}/temp/results")
@@ -732,8 +732,8 @@ def test_a_message_from_mosquitto_is_answered_on_mosquitto(components: dict[str,
 
 
 def test_the_spin_like_mode_drops_each_instance_before_the_next_event(components: dict[str, str], tmp_path: Path) -> None:
-    from spin_app.engine import reaper
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.engine import reaper
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     host = ComponentHost(components["mqtt"], state=SpinState(str(tmp_path)), deferred_reset=False)
     try:

@@ -12,7 +12,7 @@ import time
 import pytest
 import wasmtime  # scripts/spin-setup installs it
 
-from spin_app.engine import EngineSettings, MiB, Reaper, engine_for
+from active_data_flow.spin_app.engine import EngineSettings, MiB, Reaper, engine_for
 
 
 def test_settings_come_from_spins_own_environment_variables() -> None:
@@ -88,7 +88,7 @@ def test_beyond_its_limit_the_caller_drops_the_store_itself() -> None:
 def test_the_host_command_refuses_a_bad_setting_before_loading_anything(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from spin_app.host import main
+    from active_data_flow.spin_app.host import main
 
     monkeypatch.setenv("SPIN_WASMTIME_LINEAR_MEMORY_KEEP_RESIDENT", "32M")
     assert main(["cron", "no-such.wasm"]) == 2

@@ -1,6 +1,6 @@
 """What the built Spin components import, against the Spin release they are documented to need.
 
-Every import of every component must be in ``spin_app.build.SPIN_INTERFACES`` (interface →
+Every import of every component must be in ``active_data_flow.spin_app.build.SPIN_INTERFACES`` (interface →
 the first Spin release that provides it) and be provided by ``MIN_SPIN_VERSION``: a Spin host
 without one of them cannot instantiate the component at all, used or not. The components are
 the session's built ones (``tests/test_spin_components.py``'s fixture, cached by source hash).
@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 from test_spin_components import components  # noqa: F401  (the session's built components)
 
-from spin_app.build import MIN_SPIN_VERSION, SPIN_INTERFACES, component_imports, spin_version_problems
+from active_data_flow.spin_app.build import (
+    MIN_SPIN_VERSION,
+    SPIN_INTERFACES,
+    component_imports,
+    spin_version_problems,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +46,7 @@ def test_every_import_of_every_component_is_provided_by_the_documented_minimum_s
 
 
 def test_the_import_reader_agrees_with_wasmtime(components: dict[str, str]) -> None:  # noqa: F811
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     host = ComponentHost(components["mqtt"], state=SpinState(str(ROOT / "build" / "test-artifacts" / "imports")))
     try:

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import SpecError
-from spin_app.cli import check_spin_versions
-from spin_app.manifest import (
+from active_data_flow.errors import SpecError
+from active_data_flow.spin_app.cli import check_spin_versions
+from active_data_flow.spin_app.manifest import (
     RULES,
     ManifestOptions,
     cron_expression_problem,
@@ -36,7 +36,7 @@ def adf(*args: str, cwd: Path, path: str | None = None) -> subprocess.CompletedP
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if path is not None:
         env["PATH"] = path
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "active_data_flow.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 
 

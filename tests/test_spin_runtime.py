@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from core.connectors.memory import ResponseSink
-from spin_app import runtime
+from active_data_flow.connectors.memory import ResponseSink
+from active_data_flow.spin_app import runtime
 
 
 def test_the_warm_up_answers_every_event_kind_and_leaves_nothing_behind(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from core.connectors.sql import SqlRangeSplit, SqlSink, SqlSource
-from core.context import RunContext
-from core.errors import ConfigError, MissingExtraError, RecordValidationError
-from core.source import InlineContexts, ReaderStatus
-from core.state import MemoryStateStore, SqliteStateStore
+from active_data_flow.connectors.sql import SqlRangeSplit, SqlSink, SqlSource
+from active_data_flow.context import RunContext
+from active_data_flow.errors import ConfigError, MissingExtraError, RecordValidationError
+from active_data_flow.source import InlineContexts, ReaderStatus
+from active_data_flow.state import MemoryStateStore, SqliteStateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -246,7 +246,7 @@ _WORKER = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {root!r})
-    from core.connectors.sql import SqlSink
+    from active_data_flow.connectors.sql import SqlSink
     worker, url, table = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     sink = SqlSink(url=url, table=table, mode={mode!r}, key="id")
     sink.open()
@@ -531,14 +531,14 @@ def test_a_missing_sqlalchemy_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_importing_the_sql_connectors_does_not_import_sqlalchemy() -> None:
-    code = "import sys; import core.connectors.sql, core.connectors.cache; print('sqlalchemy' in sys.modules, 'redis' in sys.modules)"
+    code = "import sys; import active_data_flow.connectors.sql, active_data_flow.connectors.cache; print('sqlalchemy' in sys.modules, 'redis' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
 
 
 def test_a_flow_copies_a_table_incrementally_with_two_reader_processes(tmp_path: Path) -> None:
-    from core.engine import run_flow
+    from active_data_flow.engine import run_flow
 
     src, out = f"sqlite:///{tmp_path / 'src.db'}", f"sqlite:///{tmp_path / 'out.db'}"
     _write(

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from core.errors import ConfigError
-from core.state import (
+from active_data_flow.errors import ConfigError
+from active_data_flow.state import (
     MemoryStateStore,
     RedisStateStore,
     SqliteStateStore,
@@ -138,7 +138,7 @@ def test_sqlite_shared_across_processes(tmp_path: Path) -> None:
     with SqliteStateStore(path) as store:
         store.set("from-parent", 1)
         code = (
-            "import sys; from core.state import SqliteStateStore\n"
+            "import sys; from active_data_flow.state import SqliteStateStore\n"
             "s = SqliteStateStore(sys.argv[1])\n"
             "assert s.get('from-parent') == 1\n"
             "s.set('from-child', [1, 2]); s.close()\n"
@@ -266,8 +266,8 @@ def test_register_state_store() -> None:
 def test_redis_store_missing_extra_message() -> None:
     code = (
         "import sys; sys.modules['redis'] = None\n"
-        "from core.errors import MissingExtraError\n"
-        "from core.state import open_state_store\n"
+        "from active_data_flow.errors import MissingExtraError\n"
+        "from active_data_flow.state import open_state_store\n"
         "try:\n"
         "    open_state_store('redis://127.0.0.1:6379/0')\n"
         "except MissingExtraError as e:\n"
@@ -288,7 +288,7 @@ def test_redis_store_missing_extra_message() -> None:
 def test_core_state_imports_only_stdlib() -> None:
     code = (
         "import sys\n"
-        "import core.state, core.config, core.redact\n"
+        "import active_data_flow.state, active_data_flow.config, active_data_flow.redact\n"
         "bad = [m for m in ('redis', 'yaml', 'pydantic', 'sqlalchemy', 'sqlite3') if m in sys.modules]\n"
         "print(bad)\n"
     )
@@ -305,7 +305,7 @@ def _child_writes(store: Any, key: str) -> None:
 def test_a_sqlite_store_inherited_by_a_forked_process_opens_its_own_connection(tmp_path: Path) -> None:
     import multiprocessing
 
-    from core.state import SqliteStateStore
+    from active_data_flow.state import SqliteStateStore
 
     store = SqliteStateStore(str(tmp_path / "s.db"))
     store.set("parent", 1)

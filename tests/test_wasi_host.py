@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from spin_app.wasi_host import (
+from active_data_flow.spin_app.wasi_host import (
     Fields,
     InputStream,
     OutgoingBody,

@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 import wasmtime
+from package_tree import package_parent
 
-from core.wasm.cache import ModuleCache, engine_key
-from core.wasm.errors import WasmAbiError, WasmError, WasmLimitExceeded, WasmTrap
-from core.wasm.executor import (
+from active_data_flow.wasm.cache import ModuleCache, engine_key
+from active_data_flow.wasm.errors import WasmAbiError, WasmError, WasmLimitExceeded, WasmTrap
+from active_data_flow.wasm.executor import (
     ENGINE_SETTINGS,
     CallSession,
     CompiledModule,
@@ -37,10 +38,10 @@ from core.wasm.executor import (
     WasmExecutor,
     executor_engine_key,
 )
-from core.wasm.hostfns import classify_sql, run_sqlalchemy, run_sqlite
-from core.wasm.limits import Limits
-from core.wasm.permissions import PermissionSet
-from core.wasm.storage import LocalStorage
+from active_data_flow.wasm.hostfns import classify_sql, run_sqlalchemy, run_sqlite
+from active_data_flow.wasm.limits import Limits
+from active_data_flow.wasm.permissions import PermissionSet
+from active_data_flow.wasm.storage import LocalStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = Path(__file__).resolve().parent / "wasm_modules"
@@ -677,7 +678,7 @@ def test_session_over_a_wasi_module(ex: WasmExecutor) -> None:
 
 # -- the standard library only at import ---------------------------------------------------------
 def test_modules_import_with_the_standard_library_only() -> None:
-    code = ("import sys; import core.wasm.executor, core.wasm.hostfns, core.wasm.cache; "
+    code = (f"import sys; sys.path[:0] = [{str(package_parent())!r}]; import active_data_flow.wasm.executor, active_data_flow.wasm.hostfns, active_data_flow.wasm.cache; "
             "bad = [m for m in ('wasmtime', 'sqlalchemy', 'boto3', 'cryptography') if m in sys.modules]; "
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-S", "-E", "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from core.connectors.memory import MemorySink
-from core.engine import run_flow
-from core.errors import SpecError
-from core.spec import parse_spec
-from core.wasm import toolchain
+from active_data_flow.connectors.memory import MemorySink
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import SpecError
+from active_data_flow.spec import parse_spec
+from active_data_flow.wasm import toolchain
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def test_the_context_module_reads_and_sets_the_run_context(modules: dict[tuple[s
 def test_a_registry_module_runs_with_its_registered_permissions_and_is_logged(
     modules: dict[tuple[str, str], str], tmp_path: Path
 ) -> None:
-    from core.wasm.registry import ModuleRegistry
+    from active_data_flow.wasm.registry import ModuleRegistry
 
     reg = ModuleRegistry.from_env()
     reg.upload("pricing", "1.0.0", Path(modules[("c", "transform")]).read_bytes())

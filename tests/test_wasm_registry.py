@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from moto_endpoint import moto_endpoint
 
-from core.wasm.errors import ModuleIntegrityError, ModuleNotFoundInRegistry, SignatureError
-from core.wasm.registry import ModuleExistsError, ModuleRegistry, parse_ref, version_key
-from core.wasm.storage import LocalStorage, S3Storage
+from active_data_flow.wasm.errors import ModuleIntegrityError, ModuleNotFoundInRegistry, SignatureError
+from active_data_flow.wasm.registry import ModuleExistsError, ModuleRegistry, parse_ref, version_key
+from active_data_flow.wasm.storage import LocalStorage, S3Storage
 
 ROOT = Path(__file__).resolve().parent.parent
-ADF = [sys.executable, "-m", "core.cli"]
+ADF = [sys.executable, "-m", "active_data_flow.cli"]
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 # The guest memory ABI: memory, alloc(len) -> ptr, run(ptr, len) -> (out_ptr << 32) | out_len.

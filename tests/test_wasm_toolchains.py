@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import wasmtime  # the wasm extra; scripts/spin-setup installs it too
 
-from core.wasm import toolchain
-from core.wasm.toolchain import (
+from active_data_flow.wasm import toolchain
+from active_data_flow.wasm.toolchain import (
     EXAMPLES,
     LANGS,
     PROJECT_FILE,

@@ -23,9 +23,9 @@ import httpx
 import pytest
 from live_server import LogCapture, client_from, live_server
 
-from core.redact import MASK
-from handlers.schedule.sql import SqlScheduleStore
-from handlers.settings import Settings
+from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.redact import MASK
 
 HB_TOKEN = "hb-token-1"
 API_TOKEN = "api-token-2"

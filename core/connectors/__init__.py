@@ -1,1 +1,1 @@
-"""Ready connectors. Each module is one connector family; see :mod:`core.registry` for the type names."""
+"""Ready connectors. Each module is one connector family; see :mod:`active_data_flow.registry` for the type names."""

@@ -7,7 +7,7 @@ expiring after an hour. Where it goes:
 * ``url: redis://…`` / ``rediss://…`` — that Redis server, one pipeline per batch; the keys are
   exactly ``key_prefix + value`` (no other prefix), so any Redis client can read them;
 * ``url`` naming another state store (``sqlite:///cache.db``, ``memory://``) — that store
-  (see :func:`core.state.open_state_store`);
+  (see :func:`active_data_flow.state.open_state_store`);
 * no ``url`` — the flow's own state store (``run_context.store``), or the embedded default
   store when the run has none.
 
@@ -27,15 +27,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Attribute
-from core.codec import codec
-from core.errors import MissingExtraError, RecordValidationError
-from core.record import Record
-from core.redact import redact_text
-from core.sink import Sink
+from active_data_flow.attributes import Attribute
+from active_data_flow.codec import codec
+from active_data_flow.errors import MissingExtraError, RecordValidationError
+from active_data_flow.record import Record
+from active_data_flow.redact import redact_text
+from active_data_flow.sink import Sink
 
 if TYPE_CHECKING:
-    from core.state import StateStore
+    from active_data_flow.state import StateStore
 
 __all__ = ["CacheSink"]
 
@@ -55,7 +55,7 @@ class CacheSink(Sink):
 
     * every key of a batch is computed before anything is written: a record without
       ``key_attribute`` (or with a null, list or mapping value there) raises
-      :class:`~core.errors.RecordValidationError` naming the attribute, and nothing of
+      :class:`~active_data_flow.errors.RecordValidationError` naming the attribute, and nothing of
       that batch is written;
     * the value is the whole record as JSON; ``ttl`` (seconds) sets an expiry on every key
       written, no ``ttl`` keeps keys until replaced or deleted;
@@ -99,7 +99,7 @@ class CacheSink(Sink):
         if not url and self.run_context.store is not None:
             self._store = self.run_context.store
             return
-        from core.state import open_state_store
+        from active_data_flow.state import open_state_store
 
         self._store = open_state_store(url or None)
         self._own_store = True

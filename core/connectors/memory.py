@@ -13,7 +13,7 @@
 
 ``payload`` source
     ``{type: payload, records: [...]}`` — the records that came with the trigger (an HTTP
-    POST body, a Redis or MQTT message). A trigger handler (:mod:`handlers.invoke`) puts the
+    POST body, a Redis or MQTT message). A trigger handler (:mod:`active_data_flow.handlers.invoke`) puts the
     request's records at ``source.records``; ``records`` defaults to ``[]``. Unlike the
     ``memory`` source, an item that is not a JSON object is not a configuration error: it
     becomes a dead letter (stage ``source``) saying which item it was, and the rest goes on.
@@ -45,10 +45,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from core.attributes import Attribute, at_least_one, not_negative
-from core.record import DeadLetter, Record
-from core.sink import Sink
-from core.source import (
+from active_data_flow.attributes import Attribute, at_least_one, not_negative
+from active_data_flow.record import DeadLetter, Record
+from active_data_flow.sink import Sink
+from active_data_flow.source import (
     Origins,
     ReaderBatch,
     ReaderStatus,

@@ -1,7 +1,7 @@
 """The little S3 the file connectors need: ranged reads, globbing, size, upload.
 
 boto3 is imported on first use (``pip install 'active-data-flow[s3]'``); without it every
-function raises :class:`~core.errors.MissingExtraError`. ``endpoint_url`` selects an
+function raises :class:`~active_data_flow.errors.MissingExtraError`. ``endpoint_url`` selects an
 S3-compatible store (MinIO, moto's server); when None boto3 reads ``AWS_ENDPOINT_URL``
 itself. Credentials and region come from boto3's usual chain.
 
@@ -17,8 +17,8 @@ import re
 import threading
 from typing import Any
 
-from core.errors import MissingExtraError
-from core.retry import RetriesExhausted, RetryPolicy, retry_call
+from active_data_flow.errors import MissingExtraError
+from active_data_flow.retry import RetriesExhausted, RetryPolicy, retry_call
 
 __all__ = [
     "client",

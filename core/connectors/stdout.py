@@ -13,10 +13,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute, one_character
-from core.formats import CsvEncoder, encode_jsonl
-from core.record import Record
-from core.sink import Sink
+from active_data_flow.attributes import Attribute, one_character
+from active_data_flow.formats import CsvEncoder, encode_jsonl
+from active_data_flow.record import Record
+from active_data_flow.sink import Sink
 
 __all__ = ["StdoutSink"]
 

@@ -20,14 +20,14 @@ that was written but not yet checkpointed is written again — at most one batch
 with an idempotent (upsert) sink that duplicate collapses, so the result is exactly-once.
 """
 
-from core.engine.checkpoints import Checkpoints, default_state_root
-from core.engine.coordinator import SpecChangedError
-from core.engine.dead_letter_writer import DeadLetterWriter
-from core.engine.loop import ReaderLoop
-from core.engine.pipeline import OriginTracker, Pipeline, count_step, setup_destinations
-from core.engine.replay import ReplayResult, replay_dead_letters
-from core.engine.run import run_flow
-from core.engine.summary import Progress, RunSummary
+from active_data_flow.engine.checkpoints import Checkpoints, default_state_root
+from active_data_flow.engine.coordinator import SpecChangedError
+from active_data_flow.engine.dead_letter_writer import DeadLetterWriter
+from active_data_flow.engine.loop import ReaderLoop
+from active_data_flow.engine.pipeline import OriginTracker, Pipeline, count_step, setup_destinations
+from active_data_flow.engine.replay import ReplayResult, replay_dead_letters
+from active_data_flow.engine.run import run_flow
+from active_data_flow.engine.summary import Progress, RunSummary
 
 __all__ = [
     "Checkpoints",

@@ -12,26 +12,26 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.context import RunContext
-from core.engine.checkpoints import Checkpoints, default_state_root
-from core.engine.pipeline import Pipeline, setup_destinations
-from core.engine.summary import Progress, RunSummary
-from core.errors import AdfError, SpecError
-from core.ids import new_id, new_run_id, utc_now_iso
-from core.logs import get_logger, log_event
-from core.outcome import BatchCounts, ReasonTally, judge
-from core.redact import redact_text
-from core.registry import Registry
-from core.sink import Sink
-from core.source import (
+from active_data_flow.context import RunContext
+from active_data_flow.engine.checkpoints import Checkpoints, default_state_root
+from active_data_flow.engine.pipeline import Pipeline, setup_destinations
+from active_data_flow.engine.summary import Progress, RunSummary
+from active_data_flow.errors import AdfError, SpecError
+from active_data_flow.ids import new_id, new_run_id, utc_now_iso
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.outcome import BatchCounts, ReasonTally, judge
+from active_data_flow.redact import redact_text
+from active_data_flow.registry import Registry
+from active_data_flow.sink import Sink
+from active_data_flow.source import (
     Split,
     SplitEnumerator,
     SplitEnumeratorContext,
 )
 
 if TYPE_CHECKING:
-    from core.source import Source
-    from core.spec import FlowSpec
+    from active_data_flow.source import Source
+    from active_data_flow.spec import FlowSpec
 
 _log = get_logger("engine")
 
@@ -45,8 +45,8 @@ class Coordinator:
     It prepares the run (lock, checkpoint or fresh start, run id, run context, source), restores
     or creates the enumerator, keeps the assignment ledger (which split went to which reader, so a
     reader that dies gives its splits back from its last checkpoint), adds up what the readers
-    report and writes the summary. The readers themselves run in :mod:`core.engine.inline`
-    (parallelism 1) or :mod:`core.engine.processes`.
+    report and writes the summary. The readers themselves run in :mod:`active_data_flow.engine.inline`
+    (parallelism 1) or :mod:`active_data_flow.engine.processes`.
     """
 
     def __init__(
@@ -91,7 +91,7 @@ class Coordinator:
         self.reasons = ReasonTally()
         self.max_dead = self.runtime.get("max_dead_letters")
         self.on_spec_change = on_spec_change
-        # set as the run goes (prepare, then the readers: core.engine.inline or core.engine.processes)
+        # set as the run goes (prepare, then the readers: active_data_flow.engine.inline or active_data_flow.engine.processes)
         self.enumerator: SplitEnumerator
         self.pipeline: Pipeline | None = None  # the inline reader's (its in-flight batch counts when it fails)
         self.dead_kept: list[dict[str, Any]] | None = None

@@ -7,16 +7,16 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.codec import codec
-from core.context import RunContext
-from core.errors import SinkUnavailableError
-from core.ids import utc_now_iso
-from core.logs import get_logger
-from core.outcome import ReasonTally
-from core.record import DeadLetter
-from core.registry import Registry
-from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_call
-from core.sink import Sink
+from active_data_flow.codec import codec
+from active_data_flow.context import RunContext
+from active_data_flow.errors import SinkUnavailableError
+from active_data_flow.ids import utc_now_iso
+from active_data_flow.logs import get_logger
+from active_data_flow.outcome import ReasonTally
+from active_data_flow.record import DeadLetter
+from active_data_flow.registry import Registry
+from active_data_flow.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_call
+from active_data_flow.sink import Sink
 
 if TYPE_CHECKING:
     pass

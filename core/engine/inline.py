@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from core.engine.coordinator import Coordinator, pending_splits
-from core.engine.loop import ReaderLoop
-from core.engine.pipeline import Pipeline
-from core.outcome import BatchCounts
-from core.source import InlineContexts, ReaderBatch, SourceReader
+from active_data_flow.engine.coordinator import Coordinator, pending_splits
+from active_data_flow.engine.loop import ReaderLoop
+from active_data_flow.engine.pipeline import Pipeline
+from active_data_flow.outcome import BatchCounts
+from active_data_flow.source import InlineContexts, ReaderBatch, SourceReader
 
 __all__ = ["run_inline"]
 

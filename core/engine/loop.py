@@ -2,12 +2,12 @@
 
 Every target reads through this loop:
 
-1. **poll** a batch from the :class:`~core.source.SourceReader`;
+1. **poll** a batch from the :class:`~active_data_flow.source.SourceReader`;
 2. **write** it: the caller's ``write`` sends it through the steps into the sink and writes its
-   dead letters (:meth:`core.engine.Pipeline.commit`); when it returns, the sink has flushed;
+   dead letters (:meth:`active_data_flow.engine.Pipeline.commit`); when it returns, the sink has flushed;
 3. **checkpoint**: the caller's ``checkpoint`` stores the reader's unfinished splits with their
-   positions (:meth:`~core.source.SourceReader.snapshot_state`) and the splits it finished;
-4. **acknowledge**: :meth:`~core.source.SourceReader.notify_checkpoint_complete` lets the
+   positions (:meth:`~active_data_flow.source.SourceReader.snapshot_state`) and the splits it finished;
+4. **acknowledge**: :meth:`~active_data_flow.source.SourceReader.notify_checkpoint_complete` lets the
    source release what the checkpoint covers (a stream's entries, a queue's messages).
 
 Only in this order: a process that dies after 2 and before 3 writes that batch again when the run
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from core.source import ReaderBatch, ReaderStatus, SourceReader
+from active_data_flow.source import ReaderBatch, ReaderStatus, SourceReader
 
 __all__ = ["ReaderLoop"]
 
@@ -42,7 +42,7 @@ def has_content(batch: ReaderBatch) -> bool:
 
 
 class ReaderLoop:
-    """Drives one :class:`~core.source.SourceReader` through poll → write → checkpoint → acknowledge."""
+    """Drives one :class:`~active_data_flow.source.SourceReader` through poll → write → checkpoint → acknowledge."""
 
     def __init__(
         self,

@@ -7,24 +7,30 @@ import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
-from core.context import RunContext
-from core.engine.dead_letter_writer import DeadLetterWriter
-from core.errors import AdfError, SinkUnavailableError
-from core.logs import get_logger, log_event
-from core.outcome import BatchCounts
-from core.record import DeadLetter, Record
-from core.redact import redact_text
-from core.registry import Registry
-from core.retry import RetriesExhausted, RetryPolicy, is_unavailable, retry_call, unavailable_reason
-from core.sink import Sink
-from core.source import (
+from active_data_flow.context import RunContext
+from active_data_flow.engine.dead_letter_writer import DeadLetterWriter
+from active_data_flow.errors import AdfError, SinkUnavailableError
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.outcome import BatchCounts
+from active_data_flow.record import DeadLetter, Record
+from active_data_flow.redact import redact_text
+from active_data_flow.registry import Registry
+from active_data_flow.retry import (
+    RetriesExhausted,
+    RetryPolicy,
+    is_unavailable,
+    retry_call,
+    unavailable_reason,
+)
+from active_data_flow.sink import Sink
+from active_data_flow.source import (
     Origins,
     ReaderBatch,
 )
-from core.step import Routed, Step, flow_steps
+from active_data_flow.step import Routed, Step, flow_steps
 
 if TYPE_CHECKING:
-    from core.spec import FlowSpec
+    from active_data_flow.spec import FlowSpec
 
 _log = get_logger("engine")
 
@@ -112,14 +118,14 @@ class OriginTracker:
 class Pipeline:
     """Steps + sink + dead letters of one reader; commits one batch at a time.
 
-    Every batch is accounted for (see :mod:`core.outcome`): each record read is written,
+    Every batch is accounted for (see :mod:`active_data_flow.outcome`): each record read is written,
     filtered by a step, or dead-lettered; steps that add records count as ``fanned_out``.
     ``current`` holds the counts of the batch being committed, so a run that fails in the
     middle of one can say what happened to it.
 
     What the sink's errors mean:
 
-    * an **outage** (:func:`core.retry.unavailable_reason`: connection refused or reset,
+    * an **outage** (:func:`active_data_flow.retry.unavailable_reason`: connection refused or reset,
       timeout, unknown database, authentication, 5xx…) is retried with backoff and jitter for
       ``runtime.sink_retry.window_s``; then :class:`SinkUnavailableError` fails the run with
       its checkpoint intact — records are never dead-lettered for an outage;
@@ -286,7 +292,7 @@ class Pipeline:
             )
             raise _unavailable(exc.last, message) from exc.last
         if isinstance(got, int) and not isinstance(got, bool) and got != len(records):
-            from core.outcome import AccountingError
+            from active_data_flow.outcome import AccountingError
 
             raise AccountingError(
                 f"sink {self._sink_name} reported {got:,} record(s) written of a batch of {len(records):,}: "
@@ -376,7 +382,7 @@ def _sink_error_kind(exc: BaseException) -> str:
     """``fatal`` (the engine's own errors about the sink or the flow: an outage after its retry
     window, a configuration, the accounting), ``record`` (about the records: a constraint, a
     type, a field the table lacks) or ``unknown``."""
-    from core.errors import RecordValidationError
+    from active_data_flow.errors import RecordValidationError
 
     if isinstance(exc, RecordValidationError):
         return "record"

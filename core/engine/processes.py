@@ -12,18 +12,18 @@ import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from core.context import RunContext
-from core.engine.checkpoints import Checkpoints
-from core.engine.coordinator import Coordinator, ReaderFailed, pending_splits
-from core.engine.dead_letter_writer import DeadLetterWriter
-from core.engine.loop import ReaderLoop
-from core.engine.pipeline import Pipeline
-from core.errors import AdfError
-from core.logs import get_logger, log_event, run_id_var
-from core.outcome import BatchCounts
-from core.redact import redact_text
-from core.registry import registry
-from core.source import (
+from active_data_flow.context import RunContext
+from active_data_flow.engine.checkpoints import Checkpoints
+from active_data_flow.engine.coordinator import Coordinator, ReaderFailed, pending_splits
+from active_data_flow.engine.dead_letter_writer import DeadLetterWriter
+from active_data_flow.engine.loop import ReaderLoop
+from active_data_flow.engine.pipeline import Pipeline
+from active_data_flow.errors import AdfError
+from active_data_flow.logs import get_logger, log_event, run_id_var
+from active_data_flow.outcome import BatchCounts
+from active_data_flow.redact import redact_text
+from active_data_flow.registry import registry
+from active_data_flow.source import (
     ReaderBatch,
     SourceReader,
     SourceReaderContext,
@@ -32,8 +32,8 @@ from core.source import (
 )
 
 if TYPE_CHECKING:
-    from core.source import Source
-    from core.spec import FlowSpec
+    from active_data_flow.source import Source
+    from active_data_flow.spec import FlowSpec
 
 _log = get_logger("engine")
 

@@ -8,12 +8,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.context import RunContext
-from core.engine.checkpoints import default_state_root
-from core.engine.dead_letter_writer import DeadLetterWriter
-from core.engine.pipeline import Pipeline
-from core.registry import Registry, registry
-from core.source import (
+from active_data_flow.context import RunContext
+from active_data_flow.engine.checkpoints import default_state_root
+from active_data_flow.engine.dead_letter_writer import DeadLetterWriter
+from active_data_flow.engine.pipeline import Pipeline
+from active_data_flow.registry import Registry, registry
+from active_data_flow.source import (
     Origins,
     ReaderBatch,
     ReaderStatus,
@@ -57,7 +57,7 @@ def replay_dead_letters(
     again come back in ``ReplayResult.dead`` with the new reason; the sink is not set up
     again (a file sink in overwrite mode is not truncated: records are appended).
     """
-    from core.spec import as_spec
+    from active_data_flow.spec import as_spec
 
     spec = as_spec(flow, reg=reg)
     reg = reg or registry

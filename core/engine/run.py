@@ -7,13 +7,13 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from core.engine.coordinator import Coordinator, ProgressCallback, SpecChangedError
-from core.engine.inline import run_inline
-from core.engine.processes import ProcessReaders
-from core.engine.summary import RunSummary
-from core.errors import AdfError
-from core.logs import get_logger, log_event, run_id_var
-from core.registry import Registry, registry
+from active_data_flow.engine.coordinator import Coordinator, ProgressCallback, SpecChangedError
+from active_data_flow.engine.inline import run_inline
+from active_data_flow.engine.processes import ProcessReaders
+from active_data_flow.engine.summary import RunSummary
+from active_data_flow.errors import AdfError
+from active_data_flow.logs import get_logger, log_event, run_id_var
+from active_data_flow.registry import Registry, registry
 
 if TYPE_CHECKING:
     pass
@@ -35,8 +35,8 @@ def run_flow(
 ) -> RunSummary:
     """Run a flow to the end (or until stopped) and return its summary.
 
-    ``flow`` is a :class:`~core.spec.FlowSpec`, a spec mapping, or a
-    :class:`~core.flow.DataFlow` subclass or instance. With ``persist=False`` the run writes
+    ``flow`` is a :class:`~active_data_flow.spec.FlowSpec`, a spec mapping, or a
+    :class:`~active_data_flow.flow.DataFlow` subclass or instance. With ``persist=False`` the run writes
     no files (no checkpoints, no run record, one reader in this process, dead letters returned
     in ``summary.dead_letter_sample`` unless the spec names a dead-letter sink) — for hosts
     without a writable filesystem such as a Spin component. Never raises for a failing flow:
@@ -51,7 +51,7 @@ def run_flow(
     """
     if on_spec_change not in ("refuse", "fresh", "resume"):
         raise ValueError(f"on_spec_change must be 'refuse', 'fresh' or 'resume', not {on_spec_change!r}")
-    from core.spec import as_spec
+    from active_data_flow.spec import as_spec
 
     spec = as_spec(flow, reg=reg)
     reg = reg or registry

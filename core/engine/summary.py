@@ -32,7 +32,7 @@ class RunSummary:
     ``status`` is ``success`` (every record written or filtered), ``partial`` (done, with
     dead letters below ``runtime.max_dead_letter_ratio``), ``failed`` or ``stopped`` (an
     unbounded run that was stopped; its checkpoint is kept so the next run continues) — see
-    :mod:`core.outcome`. The counts add up: ``records_in + fanned_out = records_out +
+    :mod:`active_data_flow.outcome`. The counts add up: ``records_in + fanned_out = records_out +
     filtered + dead_letters + in_flight``.
     """
 

@@ -46,7 +46,7 @@ CSV records
     the next line — a quote never closed costs its record, not the rest of the file, and
     memory stays bounded by the record being read plus ``max_field_bytes``. A longer
     unquoted field is a dead letter the same way. A header row that cannot be read raises
-    :class:`~core.errors.SourceDataError`; JSON Lines apply ``max_field_bytes`` to a line.
+    :class:`~active_data_flow.errors.SourceDataError`; JSON Lines apply ``max_field_bytes`` to a line.
 
 Byte-range splits
     :func:`aligned_boundaries` scans a file once and returns split starts that are record
@@ -55,7 +55,7 @@ Byte-range splits
     one regular expression pass (several times slower than counting quotes, which would put
     boundaries inside fields after a stray or unterminated quote).
 
-Modules (the public names of each are importable from ``core.formats`` itself)
+Modules (the public names of each are importable from ``active_data_flow.formats`` itself)
     ``common`` — the formats, file extensions, encodings and byte-order marks, line counting,
     :class:`ReadResult`; ``streams`` — :func:`open_range`, :func:`skip_bom`; ``lines`` —
     :class:`TextLines`; ``origins`` — record origins computed on demand; ``jsonl`` — JSON Lines;
@@ -66,7 +66,7 @@ Modules (the public names of each are importable from ``core.formats`` itself)
 
 from __future__ import annotations
 
-from core.formats.common import (
+from active_data_flow.formats.common import (
     DEFAULT_MAX_FIELD_BYTES,
     FORMATS,
     ReadResult,
@@ -77,13 +77,13 @@ from core.formats.common import (
     format_from_path,
     normalize_encoding,
 )
-from core.formats.csv_format import CsvOptions, read_csv, read_csv_header
-from core.formats.csv_framing import aligned_boundaries
-from core.formats.encoders import CsvEncoder, encode_jsonl
-from core.formats.json_format import read_json_array, split_json_elements
-from core.formats.jsonl import read_jsonl
-from core.formats.lines import TextLines
-from core.formats.streams import open_range, skip_bom
+from active_data_flow.formats.csv_format import CsvOptions, read_csv, read_csv_header
+from active_data_flow.formats.csv_framing import aligned_boundaries
+from active_data_flow.formats.encoders import CsvEncoder, encode_jsonl
+from active_data_flow.formats.json_format import read_json_array, split_json_elements
+from active_data_flow.formats.jsonl import read_jsonl
+from active_data_flow.formats.lines import TextLines
+from active_data_flow.formats.streams import open_range, skip_bom
 
 __all__ = [
     "DEFAULT_MAX_FIELD_BYTES",

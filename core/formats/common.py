@@ -9,7 +9,7 @@ import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.record import DeadLetter, Record
+from active_data_flow.record import DeadLetter, Record
 
 __all__ = [
     "DEFAULT_MAX_FIELD_BYTES",

@@ -1,5 +1,5 @@
 """The CSV reader: :func:`read_csv` and :func:`read_csv_header` over a
-:class:`~core.formats.lines.TextLines`, with its options (:class:`CsvOptions`).
+:class:`~active_data_flow.formats.lines.TextLines`, with its options (:class:`CsvOptions`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, islice
 from typing import Any
 
-from core.errors import SourceDataError
-from core.formats.common import DEFAULT_MAX_FIELD_BYTES, ReadResult, count_lines, excerpt, line_text
-from core.formats.csv_framing import Dialect, dialect_for, record_end
-from core.formats.lines import TextLines
-from core.formats.origins import StartLines
-from core.record import DeadLetter
+from active_data_flow.errors import SourceDataError
+from active_data_flow.formats.common import (
+    DEFAULT_MAX_FIELD_BYTES,
+    ReadResult,
+    count_lines,
+    excerpt,
+    line_text,
+)
+from active_data_flow.formats.csv_framing import Dialect, dialect_for, record_end
+from active_data_flow.formats.lines import TextLines
+from active_data_flow.formats.origins import StartLines
+from active_data_flow.record import DeadLetter
 
 __all__ = [
     "CsvOptions",
@@ -413,7 +419,7 @@ def read_csv_header(
     Returns the field names (``options.columns`` when given) and the number of lines the
     header took, blank lines before it included (0 when the file is empty). Without a header
     row, returns ``options.columns`` and 0 without reading. A header row that cannot be read
-    raises :class:`~core.errors.SourceDataError`.
+    raises :class:`~active_data_flow.errors.SourceDataError`.
     """
     if not options.header:
         return list(options.columns or []), 0

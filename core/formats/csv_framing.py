@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import IO
 
-from core.formats.common import DEFAULT_MAX_FIELD_BYTES, count_lines
-from core.formats.lines import CHUNK
+from active_data_flow.formats.common import DEFAULT_MAX_FIELD_BYTES, count_lines
+from active_data_flow.formats.lines import CHUNK
 
 __all__ = [
     "Dialect",

@@ -7,8 +7,8 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from core.codec import codec
-from core.record import Record
+from active_data_flow.codec import codec
+from active_data_flow.record import Record
 
 __all__ = [
     "CsvEncoder",

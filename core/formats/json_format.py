@@ -9,9 +9,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from core.codec import codec
-from core.formats.common import detect_bom
-from core.record import DeadLetter, Record
+from active_data_flow.codec import codec
+from active_data_flow.formats.common import detect_bom
+from active_data_flow.record import DeadLetter, Record
 
 __all__ = [
     "json_reason",

@@ -1,5 +1,5 @@
 """JSON Lines: :func:`read_jsonl` reads one batch of objects from a
-:class:`~core.formats.lines.TextLines`.
+:class:`~active_data_flow.formats.lines.TextLines`.
 """
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
 
-from core.codec import codec
-from core.formats.common import EXCERPT, ReadResult, excerpt, line_text
-from core.formats.json_format import json_reason, json_type
-from core.formats.lines import TextLines
-from core.formats.origins import LineOffsets
-from core.record import DeadLetter, Record
+from active_data_flow.codec import codec
+from active_data_flow.formats.common import EXCERPT, ReadResult, excerpt, line_text
+from active_data_flow.formats.json_format import json_reason, json_type
+from active_data_flow.formats.lines import TextLines
+from active_data_flow.formats.origins import LineOffsets
+from active_data_flow.record import DeadLetter, Record
 
 __all__ = [
     "read_jsonl",

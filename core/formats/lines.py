@@ -12,7 +12,7 @@ from functools import partial
 from itertools import accumulate, islice
 from typing import IO
 
-from core.formats.common import DEFAULT_MAX_FIELD_BYTES, WIDE
+from active_data_flow.formats.common import DEFAULT_MAX_FIELD_BYTES, WIDE
 
 __all__ = [
     "CHUNK",

@@ -1,4 +1,4 @@
-"""Turning whatever a call raised into a :class:`~core.wasm.errors.WasmError`.
+"""Turning whatever a call raised into a :class:`~active_data_flow.wasm.errors.WasmError`.
 
 :func:`classify` names the limit that was hit (fuel, memory, timeout), the trap (with the
 guest's stack trace when wasmtime gives one), the exit code of a WASI command or the host
@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from core.wasm.errors import WasmAbiError, WasmError, WasmLimitExceeded, WasmTrap
-from core.wasm.limits import Limits
-from core.wasm.runtime import MAX_WASM_STACK, TIMEOUT_MESSAGE, WASM_PAGE, Runtime
+from active_data_flow.wasm.errors import WasmAbiError, WasmError, WasmLimitExceeded, WasmTrap
+from active_data_flow.wasm.limits import Limits
+from active_data_flow.wasm.runtime import MAX_WASM_STACK, TIMEOUT_MESSAGE, WASM_PAGE, Runtime
 
 __all__ = ["AllocFailed", "GuestExit", "classify", "first_line"]
 

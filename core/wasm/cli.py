@@ -24,8 +24,8 @@ signature check refused a module, the database is unreachable, a deletion was de
 module, an unreadable file, a missing extra). Errors are one ``adf: …`` line on stderr; with
 ``--json`` the last stdout line is a JSON object.
 
-The commands on the registry are here; ``adf wasm test`` is :mod:`core.wasm.cli_run`, what
-the commands share :mod:`core.wasm.cli_support`.
+The commands on the registry are here; ``adf wasm test`` is :mod:`active_data_flow.wasm.cli_run`, what
+the commands share :mod:`active_data_flow.wasm.cli_support`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import importlib
 import sys
 from typing import Any
 
-from core.wasm.cli_run import cmd_test
-from core.wasm.cli_support import (
+from active_data_flow.wasm.cli_run import cmd_test
+from active_data_flow.wasm.cli_support import (
     EXECUTION_HEADER,
     Failure,
     Handler,
@@ -50,7 +50,7 @@ from core.wasm.cli_support import (
     read_input,
     table,
 )
-from core.wasm.errors import ModuleNotFoundInRegistry
+from active_data_flow.wasm.errors import ModuleNotFoundInRegistry
 
 __all__ = ["register"]
 
@@ -127,7 +127,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
 
 @command
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from core.wasm.registry import parse_ref
+    from active_data_flow.wasm.registry import parse_ref
 
     reg = open_registry(args)
     module_id, _version = parse_ref(args.ref)
@@ -157,7 +157,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 @command
 def _cmd_permissions(args: argparse.Namespace) -> int:
-    from core.wasm.permissions import PermissionSet
+    from active_data_flow.wasm.permissions import PermissionSet
 
     reg = open_registry(args)
     rec = reg.get(args.ref)
@@ -194,7 +194,7 @@ def _cmd_permissions(args: argparse.Namespace) -> int:
 
 @command
 def _cmd_keys_add(args: argparse.Namespace) -> int:
-    from core.wasm.registry import public_key_bytes
+    from active_data_flow.wasm.registry import public_key_bytes
 
     data = read_input(args.public_key_file, "public key file")
     try:
@@ -377,7 +377,7 @@ def register(sub: Any) -> None:
                       help="grant a permission for this run (added to a registry module's own)")
 
     try:
-        toolchain: Any = importlib.import_module("core.wasm.toolchain")
+        toolchain: Any = importlib.import_module("active_data_flow.wasm.toolchain")
     except ImportError:
         toolchain = None
     if toolchain is not None:

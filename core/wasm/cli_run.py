@@ -13,9 +13,17 @@ import os
 import sys
 from typing import Any
 
-from core.errors import ConfigError, MissingExtraError
-from core.wasm.cli_support import Usage, err, flat, open_registry, print_json, read_input, size_text
-from core.wasm.errors import (
+from active_data_flow.errors import ConfigError, MissingExtraError
+from active_data_flow.wasm.cli_support import (
+    Usage,
+    err,
+    flat,
+    open_registry,
+    print_json,
+    read_input,
+    size_text,
+)
+from active_data_flow.wasm.errors import (
     ModuleIntegrityError,
     ModuleNotFoundInRegistry,
     SignatureError,
@@ -38,9 +46,9 @@ def _test_result(args: argparse.Namespace, *, ok: bool, output: Any = None, fuel
 
 
 def cmd_test(args: argparse.Namespace) -> int:  # noqa: C901
-    from core.redact import redact_text
-    from core.wasm.limits import Limits
-    from core.wasm.permissions import PermissionSet
+    from active_data_flow.redact import redact_text
+    from active_data_flow.wasm.limits import Limits
+    from active_data_flow.wasm.permissions import PermissionSet
 
     def refuse(message: str, code: int = 2, fuel: int = 0) -> int:
         return _test_result(args, ok=False, error=redact_text(message), fuel=fuel, code=code)
@@ -67,11 +75,11 @@ def cmd_test(args: argparse.Namespace) -> int:  # noqa: C901
     if is_file and not os.path.isfile(target):
         return refuse(f"no such module file {target!r}")
     try:
-        executor_mod: Any = importlib.import_module("core.wasm.executor")
+        executor_mod: Any = importlib.import_module("active_data_flow.wasm.executor")
     except ModuleNotFoundError as exc:
-        if exc.name != "core.wasm.executor":
+        if exc.name != "active_data_flow.wasm.executor":
             return refuse(f"the wasm executor needs {exc.name!r}: pip install 'active-data-flow[wasm]'")
-        return refuse("the wasm executor (core.wasm.executor) is not available in this installation")
+        return refuse("the wasm executor (active_data_flow.wasm.executor) is not available in this installation")
     except ImportError as exc:
         return refuse(f"the wasm executor cannot be imported: {exc}")
 

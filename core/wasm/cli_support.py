@@ -15,8 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.errors import ConfigError, MissingExtraError
-from core.wasm.errors import ModuleIntegrityError, ModuleNotFoundInRegistry, SignatureError, WasmError
+from active_data_flow.errors import ConfigError, MissingExtraError
+from active_data_flow.wasm.errors import (
+    ModuleIntegrityError,
+    ModuleNotFoundInRegistry,
+    SignatureError,
+    WasmError,
+)
 
 __all__ = [
     "EXECUTION_HEADER",
@@ -82,7 +87,7 @@ def command(fn: Handler) -> Handler:
             message = str(exc) or type(exc).__name__
             if code == 1 and not isinstance(exc, WasmError | Failure):
                 message = f"{type(exc).__name__}: {message}"
-            from core.redact import redact_text
+            from active_data_flow.redact import redact_text
 
             message = redact_text(message.strip().splitlines()[0] if message.strip() else message)
             if getattr(args, "json", False):
@@ -106,7 +111,7 @@ def read_input(path: str, what: str) -> bytes:
 
 def open_registry(args: argparse.Namespace) -> Any:
     """The module registry at ``--db`` / ``--storage`` / ``--s3-endpoint`` (else the environment)."""
-    from core.wasm.registry import ModuleRegistry
+    from active_data_flow.wasm.registry import ModuleRegistry
 
     return ModuleRegistry(getattr(args, "db", None), getattr(args, "storage", None),
                           endpoint_url=getattr(args, "s3_endpoint", None))
@@ -137,7 +142,7 @@ def size_text(n: int) -> str:
 
 
 def print_record(rec: Any, title: str | None = None) -> None:
-    """Print a :class:`~core.wasm.registry.ModuleRecord`, one field a line."""
+    """Print a :class:`~active_data_flow.wasm.registry.ModuleRecord`, one field a line."""
     d = rec.to_dict()
     if title:
         print(title)

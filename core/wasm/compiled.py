@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.wasm.classify import first_line
-from core.wasm.errors import WasmAbiError
-from core.wasm.hostfns import HOST_FUNCTIONS, HOST_MODULE
-from core.wasm.permissions import PermissionSet
-from core.wasm.runtime import WASI_MODULE, WASM_PAGE, Runtime
+from active_data_flow.wasm.classify import first_line
+from active_data_flow.wasm.errors import WasmAbiError
+from active_data_flow.wasm.hostfns import HOST_FUNCTIONS, HOST_MODULE
+from active_data_flow.wasm.permissions import PermissionSet
+from active_data_flow.wasm.runtime import WASI_MODULE, WASM_PAGE, Runtime
 
 __all__ = ["SIG_MEMORY_FN", "CompiledModule", "Signature", "describe_module", "sig_text"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import AdfError
+from active_data_flow.errors import AdfError
 
 __all__ = [
     "LIMIT_KINDS",

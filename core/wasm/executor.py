@@ -1,6 +1,6 @@
 """Run WebAssembly modules: JSON in, JSON out, inside limits, with the ``adf`` host functions.
 
-:class:`WasmExecutor` compiles modules (through a :class:`~core.wasm.cache.ModuleCache`),
+:class:`WasmExecutor` compiles modules (through a :class:`~active_data_flow.wasm.cache.ModuleCache`),
 loads them from the module registry or from ``.wasm`` / ``.wat`` files, and calls them with
 one JSON document (``call``) or several in a row on one instance (``session``). Two guest
 ABIs are detected from the exports (docs/WASM_ABI.md):
@@ -9,10 +9,10 @@ ABIs are detected from the exports (docs/WASM_ABI.md):
   called function ``NAME(ptr, len) -> i64`` returning ``(out_ptr << 32) | out_len``;
 * **wasi**: a WASI command (``_start``): the input on stdin, the output on stdout.
 
-Every call runs with fresh limits (:class:`~core.wasm.limits.Limits`): fuel (instructions),
+Every call runs with fresh limits (:class:`~active_data_flow.wasm.limits.Limits`): fuel (instructions),
 linear memory, wall-clock time (epoch interruption driven by one shared watchdog thread) and
 output size. Whatever the guest does — loop forever, grow memory without end, recurse until
-the stack is gone, answer gigabytes — the call ends with a :class:`~core.wasm.errors.WasmError`
+the stack is gone, answer gigabytes — the call ends with a :class:`~active_data_flow.wasm.errors.WasmError`
 and the host process, the engine and every other call carry on. Each call is recorded in the
 execution log (``execution_log.record(entry)``).
 
@@ -20,10 +20,10 @@ One wasmtime ``Engine`` (fuel + epoch interruption, component model off) and one
 (WASI and the ``adf`` functions) serve every executor of the process, so compiled modules are
 interchangeable between executors. ``wasmtime`` is imported on first use.
 
-The parts, one module each: :mod:`core.wasm.runtime` (the engine, linker and timeout
-watchdog), :mod:`core.wasm.compiled` (a compiled module and its ABI check),
-:mod:`core.wasm.session` (the call path), :mod:`core.wasm.instance` (the reused memory-ABI
-instance and WASI output capture) and :mod:`core.wasm.classify` (what went wrong, as a
+The parts, one module each: :mod:`active_data_flow.wasm.runtime` (the engine, linker and timeout
+watchdog), :mod:`active_data_flow.wasm.compiled` (a compiled module and its ABI check),
+:mod:`active_data_flow.wasm.session` (the call path), :mod:`active_data_flow.wasm.instance` (the reused memory-ABI
+instance and WASI output capture) and :mod:`active_data_flow.wasm.classify` (what went wrong, as a
 ``WasmError``). Their public names used elsewhere are importable from here.
 """
 
@@ -37,19 +37,19 @@ import os
 import threading
 from typing import Any
 
-from core.wasm.cache import ModuleCache
-from core.wasm.classify import first_line
-from core.wasm.compiled import CompiledModule, describe_module
-from core.wasm.errors import ModuleNotFoundInRegistry, WasmAbiError
-from core.wasm.hostfns import HostContext
-from core.wasm.limits import Limits
-from core.wasm.permissions import PermissionSet
-from core.wasm.runtime import ENGINE_SETTINGS, executor_engine_key, get_runtime
-from core.wasm.runtime import MAX_WASM_STACK as MAX_WASM_STACK
-from core.wasm.runtime import TICK_S as TICK_S
-from core.wasm.runtime import TIMEOUT_MESSAGE as TIMEOUT_MESSAGE
-from core.wasm.runtime import WASI_MODULE as WASI_MODULE
-from core.wasm.session import CallSession, ExecutionResult
+from active_data_flow.wasm.cache import ModuleCache
+from active_data_flow.wasm.classify import first_line
+from active_data_flow.wasm.compiled import CompiledModule, describe_module
+from active_data_flow.wasm.errors import ModuleNotFoundInRegistry, WasmAbiError
+from active_data_flow.wasm.hostfns import HostContext
+from active_data_flow.wasm.limits import Limits
+from active_data_flow.wasm.permissions import PermissionSet
+from active_data_flow.wasm.runtime import ENGINE_SETTINGS, executor_engine_key, get_runtime
+from active_data_flow.wasm.runtime import MAX_WASM_STACK as MAX_WASM_STACK
+from active_data_flow.wasm.runtime import TICK_S as TICK_S
+from active_data_flow.wasm.runtime import TIMEOUT_MESSAGE as TIMEOUT_MESSAGE
+from active_data_flow.wasm.runtime import WASI_MODULE as WASI_MODULE
+from active_data_flow.wasm.session import CallSession, ExecutionResult
 
 __all__ = [
     "ENGINE_SETTINGS",

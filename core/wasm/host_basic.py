@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.wasm.host_call import HostCallState, read_guest, require_state
+from active_data_flow.wasm.host_call import HostCallState, read_guest, require_state
 
 __all__ = ["get_context", "host_log", "set_context"]
 

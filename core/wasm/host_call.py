@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.wasm.errors import WasmPermissionDenied, WasmTrap
-from core.wasm.permissions import PermissionSet
-from core.wasm.storage import Storage
+from active_data_flow.wasm.errors import WasmPermissionDenied, WasmTrap
+from active_data_flow.wasm.permissions import PermissionSet
+from active_data_flow.wasm.storage import Storage
 
 __all__ = [
     "LOG_LEVELS",
@@ -59,7 +59,7 @@ _U32 = 0xFFFFFFFF
 
 @dataclass
 class HostContext:
-    """What the host functions of one call (or one :class:`~core.wasm.executor.CallSession`) see.
+    """What the host functions of one call (or one :class:`~active_data_flow.wasm.executor.CallSession`) see.
 
     ``permissions``: what the module may do (empty: nothing); ``context``: the run context
     behind ``get_context`` / ``set_context`` (updated in place); ``databases``: connection

@@ -1,7 +1,7 @@
 """The ``adf.db_query`` host function: one SQL statement on a configured connection, within
 ``db:read`` / ``db:write`` permissions per table.
 
-The statement is classified first (:func:`~core.wasm.sql_shape.classify_sql`) and every table
+The statement is classified first (:func:`~active_data_flow.wasm.sql_shape.classify_sql`) and every table
 it reads or writes is checked. ``sqlite:///`` URLs run on the standard library's sqlite3 (with
 SQLite's authorizer checking every table the compiled statement touches, and ``PRAGMA
 query_only`` for reads); any other URL runs through SQLAlchemy, reads in a ``READ ONLY``
@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from core.wasm.host_call import HostCallState
-from core.wasm.permissions import PermissionSet
-from core.wasm.sql_shape import classify_sql
+from active_data_flow.wasm.host_call import HostCallState
+from active_data_flow.wasm.permissions import PermissionSet
+from active_data_flow.wasm.sql_shape import classify_sql
 
 __all__ = ["MAX_DB_ROWS", "db_query", "run_sqlalchemy", "run_sqlite"]
 
@@ -176,7 +176,7 @@ def _sqlalchemy_engine(url: str) -> Any:
             try:
                 import sqlalchemy
             except ImportError:
-                from core.errors import MissingExtraError
+                from active_data_flow.errors import MissingExtraError
 
                 raise MissingExtraError("SQLAlchemy", "sql", "db_query on a non-SQLite database") from None
             found = sqlalchemy.create_engine(url, pool_pre_ping=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from core.wasm.host_call import HostCallState
-from core.wasm.storage import Storage, open_storage
+from active_data_flow.wasm.host_call import HostCallState
+from active_data_flow.wasm.storage import Storage, open_storage
 
 __all__ = ["file_read", "file_write"]
 

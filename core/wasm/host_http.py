@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from core.wasm.host_call import HostCallState
+from active_data_flow.wasm.host_call import HostCallState
 
 __all__ = ["http_request"]
 

@@ -24,10 +24,10 @@ function           request                                                permis
 The permission is checked before anything else. A denial answers the guest
 ``{"ok": false, "error": "permission denied: ...", "denied": "<kind>:<resource>"}``, is kept
 
-One module per family: :mod:`core.wasm.host_call` (the per-call state, guest memory access and
-the JSON function wrapper they share), :mod:`core.wasm.host_basic` (``log``, the context),
-:mod:`core.wasm.host_http`, :mod:`core.wasm.host_db` (with :mod:`core.wasm.sql_shape`, the
-SQL classification) and :mod:`core.wasm.host_files`. Their public names are importable from
+One module per family: :mod:`active_data_flow.wasm.host_call` (the per-call state, guest memory access and
+the JSON function wrapper they share), :mod:`active_data_flow.wasm.host_basic` (``log``, the context),
+:mod:`active_data_flow.wasm.host_http`, :mod:`active_data_flow.wasm.host_db` (with :mod:`active_data_flow.wasm.sql_shape`, the
+SQL classification) and :mod:`active_data_flow.wasm.host_files`. Their public names are importable from
 here.
 
 Standard library only at import: ``wasmtime`` (for the function types), ``SQLAlchemy`` and
@@ -39,8 +39,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from core.wasm.host_basic import get_context, host_log, set_context
-from core.wasm.host_call import (
+from active_data_flow.wasm.host_basic import get_context, host_log, set_context
+from active_data_flow.wasm.host_call import (
     LOG_LEVELS,
     Handler,
     HostCallState,
@@ -51,20 +51,20 @@ from core.wasm.host_call import (
     pack,
     unpack,
 )
-from core.wasm.host_call import MAX_LOG_ENTRIES as MAX_LOG_ENTRIES
-from core.wasm.host_call import MAX_LOG_MESSAGE as MAX_LOG_MESSAGE
-from core.wasm.host_call import dumps as dumps
-from core.wasm.host_call import read_guest as read_guest
-from core.wasm.host_call import set_current_state as set_current_state
-from core.wasm.host_call import write_response as write_response
-from core.wasm.host_db import MAX_DB_ROWS as MAX_DB_ROWS
-from core.wasm.host_db import db_query
-from core.wasm.host_db import run_sqlalchemy as run_sqlalchemy
-from core.wasm.host_db import run_sqlite as run_sqlite
-from core.wasm.host_files import file_read, file_write
-from core.wasm.host_http import http_request
-from core.wasm.sql_shape import SqlShape as SqlShape
-from core.wasm.sql_shape import classify_sql
+from active_data_flow.wasm.host_call import MAX_LOG_ENTRIES as MAX_LOG_ENTRIES
+from active_data_flow.wasm.host_call import MAX_LOG_MESSAGE as MAX_LOG_MESSAGE
+from active_data_flow.wasm.host_call import dumps as dumps
+from active_data_flow.wasm.host_call import read_guest as read_guest
+from active_data_flow.wasm.host_call import set_current_state as set_current_state
+from active_data_flow.wasm.host_call import write_response as write_response
+from active_data_flow.wasm.host_db import MAX_DB_ROWS as MAX_DB_ROWS
+from active_data_flow.wasm.host_db import db_query
+from active_data_flow.wasm.host_db import run_sqlalchemy as run_sqlalchemy
+from active_data_flow.wasm.host_db import run_sqlite as run_sqlite
+from active_data_flow.wasm.host_files import file_read, file_write
+from active_data_flow.wasm.host_http import http_request
+from active_data_flow.wasm.sql_shape import SqlShape as SqlShape
+from active_data_flow.wasm.sql_shape import classify_sql
 
 __all__ = [
     "HOST_FUNCTIONS",

@@ -14,12 +14,12 @@ import threading
 import time
 from typing import Any
 
-from core.wasm.classify import AllocFailed
-from core.wasm.compiled import CompiledModule
-from core.wasm.errors import WasmAbiError, WasmLimitExceeded
-from core.wasm.host_call import unpack
-from core.wasm.limits import Limits
-from core.wasm.runtime import TICK_S, Runtime, wasi_instances
+from active_data_flow.wasm.classify import AllocFailed
+from active_data_flow.wasm.compiled import CompiledModule
+from active_data_flow.wasm.errors import WasmAbiError, WasmLimitExceeded
+from active_data_flow.wasm.host_call import unpack
+from active_data_flow.wasm.limits import Limits
+from active_data_flow.wasm.runtime import TICK_S, Runtime, wasi_instances
 
 __all__ = ["Instance", "OutputCapture"]
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from core.errors import ConfigError
+from active_data_flow.errors import ConfigError
 
 __all__ = ["Limits"]
 

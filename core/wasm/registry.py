@@ -1,7 +1,7 @@
 """The module registry: versioned WebAssembly modules, their permissions, signatures, and the
 execution, audit and security logs.
 
-Binaries live in a :class:`~core.wasm.storage.Storage` (a local directory or S3) under
+Binaries live in a :class:`~active_data_flow.wasm.storage.Storage` (a local directory or S3) under
 ``modules/<id>/<version>/<sha256>.wasm``; metadata lives in a SQL database through SQLAlchemy
 Core (SQLite by default, PostgreSQL for a shared registry). Tables, created when missing and
 named with an optional ``table_prefix``:
@@ -28,9 +28,9 @@ Configuration (constructor arguments win): ``ADF_WASM_DB_URL`` (default
 Standard library only at import: SQLAlchemy, wasmtime and cryptography are imported when a
 registry opens, validates a module or checks a signature (``pip install 'active-data-flow[wasm]'``).
 
-The parts, one module each: :mod:`core.wasm.registry_store` (records, tables, the database
-engine), :mod:`core.wasm.registry_checks` (what an upload and a signature must pass) and
-:mod:`core.wasm.registry_logs` (the execution, audit and security logs); their public names
+The parts, one module each: :mod:`active_data_flow.wasm.registry_store` (records, tables, the database
+engine), :mod:`active_data_flow.wasm.registry_checks` (what an upload and a signature must pass) and
+:mod:`active_data_flow.wasm.registry_logs` (the execution, audit and security logs); their public names
 used elsewhere are importable from here.
 """
 
@@ -46,12 +46,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from core.ids import utc_now_iso
-from core.logs import get_logger, log_event
-from core.redact import redact_text
-from core.wasm.errors import ModuleIntegrityError, ModuleNotFoundInRegistry, SignatureError
-from core.wasm.permissions import PermissionSet
-from core.wasm.registry_checks import (
+from active_data_flow.ids import utc_now_iso
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.redact import redact_text
+from active_data_flow.wasm.errors import ModuleIntegrityError, ModuleNotFoundInRegistry, SignatureError
+from active_data_flow.wasm.permissions import PermissionSet
+from active_data_flow.wasm.registry_checks import (
     ed25519_module,
     key_fingerprint,
     parse_signature,
@@ -60,12 +60,12 @@ from core.wasm.registry_checks import (
     upload_problems,
     validate_wasm,
 )
-from core.wasm.registry_logs import RegistryLogs
-from core.wasm.registry_store import MODULE_ID_MAX as MODULE_ID_MAX
-from core.wasm.registry_store import MODULE_ID_RE as MODULE_ID_RE
-from core.wasm.registry_store import VERSION_MAX as VERSION_MAX
-from core.wasm.registry_store import VERSION_RE as VERSION_RE
-from core.wasm.registry_store import (
+from active_data_flow.wasm.registry_logs import RegistryLogs
+from active_data_flow.wasm.registry_store import MODULE_ID_MAX as MODULE_ID_MAX
+from active_data_flow.wasm.registry_store import MODULE_ID_RE as MODULE_ID_RE
+from active_data_flow.wasm.registry_store import VERSION_MAX as VERSION_MAX
+from active_data_flow.wasm.registry_store import VERSION_RE as VERSION_RE
+from active_data_flow.wasm.registry_store import (
     ModuleRecord,
     build_tables,
     json_text,
@@ -74,7 +74,7 @@ from core.wasm.registry_store import (
     sqlalchemy_module,
     version_key,
 )
-from core.wasm.storage import Storage, open_storage
+from active_data_flow.wasm.storage import Storage, open_storage
 
 __all__ = [
     "ALERT_KINDS",
@@ -117,7 +117,7 @@ class ModuleRegistry(RegistryLogs):
         require_signature: bool | None = None,
         table_prefix: str = "",
     ) -> None:
-        from core.engine import default_state_root
+        from active_data_flow.engine import default_state_root
 
         if not _PREFIX_RE.fullmatch(table_prefix):
             raise ValueError(f"table_prefix {table_prefix!r}: only letters, digits and '_'")

@@ -13,10 +13,10 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from core.errors import MissingExtraError
-from core.wasm.errors import SignatureError
-from core.wasm.permissions import PermissionSet
-from core.wasm.registry_store import MODULE_ID_MAX, MODULE_ID_RE, VERSION_MAX, VERSION_RE
+from active_data_flow.errors import MissingExtraError
+from active_data_flow.wasm.errors import SignatureError
+from active_data_flow.wasm.permissions import PermissionSet
+from active_data_flow.wasm.registry_store import MODULE_ID_MAX, MODULE_ID_RE, VERSION_MAX, VERSION_RE
 
 __all__ = [
     "ed25519_module",

@@ -1,6 +1,6 @@
 """The module registry's logs: the execution log, the audit log and the security alerts.
 
-:class:`RegistryLogs` is a base class of :class:`~core.wasm.registry.ModuleRegistry`, which
+:class:`RegistryLogs` is a base class of :class:`~active_data_flow.wasm.registry.ModuleRegistry`, which
 opens the database (``_engine``) and declares the tables (``_t``): a registry is the executor's
 ``execution_log`` (:meth:`~RegistryLogs.record`) and a step's ``audit`` callback
 (:meth:`~RegistryLogs.audit`), and it raises a security alert (:meth:`~RegistryLogs._alert`)
@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from core.ids import utc_now_iso
-from core.logs import get_logger, log_event
-from core.redact import redact_text
-from core.wasm.registry_store import (
+from active_data_flow.ids import utc_now_iso
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.redact import redact_text
+from active_data_flow.wasm.registry_store import (
     Tables,
     as_float,
     as_int,

@@ -2,7 +2,7 @@
 
 :class:`ModuleRecord` is one registered ``id@version``; :func:`parse_ref` and
 :func:`version_key` read references and order versions. :func:`build_tables` declares the
-tables (see :mod:`core.wasm.registry`) through SQLAlchemy Core, :func:`make_engine` opens the
+tables (see :mod:`active_data_flow.wasm.registry`) through SQLAlchemy Core, :func:`make_engine` opens the
 database (SQLite writers queue up rather than fail), and the small converters turn log entries
 into column values. SQLAlchemy is imported when first needed.
 """
@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import MissingExtraError
-from core.ids import utc_now_iso
-from core.redact import redact_text
-from core.service_db import service_engine
-from core.wasm.permissions import PermissionSet
+from active_data_flow.errors import MissingExtraError
+from active_data_flow.ids import utc_now_iso
+from active_data_flow.redact import redact_text
+from active_data_flow.service_db import service_engine
+from active_data_flow.wasm.permissions import PermissionSet
 
 __all__ = [
     "MODULE_ID_MAX",
@@ -183,7 +183,7 @@ def sqlalchemy_module() -> Any:
 
 def make_engine(url: str) -> Any:
     """A SQLAlchemy engine for the registry database at ``url``."""
-    from core.connectors.sql import begin_immediate
+    from active_data_flow.connectors.sql import begin_immediate
 
     engine = service_engine(url, what=_WHAT, extra="wasm")
     if engine.dialect.name == "sqlite":

@@ -17,9 +17,9 @@ import time
 import weakref
 from typing import Any, Protocol
 
-from core.wasm.cache import engine_key
-from core.wasm.hostfns import define_host_functions
-from core.wasm.limits import Limits
+from active_data_flow.wasm.cache import engine_key
+from active_data_flow.wasm.hostfns import define_host_functions
+from active_data_flow.wasm.limits import Limits
 
 __all__ = [
     "ENGINE_SETTINGS",
@@ -298,7 +298,7 @@ def get_runtime() -> Runtime:
                 try:
                     rt = Runtime()
                 except ImportError:
-                    from core.errors import MissingExtraError
+                    from active_data_flow.errors import MissingExtraError
 
                     raise MissingExtraError("wasmtime", "wasm", "running WebAssembly steps") from None
                 _runtime_instance = rt

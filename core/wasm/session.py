@@ -2,7 +2,7 @@
 answers an :class:`ExecutionResult`.
 
 A call encodes the payload, installs the per-call host state, runs the module through the
-memory ABI (on the session's reused :class:`~core.wasm.instance.Instance`) or as a WASI command
+memory ABI (on the session's reused :class:`~active_data_flow.wasm.instance.Instance`) or as a WASI command
 (a fresh instance per call), decodes the JSON answer and records the call in the executor's
 execution log. ``call`` is the per-record hot path of a batch (see bench/wasm.py).
 """
@@ -18,16 +18,16 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.wasm.classify import GuestExit, classify
-from core.wasm.compiled import SIG_MEMORY_FN, CompiledModule, sig_text
-from core.wasm.errors import WasmAbiError, WasmError, WasmLimitExceeded
-from core.wasm.host_call import HostCallState, HostContext, set_current_state
-from core.wasm.instance import Instance, OutputCapture
-from core.wasm.limits import Limits
-from core.wasm.runtime import Runtime, get_runtime
+from active_data_flow.wasm.classify import GuestExit, classify
+from active_data_flow.wasm.compiled import SIG_MEMORY_FN, CompiledModule, sig_text
+from active_data_flow.wasm.errors import WasmAbiError, WasmError, WasmLimitExceeded
+from active_data_flow.wasm.host_call import HostCallState, HostContext, set_current_state
+from active_data_flow.wasm.instance import Instance, OutputCapture
+from active_data_flow.wasm.limits import Limits
+from active_data_flow.wasm.runtime import Runtime, get_runtime
 
 if TYPE_CHECKING:
-    from core.wasm.executor import WasmExecutor
+    from active_data_flow.wasm.executor import WasmExecutor
 
 __all__ = ["CallSession", "ExecutionResult"]
 

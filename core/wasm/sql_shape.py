@@ -3,7 +3,7 @@ checks its ``db:read`` / ``db:write`` permissions with (:func:`classify_sql`).
 
 Strings, comments and quoted identifiers are understood; nothing is executed. SQLite
 statements are checked again, exactly, by SQLite's authorizer when they run
-(:func:`core.wasm.host_db.run_sqlite`).
+(:func:`active_data_flow.wasm.host_db.run_sqlite`).
 """
 
 from __future__ import annotations

@@ -39,15 +39,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from core.attributes import Attribute
-from core.errors import AdfError, ConfigError
-from core.record import Record
-from core.refs import resolve
-from core.retry import RetriesExhausted, RetryPolicy, retry_call
-from core.step import ErrorHandler, Routed, Step
-from core.wasm.errors import WasmAbiError, WasmError, WasmPermissionDenied
-from core.wasm.limits import Limits
-from core.wasm.permissions import PermissionSet
+from active_data_flow.attributes import Attribute
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.record import Record
+from active_data_flow.refs import resolve
+from active_data_flow.retry import RetriesExhausted, RetryPolicy, retry_call
+from active_data_flow.step import ErrorHandler, Routed, Step
+from active_data_flow.wasm.errors import WasmAbiError, WasmError, WasmPermissionDenied
+from active_data_flow.wasm.limits import Limits
+from active_data_flow.wasm.permissions import PermissionSet
 
 __all__ = ["WasmRecordInvalid", "WasmStep"]
 
@@ -132,7 +132,7 @@ class WasmStep(Step):
     @staticmethod
     def _check_registered(ref: str, where: str) -> None:
         """The module must exist when the flow is saved (not only when it first runs)."""
-        from core.wasm.registry import ModuleRegistry
+        from active_data_flow.wasm.registry import ModuleRegistry
 
         try:
             ModuleRegistry.from_env().get(ref)
@@ -144,20 +144,20 @@ class WasmStep(Step):
     # -- running -----------------------------------------------------------------------------
 
     def open(self) -> None:
-        from core.wasm.executor import WasmExecutor
+        from active_data_flow.wasm.executor import WasmExecutor
 
         if self.from_file:
             self._executor = WasmExecutor(default_limits=self.limits)
         else:
-            from core.wasm.registry import ModuleRegistry
+            from active_data_flow.wasm.registry import ModuleRegistry
 
             registry = ModuleRegistry.from_env()
             self._executor = WasmExecutor(registry=registry, execution_log=registry, default_limits=self.limits)
         self._compiled = self._executor.load(self.ref)
 
     def _host(self, context: dict[str, Any]) -> Any:
-        from core.wasm.executor import HostContext
-        from core.wasm.storage import open_storage
+        from active_data_flow.wasm.executor import HostContext
+        from active_data_flow.wasm.storage import open_storage
 
         files = self.option("files")
         audit = getattr(self._executor, "registry", None)

@@ -95,7 +95,7 @@ class LocalStorage(Storage):
 
 class S3Storage(Storage):
     def __init__(self, url: str, *, endpoint_url: str | None = None) -> None:
-        from core.connectors import s3
+        from active_data_flow.connectors import s3
 
         bucket, prefix = s3.parse_url(url if url.endswith("/") else url + "/")
         self.bucket, self.prefix = bucket, prefix
@@ -105,7 +105,7 @@ class S3Storage(Storage):
 
     def _c(self) -> Any:
         if self._client is None:
-            from core.connectors import s3
+            from active_data_flow.connectors import s3
 
             self._client = s3.client(self.endpoint_url)
         return self._client

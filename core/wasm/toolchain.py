@@ -28,7 +28,7 @@ lang               toolchain and command
 the WASI standard library links ``fd_write``/``environ_get``/``proc_exit`` imports that a host
 offering only ``adf`` cannot satisfy.
 
-Standard library only; ``python -m core.wasm.toolchain`` prints the toolchains found.
+Standard library only; ``python -m active_data_flow.wasm.toolchain`` prints the toolchains found.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import AdfError
+from active_data_flow.errors import AdfError
 
 __all__ = [
     "DEFAULT_FUNCTION",
@@ -417,7 +417,7 @@ def register(wasm_subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print each language's toolchain and version (``python -m core.wasm.toolchain``); exit 1
+    """Print each language's toolchain and version (``python -m active_data_flow.wasm.toolchain``); exit 1
     when one of rust, c, assemblyscript is missing."""
     argparse.ArgumentParser(description="Show the guest module toolchains found.").parse_args(argv)
     missing = []

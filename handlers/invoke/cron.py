@@ -1,4 +1,4 @@
-"""Cron ticks: :func:`handle_cron` runs the heartbeat logic (:func:`handlers.scheduler.tick`,
+"""Cron ticks: :func:`handle_cron` runs the heartbeat logic (:func:`active_data_flow.handlers.scheduler.tick`,
 sync mode) with the host's configuration layers, store and ``persist``.
 
 Standard library only at module level (this runs inside a Spin component).
@@ -11,24 +11,24 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from handlers.invoke.envelope import Envelope
-from handlers.invoke.host import FlowHost
-from handlers.invoke.run import execute_flow, prepare
+from active_data_flow.handlers.invoke.envelope import Envelope
+from active_data_flow.handlers.invoke.host import FlowHost
+from active_data_flow.handlers.invoke.run import execute_flow, prepare
 
 if TYPE_CHECKING:
-    from handlers.schedule.store import FlowRecord, RunRecord, ScheduleStore
-    from handlers.settings import Settings
+    from active_data_flow.handlers.schedule.store import FlowRecord, RunRecord, ScheduleStore
+    from active_data_flow.handlers.settings import Settings
 
 __all__ = ["handle_cron", "host_executor"]
 
 
 def host_executor(host: FlowHost) -> Callable[..., RunRecord]:
-    """A :data:`handlers.scheduler.Executor` that runs claimed runs with the host's layers,
+    """A :data:`active_data_flow.handlers.scheduler.Executor` that runs claimed runs with the host's layers,
     store and ``persist`` (the flow's spec is the one in the schedule store): the heartbeat's
-    :func:`handlers.scheduler.execute_run` — its start with the lease, its engine run id,
+    :func:`active_data_flow.handlers.scheduler.execute_run` — its start with the lease, its engine run id,
     the record of its outcome — with this host's way of running a flow. It starts no
     threads, so it runs inside a component."""
-    from handlers import scheduler
+    from active_data_flow.handlers import scheduler
 
     def run_on_host(flow: FlowRecord, run_id: str, settings: Settings) -> Any:
         prepared = prepare(host, flow.name, scheduler.scheduled_spec(flow), None, None, None, run_id)
@@ -56,7 +56,7 @@ def handle_cron(
     *,
     timestamp: int | float | None = None,
 ) -> dict[str, Any]:
-    """One cron tick: :func:`handlers.scheduler.tick` in sync mode over ``schedule_store``,
+    """One cron tick: :func:`active_data_flow.handlers.scheduler.tick` in sync mode over ``schedule_store``,
     claimed runs executed by :func:`host_executor`. ``timestamp`` (the cron event's, Unix
     seconds or milliseconds; None: now) is the time the schedule is judged at.
 
@@ -65,7 +65,7 @@ def handle_cron(
     ``run_id`` — the engine's, as in its logs and dead letters —, status, counts, error), ``expired_run_ids``, ``pending_run_ids``, ``duration_ms``; or
     ``status: "error"`` with ``error`` and ``error_id``. Never raises into the host.
     """
-    from handlers import scheduler
+    from active_data_flow.handlers import scheduler
 
     envelope = Envelope("cron", host)
     out: dict[str, Any] = {"trigger": "cron", "request_id": envelope.request_id}

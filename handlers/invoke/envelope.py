@@ -1,8 +1,8 @@
 """The request envelope: the id, the clock, the errors and the one JSON log line of each request.
 
-Every trigger — an HTTP request (:mod:`handlers.invoke.http`), a Redis or MQTT message
-(:mod:`handlers.invoke.messages`), an S3 or SQS event (:mod:`handlers.invoke.events`), a cron
-tick (:mod:`handlers.invoke.cron`) — opens one :class:`Envelope`, answers its errors through
+Every trigger — an HTTP request (:mod:`active_data_flow.handlers.invoke.http`), a Redis or MQTT message
+(:mod:`active_data_flow.handlers.invoke.messages`), an S3 or SQS event (:mod:`active_data_flow.handlers.invoke.events`), a cron
+tick (:mod:`active_data_flow.handlers.invoke.cron`) — opens one :class:`Envelope`, answers its errors through
 :meth:`Envelope.error` and writes its one log line through :meth:`Envelope.log`, so every answer
 and every line carries the same ``request_id``, ``trigger``, ``duration_ms`` and, where the host
 can tell, ``memory_bytes``.
@@ -17,14 +17,14 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.ids import new_id
-from core.logs import get_logger
-from handlers.invoke.errors import error_fields, error_message, new_error_id
-from handlers.invoke.host import host_memory
+from active_data_flow.handlers.invoke.errors import error_fields, error_message, new_error_id
+from active_data_flow.handlers.invoke.host import host_memory
+from active_data_flow.ids import new_id
+from active_data_flow.logs import get_logger
 
 if TYPE_CHECKING:
-    from handlers.invoke.host import FlowHost
-    from handlers.invoke.run import Invocation
+    from active_data_flow.handlers.invoke.host import FlowHost
+    from active_data_flow.handlers.invoke.run import Invocation
 
 __all__ = ["Envelope", "level_for", "log_line", "summary_fields"]
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from core.errors import AdfError, ConfigError
-from core.ids import new_id
-from core.redact import redact_text
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.ids import new_id
+from active_data_flow.redact import redact_text
 
 if TYPE_CHECKING:
-    from core.engine import RunSummary
-    from handlers.invoke.run import (
+    from active_data_flow.engine import RunSummary
+    from active_data_flow.handlers.invoke.run import (
         Invocation,  # the HTTP types only annotate here: the event handlers never load them
     )
 
@@ -39,7 +39,7 @@ class BadRequest(InvokeError):
 
 class Forbidden(InvokeError):
     """The request asks for something this host does not allow (403; for custom hosts and
-    error handlers: what a request may *set* is refused with 400, see :mod:`handlers.invoke.params`)."""
+    error handlers: what a request may *set* is refused with 400, see :mod:`active_data_flow.handlers.invoke.params`)."""
 
     status = 403
 
@@ -134,7 +134,7 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
         out["problems"] = [redact_text(str(p)) for p in problems]
     if isinstance(exc, NotFound) and exc.flows is not None:
         out["flows"] = exc.flows
-    if isinstance(exc, InvokeError):  # a refused request (handlers.invoke.params) says what it may set
+    if isinstance(exc, InvokeError):  # a refused request (active_data_flow.handlers.invoke.params) says what it may set
         refused, declared = getattr(exc, "refused", None), getattr(exc, "declared", None)
         if refused is not None:
             out["refused"] = list(refused)

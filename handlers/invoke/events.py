@@ -7,7 +7,7 @@ adapter (MinIO webhooks, a Redis list worker) calls the same functions:
   "params": {...}}``, or a bare array of records (or an object without ``flow``) whose flow comes
   from the transport (a message attribute, a default). As for every request, ``params`` are the
   values of the flow's declared parameters and any other key is refused
-  (:mod:`handlers.invoke.params`);
+  (:mod:`active_data_flow.handlers.invoke.params`);
 * :func:`object_route` / :func:`object_url` — which flow an object-created event runs
   (``{"bucket/prefix": "flow"}``, the longest matching prefix wins) and the ``s3://`` URL of the
   object (event keys are URL-encoded, ``+`` for a space): the object is the run's input, read by
@@ -27,12 +27,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
-from handlers.invoke.envelope import Envelope, summary_fields
-from handlers.invoke.errors import BadRequest, FlowFailed, NotFound
-from handlers.invoke.host import FlowHost
-from handlers.invoke.params import RequestParams
-from handlers.invoke.payload import TriggerPayload, parse_trigger_payload
-from handlers.invoke.run import Invocation, invoke_flow
+from active_data_flow.handlers.invoke.envelope import Envelope, summary_fields
+from active_data_flow.handlers.invoke.errors import BadRequest, FlowFailed, NotFound
+from active_data_flow.handlers.invoke.host import FlowHost
+from active_data_flow.handlers.invoke.params import RequestParams
+from active_data_flow.handlers.invoke.payload import TriggerPayload, parse_trigger_payload
+from active_data_flow.handlers.invoke.run import Invocation, invoke_flow
 
 __all__ = ["object_key", "object_route", "object_url", "parse_flow_message", "run_event_flow"]
 
@@ -104,10 +104,10 @@ def run_event_flow(
     fields: Mapping[str, Any] | None = None,
 ) -> Invocation:
     """Run ``flow`` with the payload's records and parameters (keys the payload may not set
-    refuse it: :class:`~handlers.invoke.params.RefusedRequest`), and, for an object-created
+    refuse it: :class:`~active_data_flow.handlers.invoke.params.RefusedRequest`), and, for an object-created
     event, ``object_url`` (:func:`object_url`) as the path its ``file`` source reads.
     Logs one line (``trigger``, ``flow``, counts, ``duration_ms``). Raises :class:`FlowFailed`
-    for a failed run, and what :func:`handlers.invoke.prepare_flow` raises."""
+    for a failed run, and what :func:`active_data_flow.handlers.invoke.prepare_flow` raises."""
     envelope = Envelope(trigger, host, request_id)
     params = RequestParams.from_payload(payload.params, payload.refused)
     base = {"flow": flow, **(fields or {})}

@@ -14,15 +14,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.logs import get_logger
-from core.redact import redact_text
-from core.registry import add_import_path
-from core.state import MemoryStateStore, SqliteStateStore, StateStore
-from handlers.invoke.errors import PublishUnsupported
+from active_data_flow.handlers.invoke.errors import PublishUnsupported
+from active_data_flow.logs import get_logger
+from active_data_flow.redact import redact_text
+from active_data_flow.registry import add_import_path
+from active_data_flow.state import MemoryStateStore, SqliteStateStore, StateStore
 
 if TYPE_CHECKING:  # the HTTP types only annotate here: the event handlers never load them
-    from handlers.http import Request, Response
-    from handlers.streaming import StreamingResponse
+    from active_data_flow.handlers.http import Request, Response
+    from active_data_flow.handlers.streaming import StreamingResponse
 
 
 
@@ -55,7 +55,7 @@ class FlowHost(abc.ABC):
     ``persist`` (may runs write files: checkpoints, run records, dead-letter files? False
     inside Spin), ``state_dir`` (where persisting runs keep their files; None:
     ``$ADF_STATE_DIR``). No host takes a flow spec, or any configuration but the declared
-    parameters, from a request (:mod:`handlers.invoke.params`).
+    parameters, from a request (:mod:`active_data_flow.handlers.invoke.params`).
     """
 
     persist: bool = False
@@ -75,7 +75,7 @@ class FlowHost(abc.ABC):
         """Manifest-level settings (spin.toml variables, SAM parameters), name → value.
 
         Spin has no call that lists variables: return every variable the component declares
-        (bundle the names at build time) that has a value. Mapping: :mod:`handlers.confignames`.
+        (bundle the names at build time) that has a value. Mapping: :mod:`active_data_flow.handlers.confignames`.
         """
         return {}
 
@@ -143,8 +143,8 @@ class LocalHost(FlowHost):
 
     ``specs``: a mapping name → spec, a directory of ``*.yaml``/``*.yml``/``*.json`` spec
     files (re-read when they change; the directory is put on ``sys.path`` for step modules),
-    or None. ``store``: default a :class:`~core.state.SqliteStateStore` in ``state_dir``
-    when ``persist``, else a :class:`~core.state.MemoryStateStore`. ``environ``: default
+    or None. ``store``: default a :class:`~active_data_flow.state.SqliteStateStore` in ``state_dir``
+    when ``persist``, else a :class:`~active_data_flow.state.MemoryStateStore`. ``environ``: default
     ``os.environ``. ``publisher(channel, message)``, or ``redis_url`` (redis-py, imported
     when first used), publish results; with neither, :meth:`publish` raises
     :class:`PublishUnsupported`. ``allow_payload_spec`` is accepted for older callers and
@@ -171,7 +171,7 @@ class LocalHost(FlowHost):
                 "records and the flow's declared parameters); put the flow in the host's specs instead",
                 DeprecationWarning, stacklevel=2,
             )
-        from core.engine import default_state_root
+        from active_data_flow.engine import default_state_root
 
         self.state_dir = os.path.abspath(os.fspath(state_dir)) if state_dir is not None else default_state_root()
         self._specs: dict[str, dict[str, Any]] = {}
@@ -202,7 +202,7 @@ class LocalHost(FlowHost):
 
     def _reload(self) -> None:
         assert self._dir is not None
-        from core.spec import load_spec_file
+        from active_data_flow.spec import load_spec_file
 
         try:
             files = sorted(f for f in os.listdir(self._dir) if f.endswith((".yaml", ".yml", ".json")))
@@ -256,7 +256,7 @@ class LocalHost(FlowHost):
                 try:
                     import redis
                 except ImportError as exc:
-                    from core.errors import MissingExtraError
+                    from active_data_flow.errors import MissingExtraError
 
                     raise MissingExtraError("redis", "redis", "publishing results to Redis") from exc
                 self._redis = redis.Redis.from_url(self._redis_url, socket_timeout=5)

@@ -5,7 +5,7 @@ Routes: ``GET /flows`` (``{"flows": [{name, description, source, sink}]}``),
 where each value comes from — ``declared_params``, ``params`` — their values for this
 request — and ``ignored_variables``), ``GET|POST /flows/{name}/run``.
 
-A request sets only what :mod:`handlers.invoke.params` allows: the flow's declared
+A request sets only what :mod:`active_data_flow.handlers.invoke.params` allows: the flow's declared
 parameters — ``X-ADF-Params`` / ``X-ADF-Param-<name>`` headers < the query string
 (``?vat=0.19``; ``stream`` and ``progress_interval`` are not parameters) < the POST body's
 ``params`` — and, for a POST, its records: the JSON body ``{"records": [...], "params": {...}}``
@@ -50,7 +50,7 @@ status is 200 and the body is NDJSON — ``{"event": "start", flow, run_id, requ
 splits_done, elapsed_s}`` after every batch (at most one per ``?progress_interval=SECONDS``),
 and last either ``{"event": "summary", ...the 200/500 body...}`` (``status`` says whether
 the run failed; a failed run has ``error_id``) or ``{"event": "error", error, error_id}``.
-See :mod:`handlers.streaming` for consuming it with and without threads.
+See :mod:`active_data_flow.handlers.streaming` for consuming it with and without threads.
 
 Standard library only at module level (this runs inside a Spin component).
 """
@@ -65,10 +65,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
-from core.ids import new_id
-from handlers.http import JSON_HEADERS, Request, Response
-from handlers.invoke.envelope import Envelope, level_for, log_line, summary_fields
-from handlers.invoke.errors import (
+from active_data_flow.handlers.http import JSON_HEADERS, Request, Response
+from active_data_flow.handlers.invoke.envelope import Envelope, level_for, log_line, summary_fields
+from active_data_flow.handlers.invoke.errors import (
     BadRequest,
     FlowFailed,
     MethodNotAllowed,
@@ -76,14 +75,21 @@ from handlers.invoke.errors import (
     new_error_id,
     status_for,
 )
-from handlers.invoke.host import ErrorContext, FlowHost
-from handlers.invoke.params import RequestParams
-from handlers.invoke.payload import TriggerPayload, parse_trigger_payload
-from handlers.invoke.run import PreparedRun, describe_flow, execute_flow, list_flows, prepare_flow
-from handlers.streaming import StreamingResponse, ndjson_line
+from active_data_flow.handlers.invoke.host import ErrorContext, FlowHost
+from active_data_flow.handlers.invoke.params import RequestParams
+from active_data_flow.handlers.invoke.payload import TriggerPayload, parse_trigger_payload
+from active_data_flow.handlers.invoke.run import (
+    PreparedRun,
+    describe_flow,
+    execute_flow,
+    list_flows,
+    prepare_flow,
+)
+from active_data_flow.handlers.streaming import StreamingResponse, ndjson_line
+from active_data_flow.ids import new_id
 
 if TYPE_CHECKING:
-    from core.engine import Progress
+    from active_data_flow.engine import Progress
 
 __all__ = ["NDJSON", "RESERVED_QUERY", "handle_http", "refuse_http"]
 
@@ -297,6 +303,6 @@ def refuse_http(request: Request, host: FlowHost, error: BaseException, *, base_
     """Answer ``request`` with ``error`` as :func:`handle_http` answers its errors (status,
     ``{"error", "error_id", ...}``, ``X-Request-Id``, the host's error handlers, one log line),
     without routing it or looking at its body: for an adapter that refuses a request before
-    reading it, e.g. :class:`~handlers.invoke.PayloadTooLarge` (413)."""
+    reading it, e.g. :class:`~active_data_flow.handlers.invoke.PayloadTooLarge` (413)."""
     call = _HttpCall(request, host, base_path)
     return call.fail(error)

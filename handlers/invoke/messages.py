@@ -12,13 +12,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from core.redact import redact_text
-from handlers.invoke.envelope import Envelope
-from handlers.invoke.errors import FlowFailed, NotFound, new_error_id, status_for
-from handlers.invoke.host import FlowHost
-from handlers.invoke.params import RequestParams
-from handlers.invoke.payload import PAYLOAD_KEYS, parse_trigger_payload
-from handlers.invoke.run import invoke_flow
+from active_data_flow.handlers.invoke.envelope import Envelope
+from active_data_flow.handlers.invoke.errors import FlowFailed, NotFound, new_error_id, status_for
+from active_data_flow.handlers.invoke.host import FlowHost
+from active_data_flow.handlers.invoke.params import RequestParams
+from active_data_flow.handlers.invoke.payload import PAYLOAD_KEYS, parse_trigger_payload
+from active_data_flow.handlers.invoke.run import invoke_flow
+from active_data_flow.redact import redact_text
 
 __all__ = ["KINDS", "default_reply_channel", "handle_message", "mqtt_topic_matches", "parse_routes", "route_for"]
 
@@ -111,7 +111,7 @@ def handle_message(
 
     ``payload``: JSON ``{"records": [...], "params": {...}, "reply_to": "channel"}`` or a bare
     array of records; empty means ``{}``. ``params`` are values of the flow's declared
-    parameters; any other key is refused (code 400, see :mod:`handlers.invoke.params`).
+    parameters; any other key is refused (code 400, see :mod:`active_data_flow.handlers.invoke.params`).
     The result — the same body as the HTTP answer, plus ``trigger``, ``channel``,
     ``reply_to``; on errors ``status: "error"``, ``error``, ``error_id``, ``code`` (the HTTP
     status it would have) and ``problems`` — is published as JSON to ``reply_to`` (``null``:

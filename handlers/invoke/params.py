@@ -1,14 +1,14 @@
 """What a request may set: its records and the parameters its flow declares — nothing else.
 
 One rule for every trigger that carries outside input: HTTP (the Lambda handler, the Spin
-component, the web app's ``/invoke`` routes — all through :func:`handlers.invoke.handle_http`),
-Redis and MQTT messages (:func:`handlers.invoke.handle_message`), SQS messages and S3 events
-(:mod:`handlers.invoke.events`). A flow's source, sink, steps, dead letters, runtime, state,
+component, the web app's ``/invoke`` routes — all through :func:`active_data_flow.handlers.invoke.handle_http`),
+Redis and MQTT messages (:func:`active_data_flow.handlers.invoke.handle_message`), SQS messages and S3 events
+(:mod:`active_data_flow.handlers.invoke.events`). A flow's source, sink, steps, dead letters, runtime, state,
 paths, URLs, Python functions — its spec — come from its operators only: the spec file, the
 manifest variables (spin.toml, SAM parameters), the key-value store, the environment, ``adf run
 --set``. A request brings **records** (for a ``payload`` source) and **values of the parameters
 the flow declares** (``params:`` in the spec, a class-form flow's ``configuration_attributes``:
-see :mod:`core.spec`), which the flow's steps read as ``${params.name}``.
+see :mod:`active_data_flow.spec`), which the flow's steps read as ``${params.name}``.
 
 Where a request's parameter values come from, lowest first (a later one wins):
 
@@ -47,10 +47,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.attributes import Attribute
-from core.config import parse_value
-from core.spec import describe_params
-from handlers.invoke.errors import BadRequest, InvokeError
+from active_data_flow.attributes import Attribute
+from active_data_flow.config import parse_value
+from active_data_flow.handlers.invoke.errors import BadRequest, InvokeError
+from active_data_flow.spec import describe_params
 
 __all__ = [
     "BODY_KEYS",
@@ -161,7 +161,7 @@ class RequestParams:
 
     def add_headers(self, headers: Mapping[str, str]) -> None:
         """``X-ADF-Params`` and ``X-ADF-Param-*``; any other ``X-ADF-*`` header is refused.
-        Raises :class:`~handlers.invoke.BadRequest` for an ``X-ADF-Params`` that is not
+        Raises :class:`~active_data_flow.handlers.invoke.BadRequest` for an ``X-ADF-Params`` that is not
         a JSON object."""
         singles: list[_Entry] = []
         for raw_name, raw_value in headers.items():

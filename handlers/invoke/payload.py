@@ -10,12 +10,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers.invoke.errors import BadRequest
+from active_data_flow.handlers.invoke.errors import BadRequest
 
 __all__ = ["PAYLOAD_KEYS", "TriggerPayload", "parse_trigger_payload"]
 
 
-#: the keys a trigger payload may carry (see :mod:`handlers.invoke.params`)
+#: the keys a trigger payload may carry (see :mod:`active_data_flow.handlers.invoke.params`)
 PAYLOAD_KEYS = ("records", "params")
 
 

@@ -9,22 +9,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Attribute
-from core.config import resolve_flow_config
-from core.connectors.memory import ResponseRecords, ResponseSink
-from core.errors import ConfigError, SpecError
-from core.ids import new_id, new_run_id
-from core.loader import LoadedFlow, load_flow
-from core.redact import REDACTED
-from core.spec import parse_params
-from core.state import StateStore
-from handlers.confignames import variables_config
-from handlers.invoke.errors import BadRequest, NotFound, failure_message
-from handlers.invoke.host import FlowHost, flow_names, lookup_spec
-from handlers.invoke.params import InvalidParams, RequestParams, request_values
+from active_data_flow.attributes import Attribute
+from active_data_flow.config import resolve_flow_config
+from active_data_flow.connectors.memory import ResponseRecords, ResponseSink
+from active_data_flow.errors import ConfigError, SpecError
+from active_data_flow.handlers.confignames import variables_config
+from active_data_flow.handlers.invoke.errors import BadRequest, NotFound, failure_message
+from active_data_flow.handlers.invoke.host import FlowHost, flow_names, lookup_spec
+from active_data_flow.handlers.invoke.params import InvalidParams, RequestParams, request_values
+from active_data_flow.ids import new_id, new_run_id
+from active_data_flow.loader import LoadedFlow, load_flow
+from active_data_flow.redact import REDACTED
+from active_data_flow.spec import parse_params
+from active_data_flow.state import StateStore
 
 if TYPE_CHECKING:
-    from core.engine import Progress, RunSummary
+    from active_data_flow.engine import Progress, RunSummary
 
 
 
@@ -98,14 +98,14 @@ def prepare_flow(
     """Resolve flow ``name`` with every operator layer, take what the request gives, validate
     (nothing runs yet).
 
-    What a request may give (:mod:`handlers.invoke.params`): ``params`` — values of the
-    parameters the flow declares (a mapping, or a :class:`~handlers.invoke.params.RequestParams`
+    What a request may give (:mod:`active_data_flow.handlers.invoke.params`): ``params`` — values of the
+    parameters the flow declares (a mapping, or a :class:`~active_data_flow.handlers.invoke.params.RequestParams`
     built by a transport from its body, query and headers, refused keys included); ``records`` —
     the records of a ``payload`` source (a list); ``object_url`` — the object an object-created
     event names, read by the flow's ``file`` source. Raises :class:`NotFound`,
-    :class:`~handlers.invoke.params.RefusedRequest` (400: anything else),
-    :class:`~handlers.invoke.params.InvalidParams` (422: a parameter's value),
-    :class:`BadRequest` or :class:`~core.errors.ConfigError` (422: every problem).
+    :class:`~active_data_flow.handlers.invoke.params.RefusedRequest` (400: anything else),
+    :class:`~active_data_flow.handlers.invoke.params.InvalidParams` (422: a parameter's value),
+    :class:`BadRequest` or :class:`~active_data_flow.errors.ConfigError` (422: every problem).
     """
     found = lookup_spec(host, name)
     if found is None:
@@ -176,13 +176,13 @@ ProgressCallback = Callable[["Progress"], None]
 
 
 def execute_flow(host: FlowHost, prepared: PreparedRun, *, on_progress: ProgressCallback | None = None) -> Invocation:
-    """Run a prepared flow on its runtime (``core.runtime.run``) and collect its response records.
+    """Run a prepared flow on its runtime (``active_data_flow.runtime.run``) and collect its response records.
 
     ``persist=host.persist``; parallelism is 1 when the host does not persist or the sink is
     ``response`` (its records live in this process). A failing flow is a summary with
     ``status: failed`` (a ``MemoryError`` included), not an exception.
     """
-    from core.runtime import run as run_on_runtime
+    from active_data_flow.runtime import run as run_on_runtime
 
     spec = prepared.loaded.spec
     responds = spec.sink.get("type") == "response"
@@ -247,7 +247,7 @@ def run_named_flow(
 def describe_flow(host: FlowHost, name: str, *, params: RequestParams | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resolved configuration of a flow (secrets redacted), where each value comes from,
     its declared parameters and their values for ``params`` (secret ones redacted)."""
-    from core.spec import describe_params
+    from active_data_flow.spec import describe_params
 
     prepared = prepare_flow(host, name, params=params)
     resolved = prepared.loaded.config

@@ -1,7 +1,7 @@
 """What differs between the databases the schedule runs on, and nothing else: SQLite and
 PostgreSQL.
 
-The store's policy (:mod:`handlers.schedule.policy`) is written once, in SQL both
+The store's policy (:mod:`active_data_flow.handlers.schedule.policy`) is written once, in SQL both
 databases read, with ``?`` placeholders; a :class:`Dialect` supplies the rest:
 
 * how a write transaction begins (SQLite: ``BEGIN IMMEDIATE``, so writers queue up instead
@@ -26,11 +26,11 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from handlers.schedule.store import ACTIVE_RUN_STATUSES, as_utc
-from handlers.schedule.tables import RUNS, in_list, quote
+from active_data_flow.handlers.schedule.store import ACTIVE_RUN_STATUSES, as_utc
+from active_data_flow.handlers.schedule.tables import RUNS, in_list, quote
 
 if TYPE_CHECKING:
-    from handlers.schedule.port import ExecConnection
+    from active_data_flow.handlers.schedule.port import ExecConnection
 
 __all__ = ["DIALECTS", "POSTGRESQL", "SQLITE", "Dialect", "PostgresDialect", "SqliteDialect", "dialect_named"]
 
@@ -102,7 +102,7 @@ class Dialect:
         worker_id: str | None, lease: dt.datetime | None,
     ) -> list[Row] | None:
         """The claim of due flows as one statement: one row per due flow, the created run's
-        columns (:data:`~handlers.schedule.tables.RUNS`; NULL for a busy flow), then the
+        columns (:data:`~active_data_flow.handlers.schedule.tables.RUNS`; NULL for a busy flow), then the
         flow's name and whether it was busy. None: the store runs its statements one by one."""
         return None
 

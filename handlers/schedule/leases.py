@@ -3,7 +3,7 @@
 :class:`LeaseKeeper` renews the leases of the runs a process holds, in a daemon thread, so
 that a run taking longer than its lease is not taken for the run of a worker that died;
 :func:`durable_write` retries a write of a run — its start, a lease renewal, its outcome —
-while the database cannot be reached. Both serve :mod:`handlers.scheduler`.
+while the database cannot be reached. Both serve :mod:`active_data_flow.handlers.scheduler`.
 
 Standard library only (this runs inside a Spin component).
 """
@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from core.logs import get_logger, log_event
-from core.redact import redact_text
-from core.retry import RetryPolicy as Backoff
-from core.retry import is_unavailable, retry_call
-from handlers.schedule.store import ScheduleStore
+from active_data_flow.handlers.schedule.store import ScheduleStore
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.redact import redact_text
+from active_data_flow.retry import RetryPolicy as Backoff
+from active_data_flow.retry import is_unavailable, retry_call
 
 __all__ = ["LeaseKeeper", "durable_write"]
 
@@ -33,10 +33,10 @@ def durable_write(
     call: Callable[[], T], *, what: str, window_s: float, sleep: Callable[[float], None] = time.sleep
 ) -> T:
     """``call()`` — a write to the schedule store — retried while the database cannot be
-    reached (:func:`core.retry.is_unavailable`: a dropped or refused connection, a server
+    reached (:func:`active_data_flow.retry.is_unavailable`: a dropped or refused connection, a server
     shutting down, a locked SQLite file) for at most ``window_s`` seconds. A dropped pooled
     connection is replaced on the next try, so one lost connection costs one quick retry.
-    Raises :class:`core.retry.RetriesExhausted` when the window runs out, any other error at once.
+    Raises :class:`active_data_flow.retry.RetriesExhausted` when the window runs out, any other error at once.
     ``call`` must be safe to repeat: a write whose commit was lost with its connection may
     have been applied."""
     policy = Backoff(window_s=max(window_s, 0.0), first_delay_s=0.1, max_delay_s=max(min(window_s / 4.0, 5.0), 0.1))

@@ -4,10 +4,10 @@ Every rule of the schedule lives here — validation of flows, due flows, claims
 catch-up run, busy flows skipped and moved on), pending runs, leases and their renewal and
 expiry with the retry policy, starts and outcomes, the heartbeat log and its pruning — as
 SQL both SQLite and PostgreSQL read. What differs between them is the port's
-:class:`~handlers.schedule.dialects.Dialect`; how statements reach the database is the
-port's (:mod:`handlers.schedule.port`). The stores of the other modules are this one on a
-port of their own: :class:`handlers.schedule.sqlite_exec.ExecScheduleStore` (sqlite3, Spin
-SQLite) and :class:`handlers.schedule.sql.SqlScheduleStore` (SQLAlchemy).
+:class:`~active_data_flow.handlers.schedule.dialects.Dialect`; how statements reach the database is the
+port's (:mod:`active_data_flow.handlers.schedule.port`). The stores of the other modules are this one on a
+port of their own: :class:`active_data_flow.handlers.schedule.sqlite_exec.ExecScheduleStore` (sqlite3, Spin
+SQLite) and :class:`active_data_flow.handlers.schedule.sql.SqlScheduleStore` (SQLAlchemy).
 
 Concurrency: every change is one write transaction of the port. On SQLite it begins with
 ``BEGIN IMMEDIATE``, so writers queue up (busy timeout) instead of racing; on PostgreSQL the
@@ -24,9 +24,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
-from core.redact import redact_text
-from handlers.schedule.port import SchedulePort
-from handlers.schedule.store import (
+from active_data_flow.handlers.schedule.port import SchedulePort
+from active_data_flow.handlers.schedule.store import (
     ACTIVE_RUN_STATUSES,
     FINAL_RUN_STATUSES,
     RUN_STATUSES,
@@ -44,7 +43,8 @@ from handlers.schedule.store import (
     flow_problems,
     utcnow,
 )
-from handlers.schedule.tables import FLOWS, HEARTBEATS, RUNS, TIME_COLUMNS, in_list, quote
+from active_data_flow.handlers.schedule.tables import FLOWS, HEARTBEATS, RUNS, TIME_COLUMNS, in_list, quote
+from active_data_flow.redact import redact_text
 
 __all__ = ["PortScheduleStore"]
 
@@ -86,8 +86,8 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 class PortScheduleStore(ScheduleStore):
-    """:class:`~handlers.schedule.store.ScheduleStore` over a
-    :class:`~handlers.schedule.port.SchedulePort`. Thread-safe as far as its port is."""
+    """:class:`~active_data_flow.handlers.schedule.store.ScheduleStore` over a
+    :class:`~active_data_flow.handlers.schedule.port.SchedulePort`. Thread-safe as far as its port is."""
 
     def __init__(self, port: SchedulePort) -> None:
         self.port = port
@@ -129,7 +129,7 @@ class PortScheduleStore(ScheduleStore):
         return FlowRecord(**data)
 
     def _run(self, row: Row) -> RunRecord:
-        """A run from its columns (:data:`~handlers.schedule.tables.RUNS`) and its flow's name."""
+        """A run from its columns (:data:`~active_data_flow.handlers.schedule.tables.RUNS`) and its flow's name."""
         count = len(RUNS.column_names)
         return RunRecord(flow_name=row[count], **self._values(RUNS.column_names, row[:count]))
 

@@ -1,14 +1,14 @@
 """The execution port the schedule store runs on: run one statement, run a block as one
 write transaction, say the dialect.
 
-:class:`SchedulePort` is all the store (:class:`handlers.schedule.policy.PortScheduleStore`)
+:class:`SchedulePort` is all the store (:class:`active_data_flow.handlers.schedule.policy.PortScheduleStore`)
 needs of a database. Its implementations:
 
 * :class:`ExecPort` over any :class:`ExecConnection` — an object with ``execute(sql,
   params) -> rows``: the standard library's sqlite3
-  (:class:`handlers.schedule.sqlite_exec.Sqlite3Exec`) and Spin SQLite inside a component
-  (``spin_app.connectors.SpinSqliteExec``);
-* :class:`handlers.schedule.sql.SqlAlchemyPort` on a SQLAlchemy engine (SQLite and
+  (:class:`active_data_flow.handlers.schedule.sqlite_exec.Sqlite3Exec`) and Spin SQLite inside a component
+  (``active_data_flow.spin_app.connectors.SpinSqliteExec``);
+* :class:`active_data_flow.handlers.schedule.sql.SqlAlchemyPort` on a SQLAlchemy engine (SQLite and
   PostgreSQL), which is left out of components.
 
 Statements use ``?`` placeholders; a port whose driver wants others converts them.
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
-from handlers.schedule.dialects import SQLITE, Dialect
+from active_data_flow.handlers.schedule.dialects import SQLITE, Dialect
 
 __all__ = ["ExecConnection", "ExecPort", "SchedulePort"]
 

@@ -1,18 +1,18 @@
 """The schedule store on SQLAlchemy: SQLite (the embedded default) and PostgreSQL.
 
 :class:`SqlScheduleStore` is the one schedule store
-(:class:`handlers.schedule.policy.PortScheduleStore`) on a :class:`SqlAlchemyPort` — an
+(:class:`active_data_flow.handlers.schedule.policy.PortScheduleStore`) on a :class:`SqlAlchemyPort` — an
 engine's connections, in the dialect of its database
-(:mod:`handlers.schedule.dialects`). This module also holds what only SQLAlchemy does: the
+(:mod:`active_data_flow.handlers.schedule.dialects`). This module also holds what only SQLAlchemy does: the
 engine (busy timeout, foreign keys and ``BEGIN IMMEDIATE`` on SQLite; psycopg 3 and a ping
 of connections that sat idle on PostgreSQL), the ``Table`` objects of the tables
-(:func:`sqlalchemy_tables`, made from :mod:`handlers.schedule.tables`) and the Alembic
+(:func:`sqlalchemy_tables`, made from :mod:`active_data_flow.handlers.schedule.tables`) and the Alembic
 migrations in ``handlers/schedule/migrations``, which create the tables.
 
 SQLAlchemy, Alembic and the driver (psycopg 3 for PostgreSQL) are imported when a store
 opens, never at module level (this package must import inside a WebAssembly component,
 though this module is left out of one); without them
-:class:`~core.errors.MissingExtraError` names the extra to install.
+:class:`~active_data_flow.errors.MissingExtraError` names the extra to install.
 
 Ids are never reused: PostgreSQL takes them from sequences; on SQLite ``data_flows`` and
 ``data_flow_runs`` are ``AUTOINCREMENT`` tables (migration ``0002`` rebuilt older files so),
@@ -45,14 +45,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.connectors.sql import normalise_url
-from core.errors import MissingExtraError
-from core.redact import redact_text
-from core.service_db import service_engine
-from handlers.schedule.dialects import SQLITE, Dialect, dialect_named
-from handlers.schedule.policy import PortScheduleStore
-from handlers.schedule.store import as_utc
-from handlers.schedule.tables import FLOWS, HEARTBEATS, RUNS, Column, Table
+from active_data_flow.connectors.sql import normalise_url
+from active_data_flow.errors import MissingExtraError
+from active_data_flow.handlers.schedule.dialects import SQLITE, Dialect, dialect_named
+from active_data_flow.handlers.schedule.policy import PortScheduleStore
+from active_data_flow.handlers.schedule.store import as_utc
+from active_data_flow.handlers.schedule.tables import FLOWS, HEARTBEATS, RUNS, Column, Table
+from active_data_flow.redact import redact_text
+from active_data_flow.service_db import service_engine
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -157,7 +157,7 @@ def _ping_idle_connections(sa: Any, engine: Engine, idle_seconds: float = _PING_
 
 @dataclass
 class ScheduleTables:
-    """The SQLAlchemy ``Table`` objects of the schedule (:data:`handlers.schedule.tables.TABLES`)."""
+    """The SQLAlchemy ``Table`` objects of the schedule (:data:`active_data_flow.handlers.schedule.tables.TABLES`)."""
 
     metadata: MetaData
     flows: SaTable
@@ -262,7 +262,7 @@ def _sa_table(metadata: MetaData, table: Table) -> SaTable:
 
 
 class SqlAlchemyPort:
-    """:class:`~handlers.schedule.port.SchedulePort` on a SQLAlchemy engine.
+    """:class:`~active_data_flow.handlers.schedule.port.SchedulePort` on a SQLAlchemy engine.
 
     A statement outside a transaction runs on a connection of its own from the pool; a
     transaction (``engine.begin()``: ``BEGIN IMMEDIATE`` on SQLite) holds one connection for
@@ -400,8 +400,8 @@ def current_revision(url: str) -> str | None:
 
 
 class SqlScheduleStore(PortScheduleStore):
-    """:class:`~handlers.schedule.store.ScheduleStore` on SQLite or PostgreSQL:
-    :class:`~handlers.schedule.policy.PortScheduleStore` on a :class:`SqlAlchemyPort`.
+    """:class:`~active_data_flow.handlers.schedule.store.ScheduleStore` on SQLite or PostgreSQL:
+    :class:`~active_data_flow.handlers.schedule.policy.PortScheduleStore` on a :class:`SqlAlchemyPort`.
 
     ``url`` is a SQLAlchemy URL (``sqlite:///path.db``, ``postgresql://user@host/db``; a plain
     ``postgresql://`` uses psycopg 3). With ``auto_migrate`` the tables are upgraded to the

@@ -4,16 +4,16 @@
 (a list of tuples). The same class runs
 
 * natively on the standard library's :mod:`sqlite3` (:class:`Sqlite3Exec`), and
-* inside a Spin component on Spin SQLite (``spin_app.connectors.SpinSqliteExec``), where a
-  cron tick runs the due flows (:func:`handlers.scheduler.tick`).
+* inside a Spin component on Spin SQLite (``active_data_flow.spin_app.connectors.SpinSqliteExec``), where a
+  cron tick runs the due flows (:func:`active_data_flow.handlers.scheduler.tick`).
 
-It is the one schedule store (:class:`handlers.schedule.policy.PortScheduleStore`) on an
-:class:`~handlers.schedule.port.ExecPort` in the SQLite dialect, so its semantics are
-those of :class:`handlers.schedule.sql.SqlScheduleStore`: the same validation, the same
+It is the one schedule store (:class:`active_data_flow.handlers.schedule.policy.PortScheduleStore`) on an
+:class:`~active_data_flow.handlers.schedule.port.ExecPort` in the SQLite dialect, so its semantics are
+those of :class:`active_data_flow.handlers.schedule.sql.SqlScheduleStore`: the same validation, the same
 claim rules (one catch-up run, busy flows skipped and moved on, leases, retries), every
 write transaction started with ``BEGIN IMMEDIATE``, timestamps stored as fixed-format UTC
 text (``YYYY-MM-DD HH:MM:SS.ffffff``) exactly as SQLAlchemy stores them on SQLite. The
-tables (:mod:`handlers.schedule.tables`) are created here with ``CREATE TABLE IF NOT
+tables (:mod:`active_data_flow.handlers.schedule.tables`) are created here with ``CREATE TABLE IF NOT
 EXISTS`` — there is no Alembic inside a component.
 
 Ids are never reused: the tables are ``AUTOINCREMENT``. A file made before the run status
@@ -35,11 +35,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from handlers.schedule.dialects import SQLITE
-from handlers.schedule.policy import PortScheduleStore
-from handlers.schedule.port import ExecConnection, ExecPort
-from handlers.schedule.store import RUN_STATUSES
-from handlers.schedule.tables import FLOWS, RUNS, quote, sqlite_create_table, sqlite_schema
+from active_data_flow.handlers.schedule.dialects import SQLITE
+from active_data_flow.handlers.schedule.policy import PortScheduleStore
+from active_data_flow.handlers.schedule.port import ExecConnection, ExecPort
+from active_data_flow.handlers.schedule.store import RUN_STATUSES
+from active_data_flow.handlers.schedule.tables import FLOWS, RUNS, quote, sqlite_create_table, sqlite_schema
 
 __all__ = ["SCHEMA", "ExecConnection", "ExecScheduleStore", "Sqlite3Exec", "upgrade_schema"]
 
@@ -132,9 +132,9 @@ def upgrade_schema(conn: ExecConnection) -> bool:
 
 
 class ExecScheduleStore(PortScheduleStore):
-    """:class:`~handlers.schedule.store.ScheduleStore` over an :class:`ExecConnection`:
-    :class:`~handlers.schedule.policy.PortScheduleStore` on an
-    :class:`~handlers.schedule.port.ExecPort` (SQLite).
+    """:class:`~active_data_flow.handlers.schedule.store.ScheduleStore` over an :class:`ExecConnection`:
+    :class:`~active_data_flow.handlers.schedule.policy.PortScheduleStore` on an
+    :class:`~active_data_flow.handlers.schedule.port.ExecPort` (SQLite).
 
     Creates its tables on open, or upgrades older ones (:func:`upgrade_schema`;
     ``create_tables=False`` to skip). One connection, guarded by a lock: share the store

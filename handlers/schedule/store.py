@@ -19,7 +19,7 @@ dead-lettered (below the flow's ``runtime.max_dead_letter_ratio``); it is final,
 Flow and run ids are never reused, not even after the newest rows are deleted: PostgreSQL
 takes them from sequences, SQLite from ``AUTOINCREMENT`` (``sqlite_sequence``). The
 scheduler still never relies on them alone to name an engine run (see
-:func:`handlers.scheduler.execute_run`), since a schedule database can be re-created.
+:func:`active_data_flow.handlers.scheduler.execute_run`), since a schedule database can be re-created.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def flow_problems(
     """Every problem of a flow's fields (those named in ``check``, plus ``description`` and
     ``enabled`` when not None); uniqueness of the name is the store's job.
 
-    The configuration is validated with :func:`core.spec.parse_spec`; its own ``name``
+    The configuration is validated with :func:`active_data_flow.spec.parse_spec`; its own ``name``
     defaults to the flow's name and must match it when given.
     """
     checks = set(check)
@@ -275,8 +275,8 @@ def flow_problems(
 
 
 def _configuration_problems(name: str | None, configuration: Any) -> list[str]:
-    from core.errors import SpecError
-    from core.spec import parse_spec
+    from active_data_flow.errors import SpecError
+    from active_data_flow.spec import parse_spec
 
     if configuration is None:
         return ["configuration: is required (the flow spec)"]
@@ -319,7 +319,7 @@ class ScheduleStore(abc.ABC):
         enabled: bool = True,
     ) -> FlowRecord:
         """Validate (name present and unique, interval a positive integer, the spec valid by
-        core.spec.parse_spec) and save; raise FlowValidationError with every problem. A new
+        active_data_flow.spec.parse_spec) and save; raise FlowValidationError with every problem. A new
         enabled flow is due at once."""
 
     @abc.abstractmethod
@@ -463,7 +463,7 @@ class ScheduleStore(abc.ABC):
             try:
                 self.prune_heartbeats(keep=max(int(retention.keep), 1), before=retention.cutoff(record.ts))
             except Exception as exc:
-                from core.logs import get_logger, log_event
+                from active_data_flow.logs import get_logger, log_event
 
                 log_event(get_logger("schedule"), "heartbeat log not pruned (the next prune retries)",
                           logging.WARNING, error=f"{type(exc).__name__}: {exc}")

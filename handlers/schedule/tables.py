@@ -3,8 +3,8 @@
 Everything that names a table of the schedule is made from :data:`TABLES`: the ``CREATE
 TABLE IF NOT EXISTS`` statements of the store on a bare SQLite connection
 (:func:`sqlite_schema`), the SQLAlchemy ``Table`` objects of the store on SQLAlchemy
-(:func:`handlers.schedule.sql.sqlalchemy_tables`) and the column lists of the store's
-statements (:mod:`handlers.schedule.policy`). The Alembic migrations in
+(:func:`active_data_flow.handlers.schedule.sql.sqlalchemy_tables`) and the column lists of the store's
+statements (:mod:`active_data_flow.handlers.schedule.policy`). The Alembic migrations in
 ``handlers/schedule/migrations`` are the history deployed databases ran; a test checks that
 their head gives exactly these tables, on SQLite and on PostgreSQL.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from handlers.schedule.store import ACTIVE_RUN_STATUSES, RUN_STATUSES
+from active_data_flow.handlers.schedule.store import ACTIVE_RUN_STATUSES, RUN_STATUSES
 
 __all__ = [
     "FLOWS",
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 #: Column kinds, and what each is on SQLite (PostgreSQL and SQLAlchemy:
-#: :func:`handlers.schedule.sql.sqlalchemy_tables`). ``key``: an integer primary key
+#: :func:`active_data_flow.handlers.schedule.sql.sqlalchemy_tables`). ``key``: an integer primary key
 #: (``SERIAL`` on PostgreSQL); ``bigkey``: a 64-bit one (``BIGSERIAL``; SQLite's rowid is
 #: 64-bit already and needs the type ``INTEGER`` to be it).
 KINDS: Mapping[str, str] = {

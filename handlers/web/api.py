@@ -1,19 +1,19 @@
 """The FastAPI application: heartbeat route, management API under ``/api``, ``/healthz``,
-and — when a :class:`~handlers.invoke.FlowHost` is given — the flow-run routes of
-:func:`handlers.invoke.handle_http` under ``/invoke`` (same access rule as ``/api``).
+and — when a :class:`~active_data_flow.handlers.invoke.FlowHost` is given — the flow-run routes of
+:func:`active_data_flow.handlers.invoke.handle_http` under ``/invoke`` (same access rule as ``/api``).
 
-Imported only by :func:`handlers.web.app.create_app` (FastAPI and pydantic load here and
+Imported only by :func:`active_data_flow.handlers.web.app.create_app` (FastAPI and pydantic load here and
 nowhere else in ``handlers/``). Every route is a thin translation to the schedule store,
-the scheduler, :func:`handlers.http.handle_heartbeat` or a run's dead letters (the functions
-the dashboard's run page uses too, in :mod:`handlers.web.dashboard`); every error body is
+the scheduler, :func:`active_data_flow.handlers.http.handle_heartbeat` or a run's dead letters (the functions
+the dashboard's run page uses too, in :mod:`active_data_flow.handlers.web.dashboard`); every error body is
 ``{"error": message, ...}``.
 
-Access and body size are decided by :class:`handlers.web.guard.RequestGuard` before a route
+Access and body size are decided by :class:`active_data_flow.handlers.web.guard.RequestGuard` before a route
 runs (the routes' own ``api_access`` dependency states the same rule, for the OpenAPI
 document and as a second line). A flow's configuration goes out with its secrets masked
-(:func:`core.redact.mask`) and comes back through :func:`core.redact.unmask`: a masked value
+(:func:`active_data_flow.redact.mask`) and comes back through :func:`active_data_flow.redact.unmask`: a masked value
 sent back unchanged keeps the stored secret. Integers are bounded to what the databases
-hold, strings may not carry what they cannot store (:func:`handlers.security.unstorable`):
+hold, strings may not carry what they cannot store (:func:`active_data_flow.handlers.security.unstorable`):
 odd input gets a 4xx, never a 500.
 
 The routes stay in one module, a little over 600 lines, because they are the API's table of
@@ -41,19 +41,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.logs import get_logger
-from core.redact import mask, unmask
-from core.spec import flow_secret_keys
-from handlers import scheduler
-from handlers.dead_letters import (
+from active_data_flow.handlers import scheduler
+from active_data_flow.handlers.dead_letters import (
     DeadLetterError,
     describe_replay,
     read_run_dead_letters,
     replay_run_dead_letters,
 )
-from handlers.http import Request, handle_heartbeat
-from handlers.invoke import FlowHost, StreamingResponse, handle_http
-from handlers.schedule.store import (
+from active_data_flow.handlers.http import Request, handle_heartbeat
+from active_data_flow.handlers.invoke import FlowHost, StreamingResponse, handle_http
+from active_data_flow.handlers.schedule.store import (
     DuplicateFlowError,
     FlowRecord,
     FlowValidationError,
@@ -62,9 +59,12 @@ from handlers.schedule.store import (
     RunRecord,
     ScheduleStore,
 )
-from handlers.security import TOKEN_HEADER, FailureThrottle, authorize_api, unstorable
-from handlers.settings import Settings
-from handlers.web.guard import RequestGuard
+from active_data_flow.handlers.security import TOKEN_HEADER, FailureThrottle, authorize_api, unstorable
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.handlers.web.guard import RequestGuard
+from active_data_flow.logs import get_logger
+from active_data_flow.redact import mask, unmask
+from active_data_flow.spec import flow_secret_keys
 
 __all__ = ["build_app"]
 
@@ -105,7 +105,7 @@ class ErrorBody(BaseModel):
 
 
 class HeartbeatResponse(BaseModel):
-    """The heartbeat answer (handlers.scheduler.HeartbeatResult.to_dict())."""
+    """The heartbeat answer (active_data_flow.handlers.scheduler.HeartbeatResult.to_dict())."""
 
     flows_due: int
     flows_triggered: int
@@ -319,7 +319,7 @@ def build_app(  # noqa: C901
     """The ASGI app over ``store``; closes the store at shutdown when ``owns_store``.
 
     With ``flow_host``, ``GET /invoke/flows``, ``GET /invoke/flows/{name}`` and
-    ``GET|POST /invoke/flows/{name}/run`` answer through :func:`handlers.invoke.handle_http`.
+    ``GET|POST /invoke/flows/{name}/run`` answer through :func:`active_data_flow.handlers.invoke.handle_http`.
     """
 
     @contextlib.asynccontextmanager
@@ -591,7 +591,7 @@ def build_app(  # noqa: C901
 
     app.include_router(api)
 
-    # -- flow runs (handlers.invoke) -------------------------------------------------------
+    # -- flow runs (active_data_flow.handlers.invoke) -------------------------------------------------------
 
     if flow_host is not None:
         invoke_host = flow_host
@@ -617,7 +617,7 @@ def build_app(  # noqa: C901
             methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             dependencies=[Depends(api_access)],
             tags=["invoke"],
-            summary="Run a flow of the flow host (see handlers.invoke)",
+            summary="Run a flow of the flow host (see active_data_flow.handlers.invoke)",
             description=(
                 "`GET /invoke/flows`, `GET /invoke/flows/{name}`, `GET|POST /invoke/flows/{name}/run` "
                 "(`?stream=true` or `Accept: application/x-ndjson` for NDJSON progress events)."

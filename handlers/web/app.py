@@ -5,19 +5,19 @@ under ``/api``, the dashboard under ``/ui``, ``/healthz`` and ``/openapi.json``.
 JSON lines. Only the standard library is imported at module level; FastAPI, pydantic and
 uvicorn load inside the functions.
 
-:class:`handlers.web.guard.RequestGuard` stands in front of every route (``build_app`` installs it): it decides
+:class:`active_data_flow.handlers.web.guard.RequestGuard` stands in front of every route (``build_app`` installs it): it decides
 who may call from the request line and headers alone — before a byte of the body is read —
 and caps the body at ``ADF_MAX_BODY_BYTES``, so an unauthenticated or oversized upload costs
 the server nothing but the bandwidth.
 
 Example::
 
-    from handlers.settings import load_settings
-    from handlers.web.app import serve
+    from active_data_flow.handlers.settings import load_settings
+    from active_data_flow.handlers.web.app import serve
     serve(load_settings(), host="127.0.0.1", port=8000)      # what `adf serve` does
 
     app = create_app(load_settings())                        # any ASGI server:
-    # uvicorn --factory handlers.web.app:create_app --no-proxy-headers
+    # uvicorn --factory active_data_flow.handlers.web.app:create_app --no-proxy-headers
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from core.logs import get_logger, log_event
-from handlers.schedule.store import ScheduleStore
-from handlers.security import (
+from active_data_flow.handlers.schedule.store import ScheduleStore
+from active_data_flow.handlers.security import (
     MIN_TOKEN_LENGTH,
     short_tokens,
 )
-from handlers.settings import Settings, load_settings
+from active_data_flow.handlers.settings import Settings, load_settings
+from active_data_flow.logs import get_logger, log_event
 
 if TYPE_CHECKING:
     import uvicorn
@@ -42,11 +42,11 @@ __all__ = ["LOG_CONFIG", "create_app", "make_server", "serve", "startup_warnings
 
 _log = get_logger("web")
 
-#: uvicorn's loggers as JSON lines on stderr, like the ``adf`` loggers (core.logs).
+#: uvicorn's loggers as JSON lines on stderr, like the ``adf`` loggers (active_data_flow.logs).
 LOG_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "core.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "active_data_flow.logs.JsonFormatter"}},
     "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "loggers": {
         "uvicorn": {"handlers": ["json"], "level": "INFO", "propagate": False},
@@ -74,20 +74,20 @@ def startup_warnings(settings: Settings) -> list[str]:
 
 def create_app(settings: Settings | None = None, store: ScheduleStore | None = None) -> FastAPI:
     """The ASGI app. ``settings`` default to :func:`load_settings`; ``store`` defaults to a
-    :class:`~handlers.schedule.sql.SqlScheduleStore` on ``settings.database_url`` (closed
+    :class:`~active_data_flow.handlers.schedule.sql.SqlScheduleStore` on ``settings.database_url`` (closed
     when the app shuts down; a store passed in is the caller's to close)."""
-    from handlers.web.api import build_app
+    from active_data_flow.handlers.web.api import build_app
 
     settings = settings or load_settings()
     owns_store = store is None
     if store is None:
-        from handlers.schedule.sql import SqlScheduleStore
+        from active_data_flow.handlers.schedule.sql import SqlScheduleStore
 
         store = SqlScheduleStore(settings.database_url)
     app = build_app(settings, store, owns_store=owns_store)
-    from handlers.web.dashboard import mount_dashboard
+    from active_data_flow.handlers.web.dashboard import mount_dashboard
 
-    # the HTML dashboard under /ui (handlers.web.dashboard); its login failures and the API's
+    # the HTML dashboard under /ui (active_data_flow.handlers.web.dashboard); its login failures and the API's
     # wrong tokens count together per address
     mount_dashboard(app, settings, store, throttle=app.state.auth_throttle)
     return app
@@ -102,11 +102,11 @@ def make_server(
     **config: Any,
 ) -> uvicorn.Server:
     """A uvicorn server for the app, configured as ``serve`` runs it: ``proxy_headers=False``
-    (``X-Forwarded-For`` is judged by ``ADF_TRUSTED_PROXIES`` in handlers.security, not by
+    (``X-Forwarded-For`` is judged by ``ADF_TRUSTED_PROXIES`` in active_data_flow.handlers.security, not by
     uvicorn) and JSON logs. ``config`` adds uvicorn.Config options."""
     import uvicorn
 
-    from core.logs import configure
+    from active_data_flow.logs import configure
 
     configure()
     options: dict[str, Any] = {"proxy_headers": False, "log_config": LOG_CONFIG, "server_header": False, **config}
@@ -115,7 +115,7 @@ def make_server(
 
 def serve(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the web app until interrupted (``adf serve``)."""
-    from core.redact import redact_text
+    from active_data_flow.redact import redact_text
 
     settings = settings or load_settings()
     server = make_server(settings, host, port)

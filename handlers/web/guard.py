@@ -2,7 +2,7 @@
 
 :class:`RequestGuard` decides who may call from the request line and headers alone — before a
 byte of the body is read — and caps the body at ``ADF_MAX_BODY_BYTES``, so an unauthenticated or
-oversized upload costs the server nothing but the bandwidth. ``handlers.web.api.build_app``
+oversized upload costs the server nothing but the bandwidth. ``active_data_flow.handlers.web.api.build_app``
 installs it.
 """
 
@@ -13,13 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from core.logs import get_logger, log_event
-from handlers.security import (
+from active_data_flow.handlers.security import (
     FailureThrottle,
     authorize_api,
     authorize_heartbeat,
 )
-from handlers.settings import Settings
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.logs import get_logger, log_event
 
 __all__ = ["RequestGuard"]
 
@@ -56,7 +56,7 @@ class RequestGuard:
 
     1. a NUL character in the path or the query string → 400 (no route can use one, and
        PostgreSQL cannot store one);
-    2. ``/api/…`` and ``/invoke/…``: :func:`handlers.security.authorize_api` on the headers —
+    2. ``/api/…`` and ``/invoke/…``: :func:`active_data_flow.handlers.security.authorize_api` on the headers —
        401 / 403 / 503 at once, without reading the body. A *wrong* bearer token is counted in
        ``throttle`` for the client address; once the address has too many, further wrong
        tokens get 429 with ``Retry-After`` (a correct token always passes);

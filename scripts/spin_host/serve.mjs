@@ -3,7 +3,7 @@
 // machines without the spin CLI.
 //
 //   node scripts/spin_host/serve.mjs http.wasm --port 3000 [options]
-//   (or: python -m spin_app.host serve http.wasm --port 3000)
+//   (or: python -m active_data_flow.spin_app.host serve http.wasm --port 3000)
 //
 // The component is transpiled with jco (cached by content hash), served with
 // preview2-shim's HTTP server, and given the Spin imports from spin-imports.mjs:

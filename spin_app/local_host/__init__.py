@@ -1,8 +1,8 @@
 """A local Spin 3 host for the built components, for tests and for machines without ``spin``.
 
 Every trigger runs the component with the PyPI ``wasmtime`` package's component API (the
-engine Spin itself uses, set up as Spin sets it up: :mod:`spin_app.engine`) and WASI written
-as Python host functions (:mod:`spin_app.local_host.wasi`: the package's own WASI cannot hand
+engine Spin itself uses, set up as Spin sets it up: :mod:`active_data_flow.spin_app.engine`) and WASI written
+as Python host functions (:mod:`active_data_flow.spin_app.local_host.wasi`: the package's own WASI cannot hand
 a component an incoming HTTP request).
 ``serve --engine node`` serves HTTP with the Node host in ``scripts/spin_host/serve.mjs``
 (jco + preview2-shim) instead, which also logs each instance's memory size. All of them
@@ -30,11 +30,11 @@ before the next event is taken, as Spin drops an instance at the end of its even
 ``component``       ``ComponentHost``: loads a component, a fresh instance per event
 ``http_server``     the HTTP trigger: ``WasmtimeHttpServer``, ``HttpHost`` (wasmtime or Node)
 ``triggers``        serving HTTP, Redis and MQTT from the command line; ``MqttBridge``
-``command``         the command line (``python -m spin_app.host``)
+``command``         the command line (``python -m active_data_flow.spin_app.host``)
 ``wasi``            WASI 0.2 and ``wasi:http`` as Python host functions
 ==================  ==========================================================================
 
 The whole package is host-side (it needs ``wasmtime``; ``redis`` and ``paho-mqtt`` are imported
-lazily, ``scripts/spin-setup`` installs them): ``spin_app.build`` leaves it out of every
-component. :mod:`spin_app.host` and :mod:`spin_app.wasi_host` re-export its public names.
+lazily, ``scripts/spin-setup`` installs them): ``active_data_flow.spin_app.build`` leaves it out of every
+component. :mod:`active_data_flow.spin_app.host` and :mod:`active_data_flow.spin_app.wasi_host` re-export its public names.
 """

@@ -1,4 +1,4 @@
-"""The local host's command line (``python -m spin_app.host``): serve an HTTP component, deliver
+"""The local host's command line (``python -m active_data_flow.spin_app.host``): serve an HTTP component, deliver
 cron ticks, subscribe to Redis or MQTT, or deliver one message."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from spin_app.engine import EngineSettings
-from spin_app.local_host.component import ComponentHost
-from spin_app.local_host.http_server import ROOT, HttpHost
-from spin_app.local_host.state import SpinState, load_variables
-from spin_app.local_host.triggers import report, serve_http, serve_mqtt, serve_redis
+from active_data_flow.spin_app.engine import EngineSettings
+from active_data_flow.spin_app.local_host.component import ComponentHost
+from active_data_flow.spin_app.local_host.http_server import ROOT, HttpHost
+from active_data_flow.spin_app.local_host.state import SpinState, load_variables
+from active_data_flow.spin_app.local_host.triggers import report, serve_http, serve_mqtt, serve_redis
 
 __all__ = ["main"]
 
@@ -41,7 +41,7 @@ def _component_host(args: argparse.Namespace) -> ComponentHost:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spin_app.host", description="Run built Spin components locally.")
+    parser = argparse.ArgumentParser(prog="python -m active_data_flow.spin_app.host", description="Run built Spin components locally.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         EngineSettings.from_env()
     except ValueError as exc:  # a SPIN_WASMTIME_* variable that Spin would refuse too
-        print(f"spin_app.host: {exc}", file=sys.stderr)
+        print(f"active_data_flow.spin_app.host: {exc}", file=sys.stderr)
         return 2
 
     if args.command == "serve":

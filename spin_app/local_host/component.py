@@ -1,8 +1,8 @@
 """The component host: runs a built component with wasmtime, a fresh instance per event.
 
 :class:`ComponentHost` loads (and caches) the compiled component, defines its imports — WASI
-(:mod:`spin_app.local_host.wasi`, or wasmtime's own), the Spin interfaces
-(:mod:`spin_app.local_host.spin_imports`) and traps for the rest — and delivers events to its
+(:mod:`active_data_flow.spin_app.local_host.wasi`, or wasmtime's own), the Spin interfaces
+(:mod:`active_data_flow.spin_app.local_host.spin_imports`) and traps for the rest — and delivers events to its
 exports: HTTP requests, cron ticks, Redis and MQTT messages.
 """
 
@@ -17,13 +17,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from spin_app.engine import EngineSettings, engine_for, reaper
-from spin_app.local_host.spin_imports import define_spin_imports, define_stubs, resource_tables
-from spin_app.local_host.state import SpinState
-from spin_app.local_host.wasi.http_types import ResponseOutparam
-from spin_app.local_host.wasi.python_wasi import PythonWasi
-from spin_app.local_host.wasi.state import WasiState
-from spin_app.local_host.wasi.values import WasiTrap
+from active_data_flow.spin_app.engine import EngineSettings, engine_for, reaper
+from active_data_flow.spin_app.local_host.spin_imports import (
+    define_spin_imports,
+    define_stubs,
+    resource_tables,
+)
+from active_data_flow.spin_app.local_host.state import SpinState
+from active_data_flow.spin_app.local_host.wasi.http_types import ResponseOutparam
+from active_data_flow.spin_app.local_host.wasi.python_wasi import PythonWasi
+from active_data_flow.spin_app.local_host.wasi.state import WasiState
+from active_data_flow.spin_app.local_host.wasi.values import WasiTrap
 
 __all__ = ["ComponentHost", "GuestError", "default_cache_dir"]
 
@@ -68,12 +72,12 @@ def _wasmtime_version() -> str:
 class ComponentHost:
     """Runs a component with wasmtime: HTTP requests, cron, Redis and MQTT events.
 
-    WASI is :mod:`spin_app.local_host.wasi` (in Python: the only way to hand a component an
+    WASI is :mod:`active_data_flow.spin_app.local_host.wasi` (in Python: the only way to hand a component an
     incoming HTTP request); ``python_wasi=False`` uses wasmtime's own instead, for the other
     triggers.
-    The engine is set up as Spin sets up its own (:mod:`spin_app.engine`: the pooling
+    The engine is set up as Spin sets up its own (:mod:`active_data_flow.spin_app.engine`: the pooling
     allocator, ``SPIN_WASMTIME_*`` variables); with Python's WASI, a finished instance is
-    dropped (its pool slot reset) on the :data:`~spin_app.engine.reaper`'s thread. (Stores
+    dropped (its pool slot reset) on the :data:`~active_data_flow.spin_app.engine.reaper`'s thread. (Stores
     with wasmtime's own WASI are dropped where they ran: dropped on another thread, its
     tokio-based streams made the process abort at exit now and then.)
 
@@ -230,7 +234,7 @@ class ComponentHost:
             raise GuestError(str(message), stdout="\n".join(self.stdout_lines[start:]))
 
     def http(self, request: Any, on_response: Callable[[Any], None]) -> None:
-        """Hand ``request`` (a :class:`~spin_app.local_host.wasi.http_types.IncomingRequest`) to
+        """Hand ``request`` (a :class:`~active_data_flow.spin_app.local_host.wasi.http_types.IncomingRequest`) to
         the component's ``wasi:http/incoming-handler#handle`` in a fresh instance. ``on_response`` gets
         ``Ok(OutgoingResponse)`` (or ``Err(error-code)``) when the component sets its answer;
         call its ``attach(write, finish)`` to receive the body. Needs ``python_wasi=True``."""

@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spin_app.engine import EngineSettings
-from spin_app.local_host.component import ComponentHost, GuestError
-from spin_app.local_host.state import SpinState, load_variables
-from spin_app.local_host.wasi.http_types import IncomingRequest
-from spin_app.local_host.wasi.values import Err
+from active_data_flow.spin_app.engine import EngineSettings
+from active_data_flow.spin_app.local_host.component import ComponentHost, GuestError
+from active_data_flow.spin_app.local_host.state import SpinState, load_variables
+from active_data_flow.spin_app.local_host.wasi.http_types import IncomingRequest
+from active_data_flow.spin_app.local_host.wasi.values import Err
 
 __all__ = ["ROOT", "SERVE_JS", "HttpHost", "WasmtimeHttpServer"]
 
@@ -187,8 +187,8 @@ def _read_request_body(h: Any) -> bytes:
 
 def _send_error(h: Any, status: int, message: str) -> int:
     """The host's own error answer, in the handlers' one error shape."""
-    from core.ids import new_id
-    from handlers.http import error_response
+    from active_data_flow.handlers.http import error_response
+    from active_data_flow.ids import new_id
 
     response = error_response(status, message, error_id=new_id(12))
     payload = response.encoded()
@@ -206,7 +206,7 @@ class HttpHost:
     """Serve an HTTP component locally: start, wait until it listens, stop.
 
     ``engine="wasmtime"`` (the default) runs it in this process with wasmtime — the engine
-    Spin uses — and WASI in Python (:mod:`spin_app.local_host.wasi`), a fresh instance per
+    Spin uses — and WASI in Python (:mod:`active_data_flow.spin_app.local_host.wasi`), a fresh instance per
     request; ``engine="node"`` runs ``scripts/spin_host/serve.mjs`` (jco + preview2-shim) as a
     subprocess, which also reports each instance's memory size and can reuse one instance.
 

@@ -1,7 +1,7 @@
 """The Spin interfaces the local host gives a component, defined on a ``wasmtime`` linker.
 
 ==============================  =====================================================
-``fermyon:spin/key-value``      :class:`~spin_app.local_host.state.SpinState`'s JSON file
+``fermyon:spin/key-value``      :class:`~active_data_flow.spin_app.local_host.state.SpinState`'s JSON file
 ``fermyon:spin/sqlite``         its SQLite files
 ``fermyon:spin/redis``          a real Redis server (redis-py)
 ``fermyon:spin/mqtt``           a real MQTT broker (paho-mqtt; ``mqtt://`` / ``mqtts://``)
@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spin_app.local_host.state import SpinState
+from active_data_flow.spin_app.local_host.state import SpinState
 
 __all__ = ["ResourceTable", "define_spin_imports", "define_stubs", "resource_tables"]
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from spin_app.local_host.component import ComponentHost, GuestError
-from spin_app.local_host.http_server import HttpHost
+from active_data_flow.spin_app.local_host.component import ComponentHost, GuestError
+from active_data_flow.spin_app.local_host.http_server import HttpHost
 
 __all__ = ["MqttBridge", "report", "serve_http", "serve_mqtt", "serve_redis"]
 

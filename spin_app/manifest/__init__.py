@@ -1,7 +1,7 @@
 """Spin 3 manifests (``spin.toml``, manifest version 2) for ActiveDataFlow flows.
 
 Three jobs, all standard library (TOML is read with :mod:`tomllib` and written by
-:mod:`spin_app.manifest.toml_writer`):
+:mod:`active_data_flow.spin_app.manifest.toml_writer`):
 
 * :func:`render_manifest` — generate the manifest of a set of flows and their routes;
 * :func:`check_flow_for_spin` — can a flow run *inside* a component? (the one check that
@@ -30,7 +30,7 @@ One module per concern; every public name is importable from here:
 
 from __future__ import annotations
 
-from spin_app.manifest.conventions import (
+from active_data_flow.spin_app.manifest.conventions import (
     COMPONENT_VARIABLES,
     CONTROL_VARIABLES,
     DEFAULT_CRON_EXPRESSION,
@@ -50,14 +50,31 @@ from spin_app.manifest.conventions import (
     slug_collisions,
     spin_id_problem,
 )
-from spin_app.manifest.flows import Findings, FlowFile, Mount, load_flow_file, secret_variables, spin_registry
-from spin_app.manifest.local import ComponentRuntime, component_runtimes, resolve_variables, stage_files
-from spin_app.manifest.render import ManifestOptions, render_manifest
-from spin_app.manifest.report import ValidationReport
-from spin_app.manifest.routes import Route, parse_route, plan_routes
-from spin_app.manifest.rules import cron_expression_problem, outbound_host_problem
-from spin_app.manifest.scan import ALLOWED_SINKS, ALLOWED_SOURCES, ALLOWED_STEPS, check_flow_for_spin
-from spin_app.manifest.validate import validate_manifest
+from active_data_flow.spin_app.manifest.flows import (
+    Findings,
+    FlowFile,
+    Mount,
+    load_flow_file,
+    secret_variables,
+    spin_registry,
+)
+from active_data_flow.spin_app.manifest.local import (
+    ComponentRuntime,
+    component_runtimes,
+    resolve_variables,
+    stage_files,
+)
+from active_data_flow.spin_app.manifest.render import ManifestOptions, render_manifest
+from active_data_flow.spin_app.manifest.report import ValidationReport
+from active_data_flow.spin_app.manifest.routes import Route, parse_route, plan_routes
+from active_data_flow.spin_app.manifest.rules import cron_expression_problem, outbound_host_problem
+from active_data_flow.spin_app.manifest.scan import (
+    ALLOWED_SINKS,
+    ALLOWED_SOURCES,
+    ALLOWED_STEPS,
+    check_flow_for_spin,
+)
+from active_data_flow.spin_app.manifest.validate import validate_manifest
 
 __all__ = [
     "ALLOWED_SINKS",

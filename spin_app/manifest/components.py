@@ -3,7 +3,7 @@
 First Spin's rules for any component, one part at a time: its id and keys, ``source``,
 ``files``, store labels and ``allowed_outbound_hosts``, ``variables`` and ``build``. Then, for
 an ActiveDataFlow component (one with an ``adf_trigger`` variable), the conventions of
-:mod:`spin_app.manifest.conventions`: its trigger and ``.wasm``, its control and configuration
+:mod:`active_data_flow.spin_app.manifest.conventions`: its trigger and ``.wasm``, its control and configuration
 variables, its routes against the triggers that run it, and every flow it bundles.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import ConfigError
-from core.registry import Registry
-from spin_app.manifest.conventions import (
+from active_data_flow.errors import ConfigError
+from active_data_flow.registry import Registry
+from active_data_flow.spin_app.manifest.conventions import (
     COMPONENT_VARIABLES,
     CONTROL_VARIABLES,
     GLOB_CHARS,
@@ -29,10 +29,10 @@ from spin_app.manifest.conventions import (
     spin_id_problem,
     templates,
 )
-from spin_app.manifest.flows import FlowFile, Mount, load_flow_file, outbound_hosts
-from spin_app.manifest.report import ValidationReport
-from spin_app.manifest.routes import http_route_covers, http_run_path, route_key_problem
-from spin_app.manifest.rules import (
+from active_data_flow.spin_app.manifest.flows import FlowFile, Mount, load_flow_file, outbound_hosts
+from active_data_flow.spin_app.manifest.report import ValidationReport
+from active_data_flow.spin_app.manifest.routes import http_route_covers, http_run_path, route_key_problem
+from active_data_flow.spin_app.manifest.rules import (
     BUILD_KEYS,
     COMPONENT_KEYS,
     file_source_problem,
@@ -41,7 +41,7 @@ from spin_app.manifest.rules import (
     unknown_keys,
     variable_name_problem,
 )
-from spin_app.manifest.scan import check_flow_for_spin
+from active_data_flow.spin_app.manifest.scan import check_flow_for_spin
 
 
 @dataclass
@@ -328,7 +328,7 @@ class _ComponentCheck:
             self.err(f"{where}: no [[trigger.http]] route of this component serves {key!r}")
         if key != http_run_path(target):
             self.warn(f"{where}: {key!r}: HTTP runs a flow at {http_run_path(target)} "
-                      "(handlers.invoke routes by path)")
+                      "(active_data_flow.handlers.invoke routes by path)")
 
     def _message_route(self, kind: str, key: str, variables: Mapping[str, Any]) -> None:
         where = f"{self.where}.variables.adf_routes"

@@ -21,9 +21,9 @@ flow configuration, so a host leaves them out of the manifest configuration laye
 ``adf_flows``             JSON ``{flow name: spec path inside the component}`` — the flows this
                           component runs (specs are mounted under ``/flows``)
 ``adf_routes``            JSON: for http, redis and mqtt ``{key: flow name}`` — the ``routes`` of
-                          :func:`handlers.invoke.handle_message`: the Redis channel, or the MQTT
+                          :func:`active_data_flow.handlers.invoke.handle_message`: the Redis channel, or the MQTT
                           topic filter (``+``/``#``); for HTTP the run path
-                          ``/flows/<flow>/run`` (informative: :func:`handlers.invoke.handle_http`
+                          ``/flows/<flow>/run`` (informative: :func:`active_data_flow.handlers.invoke.handle_http`
                           routes by path). For cron ``{flow name: interval seconds}``: the flows
                           each tick considers, due again that long after their last run
 ``adf_channel``           (redis) the channel this component is subscribed to
@@ -32,7 +32,7 @@ flow configuration, so a host leaves them out of the manifest configuration laye
 ``adf_log_level``         ``{{ log_level }}``
 ========================  ==================================================================
 
-Configuration variables follow :mod:`handlers.confignames` (the *manifest* layer):
+Configuration variables follow :mod:`active_data_flow.handlers.confignames` (the *manifest* layer):
 ``adf_json = "{{ adf_json }}"`` (a JSON object for every flow) and, per flow,
 ``adf_flow_<slug>_json = "{{ adf_flow_<slug>_json }}"``; a secret attribute a flow's spec sets
 (``spin_http.headers``…; not host attributes like ``address``/``url``, which
@@ -50,7 +50,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from spin_app.build import MIN_SPIN_VERSION as _BUILD_MIN_SPIN
+from active_data_flow.spin_app.build import MIN_SPIN_VERSION as _BUILD_MIN_SPIN
 
 TRIGGER_KINDS: tuple[str, ...] = ("http", "redis", "cron", "mqtt")
 #: The one ``.wasm`` file per trigger kind that ``adf spin build`` writes.
@@ -86,7 +86,7 @@ TEMPLATE_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 # (``adf spin manifest``, ``init`` and ``validate`` all run ``validate_manifest``). Each
 # refusal names its rule (:data:`RULES`) so a reader can find where it comes from.
 
-#: The oldest Spin the components run on, as a version tuple: :data:`spin_app.build.MIN_SPIN_VERSION`
+#: The oldest Spin the components run on, as a version tuple: :data:`active_data_flow.spin_app.build.MIN_SPIN_VERSION`
 #: (the components import ``spin:postgres@4.0.0``, first in Spin 3.4; ``tests/test_spin_imports.py``
 #: checks every built component's imports against it).
 MIN_SPIN_VERSION: tuple[int, int, int] = tuple(  # type: ignore[assignment]
@@ -160,10 +160,10 @@ def id_words(text: str) -> list[str]:
 
 
 def flow_slug(name: str) -> str:
-    """A flow name as it appears in variable names: :func:`handlers.confignames.flow_slug`
+    """A flow name as it appears in variable names: :func:`active_data_flow.handlers.confignames.flow_slug`
     (the components read their variables with it), always a valid Spin 3 snake-case word list.
     Two flows of one app with the same slug are refused (:func:`slug_collisions`)."""
-    from handlers.confignames import flow_slug as slug
+    from active_data_flow.handlers.confignames import flow_slug as slug
 
     return slug(name)
 

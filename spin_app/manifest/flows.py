@@ -15,10 +15,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import AdfError, SpecError
-from core.registry import Registry
-from core.spec import FlowSpec, load_spec_file, parse_spec
-from spin_app.manifest.conventions import FLOWS_MOUNT, flow_slug, glob_prefix, id_words, inside_path
+from active_data_flow.errors import AdfError, SpecError
+from active_data_flow.registry import Registry
+from active_data_flow.spec import FlowSpec, load_spec_file, parse_spec
+from active_data_flow.spin_app.manifest.conventions import (
+    FLOWS_MOUNT,
+    flow_slug,
+    glob_prefix,
+    id_words,
+    inside_path,
+)
 
 
 @dataclass
@@ -44,7 +50,7 @@ def load_flow_file(path: str) -> FlowFile:
     """Read and parse a spec file; :class:`SpecError` lists every problem.
 
     Connectors are not built here (``check_components=False``): the Spin-native types may not
-    be importable on the host; :func:`~spin_app.manifest.scan.check_flow_for_spin` checks types
+    be importable on the host; :func:`~active_data_flow.spin_app.manifest.scan.check_flow_for_spin` checks types
     and attributes.
     """
     abspath = os.path.abspath(path)
@@ -157,16 +163,16 @@ def _host_of(url: str) -> str | None:
 
 
 def spin_registry() -> Registry:
-    """A registry that knows the Spin-native connectors (``spin_app.connectors``) besides core's,
+    """A registry that knows the Spin-native connectors (``active_data_flow.spin_app.connectors``) besides core's,
     without changing the process-wide one."""
     import importlib
 
-    from core.sink import Sink
-    from core.source import Source
+    from active_data_flow.sink import Sink
+    from active_data_flow.source import Source
 
     reg = Registry()
     try:
-        connectors = importlib.import_module("spin_app.connectors")
+        connectors = importlib.import_module("active_data_flow.spin_app.connectors")
     except ImportError:
         return reg
     for obj in list(vars(connectors).values()):
@@ -176,9 +182,9 @@ def spin_registry() -> Registry:
         if not type_name:
             continue
         if issubclass(obj, Source):
-            reg.register("source", type_name, obj, origin="spin_app.connectors")
+            reg.register("source", type_name, obj, origin="active_data_flow.spin_app.connectors")
         elif issubclass(obj, Sink):
-            reg.register("sink", type_name, obj, origin="spin_app.connectors")
+            reg.register("sink", type_name, obj, origin="active_data_flow.spin_app.connectors")
     return reg
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spin_app.manifest.conventions import TEMPLATE_RE, glob_prefix, inside_path
+from active_data_flow.spin_app.manifest.conventions import TEMPLATE_RE, glob_prefix, inside_path
 
 
 @dataclass
@@ -74,7 +74,7 @@ def component_runtimes(path: str, *, environ: Mapping[str, str] | None = None,
                        overrides: Mapping[str, str] | None = None) -> list[ComponentRuntime]:
     """Every component of the manifest at ``path``, resolved for a local host.
 
-    Run :func:`~spin_app.manifest.validate.validate_manifest` first for readable errors; this raises ``ValueError``.
+    Run :func:`~active_data_flow.spin_app.manifest.validate.validate_manifest` first for readable errors; this raises ``ValueError``.
     """
     with open(path, "rb") as fh:
         doc = tomllib.load(fh)

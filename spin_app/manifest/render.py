@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.registry import Registry
-from spin_app.manifest.conventions import (
+from active_data_flow.registry import Registry
+from active_data_flow.spin_app.manifest.conventions import (
     DEFAULT_CRON_EXPRESSION,
     DEFAULT_MQTT_ADDRESS,
     DEFAULT_REDIS_ADDRESS,
@@ -26,7 +26,7 @@ from spin_app.manifest.conventions import (
     component_id,
     flow_slug,
 )
-from spin_app.manifest.flows import (
+from active_data_flow.spin_app.manifest.flows import (
     FlowFile,
     Mount,
     data_mounts,
@@ -34,9 +34,9 @@ from spin_app.manifest.flows import (
     secret_variables,
     spin_registry,
 )
-from spin_app.manifest.routes import HTTP_TRIGGER_ROUTE
-from spin_app.manifest.scan import find_module, is_installed_package, search_path
-from spin_app.manifest.toml_writer import TomlWriter
+from active_data_flow.spin_app.manifest.routes import HTTP_TRIGGER_ROUTE
+from active_data_flow.spin_app.manifest.scan import find_module, is_installed_package, search_path
+from active_data_flow.spin_app.manifest.toml_writer import TomlWriter
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _step_module_files(flow: FlowFile, manifest_dir: str) -> list[str]:
 
 def render_manifest(flows: Sequence[FlowFile], plan: Mapping[str, Mapping[str, str]],
                     options: ManifestOptions, manifest_dir: str, reg: Registry | None = None) -> str:
-    """The text of ``spin.toml`` for ``flows`` routed by ``plan`` (see :func:`~spin_app.manifest.routes.plan_routes`)."""
+    """The text of ``spin.toml`` for ``flows`` routed by ``plan`` (see :func:`~active_data_flow.spin_app.manifest.routes.plan_routes`)."""
     manifest_dir = os.path.abspath(manifest_dir)
     reg = reg or spin_registry()
     by_name = {f.name: f for f in flows}

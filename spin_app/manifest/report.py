@@ -10,7 +10,7 @@ from typing import Any
 
 @dataclass
 class ValidationReport:
-    """The result of :func:`~spin_app.manifest.validate.validate_manifest`."""
+    """The result of :func:`~active_data_flow.spin_app.manifest.validate.validate_manifest`."""
 
     manifest: str
     errors: list[str] = field(default_factory=list)
@@ -27,7 +27,7 @@ class ValidationReport:
     rule_errors: list[str] = field(default_factory=list)
     #: trigger kind -> ``adf_routes`` of its components (merged)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: component variables that feed the flows' configuration (not :data:`~spin_app.manifest.conventions.CONTROL_VARIABLES`)
+    #: component variables that feed the flows' configuration (not :data:`~active_data_flow.spin_app.manifest.conventions.CONTROL_VARIABLES`)
     config_variables: list[str] = field(default_factory=list)
     #: the default of the ``redis_address`` application variable
     redis_address: str | None = None

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spin_app.manifest.conventions import TRIGGER_KINDS
-from spin_app.manifest.flows import FlowFile
+from active_data_flow.spin_app.manifest.conventions import TRIGGER_KINDS
+from active_data_flow.spin_app.manifest.flows import FlowFile
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def mqtt_topic_problem(topic: str) -> str | None:
     return None
 
 
-#: The Spin route of the HTTP component: handlers.invoke.handle_http serves GET /flows,
+#: The Spin route of the HTTP component: active_data_flow.handlers.invoke.handle_http serves GET /flows,
 #: GET /flows/<name> and GET|POST /flows/<name>/run under it.
 HTTP_TRIGGER_ROUTE = "/flows/..."
 

@@ -2,7 +2,7 @@
 
 The keys each manifest table may hold, cron expressions (spin-trigger-cron), outbound hosts,
 store labels, variable names and ``files`` sources: each function answers why a value breaks
-its rule, or None. :mod:`spin_app.manifest.validate` applies them to a whole manifest.
+its rule, or None. :mod:`active_data_flow.spin_app.manifest.validate` applies them to a whole manifest.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from spin_app.manifest.conventions import DEFAULT_CRON_EXPRESSION, rule_note, spin_id_problem
+from active_data_flow.spin_app.manifest.conventions import DEFAULT_CRON_EXPRESSION, rule_note, spin_id_problem
 
 #: What an ``[application] name`` may be.
 APP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -41,7 +41,7 @@ APP_TRIGGER_KEYS: dict[str, frozenset[str]] = {
     "cron": frozenset(),
     "http": frozenset(),
 }
-#: The :data:`~spin_app.manifest.conventions.RULES` key of each trigger kind.
+#: The :data:`~active_data_flow.spin_app.manifest.conventions.RULES` key of each trigger kind.
 TRIGGER_RULE = {"http": "http", "redis": "redis", "cron": "cron", "mqtt": "mqtt"}
 
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from importlib.machinery import ModuleSpec, PathFinder
 from typing import Any
 
-from core.errors import AdfError, ConfigError
-from core.registry import Registry
-from core.spec import FlowSpec
-from spin_app.manifest.conventions import glob_prefix, inside_path
-from spin_app.manifest.flows import (
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.registry import Registry
+from active_data_flow.spec import FlowSpec
+from active_data_flow.spin_app.manifest.conventions import glob_prefix, inside_path
+from active_data_flow.spin_app.manifest.flows import (
     Findings,
     FlowFile,
     Mount,
@@ -121,7 +121,7 @@ DENIED_MODULES: dict[str, tuple[str, bool]] = {
     "subprocess": ("a component cannot start processes", False),
     "multiprocessing": ("a component cannot start processes", False),
 }
-_OWN_PACKAGES = {"core", "handlers", "spin_app"}
+_OWN_PACKAGES = {"active_data_flow"}
 
 
 def check_flow_for_spin(

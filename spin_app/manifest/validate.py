@@ -1,9 +1,9 @@
 """Checking a manifest (:func:`validate_manifest`): the one checker of Spin 3's rules and the
-pinned trigger plugins' rules (:data:`~spin_app.manifest.conventions.RULES`).
+pinned trigger plugins' rules (:data:`~active_data_flow.spin_app.manifest.conventions.RULES`).
 
 The document is checked table by table — the top level, ``[application]``, ``[variables]``,
 ``[application.trigger.<kind>]``, each ``[[trigger.<kind>]]`` entry (one checker per trigger
-kind) — then each component (:mod:`spin_app.manifest.components`), the variables nothing uses
+kind) — then each component (:mod:`active_data_flow.spin_app.manifest.components`), the variables nothing uses
 and flow names that map to one identifier.
 """
 
@@ -15,19 +15,19 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from core.registry import Registry
-from spin_app.manifest.components import ComponentScope, check_component
-from spin_app.manifest.conventions import (
+from active_data_flow.registry import Registry
+from active_data_flow.spin_app.manifest.components import ComponentScope, check_component
+from active_data_flow.spin_app.manifest.conventions import (
     DEFAULT_CRON_EXPRESSION,
     TRIGGER_KINDS,
     rule_note,
     slug_collisions,
     templates,
 )
-from spin_app.manifest.flows import FlowFile, spin_registry
-from spin_app.manifest.report import ValidationReport
-from spin_app.manifest.routes import http_route_problem, mqtt_topic_problem
-from spin_app.manifest.rules import (
+from active_data_flow.spin_app.manifest.flows import FlowFile, spin_registry
+from active_data_flow.spin_app.manifest.report import ValidationReport
+from active_data_flow.spin_app.manifest.routes import http_route_problem, mqtt_topic_problem
+from active_data_flow.spin_app.manifest.rules import (
     APP_NAME_RE,
     APP_TRIGGER_KEYS,
     APPLICATION_KEYS,
@@ -67,7 +67,7 @@ class _Checker:
 def validate_manifest(path: str, *, build_check: bool | None = True, reg: Registry | None = None,
                       text: str | None = None) -> ValidationReport:
     """Check a manifest and every flow it bundles; see ``adf spin validate``. The one checker of
-    Spin 3's rules (:data:`~spin_app.manifest.conventions.RULES`): the generator runs it on what
+    Spin 3's rules (:data:`~active_data_flow.spin_app.manifest.conventions.RULES`): the generator runs it on what
     it is about to write (``text``, read as if it were at ``path``) and refuses what it refuses.
 
     With ``build_check`` a missing component ``.wasm`` is an error, with False a warning, with

@@ -112,7 +112,7 @@ SPIN_KV_PREFIX = "conformance/"
 
 def spin_flows() -> list[dict[str, Any]]:
     spec = load_spec()
-    spec["python_path"] = [str(DATA)]  # what spin_app.build adds for a spec read from its file
+    spec["python_path"] = [str(DATA)]  # what active_data_flow.spin_app.build adds for a spec read from its file
     http = {**spec, "name": SPIN_HTTP_FLOW, "sink": {"type": "response"}}
     cron = {**spec, "name": SPIN_CRON_FLOW, "sink": {"type": "kv", "prefix": SPIN_KV_PREFIX, "key_field": "id"}}
     return [http, cron]
@@ -121,7 +121,7 @@ def spin_flows() -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def spin_components() -> dict[str, str]:
     """The HTTP and cron components with the conformance flows bundled (componentize-py)."""
-    from spin_app.build import build, source_digest
+    from active_data_flow.spin_app.build import build, source_digest
 
     flows = spin_flows()
     routes = {"cron": {SPIN_CRON_FLOW: 3600}}

@@ -80,7 +80,7 @@ _PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
 
 def _adf(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": _PYTHONPATH, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env=full, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "active_data_flow.cli", *args], cwd=ROOT, env=full, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -214,7 +214,7 @@ def _source_override(flow: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def spin_http(spin_components: dict[str, str], spin_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    from spin_app.host import HttpHost
+    from active_data_flow.spin_app.host import HttpHost
 
     state = tmp_path_factory.mktemp("spin-http")
     with HttpHost(spin_components["http"], state_dir=str(state), variables=_source_override(SPIN_HTTP_FLOW),
@@ -239,7 +239,7 @@ def _kv(state: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def spin_cron(spin_components: dict[str, str], spin_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    from spin_app.host import ComponentHost, SpinState
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
 
     state = tmp_path_factory.mktemp("spin-cron")
     host = ComponentHost(spin_components["cron"], state=SpinState(str(state), _source_override(SPIN_CRON_FLOW)),
@@ -267,14 +267,14 @@ def spin_cron(spin_components: dict[str, str], spin_data: Path, tmp_path_factory
 
 @pytest.fixture(scope="module")
 def flink(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
-    from flink_job.cli import flink_python
+    from active_data_flow.flink_job.cli import flink_python
 
     python = flink_python()
     if python is None:
         pytest.fail("PyFlink is not installed: run scripts/flink-setup")
     tmp = tmp_path_factory.mktemp("flink")
     out = tmp / "out.jsonl"
-    r = subprocess.run([python, "-m", "flink_job.job", str(SPEC), "--parallelism", "2", "--state-dir",
+    r = subprocess.run([python, "-m", "active_data_flow.flink_job.job", str(SPEC), "--parallelism", "2", "--state-dir",
                         str(tmp / "state"), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp),
                             "ADF__SINK__PATH": str(out)})

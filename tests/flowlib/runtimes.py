@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.engine import RunSummary
-from core.registry import registry
-from core.runtime import Runtime
-from core.spec import FlowSpec
-from core.step import build_steps
+from active_data_flow.engine import RunSummary
+from active_data_flow.registry import registry
+from active_data_flow.runtime import Runtime
+from active_data_flow.spec import FlowSpec
+from active_data_flow.step import build_steps
 
 
 class DryRun(Runtime):

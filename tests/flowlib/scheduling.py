@@ -70,15 +70,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _settings(settings: dict[str, Any]) -> Any:
-    from handlers.settings import Settings
+    from active_data_flow.handlers.settings import Settings
 
     return Settings(**settings)
 
 
 def worker_main(url: str, settings: dict[str, Any], stop: Any, worker_id: str | None = None, poll: float = 0.05) -> None:
     """A worker process: drains pending runs until ``stop`` is set."""
-    from handlers.schedule.sql import SqlScheduleStore
-    from handlers.scheduler import Worker
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.scheduler import Worker
 
     store = SqlScheduleStore(url)
     try:
@@ -91,8 +91,8 @@ def tick_main(url: str, settings: dict[str, Any], start: Any, results: Any, mode
     """A heartbeat client process: waits at the ``start`` barrier with its store open, then
     ticks until nothing is due (or ``max_ticks``), reporting each tick's (flows_due, run_ids)
     on ``results``."""
-    from handlers.schedule.sql import SqlScheduleStore
-    from handlers.scheduler import tick
+    from active_data_flow.handlers.schedule.sql import SqlScheduleStore
+    from active_data_flow.handlers.scheduler import tick
 
     store = SqlScheduleStore(url)
     try:

@@ -7,8 +7,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from core.attributes import Attribute
-from core.sink import Sink
+from active_data_flow.attributes import Attribute
+from active_data_flow.sink import Sink
 
 
 class _JsonlSink(Sink):

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from core.step import Routed, Step
+from active_data_flow.step import Routed, Step
 
 
 def double(record: dict[str, Any]) -> dict[str, Any]:

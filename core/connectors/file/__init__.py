@@ -1,7 +1,7 @@
 """File source and sink: local paths and ``s3://`` URLs, CSV / JSON array / JSON Lines.
 
 One package for both because they share what a file is here — paths and globs, formats,
-encodings, CSV options — while the parsing itself lives in :mod:`core.formats`.
+encodings, CSV options — while the parsing itself lives in :mod:`active_data_flow.formats`.
 
 ``file`` source
     ``{type: file, path: data/orders/*.csv}`` — ``path`` is a glob (``**`` crosses
@@ -20,13 +20,13 @@ encodings, CSV options — while the parsing itself lives in :mod:`core.formats`
 
     Malformed input never stops a run and is never dropped: every line is a record, part of
     one, a dead letter with its file, line and byte offset, or blank (skipped) — see
-    :mod:`core.formats` and docs/INPUT.md. ``max_field_bytes`` (default 64 MiB) is the
+    :mod:`active_data_flow.formats` and docs/INPUT.md. ``max_field_bytes`` (default 64 MiB) is the
     longest CSV field, quotes included, and the longest JSON line; a longer one, or a quoted
     field never closed, is a dead letter and reading goes on with the next line. Lines end at
     LF, CRLF or a lone CR. ``encoding`` (ASCII-compatible, default ``utf-8``) gives way to a
     byte-order mark: UTF-8, UTF-16 LE/BE and UTF-32 LE/BE files are read in their encoding.
     A CSV header that names a column twice fails the run with
-    :class:`~core.errors.SourceDataError` (rename the columns with ``columns``); an empty
+    :class:`~active_data_flow.errors.SourceDataError` (rename the columns with ``columns``); an empty
     name is kept as the field ``""``. An error while reading a file (it vanished, a network
     failure) is raised as :class:`FileReadError` naming the file and where reading stopped.
 
@@ -66,7 +66,7 @@ finding and reading files), ``splits`` (:class:`FileSplit`, :class:`FileSplitEnu
 ``source`` (:class:`FileSource`: configuration and cutting files into splits), ``reader``
 (:class:`FileSourceReader`) and ``sink`` (:class:`FileSink`). The names in ``__all__``, and
 the attribute checks ``ascii_character``, ``check_csv_config``, ``check_encoding`` and
-``check_size``, are importable from ``core.connectors.file`` itself; each module is imported
+``check_size``, are importable from ``active_data_flow.connectors.file`` itself; each module is imported
 when one of its names is first used.
 """
 
@@ -75,16 +75,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.connectors.file.options import ascii_character as ascii_character
-    from core.connectors.file.options import check_csv_config as check_csv_config
-    from core.connectors.file.options import check_encoding as check_encoding
-    from core.connectors.file.options import check_size as check_size
-    from core.connectors.file.options import parse_size
-    from core.connectors.file.paths import FileReadError, NoFilesError
-    from core.connectors.file.reader import FileSourceReader
-    from core.connectors.file.sink import FileSink
-    from core.connectors.file.source import FileSource
-    from core.connectors.file.splits import FileSplit, FileSplitEnumerator
+    from active_data_flow.connectors.file.options import ascii_character as ascii_character
+    from active_data_flow.connectors.file.options import check_csv_config as check_csv_config
+    from active_data_flow.connectors.file.options import check_encoding as check_encoding
+    from active_data_flow.connectors.file.options import check_size as check_size
+    from active_data_flow.connectors.file.options import parse_size
+    from active_data_flow.connectors.file.paths import FileReadError, NoFilesError
+    from active_data_flow.connectors.file.reader import FileSourceReader
+    from active_data_flow.connectors.file.sink import FileSink
+    from active_data_flow.connectors.file.source import FileSource
+    from active_data_flow.connectors.file.splits import FileSplit, FileSplitEnumerator
 
 __all__ = [
     "FileReadError",
@@ -102,27 +102,27 @@ def __getattr__(name: str) -> Any:
     # A name's module is imported when the name is first asked for (a Spin component's build
     # imports them all: the file source runs inside components).
     if name == "FileSource":
-        from core.connectors.file import source
+        from active_data_flow.connectors.file import source
 
         return source.FileSource
     if name == "FileSourceReader":
-        from core.connectors.file import reader
+        from active_data_flow.connectors.file import reader
 
         return reader.FileSourceReader
     if name in ("FileSplit", "FileSplitEnumerator"):
-        from core.connectors.file import splits
+        from active_data_flow.connectors.file import splits
 
         return getattr(splits, name)
     if name == "FileSink":
-        from core.connectors.file import sink
+        from active_data_flow.connectors.file import sink
 
         return sink.FileSink
     if name in ("FileReadError", "NoFilesError"):
-        from core.connectors.file import paths
+        from active_data_flow.connectors.file import paths
 
         return getattr(paths, name)
     if name in ("ascii_character", "check_csv_config", "check_encoding", "check_size", "parse_size"):
-        from core.connectors.file import options
+        from active_data_flow.connectors.file import options
 
         return getattr(options, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

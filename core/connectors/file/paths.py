@@ -13,9 +13,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from core.connectors import s3
-from core.errors import AdfError, ConfigError
-from core.formats import open_range
+from active_data_flow.connectors import s3
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.formats import open_range
 
 #: The split id of a byte range is ``<path>#bytes=<start>-<end>``.
 RANGE_MARK = "#bytes="

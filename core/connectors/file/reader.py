@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from core.connectors.file.paths import FileReadError
-from core.connectors.file.splits import FileSplit
-from core.errors import AdfError, SourceDataError
-from core.formats import (
+from active_data_flow.connectors.file.paths import FileReadError
+from active_data_flow.connectors.file.splits import FileSplit
+from active_data_flow.errors import AdfError, SourceDataError
+from active_data_flow.formats import (
     CsvOptions,
     ReadResult,
     TextLines,
@@ -24,10 +24,17 @@ from core.formats import (
     read_jsonl,
     split_json_elements,
 )
-from core.source import Origins, ReaderBatch, ReaderStatus, SourceReaderContext, Split, SplitReader
+from active_data_flow.source import (
+    Origins,
+    ReaderBatch,
+    ReaderStatus,
+    SourceReaderContext,
+    Split,
+    SplitReader,
+)
 
 if TYPE_CHECKING:
-    from core.connectors.file.source import FileSource
+    from active_data_flow.connectors.file.source import FileSource
 
 
 class FileSourceReader(SplitReader):
@@ -35,11 +42,11 @@ class FileSourceReader(SplitReader):
 
     After every batch ``split.position`` is the offset and line number just after the last
     line returned, so a snapshot resumes exactly there. Each batch says where its records
-    came from (:class:`~core.source.Origins`): ``{"file", "line"}`` with the record's first
+    came from (:class:`~active_data_flow.source.Origins`): ``{"file", "line"}`` with the record's first
     line (``{"file", "index"}`` for a JSON array element; ``{"file", "offset"}``, the byte
     offset of the line, in a JSON Lines byte range whose first line number is not counted).
     An error while reading is raised as :class:`FileReadError` or
-    :class:`~core.errors.SourceDataError`, naming the file and the line.
+    :class:`~active_data_flow.errors.SourceDataError`, naming the file and the line.
     """
 
     def __init__(self, context: SourceReaderContext, source: FileSource) -> None:

@@ -13,11 +13,11 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute, one_character
-from core.connectors import s3
-from core.connectors.file.options import check_encoding
-from core.errors import ConfigError
-from core.formats import (
+from active_data_flow.attributes import Attribute, one_character
+from active_data_flow.connectors import s3
+from active_data_flow.connectors.file.options import check_encoding
+from active_data_flow.errors import ConfigError
+from active_data_flow.formats import (
     CsvEncoder,
     CsvOptions,
     encode_jsonl,
@@ -27,8 +27,8 @@ from core.formats import (
     read_csv_header,
     skip_bom,
 )
-from core.record import Record
-from core.sink import Sink
+from active_data_flow.record import Record
+from active_data_flow.sink import Sink
 
 
 def _sink_format(path: str) -> str | None:

@@ -2,7 +2,7 @@
 
 :class:`FileSource` reads its configuration, finds its files and cuts each into splits (byte
 ranges whose boundaries are record starts, with ``split_bytes``); its reader is
-:class:`~core.connectors.file.reader.FileSourceReader`.
+:class:`~active_data_flow.connectors.file.reader.FileSourceReader`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute
-from core.connectors import s3
-from core.connectors.file.options import (
+from active_data_flow.attributes import Attribute
+from active_data_flow.connectors import s3
+from active_data_flow.connectors.file.options import (
     ascii_character,
     check_csv_config,
     check_encoding,
@@ -21,11 +21,11 @@ from core.connectors.file.options import (
     check_size,
     parse_size,
 )
-from core.connectors.file.paths import RANGE_MARK, FileReadError, match_files, open_path
-from core.connectors.file.reader import FileSourceReader
-from core.connectors.file.splits import FileSplit, FileSplitEnumerator
-from core.errors import AdfError, ConfigError
-from core.formats import (
+from active_data_flow.connectors.file.paths import RANGE_MARK, FileReadError, match_files, open_path
+from active_data_flow.connectors.file.reader import FileSourceReader
+from active_data_flow.connectors.file.splits import FileSplit, FileSplitEnumerator
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.formats import (
     DEFAULT_MAX_FIELD_BYTES,
     FORMATS,
     CsvOptions,
@@ -35,7 +35,7 @@ from core.formats import (
     format_from_path,
     normalize_encoding,
 )
-from core.source import (
+from active_data_flow.source import (
     Boundedness,
     Source,
     SourceReader,

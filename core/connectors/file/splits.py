@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.connectors.file.paths import NoFilesError, split_path
-from core.source import Split, SplitEnumeratorContext, StaticSplitEnumerator
+from active_data_flow.connectors.file.paths import NoFilesError, split_path
+from active_data_flow.source import Split, SplitEnumeratorContext, StaticSplitEnumerator
 
 if TYPE_CHECKING:
-    from core.connectors.file.source import FileSource
+    from active_data_flow.connectors.file.source import FileSource
 
 
 @dataclass

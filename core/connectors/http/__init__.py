@@ -50,7 +50,7 @@
     fail the run (:class:`HttpSinkError`; the checkpoint lets the next run resume); 401 and
     403 fail the run at once (:class:`HttpAuthError`: credentials are a configuration
     matter). Any other 4xx raises :class:`HttpRejected`, a
-    :class:`~core.errors.RecordValidationError`: the engine then writes the batch's records
+    :class:`~active_data_flow.errors.RecordValidationError`: the engine then writes the batch's records
     one by one and dead-letters those the server refuses, with the status and the body of
     the answer. Records of the batch that the server already took are not sent again
     while the engine isolates the refused ones.
@@ -64,8 +64,8 @@ The modules: ``common`` (what the source and the sink share: the ``auth``, ``hea
 timeout and retry attributes and the client they configure), ``paging`` (the pagination
 kinds, JSON paths, ``Link`` headers, query parameters), ``source`` (:class:`HttpSplit`,
 :class:`HttpSource`, its enumerator and reader) and ``sink`` (:class:`HttpSink` and its
-errors). The HTTP client itself is :mod:`core.http_client`. The names in ``__all__``, and
-:func:`with_params`, are importable from ``core.connectors.http`` itself; each module is
+errors). The HTTP client itself is :mod:`active_data_flow.http_client`. The names in ``__all__``, and
+:func:`with_params`, are importable from ``active_data_flow.connectors.http`` itself; each module is
 imported when one of its names is first used.
 """
 
@@ -74,11 +74,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.connectors.http.paging import json_path, parse_link_header
-    from core.connectors.http.paging import with_params as with_params
-    from core.connectors.http.sink import HttpAuthError, HttpRejected, HttpSink, HttpSinkError
-    from core.connectors.http.source import HttpSource, HttpSourceError, HttpSplit
-    from core.retry import retry_after_seconds
+    from active_data_flow.connectors.http.paging import json_path, parse_link_header
+    from active_data_flow.connectors.http.paging import with_params as with_params
+    from active_data_flow.connectors.http.sink import HttpAuthError, HttpRejected, HttpSink, HttpSinkError
+    from active_data_flow.connectors.http.source import HttpSource, HttpSourceError, HttpSplit
+    from active_data_flow.retry import retry_after_seconds
 
 __all__ = [
     "HttpAuthError",
@@ -99,19 +99,19 @@ def __getattr__(name: str) -> Any:
     # imports every package it walks, this one included, and leaves the HTTP modules out (they
     # need sockets): there, asking for a name fails as a module that is not part of the build.
     if name in ("HttpSource", "HttpSourceError", "HttpSplit"):
-        from core.connectors.http import source
+        from active_data_flow.connectors.http import source
 
         return getattr(source, name)
     if name in ("HttpAuthError", "HttpRejected", "HttpSink", "HttpSinkError"):
-        from core.connectors.http import sink
+        from active_data_flow.connectors.http import sink
 
         return getattr(sink, name)
     if name in ("json_path", "parse_link_header", "with_params"):
-        from core.connectors.http import paging
+        from active_data_flow.connectors.http import paging
 
         return getattr(paging, name)
     if name == "retry_after_seconds":
-        from core.retry import retry_after_seconds
+        from active_data_flow.retry import retry_after_seconds
 
         return retry_after_seconds
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

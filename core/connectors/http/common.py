@@ -1,7 +1,7 @@
 """What the ``http`` source and sink share: credentials, headers, retries and their client.
 
 :data:`COMMON_ATTRIBUTES` are the attributes of both (headers, auth, timeout and retries);
-:func:`make_client` configures a :class:`~core.http_client.HttpClient` from them.
+:func:`make_client` configures a :class:`~active_data_flow.http_client.HttpClient` from them.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from core.attributes import Attribute
-from core.http_client import HttpClient
+from active_data_flow.attributes import Attribute
+from active_data_flow.http_client import HttpClient
 
 _USER_AGENT = "active-data-flow/0.1"
 _AUTH_KEYS = {"bearer": ("token",), "basic": ("username", "password"), "header": ("name", "value")}

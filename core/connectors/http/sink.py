@@ -11,13 +11,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute, at_least_one
-from core.connectors.http.common import COMMON_ATTRIBUTES, answer_snippet, check_url, make_client
-from core.errors import ConfigError, RecordValidationError, SinkUnavailableError
-from core.http_client import HttpNetworkError, is_retryable_status
-from core.record import Record
-from core.redact import redact_text
-from core.sink import Sink
+from active_data_flow.attributes import Attribute, at_least_one
+from active_data_flow.connectors.http.common import COMMON_ATTRIBUTES, answer_snippet, check_url, make_client
+from active_data_flow.errors import ConfigError, RecordValidationError, SinkUnavailableError
+from active_data_flow.http_client import HttpNetworkError, is_retryable_status
+from active_data_flow.record import Record
+from active_data_flow.redact import redact_text
+from active_data_flow.sink import Sink
 
 
 class HttpSinkError(SinkUnavailableError):

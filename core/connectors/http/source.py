@@ -1,7 +1,7 @@
 """The ``http`` source: records from a paginated JSON API, in page splits when the total is known.
 
 :class:`HttpSource` builds each page's request and reads its answer (the pagination kinds of
-:mod:`core.connectors.http.paging`), plans the splits and keeps the incremental value; its
+:mod:`active_data_flow.connectors.http.paging`), plans the splits and keeps the incremental value; its
 reader hands out a page's records over as many polls as they need.
 """
 
@@ -18,21 +18,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.attributes import Attribute, at_least_one
-from core.connectors.http.common import COMMON_ATTRIBUTES, answer_snippet, check_url, make_client
-from core.connectors.http.paging import (
+from active_data_flow.attributes import Attribute, at_least_one
+from active_data_flow.connectors.http.common import COMMON_ATTRIBUTES, answer_snippet, check_url, make_client
+from active_data_flow.connectors.http.paging import (
     PAGINATION_KEYS,
     check_pagination,
     json_path,
     parse_link_header,
     with_params,
 )
-from core.errors import AdfError, ConfigError
-from core.http_client import HttpNetworkError, HttpResponse
-from core.logs import get_logger, log_event
-from core.record import DeadLetter, Record
-from core.redact import redact_text
-from core.source import (
+from active_data_flow.errors import AdfError, ConfigError
+from active_data_flow.http_client import HttpNetworkError, HttpResponse
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.record import DeadLetter, Record
+from active_data_flow.redact import redact_text
+from active_data_flow.source import (
     ReaderBatch,
     ReaderStatus,
     Source,
@@ -153,7 +153,7 @@ class HttpSource(Source):
         store = self.run_context.store
         if store is not None:
             return use(store)
-        from core.state import open_state_store
+        from active_data_flow.state import open_state_store
 
         with open_state_store(None) as own:
             return use(own)

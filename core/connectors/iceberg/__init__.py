@@ -1,7 +1,7 @@
 """Apache Iceberg tables through pyiceberg: the ``iceberg`` sink and the ``iceberg`` source.
 
 pyiceberg and pyarrow (extra ``iceberg``) are imported when a connector first touches a
-catalog, never at import time; without them :class:`~core.errors.MissingExtraError` names
+catalog, never at import time; without them :class:`~active_data_flow.errors.MissingExtraError` names
 the extra. See ``docs/ICEBERG.md`` for the user guide.
 
 Catalog
@@ -42,7 +42,7 @@ The modules: ``catalog`` (loading pyiceberg, the catalog properties, the attribu
 catalog and table loading the sink and the source share), ``schema`` (column type names,
 partitions, the types of a new table), ``values`` (record values to Arrow and back), ``sink``
 (:class:`IcebergSink`) and ``source`` (:class:`IcebergSplit`, :class:`IcebergSource`, its
-enumerator and reader). The names in ``__all__`` are importable from ``core.connectors.iceberg``
+enumerator and reader). The names in ``__all__`` are importable from ``active_data_flow.connectors.iceberg``
 itself; each module is imported when one of its names is first used.
 """
 
@@ -51,10 +51,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.connectors.iceberg.catalog import catalog_properties
-    from core.connectors.iceberg.schema import parse_partition, parse_type
-    from core.connectors.iceberg.sink import IcebergSink
-    from core.connectors.iceberg.source import IcebergSource, IcebergSplit
+    from active_data_flow.connectors.iceberg.catalog import catalog_properties
+    from active_data_flow.connectors.iceberg.schema import parse_partition, parse_type
+    from active_data_flow.connectors.iceberg.sink import IcebergSink
+    from active_data_flow.connectors.iceberg.source import IcebergSource, IcebergSplit
 
 __all__ = [
     "IcebergSink",
@@ -71,19 +71,19 @@ def __getattr__(name: str) -> Any:
     # imports every package it walks, this one included, and leaves the Iceberg modules out
     # (they need pyiceberg): there, asking for a name fails as a module that is not part of the build.
     if name == "IcebergSink":
-        from core.connectors.iceberg import sink
+        from active_data_flow.connectors.iceberg import sink
 
         return sink.IcebergSink
     if name in ("IcebergSource", "IcebergSplit"):
-        from core.connectors.iceberg import source
+        from active_data_flow.connectors.iceberg import source
 
         return getattr(source, name)
     if name == "catalog_properties":
-        from core.connectors.iceberg import catalog
+        from active_data_flow.connectors.iceberg import catalog
 
         return catalog.catalog_properties
     if name in ("parse_partition", "parse_type"):
-        from core.connectors.iceberg import schema
+        from active_data_flow.connectors.iceberg import schema
 
         return getattr(schema, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

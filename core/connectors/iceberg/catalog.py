@@ -13,9 +13,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from core.attributes import Attribute
-from core.errors import ConfigError, MissingExtraError
-from core.redact import redact_text
+from active_data_flow.attributes import Attribute
+from active_data_flow.errors import ConfigError, MissingExtraError
+from active_data_flow.redact import redact_text
 
 __all__ = [
     "CATALOG_ATTRIBUTES",
@@ -90,7 +90,7 @@ def _local_dir(location: str) -> str:
 
 
 def _state_root() -> str:
-    from core.engine import default_state_root
+    from active_data_flow.engine import default_state_root
 
     return default_state_root()
 

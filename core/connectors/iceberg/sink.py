@@ -15,9 +15,14 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute, checked_init, column_names
-from core.connectors.iceberg.catalog import CATALOG_ATTRIBUTES, CatalogUser, import_pyarrow, import_pyiceberg
-from core.connectors.iceberg.schema import (
+from active_data_flow.attributes import Attribute, checked_init, column_names
+from active_data_flow.connectors.iceberg.catalog import (
+    CATALOG_ATTRIBUTES,
+    CatalogUser,
+    import_pyarrow,
+    import_pyiceberg,
+)
+from active_data_flow.connectors.iceberg.schema import (
     arrow_type,
     as_names,
     check_partition,
@@ -26,12 +31,12 @@ from core.connectors.iceberg.schema import (
     parse_partition,
     parse_type,
 )
-from core.connectors.iceberg.values import json_text, value_writer
-from core.errors import ConfigError, RecordValidationError
-from core.logs import get_logger
-from core.record import Record
-from core.retry import RetriesExhausted, RetryPolicy, retry_call
-from core.sink import Sink
+from active_data_flow.connectors.iceberg.values import json_text, value_writer
+from active_data_flow.errors import ConfigError, RecordValidationError
+from active_data_flow.logs import get_logger
+from active_data_flow.record import Record
+from active_data_flow.retry import RetriesExhausted, RetryPolicy, retry_call
+from active_data_flow.sink import Sink
 
 __all__ = ["IcebergSink"]
 
@@ -62,7 +67,7 @@ class IcebergSink(CatalogUser, Sink):
       bool → boolean, datetime → timestamp/timestamptz, date, time, bytes → binary,
       everything else — str, Decimal, UUID, dict/list as JSON text — string; a field null
       in the whole first batch is string) unless ``types`` names the type;
-    * a record field the table lacks raises :class:`~core.errors.RecordValidationError`
+    * a record field the table lacks raises :class:`~active_data_flow.errors.RecordValidationError`
       naming it and listing the table's columns; a value that cannot be stored in its
       column raises it naming the field (ISO strings are accepted for timestamp, date and
       time columns, digit strings for numbers and decimals, base64 for binary);

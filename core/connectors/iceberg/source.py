@@ -12,13 +12,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.attributes import Attribute, checked_init, column_names
-from core.connectors.iceberg.catalog import CATALOG_ATTRIBUTES, CatalogUser, import_pyarrow, import_pyiceberg
-from core.connectors.iceberg.schema import as_names
-from core.connectors.iceberg.values import batch_records
-from core.errors import ConfigError
-from core.record import Record
-from core.source import (
+from active_data_flow.attributes import Attribute, checked_init, column_names
+from active_data_flow.connectors.iceberg.catalog import (
+    CATALOG_ATTRIBUTES,
+    CatalogUser,
+    import_pyarrow,
+    import_pyiceberg,
+)
+from active_data_flow.connectors.iceberg.schema import as_names
+from active_data_flow.connectors.iceberg.values import batch_records
+from active_data_flow.errors import ConfigError
+from active_data_flow.record import Record
+from active_data_flow.source import (
     ReaderBatch,
     ReaderStatus,
     Source,

@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from core.codec import codec
-from core.record import Record
+from active_data_flow.codec import codec
+from active_data_flow.record import Record
 
 __all__ = ["batch_records", "json_text", "value_writer"]
 

@@ -39,7 +39,7 @@ The modules: ``client`` (keys, errors, the connection: what every client shares)
 (:class:`Admin`), ``producer`` (:class:`Producer`), ``consumer`` (:class:`Consumer` and entry
 decoding) talk to Redis and know nothing of the engine; ``source`` and ``sink`` are the
 connectors built on them, ``checks`` their shared attribute checks. The names in ``__all__``
-are importable from ``core.connectors.rafka`` itself; each module is imported when one of
+are importable from ``active_data_flow.connectors.rafka`` itself; each module is imported when one of
 its names is first used.
 """
 
@@ -48,8 +48,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.connectors.rafka.admin import Admin
-    from core.connectors.rafka.client import (
+    from active_data_flow.connectors.rafka.admin import Admin
+    from active_data_flow.connectors.rafka.client import (
         DEFAULT_URL,
         URL_ENV,
         RafkaError,
@@ -63,10 +63,15 @@ if TYPE_CHECKING:
         partition_for,
         stream_key,
     )
-    from core.connectors.rafka.consumer import Consumer, ConsumerRecord
-    from core.connectors.rafka.producer import Producer, RecordMetadata
-    from core.connectors.rafka.sink import RafkaSink
-    from core.connectors.rafka.source import RafkaSource, RafkaSourceReader, RafkaSplit, RafkaSplitEnumerator
+    from active_data_flow.connectors.rafka.consumer import Consumer, ConsumerRecord
+    from active_data_flow.connectors.rafka.producer import Producer, RecordMetadata
+    from active_data_flow.connectors.rafka.sink import RafkaSink
+    from active_data_flow.connectors.rafka.source import (
+        RafkaSource,
+        RafkaSourceReader,
+        RafkaSplit,
+        RafkaSplitEnumerator,
+    )
 
 __all__ = [
     "DEFAULT_URL",
@@ -99,27 +104,27 @@ def __getattr__(name: str) -> Any:
     # imports every package it walks, this one included, and leaves the Rafka modules out (they
     # need sockets): there, asking for a name fails as a module that is not part of the build.
     if name == "Admin":
-        from core.connectors.rafka import admin
+        from active_data_flow.connectors.rafka import admin
 
         return admin.Admin
     if name in ("Consumer", "ConsumerRecord"):
-        from core.connectors.rafka import consumer
+        from active_data_flow.connectors.rafka import consumer
 
         return getattr(consumer, name)
     if name in ("Producer", "RecordMetadata"):
-        from core.connectors.rafka import producer
+        from active_data_flow.connectors.rafka import producer
 
         return getattr(producer, name)
     if name in ("RafkaSource", "RafkaSourceReader", "RafkaSplit", "RafkaSplitEnumerator"):
-        from core.connectors.rafka import source
+        from active_data_flow.connectors.rafka import source
 
         return getattr(source, name)
     if name == "RafkaSink":
-        from core.connectors.rafka import sink
+        from active_data_flow.connectors.rafka import sink
 
         return sink.RafkaSink
     if name in __all__:
-        from core.connectors.rafka import client
+        from active_data_flow.connectors.rafka import client
 
         return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from core.connectors.rafka.client import (
+from active_data_flow.connectors.rafka.client import (
     KEY_PREFIX,
     ClientOwner,
     RafkaError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.connectors.rafka.client import TOPIC_RE
+from active_data_flow.connectors.rafka.client import TOPIC_RE
 
 __all__ = ["check_positive", "topic_check"]
 

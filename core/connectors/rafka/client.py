@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-from core.errors import AdfError, MissingExtraError
+from active_data_flow.errors import AdfError, MissingExtraError
 
 __all__ = [
     "DEFAULT_URL",

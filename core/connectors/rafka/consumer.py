@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.codec import codec
-from core.connectors.rafka.client import (
+from active_data_flow.codec import codec
+from active_data_flow.connectors.rafka.client import (
     ClientOwner,
     RafkaError,
     UnknownTopicError,

@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from core.codec import codec
-from core.connectors.rafka.client import (
+from active_data_flow.codec import codec
+from active_data_flow.connectors.rafka.client import (
     ClientOwner,
     RafkaError,
     TopicMeta,

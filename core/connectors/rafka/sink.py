@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.attributes import Attribute
-from core.connectors.rafka.admin import Admin
-from core.connectors.rafka.checks import check_positive, topic_check
-from core.connectors.rafka.client import UnknownTopicError, default_url, meta_key, redis_module
-from core.connectors.rafka.producer import Producer
-from core.errors import ConfigError, RecordValidationError
-from core.record import Record
-from core.redact import redact_text
-from core.sink import Sink
+from active_data_flow.attributes import Attribute
+from active_data_flow.connectors.rafka.admin import Admin
+from active_data_flow.connectors.rafka.checks import check_positive, topic_check
+from active_data_flow.connectors.rafka.client import UnknownTopicError, default_url, meta_key, redis_module
+from active_data_flow.connectors.rafka.producer import Producer
+from active_data_flow.errors import ConfigError, RecordValidationError
+from active_data_flow.record import Record
+from active_data_flow.redact import redact_text
+from active_data_flow.sink import Sink
 
 __all__ = ["RafkaSink"]
 

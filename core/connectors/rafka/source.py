@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.attributes import Attribute, not_negative
-from core.codec import codec
-from core.connectors.rafka.checks import check_positive, topic_check
-from core.connectors.rafka.client import (
+from active_data_flow.attributes import Attribute, not_negative
+from active_data_flow.codec import codec
+from active_data_flow.connectors.rafka.checks import check_positive, topic_check
+from active_data_flow.connectors.rafka.client import (
     UnknownTopicError,
     as_text,
     connect,
@@ -36,11 +36,11 @@ from core.connectors.rafka.client import (
     reply_streams,
     stream_key,
 )
-from core.connectors.rafka.consumer import decode_entry, raw_fields
-from core.logs import get_logger, log_event
-from core.record import DeadLetter, Record
-from core.redact import redact_text
-from core.source import (
+from active_data_flow.connectors.rafka.consumer import decode_entry, raw_fields
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.record import DeadLetter, Record
+from active_data_flow.redact import redact_text
+from active_data_flow.source import (
     Boundedness,
     Origins,
     ReaderBatch,

@@ -40,7 +40,7 @@ Connection (both)
 The modules: ``session`` (the SSH session both share: :class:`SftpConnection`, its
 attributes and errors, and a remote file read as a stream), ``source`` (:class:`SftpSource`,
 built on the ``file`` source) and ``sink`` (:class:`SftpSink`). The names in ``__all__``, and
-``CONNECTION_ATTRIBUTES``, are importable from ``core.connectors.sftp`` itself; each module is
+``CONNECTION_ATTRIBUTES``, are importable from ``active_data_flow.connectors.sftp`` itself; each module is
 imported when one of its names is first used.
 """
 
@@ -49,10 +49,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.connectors.sftp.session import CONNECTION_ATTRIBUTES as CONNECTION_ATTRIBUTES
-    from core.connectors.sftp.session import SftpAuthError, SftpConnection, SftpError, SftpHostKeyError
-    from core.connectors.sftp.sink import SftpSink
-    from core.connectors.sftp.source import SftpSource
+    from active_data_flow.connectors.sftp.session import CONNECTION_ATTRIBUTES as CONNECTION_ATTRIBUTES
+    from active_data_flow.connectors.sftp.session import (
+        SftpAuthError,
+        SftpConnection,
+        SftpError,
+        SftpHostKeyError,
+    )
+    from active_data_flow.connectors.sftp.sink import SftpSink
+    from active_data_flow.connectors.sftp.source import SftpSource
 
 __all__ = [
     "SftpAuthError",
@@ -69,15 +74,15 @@ def __getattr__(name: str) -> Any:
     # imports every package it walks, this one included, and leaves the SFTP modules out (they
     # need paramiko and sockets): there, asking for a name fails as a module that is not part of the build.
     if name == "SftpSource":
-        from core.connectors.sftp import source
+        from active_data_flow.connectors.sftp import source
 
         return source.SftpSource
     if name == "SftpSink":
-        from core.connectors.sftp import sink
+        from active_data_flow.connectors.sftp import sink
 
         return sink.SftpSink
     if name in ("CONNECTION_ATTRIBUTES", "SftpAuthError", "SftpConnection", "SftpError", "SftpHostKeyError"):
-        from core.connectors.sftp import session
+        from active_data_flow.connectors.sftp import session
 
         return getattr(session, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,9 +20,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from core.attributes import Attribute
-from core.errors import AdfError, ConfigError, MissingExtraError
-from core.logs import get_logger, log_event
+from active_data_flow.attributes import Attribute
+from active_data_flow.errors import AdfError, ConfigError, MissingExtraError
+from active_data_flow.logs import get_logger, log_event
 
 _log = get_logger("connectors.sftp")
 _WINDOW = 1 << 20  # bytes requested at once (pipelined 32 KiB reads)

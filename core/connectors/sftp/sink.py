@@ -11,11 +11,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, cast
 
-from core.attributes import Attribute, one_character
-from core.connectors.file.options import check_encoding
-from core.connectors.sftp.session import CONNECTION_ATTRIBUTES, SftpConnection, SftpError, SftpRaw
-from core.errors import ConfigError
-from core.formats import (
+from active_data_flow.attributes import Attribute, one_character
+from active_data_flow.connectors.file.options import check_encoding
+from active_data_flow.connectors.sftp.session import CONNECTION_ATTRIBUTES, SftpConnection, SftpError, SftpRaw
+from active_data_flow.errors import ConfigError
+from active_data_flow.formats import (
     CsvEncoder,
     CsvOptions,
     encode_jsonl,
@@ -25,9 +25,9 @@ from core.formats import (
     read_csv_header,
     skip_bom,
 )
-from core.logs import get_logger, log_event
-from core.record import Record
-from core.sink import Sink
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.record import Record
+from active_data_flow.sink import Sink
 
 _log = get_logger("connectors.sftp")
 

@@ -9,21 +9,27 @@ import stat
 from collections.abc import Mapping
 from typing import IO, Any, cast
 
-from core.attributes import Attribute
-from core.connectors.file.options import (
+from active_data_flow.attributes import Attribute
+from active_data_flow.connectors.file.options import (
     ascii_character,
     check_csv_config,
     check_encoding,
     check_size,
     parse_size,
 )
-from core.connectors.file.reader import FileSourceReader
-from core.connectors.file.source import FileSource
-from core.connectors.file.splits import FileSplitEnumerator
-from core.connectors.sftp.session import CONNECTION_ATTRIBUTES, SftpConnection, SftpError, SftpRaw
-from core.errors import ConfigError
-from core.formats import DEFAULT_MAX_FIELD_BYTES, FORMATS, format_from_path, normalize_encoding, open_range
-from core.source import (
+from active_data_flow.connectors.file.reader import FileSourceReader
+from active_data_flow.connectors.file.source import FileSource
+from active_data_flow.connectors.file.splits import FileSplitEnumerator
+from active_data_flow.connectors.sftp.session import CONNECTION_ATTRIBUTES, SftpConnection, SftpError, SftpRaw
+from active_data_flow.errors import ConfigError
+from active_data_flow.formats import (
+    DEFAULT_MAX_FIELD_BYTES,
+    FORMATS,
+    format_from_path,
+    normalize_encoding,
+    open_range,
+)
+from active_data_flow.source import (
     Source,
     SourceReader,
     SourceReaderContext,

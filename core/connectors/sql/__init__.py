@@ -2,7 +2,7 @@
 
 SQLAlchemy (extra ``sql``) and a driver — psycopg for PostgreSQL (extra ``postgres``), the
 standard library's sqlite3 for SQLite — are imported when a connector first connects, never
-at import time; without them :class:`~core.errors.MissingExtraError` names the extra.
+at import time; without them :class:`~active_data_flow.errors.MissingExtraError` names the extra.
 
 URLs are SQLAlchemy URLs: ``sqlite:///out.db`` (relative to the working directory; the
 parent directory is created), ``sqlite:////abs/out.db``,
@@ -45,7 +45,7 @@ The modules: ``engine`` (importing SQLAlchemy, URLs, engine creation: what the s
 source share), ``sink`` (:class:`SqlSink`: column types, value conversions, insert and
 upsert) and ``source`` (:class:`SqlRangeSplit`, :class:`SqlSource`, its enumerator and
 reader, cursor values). The names in ``__all__``, and :func:`normalise_url` and
-:func:`begin_immediate`, are importable from ``core.connectors.sql`` itself; each module is
+:func:`begin_immediate`, are importable from ``active_data_flow.connectors.sql`` itself; each module is
 imported when one of its names is first used.
 """
 
@@ -54,10 +54,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.connectors.sql.engine import begin_immediate as begin_immediate
-    from core.connectors.sql.engine import normalise_url as normalise_url
-    from core.connectors.sql.sink import SqlSink
-    from core.connectors.sql.source import SqlRangeSplit, SqlSource
+    from active_data_flow.connectors.sql.engine import begin_immediate as begin_immediate
+    from active_data_flow.connectors.sql.engine import normalise_url as normalise_url
+    from active_data_flow.connectors.sql.sink import SqlSink
+    from active_data_flow.connectors.sql.source import SqlRangeSplit, SqlSource
 
 __all__ = ["SqlRangeSplit", "SqlSink", "SqlSource"]
 
@@ -67,15 +67,15 @@ def __getattr__(name: str) -> Any:
     # imports every package it walks, this one included, and leaves the SQL modules out (they
     # need SQLAlchemy): there, asking for a name fails as a module that is not part of the build.
     if name == "SqlSink":
-        from core.connectors.sql import sink
+        from active_data_flow.connectors.sql import sink
 
         return sink.SqlSink
     if name in ("SqlRangeSplit", "SqlSource"):
-        from core.connectors.sql import source
+        from active_data_flow.connectors.sql import source
 
         return getattr(source, name)
     if name in ("begin_immediate", "normalise_url"):
-        from core.connectors.sql import engine
+        from active_data_flow.connectors.sql import engine
 
         return getattr(engine, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

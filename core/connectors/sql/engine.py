@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from core.codec import codec
-from core.errors import ConfigError, MissingExtraError
-from core.redact import redact_text
+from active_data_flow.codec import codec
+from active_data_flow.errors import ConfigError, MissingExtraError
+from active_data_flow.redact import redact_text
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Attribute, at_least_one, checked_init, column_names
-from core.connectors.sql.engine import as_names, create_engine, import_sqlalchemy, json_text
-from core.errors import ConfigError, RecordValidationError
-from core.logs import get_logger
-from core.record import Record
-from core.redact import redact_text
-from core.sink import Sink
+from active_data_flow.attributes import Attribute, at_least_one, checked_init, column_names
+from active_data_flow.connectors.sql.engine import as_names, create_engine, import_sqlalchemy, json_text
+from active_data_flow.errors import ConfigError, RecordValidationError
+from active_data_flow.logs import get_logger
+from active_data_flow.record import Record
+from active_data_flow.redact import redact_text
+from active_data_flow.sink import Sink
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -64,7 +64,7 @@ def _schema_types(spec: Any) -> dict[str, str]:
     """``{field: schema type}`` of the flow's ``schema`` (empty without one)."""
     if spec is None:
         return {}
-    from core.record import Schema
+    from active_data_flow.record import Schema
 
     return {f.name: f.type for f in Schema.from_spec(spec).fields}
 
@@ -156,7 +156,7 @@ class SqlSink(Sink):
       (:meth:`flush` has nothing left to do);
     * the columns written are ``columns`` when configured (other fields are ignored), else
       every field of the batch; a field the table lacks raises
-      :class:`~core.errors.RecordValidationError` naming it before anything is written;
+      :class:`~active_data_flow.errors.RecordValidationError` naming it before anything is written;
       a column missing from a record is written as NULL; dict/list values are JSON text
       in text columns;
     * in upsert mode a key value must not be null, a batch holding a key twice keeps the

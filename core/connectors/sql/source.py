@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.attributes import Attribute, at_least_one, checked_init, column_names
-from core.connectors.sql.engine import as_names, create_engine, import_sqlalchemy
-from core.record import Record
-from core.redact import redact_text
-from core.source import (
+from active_data_flow.attributes import Attribute, at_least_one, checked_init, column_names
+from active_data_flow.connectors.sql.engine import as_names, create_engine, import_sqlalchemy
+from active_data_flow.record import Record
+from active_data_flow.redact import redact_text
+from active_data_flow.source import (
     Origins,
     ReaderBatch,
     ReaderStatus,
@@ -82,7 +82,7 @@ def _decode_cursor(value: Any) -> Any:
 
 
 def _friendly(value: Any) -> Any:
-    """A database value as JSON-friendly Python (the convention of :mod:`core.record`)."""
+    """A database value as JSON-friendly Python (the convention of :mod:`active_data_flow.record`)."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, decimal.Decimal):
@@ -362,7 +362,7 @@ class SqlSource(Source):
         store = self.run_context.store
         if store is not None:
             return use(store)
-        from core.state import open_state_store
+        from active_data_flow.state import open_state_store
 
         with open_state_store(None) as own:
             return use(own)

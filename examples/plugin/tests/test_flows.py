@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from adf_example_plugin import PartsSink
 
-from core.attributes import Attribute
-from core.engine import run_flow
-from core.errors import AdfError
-from core.record import Record
-from core.registry import register
+from active_data_flow.attributes import Attribute
+from active_data_flow.engine import run_flow
+from active_data_flow.errors import AdfError
+from active_data_flow.record import Record
+from active_data_flow.registry import register
 
 
 @register("sink", "example_parts_crashing")
@@ -176,7 +176,7 @@ def test_the_entry_points_name_the_plugin_classes() -> None:
 
     from adf_example_plugin import LinesSource
 
-    from core.registry import registry
+    from active_data_flow.registry import registry
 
     sources = {ep.name: ep for ep in entry_points(group="active_data_flow.sources")}
     sinks = {ep.name: ep for ep in entry_points(group="active_data_flow.sinks")}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from adf_example_plugin import PartsSink
 
-from core.context import RunContext
-from core.errors import RecordValidationError
+from active_data_flow.context import RunContext
+from active_data_flow.errors import RecordValidationError
 
 
 def _sink(directory: Path, *, reader_id: int = 0, resuming: bool = False) -> PartsSink:

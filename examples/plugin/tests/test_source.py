@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from adf_example_plugin import LinesSource, LinesSplit, parse_line
 
-from core.errors import ConfigError
-from core.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
+from active_data_flow.errors import ConfigError
+from active_data_flow.source import CollectingEnumeratorContext, DetachedReaderContext, ReaderStatus
 
 
 def test_parse_line() -> None:

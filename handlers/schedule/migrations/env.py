@@ -1,4 +1,4 @@
-"""Alembic environment of the schedule tables (run by :func:`handlers.schedule.sql.upgrade`).
+"""Alembic environment of the schedule tables (run by :func:`active_data_flow.handlers.schedule.sql.upgrade`).
 
 The caller passes an open SQLAlchemy connection, already inside a transaction, as
 ``config.attributes["connection"]``: the whole upgrade is one transaction (SQLite: one

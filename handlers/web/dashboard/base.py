@@ -20,13 +20,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from core.logs import get_logger, log_event
-from handlers.schedule.store import RUN_STATUSES, ScheduleStore
-from handlers.security import AUTH_FAILURES, AUTH_WINDOW, FailureThrottle
-from handlers.settings import Settings
-from handlers.web.dashboard.format import count, duration, first_line, human_size, interval, when
-from handlers.web.dashboard.forms import FORM_LIMIT, Form, FormError, parse_form, read_body
-from handlers.web.dashboard.sessions import (
+from active_data_flow.handlers.schedule.store import RUN_STATUSES, ScheduleStore
+from active_data_flow.handlers.security import AUTH_FAILURES, AUTH_WINDOW, FailureThrottle
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.handlers.web.dashboard.format import (
+    count,
+    duration,
+    first_line,
+    human_size,
+    interval,
+    when,
+)
+from active_data_flow.handlers.web.dashboard.forms import FORM_LIMIT, Form, FormError, parse_form, read_body
+from active_data_flow.handlers.web.dashboard.sessions import (
     CSRF_FIELD,
     CSRF_HEADER,
     FLASH_COOKIE,
@@ -36,6 +42,7 @@ from handlers.web.dashboard.sessions import (
     SessionCodec,
     session_key,
 )
+from active_data_flow.logs import get_logger, log_event
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -44,12 +51,12 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
     from starlette.types import Message as AsgiMessage
 
-    from core.wasm.registry import ModuleRegistry
+    from active_data_flow.wasm.registry import ModuleRegistry
 
 _log = get_logger("web.dashboard")
 
 #: failed logins (and wrong API tokens) per client within LOGIN_WINDOW seconds before further
-#: failed attempts get 429 (handlers.security.FailureThrottle)
+#: failed attempts get 429 (active_data_flow.handlers.security.FailureThrottle)
 LOGIN_FAILURES = AUTH_FAILURES
 LOGIN_WINDOW = AUTH_WINDOW
 
@@ -126,7 +133,7 @@ class DashboardBase:
     """The dashboard's state and what every page does with it: settings, schedule store, WASM
     registry (opened lazily with ``ModuleRegistry.from_env()`` unless given), session codec,
     templates; sessions, cookies, rendering and the request wrapper. The pages are
-    :class:`handlers.web.dashboard.views.Dashboard`."""
+    :class:`active_data_flow.handlers.web.dashboard.views.Dashboard`."""
 
     def __init__(
         self,
@@ -155,7 +162,7 @@ class DashboardBase:
         """The WASM module registry (``ModuleRegistry.from_env()`` on first use)."""
         with self._registry_lock:
             if self._registry is None:
-                from core.wasm.registry import ModuleRegistry
+                from active_data_flow.wasm.registry import ModuleRegistry
 
                 self._registry = ModuleRegistry.from_env()
             return self._registry

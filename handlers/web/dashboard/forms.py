@@ -19,7 +19,7 @@ from email.message import Message
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from handlers.web.dashboard.format import human_size
+from active_data_flow.handlers.web.dashboard.format import human_size
 
 if TYPE_CHECKING:
     from starlette.requests import Request

@@ -12,17 +12,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from core.logs import get_logger, log_event
-from core.redact import mask, unmask
-from core.spec import flow_secret_keys
-from handlers.dead_letters import (
+from active_data_flow.handlers.dead_letters import (
     DeadLetterError,
     describe_replay,
     letters_of,
     replay_run_dead_letters,
     run_directory,
 )
-from handlers.schedule.store import (
+from active_data_flow.handlers.schedule.store import (
     ACTIVE_RUN_STATUSES,
     RUN_STATUSES,
     FlowValidationError,
@@ -31,9 +28,9 @@ from handlers.schedule.store import (
     ScheduleStore,
     flow_problems,
 )
-from handlers.security import FailureThrottle, client_ip, token_ok, unstorable
-from handlers.settings import Settings
-from handlers.web.dashboard.base import (
+from active_data_flow.handlers.security import FailureThrottle, client_ip, token_ok, unstorable
+from active_data_flow.handlers.settings import Settings
+from active_data_flow.handlers.web.dashboard.base import (
     STATIC,
     Ctx,
     DashboardBase,
@@ -41,15 +38,18 @@ from handlers.web.dashboard.base import (
     PageUnavailable,
     SecurityHeaders,
 )
-from handlers.web.dashboard.format import human_size, letter_view, wait_text
-from handlers.web.dashboard.forms import (
+from active_data_flow.handlers.web.dashboard.format import human_size, letter_view, wait_text
+from active_data_flow.handlers.web.dashboard.forms import (
     UPLOAD_LIMIT,
     format_configuration,
     module_id_from_filename,
     parse_configuration,
     parse_interval,
 )
-from handlers.web.dashboard.sessions import SESSION_COOKIE, Session, safe_next
+from active_data_flow.handlers.web.dashboard.sessions import SESSION_COOKIE, Session, safe_next
+from active_data_flow.logs import get_logger, log_event
+from active_data_flow.redact import mask, unmask
+from active_data_flow.spec import flow_secret_keys
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from core.wasm.registry import ModuleRecord, ModuleRegistry
+    from active_data_flow.wasm.registry import ModuleRecord, ModuleRegistry
 
 _log = get_logger("web.dashboard")
 
@@ -68,7 +68,7 @@ LETTERS_SHOWN = 200
 
 
 class Dashboard(DashboardBase):
-    """The pages (each takes a :class:`~handlers.web.dashboard.base.Ctx` and returns a
+    """The pages (each takes a :class:`~active_data_flow.handlers.web.dashboard.base.Ctx` and returns a
     response) and :meth:`asgi_app`, the Starlette app that routes to them."""
 
     # -- login -------------------------------------------------------------------------
@@ -212,7 +212,7 @@ class Dashboard(DashboardBase):
     def flow_trigger(self, ctx: Ctx) -> Response:
         from starlette.background import BackgroundTask
 
-        from handlers import scheduler
+        from active_data_flow.handlers import scheduler
 
         name = self._flow(ctx.params["name"]).name
         if self.settings.heartbeat_mode == "async":
@@ -229,7 +229,7 @@ class Dashboard(DashboardBase):
                           f"Run #{run.id} of {name} started.")
 
     def _execute(self, run: Any, worker_id: str) -> None:
-        from handlers import scheduler
+        from active_data_flow.handlers import scheduler
 
         try:
             scheduler.execute_run(self.store, run, self.settings, worker_id=worker_id)
@@ -361,8 +361,8 @@ class Dashboard(DashboardBase):
         return self._modules_page(ctx, registry)
 
     def module_upload(self, ctx: Ctx) -> Response:
-        from core.errors import MissingExtraError
-        from core.wasm.errors import SignatureError
+        from active_data_flow.errors import MissingExtraError
+        from active_data_flow.wasm.errors import SignatureError
 
         registry = self._open_registry()
         form = ctx.form
@@ -407,7 +407,7 @@ class Dashboard(DashboardBase):
         return self.flash(ctx, self.redirect(url), message)
 
     def _module(self, registry: ModuleRegistry, ctx: Ctx) -> ModuleRecord:
-        from core.wasm.errors import ModuleNotFoundInRegistry
+        from active_data_flow.wasm.errors import ModuleNotFoundInRegistry
 
         ref = f"{ctx.params['module_id']}@{ctx.params['version']}"
         try:
@@ -431,7 +431,7 @@ class Dashboard(DashboardBase):
         return self._module_page(ctx, registry, self._module(registry, ctx))
 
     def permission_add(self, ctx: Ctx) -> Response:
-        from core.wasm.permissions import Permission
+        from active_data_flow.wasm.permissions import Permission
 
         registry = self._open_registry()
         record = self._module(registry, ctx)

@@ -7,7 +7,7 @@ request: the ``incoming-request`` and ``response-outparam`` resources the export
 the WASI interfaces a component imports — ``wasi:io``, ``wasi:cli``, ``wasi:clocks``,
 ``wasi:random``, ``wasi:filesystem`` (read-only, the preopened directories) and ``wasi:http``
 (incoming and outgoing) — as Python host functions over Python objects, so that
-:class:`spin_app.local_host.component.ComponentHost` can serve HTTP with a fresh instance per
+:class:`active_data_flow.spin_app.local_host.component.ComponentHost` can serve HTTP with a fresh instance per
 request, as Spin does, on the same engine Spin uses. Sockets are not provided (their calls
 answer ``not-supported`` / ``access-denied``), as in a Spin component.
 
@@ -24,5 +24,5 @@ answer ``not-supported`` / ``access-denied``), as in a Spin component.
 ``python_wasi``             ``PythonWasi``: defines them all on a linker
 ==========================  ================================================================
 
-``spin_app.wasi_host`` re-exports the public names.
+``active_data_flow.spin_app.wasi_host`` re-exports the public names.
 """

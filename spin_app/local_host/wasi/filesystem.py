@@ -9,9 +9,9 @@ import os
 import stat as stat_mod
 from typing import Any, BinaryIO
 
-from spin_app.local_host.wasi.state import Handles, HostFunctions
-from spin_app.local_host.wasi.streams import InputStream
-from spin_app.local_host.wasi.values import Err, Ok, Some
+from active_data_flow.spin_app.local_host.wasi.state import Handles, HostFunctions
+from active_data_flow.spin_app.local_host.wasi.streams import InputStream
+from active_data_flow.spin_app.local_host.wasi.values import Err, Ok, Some
 
 __all__ = ["Descriptor", "DirEntries", "filesystem_functions"]
 

@@ -1,13 +1,13 @@
 """The ``wasi:http`` host functions: header fields, the incoming request a component handles
 and the response it answers with, and its outgoing requests (``wasi:http/outgoing-handler``,
-sent by the instance's :attr:`~spin_app.local_host.wasi.state.WasiState.http_send`)."""
+sent by the instance's :attr:`~active_data_flow.spin_app.local_host.wasi.state.WasiState.http_send`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from spin_app.local_host.wasi.http_types import (
+from active_data_flow.spin_app.local_host.wasi.http_types import (
     HTTP_METHODS,
     Fields,
     FutureResponse,
@@ -18,9 +18,9 @@ from spin_app.local_host.wasi.http_types import (
     ResponseBodyStream,
     header_problem,
 )
-from spin_app.local_host.wasi.state import Handles, HostFunctions
-from spin_app.local_host.wasi.streams import InputStream, OutputStream, Pollable
-from spin_app.local_host.wasi.values import Err, Ok, Some, V, WasiTrap
+from active_data_flow.spin_app.local_host.wasi.state import Handles, HostFunctions
+from active_data_flow.spin_app.local_host.wasi.streams import InputStream, OutputStream, Pollable
+from active_data_flow.spin_app.local_host.wasi.values import Err, Ok, Some, V, WasiTrap
 
 __all__ = ["http_functions"]
 

@@ -4,7 +4,7 @@ An :class:`IncomingRequest` is what the host hands to a component's
 ``wasi:http/incoming-handler#handle``; an :class:`OutgoingResponse` is what the component
 answers with, its body streamed to the client once the host attaches to it. Outgoing
 requests are sent from the host with :func:`send_with_urllib` unless a
-:class:`~spin_app.local_host.wasi.state.WasiState` is given another sender.
+:class:`~active_data_flow.spin_app.local_host.wasi.state.WasiState` is given another sender.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from spin_app.local_host.wasi.streams import InputStream, OutputStream
-from spin_app.local_host.wasi.values import Err, Ok, Some, V
+from active_data_flow.spin_app.local_host.wasi.streams import InputStream, OutputStream
+from active_data_flow.spin_app.local_host.wasi.values import Err, Ok, Some, V
 
 __all__ = [
     "HTTP_METHODS", "Fields", "FutureResponse", "IncomingBody", "IncomingRequest", "IncomingResponse",

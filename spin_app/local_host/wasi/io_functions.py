@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from spin_app.local_host.wasi.state import Handles, HostFunctions
-from spin_app.local_host.wasi.streams import IoError, OutputStream, Pollable
-from spin_app.local_host.wasi.values import Err, Ok, V
+from active_data_flow.spin_app.local_host.wasi.state import Handles, HostFunctions
+from active_data_flow.spin_app.local_host.wasi.streams import IoError, OutputStream, Pollable
+from active_data_flow.spin_app.local_host.wasi.values import Err, Ok, V
 
 __all__ = ["io_functions"]
 

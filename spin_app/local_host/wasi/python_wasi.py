@@ -1,8 +1,8 @@
 """The WASI 0.2 imports of a component, defined on a ``wasmtime`` linker as Python host functions.
 
 :class:`PythonWasi` defines every ``wasi:*`` import the component has: the functions of
-:mod:`~spin_app.local_host.wasi.io_functions`, :mod:`~spin_app.local_host.wasi.system_functions`,
-:mod:`~spin_app.local_host.wasi.filesystem` and :mod:`~spin_app.local_host.wasi.http_functions`;
+:mod:`~active_data_flow.spin_app.local_host.wasi.io_functions`, :mod:`~active_data_flow.spin_app.local_host.wasi.system_functions`,
+:mod:`~active_data_flow.spin_app.local_host.wasi.filesystem` and :mod:`~active_data_flow.spin_app.local_host.wasi.http_functions`;
 any other (sockets...) answers a polite error when its type has one (:func:`fallback`), else
 traps. Resources are Python objects in one table per instance (:class:`WasiState`); a handle is
 ``ResourceHost.own(rep, type id)``.
@@ -13,13 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from spin_app.local_host.wasi.fast import fast_byte_lists, fast_host_calls
-from spin_app.local_host.wasi.filesystem import filesystem_functions
-from spin_app.local_host.wasi.http_functions import http_functions
-from spin_app.local_host.wasi.io_functions import io_functions
-from spin_app.local_host.wasi.state import HostFunctions, WasiState
-from spin_app.local_host.wasi.system_functions import cli_functions, clock_functions, random_functions
-from spin_app.local_host.wasi.values import V, WasiTrap, fallback, make_lower
+from active_data_flow.spin_app.local_host.wasi.fast import fast_byte_lists, fast_host_calls
+from active_data_flow.spin_app.local_host.wasi.filesystem import filesystem_functions
+from active_data_flow.spin_app.local_host.wasi.http_functions import http_functions
+from active_data_flow.spin_app.local_host.wasi.io_functions import io_functions
+from active_data_flow.spin_app.local_host.wasi.state import HostFunctions, WasiState
+from active_data_flow.spin_app.local_host.wasi.system_functions import (
+    cli_functions,
+    clock_functions,
+    random_functions,
+)
+from active_data_flow.spin_app.local_host.wasi.values import V, WasiTrap, fallback, make_lower
 
 __all__ = ["PythonWasi"]
 

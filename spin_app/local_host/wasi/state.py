@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from spin_app.local_host.wasi.http_types import OutgoingRequest, send_with_urllib
-from spin_app.local_host.wasi.values import WasiTrap
+from active_data_flow.spin_app.local_host.wasi.http_types import OutgoingRequest, send_with_urllib
+from active_data_flow.spin_app.local_host.wasi.values import WasiTrap
 
 __all__ = ["Handles", "HostFunctions", "WasiState"]
 
@@ -56,7 +56,7 @@ class WasiState:
 
 class Handles(Protocol):
     """The resource handles of the instance being run: what the host functions are given
-    (:class:`~spin_app.local_host.wasi.python_wasi.PythonWasi`)."""
+    (:class:`~active_data_flow.spin_app.local_host.wasi.python_wasi.PythonWasi`)."""
 
     def state(self) -> WasiState:
         """The :class:`WasiState` of the instance being run."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from spin_app.local_host.wasi.values import WasiTrap
+from active_data_flow.spin_app.local_host.wasi.values import WasiTrap
 
 __all__ = ["InputStream", "IoError", "OutputStream", "Pollable"]
 

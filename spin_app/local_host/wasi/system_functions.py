@@ -7,9 +7,9 @@ import secrets
 import time
 from typing import Any
 
-from spin_app.local_host.wasi.state import Handles, HostFunctions
-from spin_app.local_host.wasi.streams import InputStream, OutputStream, Pollable
-from spin_app.local_host.wasi.values import Err, WasiTrap
+from active_data_flow.spin_app.local_host.wasi.state import Handles, HostFunctions
+from active_data_flow.spin_app.local_host.wasi.streams import InputStream, OutputStream, Pollable
+from active_data_flow.spin_app.local_host.wasi.values import Err, WasiTrap
 
 __all__ = ["cli_functions", "clock_functions", "random_functions"]
 

@@ -13,7 +13,7 @@ What the sink shows, piece by piece:
   process was killed while writing it. That batch was never checkpointed, so the resumed run
   writes it again;
 * **write_batch** encodes the whole batch before writing any of it: a record that cannot be
-  written as JSON raises :class:`~core.errors.RecordValidationError` and nothing of the batch
+  written as JSON raises :class:`~active_data_flow.errors.RecordValidationError` and nothing of the batch
   reaches the file; the engine then writes halves of the batch until that record is alone,
   and dead-letters only it;
 * **flush** makes the batch durable before the engine checkpoints (the operating system has
@@ -35,10 +35,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-from core.attributes import Attribute
-from core.errors import RecordValidationError
-from core.record import Record
-from core.sink import Sink
+from active_data_flow.attributes import Attribute
+from active_data_flow.errors import RecordValidationError
+from active_data_flow.record import Record
+from active_data_flow.sink import Sink
 
 __all__ = ["PartsSink"]
 

@@ -11,7 +11,7 @@ Blank lines and lines starting with ``#`` are skipped; they are not records.
 What the source shows, piece by piece:
 
 * **splits** — :class:`LinesEnumerator` lists the files once (a :class:`LinesSplit` per file)
-  and :class:`~core.source.StaticSplitEnumerator` does the rest: handing splits to readers
+  and :class:`~active_data_flow.source.StaticSplitEnumerator` does the rest: handing splits to readers
   as they ask, taking back those of a reader that failed, snapshotting what is pending. With
   ``parallelism: 2`` two reader processes each ask for files until none are left;
 * **positions** — a split's ``position`` is ``{"offset": bytes read, "line": lines read}``,
@@ -20,9 +20,9 @@ What the source shows, piece by piece:
   the file from the start;
 * **dead letters** — a line that does not parse (an unclosed quote, a word without ``=``, a
   key given twice, bytes that are not valid in ``encoding``) becomes a
-  :class:`~core.record.DeadLetter` with its file, line and offset; the lines after it are
+  :class:`~active_data_flow.record.DeadLetter` with its file, line and offset; the lines after it are
   read as usual. Nothing is dropped without a trace;
-* **origins** — every record's file and line go with the batch (:class:`~core.source.Origins`),
+* **origins** — every record's file and line go with the batch (:class:`~active_data_flow.source.Origins`),
   so a record a step or the sink rejects later is dead-lettered with where it came from.
 """
 
@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from core.attributes import Attribute
-from core.record import DeadLetter, Record
-from core.source import (
+from active_data_flow.attributes import Attribute
+from active_data_flow.record import DeadLetter, Record
+from active_data_flow.source import (
     Origins,
     ReaderBatch,
     ReaderStatus,
@@ -91,7 +91,7 @@ def _known_encoding(value: Any) -> str | None:
 class LinesSplit(Split):
     """One file. ``position`` is ``{"offset": …, "line": …}``: the bytes and lines already
     read (None: none). Every field is plain JSON, because splits travel between processes
-    and into checkpoints as :meth:`~core.source.Split.to_dict`."""
+    and into checkpoints as :meth:`~active_data_flow.source.Split.to_dict`."""
 
     path: str = ""
 
@@ -134,7 +134,7 @@ class LinesEnumerator(StaticSplitEnumerator):
 class LinesReader(SplitReader):
     """Reads its files one at a time, a batch of lines per poll.
 
-    :class:`~core.source.SplitReader` does the bookkeeping the engine expects of a reader
+    :class:`~active_data_flow.source.SplitReader` does the bookkeeping the engine expects of a reader
     (asking for splits, continuing into the next split when one ends, reporting finished
     splits, snapshotting the unfinished ones); this class only opens, reads and closes a file.
     """
