@@ -23,6 +23,11 @@ without a driver mean psycopg 3. URLs are secrets: they never appear in messages
     ``mode: upsert`` is ``INSERT … ON CONFLICT (key) DO UPDATE`` on PostgreSQL and SQLite
     (delete-then-insert in the same transaction on other databases, or when the table has
     no unique constraint on the key), and makes the sink idempotent.
+    The rows go to the database with the driver's bulk call where there is one: ``executemany``
+    of one prepared statement with SQLite's ``sqlite3``; ``COPY`` with psycopg 3 (an upsert
+    copies into a temporary staging table, then runs one ``INSERT … SELECT … ON CONFLICT``);
+    other drivers, and upserts without a unique key, use SQLAlchemy Core statements (see
+    :mod:`active_data_flow.connectors.sql.fast`).
 
 ``sql`` source
     ``{type: sql, url: …, table: orders | query: "SELECT …", cursor_column: id}``. With a
@@ -43,7 +48,7 @@ Example::
 
 The modules: ``engine`` (importing SQLAlchemy, URLs, engine creation: what the sink and the
 source share), ``sink`` (:class:`SqlSink`: column types, value conversions, insert and
-upsert) and ``source`` (:class:`SqlRangeSplit`, :class:`SqlSource`, its enumerator and
+upsert), ``fast`` (the sink's driver-level write paths) and ``source`` (:class:`SqlRangeSplit`, :class:`SqlSource`, its enumerator and
 reader, cursor values). The names in ``__all__``, and :func:`normalise_url` and
 :func:`begin_immediate`, are importable from ``active_data_flow.connectors.sql`` itself; each module is
 imported when one of its names is first used.

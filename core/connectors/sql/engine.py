@@ -96,6 +96,20 @@ def create_engine(url: str, what: str) -> Engine:
     return engine
 
 
+def preload(url: str, what: str) -> None:
+    """Import SQLAlchemy, the dialect of ``url`` and its driver, without connecting.
+
+    Called in the coordinator before reader processes are forked: they start with these
+    modules imported instead of each importing them again. A missing package or a bad URL is
+    left for :func:`create_engine` to report.
+    """
+    sa = import_sqlalchemy(what)
+    try:
+        sa.engine.make_url(normalise_url(url)).get_dialect().import_dbapi()
+    except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
+        return
+
+
 def begin_immediate(sa: Any, engine: Engine) -> None:
     """Make every SQLite transaction take the write lock when it begins.
 

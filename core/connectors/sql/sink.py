@@ -3,6 +3,20 @@
 A missing table is created with column types from the flow's schema and the first batch; each
 column gets its value conversion when the table is first loaded; each
 :meth:`SqlSink.write_batch` is one transaction.
+
+Which path writes a batch is decided when the table is loaded:
+
+* SQLite through the standard library's ``sqlite3``, in insert mode or upserting into a table
+  with a primary key or unique constraint on the key: the driver's ``executemany``
+  (``INSERT … ON CONFLICT (key) DO UPDATE`` to upsert);
+* PostgreSQL through psycopg 3, same conditions: ``COPY`` into the table (insert), or ``COPY``
+  into a temporary staging table and one ``INSERT … SELECT … ON CONFLICT (key) DO UPDATE``
+  (upsert) — see :mod:`active_data_flow.connectors.sql.fast`;
+* everything else (other databases or drivers such as MySQL or psycopg2, an upsert into a
+  table without a unique key — delete then insert): SQLAlchemy Core statements.
+
+SQLAlchemy creates and reflects the table and owns the connections and transactions on
+every path; the rows, the errors and the retries are the same whichever path is taken.
 """
 
 from __future__ import annotations
@@ -14,7 +28,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from active_data_flow.attributes import Attribute, at_least_one, checked_init, column_names
-from active_data_flow.connectors.sql.engine import as_names, create_engine, import_sqlalchemy, json_text
+from active_data_flow.connectors.sql.engine import (
+    as_names,
+    create_engine,
+    import_sqlalchemy,
+    json_text,
+    preload,
+)
+from active_data_flow.connectors.sql.fast import (
+    ColumnPlan,
+    FastWriter,
+    NoStagingTable,
+    batch_rows,
+    fast_writer,
+    plan_column,
+)
 from active_data_flow.errors import ConfigError, RecordValidationError
 from active_data_flow.logs import get_logger
 from active_data_flow.record import Record
@@ -190,6 +218,8 @@ class SqlSink(Sink):
         self._engine: Engine | None = None
         self._table: Table | None = None
         self._converters: dict[str, Callable[[Any], Any]] = {}
+        self._plans: dict[str, ColumnPlan] = {}
+        self._fast: FastWriter | None = None
         self._on_conflict = False
 
     @staticmethod
@@ -214,7 +244,9 @@ class SqlSink(Sink):
         return f"sink 'sql' (table {self.config['table']!r})"
 
     def setup(self) -> None:
-        """Check once, in the coordinator, that the table exists or may be created."""
+        """Check once, in the coordinator, that the table exists or may be created; import
+        SQLAlchemy and the driver there, so that reader processes forked later have them."""
+        preload(self.config["url"], self._where)
         if self.config["create_table"]:
             return
         engine = create_engine(self.config["url"], self._where)
@@ -237,6 +269,7 @@ class SqlSink(Sink):
             self._engine.dispose()
         self._engine = None
         self._table = None
+        self._fast = None
 
     def describe(self) -> str:
         return f"{redact_text(self.config['url'])} table {self._qualified_name()}"
@@ -255,6 +288,8 @@ class SqlSink(Sink):
         sa = import_sqlalchemy(self._where)
         table = self._table if self._table is not None else self._load_table(records)
         names = self._column_names(records, table)
+        if self._fast is not None and self._write_fast(sa, records, names):
+            return
         rows = self._rows(records, names)
         if self.mode == "upsert":
             rows = self._last_per_key(rows)
@@ -269,6 +304,21 @@ class SqlSink(Sink):
         except sa.exc.DBAPIError:
             self._table = None  # the table may have changed: look at it again on the retry
             raise
+
+    def _write_fast(self, sa: Any, records: Sequence[Record], names: list[str]) -> bool:
+        """Write the batch through the fast writer; False when it cannot and SQLAlchemy must."""
+        assert self._fast is not None and self._engine is not None
+        rows = batch_rows(records, [self._plans[n] for n in names], self.key, self.mode == "upsert", json_text)
+        try:
+            self._fast.write(self._engine, names, rows)
+        except NoStagingTable as exc:
+            _log.warning("%s: no temporary staging table (%s); upserting through SQLAlchemy", self._where, exc)
+            self._fast = None
+            return False
+        except sa.exc.DBAPIError:
+            self._table = None  # the table may have changed: look at it again on the retry
+            raise
+        return True
 
     def _load_table(self, records: Sequence[Record]) -> Table:
         assert self._engine is not None
@@ -322,30 +372,20 @@ class SqlSink(Sink):
         _log.info("created table %s with columns %s", self._qualified_name(), ", ".join(names))
 
     def _prepare_table(self, sa: Any, table: Table) -> None:
-        """Choose per-column value conversions and how upserts are done."""
+        """Choose per-column value conversions, how upserts are done and the write path."""
+        assert self._engine is not None
+        dialect = self._engine.dialect
         converters: dict[str, Callable[[Any], Any]] = {}
+        plans: dict[str, ColumnPlan] = {}
         for column in table.columns:
-            ctype = column.type
-            if isinstance(ctype, sa.JSON):
-                # Python None must be SQL NULL, not the JSON literal null.
-                ctype.none_as_null = True
-                converters[column.name] = _keep
-            elif isinstance(ctype, sa.String):
-                converters[column.name] = _text_value
-            elif isinstance(ctype, sa.DateTime):
-                parse = datetime.datetime.fromisoformat
-                if self._engine is not None and self._engine.dialect.name == "sqlite":
-                    parse = _utc_naive  # SQLite's DATETIME keeps no offset: store UTC
-                converters[column.name] = _temporal_value(parse)
-            elif isinstance(ctype, sa.Numeric) and not isinstance(ctype, sa.Float):
-                converters[column.name] = _decimal_value
-            elif isinstance(ctype, sa.Date):
-                converters[column.name] = _temporal_value(datetime.date.fromisoformat)
-            elif isinstance(ctype, sa.Time):
-                converters[column.name] = _temporal_value(datetime.time.fromisoformat)
-            else:
-                converters[column.name] = _other_value
+            kind, convert = self._conversion(sa, column.type, dialect.name)
+            converters[column.name] = convert
+            processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+            plans[column.name] = plan_column(
+                column.name, kind, convert, processor, dialect.name, isinstance(column.type, sa.Integer)
+            )
         self._converters = converters
+        self._plans = plans
         missing = [k for k in (self.columns or []) + self.key if k not in converters]
         if missing:
             raise ConfigError(
@@ -355,7 +395,6 @@ class SqlSink(Sink):
                     for m in dict.fromkeys(missing)
                 ],
             )
-        assert self._engine is not None
         self._on_conflict = False
         if self.mode == "upsert":
             unique = self._has_unique_key(sa, table)
@@ -366,6 +405,26 @@ class SqlSink(Sink):
                     self._qualified_name(),
                     ", ".join(self.key),
                 )
+        self._fast = fast_writer(table, dialect, self.key, self.mode, self._on_conflict)
+
+    @staticmethod
+    def _conversion(sa: Any, ctype: Any, dialect: str) -> tuple[str, Callable[[Any], Any]]:
+        """The kind of a column type and the conversion of its values (before the type's own)."""
+        if isinstance(ctype, sa.JSON):
+            ctype.none_as_null = True  # Python None must be SQL NULL, not the JSON literal null.
+            return "json", _keep
+        if isinstance(ctype, sa.String):
+            return "text", _text_value
+        if isinstance(ctype, sa.DateTime):
+            # SQLite's DATETIME keeps no offset: store UTC
+            return "datetime", _temporal_value(_utc_naive if dialect == "sqlite" else datetime.datetime.fromisoformat)
+        if isinstance(ctype, sa.Numeric) and not isinstance(ctype, sa.Float):
+            return "decimal", _decimal_value
+        if isinstance(ctype, sa.Date):
+            return "date", _temporal_value(datetime.date.fromisoformat)
+        if isinstance(ctype, sa.Time):
+            return "time", _temporal_value(datetime.time.fromisoformat)
+        return "other", _other_value
 
     def _has_unique_key(self, sa: Any, table: Table) -> bool:
         wanted = set(self.key)
@@ -379,7 +438,9 @@ class SqlSink(Sink):
     def _column_names(self, records: Sequence[Record], table: Table) -> list[str]:
         if self.columns is not None:
             return list(self.columns)
-        names = list(dict.fromkeys(k for r in records for k in r))
+        names = list(records[0])
+        if len(set().union(*records)) != len(names):  # the records' fields differ: first seen, first
+            names = list(dict.fromkeys(k for r in records for k in r))
         for name in names:
             if name not in self._converters:
                 raise RecordValidationError(
@@ -405,10 +466,11 @@ class SqlSink(Sink):
         # ON CONFLICT cannot update one row twice in a statement: the later record wins,
         # as it would have if the records had been written one by one.
         by_key: dict[Any, dict[str, Any]] = {}
-        for row in rows:
-            ident = tuple(json_text(row[k]) for k in self.key)
-            by_key.pop(ident, None)
-            by_key[ident] = row
+        try:
+            for row in rows:
+                by_key[tuple(row[k] for k in self.key)] = row
+        except TypeError:  # an unhashable key value (a dict or a list): compare JSON text
+            by_key = {tuple(json_text(row[k]) for k in self.key): row for row in rows}
         return list(by_key.values())
 
     def _upsert(
