@@ -12,8 +12,12 @@ encodings, CSV options — while the parsing itself lives in :mod:`active_data_f
     that becomes several byte-range splits whose boundaries are record starts under the
     readers' own rules (the enumerator scans a CSV file once to find them and their line
     numbers — for S3 that is one extra GET of the object; a JSON Lines file needs only a
-    short read per boundary). A JSON array file, and a UTF-16/32 file, is always one split;
-    a JSON array file is parsed whole in memory. With ``watch: true`` the source is
+    short read per boundary). Without ``split_bytes``, a run with more readers than files
+    cuts its CSV and JSON Lines files the same way by itself (``auto_split``, on by default):
+    about four ranges per reader, none smaller than ``min_split_bytes`` (default 16 MiB);
+    when the run still has fewer splits than readers, the enumerator logs one warning naming
+    each file left whole, why, and what would let it be cut. A JSON array file, and a
+    UTF-16/32 file, is always one split; a JSON array file is parsed whole in memory. With ``watch: true`` the source is
     unbounded: each discovery globs again and adds files it has not seen (write files under
     another name and rename them into place; a file is read as it is when discovered). No
     file matching is an error (:class:`NoFilesError`) for a bounded source.

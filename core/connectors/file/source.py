@@ -1,14 +1,16 @@
 """The ``file`` source: CSV, JSON array and JSON Lines files, local or on S3, cut into splits.
 
 :class:`FileSource` reads its configuration, finds its files and cuts each into splits (byte
-ranges whose boundaries are record starts, with ``split_bytes``); its reader is
+ranges whose boundaries are record starts, with ``split_bytes``, or cut automatically when a run
+has more readers than files: :meth:`FileSource.plan_splits`); its reader is
 :class:`~active_data_flow.connectors.file.reader.FileSourceReader`.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from active_data_flow.attributes import Attribute
@@ -45,6 +47,15 @@ from active_data_flow.source import (
     SplitEnumeratorContext,
 )
 
+#: the smallest byte range the automatic cut makes (the ``min_split_bytes`` default): below it the
+#: cost of a range (opening it, a CSV header read, the enumerator's boundary search) is no longer
+#: small against reading it; measured in docs/BENCHMARKS.md ("One file, two readers")
+AUTO_SPLIT_MIN_BYTES = 16 << 20
+#: the automatic cut aims at about this many ranges per reader: readers take ranges as they finish,
+#: so they end within about one range of each other
+AUTO_SPLIT_RANGES_PER_READER = 4
+
+
 
 class FileSource(Source):
     """Reads CSV, JSON array and JSON Lines files, local or on S3 (see the package doc)."""
@@ -64,6 +75,10 @@ class FileSource(Source):
                   help="longest CSV field / JSON line read (e.g. '64MB'); longer ones become dead letters"),
         Attribute("split_bytes", (int, str), check=check_size,
                   help="cut CSV/JSONL files bigger than this into byte-range splits (e.g. '64MB')"),
+        Attribute("auto_split", bool, default=True,
+                  help="with more readers than files, cut CSV/JSONL files into byte ranges (without split_bytes)"),
+        Attribute("min_split_bytes", (int, str), default=AUTO_SPLIT_MIN_BYTES, check=check_size,
+                  help="smallest byte range the automatic cut makes (e.g. '16MB')"),
         Attribute("watch", bool, default=False, help="unbounded: keep looking for new files"),
         Attribute("endpoint_url", str, help="S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS"),
         Attribute("region", str, help="S3 region"),
@@ -79,6 +94,8 @@ class FileSource(Source):
             parse_size(self.config["split_bytes"]) if self.config["split_bytes"] is not None else None
         )
         self.max_field_bytes: int = parse_size(self.config["max_field_bytes"])
+        self.auto_split: bool = bool(self.config["auto_split"])
+        self.min_split_bytes: int = parse_size(self.config["min_split_bytes"])
         self.watch: bool = bool(self.config["watch"])
         self.endpoint_url: str | None = self.config["endpoint_url"]
         self.region: str | None = self.config["region"]
@@ -137,25 +154,94 @@ class FileSource(Source):
         """``(path, size)`` of every file the patterns match now: pattern by pattern, sorted, without duplicates."""
         return match_files(self.paths, self.endpoint_url, self.region)
 
-    def splits_of(self, path: str, size: int) -> list[FileSplit]:
-        """The splits of one file: one, or byte ranges when ``split_bytes`` is set and the file is bigger.
+    def plan_splits(
+        self, files: Sequence[tuple[str, int]], parallelism: int
+    ) -> tuple[list[FileSplit], list[dict[str, Any]]]:
+        """The splits of ``files`` (``(path, size)``) for a run of ``parallelism`` readers, and why
+        the run has fewer splits than readers when it has.
 
-        A UTF-16/32 file (byte-order mark) is always one split.
+        With ``split_bytes`` every file is cut by it. Without it, when ``auto_split`` is on and
+        there are fewer files than readers, the CSV and JSON Lines files are cut into byte ranges
+        of equal size: about :data:`AUTO_SPLIT_RANGES_PER_READER` per reader over all of them,
+        none smaller than ``min_split_bytes`` (a file is cut in ``n`` only when it holds ``n``
+        such ranges). The boundaries are the ones ``split_bytes`` makes (record starts), so
+        every record is read once, whatever the cut. The second value is empty when there are
+        at least as many splits as readers; otherwise it names each file left as one split:
+        ``{"file", "size", "reason"}`` (the reason says what would let it be cut).
+        """
+        auto = self._auto_range_bytes(files, parallelism)
+        splits: list[FileSplit] = []
+        whole: list[tuple[str, int]] = []
+        for path, size in files:
+            cut = self.splits_of(path, size, auto(size) if auto is not None else None)
+            splits.extend(cut)
+            if len(cut) == 1:
+                whole.append((path, size))
+        if parallelism <= 1 or len(splits) >= parallelism or not splits:
+            return splits, []
+        return splits, [{"file": path, "size": size, "reason": self._why_whole(path, size)} for path, size in whole]
+
+    def _auto_range_bytes(
+        self, files: Sequence[tuple[str, int]], parallelism: int
+    ) -> Callable[[int], int | None] | None:
+        """``size -> range bytes or None`` for the automatic cut, or None when it does not apply."""
+        if self.split_bytes is not None or not self.auto_split or parallelism <= 1 or len(files) >= parallelism:
+            return None
+        total = sum(size for path, size in files if self.format_of(path) != "json")
+        target = max(self.min_split_bytes, math.ceil(total / (parallelism * AUTO_SPLIT_RANGES_PER_READER)))
+        smallest = self.min_split_bytes
+
+        def range_bytes(size: int) -> int | None:
+            ranges = min(max(1, round(size / target)), size // smallest)
+            return math.ceil(size / ranges) if ranges >= 2 else None
+
+        return range_bytes
+
+    def _why_whole(self, path: str, size: int) -> str:
+        """Why ``path`` is read as one split, and what would let it be cut."""
+        fmt = self.format_of(path)
+        if fmt == "json":
+            return "a JSON array file is parsed whole as one split; as JSON Lines (one record per line) it can be cut"
+        try:
+            wide = not cuttable(self.encoding_of(path))
+        except Exception:  # only the reason is at stake here: reading will report the error
+            wide = False
+        if wide:
+            return "a UTF-16/32 file (byte-order mark) is read as one split; re-encoded as UTF-8 it can be cut"
+        if self.split_bytes is not None:
+            if size <= self.split_bytes:
+                return f"it is not bigger than split_bytes ({self.split_bytes}); a smaller split_bytes cuts it"
+            return "its records are longer than split_bytes, so no record starts inside it to cut at"
+        if not self.auto_split:
+            return "auto_split is false; remove it, or set split_bytes, to cut the file into byte ranges"
+        if size < 2 * self.min_split_bytes:
+            return (
+                f"it is smaller than two ranges of min_split_bytes ({self.min_split_bytes} bytes); "
+                "a smaller min_split_bytes (or split_bytes) cuts it"
+            )
+        return "its records are too long to find a second record start to cut at"
+
+    def splits_of(self, path: str, size: int, split_bytes: int | None = None) -> list[FileSplit]:
+        """The splits of one file: one, or byte ranges of about ``split_bytes`` (default: the
+        source's ``split_bytes``) when the file is bigger, each starting at a record start.
+
+        A JSON array file and a UTF-16/32 file (byte-order mark) are always one split.
         """
         fmt = self.format_of(path)
-        if self.split_bytes is None or fmt == "json" or size <= self.split_bytes:
+        split_bytes = split_bytes if split_bytes is not None else self.split_bytes
+        if split_bytes is None or fmt == "json" or size <= split_bytes:
             return [FileSplit(path, None, path, 0, None, 1, fmt, size)]
         try:
             if not cuttable(self.encoding_of(path)):
                 return [FileSplit(path, None, path, 0, None, 1, fmt, size)]
             if fmt == "jsonl":
-                starts = self._jsonl_boundaries(path, size)
+                starts = self._jsonl_boundaries(path, size, split_bytes)
             else:
                 options = self.csv_options(path)
                 stream = self.open_stream(path, 0, size, buffer_size=1 << 16)
                 try:
                     starts = aligned_boundaries(
-                        stream, size, self.split_bytes, quotechar=options.quotechar,
+                        stream, size, split_bytes, quotechar=options.quotechar,
                         delimiter=options.delimiter, max_field_bytes=self.max_field_bytes,
                     )
                 finally:
@@ -181,16 +267,15 @@ class FileSource(Source):
             stream.close()
         return detect_bom(head)[0] or self.encoding
 
-    def _jsonl_boundaries(self, path: str, size: int) -> list[tuple[int, int]]:
+    def _jsonl_boundaries(self, path: str, size: int, split_bytes: int) -> list[tuple[int, int]]:
         """Split starts of a JSON Lines file without reading it whole.
 
         A JSON line cannot contain a raw newline, so the first line start at or after each
         target offset is a safe boundary: one short read per boundary. The line number of
         a boundary is left unknown (0) and counted only if a dead letter needs it.
         """
-        assert self.split_bytes is not None
         starts = [(0, 1)]
-        target = self.split_bytes
+        target = split_bytes
         while target < size:
             stream = self.open_stream(path, target - 1, size, buffer_size=1 << 16)
             try:
@@ -202,7 +287,7 @@ class FileSource(Source):
                 break
             if start > starts[-1][0]:
                 starts.append((start, 0))
-            target = start + self.split_bytes
+            target = start + split_bytes
         return starts
 
     # -- Source ------------------------------------------------------------------

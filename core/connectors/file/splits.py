@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from active_data_flow.connectors.file.paths import NoFilesError, split_path
+from active_data_flow.logs import get_logger, log_event
 from active_data_flow.source import Split, SplitEnumeratorContext, StaticSplitEnumerator
 
 if TYPE_CHECKING:
     from active_data_flow.connectors.file.source import FileSource
+
+_log = get_logger("connectors.file")
 
 
 @dataclass
@@ -39,10 +43,14 @@ class FileSplit(Split):
 
 
 class FileSplitEnumerator(StaticSplitEnumerator):
-    """Globs the source's paths into :class:`FileSplit` s (byte ranges with ``split_bytes``).
+    """Globs the source's paths into :class:`FileSplit` s (byte ranges with ``split_bytes``, or
+    cut automatically for the run's readers: :meth:`FileSource.plan_splits`).
 
     Bounded: raises :class:`NoFilesError` at start when nothing matches. Unbounded
-    (``watch``): every :meth:`discover` globs again and adds files not seen before.
+    (``watch``): every :meth:`discover` globs again and adds files not seen before. When a
+    bounded source's splits are fewer than the run's readers, it logs one warning naming each
+    file that stayed whole, why, and what would let it be cut; the same list is kept in
+    :attr:`uncut`.
     """
 
     def __init__(
@@ -50,6 +58,9 @@ class FileSplitEnumerator(StaticSplitEnumerator):
     ) -> None:
         super().__init__(context, checkpoint, unbounded=source.watch)
         self.source = source
+        #: the files of the last discovery left whole while readers have no split: ``{"file", "size", "reason"}``
+        self.uncut: list[dict[str, Any]] = []
+        self._warned = False
 
     split_class = FileSplit
 
@@ -58,9 +69,18 @@ class FileSplitEnumerator(StaticSplitEnumerator):
         if not files and not self.unbounded:
             raise NoFilesError(self.source.paths)
         seen_paths = {split_path(s) for s in self._seen}
-        splits: list[Split] = []
-        for path, size in files:
-            if path in seen_paths:
-                continue
-            splits.extend(self.source.splits_of(path, size))
-        return splits
+        new = [(path, size) for path, size in files if path not in seen_paths]
+        readers = self.context.parallelism
+        splits, self.uncut = self.source.plan_splits(new, readers)
+        # a watching run's readers wait for files anyway: the warning is for a bounded run
+        if self.uncut and not self._warned and not self.unbounded:
+            self._warned = True
+            log_event(
+                _log,
+                f"{len(splits)} split(s) for {readers} readers: {readers - len(splits)} reader(s) will have nothing to read",
+                logging.WARNING,
+                readers=readers,
+                splits=len(splits),
+                files=self.uncut,
+            )
+        return list(splits)
