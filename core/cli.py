@@ -26,10 +26,73 @@ from active_data_flow.logs import configure
 
 __all__ = ["main"]
 
-#: Entry-point group of sub-commands contributed by other layers or packages. Each entry
-#: point is a callable ``register(subparsers)`` adding its parsers, each with ``func`` set
-#: to a handler ``(args) -> exit code``.
+#: Entry-point group of sub-commands contributed by other layers or packages. An entry point
+#: names either a :class:`LazyCommand` (the command's name and help line; its code is imported
+#: only when the command is used) or, as before, a callable ``register(subparsers)`` adding its
+#: parsers, each with ``func`` set to a handler ``(args) -> exit code`` (imported when its
+#: command — the entry point's name — is used, or when the full help is asked for).
 COMMANDS_GROUP = "active_data_flow.commands"
+
+
+class LazyCommand:
+    """A plug-in command declared without importing its code.
+
+    ``name`` is the sub-command (``adf NAME …``), ``help`` its one line in ``adf --help``, and
+    ``register`` the ``"module:function"`` of its ``register(subparsers)`` function, imported
+    only when ``adf NAME …`` runs. Declare it in a module that imports nothing heavy and name
+    it in an entry point of the ``active_data_flow.commands`` group whose name is ``name``::
+
+        [project.entry-points."active_data_flow.commands"]
+        hello = "my_pkg.adf_commands:HELLO"     # HELLO = LazyCommand("hello", "say hello", "my_pkg.cli:register")
+
+    One ``register`` may add several commands: declare each, with the same ``register``.
+    """
+
+    __slots__ = ("help", "name", "register")
+
+    def __init__(self, name: str, help: str, register: str) -> None:
+        if ":" not in register:
+            raise ValueError(f"LazyCommand {name!r}: register must be 'module:function', got {register!r}")
+        self.name = name
+        self.help = help
+        self.register = register
+
+    def __repr__(self) -> str:
+        return f"LazyCommand({self.name!r}, {self.help!r}, {self.register!r})"
+
+    def __call__(self, subparsers: Any) -> None:
+        """Import the command's code and add its parsers: a declaration is a ``register`` too."""
+        self.load()(subparsers)
+
+    def load(self) -> Callable[[Any], None]:
+        """The ``register(subparsers)`` function (imports its module; ``ImportError`` when it cannot)."""
+        from importlib import import_module
+
+        module, _, attr = self.register.partition(":")
+        obj: Any = import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        register: Callable[[Any], None] = obj
+        return register
+
+
+# This distribution's own plug-in commands (pyproject.toml's entry points name them): `adf run`
+# and the other built-in commands import none of their code, `adf spin …` only the Spin layer's.
+_HANDLERS = "active_data_flow.handlers.cli:register"
+SERVE_COMMAND = LazyCommand("serve", "the web app: heartbeat endpoint and management API", _HANDLERS)
+WORKER_COMMAND = LazyCommand("worker", "run pending runs (heartbeat mode=async)", _HANDLERS)
+HEARTBEAT_COMMAND = LazyCommand("heartbeat", "one heartbeat tick from the command line (for cron)", _HANDLERS)
+DB_COMMAND = LazyCommand("db", "schedule database", _HANDLERS)
+FLOWS_COMMAND = LazyCommand("flows", "scheduled flows", _HANDLERS)
+RUNS_COMMAND = LazyCommand("runs", "run history", _HANDLERS)
+SPIN_COMMAND = LazyCommand("spin", "Fermyon Spin 3: init, manifest, validate, build, up, deploy",
+                           "active_data_flow.spin_app.cli:register")
+LAMBDA_COMMAND = LazyCommand("lambda", "AWS Lambda: validate, build and deploy the SAM template",
+                             "active_data_flow.lambda_app.cli:register")
+FLINK_COMMAND = LazyCommand("flink", "run flows as Apache Flink jobs (PyFlink)", "active_data_flow.flink_job.cli:register")
+WASM_COMMAND = LazyCommand("wasm", "WebAssembly modules: registry, signing keys, logs, test runs",
+                           "active_data_flow.wasm.cli:register")
+RAFKA_COMMAND = LazyCommand("rafka", "Kafka-like topics over Redis streams", "active_data_flow.rafka_cli:register")
 
 
 def _print_json(obj: Any, stream: Any = None) -> None:
@@ -379,7 +442,11 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output: the last stdout line is a JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``adf`` parser, with the plug-in commands ``argv`` needs: none when it names a built-in
+    command (``run``, ``validate``…), only the one it names when that is a plug-in command's entry
+    point, and every one otherwise (no ``argv``, ``--help``, no or an unknown command) — declared
+    ones (:class:`LazyCommand`) from their declarations, the others by importing them."""
     parser = argparse.ArgumentParser(prog="adf", description="ActiveDataFlow: run data flows (source -> steps -> sink).")
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error (default: info, warning on a terminal)")
     parser.add_argument("--version", action="version", version=f"adf {__version__}")
@@ -432,30 +499,73 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--state-dir", help="the state directory (default $ADF_STATE_DIR or ./.adf)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    _add_plugin_commands(sub)
+    word = None if argv is None else command_word(argv)
+    if word is None or word not in sub.choices:
+        _add_plugin_commands(sub, word)
     return parser
 
 
-def _add_plugin_commands(sub: Any) -> None:
+def command_word(argv: Sequence[str]) -> str | None:
+    """The sub-command ``argv`` names (its first word that is not an option or an option's value),
+    or None when there is none or the top-level help comes first (``adf -h``, ``adf --help spin``)."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--":
+            return next(tokens, None)
+        if token == "-h":
+            return None
+        if token == "-" or not token.startswith("-"):
+            return token
+        name, eq, _ = token.partition("=")
+        if len(name) > 2 and "--help".startswith(name):
+            return None
+        if len(name) > 2 and "--log-level".startswith(name) and not eq:
+            next(tokens, None)  # its value
+    return None
+
+
+def _unavailable(sub: Any, name: str, exc: ImportError) -> None:
+    reason = f"`adf {name}` is unavailable: {exc}"
+
+    def unavailable(args: argparse.Namespace) -> int:
+        print(f"adf: {reason}", file=sys.stderr)
+        return 2
+
+    sub.add_parser(name, help="(unavailable)").set_defaults(func=unavailable)
+
+
+def _declared(sub: Any, command: LazyCommand) -> None:
+    """``command`` in the listing only; were it chosen, it says how to run it."""
+
+    def deferred(args: argparse.Namespace) -> int:
+        print(f"adf: {command.name}: run it as `adf {command.name} …` (its options were not loaded)", file=sys.stderr)
+        return 2
+
+    sub.add_parser(command.name, help=command.help).set_defaults(func=deferred)
+
+
+def _add_plugin_commands(sub: Any, word: str | None) -> None:
+    """Add the plug-in commands: the one entry point named ``word`` alone when there is one, else all."""
     from importlib import metadata
 
-    for ep in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+    entry_points = sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)
+    named = [ep for ep in entry_points if word is not None and ep.name == word]
+    for ep in named[:1] or entry_points:
         try:
-            register: Callable[[Any], None] = ep.load()
+            target: Callable[[Any], None] = ep.load()
+            if isinstance(target, LazyCommand):
+                if not named:
+                    _declared(sub, target)
+                    continue
+                target = target.load()
         except ImportError as exc:
-            reason = f"`adf {ep.name}` is unavailable: {exc}"
-
-            def unavailable(args: argparse.Namespace, reason: str = reason) -> int:
-                print(f"adf: {reason}", file=sys.stderr)
-                return 2
-
-            sub.add_parser(ep.name, help="(unavailable)").set_defaults(func=unavailable)
+            _unavailable(sub, ep.name, exc)
             continue
-        register(sub)
+        target(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     level = args.log_level or ("warning" if sys.stderr.isatty() else "info")
     configure(os.environ.get("ADF_LOG_LEVEL", level))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["Codec", "codec"]
@@ -26,11 +26,13 @@ def _default(obj: Any) -> Any:
 
 
 class Codec:
-    """``loads`` takes ``bytes`` or ``str``; ``dumps`` returns ``bytes`` without a newline."""
+    """``loads`` takes ``bytes`` or ``str``; ``dumps`` returns ``bytes`` without a newline;
+    ``dumps_lines`` returns a sequence of objects as JSON Lines, each ``dumps(obj) + b"\n"``."""
 
     name: str
     loads: Callable[[bytes | str], Any]
     dumps: Callable[[Any], bytes]
+    dumps_lines: Callable[[Iterable[Any]], bytes]
 
     def __init__(self, prefer_fast: bool = True) -> None:
         fast: Any = None
@@ -49,9 +51,16 @@ class Codec:
                 out: bytes = orjson_dumps(obj, default=_default, option=opts)
                 return out
 
+            line_opts = opts | fast.OPT_APPEND_NEWLINE
+
+            def dumps_lines(objs: Iterable[Any]) -> bytes:
+                # each line encoded with its newline, then one copy into the result
+                return b"".join([orjson_dumps(obj, default=_default, option=line_opts) for obj in objs])
+
             self.name = "orjson"
             self.loads = fast.loads
             self.dumps = dumps
+            self.dumps_lines = dumps_lines
         else:
             encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_default)
             encode = encoder.encode
@@ -59,9 +68,18 @@ class Codec:
             def std_dumps(obj: Any) -> bytes:
                 return encode(obj).encode("utf-8")
 
+            def std_dumps_lines(objs: Iterable[Any]) -> bytes:
+                # the text of every line joined, then encoded once
+                lines = list(map(encode, objs))
+                if not lines:
+                    return b""
+                lines.append("")
+                return "\n".join(lines).encode("utf-8")
+
             self.name = "json"
             self.loads = json.loads
             self.dumps = std_dumps
+            self.dumps_lines = std_dumps_lines
 
 
 _codec: Codec | None = None

@@ -16,16 +16,9 @@ __all__ = [
 ]
 
 
-def encode_jsonl(records: Iterable[Record]) -> bytearray:
+def encode_jsonl(records: Iterable[Record]) -> bytes:
     """``records`` as JSON Lines (one ``\\n``-terminated object per record)."""
-    # Appending to one bytearray frees each encoded record at once; it measured 2-3x faster
-    # than ``b"\\n".join(map(dumps, records))`` with orjson (fewer live buffers, no big copy).
-    out = bytearray()
-    dumps = codec().dumps
-    for record in records:
-        out += dumps(record)
-        out += b"\n"
-    return out
+    return codec().dumps_lines(records)
 
 
 _PLAIN = frozenset((str, int, float))
