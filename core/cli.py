@@ -271,6 +271,8 @@ def _print_summary(s: dict[str, Any], out: Any = None) -> None:
     ]
     if s["error"]:
         lines.append(f"  error: {s['error_type']}: {s['error']}")
+    for warning in s.get("warnings") or []:
+        lines.append(f"  warning: {warning.get('message', warning)}")
     if s["dead_letters"]:
         # last, so that `| tail -n 1` shows what needs attention
         where = s.get("dead_letter_destination") or "the dead-letter destination"

@@ -302,6 +302,12 @@ class SplitEnumerator(abc.ABC):
     def discover(self) -> None:
         """Look for new splits (called periodically for unbounded sources)."""
 
+    def warnings(self) -> list[dict[str, Any]]:
+        """What the run's summary should tell about this source's work, each a JSON-friendly
+        mapping with at least ``message`` (e.g. readers left idle because a file could not be
+        cut). Called by the coordinator when the run ends; must not reach the source."""
+        return []
+
     def close(self) -> None:
         """Release resources; not guaranteed to be called when a run is killed."""
 

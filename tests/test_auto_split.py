@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -243,6 +245,33 @@ def test_enough_splits_log_no_warning(tmp_path: Path, warnings_logged: list[logg
     src = write_jsonl(tmp_path / "in.jsonl", 2_000)
     assert len(plan(FileSource(path=str(src), min_split_bytes=64), 2)) == 8
     assert warnings_logged == []
+
+
+def test_the_run_summary_and_the_cli_say_why_a_reader_had_nothing_to_read(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f'{{"n": {i}}}\n' for i in range(500)))
+    spec = {"name": "idle", "source": {"type": "file", "path": str(src)},
+            "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")}, "runtime": {"parallelism": 2}}
+    summary = run_flow(spec, state_dir=str(tmp_path / "state"))
+    assert summary.status == "success" and summary.records_out == 500
+    [warning] = summary.to_dict()["warnings"]
+    assert "1 reader(s) will have nothing to read" in warning["message"]
+    [uncut] = warning["files"]
+    assert uncut["file"] == str(src) and "min_split_bytes" in uncut["reason"]
+    spec_path = tmp_path / "flow.json"
+    spec_path.write_text(json.dumps(spec))
+    shown = subprocess.run([sys.executable, "-m", "active_data_flow.cli", "run", str(spec_path), "--state-dir",
+                            str(tmp_path / "state2")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "warning: 1 split(s) for 2 readers: 1 reader(s) will have nothing to read" in shown.stdout
+
+
+def test_enough_splits_leave_the_summary_without_warnings(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", 2_000)
+    spec = {"name": "busy", "source": {"type": "file", "path": str(src), "min_split_bytes": 64},
+            "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")}, "runtime": {"parallelism": 2}}
+    summary = run_flow(spec, state_dir=str(tmp_path / "state"))
+    assert summary.status == "success" and summary.records_out == 2_000 and summary.warnings == []
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

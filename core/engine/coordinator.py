@@ -337,6 +337,10 @@ class Coordinator:
 
     # -- finish --------------------------------------------------------------------
 
+    def _source_warnings(self) -> list[dict[str, Any]]:
+        enumerator: SplitEnumerator | None = getattr(self, "enumerator", None)
+        return list(enumerator.warnings()) if enumerator is not None else []
+
     def finish(self, status: str, error: BaseException | None, t0: float) -> RunSummary:
         pipeline: Pipeline | None = getattr(self, "pipeline", None)
         if pipeline is not None:
@@ -368,6 +372,7 @@ class Coordinator:
             reader_restarts=self.restarts,
             sink=self._describe_sink(),
             dead_letter_destination=getattr(self, "dead_letter_destination", None),
+            warnings=self._source_warnings(),
         )
         if error is not None:
             if isinstance(error, ReaderFailed):

@@ -63,6 +63,9 @@ class RunSummary:
     backtrace: str | None = None
     #: dead letters themselves, for runs that may not write files (``persist=False``)
     dead_letter_sample: list[dict[str, Any]] | None = None
+    #: what the run has to say besides its counts (a source's :meth:`SplitEnumerator.warnings`):
+    #: ``[{"message": …, …}]``
+    warnings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +77,7 @@ class RunSummary:
         # every value: measured a tenth of a small HTTP-triggered run)
         out = {name: getattr(self, name) for name in _SUMMARY_FIELDS}
         out["dead_letter_reasons"] = [dict(r) for r in self.dead_letter_reasons]
+        out["warnings"] = [copy.deepcopy(w) for w in self.warnings]
         if self.dead_letter_sample is not None:
             out["dead_letter_sample"] = [copy.deepcopy(d) for d in self.dead_letter_sample]
         return out

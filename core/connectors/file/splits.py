@@ -60,7 +60,7 @@ class FileSplitEnumerator(StaticSplitEnumerator):
         self.source = source
         #: the files of the last discovery left whole while readers have no split: ``{"file", "size", "reason"}``
         self.uncut: list[dict[str, Any]] = []
-        self._warned = False
+        self._warning: dict[str, Any] | None = None
 
     split_class = FileSplit
 
@@ -73,14 +73,17 @@ class FileSplitEnumerator(StaticSplitEnumerator):
         readers = self.context.parallelism
         splits, self.uncut = self.source.plan_splits(new, readers)
         # a watching run's readers wait for files anyway: the warning is for a bounded run
-        if self.uncut and not self._warned and not self.unbounded:
-            self._warned = True
-            log_event(
-                _log,
-                f"{len(splits)} split(s) for {readers} readers: {readers - len(splits)} reader(s) will have nothing to read",
-                logging.WARNING,
-                readers=readers,
-                splits=len(splits),
-                files=self.uncut,
-            )
+        if self.uncut and self._warning is None and not self.unbounded:
+            self._warning = {
+                "message": f"{len(splits)} split(s) for {readers} readers: "
+                           f"{readers - len(splits)} reader(s) will have nothing to read",
+                "readers": readers, "splits": len(splits), "files": self.uncut,
+            }
+            log_event(_log, self._warning["message"], logging.WARNING,
+                      **{k: v for k, v in self._warning.items() if k != "message"})
         return list(splits)
+
+    def warnings(self) -> list[dict[str, Any]]:
+        """The readers left idle because files could not be cut (each file, its size, the
+        reason and what would help), as the run's log said when the splits were made."""
+        return [self._warning] if self._warning is not None else []
