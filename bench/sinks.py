@@ -13,7 +13,11 @@ imports and includes reading and parsing the input. The hand loops:
   ``executemany`` per batch, and ``COPY`` per batch (straight into the table to insert; into a
   temporary staging table followed by one ``INSERT … SELECT … ON CONFLICT`` to upsert);
 * Redis ``cache`` sink: a redis-py pipeline of ``SET key json`` per batch (keys under
-  ``adf_bench_sink:``, removed before each measurement).
+  ``adf_bench_sink:``, removed before each measurement);
+* Rafka sink (a topic of ``RAFKA_PARTITIONS`` partitions, round-robin): a redis-py pipeline of
+  ``XADD rafka:<topic>:<partition> * v json`` per batch, into the same streams;
+* Iceberg sink (``append``, a local warehouse with pyiceberg's SQL catalog on SQLite): one
+  ``table.append`` of a pyarrow table per batch, the table created from the first batch.
 
 The JSON loops use orjson when it is installed (as the engine's codec does), else ``json``.
 
@@ -33,6 +37,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import statistics
 import string
 import subprocess
@@ -46,6 +51,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("ADF_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ADF_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_PREFIX = "adf_bench_sink:"
+RAFKA_TOPIC = "adf_bench_sink"
+RAFKA_PARTITIONS = 4
+ICEBERG_TABLE = "bench.sink"
 SLOW = "adf run, SQLAlchemy path"
 TABLE = "adf_bench_sink"
 COLUMNS = ("id", "name", "amount", "qty", "city")
@@ -114,6 +122,46 @@ with open({src!r}, "rb") as fin:
             record = loads(line)
             pipe.set({prefix!r} + str(record["id"]), dumps(record))
         pipe.execute()
+print(time.perf_counter() - t0)
+"""
+
+HAND_RAFKA = """
+import itertools, time, redis
+try:
+    import orjson
+    loads, dumps = orjson.loads, orjson.dumps
+except ImportError:
+    import json
+    loads, dumps = json.loads, lambda value: json.dumps(value, separators=(",", ":"))
+client = redis.Redis.from_url({redis!r})
+streams = [f"rafka:{topic}:{{p}}" for p in range({partitions})]
+n = 0
+t0 = time.perf_counter()
+with open({src!r}, "rb") as fin:
+    while batch := list(itertools.islice(fin, {batch})):
+        pipe = client.pipeline(transaction=False)
+        for line in batch:
+            pipe.xadd(streams[n % {partitions}], {{"v": dumps(loads(line))}})
+            n += 1
+        pipe.execute()
+print(time.perf_counter() - t0)
+"""
+
+HAND_ICEBERG = """
+import itertools, time
+import orjson
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+catalog = SqlCatalog("adf", uri="sqlite:///{warehouse}/catalog.db", warehouse="file://{warehouse}")
+t0 = time.perf_counter()
+catalog.create_namespace_if_not_exists("bench")
+table = None
+with open({src!r}, "rb") as fin:
+    while batch := list(itertools.islice(fin, {batch})):
+        data = pa.Table.from_pylist([orjson.loads(line) for line in batch])
+        if table is None:
+            table = catalog.create_table({iceberg_table!r}, schema=data.schema)
+        table.append(data)
 print(time.perf_counter() - t0)
 """
 
@@ -258,6 +306,40 @@ def count_redis() -> int:
     return len(_redis_keys())
 
 
+def _rafka_streams() -> list[bytes]:
+    import redis
+
+    return list(redis.Redis.from_url(REDIS_URL).scan_iter(match=f"rafka:{RAFKA_TOPIC}:*", count=10_000))
+
+
+def reset_rafka() -> None:
+    """Remove the topic: its streams and its meta key."""
+    import redis
+
+    keys = _rafka_streams()
+    if keys:
+        redis.Redis.from_url(REDIS_URL).delete(*keys)
+
+
+def count_rafka() -> int:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    return sum(client.xlen(key) for key in _rafka_streams() if not key.endswith(b":meta"))
+
+
+def reset_iceberg(warehouse: Path) -> None:
+    shutil.rmtree(warehouse, ignore_errors=True)
+    warehouse.mkdir(parents=True)
+
+
+def count_iceberg(warehouse: Path) -> int:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog = SqlCatalog("adf", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}")
+    return int(catalog.load_table(ICEBERG_TABLE).scan().to_arrow().num_rows)
+
+
 class Bench:
     """Runs the contenders of each sink interleaved and keeps every timing."""
 
@@ -323,6 +405,19 @@ class Bench:
             fmt = self.fmt(src=str(self.src_jsonl), fmt="jsonl", sink=cache, redis=REDIS_URL, prefix=REDIS_PREFIX)
             out.append(("Redis cache", "adf run", ENGINE.format(**fmt), reset_redis, count_redis))
             out.append(("Redis cache", "redis-py pipeline", HAND_REDIS.format(**fmt), reset_redis, count_redis))
+            rafka = {"type": "rafka", "url": REDIS_URL, "topic": RAFKA_TOPIC, "partitions": RAFKA_PARTITIONS}
+            fmt = self.fmt(src=str(self.src_jsonl), fmt="jsonl", sink=rafka, redis=REDIS_URL, topic=RAFKA_TOPIC,
+                           partitions=RAFKA_PARTITIONS)
+            out.append(("Rafka", "adf run", ENGINE.format(**fmt), reset_rafka, count_rafka))
+            out.append(("Rafka", "redis-py XADD pipeline", HAND_RAFKA.format(**fmt), reset_rafka, count_rafka))
+        if not self.args.no_iceberg:
+            warehouse = self.tmp / "warehouse"
+            iceberg = {"type": "iceberg", "table": ICEBERG_TABLE, "warehouse": str(warehouse)}
+            fmt = self.fmt(src=str(self.src_jsonl), fmt="jsonl", sink=iceberg, warehouse=str(warehouse),
+                           iceberg_table=ICEBERG_TABLE)
+            reset, check = (lambda: reset_iceberg(warehouse)), (lambda: count_iceberg(warehouse))
+            out.append(("Iceberg append", "adf run", ENGINE.format(**fmt), reset, check))
+            out.append(("Iceberg append", "pyiceberg append", HAND_ICEBERG.format(**fmt), reset, check))
         return out
 
     def run(self) -> list[tuple[str, float, str, float, float, float | None]]:
@@ -351,7 +446,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender (the median counts)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL rows")
-    parser.add_argument("--no-redis", action="store_true", help="skip the Redis row")
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis and Rafka rows")
+    parser.add_argument("--no-iceberg", action="store_true", help="skip the Iceberg row")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -360,6 +456,7 @@ def main() -> int:
         finally:  # leave nothing behind on the servers
             if not args.no_redis:
                 reset_redis()
+                reset_rafka()
             if not args.no_postgres:
                 drop_postgres()
     print()
