@@ -12,12 +12,17 @@ import functools
 import shutil
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: folder -> its place in the package (pyproject.toml's [tool.setuptools.package-dir])
-FOLDERS = {"core": "", "handlers": "handlers", "spin_app": "spin_app", "lambda_app": "lambda_app",
-           "flink_job": "flink_job"}
+#: folder -> its import name, as pyproject.toml's [tool.setuptools.package-dir] maps them
+with (ROOT / "pyproject.toml").open("rb") as _f:
+    IMPORT_NAMES: dict[str, str] = {folder: name for name, folder in
+                                    tomllib.load(_f)["tool"]["setuptools"]["package-dir"].items()}
+#: folder -> its place inside the package directory ("" for the package itself)
+FOLDERS = {folder: name.removeprefix("active_data_flow").lstrip(".").replace(".", "/")
+           for folder, name in IMPORT_NAMES.items()}
 
 
 def lay_out(parent: Path) -> Path:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from package_tree import IMPORT_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
 #: folder -> its import name (pyproject.toml's package-dir): core/ is the package itself
-PACKAGES = {"core": "active_data_flow", "handlers": "active_data_flow.handlers", "spin_app": "active_data_flow.spin_app",
-            "lambda_app": "active_data_flow.lambda_app", "flink_job": "active_data_flow.flink_job"}
+PACKAGES = IMPORT_NAMES
 HOSTS = tuple(name for folder, name in PACKAGES.items() if folder != "core")
 
 

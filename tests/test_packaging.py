@@ -14,11 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from package_tree import IMPORT_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 #: folder -> where it lies in the wheel
-FOLDERS = {"core": "active_data_flow", "handlers": "active_data_flow/handlers", "spin_app": "active_data_flow/spin_app",
-           "lambda_app": "active_data_flow/lambda_app", "flink_job": "active_data_flow/flink_job"}
+FOLDERS = {folder: name.replace(".", "/") for folder, name in IMPORT_NAMES.items()}
 
 
 @pytest.fixture(scope="module")
