@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from active_data_flow.errors import MissingExtraError, RegistryError, UnavailableTypeError
 
-__all__ = ["ENTRY_POINT_GROUPS", "KINDS", "Registry", "import_path", "register", "registry"]
+__all__ = ["ENTRY_POINT_GROUPS", "KINDS", "OWN_PACKAGE", "Registry", "import_path", "register", "registry"]
 
 KINDS = ("source", "sink", "step", "runtime")
 ENTRY_POINT_GROUPS = {kind: f"active_data_flow.{kind}s" for kind in KINDS}
@@ -81,7 +81,8 @@ _EXTRA_HINTS: dict[str, str] = {
 }
 
 T = TypeVar("T")
-_OWN_PACKAGES = {"active_data_flow"}
+#: the import package this project installs (everything of ours lives under it)
+OWN_PACKAGE = __name__.partition(".")[0]
 
 
 def import_path(path: str) -> Any:
@@ -172,7 +173,7 @@ class Registry:
                 if missing and (module == missing or module.startswith(missing + ".")) and \
                         self._origins[kind].get(name) == "builtin":
                     raise UnavailableTypeError(kind, name, module) from exc
-                if (exc.name or "").split(".")[0] in _OWN_PACKAGES:
+                if (exc.name or "").split(".")[0] == OWN_PACKAGE:
                     raise
                 extra = _EXTRA_HINTS.get(name, name)
                 raise MissingExtraError(exc.name or str(exc), extra, f"the {kind} type {name!r}") from exc

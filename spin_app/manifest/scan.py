@@ -19,7 +19,7 @@ from importlib.machinery import ModuleSpec, PathFinder
 from typing import Any
 
 from active_data_flow.errors import AdfError, ConfigError
-from active_data_flow.registry import Registry
+from active_data_flow.registry import OWN_PACKAGE, Registry
 from active_data_flow.spec import FlowSpec
 from active_data_flow.spin_app.manifest.conventions import glob_prefix, inside_path
 from active_data_flow.spin_app.manifest.flows import (
@@ -121,7 +121,6 @@ DENIED_MODULES: dict[str, tuple[str, bool]] = {
     "subprocess": ("a component cannot start processes", False),
     "multiprocessing": ("a component cannot start processes", False),
 }
-_OWN_PACKAGES = {"active_data_flow"}
 
 
 def check_flow_for_spin(
@@ -239,7 +238,7 @@ def _check_step(flow: FlowFile, index: int, step: Mapping[str, Any], found: Find
     if top in DENIED_MODULES:
         found.errors.append(f"{label}: module {module}: {DENIED_MODULES[top][0]}")
         return
-    if top in sys.stdlib_module_names or top in _OWN_PACKAGES:
+    if top in sys.stdlib_module_names or top == OWN_PACKAGE:
         return  # bundled with the component's Python
     search = search_path(flow)
     spec = find_module(module, search)
@@ -445,7 +444,7 @@ def _check_import(imp: _Import, name: str, search: list[str], label: str, found:
     """One import of module ``name``: denied (an error, or a warning when guarded or lazy), the
     standard library, or a module to scan in turn."""
     top = imp.module.split(".")[0]
-    if top in _OWN_PACKAGES:
+    if top == OWN_PACKAGE:
         return
     where = f"module {name}{via} imports {imp.module} (line {imp.line})"
     denied = DENIED_MODULES.get(top)
