@@ -217,9 +217,11 @@ def _progress_interval() -> float:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from active_data_flow import telemetry
     from active_data_flow.runtime import run
 
     loaded = _load(args)  # invalid specs: main() reports them with exit code 2
+    telemetry.configure_from_env()  # OpenTelemetry from the standard OTEL_* variables, when they are set
     spec = loaded.spec
     if args.parallelism:
         spec.runtime["parallelism"] = args.parallelism
@@ -239,6 +241,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = run(spec, **kwargs)
     if loaded.store is not None:
         loaded.store.close()
+    telemetry.flush()
     data = summary.to_dict()
     if args.json:
         _print_json(data, out)
@@ -272,7 +275,10 @@ def _print_summary(s: dict[str, Any], out: Any = None) -> None:
     if s["error"]:
         lines.append(f"  error: {s['error_type']}: {s['error']}")
     for warning in s.get("warnings") or []:
-        lines.append(f"  warning: {warning.get('message', warning)}")
+        repeated = f" (x{warning['count']:,})" if isinstance(warning.get("count"), int) and warning["count"] > 1 else ""
+        lines.append(f"  warning: {warning.get('message', warning)}{repeated}")
+    for change in s.get("schema_changes") or []:
+        lines.append(f"  schema: added column {change.get('column')} {change.get('type')} to {change.get('table')}")
     if s["dead_letters"]:
         # last, so that `| tail -n 1` shows what needs attention
         where = s.get("dead_letter_destination") or "the dead-letter destination"
@@ -355,6 +361,19 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
                 req = "required" if a["required"] else f"default {a['default']!r}" if "default" in a else "optional"
                 flags = ", secret" if a.get("secret") else ""
                 print(f"      {a['name']:<20} {a['type']:<10} {req}{flags}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from active_data_flow.spec_schema import SCHEMA_ID, dump_schema, flow_schema
+
+    text = dump_schema(flow_schema(no_plugins=args.no_plugins, schema_id=args.id or SCHEMA_ID))
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    with open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -473,6 +492,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     con = sub.add_parser("connectors", help="list installed sources, sinks, steps and runtimes")
     con.add_argument("--json", action="store_true")
     con.set_defaults(func=_cmd_connectors)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema (draft 2020-12) of flow specs for the installed types")
+    sch.add_argument("--output", "-o", metavar="FILE", help="write it to FILE (default: standard output)")
+    sch.add_argument("--no-plugins", action="store_true",
+                     help="only this distribution's own types, not those plug-ins add (docs/flow.schema.json)")
+    sch.add_argument("--id", metavar="URI", help="the schema's $id (default urn:active-data-flow:flow-spec)")
+    sch.set_defaults(func=_cmd_schema)
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)

@@ -45,6 +45,7 @@ from active_data_flow.errors import RecordValidationError, SpecError
 
 __all__ = [
     "FIELD_TYPES",
+    "FIELD_TYPE_ALIASES",
     "MISSING",
     "DeadLetter",
     "ExtraPolicy",
@@ -212,13 +213,15 @@ _COERCERS: dict[str, Callable[[Any], Any]] = {
 #: The canonical field type names, in the order documentation lists them.
 FIELD_TYPES: tuple[str, ...] = tuple(_COERCERS)
 
-_ALIASES: dict[str, str] = {
+#: Other names a field type may be given by (matched case-insensitively, like the canonical ones).
+FIELD_TYPE_ALIASES: dict[str, str] = {
     "str": "string",
     "int": "integer",
     "float": "number",
     "bool": "boolean",
     "any": "json",
 }
+_ALIASES = FIELD_TYPE_ALIASES
 
 # Types for which a blank string means "no value" (a CSV cell left empty).
 _BLANK_IS_MISSING: frozenset[str] = frozenset(FIELD_TYPES) - {"string", "json"}

@@ -53,6 +53,9 @@ from active_data_flow.registry import Registry, add_import_path, registry
 from active_data_flow.step import step_id_problems
 
 __all__ = [
+    "NAME_RE",
+    "PARAM_KEYS",
+    "PARAM_NAME_RE",
     "PARAM_TYPES",
     "RUNTIME_ATTRIBUTES",
     "SPEC_KEYS",
@@ -75,6 +78,22 @@ def _not_negative(v: Any) -> str | None:
     return None if v >= 0 else "must not be negative"
 
 
+def _schedule(v: Any) -> str | None:
+    """A runtime ``schedule``: ``{cron: "0 6 * * 1-5", timezone: Europe/Berlin}`` (zone optional, UTC)."""
+    from active_data_flow.cron import CronError, parse_cron
+
+    unknown = sorted(str(k) for k in v if k not in ("cron", "timezone"))
+    if unknown:
+        return f"unknown key(s) {', '.join(unknown)} (allowed: cron, timezone)"
+    if not isinstance(v.get("cron"), str):
+        return "needs cron: an expression such as '0 6 * * 1-5' (and optionally timezone: Europe/Berlin)"
+    try:
+        parse_cron(v["cron"], v.get("timezone") or "UTC")
+    except CronError as exc:
+        return str(exc)
+    return None
+
+
 def _ratio(v: Any) -> str | None:
     return None if 0 <= v <= 1 else "must be between 0 and 1"
 
@@ -94,6 +113,9 @@ RUNTIME_ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("batch_size", int, default=500, check=_positive, help="records per batch (and per checkpoint)"),
     Attribute("parallelism", int, default=1, check=_positive, help="parallel readers (processes)"),
     Attribute("interval_seconds", int, check=_positive, help="how often a scheduler runs the flow"),
+    Attribute("schedule", dict, check=_schedule,
+              help="a calendar for schedulers instead of interval_seconds: "
+                   "{cron: '0 6 * * 1-5', timezone: Europe/Berlin} (active_data_flow.cron)"),
     Attribute("checkpoint", bool, default=True, help="checkpoint after every batch and resume after a crash"),
     Attribute("checkpoint_fsync", bool, default=False, help="fsync checkpoints (survive power loss, slower)"),
     Attribute("retries", int, default=3, check=_not_negative,
@@ -127,7 +149,9 @@ SPEC_KEYS = (
     "name", "description", "source", "steps", "sink", "runtime", "dead_letter", "schema", "state", "config",
     "python_path", "context", "params",
 )
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: what a flow's ``name`` may be
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = NAME_RE
 
 #: the type names of a declared parameter → the :class:`~active_data_flow.attributes.Attribute` type
 PARAM_TYPES: dict[str, Any] = {
@@ -139,8 +163,11 @@ PARAM_TYPES: dict[str, Any] = {
     "mapping": dict,
     "json": object,
 }
-_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PARAM_KEYS = ("type", "default", "required", "choices", "secret", "help")
+#: what a declared parameter's name may be, and the keys of its declaration
+PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PARAM_KEYS = ("type", "default", "required", "choices", "secret", "help")
+_PARAM_NAME_RE = PARAM_NAME_RE
+_PARAM_KEYS = PARAM_KEYS
 #: sections where ``${params.x}`` is resolved; anywhere else it is refused
 _PARAM_SECTIONS = ("steps", "context")
 
@@ -490,6 +517,8 @@ def parse_spec(  # noqa: C901
         runtime = validate_config(RUNTIME_ATTRIBUTES, raw.get("runtime") or {}, "runtime", allow_extra=())
     except ConfigError as exc:
         problems.extend(f"runtime: {p}" for p in exc.problems)
+    if runtime.get("interval_seconds") and runtime.get("schedule"):
+        problems.append("runtime: interval_seconds and schedule both say when a scheduler runs the flow; keep one")
     if runtime.get("type", "local") != "local" and check_components:
         try:
             reg.resolve("runtime", runtime["type"])

@@ -136,8 +136,10 @@ def _db_current(args: argparse.Namespace) -> int:
 
 def _flow_line(flow: Any) -> str:
     state = "enabled " if flow.enabled else "disabled"
-    nxt = flow.next_run_at.isoformat(timespec="seconds") if flow.next_run_at else "-"
-    return f"{flow.name:<30} {state} every {flow.run_interval:>6}s  last {flow.last_run_status or '-':<11} next {nxt}"
+    nxt = flow.next_run.isoformat(timespec="seconds") if flow.next_run else "-"
+    when = (f"cron {flow.schedule_cron!r} {flow.schedule_timezone}" if flow.schedule_cron
+            else f"every {flow.run_interval:>6}s")
+    return f"{flow.name:<30} {state} {when}  last {flow.last_run_status or '-':<11} next {nxt}"
 
 
 def _run_line(run: Any) -> str:
@@ -176,8 +178,14 @@ def _flows_add(args: argparse.Namespace, store: ScheduleStore) -> int:
     python_path = list(configuration.get("python_path") or [])
     if spec_dir not in python_path:
         configuration["python_path"] = [*python_path, spec_dir]
+    schedule = None if args.cron is None else {"cron": args.cron, "timezone": args.timezone or "UTC"}
+    interval = args.interval
+    if interval is None and schedule is None:  # the spec's own: runtime.interval_seconds or runtime.schedule
+        runtime = configuration.get("runtime") or {}
+        interval, schedule = runtime.get("interval_seconds"), runtime.get("schedule")
     flow = store.create_flow(
-        args.name, configuration, args.interval, description=args.description or "", enabled=not args.disabled
+        args.name, configuration, interval, description=args.description or "", enabled=not args.disabled,
+        schedule=schedule,
     )
     _emit(args, flow.to_dict(), f"added {_flow_line(flow)}")
     return 0
@@ -275,10 +283,14 @@ def register(sub: Any) -> None:
     flows = sub.add_parser("flows", help="scheduled flows")
     fs = flows.add_subparsers(dest="flows_command", required=True)
     name = (("name",), {"help": "flow name"})
-    _leaf(fs, "add", "schedule a flow (due at once)", _with_store(_flows_add), [
+    _leaf(fs, "add", "schedule a flow (an interval flow is due at once)", _with_store(_flows_add), [
         name,
         (("--spec",), {"required": True, "help": "flow spec file (.yaml/.json)"}),
-        (("--interval",), {"required": True, "type": int, "help": "seconds between runs"}),
+        (("--interval",), {"type": int, "help": "seconds between runs (or --cron; neither: the spec's "
+                                                "runtime.interval_seconds or runtime.schedule)"}),
+        (("--cron",), {"help": "a cron schedule instead of --interval: minute hour day-of-month month "
+                                "day-of-week, e.g. '0 6 * * 1-5'"}),
+        (("--timezone",), {"help": "the zone --cron is read in, e.g. Europe/Berlin (default UTC)"}),
         (("--description",), {}),
         (("--disabled",), {"action": "store_true", "help": "add it disabled"}),
     ])

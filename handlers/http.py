@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from active_data_flow import telemetry
 from active_data_flow.ids import new_id
 from active_data_flow.logs import get_logger
 
@@ -149,6 +150,7 @@ def handle_heartbeat(request: Request, settings: Settings, store: ScheduleStore)
         response: Response, outcome: str, detail: str, client: str | None, counts: Mapping[str, Any] | None = None
     ) -> Response:
         response.headers.update(rid)
+        telemetry.record_heartbeat(outcome)
         _record(
             store,
             settings,

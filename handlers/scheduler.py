@@ -50,7 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from active_data_flow import telemetry
 from active_data_flow.handlers.schedule.leases import LeaseKeeper, durable_write
+from active_data_flow.handlers.schedule.progress import ProgressKeeper
 from active_data_flow.handlers.schedule.store import (
     FlowRecord,
     RetryPolicy,
@@ -106,7 +108,9 @@ Executor = Callable[..., RunRecord]
 #: as the store holds it now (:func:`scheduled_spec` is its spec), the engine run id to run
 #: under, the heartbeat's settings — and returns the engine's
 #: :class:`~active_data_flow.engine.RunSummary`; it may raise (the run is then recorded failed).
-FlowRunner = Callable[[FlowRecord, str, Settings], Any]
+#: A runner of :func:`execute_run` with ``threads`` is also given ``on_progress=`` (the engine's
+#: progress callback, which writes the run's counts so far to the store).
+FlowRunner = Callable[..., Any]
 
 
 class StopEvent(Protocol):
@@ -253,15 +257,17 @@ def load_scheduled_flow(
     return _load(store.get_flow(flow_name), settings, use_store=use_store)
 
 
-def run_on_runtime(flow: FlowRecord, run_id: str, settings: Settings) -> Any:
+def run_on_runtime(flow: FlowRecord, run_id: str, settings: Settings, *, on_progress: Any = None) -> Any:
     """The heartbeat's :data:`FlowRunner`: the flow resolved through every configuration
     layer as :func:`load_scheduled_flow` does, run on its runtime (:func:`active_data_flow.runtime.run`)
-    with its state store, which is closed afterwards."""
+    with its state store, which is closed afterwards; ``on_progress`` is the engine's
+    progress callback."""
     from active_data_flow.runtime import run as run_on
 
     loaded = _load(flow, settings, use_store=True)
     try:
-        return run_on(loaded.spec, state_dir=settings.state_dir, run_id=run_id, store=loaded.store)
+        return run_on(loaded.spec, state_dir=settings.state_dir, run_id=run_id, store=loaded.store,
+                      on_progress=on_progress)
     finally:
         if loaded.store is not None:
             try:
@@ -287,8 +293,10 @@ def execute_run(
     own id). The flow's configuration is read from the store now (an update is applied on
     the next run) and handed to ``runner`` — the host's layers and the host's way of running
     a flow; by default :func:`run_on_runtime`, the heartbeat's. With ``threads`` the lease
-    is renewed in the background while the flow runs; without (a host that has no threads,
-    such as a WebAssembly component) the run must end within its lease. A failure — a
+    is renewed in the background while the flow runs and its counts so far are written to
+    its row every second (:class:`~active_data_flow.handlers.schedule.progress.ProgressKeeper`);
+    without (a host that has no threads, such as a WebAssembly component) the run must end
+    within its lease and its counts come with its outcome. A failure — a
     failed summary, or an exception while loading — is recorded as ``failed`` with its
     error and backtrace (secrets redacted); it is never raised. The outcome is written by
     :func:`record_outcome`. Returns the finished run (or the run as it stands when its lease
@@ -304,11 +312,16 @@ def execute_run(
         return store.get_run(run.id)
     log_event(_log, "run started", run=run.id, flow=run.flow_name, attempt=run.attempt, worker_id=worker_id,
               engine_run_id=run_id)
-    with LeaseKeeper(store, worker_id, settings.lease_seconds, [run.id] if threads else []):
+    progress = ProgressKeeper(store, run.id, worker_id, enabled=threads)
+    # with threads, the runner also gets the engine's progress callback: the counts so far
+    # are written to the run's row while it runs
+    extra: dict[str, Any] = {"on_progress": progress.update} if threads else {}
+    with LeaseKeeper(store, worker_id, settings.lease_seconds, [run.id] if threads else []), progress:
         try:
-            summary = runner(store.get_flow(run.flow_name), run_id, settings)
+            summary = runner(store.get_flow(run.flow_name), run_id, settings, **extra)
         except Exception as exc:  # an invalid spec, a missing flow, a runtime that raised
             outcome = outcome_from_exception(exc)
+            telemetry.record_run_not_started(run.flow_name)
         else:
             outcome = outcome_from_summary(summary)
     return record_outcome(store, started, outcome, settings, worker_id=worker_id)
@@ -366,6 +379,33 @@ def _record_crash(store: ScheduleStore, run: RunRecord, exc: BaseException) -> R
 # --------------------------------------------------------------------------- triggers
 
 
+def _due_times(store: ScheduleStore, now: dt.datetime) -> dict[str, dt.datetime] | None:
+    """When each due flow became due (its ``next_run_at`` before the claim moves it on), for
+    the claim latency — only when something measures it (:func:`active_data_flow.telemetry.observing`)."""
+    if not telemetry.observing():
+        return None
+    try:
+        return {f.name: as_utc(f.next_run_at) for f in store.due_flows(now) if f.next_run_at is not None}
+    except Exception as exc:  # a measurement never stops a heartbeat
+        log_event(_log, "due times not read; claim latency not measured", logging.WARNING,
+                  error=redact_text(f"{type(exc).__name__}: {exc}"))
+        return None
+
+
+def _measure_claims(runs: list[RunRecord], claimed_at: dt.datetime, due_at: dict[str, dt.datetime] | None = None) -> None:
+    """Report each claimed run's latency: from its flow's due time (``due_at``), or for a pending
+    run (a retry, a queued "run now") from when it could first be claimed."""
+    if not runs or not telemetry.observing():
+        return
+    for run in runs:
+        if due_at is not None:
+            since = due_at.get(run.flow_name)
+        else:
+            since = max((as_utc(t) for t in (run.created_at, run.not_before) if t is not None), default=None)
+        if since is not None:
+            telemetry.record_claims(run.trigger, [(as_utc(claimed_at) - since).total_seconds()])
+
+
 def tick(
     store: ScheduleStore,
     settings: Settings,
@@ -397,10 +437,14 @@ def tick(
 
     expired = store.expire_leases(retry_policy(settings), now)
     worker_id = default_worker_id(trigger) if mode == "sync" else None
+    due_at = _due_times(store, now)
+    claimed_at = claim_time()
     claim = store.claim(
-        claim_time(), limit=settings.claim_limit, trigger=trigger, worker_id=worker_id,
+        claimed_at, limit=settings.claim_limit, trigger=trigger, worker_id=worker_id,
         lease_seconds=settings.lease_seconds,
     )
+    if due_at is not None:
+        _measure_claims(claim.runs, claimed_at, due_at)
     result = HeartbeatResult(
         flows_due=claim.flows_due,
         flows_triggered=len(claim.runs),
@@ -433,9 +477,11 @@ def tick(
         # same claim limit. A flow with a pending run is skipped by the claim until then.
         budget = settings.claim_limit - len(claim.runs)
         while budget > 0:
-            pending = store.claim_pending_run(worker_id, lease_seconds=settings.lease_seconds, now=claim_time())
+            claimed_at = claim_time()
+            pending = store.claim_pending_run(worker_id, lease_seconds=settings.lease_seconds, now=claimed_at)
             if pending is None:
                 break
+            _measure_claims([pending], claimed_at)
             budget -= 1
             result.pending_run_ids.append(pending.id)
             run_one(pending)
@@ -489,6 +535,7 @@ class Worker:
         run = self.store.claim_pending_run(self.worker_id, lease_seconds=self.settings.lease_seconds)
         if run is None:
             return None
+        _measure_claims([run], utcnow())
         try:
             finished = self._execute(self.store, run, self.settings, worker_id=self.worker_id)
         except Exception as exc:

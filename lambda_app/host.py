@@ -30,7 +30,9 @@ of the run they belong to, and ``location`` naming the engine function that logg
 (``active_data_flow.engine.run_flow:1782``), not the logging helper it called. Every line, the handlers' own
 included, is redacted as core redacts (:mod:`active_data_flow.redact`: secret-named keys, passwords in
 URLs, secret query parameters) right before it is written. Every invocation's metrics include
-Powertools' ``ColdStart`` metric on a cold start.
+Powertools' ``ColdStart`` metric on a cold start, and the engine's counters of the runs it made
+(:class:`RunMetrics`: ``adf.runs``, ``adf.records``… — the names ``adf serve``'s ``/metrics`` and
+OpenTelemetry use).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from active_data_flow import logs as core_logs
+from active_data_flow import telemetry
 from active_data_flow.handlers.invoke.host import LocalHost
 from active_data_flow.handlers.invoke.run import Invocation
 from active_data_flow.lambda_app.tracing import make_tracer
@@ -57,7 +60,8 @@ from active_data_flow.redact import redact, redact_text
 from active_data_flow.state import open_state_store
 
 __all__ = [
-    "VARIABLE_ENV_PREFIX", "EngineLogHandler", "LambdaHost", "count_http", "count_run", "flows_dir", "get_host",
+    "VARIABLE_ENV_PREFIX", "EngineLogHandler", "LambdaHost", "RunMetrics", "count_http", "count_run", "flows_dir",
+    "get_host",
     "logger", "metrics", "tracer",
 ]
 
@@ -77,13 +81,77 @@ def _redacted_json(log: dict[str, Any]) -> str:
     return json.dumps(redact(log), default=lambda o: redact_text(str(o)), separators=(",", ":"))
 
 
+class RunMetrics(telemetry.Observer):
+    """The engine's counters of one invocation (:mod:`active_data_flow.telemetry`), written as
+    CloudWatch metrics when it ends — the names and dimensions of the OpenTelemetry instruments
+    and of ``adf serve``'s ``/metrics``: ``adf.runs`` (``flow``, ``status``), ``adf.records``
+    (``flow``, ``kind``: ``in``, ``out``, ``filtered``, ``dead_letter``), ``adf.claim.latency``
+    (seconds, ``trigger``) and ``adf.heartbeats`` (``outcome``), each with ``service``. One EMF
+    document per metric and dimension set (``single_metric``): dimensions differ between them."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.latencies: dict[str, list[float]] = {}
+
+    def _add(self, name: str, value: float, **dimensions: str) -> None:
+        key = (name, tuple(sorted(dimensions.items())))
+        self.counts[key] = self.counts.get(key, 0) + value
+
+    def records(self, flow: str, kind: str, count: int) -> None:
+        self._add("adf.records", count, flow=flow, kind=kind)
+
+    def run_finished(self, flow: str, status: str) -> None:
+        self._add("adf.runs", 1, flow=flow, status=status)
+
+    def claimed(self, trigger: str, latency_s: float) -> None:
+        self.latencies.setdefault(trigger, []).append(latency_s)
+
+    def heartbeat(self, outcome: str) -> None:
+        self._add("adf.heartbeats", 1, outcome=outcome)
+
+    def emit(self) -> None:
+        from aws_lambda_powertools.metrics import single_metric
+
+        for (name, dimensions), value in sorted(self.counts.items()):
+            with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=NAMESPACE,
+                               default_dimensions={"service": SERVICE, **dict(dimensions)}):
+                pass
+        for trigger, values in sorted(self.latencies.items()):
+            for value in values:
+                with single_metric(name="adf.claim.latency", unit=MetricUnit.Seconds, value=value,
+                                   namespace=NAMESPACE, default_dimensions={"service": SERVICE, "trigger": trigger}):
+                    pass
+        self.counts.clear()
+        self.latencies.clear()
+
+
+def _observed(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler`` with the engine's counters of its invocation written when it returns (or raises)."""
+
+    @functools.wraps(handler)
+    def observed(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
+        run_metrics = RunMetrics()
+        try:
+            with telemetry.observe(run_metrics):
+                return handler(event, context, *args, **kwargs)
+        finally:
+            run_metrics.emit()
+
+    return observed
+
+
 class _Metrics(Metrics):
-    """Powertools ``Metrics`` whose ``log_metrics`` also records the ``ColdStart`` metric."""
+    """Powertools ``Metrics`` whose ``log_metrics`` also records the ``ColdStart`` metric and
+    writes the engine's counters of the invocation (:class:`RunMetrics`)."""
 
     def log_metrics(self, lambda_handler: Any = None, capture_cold_start_metric: bool = True,
                     raise_on_empty_metrics: bool = False, default_dimensions: dict[str, str] | None = None,
                     **kwargs: Any) -> Callable[..., Any]:
-        return super().log_metrics(lambda_handler, capture_cold_start_metric, raise_on_empty_metrics,
+        if lambda_handler is None:
+            return functools.partial(self.log_metrics, capture_cold_start_metric=capture_cold_start_metric,
+                                     raise_on_empty_metrics=raise_on_empty_metrics,
+                                     default_dimensions=default_dimensions, **kwargs)
+        return super().log_metrics(_observed(lambda_handler), capture_cold_start_metric, raise_on_empty_metrics,
                                    default_dimensions, **kwargs)
 
 

@@ -24,7 +24,10 @@ Routes (``routes``; each kind defaults as shown):
 * ``http``: every bundled flow is served at ``/flows/<name>`` (see :mod:`active_data_flow.handlers.invoke.http`);
 * ``redis``: ``{channel: flow}``, default ``{"adf:<flow>": flow}`` for each flow;
 * ``mqtt``: ``{topic filter: flow}``, default ``{"adf/<flow>": flow}``;
-* ``cron``: ``{flow: interval seconds}``, default the flows with ``runtime.interval_seconds``.
+* ``cron``: ``{flow: interval seconds or calendar}``, default the flows with ``runtime.interval_seconds``
+  (seconds) or ``runtime.schedule`` (a calendar, ``"0 6 * * 1-5"`` or ``"CRON_TZ=Europe/Berlin 0 6 * * 1-5"``).
+  When a calendar names a zone of the time zone database, the installed ``tzdata`` package is
+  bundled too (a component has no zone database of its own).
 
 Component variables override all of this at run time (``adf_routes``, ``adf_channel`` ...:
 :mod:`active_data_flow.spin_app.runtime`).
@@ -50,7 +53,7 @@ from typing import Any
 
 __all__ = [
     "MIN_SPIN_VERSION", "SPIN_INTERFACES", "TRIGGERS", "BuildError", "build", "bundle_source", "component_imports",
-    "source_digest", "spin_version_problems",
+    "needs_zone_database", "source_digest", "spin_version_problems",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,16 +284,39 @@ def bundle_source(
         "http": dict(routes.get("http", {})),
         "redis": dict(routes.get("redis", {f"adf:{n}": n for n in specs})),
         "mqtt": dict(routes.get("mqtt", {f"adf/{n}": n for n in specs})),
-        "cron": dict(routes.get("cron", {
-            n: int(s.get("runtime", {}).get("interval_seconds"))
-            for n, s in specs.items() if (s.get("runtime") or {}).get("interval_seconds")
-        })),
+        "cron": dict(routes.get("cron", _default_cron_routes(specs))),
     }
     from active_data_flow.handlers.confignames import flow_slug
 
     names = list(_BASE_VARIABLES) + [f"adf_flow_{flow_slug(n)}_json" for n in specs] + list(variables)
     modules = sorted({m for s in specs.values() for m in _step_modules(s)})
     return _python_literal(specs, table, sorted(set(names)), redis_address, modules)
+
+
+def _default_cron_routes(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, int | str]:
+    """``{flow: seconds}`` of the flows with ``runtime.interval_seconds``, ``{flow: calendar}`` of
+    those with ``runtime.schedule`` (``CRON_TZ=<zone> <expression>`` outside UTC)."""
+    from active_data_flow.cron import spec_schedule_text
+
+    table: dict[str, int | str] = {}
+    for name, spec in specs.items():
+        calendar, interval = spec_schedule_text(spec), (spec.get("runtime") or {}).get("interval_seconds")
+        if calendar:
+            table[name] = calendar
+        elif interval:
+            table[name] = int(interval)
+    return table
+
+
+def needs_zone_database(schedules: Iterable[Any]) -> bool:
+    """Whether a calendar among ``schedules`` (cron route values: seconds or one-line calendars)
+    names a zone of the time zone database (``CRON_TZ=Europe/Berlin …``): a component has none
+    of its own, so the build bundles the ``tzdata`` package then, and the component loads those
+    zones while it is built (:mod:`active_data_flow.spin_app.runtime`). UTC and fixed offsets
+    (``+02:00``) need none."""
+    from active_data_flow.cron import named_zones
+
+    return bool(named_zones(schedules))
 
 
 def _python_literal(specs: Any, table: Any, names: Any, redis_address: Any, modules: Any = ()) -> str:
@@ -319,7 +345,7 @@ def source_digest(extra: str = "") -> str:
             if path.is_file() and path.suffix in (".py", ".wit") and "__pycache__" not in path.parts:
                 h.update(str(path.relative_to(ROOT)).encode())
                 h.update(path.read_bytes())
-    for pkg in ("spin-sdk", "componentize-py"):
+    for pkg in ("spin-sdk", "componentize-py", "tzdata"):
         try:
             from importlib.metadata import version
 
@@ -329,7 +355,18 @@ def source_digest(extra: str = "") -> str:
     return h.hexdigest()[:24]
 
 
-def _stage(stage: Path, bundle: str, modules: Mapping[str, Path] | None = None) -> Path:
+def _zone_database() -> Path:
+    """The installed ``tzdata`` package's directory (the IANA zone database as package data)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tzdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError("a cron schedule names a time zone, and a component has no zone database of its own: "
+                         "pip install tzdata (the `spin` extra has it), or use UTC or a fixed offset like +02:00")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _stage(stage: Path, bundle: str, modules: Mapping[str, Path] | None = None, *, zones: bool = False) -> Path:
     for top, source in (modules or {}).items():  # the flows' step modules, importable by name
         if source.is_dir():
             _copy_tree(source, stage / top)
@@ -345,6 +382,9 @@ def _stage(stage: Path, bundle: str, modules: Mapping[str, Path] | None = None) 
     shutil.rmtree(package / "spin_app" / "local_host", ignore_errors=True)  # the local Spin host (wasmtime)
     (package / "spin_app" / "_bundle.py").write_text(bundle, encoding="utf-8")
     shutil.copytree(_spin_sdk_dir(), stage / "spin_sdk", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    if zones:  # zoneinfo reads the package's files when the system has no zone database (WASI)
+        shutil.copytree(_zone_database(), stage / "tzdata", ignore=shutil.ignore_patterns("__pycache__"),
+                        dirs_exist_ok=True)
     wit = stage.parent / "wit"
     shutil.rmtree(wit, ignore_errors=True)
     shutil.copytree(ROOT / "spin_app" / "wit", wit)
@@ -394,11 +434,15 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     bundle = bundle_source(flows, routes, redis_address=redis_address, variables=variables)
     specs = [dict(f) if isinstance(f, Mapping) else _read_spec(str(f)) for f in flows]
-    modules = step_module_sources({str(s.get("name")): s for s in specs})
+    by_name = {str(s.get("name")): s for s in specs}
+    modules = step_module_sources(by_name)
+    from active_data_flow.cron import spec_schedule_text
+
+    zones = needs_zone_database([*map(spec_schedule_text, specs), *dict((routes or {}).get("cron", {})).values()])
     results: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="adf-spin-build-") as tmp:
         stage = Path(tmp) / "src"
-        wit = _stage(stage, bundle, modules)
+        wit = _stage(stage, bundle, modules, zones=zones)
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = [pool.submit(_componentize, kind, stage, wit, out / f"{kind}.wasm") for kind in triggers]
             timings = dict(f.result() for f in futures)

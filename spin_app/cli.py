@@ -57,6 +57,8 @@ from active_data_flow.spin_app.manifest import (
     plan_routes,
     render_manifest,
     slug_collisions,
+    spin_cron_expression,
+    spin_registry,
     stage_files,
     validate_manifest,
 )
@@ -118,6 +120,7 @@ def _generate(args: argparse.Namespace, flow_paths: Sequence[str], manifest_dir:
     try:
         routes = [parse_route(r) for r in args.route or []]
         plan = plan_routes(flows, args.trigger or [], routes)
+        cron_expression = spin_cron_expression(args.cron_expression, getattr(args, "cron_timezone", None))
     except ValueError as exc:
         _err(str(exc))
         return None, 2
@@ -139,7 +142,7 @@ def _generate(args: argparse.Namespace, flow_paths: Sequence[str], manifest_dir:
         description=args.description or "",
         wasm_dir=args.wasm_dir,
         manifest_file=manifest_file,
-        cron_expression=args.cron_expression,
+        cron_expression=cron_expression,
         mqtt_qos=args.mqtt_qos,
         redis_address=args.redis_address,
         mqtt_address=args.mqtt_address,
@@ -170,8 +173,13 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wasm-dir", default=DEFAULT_WASM_DIR,
                    help=f"where the components' .wasm files are, relative to the manifest (default {DEFAULT_WASM_DIR})")
     p.add_argument("--cron-expression", default=DEFAULT_CRON_EXPRESSION,
-                   help="tick of the cron trigger: 6 fields, second minute hour day-of-month month day-of-week "
-                        f"(default {DEFAULT_CRON_EXPRESSION!r})")
+                   help="tick of the cron trigger, in the heartbeat's cron syntax (5 fields: minute hour "
+                        "day-of-month month day-of-week, or a macro such as @hourly; written with 0 seconds in "
+                        "front) or the trigger's 6 fields with seconds first "
+                        f"(default {DEFAULT_CRON_EXPRESSION!r}); read in UTC")
+    p.add_argument("--cron-timezone", default="UTC",
+                   help="the zone of --cron-expression: the cron trigger runs in UTC, so anything but UTC "
+                        "is refused (a flow's calendar in a zone is a heartbeat schedule)")
     p.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=1, help="QoS of the MQTT subscriptions")
     p.add_argument("--redis-address", default="redis://127.0.0.1:6379", help="default of the redis_address variable")
     p.add_argument("--mqtt-address", default="mqtt://127.0.0.1:1883", help="default of the mqtt_address variable")
@@ -767,6 +775,26 @@ def _cmd_init(args: argparse.Namespace) -> int:  # noqa: C901
     return 0
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    """``adf schema`` for flows that run inside Spin: core's types and the Spin-native connectors."""
+    from active_data_flow.spec_schema import dump_schema, flow_schema
+
+    schema = flow_schema(spin_registry(), no_plugins=args.no_plugins, schema_id=SPIN_SCHEMA_ID,
+                         title="ActiveDataFlow flow spec (Fermyon Spin components)")
+    text = dump_schema(schema)
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    with open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+#: the ``$id`` of ``adf spin schema`` (docs/spin-flow.schema.json)
+SPIN_SCHEMA_ID = "urn:active-data-flow:flow-spec:spin"
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -815,6 +843,12 @@ def register(sub: Any) -> None:
     stage.add_argument("--component", action="append", help="component id (repeatable; default: all)")
     stage.add_argument("--root", help="where to copy (default: .spin/files/<component> next to the manifest)")
     stage.set_defaults(func=_cmd_stage)
+
+    sch = ssub.add_parser("schema", help="the JSON Schema of flow specs inside Spin (with the Spin-native connectors)")
+    sch.add_argument("--output", "-o", metavar="FILE", help="write it to FILE (default: standard output)")
+    sch.add_argument("--no-plugins", action="store_true",
+                     help="only this distribution's own types (docs/spin-flow.schema.json)")
+    sch.set_defaults(func=_cmd_schema)
 
 
     for verb, handler, text in (("up", _cmd_up, "run the app with the spin CLI (spin up --from MANIFEST)"),

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 # Standard-library modules that the modules below import inside functions.
-_LAZY_STDLIB = ("io", "difflib", "traceback")
+_LAZY_STDLIB = ("io", "difflib", "traceback", "zoneinfo")  # zoneinfo: calendars in a time zone
 # Not in a component: what cannot run there (`adf spin validate` refuses the connectors and
 # steps that need them — sockets, SQLAlchemy, wasmtime, paramiko — naming the reason) and the
 # native edges (web app, CLIs, the SQLAlchemy schedule store). Left out of the snapshot, they
@@ -124,6 +124,29 @@ for _name in getattr(bundle, "STEP_MODULES", []) if bundle is not None else []:
 
 def _bundled(name: str, default: Any) -> Any:
     return getattr(bundle, name, default) if bundle is not None else default
+
+
+def _load_zones() -> dict[str, Any]:
+    """The time zones the bundled calendars name (``runtime.schedule``, cron routes), loaded now:
+    in a component this runs while it is built, where the bundled ``tzdata`` package is readable;
+    a running component has no zone database, and :mod:`zoneinfo` hands out these instances
+    (its cache keeps them while they live). A zone that does not load is refused later, with
+    the reason, where its schedule is read."""
+    from active_data_flow.cron import CronError, named_zones, resolve_timezone, spec_schedule_text
+
+    specs = _bundled("SPECS", {})
+    calendars = [*map(spec_schedule_text, specs.values()), *dict(_bundled("ROUTES", {}).get("cron", {})).values()]
+    zones = {}
+    for name in sorted(named_zones(calendars)):
+        try:
+            zones[name] = resolve_timezone(name)
+        except CronError:
+            continue
+    return zones
+
+
+#: the bundled calendars' zones, kept alive for the component's whole life
+ZONES = _load_zones()
 
 
 def _json_var(name: str) -> Any:
@@ -256,20 +279,32 @@ def schedule_store() -> Any:
 
     store = ExecScheduleStore(connectors.SpinSqliteExec(_bundled("SQLITE_DATABASE", "default")))
     specs = SpinHost("cron").specs()
-    intervals = _json_var("adf_routes") if isinstance(_json_var("adf_routes"), Mapping) else _bundled("ROUTES", {}).get("cron", {})
-    for flow, interval in dict(intervals).items():
+    routes = _json_var("adf_routes") if isinstance(_json_var("adf_routes"), Mapping) else _bundled("ROUTES", {}).get("cron", {})
+    for flow, when in dict(routes).items():
         spec = specs.get(flow)
         if spec is None:
             continue
         config = {k: v for k, v in spec.items() if k != "name"}
+        interval, schedule = _cron_route(when)
         try:
             current = store.get_flow(flow)
         except NotFoundError:
-            store.create_flow(flow, config, int(interval), description="bundled with the Spin component")
+            store.create_flow(flow, config, interval, description="bundled with the Spin component", schedule=schedule)
             continue
-        if current.configuration != config or current.run_interval != int(interval):
-            store.update_flow(flow, configuration=config, run_interval=int(interval))
+        if current.configuration != config or current.run_interval != interval or current.schedule != schedule:
+            store.update_flow(flow, configuration=config, run_interval=interval, schedule=schedule)
     return store
+
+
+def _cron_route(when: Any) -> tuple[int | None, dict[str, str] | None]:
+    """A cron route's value as the schedule store takes it: seconds (``300``) -> ``(300, None)``,
+    a calendar (``"CRON_TZ=Europe/Berlin 0 6 * * 1-5"``) -> ``(None, {"cron": …, "timezone": …})``."""
+    if isinstance(when, int) or str(when).strip().isdigit():
+        return int(when), None
+    from active_data_flow.cron import split_schedule_text
+
+    cron, timezone = split_schedule_text(str(when))
+    return None, {"cron": cron, "timezone": timezone}
 
 
 def redis_channel(routes: Mapping[str, str]) -> str:

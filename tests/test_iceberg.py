@@ -355,9 +355,9 @@ def test_values_round_trip_as_json_friendly_python(tmp_path: Path) -> None:
     assert again[1] == rows[1]
 
 
-def test_records_that_do_not_fit_the_table_name_the_fields(tmp_path: Path) -> None:
+def test_records_that_do_not_fit_a_frozen_table_name_the_fields(tmp_path: Path) -> None:
     wh = tmp_path / "wh"
-    sink = IcebergSink(table="db.orders", warehouse=str(wh))
+    sink = IcebergSink(table="db.orders", warehouse=str(wh), schema_evolution="freeze")
     sink.write_batch(_rows(2))
     with pytest.raises(RecordValidationError) as info:
         sink.write_batch([{"id": 5, "colour": "red", "size": 3}])
@@ -367,15 +367,17 @@ def test_records_that_do_not_fit_the_table_name_the_fields(tmp_path: Path) -> No
     with pytest.raises(RecordValidationError) as bad:
         sink.write_batch([{"id": "five"}])
     assert bad.value.field == "id" and "five" in str(bad.value)
+    assert "a str value" in str(bad.value) and "of type int64" in str(bad.value)
     assert len(_table(wh).snapshots()) == 1  # nothing was committed
 
 
-def test_a_flow_dead_letters_only_the_records_that_do_not_fit(tmp_path: Path) -> None:
+def test_a_flow_dead_letters_only_the_records_that_do_not_fit_a_frozen_table(tmp_path: Path) -> None:
     wh = tmp_path / "wh"
     IcebergSink(table="db.orders", warehouse=str(wh)).write_batch(_rows(1))
     records = [*_rows(3, 10), {"id": 99, "unexpected": True}]
     out = run_flow(
-        _flow_to_iceberg("dl", records, {"table": "db.orders", "warehouse": str(wh)}, batch=10),
+        _flow_to_iceberg("dl", records, {"table": "db.orders", "warehouse": str(wh), "schema_evolution": "freeze"},
+                         batch=10),
         state_dir=str(tmp_path / "runs"),
     )
     assert out.status == "partial", out.error

@@ -264,6 +264,41 @@ def _table_rows(db: str) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
+def _old_rows(db: str, tmp_path: Path, names: tuple[str, ...], delete: str | None = None) -> dict[str, int]:
+    """Flows and one run each, as a store of the older tables wrote them (today's store reads
+    the newest tables only); ``delete`` is then deleted with its runs. Returns the run ids."""
+    import sqlite3
+
+    now = "2025-01-01 00:00:00.000000"
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        runs: dict[str, int] = {}
+        for name in names:
+            flow_id = conn.execute(
+                "INSERT INTO data_flows (name, description, enabled, configuration, run_interval, next_run_at, "
+                "created_at, updated_at) VALUES (?, '', 1, ?, 60, ?, ?, ?)",
+                (name, json.dumps(_config(tmp_path, name)), now, now, now),
+            ).lastrowid
+            runs[name] = int(conn.execute(
+                "INSERT INTO data_flow_runs (flow_id, status, \"trigger\", attempt, created_at) "
+                "VALUES (?, 'pending', 'manual', 1, ?)", (flow_id, now),
+            ).lastrowid or 0)
+        if delete is not None:
+            conn.execute("DELETE FROM data_flow_runs WHERE flow_id = (SELECT id FROM data_flows WHERE name = ?)",
+                         (delete,))
+            conn.execute("DELETE FROM data_flows WHERE name = ?", (delete,))
+        return runs
+    finally:
+        conn.close()
+
+
+def _same_rows_plus_schedule(after: dict[str, list[tuple[Any, ...]]], before: dict[str, list[tuple[Any, ...]]]) -> bool:
+    """The rows of ``before`` in ``after``, the flows with an empty cron schedule added."""
+    return (after["data_flow_runs"] == before["data_flow_runs"]
+            and [r[:-2] for r in after["data_flows"]] == before["data_flows"]
+            and all(r[-2:] == (None, None) for r in after["data_flows"]))
+
+
 def _ddl(db: str) -> dict[str, str]:
     import sqlite3
 
@@ -282,24 +317,17 @@ def test_a_file_of_the_old_tables_is_upgraded_keeping_rows_and_counters(db: str,
         conn.execute(statement)
     conn.commit()
     conn.close()
-    old = ExecScheduleStore(Sqlite3Exec(db), create_tables=False)
-    for name in ("a", "b", "c"):
-        old.create_flow(name, _config(tmp_path, name), 60)
-    kept = old.create_run("a", worker_id="w", lease_seconds=60)
-    old.finish_run(kept.id, RunOutcome("success", records_in=3, records_out=3, engine_run_id="e-1"))
-    old.create_run("b")
-    gone = old.create_run("c")
-    old.delete_flow("c")  # the newest flow and run: their ids are in sqlite_sequence only
-    old.close()
+    # the newest flow and run deleted: their ids are in sqlite_sequence only
+    runs = _old_rows(db, tmp_path, ("a", "b", "c"), delete="c")
     before = _table_rows(db)
 
     store = ExecScheduleStore(Sqlite3Exec(db))
     try:
-        assert _table_rows(db) == before
+        assert _same_rows_plus_schedule(_table_rows(db), before)
         assert "'partial'" in _ddl(db)["data_flow_runs"]
         flow = store.create_flow("d", _config(tmp_path, "d"), 60)
         run = store.create_run("d", worker_id="w", lease_seconds=60)
-        assert flow.id > 3 and run.id > gone.id  # the counters survived the rebuild
+        assert flow.id > 3 and run.id > runs["c"]  # the counters survived the rebuild
         done = store.finish_run(run.id, RunOutcome("partial", records_in=3, records_out=2, dead_letters=1))
         assert done.status == "partial" and store.get_flow("d").last_run_status == "partial"
         store.delete_flow("a")  # the rebuilt foreign key still takes a flow's runs along
@@ -314,17 +342,15 @@ def test_a_file_of_the_old_tables_is_upgraded_keeping_rows_and_counters(db: str,
 
 
 def test_a_file_of_the_sqlalchemy_stores_first_migration_gets_ids_that_are_never_reused(db: str, tmp_path: Path) -> None:
-    from active_data_flow.handlers.schedule.sql import SqlScheduleStore, upgrade
+    from active_data_flow.handlers.schedule.sql import upgrade
 
     url = f"sqlite:///{db}"
     upgrade(url, "0001")
-    with SqlScheduleStore(url, auto_migrate=False) as old:
-        old.create_flow("a", _config(tmp_path, "a"), 60)
-        old.create_run("a")
+    _old_rows(db, tmp_path, ("a",))
     before = _table_rows(db)
     store = ExecScheduleStore(Sqlite3Exec(db))
     try:
-        assert _table_rows(db) == before
+        assert _same_rows_plus_schedule(_table_rows(db), before)
         assert all("AUTOINCREMENT" in _ddl(db)[t] for t in ("data_flows", "data_flow_runs"))
         b = store.create_flow("b", _config(tmp_path, "b"), 60)
         b_run = store.create_run("b")

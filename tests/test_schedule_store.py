@@ -98,7 +98,7 @@ def test_the_schedule_modules_import_with_the_standard_library_only() -> None:
 def test_migrations_upgrade_a_fresh_sqlite_file(tmp_path: Path) -> None:
     url = _sqlite_url(tmp_path)
     assert current_revision(url) is None
-    assert upgrade(url) == head_revision() == "0002"
+    assert upgrade(url) == head_revision() == "0003"
     assert current_revision(url) == head_revision()
     assert upgrade(url) == head_revision()  # idempotent
     engine = sa.create_engine(url)
@@ -185,19 +185,32 @@ def test_a_database_of_the_first_schema_is_upgraded_keeping_every_row_then_never
     url: str, tmp_path: Path
 ) -> None:
     assert upgrade(url, "0001") == "0001"
+    # rows as the store of the first schema wrote them (today's store reads the newest schema)
     with SqlScheduleStore(url, auto_migrate=False) as old:
+        now = "2025-01-01 00:00:00"
         for name in ("a", "b", "c"):
-            old.create_flow(name, _config(tmp_path, name), 60)
-        first = old.create_run("a", worker_id="w", lease_seconds=60)
-        old.finish_run(first.id, RunOutcome("success", records_in=3, records_out=3, dead_letters=0, engine_run_id="e-1"))
-        old.create_run("b")
-        old.create_run("c")
-        old.log_heartbeat(client="cron", outcome="ok", status_code=200)
-        old.delete_flow("c")
+            _raw(old, "INSERT INTO data_flows (name, description, enabled, configuration, run_interval, next_run_at, "
+                      "created_at, updated_at) VALUES (:n, '', true, :c, 60, :t, :t, :t)",
+                 {"n": name, "c": json.dumps(_config(tmp_path, name)), "t": now})
+        ids = {n: i for i, n in _raw(old, "SELECT id, name FROM data_flows")}
+        for name, status in (("a", "success"), ("b", "pending"), ("c", "pending")):
+            _raw(old, "INSERT INTO data_flow_runs (flow_id, status, \"trigger\", attempt, created_at, engine_run_id) "
+                      "VALUES (:f, :s, 'manual', 1, :t, :e)", {"f": ids[name], "s": status, "t": now, "e": f"e-{name}"})
+        first_id = _raw(old, "SELECT min(id) FROM data_flow_runs")[0][0]
+        _raw(old, "INSERT INTO heartbeat_requests (ts, client, outcome, status_code) VALUES (:t, 'cron', 'ok', 200)",
+             {"t": now})
+        _raw(old, "DELETE FROM data_flow_runs WHERE flow_id = :f", {"f": ids["c"]})
+        _raw(old, "DELETE FROM data_flows WHERE id = :f", {"f": ids["c"]})
         before = _rows(old)
     assert upgrade(url) == head_revision()
     with SqlScheduleStore(url) as store:
-        assert _rows(store) == before  # every row, id and value kept
+        after = _rows(store)
+        # every row, id and value kept; the flows gained an empty cron schedule
+        assert [tuple(r)[:-2] for r in after["data_flows"]] == [tuple(r) for r in before["data_flows"]]
+        assert all(tuple(r)[-2:] == (None, None) for r in after["data_flows"])
+        assert [tuple(r) for r in after["data_flow_runs"]] == [tuple(r) for r in before["data_flow_runs"]]
+        assert after["heartbeat_requests"] == before["heartbeat_requests"]
+        first = store.get_run(first_id)
         newest_run = max(r[0] for r in before["data_flow_runs"])
         newest_flow = max(r[0] for r in before["data_flows"])
         # from now on a deleted id is never handed out again

@@ -39,6 +39,10 @@ FLOWS: list[dict[str, Any]] = [
     {"name": "ticks", "source": {"type": "memory", "records": [{"id": i, "label": f"t{i}"} for i in range(4)]},
      "sink": {"type": "spin_sqlite", "table": "ticks", "mode": "upsert", "key": "id"},
      "runtime": {"interval_seconds": 60}},
+    # a calendar in a zone with daylight saving: the component bundles the zone database
+    {"name": "calendar", "source": {"type": "memory", "records": [{"id": 1, "label": "morning"}]},
+     "sink": {"type": "spin_sqlite", "table": "calendar", "mode": "upsert", "key": "id"},
+     "runtime": {"schedule": {"cron": "30 6 * * *", "timezone": "Europe/Berlin"}}},
     {"name": "readings", "source": {"type": "payload"},
      "sink": {"type": "kv", "prefix": "readings/", "key_field": "id"}},
     # outbound HTTP; the host points the URLs at the tests' own server (the operator's variables
@@ -428,14 +432,60 @@ def test_a_cron_tick_runs_the_due_flows_from_the_spin_sqlite_schedule(components
     host.cron(int(time.time()))
     db = sqlite3.connect(tmp_path / "sqlite_db.db")
     assert db.execute("SELECT id, label FROM ticks ORDER BY id").fetchall() == [(i, f"t{i}") for i in range(4)]
-    runs = db.execute("SELECT r.status, r.records_out, f.name FROM data_flow_runs r JOIN data_flows f ON f.id = r.flow_id").fetchall()
+    ticks = "FROM data_flow_runs r JOIN data_flows f ON f.id = r.flow_id WHERE f.name = 'ticks'"
+    runs = db.execute(f"SELECT r.status, r.records_out, f.name {ticks}").fetchall()
     assert runs == [("success", 4, "ticks")]
     # the next tick within the interval runs nothing; one an interval later runs it again (upsert: same rows)
     host.cron(int(time.time()) + 5)
-    assert db.execute("SELECT count(*) FROM data_flow_runs").fetchone() == (1,)
+    assert db.execute(f"SELECT count(*) {ticks}").fetchone() == (1,)
     host.cron(int(time.time()) + 120)
-    assert db.execute("SELECT count(*), min(status) FROM data_flow_runs").fetchone() == (2, "success")
+    assert db.execute(f"SELECT count(*), min(status) {ticks}").fetchone() == (2, "success")
     assert db.execute("SELECT count(*) FROM ticks").fetchone() == (4,)
+    db.close()
+
+
+def test_a_calendar_flow_runs_at_its_wall_clock_time_across_a_daylight_saving_change(
+    components: dict[str, str], tmp_path: Path
+) -> None:
+    """``runtime.schedule: {cron: "30 6 * * *", timezone: Europe/Berlin}`` inside the cron component
+    (zone database bundled): due at 06:30 Berlin time, before and after the spring change."""
+    import datetime as dt
+    import zoneinfo
+
+    from active_data_flow.spin_app.host import ComponentHost, SpinState
+
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    host = ComponentHost(components["cron"], state=SpinState(str(tmp_path)))
+    db = sqlite3.connect(tmp_path / "sqlite_db.db")
+
+    def runs() -> int:
+        return db.execute("SELECT count(*) FROM data_flow_runs r JOIN data_flows f ON f.id = r.flow_id "
+                          "WHERE f.name = 'calendar' AND r.status = 'success'").fetchone()[0]
+
+    def at(day: dt.date, hour: int, minute: int) -> int:
+        return int(dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=berlin).timestamp())
+
+    now = time.time()
+    host.cron(int(now))  # registers the flow: a calendar flow is due at its first instant, not at once
+    assert runs() == 0
+    # the last Sunday of March that lies more than two days ahead: clocks go from 02:00 CET to 03:00 CEST
+    day = dt.datetime.fromtimestamp(now, berlin).date() + dt.timedelta(days=3)
+    while not (day.month == 3 and day.weekday() == 6 and (day + dt.timedelta(days=7)).month == 4):
+        day += dt.timedelta(days=1)
+    saturday = day - dt.timedelta(days=1)
+    assert dt.datetime(saturday.year, 3, saturday.day, 6, 30, tzinfo=berlin).utcoffset() == dt.timedelta(hours=1)
+    host.cron(at(saturday, 6, 30))  # missed days run once, at the first tick that finds the flow due
+    assert runs() == 1
+    host.cron(at(saturday, 6, 31) + 3600)
+    assert runs() == 1
+    # Sunday 06:30 CEST is 04:30 UTC: an hour earlier in UTC than Saturday's 05:30
+    sunday = at(day, 6, 30)
+    assert sunday - at(saturday, 6, 30) == 23 * 3600
+    host.cron(sunday - 60)
+    assert runs() == 1
+    host.cron(sunday)
+    assert runs() == 2
+    assert db.execute("SELECT count(*) FROM calendar").fetchone() == (1,)
     db.close()
 
 

@@ -183,10 +183,10 @@ def test_dict_and_list_values_are_stored_as_json(db: Db) -> None:
     assert items == [[1, 2, 3], [], None]
 
 
-def test_a_field_the_table_lacks_is_an_error_naming_it_and_nothing_of_the_batch_is_written(db: Db) -> None:
+def test_with_frozen_schema_a_field_the_table_lacks_is_an_error_naming_it_and_nothing_is_written(db: Db) -> None:
     sink = SqlSink(url=db.url, table=db.table)
     _write(sink, [{"id": 1, "name": "a"}])
-    sink = SqlSink(url=db.url, table=db.table)
+    sink = SqlSink(url=db.url, table=db.table, schema_evolution="freeze")
     with pytest.raises(RecordValidationError) as info:
         _write(sink, [{"id": 2, "name": "b"}, {"id": 3, "name": "c", "colour": "red"}])
     assert info.value.field == "colour"

@@ -373,7 +373,7 @@ def test_bad_requests_answer_4xx_with_a_message_and_save_nothing(api: Api) -> No
         (api.client.post(flows_url, json={"name": "x", "configuration": api.spec("x"), "run_interval": "often"}),
          422, ("run_interval",)),
         (api.client.post(flows_url, json={"name": "x", "configuration": api.spec("x"), "interval": 5}),
-         422, ("run_interval: Field required", "interval: Extra inputs are not permitted")),
+         422, ("interval: Extra inputs are not permitted",)),
         (api.client.post(flows_url, json={"name": "keep", "configuration": api.spec("keep"), "run_interval": 30}),
          409, ("already exists",)),
         (api.client.patch(f"{flows_url}/keep", json={"configuration": {"source": {"type": "memory"}}}),

@@ -28,6 +28,7 @@ from active_data_flow.source import (
     SplitEnumerator,
     SplitEnumeratorContext,
 )
+from active_data_flow.telemetry import RunTelemetry
 
 if TYPE_CHECKING:
     from active_data_flow.source import Source
@@ -96,6 +97,8 @@ class Coordinator:
         self.pipeline: Pipeline | None = None  # the inline reader's (its in-flight batch counts when it fails)
         self.dead_kept: list[dict[str, Any]] | None = None
         self.dead_letter_destination: str | None = None
+        #: the run's span and counters (active_data_flow.telemetry); run_flow begins and ends it
+        self.telemetry = RunTelemetry(spec.name)
 
     # -- set-up ------------------------------------------------------------------
 
@@ -286,6 +289,7 @@ class Coordinator:
         p.filtered, p.fanned_out = c.filtered, c.fanned_out
         p.bytes_done += d_bytes
         p.splits_done += finished
+        self.telemetry.progress(c)
         if self.on_progress is not None:
             self.on_progress(p)
         if self.max_dead is not None and c.dead_letters > self.max_dead:
@@ -339,7 +343,13 @@ class Coordinator:
 
     def _source_warnings(self) -> list[dict[str, Any]]:
         enumerator: SplitEnumerator | None = getattr(self, "enumerator", None)
-        return list(enumerator.warnings()) if enumerator is not None else []
+        found = list(enumerator.warnings()) if enumerator is not None else []
+        run_ctx: RunContext | None = getattr(self, "run_ctx", None)
+        return found + run_ctx.notes.warnings() if run_ctx is not None else found
+
+    def _schema_changes(self) -> list[dict[str, Any]]:
+        run_ctx: RunContext | None = getattr(self, "run_ctx", None)
+        return run_ctx.notes.schema_changes() if run_ctx is not None else []
 
     def finish(self, status: str, error: BaseException | None, t0: float) -> RunSummary:
         pipeline: Pipeline | None = getattr(self, "pipeline", None)
@@ -373,6 +383,7 @@ class Coordinator:
             sink=self._describe_sink(),
             dead_letter_destination=getattr(self, "dead_letter_destination", None),
             warnings=self._source_warnings(),
+            schema_changes=self._schema_changes(),
         )
         if error is not None:
             if isinstance(error, ReaderFailed):

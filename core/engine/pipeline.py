@@ -28,6 +28,7 @@ from active_data_flow.source import (
     ReaderBatch,
 )
 from active_data_flow.step import Routed, Step, flow_steps
+from active_data_flow.telemetry import span, tracer
 
 if TYPE_CHECKING:
     from active_data_flow.spec import FlowSpec
@@ -154,6 +155,13 @@ class Pipeline:
         self.current: BatchCounts | None = None
         self.bytes_done = 0
         self._sink_name = redact_text(self.sink.describe())
+        #: OpenTelemetry's tracer when it is on (active_data_flow.telemetry): a span per batch, per step
+        #: and sink write of a batch; None: no spans
+        self._tracer = tracer()
+        self._step_attributes = [
+            {"adf.flow": spec.name, "adf.step.name": step.name, "adf.step.type": step.type_name or type(step).__name__}
+            for step in self.steps
+        ]
 
     @property
     def records_in(self) -> int:
@@ -184,6 +192,17 @@ class Pipeline:
 
     def commit(self, batch: ReaderBatch) -> BatchCounts:
         """Run one batch through steps and sink, write its dead letters; return its counts."""
+        if self._tracer is None:
+            return self._commit(batch)
+        attributes = {"adf.flow": self.spec.name, "adf.reader_id": self.run_ctx.reader_id,
+                      "adf.records_in": len(batch.records) + len(batch.dead_letters)}
+        with span(self._tracer, "adf.batch", attributes) as batch_span:
+            counts = self._commit(batch)
+            batch_span.set_attributes({"adf.records_out": counts.records_out, "adf.filtered": counts.filtered,
+                                       "adf.dead_letters": counts.dead_letters})
+        return counts
+
+    def _commit(self, batch: ReaderBatch) -> BatchCounts:
         counts = self.current = BatchCounts(records_in=len(batch.records) + len(batch.dead_letters))
         letters = list(batch.dead_letters)
         records = batch.records
@@ -201,16 +220,22 @@ class Pipeline:
             if self.routing:
                 records = self._route(records, on_error, counts, letters)
             else:
-                for step in self.steps:
+                for i, step in enumerate(self.steps):
                     n, failed_before = len(records), len(letters)
-                    records = step.process_batch(records, on_error)
+                    with span(self._tracer, "adf.step", self._step_attributes[i]) as step_span:
+                        records = step.process_batch(records, on_error)
+                        if step_span is not None:
+                            step_span.set_attributes({"adf.records_in": n, "adf.records_out": len(records),
+                                                      "adf.dead_letters": len(letters) - failed_before})
                     failed = len(letters) - failed_before
                     count_step(counts, n, len(records), failed)
                     tracker.step_done(records, letters[failed_before:])
                     if not records:
                         break
         if records:
-            self._write(records, letters, counts, tracker)
+            with span(self._tracer, "adf.sink", {"adf.flow": self.spec.name, "adf.sink": self._sink_name,
+                                                 "adf.records_in": len(records)}):
+                self._write(records, letters, counts, tracker)
         self.dead.write(letters)
         counts.dead_letters = len(letters)
         counts.check(f"flow {self.spec.name!r}, reader {self.run_ctx.reader_id}")
@@ -242,7 +267,8 @@ class Pipeline:
                 continue
             static = step.static_next
             failed_before = len(letters)
-            out: list[Any] = step.process_batch(batch, on_error)
+            with span(self._tracer, "adf.step", self._step_attributes[i]):
+                out: list[Any] = step.process_batch(batch, on_error)
             count_step(counts, len(batch), len(out), len(letters) - failed_before)
             for got in out:
                 if isinstance(got, Routed):

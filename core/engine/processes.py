@@ -12,7 +12,8 @@ import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from active_data_flow.context import RunContext
+from active_data_flow import telemetry
+from active_data_flow.context import RunContext, RunNotes
 from active_data_flow.engine.checkpoints import Checkpoints
 from active_data_flow.engine.coordinator import Coordinator, ReaderFailed, pending_splits
 from active_data_flow.engine.dead_letter_writer import DeadLetterWriter
@@ -181,13 +182,16 @@ class ProcessReaders:
                 self.waiting.add(reader_id)
                 self._request(reader_id)
         elif kind == "progress":
-            _, _, counts, d_bytes, finished, reasons = msg
+            _, _, counts, d_bytes, finished, reasons, notes = msg
+            self.run.run_ctx.notes.merge(notes)
             self.run.forget(reader_id, finished)
             self.run.report(counts, d_bytes, len(finished), reasons)
         elif kind == "done":
+            self.run.run_ctx.notes.merge(msg[2] if len(msg) > 2 else None)
             self.done.add(reader_id)
         elif kind == "error":
-            _, _, message, error_type, backtrace, in_flight, reasons = msg
+            _, _, message, error_type, backtrace, in_flight, reasons, notes = msg
+            self.run.run_ctx.notes.merge(notes)
             if in_flight:
                 self.run.counts.add(in_flight)
             if reasons:
@@ -307,7 +311,7 @@ def _reader_main(
     if lock_fd is not None:
         os.close(lock_fd)  # only the coordinator holds the flow's run lock
     run_id_var.set(run_ctx.run_id)
-    ctx = RunContext(**{**run_ctx.__dict__, "reader_id": reader_id})
+    ctx = RunContext(**{**run_ctx.__dict__, "reader_id": reader_id, "notes": RunNotes()})
     pipeline = None
     try:
         source: Source = registry.build("source", spec.source, ctx)
@@ -345,7 +349,7 @@ def _reader_main(
         def committed(batch: ReaderBatch, counts: BatchCounts | None) -> None:
             outbox.send((
                 "progress", reader_id, counts.to_dict() if counts is not None else None, batch.input_bytes,
-                batch.finished_splits, live.dead.take_reasons(),
+                batch.finished_splits, live.dead.take_reasons(), ctx.notes.take(),
             ))
 
         loop = ReaderLoop(reader, batch_size, checkpoint=checkpoint, committed=committed)
@@ -353,7 +357,7 @@ def _reader_main(
             return
         reader.close()
         pipeline.close()
-        outbox.send(("done", reader_id))
+        outbox.send(("done", reader_id, ctx.notes.take()))
     except BaseException as exc:
         in_flight = pipeline.fail_current() if pipeline is not None else None
         outbox.send(
@@ -365,12 +369,14 @@ def _reader_main(
                 redact_text("".join(traceback.format_exception(exc))),
                 in_flight.to_dict() if in_flight is not None else None,
                 pipeline.dead.take_reasons() if pipeline is not None else None,
+                ctx.notes.take(),
             )
         )
         if pipeline is not None:
             with contextlib.suppress(Exception):
                 pipeline.close()
     finally:
+        telemetry.flush()  # this process ends with os._exit: no exit handler exports its spans
         outbox.close()
 
 

@@ -64,8 +64,10 @@ def run_flow(
     error: BaseException | None = None
     old_handler = None
     token = None
+    run.telemetry.begin()
     try:
         run.prepare()
+        run.telemetry.set_attributes({"adf.run_id": run.run_id})
         token = run_id_var.set(run.run_id)
         log_event(_log, "run started", flow=spec.name, parallelism=run.parallelism, resumed=run.resumed)
         if run.unbounded:
@@ -83,7 +85,8 @@ def run_flow(
     except KeyboardInterrupt as exc:
         status, error = "failed", AdfError("interrupted; run the flow again to resume from its checkpoint")
         error.__cause__ = exc
-    except SpecChangedError:
+    except SpecChangedError as exc:
+        run.telemetry.end(error=exc)
         raise  # not a run: the caller chooses how to go on (--fresh, the old spec, --resume-anyway)
     except Exception as exc:
         status, error = "failed", exc
@@ -92,7 +95,12 @@ def run_flow(
         run.unlock()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-    summary = run.finish(status, error, t0)
+    try:
+        summary = run.finish(status, error, t0)
+    except BaseException as exc:
+        run.telemetry.end(error=exc)
+        raise
+    run.telemetry.end(summary)
     log_event(
         _log, "run finished", logging.INFO if summary.ok else logging.ERROR,
         **{k: v for k, v in summary.to_dict().items() if k != "backtrace"},

@@ -63,9 +63,13 @@ class RunSummary:
     backtrace: str | None = None
     #: dead letters themselves, for runs that may not write files (``persist=False``)
     dead_letter_sample: list[dict[str, Any]] | None = None
-    #: what the run has to say besides its counts (a source's :meth:`SplitEnumerator.warnings`):
-    #: ``[{"message": …, …}]``
+    #: what the run has to say besides its counts (a source's :meth:`SplitEnumerator.warnings`,
+    #: a connector's :meth:`RunContext.warn`): ``[{"message": …, …}]``, with ``count`` when the
+    #: same warning was reported more than once
     warnings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: columns sinks added to their tables (``schema_evolution: add_columns``):
+    #: ``[{"table": …, "column": …, "type": …}]``
+    schema_changes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +82,7 @@ class RunSummary:
         out = {name: getattr(self, name) for name in _SUMMARY_FIELDS}
         out["dead_letter_reasons"] = [dict(r) for r in self.dead_letter_reasons]
         out["warnings"] = [copy.deepcopy(w) for w in self.warnings]
+        out["schema_changes"] = [dict(c) for c in self.schema_changes]
         if self.dead_letter_sample is not None:
             out["dead_letter_sample"] = [copy.deepcopy(d) for d in self.dead_letter_sample]
         return out

@@ -103,7 +103,10 @@ class Dialect:
     ) -> list[Row] | None:
         """The claim of due flows as one statement: one row per due flow, the created run's
         columns (:data:`~active_data_flow.handlers.schedule.tables.RUNS`; NULL for a busy flow), then the
-        flow's name and whether it was busy. None: the store runs its statements one by one."""
+        flow's name, whether it was busy, its id, ``schedule_cron`` and ``schedule_timezone``.
+        Interval flows are moved on; a cron flow's ``next_run_at`` is left to the store (its
+        row stays locked until the transaction ends). None: the store runs its statements one
+        by one."""
         return None
 
     def claim_pending(
@@ -157,7 +160,7 @@ def _columns(alias: str) -> str:
 # started_at, worker_id, lease.
 _PG_CLAIM_DUE = f"""
 WITH due AS (
-    SELECT f.id, f.name, f.run_interval,
+    SELECT f.id, f.name, f.run_interval, f.schedule_cron, f.schedule_timezone,
            (SELECT true FROM data_flow_runs r
             WHERE r.flow_id = f.id AND r.status IN ({_ACTIVE}) LIMIT 1) IS NOT NULL AS busy
     FROM data_flows f
@@ -167,12 +170,13 @@ WITH due AS (
     FOR UPDATE OF f SKIP LOCKED
 ), advanced AS (
     UPDATE data_flows f
-    SET next_run_at = ? + make_interval(secs => due.run_interval),
+    SET next_run_at = CASE WHEN due.run_interval IS NULL THEN f.next_run_at
+                           ELSE ? + make_interval(secs => due.run_interval) END,
         last_run_at = CASE WHEN due.busy THEN f.last_run_at ELSE ? END,
         last_run_status = CASE WHEN due.busy THEN f.last_run_status ELSE ? END
     FROM due
     WHERE f.id = due.id
-    RETURNING f.id, due.name, due.busy
+    RETURNING f.id, due.name, due.busy, due.schedule_cron, due.schedule_timezone
 ), created AS (
     INSERT INTO data_flow_runs
         (flow_id, status, "trigger", attempt, created_at, started_at, worker_id, lease_expires_at)
@@ -182,7 +186,7 @@ WITH due AS (
     ORDER BY a.id
     RETURNING *
 )
-SELECT {_columns("c")}, a.name AS flow_name, a.busy
+SELECT {_columns("c")}, a.name AS flow_name, a.busy, a.id AS flow_ref, a.schedule_cron, a.schedule_timezone
 FROM advanced a LEFT JOIN created c ON c.flow_id = a.id
 ORDER BY c.id
 """

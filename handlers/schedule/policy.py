@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
@@ -41,6 +42,8 @@ from active_data_flow.handlers.schedule.store import (
     ScheduleStore,
     as_utc,
     flow_problems,
+    flow_schedule,
+    next_cron_run,
     utcnow,
 )
 from active_data_flow.handlers.schedule.tables import FLOWS, HEARTBEATS, RUNS, TIME_COLUMNS, in_list, quote
@@ -83,6 +86,28 @@ def _clean(text: str | None) -> str | None:
 
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
+
+
+#: A cron flow whose schedule cannot be evaluated here (its time zone unknown to this host)
+#: is tried again this much later, so it never blocks the heartbeat.
+_UNREADABLE_SCHEDULE_RETRY = dt.timedelta(hours=1)
+
+
+def _next_due(now: dt.datetime, interval: int | None, cron: str | None, timezone: str | None) -> dt.datetime:
+    """When a flow claimed at ``now`` is due again: one interval on, or its first cron instant
+    after ``now`` (ticks missed while no heartbeat came are not made up one by one)."""
+    if cron is None:
+        return now + dt.timedelta(seconds=int(interval or 0))
+    from active_data_flow.cron import CronError
+
+    try:
+        return next_cron_run(cron, timezone, now)
+    except CronError as exc:
+        from active_data_flow.logs import get_logger, log_event
+
+        log_event(get_logger("schedule"), "cron schedule not readable here; tried again in an hour",
+                  logging.WARNING, cron=cron, timezone=timezone, error=str(exc))
+        return now + _UNREADABLE_SCHEDULE_RETRY
 
 
 class PortScheduleStore(ScheduleStore):
@@ -156,15 +181,17 @@ class PortScheduleStore(ScheduleStore):
         self,
         name: str,
         configuration: Mapping[str, Any],
-        run_interval: int,
+        run_interval: int | None = None,
         *,
         description: str = "",
         enabled: bool = True,
+        schedule: Mapping[str, Any] | None = None,
     ) -> FlowRecord:
         d = self.port.dialect
         description = "" if description is None else description
         enabled = True if enabled is None else enabled
-        problems = flow_problems(name, configuration, run_interval, description=description, enabled=enabled)
+        problems = flow_problems(name, configuration, run_interval, description=description, enabled=enabled,
+                                 schedule=schedule)
         taken = f"name: a flow named {name!r} already exists"
         named = isinstance(name, str) and not any(p.startswith("name:") for p in problems)
         try:
@@ -175,12 +202,17 @@ class PortScheduleStore(ScheduleStore):
                     raise DuplicateFlowError(problems)
                 if problems:
                     raise FlowValidationError(problems)
-                now = self._time(utcnow())
+                clock = utcnow()
+                cron, timezone = flow_schedule(schedule) if schedule is not None else (None, None)
+                # an interval flow is due at once, a cron flow at its first instant
+                first = clock if cron is None else next_cron_run(cron, timezone, clock)
+                now = self._time(clock)
                 self._q(
                     "INSERT INTO data_flows (name, description, enabled, configuration, run_interval, next_run_at, "
-                    f"created_at, updated_at) VALUES (?, ?, ?, {d.json_param}, ?, ?, ?, ?)",
+                    f"created_at, updated_at, schedule_cron, schedule_timezone) VALUES (?, ?, ?, {d.json_param}, "
+                    "?, ?, ?, ?, ?, ?)",
                     [name, description, d.bind_bool(enabled), json.dumps(dict(configuration)), run_interval,
-                     now, now, now],
+                     self._time(first), now, now, cron, timezone],
                 )
                 flow = self._flow_row(name)
         except Exception as exc:
@@ -199,11 +231,12 @@ class PortScheduleStore(ScheduleStore):
         run_interval: int | None = None,
         description: str | None = None,
         enabled: bool | None = None,
+        schedule: Mapping[str, Any] | None = None,
     ) -> FlowRecord:
         d = self.port.dialect
         check = [k for k, v in (("configuration", configuration), ("run_interval", run_interval)) if v is not None]
         problems = flow_problems(name, configuration, run_interval, description=description, enabled=enabled,
-                                 check=check)
+                                 schedule=schedule, check=check)
         now = utcnow()
         with self.port.transaction():
             flow = self._flow_row(name, lock=True)
@@ -217,9 +250,15 @@ class PortScheduleStore(ScheduleStore):
             if description is not None:
                 sets.append(("description", "?", description))
             if run_interval is not None:
-                sets.append(("run_interval", "?", run_interval))
+                sets += [("run_interval", "?", run_interval), ("schedule_cron", "?", None),
+                         ("schedule_timezone", "?", None)]
                 if run_interval != flow.run_interval and flow.last_run_at is not None:  # counts from the last run
                     sets.append(("next_run_at", "?", self._time(flow.last_run_at + dt.timedelta(seconds=run_interval))))
+            if schedule is not None:
+                cron, timezone = flow_schedule(schedule)
+                sets += [("run_interval", "?", None), ("schedule_cron", "?", cron), ("schedule_timezone", "?", timezone)]
+                if (cron, timezone) != (flow.schedule_cron, flow.schedule_timezone):  # its next instant from now
+                    sets.append(("next_run_at", "?", self._time(next_cron_run(cron, timezone, now))))
             if enabled is not None:
                 sets.append(("enabled", "?", d.bind_bool(enabled)))
                 if enabled and flow.next_run_at is None:
@@ -274,8 +313,14 @@ class PortScheduleStore(ScheduleStore):
                                worker_id=worker_id, lease=d.bind_time(lease))
             if rows is None:
                 return self._claim_one_by_one(now, limit, trigger, worker_id, lease, status)
+            # The statement moved interval flows on; cron flows (still locked) move on here.
+            for *_, flow_id, cron, timezone in rows:
+                if cron is not None:
+                    self._q("UPDATE data_flows SET next_run_at = ? WHERE id = ?",
+                            [self._time(_next_due(now, None, cron, timezone)), flow_id])
         claim = Claim(flows_due=len(rows))
         for row in rows:
+            row = row[:-3]  # less the flow's id and schedule
             if row[-1]:
                 claim.skipped.append(row[-2])
             else:
@@ -287,17 +332,18 @@ class PortScheduleStore(ScheduleStore):
     ) -> Claim:
         """The claim of :meth:`claim`, statement by statement (inside its transaction)."""
         due = self._q(
-            f"SELECT f.id, f.name, f.run_interval, EXISTS (SELECT 1 FROM data_flow_runs r WHERE r.flow_id = f.id "
+            f"SELECT f.id, f.name, f.run_interval, f.schedule_cron, f.schedule_timezone, EXISTS (SELECT 1 "
+            f"FROM data_flow_runs r WHERE r.flow_id = f.id "
             f"AND r.status IN ({_ACTIVE})) FROM data_flows f WHERE f.enabled AND f.next_run_at <= ? "
             "ORDER BY f.next_run_at LIMIT ?" + self.port.dialect.skip_locked("f"),
             [self._time(now), limit],
         )
         claim = Claim(flows_due=len(due))
         run_ids: list[int] = []
-        for flow_id, name, interval, busy in due:
-            # one interval past now: a flow that missed ten intervals runs once, not ten times
+        for flow_id, name, interval, cron, timezone, busy in due:
+            # one interval (or cron tick) past now: a flow that missed ten runs runs once, not ten times
             self._q("UPDATE data_flows SET next_run_at = ? WHERE id = ?",
-                    [self._time(now + dt.timedelta(seconds=int(interval))), flow_id])
+                    [self._time(_next_due(now, interval, cron, timezone)), flow_id])
             if busy:  # its previous run is still pending or going: no second one
                 claim.skipped.append(name)
                 continue
@@ -370,6 +416,18 @@ class PortScheduleStore(ScheduleStore):
                 self._q(f"UPDATE data_flow_runs SET lease_expires_at = ? WHERE {where}",
                         [self._time(lease), *ids, worker_id])
         return held
+
+    def record_progress(self, run_id: int, worker_id: str, *, records_in: int, records_out: int,
+                        dead_letters: int) -> bool:
+        counts = [int(records_in), int(records_out), int(dead_letters)]
+        with self.port.transaction():
+            mine = self._q("SELECT id FROM data_flow_runs WHERE id = ? AND worker_id = ? AND status = 'in_progress'"
+                           + self.port.dialect.for_update, [run_id, worker_id])
+            if not mine:
+                return False
+            self._q("UPDATE data_flow_runs SET records_in = ?, records_out = ?, dead_letters = ? WHERE id = ?",
+                    [*counts, run_id])
+        return True
 
     def start_run(
         self,

@@ -18,8 +18,9 @@ EXISTS`` — there is no Alembic inside a component.
 
 Ids are never reused: the tables are ``AUTOINCREMENT``. A file made before the run status
 ``partial`` existed, or by the SQLAlchemy store's first migration (no ``AUTOINCREMENT``),
-is rebuilt when the store opens — the same rebuild as that store's migration ``0002``,
-every row and id kept (see :func:`upgrade_schema`).
+or before cron schedules (no ``schedule_cron``) is rebuilt when the store opens — the same
+rebuild as that store's migrations ``0002`` and ``0003``, every row and id kept (see
+:func:`upgrade_schema`).
 
 Standard library only (this runs inside a Spin component).
 
@@ -78,9 +79,11 @@ _SUPERSEDED_INDEXES = ("ix_data_flow_runs_flow", "ix_data_flow_runs_status")
 
 
 def _outdated(flows_sql: str, runs_sql: str) -> bool:
-    """Whether the tables lack AUTOINCREMENT (ids reused) or a run status."""
+    """Whether the tables lack AUTOINCREMENT (ids reused), a run status or the cron schedule
+    (``schedule_cron``, and ``run_interval`` nullable: migration ``0003``)."""
     autoincrement = all("AUTOINCREMENT" in sql.upper() for sql in (flows_sql, runs_sql))
-    return not autoincrement or any(f"'{status}'" not in runs_sql for status in RUN_STATUSES)
+    return (not autoincrement or any(f"'{status}'" not in runs_sql for status in RUN_STATUSES)
+            or "ck_data_flows_one_schedule" not in flows_sql)
 
 
 def upgrade_schema(conn: ExecConnection) -> bool:
@@ -110,7 +113,9 @@ def upgrade_schema(conn: ExecConnection) -> bool:
         q(sqlite_create_table(RUNS, name=_NEW[RUNS.name], renamed=_NEW))
         counters = [(str(name), int(seq)) for name, seq in
                     q("SELECT name, seq FROM sqlite_sequence WHERE name IN ('data_flows', 'data_flow_runs')")]
-        flow_cols = ", ".join(map(quote, FLOWS.column_names))
+        # a file from before the cron schedule lacks its columns: they start out empty
+        had = {str(r[1]) for r in q("PRAGMA table_info(data_flows)")}
+        flow_cols = ", ".join(quote(c) for c in FLOWS.column_names if c in had)
         run_cols = ", ".join(f'"{c}"' for c in RUNS.column_names)
         q(f"INSERT INTO {_NEW[FLOWS.name]} ({flow_cols}) SELECT {flow_cols} FROM data_flows")
         # Runs of a deleted flow (a file once written without foreign keys) are unreachable: left behind.

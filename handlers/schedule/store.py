@@ -4,9 +4,12 @@ Everything here is standard library only. Times are timezone-aware UTC ``datetim
 
 Life of a scheduled run::
 
-    create_flow ──▶ flow due at once (next_run_at = now)
-    claim_due (heartbeat) ──▶ run rows, next_run_at = now + interval (one catch-up, no backfill;
-                              a flow whose previous run is still pending/in progress is skipped)
+    create_flow ──▶ an interval flow is due at once (next_run_at = now); a cron flow at its
+                    first cron instant after now
+    claim_due (heartbeat) ──▶ run rows, next_run_at = now + interval, or the first cron instant
+                              after now (one catch-up, no backfill: ticks missed while nothing
+                              called the heartbeat give one run, not one each; a flow whose
+                              previous run is still pending/in progress is skipped)
         mode=sync : runs created in_progress with the heartbeat's worker id and a lease
         mode=async: runs created pending ──▶ claim_pending_run (worker) ──▶ in_progress + lease
     start_run, renew_lease … finish_run ──▶ success | partial | failed (error + backtrace), flow.last_run_status
@@ -52,6 +55,9 @@ __all__ = [
     "ScheduleStore",
     "as_utc",
     "flow_problems",
+    "flow_schedule",
+    "next_cron_run",
+    "schedule_problems",
     "utcnow",
 ]
 
@@ -102,18 +108,46 @@ class FlowRecord:
     description: str
     enabled: bool
     configuration: dict[str, Any]  # the flow spec (JSON; JSONB on PostgreSQL)
-    run_interval: int  # seconds, > 0
+    run_interval: int | None  # seconds, > 0; None for a cron flow
     last_run_at: dt.datetime | None = None
     last_run_status: str | None = None
     next_run_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    schedule_cron: str | None = None  # a cron flow's expression (active_data_flow.cron); None: run_interval
+    schedule_timezone: str | None = None  # the zone its expression is read in (None: UTC)
 
     def due(self, now: dt.datetime) -> bool:
         return self.enabled and self.next_run_at is not None and self.next_run_at <= now
 
+    @property
+    def schedule(self) -> dict[str, str] | None:
+        """``{"cron": …, "timezone": …}`` of a cron flow, None for an interval flow."""
+        if self.schedule_cron is None:
+            return None
+        return {"cron": self.schedule_cron, "timezone": self.schedule_timezone or "UTC"}
+
+    @property
+    def next_run(self) -> dt.datetime | None:
+        """When the flow is due next, in its schedule's time zone (UTC for an interval flow, or
+        when the zone cannot be read here); None while disabled or never scheduled."""
+        if not self.enabled or self.next_run_at is None:
+            return None
+        if self.schedule_cron is None:
+            return self.next_run_at
+        from active_data_flow.cron import CronError, resolve_timezone
+
+        try:
+            return self.next_run_at.astimezone(resolve_timezone(self.schedule_timezone))
+        except CronError:
+            return self.next_run_at
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: _iso(v) for k, v in asdict(self).items()}
+        out = {k: _iso(v) for k, v in asdict(self).items() if k not in ("schedule_cron", "schedule_timezone")}
+        out["schedule"] = self.schedule
+        nxt = self.next_run
+        out["next_run"] = None if nxt is None else nxt.isoformat()
+        return out
 
 
 @dataclass
@@ -229,6 +263,64 @@ def _json_problem(value: Any) -> str | None:
     return None
 
 
+def schedule_problems(schedule: Any) -> list[str]:
+    """Every problem of a flow's ``schedule`` (``{"cron": "0 6 * * 1-5", "timezone":
+    "Europe/Berlin"}``; the zone defaults to UTC), each naming the field."""
+    from active_data_flow.cron import CronError, parse_cron
+
+    if not isinstance(schedule, Mapping):
+        return [f"schedule: must be a mapping {{cron, timezone}}, got {type(schedule).__name__}"]
+    unknown = sorted(str(k) for k in schedule if k not in ("cron", "timezone"))
+    problems = [f"schedule: unknown key(s) {', '.join(unknown)} (allowed: cron, timezone)"] if unknown else []
+    cron, timezone = schedule.get("cron"), schedule.get("timezone")
+    if cron is None:
+        return [*problems, "schedule.cron: is required (e.g. '0 6 * * 1-5')"]
+    if timezone is not None and not isinstance(timezone, str):
+        return [*problems, f"schedule.timezone: must be a string such as 'Europe/Berlin', got {timezone!r}"]
+    if isinstance(timezone, str) and len(timezone) > 64:
+        return [*problems, "schedule.timezone: must be at most 64 characters"]
+    if isinstance(cron, str) and len(cron) > 200:
+        return [*problems, "schedule.cron: must be at most 200 characters"]
+    try:
+        parse_cron(cron, timezone or "UTC")
+    except CronError as exc:
+        field_ = "schedule.timezone" if str(exc).startswith("timezone:") else "schedule.cron"
+        text = str(exc).removeprefix("timezone: ")
+        problems.append(f"{field_}: {text}")
+    return problems
+
+
+def flow_schedule(schedule: Mapping[str, Any]) -> tuple[str, str]:
+    """The (cron, timezone) columns of a valid ``schedule`` (see :func:`schedule_problems`):
+    the expression with its whitespace normalised, the zone as given (default ``UTC``)."""
+    return " ".join(str(schedule["cron"]).split()), str(schedule.get("timezone") or "UTC")
+
+
+def next_cron_run(cron: str, timezone: str | None, after: dt.datetime) -> dt.datetime:
+    """The first instant of ``cron`` in ``timezone`` strictly after ``after``, in UTC."""
+    from active_data_flow.cron import parse_cron
+
+    return parse_cron(cron, timezone or "UTC").next_after(as_utc(after)).astimezone(dt.UTC)
+
+
+def _interval_problems(run_interval: Any, schedule: Any, required: bool) -> list[str]:
+    if run_interval is not None and schedule is not None:
+        return ["run_interval: give either run_interval (seconds) or schedule {cron, timezone}, not both"]
+    if schedule is not None:
+        return schedule_problems(schedule)
+    if run_interval is None:
+        if not required:
+            return []
+        return ["run_interval: is required (seconds, a positive integer) unless a schedule {cron, timezone} is given"]
+    if isinstance(run_interval, bool) or not isinstance(run_interval, int):
+        return [f"run_interval: must be a positive integer (seconds), got {run_interval!r}"]
+    if run_interval <= 0:
+        return [f"run_interval: must be a positive integer (seconds), got {run_interval}"]
+    if run_interval > MAX_RUN_INTERVAL:
+        return [f"run_interval: must be at most {MAX_RUN_INTERVAL} seconds"]
+    return []
+
+
 def flow_problems(
     name: Any = None,
     configuration: Any = None,
@@ -236,13 +328,16 @@ def flow_problems(
     *,
     description: Any = None,
     enabled: Any = None,
+    schedule: Any = None,
     check: Iterable[str] = ("name", "configuration", "run_interval"),
 ) -> list[str]:
     """Every problem of a flow's fields (those named in ``check``, plus ``description`` and
     ``enabled`` when not None); uniqueness of the name is the store's job.
 
-    The configuration is validated with :func:`active_data_flow.spec.parse_spec`; its own ``name``
-    defaults to the flow's name and must match it when given.
+    A flow runs every ``run_interval`` seconds or on a cron ``schedule`` — exactly one of
+    them (checked when ``run_interval`` is in ``check``; a given ``schedule`` is always
+    checked). The configuration is validated with :func:`active_data_flow.spec.parse_spec`; its
+    own ``name`` defaults to the flow's name and must match it when given.
     """
     checks = set(check)
     problems: list[str] = []
@@ -256,15 +351,8 @@ def flow_problems(
             problems.append(f"name: {name!r} may contain only letters, digits, '_', '-' and '.' and must start with a letter or digit")
         elif len(name) > 200:
             problems.append("name: must be at most 200 characters")
-    if "run_interval" in checks:
-        if run_interval is None:
-            problems.append("run_interval: is required (seconds, a positive integer)")
-        elif isinstance(run_interval, bool) or not isinstance(run_interval, int):
-            problems.append(f"run_interval: must be a positive integer (seconds), got {run_interval!r}")
-        elif run_interval <= 0:
-            problems.append(f"run_interval: must be a positive integer (seconds), got {run_interval}")
-        elif run_interval > MAX_RUN_INTERVAL:
-            problems.append(f"run_interval: must be at most {MAX_RUN_INTERVAL} seconds")
+    if "run_interval" in checks or schedule is not None:
+        problems.extend(_interval_problems(run_interval, schedule, required="run_interval" in checks))
     if description is not None and not isinstance(description, str):
         problems.append(f"description: must be a string, got {type(description).__name__}")
     if enabled is not None and not isinstance(enabled, bool):
@@ -313,14 +401,16 @@ class ScheduleStore(abc.ABC):
         self,
         name: str,
         configuration: Mapping[str, Any],
-        run_interval: int,
+        run_interval: int | None = None,
         *,
         description: str = "",
         enabled: bool = True,
+        schedule: Mapping[str, Any] | None = None,
     ) -> FlowRecord:
-        """Validate (name present and unique, interval a positive integer, the spec valid by
+        """Validate (name present and unique, exactly one of an interval — a positive integer —
+        or a cron ``schedule`` ``{cron, timezone}`` that parses, the spec valid by
         active_data_flow.spec.parse_spec) and save; raise FlowValidationError with every problem. A new
-        enabled flow is due at once."""
+        enabled interval flow is due at once, a cron flow at its first cron instant."""
 
     @abc.abstractmethod
     def update_flow(
@@ -331,8 +421,11 @@ class ScheduleStore(abc.ABC):
         run_interval: int | None = None,
         description: str | None = None,
         enabled: bool | None = None,
+        schedule: Mapping[str, Any] | None = None,
     ) -> FlowRecord:
-        """Change a flow (validated like create; applied on its next run)."""
+        """Change a flow (validated like create; applied on its next run). A ``run_interval``
+        turns a cron flow into an interval flow, a ``schedule`` an interval flow into a cron
+        flow (due at its next cron instant); giving both is refused."""
 
     @abc.abstractmethod
     def get_flow(self, name: str) -> FlowRecord:
@@ -360,7 +453,8 @@ class ScheduleStore(abc.ABC):
         lease_seconds: float = 300.0,
     ) -> list[RunRecord]:
         """Claim up to ``limit`` due flows in one transaction (PostgreSQL: ``FOR UPDATE SKIP
-        LOCKED``): set next_run_at = now + interval (missed intervals give one run),
+        LOCKED``): set next_run_at = now + interval, or a cron flow's first instant after now
+        (missed intervals or ticks give one run),
         last_run_at = now, and create one run each — ``in_progress`` leased to ``worker_id``
         when given (sync mode), else ``pending`` (async mode). A due flow that still has a
         pending or in-progress run gets no second one (its next_run_at moves on all the same:
@@ -397,6 +491,13 @@ class ScheduleStore(abc.ABC):
     def renew_leases(self, run_ids: Iterable[int], worker_id: str, *, lease_seconds: float = 300.0) -> set[int]:
         """Extend several leases at once; returns the ids still held by ``worker_id``."""
         return {run_id for run_id in run_ids if self.renew_lease(run_id, worker_id, lease_seconds=lease_seconds)}
+
+    @abc.abstractmethod
+    def record_progress(self, run_id: int, worker_id: str, *, records_in: int, records_out: int,
+                        dead_letters: int) -> bool:
+        """Write the counts so far of a run in progress leased to ``worker_id`` (its
+        ``records_in``, ``records_out`` and ``dead_letters`` until :meth:`finish_run` writes
+        the final ones); False, and nothing written, when the run is no longer this worker's."""
 
     @abc.abstractmethod
     def start_run(

@@ -11,7 +11,9 @@ their head gives exactly these tables, on SQLite and on PostgreSQL.
 ``data_flows``
     ``name`` unique, ``description``, ``enabled``, ``configuration`` (the flow spec: JSONB on
     PostgreSQL, JSON text on SQLite), ``run_interval`` seconds (``CHECK > 0``),
-    ``last_run_at``, ``last_run_status``, ``next_run_at``, ``created_at``, ``updated_at``.
+    ``last_run_at``, ``last_run_status``, ``next_run_at``, ``created_at``, ``updated_at``,
+    ``schedule_cron`` and ``schedule_timezone`` (a cron flow: exactly one of ``run_interval``
+    and ``schedule_cron`` is set, ``CHECK``).
 ``data_flow_runs``
     ``flow_id`` (``ON DELETE CASCADE``), ``status`` (``CHECK`` in :data:`RUN_STATUSES`),
     ``trigger``, ``attempt``, ``created_at``, ``started_at``, ``ended_at``,
@@ -164,16 +166,21 @@ FLOWS = Table(
         Column("description", "text", False, default=""),
         Column("enabled", "boolean", False, default=True),
         Column("configuration", "json", False),
-        Column("run_interval", "integer", False),
+        Column("run_interval", "integer"),
         _ts("last_run_at"),
         Column("last_run_status", "string", length=20),
         _ts("next_run_at"),
         _ts("created_at", False),
         _ts("updated_at", False),
+        Column("schedule_cron", "string", length=200),
+        Column("schedule_timezone", "string", length=64),
     ),
     autoincrement=True,
     uniques=(Unique("uq_data_flows_name", ("name",)),),
-    checks=(Check("ck_data_flows_run_interval_positive", "run_interval > 0"),),
+    checks=(
+        Check("ck_data_flows_run_interval_positive", "run_interval > 0"),
+        Check("ck_data_flows_one_schedule", "(run_interval IS NULL) <> (schedule_cron IS NULL)"),
+    ),
     indexes=(Index("ix_data_flows_due", ("enabled", "next_run_at")),),
 )
 

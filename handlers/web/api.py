@@ -58,6 +58,7 @@ from active_data_flow.handlers.schedule.store import (
     NotFoundError,
     RunRecord,
     ScheduleStore,
+    flow_problems,
 )
 from active_data_flow.handlers.security import TOKEN_HEADER, FailureThrottle, authorize_api, unstorable
 from active_data_flow.handlers.settings import Settings
@@ -65,6 +66,7 @@ from active_data_flow.handlers.web.guard import RequestGuard
 from active_data_flow.logs import get_logger
 from active_data_flow.redact import mask, unmask
 from active_data_flow.spec import flow_secret_keys
+from active_data_flow.spec_schema import SchemaProblem, check_configuration
 
 __all__ = ["build_app"]
 
@@ -77,6 +79,15 @@ MAX_INT = 2**63 - 1
 # --------------------------------------------------------------------------- models
 
 
+class FlowSchedule(BaseModel):
+    """A cron schedule: five fields (minute hour day-of-month month day-of-week) read in ``timezone``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(description="e.g. `0 6 * * 1-5` (weekdays at 06:00)", max_length=200)
+    timezone: str = Field("UTC", description="an IANA zone such as `Europe/Berlin`, or `UTC` / `+02:00`", max_length=64)
+
+
 class FlowCreate(BaseModel):
     """A new flow. The spec is validated by the store before anything is saved."""
 
@@ -84,9 +95,10 @@ class FlowCreate(BaseModel):
 
     name: str = Field(description="unique flow name")
     configuration: dict[str, Any] = Field(description="the flow spec: source, steps, sink, runtime")
-    run_interval: int = Field(strict=True, description="seconds between runs (> 0)")
+    run_interval: int | None = Field(None, strict=True, description="seconds between runs (> 0); or `schedule`")
+    schedule: FlowSchedule | None = Field(None, description="a cron schedule instead of `run_interval`")
     description: str = ""
-    enabled: bool = Field(True, strict=True, description="a new enabled flow is due at once")
+    enabled: bool = Field(True, strict=True, description="a new enabled interval flow is due at once")
 
 
 class FlowUpdate(BaseModel):
@@ -95,7 +107,8 @@ class FlowUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     configuration: dict[str, Any] | None = None
-    run_interval: int | None = Field(None, strict=True)
+    run_interval: int | None = Field(None, strict=True, description="makes a cron flow an interval flow")
+    schedule: FlowSchedule | None = Field(None, description="makes an interval flow a cron flow")
     description: str | None = None
     enabled: bool | None = Field(None, strict=True)
 
@@ -149,17 +162,22 @@ class ReplayOut(BaseModel):
     message: str = Field(description="the outcome in one sentence")
 
 
-def _model_of(record: type, name: str, **extra: Any) -> type[BaseModel]:
+def _model_of(record: type, name: str, *, exclude: tuple[str, ...] = (), **extra: Any) -> type[BaseModel]:
     """A response model with the fields of a store record dataclass (documentation only:
-    routes answer ``record.to_dict()``)."""
+    routes answer ``record.to_dict()``), less ``exclude``."""
     hints = typing.get_type_hints(record)
-    fields: dict[str, Any] = {f: (hints[f], ...) for f in record.__dataclass_fields__}  # type: ignore[attr-defined]
+    fields: dict[str, Any] = {f: (hints[f], ...) for f in record.__dataclass_fields__  # type: ignore[attr-defined]
+                              if f not in exclude}
     fields.update(extra)
     model: type[BaseModel] = create_model(name, **fields)
     return model
 
 
-FlowOut = _model_of(FlowRecord, "Flow")
+FlowOut = _model_of(
+    FlowRecord, "Flow", exclude=("schedule_cron", "schedule_timezone"),
+    schedule=(FlowSchedule | None, Field(None, description="the cron schedule; null for an interval flow")),
+    next_run=(str | None, Field(None, description="when it is due next, ISO 8601 with the schedule zone's offset")),
+)
 RunOut = _model_of(RunRecord, "Run", duration=(float | None, None))
 HeartbeatOut = _model_of(HeartbeatRecord, "Heartbeat")
 
@@ -239,13 +257,34 @@ def _dead_letter_error(request: HttpRequest, exc: Exception) -> JSONResponse:
     return _error(exc.status, str(exc))
 
 
+class _SchemaMismatch(FlowValidationError):
+    """A configuration the flow schema (``adf schema``) refuses; ``schema_errors`` locate each problem."""
+
+    def __init__(self, problems: list[str], schema_errors: list[SchemaProblem]) -> None:
+        super().__init__(problems)
+        self.schema_errors = schema_errors
+
+
 def _invalid_flow(request: HttpRequest, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FlowValidationError)
     if isinstance(exc, DuplicateFlowError):  # valid, but the name is taken: a conflict
         return _error(409, "; ".join(exc.problems), problems=exc.problems)
     count = len(exc.problems)
+    extra: dict[str, Any] = {"schema_errors": [e.to_dict() for e in exc.schema_errors]} if isinstance(
+        exc, _SchemaMismatch) else {}
     return _error(422, f"invalid flow ({count} problem{'s' if count != 1 else ''}): " + "; ".join(exc.problems),
-                  problems=exc.problems)
+                  problems=exc.problems, **extra)
+
+
+def _check_schema(name: str, configuration: dict[str, Any], *, new: bool, **fields: Any) -> None:
+    """Refuse a configuration the flow schema (``adf schema``) refuses before the store's own check,
+    with the problems of the other fields given (``fields``; a ``new`` flow's name too)."""
+    found = check_configuration(configuration, name)
+    if found:
+        check = [*(["name"] if new else []), *(["run_interval"] if "run_interval" in fields else [])]
+        others = flow_problems(name, None, fields.get("run_interval"), description=fields.get("description"),
+                               enabled=fields.get("enabled"), schedule=fields.get("schedule"), check=check)
+        raise _SchemaMismatch([*others, *(f"configuration: {p}" for p in found)], found)
 
 
 class _InternalErrors:
@@ -351,7 +390,7 @@ def build_app(  # noqa: C901
     app.add_exception_handler(DeadLetterError, _dead_letter_error)
     # _InternalErrors wraps the guard: an error of the guard itself is a JSON 500 as well
     app.add_middleware(RequestGuard, settings=settings, throttle=app.state.auth_throttle,
-                       protected=("/api", INVOKE_PREFIX))
+                       protected=("/api", INVOKE_PREFIX, "/metrics"))
     app.add_middleware(_InternalErrors)
 
     # -- heartbeat ---------------------------------------------------------------------
@@ -466,9 +505,13 @@ def build_app(  # noqa: C901
     )
     def create_flow(body: FlowCreate) -> JSONResponse:
         _storable(name=body.name, configuration=body.configuration, description=body.description)
+        configuration = _unmasked(body.configuration, None)
+        schedule = None if body.schedule is None else body.schedule.model_dump()
+        _check_schema(body.name, configuration, new=True, run_interval=body.run_interval,
+                      description=body.description, enabled=body.enabled, schedule=schedule)
         flow = store.create_flow(
-            body.name, _unmasked(body.configuration, None), body.run_interval, description=body.description,
-            enabled=body.enabled,
+            body.name, configuration, body.run_interval, description=body.description, enabled=body.enabled,
+            schedule=schedule,
         )
         return _json(_flow(flow), 201)
 
@@ -488,6 +531,8 @@ def build_app(  # noqa: C901
         _storable(**{k: v for k, v in changes.items() if k in ("configuration", "description")})
         if "configuration" in changes:
             changes["configuration"] = _unmasked(changes["configuration"], store.get_flow(name))
+            _check_schema(name, changes["configuration"], new=False,
+                          **{k: v for k, v in changes.items() if k != "configuration"})
         return _json(_flow(store.update_flow(name, **changes)))
 
     @api.post("/flows/{name}/enable", response_model=FlowOut, tags=["flows"], summary="Enable a flow",

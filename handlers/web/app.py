@@ -1,7 +1,8 @@
 """Build and serve the heartbeat web app.
 
 ``create_app`` returns the FastAPI (ASGI) app: ``POST {heartbeat_path}``, the management API
-under ``/api``, the dashboard under ``/ui``, ``/healthz`` and ``/openapi.json``. ``serve`` runs it with uvicorn, logging
+under ``/api``, the dashboard under ``/ui``, ``/healthz``, ``/metrics`` (Prometheus,
+:mod:`active_data_flow.handlers.web.metrics`) and ``/openapi.json``. ``serve`` runs it with uvicorn, logging
 JSON lines. Only the standard library is imported at module level; FastAPI, pydantic and
 uvicorn load inside the functions.
 
@@ -90,6 +91,10 @@ def create_app(settings: Settings | None = None, store: ScheduleStore | None = N
     # the HTML dashboard under /ui (active_data_flow.handlers.web.dashboard); its login failures and the API's
     # wrong tokens count together per address
     mount_dashboard(app, settings, store, throttle=app.state.auth_throttle)
+    from active_data_flow.handlers.web.metrics import mount_metrics
+
+    # GET /metrics (Prometheus), behind the management API's access rule (RequestGuard)
+    mount_metrics(app)
     return app
 
 

@@ -67,7 +67,11 @@ from active_data_flow.spin_app.manifest.local import (
 from active_data_flow.spin_app.manifest.render import ManifestOptions, render_manifest
 from active_data_flow.spin_app.manifest.report import ValidationReport
 from active_data_flow.spin_app.manifest.routes import Route, parse_route, plan_routes
-from active_data_flow.spin_app.manifest.rules import cron_expression_problem, outbound_host_problem
+from active_data_flow.spin_app.manifest.rules import (
+    cron_expression_problem,
+    outbound_host_problem,
+    spin_cron_expression,
+)
 from active_data_flow.spin_app.manifest.scan import (
     ALLOWED_SINKS,
     ALLOWED_SOURCES,
@@ -114,6 +118,7 @@ __all__ = [
     "resolve_variables",
     "secret_variables",
     "slug_collisions",
+    "spin_cron_expression",
     "spin_id_problem",
     "spin_registry",
     "stage_files",

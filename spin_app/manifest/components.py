@@ -299,13 +299,18 @@ class _ComponentCheck:
                 self.warn(f"{where}: Spin subscribes to the channel name {c!r} literally (no patterns)")
 
     def _cron_routes(self, flows: Mapping[str, Any], routes: Mapping[str, Any]) -> None:
-        """Cron routes are ``{bundled flow: seconds > 0}``."""
-        for fname, interval in routes.items():
+        """Cron routes are ``{bundled flow: seconds > 0 or a calendar}`` (a calendar as text,
+        ``"0 6 * * 1-5"`` or ``"CRON_TZ=Europe/Berlin 0 6 * * 1-5"``, read by the schedule's parser)."""
+        for fname, when in routes.items():
             if fname not in flows:
                 self.err(f"{self.where}.variables.adf_routes: flow {fname!r} is not bundled (adf_flows)")
-            if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:
+            if isinstance(when, str) and not when.strip().isdigit():
+                problem = route_key_problem("cron", when)
+                if problem:
+                    self.err(f"{self.where}.variables.adf_routes: flow {fname!r}: {problem}")
+            elif isinstance(when, bool) or not isinstance(when, int) or when <= 0:
                 self.err(f"{self.where}.variables.adf_routes: flow {fname!r}: the cron interval must be a number of "
-                         f"seconds > 0, got {interval!r}")
+                         f"seconds > 0 or a calendar such as \"0 6 * * 1-5\", got {when!r}")
 
     def _routes(self, kind: str, flows: Mapping[str, Any], routes: Mapping[str, Any],
                 variables: Mapping[str, Any]) -> None:

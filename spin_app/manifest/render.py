@@ -245,7 +245,8 @@ def _write_component(w: TomlWriter, comp: Mapping[str, Any], options: ManifestOp
     w.kv("adf_trigger", kind)
     w.kv("adf_flows", _json({f.name: f.mount_destination for f in comp["flows"]}))
     if kind == "cron":
-        w.kv("adf_routes", _json({f: int(v) for f, v in comp["routes"].items()}))
+        # seconds as numbers, calendars as their text (the component's heartbeat reads both)
+        w.kv("adf_routes", _json({f: int(v) if str(v).isdigit() else v for f, v in comp["routes"].items()}))
     else:
         w.kv("adf_routes", _json(comp["routes"]))
     if kind == "redis":

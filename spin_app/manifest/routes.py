@@ -8,8 +8,9 @@ intervals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from active_data_flow.spin_app.manifest.conventions import TRIGGER_KINDS
 from active_data_flow.spin_app.manifest.flows import FlowFile
@@ -26,7 +27,8 @@ class Route:
 
 def parse_route(text: str) -> Route:
     """``KIND[:PATTERN]=FLOW``: ``redis:orders=publish``, ``mqtt:sensors/+/temp=readings``,
-    ``cron:300=snapshot`` (due every 300 s), ``http=enrich``, or ``KIND=FLOW`` for the default."""
+    ``cron:300=snapshot`` (due every 300 s), ``cron:CRON_TZ=Europe/Berlin 0 6 * * 1-5=report`` (a
+    calendar), ``http=enrich``, or ``KIND=FLOW`` for the default."""
     left, sep, flow = text.rpartition("=")
     if not sep or not left or not flow.strip():
         raise ValueError(f"route {text!r}: expected KIND[:PATTERN]=FLOW (e.g. redis:orders=my_flow)")
@@ -53,13 +55,28 @@ def route_key_problem(kind: str, key: str) -> str | None:
     if kind == "http":
         return http_route_problem(key)
     if kind == "cron":
-        return None if key.isdigit() and int(key) > 0 else (
-            f"a cron route's pattern is the interval in seconds after which the flow is due again (got {key!r}); "
-            "the cron trigger ticks with --cron-expression and runs the flows that are due")
+        return cron_route_problem(key)
     if kind == "mqtt":
         return mqtt_topic_problem(key)
     if kind == "redis" and (not key.strip() or any(c.isspace() for c in key)):
         return f"redis channel {key!r} must be a non-empty name without whitespace"
+    return None
+
+
+def cron_route_problem(key: str) -> str | None:
+    """Why ``key`` is not a cron route's pattern: seconds between runs (``300``) or a calendar
+    (``0 6 * * 1-5``, in a zone ``CRON_TZ=Europe/Berlin 0 6 * * 1-5``) that the component's
+    heartbeat reads with :func:`active_data_flow.cron.parse_cron`, the schedule's own parser."""
+    if key.isdigit():
+        return None if int(key) > 0 else f"a cron route's interval must be more than 0 seconds (got {key!r})"
+    from active_data_flow.cron import CronError, parse_cron, split_schedule_text
+
+    try:
+        parse_cron(*split_schedule_text(key))
+    except CronError as exc:
+        return (f"a cron route's pattern is the interval in seconds after which the flow is due again, or a "
+                f"calendar such as 'CRON_TZ=Europe/Berlin 0 6 * * 1-5' ({exc}); the cron trigger ticks with "
+                "--cron-expression and runs the flows that are due")
     return None
 
 
@@ -105,18 +122,30 @@ def http_run_path(flow: str) -> str:
 
 def default_route_key(kind: str, flow: FlowFile) -> str:
     """The route a flow gets for ``kind`` when none is given: ``/flows/<flow>/run``, Redis
-    channel ``<flow>``, MQTT topic ``adf/<flow>``, cron every ``runtime.interval_seconds``."""
+    channel ``<flow>``, MQTT topic ``adf/<flow>``, cron every ``runtime.interval_seconds`` or on ``runtime.schedule``."""
     if kind == "http":
         return http_run_path(flow.name)
     if kind == "redis":
         return flow.name
     if kind == "mqtt":
         return f"adf/{flow.name}"
-    interval = flow.spec.runtime.get("interval_seconds")
+    return default_cron_key(flow.name, flow.spec.runtime)
+
+
+def default_cron_key(name: str, runtime: Mapping[str, Any]) -> str:
+    """A flow's cron route from its spec: ``runtime.interval_seconds`` (seconds) or
+    ``runtime.schedule`` (a calendar, ``CRON_TZ=<zone> <expression>`` outside UTC)."""
+    from active_data_flow.cron import schedule_text
+
+    interval, schedule = runtime.get("interval_seconds"), runtime.get("schedule")
+    if interval and schedule:
+        raise ValueError(f"flow {name} has both runtime.interval_seconds and runtime.schedule: keep one")
+    if schedule:
+        return schedule_text(schedule["cron"], schedule.get("timezone"))
     if not interval:
         raise ValueError(
-            f"flow {flow.name} has no runtime.interval_seconds: give its cron interval with "
-            f"--route cron:SECONDS={flow.name}"
+            f"flow {name} has neither runtime.interval_seconds nor runtime.schedule: give its cron interval "
+            f"with --route cron:SECONDS={name} (or a calendar: --route 'cron:0 6 * * 1-5={name}')"
         )
     return str(interval)
 
@@ -125,7 +154,7 @@ def plan_routes(flows: Sequence[FlowFile], triggers: Sequence[str], routes: Sequ
                 ) -> dict[str, dict[str, str]]:
     """Routes by trigger kind from explicit routes plus defaults:
     ``{"http": {"/flows/f/run": "f"}, "redis": {channel: flow}, "mqtt": {topic: flow},
-    "cron": {flow: "<seconds>"}}`` (cron is keyed by flow: each flow has one interval).
+    "cron": {flow: "<seconds>" or "<calendar>"}}`` (cron is keyed by flow: each flow has one schedule).
 
     A flow without any ``--route`` gets the default route of every kind in ``triggers``
     (``http`` when neither routes nor triggers are given). A channel or topic runs one flow.
@@ -140,7 +169,7 @@ def plan_routes(flows: Sequence[FlowFile], triggers: Sequence[str], routes: Sequ
         if kind == "cron":
             key, flow = flow, key  # flow -> interval
         if table.get(key, flow) != flow:
-            what = {"cron": f"flow {key} gets two cron intervals", "redis": f"redis channel {key!r} routes to two flows",
+            what = {"cron": f"flow {key} gets two cron schedules", "redis": f"redis channel {key!r} routes to two flows",
                     "mqtt": f"mqtt topic {key!r} routes to two flows"}.get(kind, f"{kind} {key!r} routes twice")
             problems.append(f"{what}: {table[key]} and {flow} (one each)")
             return

@@ -103,23 +103,66 @@ def _cron_field_problem(index: int, field_: str) -> str | None:
     return None
 
 
+_DOM_EXTENSION = re.compile(r"(^|,)L($|,)|\dW($|,)")
+_DOW_EXTENSION = re.compile(r"#|(\d|SUN|MON|TUE|WED|THU|FRI|SAT)L($|,)")
+
+
+def _croner_extension(fields_: list[str]) -> bool:
+    """Whether six fields use croner's ``L``, ``nW`` or ``n#k`` (beyond the project's cron syntax)."""
+    return bool(_DOM_EXTENSION.search(fields_[3].upper()) or _DOW_EXTENSION.search(fields_[5].upper()))
+
+
 def cron_expression_problem(expr: str) -> str | None:
     """Why the pinned spin-trigger-cron refuses ``expr`` at start-up, or None.
 
     Six fields: second minute hour day-of-month month day-of-week (0-7, 0 and 7 are Sunday, or
     SUN-SAT), each ``*``, a value, a range ``a-b``, a step ``*/n`` / ``a-b/n`` or a list of them;
-    ``?`` in the day fields, ``L``/``nW`` in day-of-month, ``nL``/``n#k`` in day-of-week. No year
-    field: croner refuses a seventh field.
+    ``?`` in the day fields — the project's own cron syntax (:mod:`active_data_flow.cron`, which
+    parses it) with seconds in front. croner's extensions beyond it (``L``/``nW`` in
+    day-of-month, ``nL``/``n#k`` in day-of-week) are accepted too. No year field: croner
+    refuses a seventh field.
     """
+    from active_data_flow.cron import CronError, parse_cron
+
     fields_ = expr.split()
     if len(fields_) != 6:
         return (f"cron_expression {expr!r} has {len(fields_)} field(s); spin-trigger-cron needs 6 "
                 f"(second minute hour day-of-month month day-of-week), e.g. {DEFAULT_CRON_EXPRESSION!r}")
+    if not _croner_extension(fields_):
+        try:
+            parse_cron(expr)
+        except CronError as exc:
+            return f"cron_expression {expr!r}: {exc}"
+        return None
     for i, f in enumerate(fields_):
         problem = _cron_field_problem(i, f)
         if problem:
             return f"cron_expression {expr!r}: {problem}"
     return None
+
+
+def spin_cron_expression(expr: str, timezone: str | None = None) -> str:
+    """``--cron-expression`` as spin-trigger-cron takes it: the heartbeat's five-field syntax
+    (or a macro such as ``@hourly``) gets ``0`` seconds in front (:func:`active_data_flow.cron.to_spin_cron`),
+    six fields are kept. An expression the parser refuses is kept as given, for the manifest
+    check to refuse with its rule.
+
+    The trigger evaluates its expression in UTC (``tokio_cron_scheduler::Job::new_async``, no
+    time zone), so a ``timezone`` other than UTC is refused with a ``ValueError``: the cron
+    component only ticks; a flow's own calendar in its zone belongs to the heartbeat."""
+    from active_data_flow.cron import CronError, resolve_timezone, to_spin_cron
+
+    if timezone is not None and resolve_timezone(timezone).utcoffset(None) != resolve_timezone("UTC").utcoffset(None):
+        raise ValueError(
+            f"the Spin cron trigger (spin-trigger-cron) reads its expression in UTC, not {timezone}: give the "
+            "expression in UTC, or schedule the flow on the heartbeat with schedule: {cron, timezone}"
+        )
+    if len(expr.split()) == 6:
+        return expr
+    try:
+        return to_spin_cron(expr)
+    except CronError:
+        return expr
 
 
 # --------------------------------------------------------------------------- hosts, labels, names, files

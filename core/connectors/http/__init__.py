@@ -20,7 +20,17 @@
       an empty page;
     * ``cursor`` — the next cursor is at ``path`` (default ``meta.next_cursor``) and sent
       as ``param`` (default ``cursor``); stops when the cursor is missing, unchanged, or
-      the page is empty.
+      the page is empty;
+    * ``none`` — one request (a warning when the response signals more pages).
+
+    Without ``pagination`` the first response decides (see
+    :mod:`active_data_flow.connectors.http.paging`): a ``Link`` ``rel="next"`` header, a next
+    URL in the body (``next``, ``links.next``, ``_links.next.href``…) or a cursor
+    (``next_cursor`` → ``cursor``, ``next_page_token`` → ``page_token``…); the choice is
+    logged and reported as a run-summary warning of kind ``pagination_detected``. Pages
+    signalled but not read (``none``, ``max_pages``, ``has_more: true``) are a
+    ``pages_not_followed`` warning; a next URL already read ends the split with a
+    ``pagination_loop`` warning.
 
     Splits: for ``page`` and ``offset`` with ``total_path`` (the total number of records in
     the first response) or ``total_pages_path``, the enumerator fetches the first page

@@ -2,7 +2,12 @@
 
 :data:`PAGINATION_KEYS` lists each kind's settings with their defaults; :func:`json_path`
 reads a value of a JSON body, :func:`parse_link_header` a ``Link`` header, and
-:func:`with_params` sets the query parameters of a page's URL.
+:func:`with_params` sets the query parameters of a page's URL. Without a ``pagination``
+setting the source finds the pagination in the first answer (:func:`detect_next`, then
+:func:`follow_next` on every later page): the ``Link`` header's ``rel="next"`` first, then a
+next-page URL at one of :data:`NEXT_LINK_PATHS` of the body, then a cursor at one of
+:data:`CURSOR_PATHS` (sent back as that entry's query parameter). :func:`more_signalled`
+tells whether an answer says there are more pages in a way the source cannot follow.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 #: Each pagination kind's settings and their defaults.
@@ -26,7 +32,112 @@ PAGINATION_KEYS: dict[str, dict[str, Any]] = {
         "total_path": None, "total_pages_path": None, "pages_per_split": 1,
     },
     "cursor": {"param": "cursor", "path": "meta.next_cursor"},
+    "none": {},
 }
+
+#: Body fields holding the next page's URL, looked for in this order when no pagination is set
+#: (a key with a dot, such as OData's ``@odata.nextLink``, is first looked for as a top-level key).
+NEXT_LINK_PATHS = (
+    "next", "links.next", "links.next.href", "_links.next.href", "paging.next", "pagination.next",
+    "meta.next", "next_url", "next_page_url", "nextLink", "@odata.nextLink",
+)
+#: Body fields holding the next page's cursor, and the query parameter it is sent back as.
+CURSOR_PATHS = (
+    ("next_cursor", "cursor"),
+    ("meta.next_cursor", "cursor"),
+    ("response_metadata.next_cursor", "cursor"),
+    ("pagination.next_cursor", "cursor"),
+    ("cursors.next", "cursor"),
+    ("next_page_token", "page_token"),
+    ("nextPageToken", "pageToken"),
+)
+#: Body fields that say, when true, that more pages follow.
+MORE_FLAGS = ("has_more", "hasMore", "meta.has_more", "pagination.has_more", "response_metadata.has_more")
+
+
+@dataclass(frozen=True)
+class NextPage:
+    """Where an answer says the next page is: ``style`` ``link_header`` (``where`` is
+    ``Link``), ``next_link`` (a URL at body path ``where``) or ``cursor`` (a cursor at body path
+    ``where``, sent as query parameter ``param``); ``value`` is the URL or the cursor."""
+
+    style: str
+    where: str
+    param: str | None
+    value: str
+
+    def describe(self) -> str:
+        if self.style == "link_header":
+            return 'the Link header (rel="next")'
+        if self.style == "next_link":
+            return f"the next page URL at {self.where!r} of the body"
+        return f"the cursor at {self.where!r} of the body, sent as query parameter {self.param!r}"
+
+    def as_list(self) -> list[Any]:
+        """The choice, for a split's position (JSON)."""
+        return [self.style, self.where, self.param]
+
+
+def _field(doc: Any, path: str) -> Any:
+    if isinstance(doc, Mapping) and path in doc:
+        return doc[path]
+    return json_path(doc, path) if "." in path else None
+
+
+def _looks_like_url(value: Any) -> bool:
+    if not isinstance(value, str) or not value.strip():
+        return False
+    text = value.strip()
+    return urllib.parse.urlsplit(text).scheme in ("http", "https") or text.startswith(("/", "?"))
+
+
+def _cursor_text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return str(value)
+
+
+def follow_next(choice: list[Any] | tuple[Any, ...], link_header: str | None, doc: Any) -> NextPage | None:
+    """The next page of an answer by the pagination chosen earlier (:meth:`NextPage.as_list`); None: the last page."""
+    style, where, param = choice[0], str(choice[1]), choice[2]
+    if style == "link_header":
+        link = parse_link_header(link_header).get("next")
+        return NextPage(style, where, None, link) if link else None
+    value = _field(doc, where)
+    if style == "next_link":
+        return NextPage(style, where, None, value.strip()) if _looks_like_url(value) else None
+    cursor = _cursor_text(value)
+    return NextPage(style, where, str(param), cursor) if cursor is not None else None
+
+
+def detect_next(link_header: str | None, doc: Any) -> NextPage | None:
+    """The pagination an answer shows (see the module doc), or None when it shows none."""
+    link = parse_link_header(link_header).get("next")
+    if link:
+        return NextPage("link_header", "Link", None, link)
+    if not isinstance(doc, Mapping):
+        return None
+    for path in NEXT_LINK_PATHS:
+        value = _field(doc, path)
+        if _looks_like_url(value):
+            return NextPage("next_link", path, None, value.strip())
+    for path, param in CURSOR_PATHS:
+        cursor = _cursor_text(_field(doc, path))
+        if cursor is not None:
+            return NextPage("cursor", path, param, cursor)
+    return None
+
+
+def more_signalled(link_header: str | None, doc: Any) -> str | None:
+    """How an answer says more pages follow (``Link rel="next"``, a body field), or None."""
+    found = detect_next(link_header, doc)
+    if found is not None:
+        return "the Link header" if found.style == "link_header" else f"{found.where!r} in the body"
+    if isinstance(doc, Mapping):
+        for path in MORE_FLAGS:
+            if _field(doc, path) is True:
+                return f"{path!r}: true in the body"
+    return None
 
 
 def check_pagination(value: Any) -> str | None:

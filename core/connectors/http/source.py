@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -22,8 +23,12 @@ from active_data_flow.attributes import Attribute, at_least_one
 from active_data_flow.connectors.http.common import COMMON_ATTRIBUTES, answer_snippet, check_url, make_client
 from active_data_flow.connectors.http.paging import (
     PAGINATION_KEYS,
+    NextPage,
     check_pagination,
+    detect_next,
+    follow_next,
     json_path,
+    more_signalled,
     parse_link_header,
     with_params,
 )
@@ -113,7 +118,8 @@ class HttpSource(Source):
         Attribute("body", object, help="JSON body of POST requests"),
         Attribute("records_path", str, default="", help="dotted path of the records list ('' = the body is the list)"),
         Attribute("pagination", dict, check=check_pagination,
-                  help="{type: next_link|link_header|page|offset|cursor, ...}; default: one request"),
+                  help="{type: next_link|link_header|page|offset|cursor|none, ...}; default: detected from the "
+                       "first response (Link header, a next URL or cursor in the body)"),
         *COMMON_ATTRIBUTES,
         Attribute("max_pages", int, check=at_least_one, help="stop after this many pages"),
         Attribute("incremental", dict, check=_check_incremental,
@@ -125,7 +131,8 @@ class HttpSource(Source):
         self.url: str = self.config["url"]
         pagination = self.config["pagination"] or {}
         kind = pagination.get("type")
-        self.paging: str | None = kind
+        #: the pagination kind; ``auto`` when none is set (found in the first answer)
+        self.paging: str = kind or "auto"
         self.page_opts: dict[str, Any] = {**PAGINATION_KEYS.get(kind or "", {}), **pagination} if kind else {}
         inc = self.config["incremental"]
         self.incremental: dict[str, Any] | None = dict(inc) if inc is not None else None
@@ -310,14 +317,12 @@ class HttpSource(Source):
             link = json_path(doc, self.page_opts["path"])
             if not isinstance(link, str) or not link.strip():
                 return None, True
-            target = urllib.parse.urljoin(resp.url or url, link.strip())
-            return target, target == url
+            return urllib.parse.urljoin(resp.url or url, link.strip()), False  # the reader stops a loop
         if kind == "link_header":
             link = parse_link_header(resp.header("Link")).get("next")
             if not link:
                 return None, True
-            target = urllib.parse.urljoin(resp.url or url, link)
-            return target, target == url
+            return urllib.parse.urljoin(resp.url or url, link), False
         if kind == "page":
             return int(nxt) + 1, not items
         if kind == "offset":
@@ -328,6 +333,44 @@ class HttpSource(Source):
                 return None, True
             return cursor, False
         return None, True
+
+    def auto_next(
+        self, choice: list[Any] | None, url: str, resp: HttpResponse, doc: Any, items: list[Any]
+    ) -> tuple[Any, bool, list[Any] | None]:
+        """``(next URL, ended, choice)`` after a page read without a ``pagination`` setting:
+        the first answer chooses the pagination (said in the log and the run summary), later
+        pages follow it."""
+        link = resp.header("Link")
+        found = follow_next(choice, link, doc) if choice else detect_next(link, doc)
+        if choice is None:
+            if found is None:
+                self.unfollowed(link, doc, url, "no pagination is set and none was recognised in it")
+                return None, True, None
+            choice = found.as_list()
+            self._announce(found, url)
+        if found is None:
+            return None, True, choice
+        if found.style == "cursor":
+            if not items:
+                self.unfollowed(link, doc, url, "its page is empty, so the cursor is not followed")
+                return None, True, choice
+            return with_params(url, {str(found.param): found.value}), False, choice
+        return urllib.parse.urljoin(resp.url or url, found.value), False, choice
+
+    def _announce(self, found: NextPage, url: str) -> None:
+        message = f"source 'http': no pagination set; following {found.describe()}, found in the first response"
+        log_event(_log, message, paginator=found.style, field=found.where, url=redact_text(url))
+        self.run_context.warn(message, kind="pagination_detected", paginator=found.style, field=found.where)
+
+    def unfollowed(self, link: str | None, doc: Any, url: str, why: str) -> None:
+        """Warn (log and run summary) when the answer of ``url`` signals more pages the source will not read."""
+        signal = more_signalled(link, doc)
+        if signal is None:
+            return
+        message = (f"source 'http': the response says more pages follow ({signal}) but they are not read: {why}; "
+                   "set 'pagination' (or raise 'max_pages') to read them")
+        log_event(_log, message, logging.WARNING, url=redact_text(url))
+        self.run_context.warn(message, kind="pages_not_followed")
 
     def next_cursor(self, doc: Any) -> Any:
         cursor = json_path(doc, self.page_opts.get("path"))
@@ -392,14 +435,39 @@ class _HttpReader(SplitReader):
         super().__init__(context)
         self.source = source
         self._buffer: list[Any] | None = None
-        self._after: tuple[Any, bool, Any] = (None, True, None)
+        self._after: tuple[Any, bool, Any, Any] = (None, True, None, None)
         self._url = ""
+        #: the URLs of the split's pages read so far: a next page among them is a loop
+        self._seen: set[str] = set()
 
     def open_split(self, split: Split) -> None:
         self._buffer = None
+        self._seen = set()
 
     def close_split(self, split: Split) -> None:
         self._buffer = None
+
+    def _next_page(
+        self, split: HttpSplit, pos: Mapping[str, Any], url: str, resp: HttpResponse, doc: Any, items: list[Any]
+    ) -> tuple[Any, bool, Any]:
+        """``(next state, ended, detected pagination)`` after the page of ``url``; a next URL
+        already read ends the split with a warning instead of reading pages again forever."""
+        source = self.source
+        self._seen.add(url)
+        choice = pos.get("auto")
+        if split.kind == "sequential" and source.paging == "auto":
+            nxt, ended, choice = source.auto_next(choice, url, resp, doc, items)
+        else:
+            nxt, ended = source.next_state(split, pos["next"], url, resp, doc, items)
+            if source.paging == "none":
+                source.unfollowed(resp.header("Link"), doc, url, "pagination is 'none'")
+        if not ended and isinstance(nxt, str) and nxt in self._seen:
+            message = ("source 'http': the response names a page already read as the next page; stopped there "
+                       "instead of reading pages again in a loop")
+            log_event(_log, message, logging.WARNING, url=redact_text(url), next=redact_text(nxt))
+            source.run_context.warn(message, kind="pagination_loop")
+            ended = True
+        return nxt, ended, choice
 
     def _position(self, split: HttpSplit) -> dict[str, Any]:
         pos = split.position
@@ -418,13 +486,13 @@ class _HttpReader(SplitReader):
             resp, doc = source.fetch(url)
             items = source.records_of(doc, url)
             nbytes = len(resp.body)
-            nxt, ended = source.next_state(split, pos["next"], url, resp, doc, items)
+            nxt, ended, choice = self._next_page(split, pos, url, resp, doc, items)
             value = pos["value"]
             if source.cursor_mode:
                 cursor = source.next_cursor(doc)
                 if cursor is not None and items:
                     value = cursor
-            self._after = (nxt, ended, value)
+            self._after = (nxt, ended, value, choice)
             self._url = url
             self._buffer = items[int(pos["skip"]):]
         taken = self._buffer[:max_records]
@@ -455,13 +523,20 @@ class _HttpReader(SplitReader):
         if self._buffer:
             split.position = {**pos, "skip": first_index + len(taken), "value": value}
         else:
-            nxt, ended, page_value = self._after
+            nxt, ended, page_value, choice = self._after
             if source.cursor_mode:
                 value = page_value
             pages = int(pos["pages"]) + 1
             max_pages = source.config["max_pages"]
             done = ended or (split.kind == "sequential" and max_pages is not None and pages >= int(max_pages))
+            if done and not ended:
+                source.run_context.warn(
+                    f"source 'http': stopped after max_pages={max_pages} page(s) although the response links to "
+                    "a next page; raise 'max_pages' to read the rest", kind="pages_not_followed",
+                )
             split.position = {"next": nxt, "skip": 0, "pages": pages, "value": value}
+            if source.paging == "auto":
+                split.position["auto"] = choice
             self._buffer = None
             if done:
                 source.record_result(split, value)

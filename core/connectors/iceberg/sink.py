@@ -54,6 +54,16 @@ def _accepts(func: Callable[..., Any], parameter: str) -> bool:
         return False
 
 
+def _namespace_exists(catalog: Any, namespace: str) -> bool:
+    from pyiceberg.exceptions import NoSuchNamespaceError
+
+    try:
+        catalog.load_namespace_properties(namespace)
+    except NoSuchNamespaceError:
+        return False
+    return True
+
+
 class IcebergSink(CatalogUser, Sink):
     """Writes records to an Iceberg table; see the package docstring and ``docs/ICEBERG.md``.
 
@@ -67,9 +77,13 @@ class IcebergSink(CatalogUser, Sink):
       bool → boolean, datetime → timestamp/timestamptz, date, time, bytes → binary,
       everything else — str, Decimal, UUID, dict/list as JSON text — string; a field null
       in the whole first batch is string) unless ``types`` names the type;
-    * a record field the table lacks raises :class:`~active_data_flow.errors.RecordValidationError`
-      naming it and listing the table's columns; a value that cannot be stored in its
-      column raises it naming the field (ISO strings are accepted for timestamp, date and
+    * a record field the table lacks becomes a new optional column (``schema_evolution:
+      add_columns``, the default: one ``update_schema`` commit before the batch's, its type
+      inferred from the batch like a new table's or taken from ``types``, the change reported
+      with :meth:`RunContext.schema_change`); with ``freeze`` it raises
+      :class:`~active_data_flow.errors.RecordValidationError` naming it and listing the table's
+      columns; a value that cannot be stored in its column raises it naming the field, the
+      column's type and the value's type (ISO strings are accepted for timestamp, date and
       time columns, digit strings for numbers and decimals, base64 for binary);
     * ``append`` may write a batch twice when a run resumes after a crash between the
       commit and the checkpoint (at-least-once); ``upsert`` is idempotent (exactly-once
@@ -94,6 +108,10 @@ class IcebergSink(CatalogUser, Sink):
             dict,
             check=check_types,
             help="column types of a created table by field (long, double, timestamptz, decimal(10,2)…)",
+        ),
+        Attribute(
+            "schema_evolution", str, default="add_columns", choices=("add_columns", "freeze"),
+            help="add_columns: a field the table lacks becomes a new optional column; freeze: its record is dead-lettered",
         ),
     )
 
@@ -192,6 +210,8 @@ class IcebergSink(CatalogUser, Sink):
         current = [self._table if self._table is not None else self._load_or_create(records)]
 
         def attempt() -> None:
+            if self.config["schema_evolution"] == "add_columns":
+                current[0] = self._add_columns(current[0], records)
             self._commit(current[0], self.to_arrow(current[0], records))
 
         def lost_race(exc: BaseException, attempt: int, wait: float) -> None:
@@ -208,6 +228,28 @@ class IcebergSink(CatalogUser, Sink):
             self._table = None  # the table may have changed: load it again on the engine's retry
             raise
         self._table = current[0]
+
+    def _add_columns(self, table: Any, records: Sequence[Record]) -> Any:
+        """``table`` with optional columns added for the fields of ``records`` it lacks (one schema
+        commit; another writer that added them first makes it a no-op after the refresh)."""
+        known = set(table.schema().as_arrow().names)
+        missing = [k for k in dict.fromkeys(k for r in records for k in r) if k not in known]
+        if not missing:
+            return table
+        pa = import_pyarrow(self.where)
+        fields = [
+            pa.field(name, arrow_type(pa, self.types.get(name) or infer_spec([r.get(name) for r in records])), nullable=True)
+            for name in missing
+        ]
+        with table.update_schema() as update:
+            update.union_by_name(pa.schema(fields))
+        table = table.refresh()
+        schema = table.schema()
+        for name in missing:
+            type_text = str(schema.find_field(name).field_type)
+            self.run_context.schema_change(self.identifier, name, type_text)
+            _log.info("added column %s %s to Iceberg table %s", name, type_text, self.identifier)
+        return table
 
     def _snapshot_properties(self) -> dict[str, str]:
         ctx = self.run_context
@@ -269,6 +311,11 @@ class IcebergSink(CatalogUser, Sink):
             catalog.create_namespace(namespace)
         except NamespaceAlreadyExistsError:
             pass
+        except Exception:
+            # Another reader process created it at the same moment: the SQL catalog reports
+            # that as a unique violation of its own table rather than NamespaceAlreadyExistsError.
+            if not _namespace_exists(catalog, namespace):
+                raise
         schema = self.inferred_schema(records)
         unknown = [c for _, c in self.partition_by if c not in schema.names]
         if unknown:
@@ -308,7 +355,8 @@ class IcebergSink(CatalogUser, Sink):
             raise RecordValidationError(
                 extra[0],
                 f"table {self.identifier} has no such column; fields not in the table: {', '.join(extra)}; "
-                f"its columns: {', '.join(columns)} (evolve the table or drop the fields in a step)",
+                f"its columns: {', '.join(columns)} and schema_evolution is 'freeze' (evolve the table, drop the "
+                "fields in a step or set schema_evolution: add_columns)",
             )
         if self.mode == "upsert":
             records = self._last_per_key(records)
@@ -323,7 +371,9 @@ class IcebergSink(CatalogUser, Sink):
                         value = convert(value)
                     except (TypeError, ValueError, ArithmeticError) as exc:
                         raise RecordValidationError(
-                            field.name, f"{exc} (value {value!r:.60}; column type {field.type})"
+                            field.name,
+                            f"a {type(value).__name__} value ({value!r:.60}) cannot be stored in column "
+                            f"{field.name!r} of type {field.type}: {exc}",
                         ) from None
                 values.append(value)
             if not field.nullable and any(v is None for v in values):

@@ -28,6 +28,14 @@ without a driver mean psycopg 3. URLs are secrets: they never appear in messages
     copies into a temporary staging table, then runs one ``INSERT … SELECT … ON CONFLICT``);
     other drivers, and upserts without a unique key, use SQLAlchemy Core statements (see
     :mod:`active_data_flow.connectors.sql.fast`).
+    ``schema_evolution: add_columns`` (default): a field the table lacks becomes a nullable
+    column, typed like a created table's (a field null in the whole batch → TEXT), added with
+    ``ALTER TABLE … ADD COLUMN`` in the batch's own transaction (a batch that fails adds
+    nothing; a column another reader has just added is found on a second look) and listed in
+    the run summary's ``schema_changes``; ``freeze`` dead-letters such records instead. A
+    value its column's type cannot hold (text that is not a number in a number column, an
+    object or list in a number or boolean column) is dead-lettered naming the column, its
+    type and the value's type.
 
 ``sql`` source
     ``{type: sql, url: …, table: orders | query: "SELECT …", cursor_column: id}``. With a

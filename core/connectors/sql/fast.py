@@ -268,11 +268,15 @@ class FastWriter:
             return f" ON CONFLICT ({keys}) DO NOTHING"
         return f" ON CONFLICT ({keys}) DO UPDATE SET {', '.join(updates)}"
 
-    def write(self, engine: Engine, names: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
-        """Write ``rows`` (values in the order of ``names``) in one transaction, committed on return."""
+    def write(self, engine: Engine, names: Sequence[str], rows: list[tuple[Any, ...]], ddl: Sequence[str] = ()) -> None:
+        """Write ``rows`` (values in the order of ``names``) in one transaction, committed on return;
+        the statements ``ddl`` (columns added to the table) run first in the same transaction."""
         created: set[str] | None = None
         with engine.begin() as conn:
             driver: Any = conn.connection.driver_connection
+            for statement in ddl:
+                with _driver_errors(conn, statement):
+                    driver.execute(statement)
             columns = ", ".join(self.quote(n) for n in names)
             if self.dialect == "sqlite":
                 marks = ", ".join("?" * len(names))

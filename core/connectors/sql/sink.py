@@ -173,6 +173,57 @@ def _decimal_value(value: Any) -> Any:
     return value
 
 
+#: value types number columns, and boolean columns, take as they are
+_NUMBER_PLAIN: frozenset[type] = frozenset({int, float, bool, type(None)})
+_BOOLEAN_PLAIN: frozenset[type] = frozenset({int, bool, type(None)})
+
+
+def _fits_integer(value: Any) -> bool:
+    if isinstance(value, int | float | decimal.Decimal):
+        return True
+    if isinstance(value, str):
+        try:
+            int(value.strip())
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _fits_number(value: Any) -> bool:
+    if isinstance(value, int | float | decimal.Decimal):
+        return True
+    if isinstance(value, str):
+        try:
+            float(value.strip())
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _fits_boolean(value: Any) -> bool:
+    return not isinstance(value, dict | list | float)
+
+
+def _value_check(sa: Any, ctype: Any) -> tuple[Callable[[Any], bool], frozenset[type]] | None:
+    """Whether a value fits a column of type ``ctype``, and the value types that always do
+    (None: the database or the sink's conversion decides)."""
+    if isinstance(ctype, sa.Boolean):
+        return _fits_boolean, _BOOLEAN_PLAIN
+    if isinstance(ctype, sa.Integer):
+        return _fits_integer, _NUMBER_PLAIN
+    if isinstance(ctype, sa.Float):
+        return _fits_number, _NUMBER_PLAIN
+    return None
+
+
+def _duplicate_column(exc: BaseException) -> bool:
+    """The error of adding a column another writer has just added (SQLite, or PostgreSQL without IF NOT EXISTS)."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) == "42701" or "duplicate column" in str(orig).lower()
+
+
 class SqlSink(Sink):
     """Writes records as rows of a table; see the package docstring for the configuration.
 
@@ -183,8 +234,13 @@ class SqlSink(Sink):
     * each :meth:`write_batch` is one transaction, so after it returns the rows are committed
       (:meth:`flush` has nothing left to do);
     * the columns written are ``columns`` when configured (other fields are ignored), else
-      every field of the batch; a field the table lacks raises
+      every field of the batch; a field the table lacks becomes a new nullable column
+      (``schema_evolution: add_columns``, the default: ``ALTER TABLE … ADD COLUMN`` in the
+      batch's own transaction, the type inferred from the batch's values, the change reported
+      with :meth:`RunContext.schema_change`) or, with ``freeze``, raises
       :class:`~active_data_flow.errors.RecordValidationError` naming it before anything is written;
+      a value that cannot be stored in its column's type (text into a number column, an object
+      into a boolean one) raises it naming the column, its type and the value's type;
       a column missing from a record is written as NULL; dict/list values are JSON text
       in text columns;
     * in upsert mode a key value must not be null, a batch holding a key twice keeps the
@@ -207,6 +263,10 @@ class SqlSink(Sink):
         ),
         Attribute("schema", str, help="database schema of the table"),
         Attribute("columns", list, check=column_names, help="write only these columns"),
+        Attribute(
+            "schema_evolution", str, default="add_columns", choices=("add_columns", "freeze"),
+            help="add_columns: a field the table lacks becomes a new nullable column; freeze: its record is dead-lettered",
+        ),
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -221,6 +281,9 @@ class SqlSink(Sink):
         self._plans: dict[str, ColumnPlan] = {}
         self._fast: FastWriter | None = None
         self._on_conflict = False
+        self._evolve = self.config["schema_evolution"] == "add_columns"
+        #: per column whose type refuses some values: the check of a value (see _type_check)
+        self._checks: dict[str, tuple[Callable[[Any], bool], frozenset[type], str]] = {}
 
     @staticmethod
     def _cross_check(values: Mapping[str, Any]) -> list[str]:
@@ -287,8 +350,31 @@ class SqlSink(Sink):
         assert self._engine is not None
         sa = import_sqlalchemy(self._where)
         table = self._table if self._table is not None else self._load_table(records)
+        for attempt in (1, 2):
+            added = self._new_columns(sa, records, table)
+            try:
+                self._write(sa, records, added)
+                break
+            except Exception as exc:
+                if not added:
+                    raise
+                self._table = None  # the columns were not added: forget them
+                if attempt == 2 or not _duplicate_column(exc):
+                    raise
+                # another reader added the same column first: look at the table again, write once more
+                table = self._load_table(records)
+        for column, type_text in added:
+            self.run_context.schema_change(self._qualified_name(), column.name, type_text)
+            _log.info("added column %s %s to table %s", column.name, type_text, self._qualified_name())
+
+    def _write(self, sa: Any, records: Sequence[Record], added: list[tuple[Any, str]]) -> None:
+        """Write the batch in one transaction, adding the ``added`` columns first in it."""
+        assert self._engine is not None and self._table is not None
+        table = self._table
         names = self._column_names(records, table)
-        if self._fast is not None and self._write_fast(sa, records, names):
+        self._type_check(records, names)
+        ddl = [self._add_column_sql(column, type_text) for column, type_text in added]
+        if self._fast is not None and self._write_fast(sa, records, names, ddl):
             return
         rows = self._rows(records, names)
         if self.mode == "upsert":
@@ -296,6 +382,8 @@ class SqlSink(Sink):
         size = int(self.config["batch_size"])
         try:
             with self._engine.begin() as conn:
+                for statement in ddl:
+                    conn.exec_driver_sql(statement)
                 if self.mode == "upsert":
                     self._upsert(sa, conn, table, names, rows, size)
                 else:
@@ -305,12 +393,12 @@ class SqlSink(Sink):
             self._table = None  # the table may have changed: look at it again on the retry
             raise
 
-    def _write_fast(self, sa: Any, records: Sequence[Record], names: list[str]) -> bool:
+    def _write_fast(self, sa: Any, records: Sequence[Record], names: list[str], ddl: list[str]) -> bool:
         """Write the batch through the fast writer; False when it cannot and SQLAlchemy must."""
         assert self._fast is not None and self._engine is not None
         rows = batch_rows(records, [self._plans[n] for n in names], self.key, self.mode == "upsert", json_text)
         try:
-            self._fast.write(self._engine, names, rows)
+            self._fast.write(self._engine, names, rows, ddl)
         except NoStagingTable as exc:
             _log.warning("%s: no temporary staging table (%s); upserting through SQLAlchemy", self._where, exc)
             self._fast = None
@@ -377,15 +465,20 @@ class SqlSink(Sink):
         dialect = self._engine.dialect
         converters: dict[str, Callable[[Any], Any]] = {}
         plans: dict[str, ColumnPlan] = {}
+        checks: dict[str, tuple[Callable[[Any], bool], frozenset[type], str]] = {}
         for column in table.columns:
             kind, convert = self._conversion(sa, column.type, dialect.name)
             converters[column.name] = convert
+            check = _value_check(sa, column.type)
+            if check is not None:
+                checks[column.name] = (*check, str(column.type.compile(dialect=dialect)))
             processor = column.type.dialect_impl(dialect).bind_processor(dialect)
             plans[column.name] = plan_column(
                 column.name, kind, convert, processor, dialect.name, isinstance(column.type, sa.Integer)
             )
         self._converters = converters
         self._plans = plans
+        self._checks = checks
         missing = [k for k in (self.columns or []) + self.key if k not in converters]
         if missing:
             raise ConfigError(
@@ -446,9 +539,67 @@ class SqlSink(Sink):
                 raise RecordValidationError(
                     name,
                     f"table {self._qualified_name()} has no such column (its columns: "
-                    f"{', '.join(self._converters)}); add the column or drop the field in a step",
+                    f"{', '.join(self._converters)}) and schema_evolution is 'freeze'; add the column, "
+                    "drop the field in a step or set schema_evolution: add_columns",
                 )
         return names
+
+    # -- schema evolution
+
+    def _new_columns(self, sa: Any, records: Sequence[Record], table: Table) -> list[tuple[Any, str]]:
+        """The columns to add for the batch's fields the table lacks (none with ``columns`` or
+        ``freeze``), each with its type as the database writes it; added to ``table`` here, so the
+        batch's rows are planned with them (the sink forgets the table when the write fails)."""
+        if not self._evolve or self.columns is not None:
+            return []
+        known = self._converters
+        first = records[0]
+        fields: Any = first if len(set().union(*records)) == len(first) else dict.fromkeys(k for r in records for k in r)
+        missing = [n for n in fields if n not in known]
+        if not missing:
+            return []
+        assert self._engine is not None
+        dialect = self._engine.dialect
+        declared = _schema_types(self.run_context.extras.get("schema"))
+        added = []
+        for name in missing:
+            ctype = (_declared_type(sa, declared[name], dialect.name, False) if name in declared
+                     else _infer_type(sa, (r.get(name) for r in records), dialect.name, False))
+            column = sa.Column(name, ctype, nullable=True)
+            table.append_column(column)
+            added.append((column, str(ctype.compile(dialect=dialect))))
+        self._prepare_table(sa, table)
+        return added
+
+    def _add_column_sql(self, column: Any, type_text: str) -> str:
+        assert self._engine is not None
+        dialect = self._engine.dialect
+        preparer = dialect.identifier_preparer
+        # PostgreSQL waits for another writer's ALTER of the same column, then skips it
+        exists = " IF NOT EXISTS" if dialect.name == "postgresql" else ""
+        assert self._table is not None
+        return (f"ALTER TABLE {preparer.format_table(self._table)} ADD COLUMN{exists} "
+                f"{preparer.quote(column.name)} {type_text}")
+
+    def _type_check(self, records: Sequence[Record], names: list[str]) -> None:
+        """Refuse a value its column's type cannot hold, naming the column and both types (the
+        engine then dead-letters just the records that hold one)."""
+        checks = self._checks
+        for name in names:
+            found = checks.get(name)
+            if found is None:
+                continue
+            fits, plain, column_type = found
+            values = [record.get(name) for record in records]
+            if set(map(type, values)) <= plain:
+                continue
+            for value in values:
+                if value is not None and not fits(value):
+                    raise RecordValidationError(
+                        name,
+                        f"a {type(value).__name__} value ({value!r:.40}) cannot be stored in column {name!r} of "
+                        f"type {column_type} (table {self._qualified_name()})",
+                    )
 
     def _rows(self, records: Sequence[Record], names: list[str]) -> list[dict[str, Any]]:
         convert = [(n, self._converters[n]) for n in names]

@@ -2,7 +2,7 @@
 parsed as ``application/x-www-form-urlencoded`` or ``multipart/form-data`` by :func:`parse_form`
 into a :class:`Form` of fields and uploaded files (:class:`UploadedFile`) or refused with a
 :class:`FormError`; and the values the flow editor and the module upload read from a form
-(:func:`parse_configuration`, :func:`format_configuration`, :func:`parse_interval`,
+(:func:`parse_configuration`, :func:`schema_problems`, :func:`format_configuration`, :func:`parse_interval`,
 :func:`module_id_from_filename`).
 
 Multipart bodies are split into parts by python-multipart (the ``web`` extra), imported when
@@ -281,6 +281,31 @@ def format_configuration(configuration: Mapping[str, Any], fmt: str) -> str:
 
         return str(yaml.safe_dump(dict(configuration), sort_keys=False, allow_unicode=True, default_flow_style=False))
     return json.dumps(configuration, indent=2, ensure_ascii=False)
+
+
+def schema_problems(configuration: Mapping[str, Any], name: str | None) -> list[str]:
+    """Where a configuration does not match the flow schema (``adf schema``; the API checks the
+    same), as the editor lists problems: ``configuration: $.source.pth: unknown key …``."""
+    from active_data_flow.spec_schema import check_configuration
+
+    return [f"configuration: {p}" for p in check_configuration(configuration, name)]
+
+
+def parse_schedule(
+    interval_text: str, cron_text: str | None, timezone_text: str | None
+) -> tuple[int | None, dict[str, str] | None, list[str]]:
+    """The form's run interval or cron schedule (``{cron, timezone}``, UTC when no zone is
+    given): a cron expression with an empty interval field is a cron flow; the store checks
+    the expression and the zone (and refuses both at once)."""
+    cron = (cron_text or "").strip()
+    if not cron:
+        interval, problems = parse_interval(interval_text)
+        return interval, None, problems
+    schedule = {"cron": cron, "timezone": (timezone_text or "").strip() or "UTC"}
+    if not (interval_text or "").strip():
+        return None, schedule, []
+    interval, problems = parse_interval(interval_text)
+    return interval, schedule, problems
 
 
 def parse_interval(text: str) -> tuple[int | None, list[str]]:

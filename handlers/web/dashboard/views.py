@@ -38,14 +38,17 @@ from active_data_flow.handlers.web.dashboard.base import (
     PageUnavailable,
     SecurityHeaders,
 )
+from active_data_flow.handlers.web.dashboard.charts import CHART_RUNS, run_chart
 from active_data_flow.handlers.web.dashboard.format import human_size, letter_view, wait_text
 from active_data_flow.handlers.web.dashboard.forms import (
     UPLOAD_LIMIT,
     format_configuration,
     module_id_from_filename,
     parse_configuration,
-    parse_interval,
+    parse_schedule,
+    schema_problems,
 )
+from active_data_flow.handlers.web.dashboard.progress import run_progress
 from active_data_flow.handlers.web.dashboard.sessions import SESSION_COOKIE, Session, safe_next
 from active_data_flow.logs import get_logger, log_event
 from active_data_flow.redact import mask, unmask
@@ -65,6 +68,8 @@ _log = get_logger("web.dashboard")
 PREFIX = "/ui"
 #: dead letters listed on a run page (all of them: the API, or `adf dead-letters show`)
 LETTERS_SHOWN = 200
+#: runs in a flow page's table of recent runs
+RECENT_RUNS = 10
 
 
 class Dashboard(DashboardBase):
@@ -143,17 +148,25 @@ class Dashboard(DashboardBase):
 
     def _flow_page(self, ctx: Ctx, flow: Any, *, status: int = 200, fmt: str | None = None, text: str | None = None,
                    interval: str | None = None, description: str | None = None,
-                   problems: list[str] | None = None) -> Response:
+                   problems: list[str] | None = None, cron: str | None = None,
+                   timezone: str | None = None) -> Response:
         fmt = fmt if fmt in ("json", "yaml") else ("yaml" if ctx.query("format") == "yaml" else "json")
         shown = mask(flow.configuration, flow_secret_keys(flow.configuration))
         return self.render(
             ctx, "flow.html", status, nav="flows", flow=flow, fmt=fmt, masked=shown != flow.configuration,
             text=text if text is not None else format_configuration(shown, fmt),
-            interval=interval if interval is not None else str(flow.run_interval),
+            interval=interval if interval is not None else ("" if flow.run_interval is None else str(flow.run_interval)),
+            cron=cron if cron is not None else (flow.schedule_cron or ""),
+            timezone=timezone if timezone is not None else (flow.schedule_timezone or ""),
             description=description if description is not None else flow.description,
-            problems=problems or [], runs=self.store.list_runs(flow=flow.name, limit=10),
+            problems=problems or [], **self._recent_runs(flow.name),
             mode=self.settings.heartbeat_mode,
         )
+
+    def _recent_runs(self, name: str) -> dict[str, Any]:
+        """A flow page's runs: the newest in the table, the last CHART_RUNS in the chart."""
+        recent = self.store.list_runs(flow=name, limit=CHART_RUNS)
+        return {"runs": recent[:RECENT_RUNS], "chart": run_chart(recent)}
 
     def flow(self, ctx: Ctx) -> Response:
         return self._flow_page(ctx, self._flow(ctx.params["name"]))
@@ -165,21 +178,30 @@ class Dashboard(DashboardBase):
         form = ctx.form
         fmt = form.get("format") if form.get("format") in ("json", "yaml") else "json"
         configuration, problems = parse_configuration(form.get("configuration"), fmt)
-        interval, interval_problems = parse_interval(form.get("run_interval"))
+        interval, schedule, interval_problems = parse_schedule(
+            form.get("run_interval"), form.get("schedule_cron"), form.get("schedule_timezone"))
         problems += interval_problems
-        values = {"configuration": configuration, "run_interval": interval, "description": form.get("description")}
+        values = {"configuration": configuration, "run_interval": interval, "description": form.get("description"),
+                  "schedule": schedule}
         problems += unstorable(values["description"], "description")
         if configuration is not None:
             problems += unstorable(configuration, "configuration")
+        mismatched = False
         if configuration is not None and not problems:
             values["configuration"], masked = unmask(configuration, stored, flow_secret_keys(stored))
             problems += [f"configuration.{p}" for p in masked]
+            if not masked:  # the flow schema first, as the API does: its problems say where
+                found = schema_problems(values["configuration"], name)
+                problems += found
+                mismatched = bool(found)
         if problems:
             # report the fields that could be read as well, all at once
-            check = [k for k in ("configuration", "run_interval") if values[k] is not None]
+            check = [k for k in ("configuration", "run_interval") if values[k] is not None
+                     and not (k == "configuration" and mismatched)]
             if name is not None:
                 check.append("name")
-            problems += flow_problems(name, configuration, interval, description=values["description"], check=check)
+            problems += flow_problems(name, configuration, interval, description=values["description"],
+                                      schedule=schedule, check=check)
         return values, list(dict.fromkeys(problems))
 
     def flow_save(self, ctx: Ctx) -> Response:
@@ -196,6 +218,7 @@ class Dashboard(DashboardBase):
             return self._flow_page(
                 ctx, flow, status=422, fmt=ctx.form.get("format"), text=ctx.form.get("configuration"),
                 interval=ctx.form.get("run_interval"), description=ctx.form.get("description"), problems=problems,
+                cron=ctx.form.get("schedule_cron"), timezone=ctx.form.get("schedule_timezone"),
             )
         log_event(_log, "flow changed from the dashboard", flow=flow.name)
         fmt = "yaml" if ctx.form.get("format") == "yaml" else "json"
@@ -240,6 +263,7 @@ class Dashboard(DashboardBase):
         example = {"source": {"type": "memory", "records": [{"id": 1}]}, "sink": {"type": "memory"}}
         fmt = "yaml" if ctx.query("format") == "yaml" else "json"
         return self.render(ctx, "flow_new.html", nav="flows", fmt=fmt, name="", interval="60", description="",
+                           cron="", timezone="UTC",
                            text=format_configuration(example, fmt), problems=[])
 
     def flow_create(self, ctx: Ctx) -> Response:
@@ -248,14 +272,16 @@ class Dashboard(DashboardBase):
         if not problems:
             try:
                 self.store.create_flow(name, values["configuration"], values["run_interval"],
-                                       description=values["description"], enabled=ctx.form.get("enabled") == "on")
+                                       description=values["description"], enabled=ctx.form.get("enabled") == "on",
+                                       schedule=values["schedule"])
             except FlowValidationError as exc:
                 problems = exc.problems
         if problems:
             fmt = ctx.form.get("format") if ctx.form.get("format") in ("json", "yaml") else "json"
             return self.render(ctx, "flow_new.html", 422, nav="flows", fmt=fmt, name=name,
                                interval=ctx.form.get("run_interval"), description=ctx.form.get("description"),
-                               text=ctx.form.get("configuration"), problems=problems)
+                               text=ctx.form.get("configuration"), problems=problems,
+                               cron=ctx.form.get("schedule_cron"), timezone=ctx.form.get("schedule_timezone"))
         log_event(_log, "flow created from the dashboard", flow=name)
         return self.flash(ctx, self.redirect(f"{ctx.base}/flows/{quote(name)}"), f"Flow {name} created.")
 
@@ -286,8 +312,20 @@ class Dashboard(DashboardBase):
             run = self.store.get_run(run_id)
         except NotFoundError:
             raise PageNotFound(f"There is no run #{run_id}.") from None
-        return self.render(ctx, "run.html", nav="runs", run=run, refresh=run.status in ACTIVE_RUN_STATUSES,
-                           letters=self._dead_letters(run))
+        # while the run goes on, dashboard.js polls run_progress_json (a meta refresh without scripts)
+        return self.render(ctx, "run.html", nav="runs", run=run,
+                           refresh="script" if run.status in ACTIVE_RUN_STATUSES else False,
+                           progress=run_progress(run), letters=self._dead_letters(run))
+
+    def run_progress_json(self, ctx: Ctx) -> Response:
+        from starlette.responses import JSONResponse
+
+        run_id = ctx.params["run_id"]
+        try:
+            run = self.store.get_run(run_id)
+        except NotFoundError:
+            raise PageNotFound(f"There is no run #{run_id}.") from None
+        return JSONResponse(run_progress(run))
 
     def _dead_letters(self, run: RunRecord) -> dict[str, Any] | None:
         """The run page's dead-letter section: None when the run has no run directory, or
@@ -502,6 +540,7 @@ class Dashboard(DashboardBase):
             Route("/flows/{name}/trigger", self.page(self.flow_trigger), methods=post),
             Route("/runs", self.page(self.runs), methods=get),
             Route("/runs/{run_id:int}", self.page(self.run), methods=get),
+            Route("/runs/{run_id:int}/progress", self.page(self.run_progress_json), methods=get),
             Route("/runs/{run_id:int}/dead-letters/replay", self.page(self.run_replay), methods=post),
             Route("/heartbeats", self.page(self.heartbeats), methods=get),
             Route("/modules", self.page(self.modules), methods=get),

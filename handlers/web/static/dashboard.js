@@ -138,3 +138,56 @@
       });
   });
 })();
+
+// A run's page while the run goes on: poll its progress and show the counts so far; once the
+// run has ended, reload the page (its outcome, error and dead letters). Without JavaScript the
+// page refreshes itself through a <noscript> meta refresh instead.
+(function () {
+  "use strict";
+
+  var section = document.getElementById("run-progress");
+  if (!section || !window.fetch) {
+    return;
+  }
+  var url = section.getAttribute("data-progress-url");
+  var every = 1500;
+
+  function show(progress) {
+    var text = progress.text || {};
+    Object.keys(text).forEach(function (name) {
+      section.querySelectorAll('[data-field="' + name + '"]').forEach(function (el) {
+        el.textContent = text[name];
+      });
+    });
+    section.setAttribute("data-status", progress.status);
+    section.setAttribute("data-records-in", progress.records_in === null ? "" : String(progress.records_in));
+  }
+
+  function poll() {
+    fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch", Accept: "application/json" } })
+      .then(function (resp) {
+        if (resp.status === 401) {
+          window.location.reload(); // the session ended: the login page
+          return null;
+        }
+        return resp.ok ? resp.json() : null;
+      })
+      .then(function (progress) {
+        if (progress === null) {
+          window.setTimeout(poll, every * 2);
+          return;
+        }
+        show(progress);
+        if (progress.active) {
+          window.setTimeout(poll, every);
+        } else {
+          window.location.reload();
+        }
+      })
+      .catch(function () {
+        window.setTimeout(poll, every * 2); // the server is away for a moment: try again
+      });
+  }
+
+  window.setTimeout(poll, every);
+})();
