@@ -365,15 +365,9 @@ def _cmd_connectors(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from active_data_flow.spec_schema import SCHEMA_ID, dump_schema, flow_schema
+    from active_data_flow.spec_schema import SCHEMA_ID, flow_schema, write_schema
 
-    text = dump_schema(flow_schema(no_plugins=args.no_plugins, schema_id=args.id or SCHEMA_ID))
-    if not args.output or args.output == "-":
-        sys.stdout.write(text)
-        return 0
-    with open(args.output, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    print(f"wrote {args.output}", file=sys.stderr)
+    write_schema(flow_schema(no_plugins=args.no_plugins, schema_id=args.id or SCHEMA_ID), args.output)
     return 0
 
 

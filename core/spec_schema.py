@@ -32,6 +32,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -61,6 +62,7 @@ __all__ = [
     "check_spec",
     "dump_schema",
     "flow_schema",
+    "write_schema",
 ]
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -380,6 +382,18 @@ def flow_schema(
 def dump_schema(schema: Mapping[str, Any]) -> str:
     """The schema as stable JSON text (sorted keys, two-space indent, a final newline)."""
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_schema(schema: Mapping[str, Any], output: str | None) -> None:
+    """:func:`dump_schema` to stdout (``output`` None or ``-``) or into the file ``output``
+    (saying so on stderr): what ``adf schema`` and ``adf spin schema`` do."""
+    text = dump_schema(schema)
+    if not output or output == "-":
+        sys.stdout.write(text)
+        return
+    with open(output, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"wrote {output}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- checking

@@ -777,17 +777,10 @@ def _cmd_init(args: argparse.Namespace) -> int:  # noqa: C901
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     """``adf schema`` for flows that run inside Spin: core's types and the Spin-native connectors."""
-    from active_data_flow.spec_schema import dump_schema, flow_schema
+    from active_data_flow.spec_schema import flow_schema, write_schema
 
-    schema = flow_schema(spin_registry(), no_plugins=args.no_plugins, schema_id=SPIN_SCHEMA_ID,
-                         title="ActiveDataFlow flow spec (Fermyon Spin components)")
-    text = dump_schema(schema)
-    if not args.output or args.output == "-":
-        sys.stdout.write(text)
-        return 0
-    with open(args.output, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    print(f"wrote {args.output}", file=sys.stderr)
+    write_schema(flow_schema(spin_registry(), no_plugins=args.no_plugins, schema_id=SPIN_SCHEMA_ID,
+                             title="ActiveDataFlow flow spec (Fermyon Spin components)"), args.output)
     return 0
 
 
