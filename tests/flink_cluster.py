@@ -81,7 +81,9 @@ class FlinkCluster:
         self.log_dir.mkdir()
         conf = {
             # the JVM options of the wheel's configuration (--add-opens… that Flink 2 needs on Java 17)
-            "env.java.opts.all": _java_opts(PYFLINK / "conf" / "config.yaml"),
+            # (and a JVM that dies leaves its crash report with the logs, not on a private /tmp)
+            "env.java.opts.all": f"{_java_opts(PYFLINK / 'conf' / 'config.yaml')} "
+                                 f"-XX:ErrorFile={self.log_dir}/hs_err_pid%p.log".strip(),
             "jobmanager.rpc.address": "localhost", "jobmanager.bind-host": "localhost",
             "jobmanager.rpc.port": self.rpc_port,
             "rest.address": "localhost", "rest.bind-address": "localhost", "rest.port": self.rest_port,

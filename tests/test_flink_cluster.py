@@ -33,16 +33,20 @@ ORDERS_SINK_ENV = "ADF_ORDERS_TO_SQLITE__SINK"  # the operators' environment lay
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[FlinkCluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[FlinkCluster]:
     if flink_python() is None:
         pytest.fail("PyFlink is not installed: run scripts/flink-setup")
     c = FlinkCluster(taskmanagers=2, private=unshare_works())
     c.start()
+    failed = request.session.testsfailed
     try:
         yield c
     finally:
         c.stop()
-        c.cleanup()
+        if request.session.testsfailed == failed:
+            c.cleanup()
+        else:  # the JobManager's and every TaskManager's log (and a JVM's crash report) say why
+            print(f"\nFlink cluster logs kept in {c.log_dir}", file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
