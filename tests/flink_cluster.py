@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -77,6 +78,12 @@ class FlinkCluster:
         self.jobmanager: subprocess.Popen[bytes] | None = None
         self.taskmanagers: list[subprocess.Popen[bytes]] = []
         self._all: list[subprocess.Popen[bytes]] = []
+        #: TaskManagers a test killed (never restarted) and the indexes of those that exited by
+        #: themselves and were started again (see _supervise)
+        self._killed: set[int] = set()
+        self.restarted: list[int] = []
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
         shutil.copytree(PYFLINK / "conf", self.conf_dir)
         self.log_dir.mkdir()
         conf = {
@@ -146,20 +153,43 @@ class FlinkCluster:
         except BaseException:
             self.stop()
             raise
+        threading.Thread(target=self._supervise, name="flink-supervisor", daemon=True).start()
         return self
+
+    def _new_taskmanager(self) -> subprocess.Popen[bytes]:
+        with self._lock:
+            proc = self._spawn("taskmanager", len(self.taskmanagers))
+            self.taskmanagers.append(proc)
+        return proc
+
+    def _supervise(self) -> None:
+        """Start a TaskManager again when it exited by itself, as the supervisor of a real
+        deployment (systemd, Kubernetes) does: PyFlink 2.3's Beam runner can take a TaskManager
+        down while a failover cancels its tasks — ``IllegalStateException: Reference count must
+        not be negative`` in ``DefaultJobBundleFactory.close``, which Flink treats as fatal. A
+        TaskManager a test killed is left dead (the test starts its replacement)."""
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                for i, tm in enumerate(list(self.taskmanagers)):
+                    if self._stopping.is_set():
+                        return
+                    if i not in self._killed and i not in self.restarted and tm.poll() is not None:
+                        self.restarted.append(i)
+                        self._new_taskmanager()
 
     def add_taskmanager(self, timeout: float = 120) -> subprocess.Popen[bytes]:
         """Start one more TaskManager and wait until the JobManager counts it."""
         # the live TaskManager processes and this one (not the JobManager's count: it still holds
         # a killed TaskManager until its heartbeat times out)
-        want = sum(1 for tm in self.taskmanagers if tm.poll() is None) + 1
-        proc = self._spawn("taskmanager", len(self.taskmanagers))
-        self.taskmanagers.append(proc)
+        with self._lock:
+            want = sum(1 for tm in self.taskmanagers if tm.poll() is None) + 1
+            proc = self._new_taskmanager()
         self.wait_for_taskmanagers(want, timeout)
         return proc
 
     def kill_taskmanager(self, index: int) -> int:
         """SIGKILL TaskManager ``index``'s JVM (not its Python workers: those are what it left)."""
+        self._killed.add(index)
         proc = self.taskmanagers[index]
         pid = self.jvm_pid(proc)
         os.kill(pid, signal.SIGKILL)
@@ -172,6 +202,7 @@ class FlinkCluster:
         return proc.pid  # `unshare` (no --fork) and `sh -c "exec …"` keep it
 
     def stop(self) -> None:
+        self._stopping.set()
         for proc in reversed(self._all):
             # the whole group, even when its JVM is gone already: the Python workers it started
             # are in it (a killed TaskManager's orphans too)
