@@ -319,7 +319,7 @@ def configure_from_env() -> bool:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         tracer_provider = TracerProvider(resource=resource)
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
+        tracer_provider.add_span_processor(BatchSpanProcessor(_exporter("traces", traces)))
         trace.set_tracer_provider(tracer_provider)
         done = True
     measures = _exporter_name("OTEL_METRICS_EXPORTER")
@@ -327,7 +327,7 @@ def configure_from_env() -> bool:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        reader = PeriodicExportingMetricReader(_metric_exporter(measures))
+        reader = PeriodicExportingMetricReader(_exporter("metrics", measures))
         metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
         done = True
     return done
@@ -345,34 +345,29 @@ def _exporter_name(variable: str) -> str:
     return name
 
 
-def _span_exporter(name: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+#: per signal: the console exporter, the OTLP exporter (module, class) and the variable naming them
+_EXPORTERS = {
+    "traces": ("opentelemetry.sdk.trace.export:ConsoleSpanExporter",
+               "opentelemetry.exporter.otlp.proto.http.trace_exporter:OTLPSpanExporter", "OTEL_TRACES_EXPORTER"),
+    "metrics": ("opentelemetry.sdk.metrics.export:ConsoleMetricExporter",
+                "opentelemetry.exporter.otlp.proto.http.metric_exporter:OTLPMetricExporter", "OTEL_METRICS_EXPORTER"),
+}
 
-        return ConsoleSpanExporter(out=sys.stderr)
+
+def _exporter(signal: str, name: str) -> Any:
+    """The ``console`` or ``otlp`` exporter of ``signal`` (``traces`` or ``metrics``)."""
+    import importlib
+
+    console, otlp, variable = _EXPORTERS[signal]
+    module, _, cls = (console if name == "console" else otlp).partition(":")
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        found = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
         raise ImportError(
             "the OTLP exporter is not installed: pip install opentelemetry-exporter-otlp-proto-http "
-            "(or set OTEL_TRACES_EXPORTER=console)"
+            f"(or set {variable}=console)"
         ) from exc
-    return OTLPSpanExporter()
-
-
-def _metric_exporter(name: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-        return ConsoleMetricExporter(out=sys.stderr)
-    try:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    except ImportError as exc:
-        raise ImportError(
-            "the OTLP exporter is not installed: pip install opentelemetry-exporter-otlp-proto-http "
-            "(or set OTEL_METRICS_EXPORTER=console)"
-        ) from exc
-    return OTLPMetricExporter()
+    return found(out=sys.stderr) if name == "console" else found()
 
 
 # --------------------------------------------------------------------------- events
